@@ -1,0 +1,51 @@
+//! The core's one error type.
+
+use crate::payment::{InvalidTransition, PaybackTooLarge};
+use crate::store::{LockError, StoreError};
+use crate::wallet::WalletError;
+
+/// Why a use case did not happen. Every variant leaves the state unchanged,
+/// except [`Error::Store`] with [`StoreError::Ambiguous`], whose outcome is
+/// unknown by definition.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    #[error(transparent)]
+    Payback(#[from] PaybackTooLarge),
+    #[error("not found")]
+    NotFound,
+    #[error("invalid input: {0}")]
+    InvalidInput(&'static str),
+    #[error("the first request with this idempotency key is still in flight")]
+    IdempotencyKeyInUse,
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    /// The request's idempotency lease was taken over (it ran past the lease);
+    /// it was fenced off and did nothing.
+    #[error("idempotency lease lost")]
+    LeaseLost,
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// A business rule refused the request (SPEC.md's 409/422 refusals):
+    /// such answers are stored under the idempotency key and replayed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Wallet(_) | Error::Transition(_) | Error::Payback(_) | Error::NotFound)
+    }
+}
+
+impl From<LockError> for Error {
+    fn from(error: LockError) -> Error {
+        match error {
+            LockError::Timeout => Error::Busy("lock wait timed out"),
+            LockError::QueueFull => Error::Busy("too many concurrent requests on one record"),
+        }
+    }
+}

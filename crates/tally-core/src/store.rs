@@ -1,0 +1,164 @@
+//! The traits the use cases are written against: a transactional store and a
+//! lock manager.
+//!
+//! A use case runs as *lock → begin → load → decide → persist → commit*. The
+//! [`LockManager`] serialises use cases that touch the same records; the
+//! [`Tx`] gives all-or-nothing writes. Backends split the work differently —
+//! the in-memory store relies on the in-memory lock manager, PostgreSQL's
+//! pessimistic strategy on `SELECT … FOR UPDATE` (with [`NoLocks`] here), its
+//! optimistic strategy on version checks that fail with
+//! [`StoreError::Conflict`] (the use cases retry, bounded) — but the use cases
+//! and their decisions are the same code for all of them.
+//!
+//! Every `put_*` takes the record as loaded (`before`) and as decided
+//! (`after`). A locking backend writes `after`; an optimistic one writes it
+//! only if the stored version still equals `before.version`; a conditional
+//! backend can derive the delta. Loads happen in [`LockKey`] order so that
+//! backends whose loads take row locks take them in the global order too.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::idempotency::{IdemRecord, IdemScope};
+use crate::ids::{PaymentId, UserId};
+use crate::ledger::Transfer;
+use crate::payment::Payment;
+use crate::time::Timestamp;
+use crate::wallet::Wallet;
+
+/// A user of the service. The API key itself is never stored, only its hash
+/// (computed by the HTTP layer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    pub key_hash: [u8; 32],
+    pub created_at: Timestamp,
+}
+
+/// Failures of the storage layer, as the use cases see them.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A concurrent writer changed a record this transaction read (optimistic
+    /// version check, serialization failure, deadlock victim). Nothing was
+    /// written; the use case may retry from the start.
+    #[error("concurrent update conflict")]
+    Conflict,
+    /// The commit may or may not have happened (the connection died while
+    /// committing). The caller cannot know; idempotency resolves it.
+    #[error("commit outcome unknown")]
+    Ambiguous,
+    /// The store cannot be reached or refused service (pool exhausted, timeout).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A constraint the code should have made impossible fired: a bug.
+    #[error("integrity violation: {0}")]
+    Integrity(String),
+}
+
+/// A store: something that opens transactions.
+pub trait Store: Send + Sync + 'static {
+    type Tx: Tx;
+
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
+
+    /// Everything the invariant checker reads. Meant for tests, the
+    /// simulation and the load tool's final check, not for the request path.
+    fn snapshot(&self) -> impl Future<Output = Result<crate::check::Snapshot, StoreError>> + Send;
+}
+
+/// One transaction. Dropping it without `commit` rolls it back.
+pub trait Tx: Send {
+    fn user(&mut self, id: UserId) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+    fn user_by_key_hash(&mut self, key_hash: [u8; 32]) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+    fn insert_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send;
+    fn put_wallet(&mut self, before: Option<&Wallet>, after: &Wallet) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send;
+    fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends ledger lines. The ledger is append-only: nothing updates or
+    /// deletes a transfer.
+    fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A wallet's transfers with `seq > after_seq`, in `seq` order, at most `limit`.
+    fn wallet_ledger(
+        &mut self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Transfer>, StoreError>> + Send;
+
+    fn idempotency(&mut self, scope: &IdemScope) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    fn put_idempotency(
+        &mut self,
+        before: Option<&IdemRecord>,
+        after: &IdemRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn rollback(self) -> impl Future<Output = ()> + Send;
+}
+
+/// What a use case locks. The derived order *is* the global lock order:
+/// every multi-key acquisition takes its keys sorted, so no two use cases can
+/// wait on each other in a cycle. New kinds of record get new variants.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LockKey {
+    Idempotency(IdemScope),
+    Payment(PaymentId),
+    Wallet(UserId),
+}
+
+/// A sorted, de-duplicated set of lock keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockSet(Vec<LockKey>);
+
+/// A use case never locks more than this many keys at once; an order with
+/// many lines will need a larger bound, chosen with it.
+pub const LOCK_SET_SIZE_MAX: usize = 64;
+
+impl LockSet {
+    pub fn new(keys: impl IntoIterator<Item = LockKey>) -> LockSet {
+        let mut keys: Vec<LockKey> = keys.into_iter().collect();
+        keys.sort();
+        keys.dedup();
+        assert!(keys.len() <= LOCK_SET_SIZE_MAX, "lock set of {} keys", keys.len());
+        LockSet(keys)
+    }
+
+    pub fn keys(&self) -> &[LockKey] {
+        &self.0
+    }
+}
+
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockError {
+    #[error("lock wait timed out")]
+    Timeout,
+    #[error("too many waiters for a lock")]
+    QueueFull,
+}
+
+/// Grants exclusive access to the keys of a [`LockSet`] until the guard drops.
+pub trait LockManager: Send + Sync + 'static {
+    type Guard: Send;
+
+    /// Waits at most `timeout` (of the manager's clock) for all of `keys`.
+    fn acquire(&self, keys: &LockSet, timeout: Duration) -> impl Future<Output = Result<Self::Guard, LockError>> + Send;
+}
+
+/// For backends whose transactions lock by themselves (PostgreSQL's
+/// `FOR UPDATE`) or that detect conflicts on write (optimistic versions).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoLocks;
+
+impl LockManager for NoLocks {
+    type Guard = ();
+
+    fn acquire(&self, _keys: &LockSet, _timeout: Duration) -> impl Future<Output = Result<(), LockError>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
