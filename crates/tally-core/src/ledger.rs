@@ -7,7 +7,7 @@
 //! records the wallet's balance after the transfer, which is what the wallet
 //! ledger API shows and what invariant 3 checks against.
 
-use crate::idempotency::IdemScope;
+use crate::idempotency::IdemOrigin;
 use crate::ids::{OpId, PaymentId, TransferId, UserId};
 use crate::money::{Amount, Money};
 use crate::time::Timestamp;
@@ -63,8 +63,8 @@ pub struct Transfer {
     pub wallet: Option<WalletSide>,
     /// The execution that booked this transfer.
     pub op: OpId,
-    /// The idempotency key of the request that booked it, if any.
-    pub origin: Option<IdemScope>,
+    /// The idempotency key (and its admission) of the request that booked it, if any.
+    pub origin: Option<IdemOrigin>,
     pub at: Timestamp,
 }
 
@@ -93,7 +93,7 @@ impl Transfer {
 #[derive(Clone, Debug)]
 pub struct Booking {
     pub op: OpId,
-    pub origin: Option<IdemScope>,
+    pub origin: Option<IdemOrigin>,
     pub at: Timestamp,
 }
 
@@ -116,7 +116,12 @@ impl Booking {
             Movement::Pay(a) => (TransferKind::Payment, wallet, Account::Revenue, a),
             Movement::Refund(a) => (TransferKind::Refund, Account::Revenue, wallet, a),
             Movement::Payback(a) => (TransferKind::Payback, Account::CashbackPool, wallet, a),
-            Movement::PaybackReversal(a) => (TransferKind::PaybackReversal, wallet, Account::CashbackPool, a),
+            Movement::PaybackReversal(a) => (
+                TransferKind::PaybackReversal,
+                wallet,
+                Account::CashbackPool,
+                a,
+            ),
         };
         Transfer {
             id,
@@ -125,7 +130,11 @@ impl Booking {
             credit,
             amount,
             payment,
-            wallet: Some(WalletSide { user, balance_after: wallet_after.balance, seq: wallet_after.entry_count }),
+            wallet: Some(WalletSide {
+                user,
+                balance_after: wallet_after.balance,
+                seq: wallet_after.entry_count,
+            }),
             op: self.op,
             origin: self.origin.clone(),
             at: self.at,

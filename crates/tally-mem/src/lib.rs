@@ -1,0 +1,30 @@
+//! The in-memory backend: Tally's store traits over plain maps, and its lock
+//! manager over `tally-lock`.
+//!
+//! This is what loom, shuttle, proptest and the simulation run the real use
+//! cases on, so it must behave like the PostgreSQL store in every way the use
+//! cases can observe:
+//!
+//! - **All or nothing.** A transaction buffers its writes and applies them
+//!   under one mutex at commit; a rollback (or a drop) discards them.
+//! - **Read committed.** Reads see committed data plus the transaction's own
+//!   writes, never another transaction's uncommitted ones.
+//! - **Constraints.** What PostgreSQL's schema refuses, commit refuses with
+//!   [`StoreError::Integrity`]: duplicate ids, a negative balance.
+//! - **Two concurrency modes**, like the PostgreSQL strategies:
+//!   [`Concurrency::Locked`] writes blindly and relies on the lock manager
+//!   (like `SELECT … FOR UPDATE`), so a use case that forgets a lock really
+//!   loses updates here; [`Concurrency::Optimistic`] checks every written
+//!   record's version at commit and answers [`StoreError::Conflict`].
+//! - **Faults.** An injected *ambiguous commit* applies the writes and then
+//!   reports [`StoreError::Ambiguous`], as a connection dying during `COMMIT`
+//!   would.
+//!
+//! All shared state sits behind `tally_lock::sync`, the one facade that swaps
+//! std primitives for shuttle's (or loom's) under the model checkers.
+
+mod locks;
+mod store;
+
+pub use locks::MemLocks;
+pub use store::{CommitFault, Concurrency, FaultHook, MemStore, MemTx};

@@ -1,0 +1,503 @@
+//! The in-memory store and its transactions.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use tally_core::check::Snapshot;
+use tally_core::idempotency::{IdemRecord, IdemScope};
+use tally_core::ids::{PaymentId, TransferId, UserId};
+use tally_core::ledger::Transfer;
+use tally_core::payment::Payment;
+use tally_core::store::{Store, StoreError, Tx, User};
+use tally_core::wallet::Wallet;
+use tally_lock::sync::{Arc, Mutex, MutexGuard};
+
+/// How the store handles concurrent writers (see the crate docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Blind writes; isolation comes from the lock manager.
+    Locked,
+    /// Version-checked writes; a stale write fails the commit with `Conflict`.
+    Optimistic,
+}
+
+/// What an injected fault does to one commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitFault {
+    /// No fault: the commit happens and says so.
+    None,
+    /// The commit happens, but the caller is told it failed — as when the
+    /// connection dies while `COMMIT` is in flight.
+    Ambiguous,
+    /// The connection dies before `COMMIT` arrives: nothing is written.
+    Lost,
+}
+
+/// Decides the fault of each commit. The simulation draws from its seeded
+/// RNG here; tests count commits.
+pub type FaultHook = Box<dyn FnMut() -> CommitFault + Send>;
+
+/// The committed state.
+#[derive(Default)]
+struct State {
+    users: BTreeMap<UserId, User>,
+    users_by_key: BTreeMap<[u8; 32], UserId>,
+    wallets: BTreeMap<UserId, Wallet>,
+    payments: BTreeMap<PaymentId, Payment>,
+    /// The ledger, in commit order; append-only.
+    transfers: Vec<Transfer>,
+    transfer_ids: BTreeMap<TransferId, usize>,
+    /// Per wallet, indices into `transfers` in `seq` order.
+    wallet_ledgers: BTreeMap<UserId, Vec<usize>>,
+    idempotency: BTreeMap<IdemScope, IdemRecord>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    mode: Concurrency,
+    commit_faults: Mutex<Option<FaultHook>>,
+}
+
+/// A handle to one in-memory database; clones share it.
+#[derive(Clone)]
+pub struct MemStore {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for MemStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemStore")
+            .field("mode", &self.shared.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemStore {
+    pub fn new(mode: Concurrency) -> MemStore {
+        MemStore {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                mode,
+                commit_faults: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn mode(&self) -> Concurrency {
+        self.shared.mode
+    }
+
+    /// Installs (or with `None` removes) the commit fault hook.
+    pub fn set_commit_faults(&self, hook: Option<FaultHook>) {
+        *self.shared.commit_faults.lock().expect("fault hook mutex") = hook;
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the state mutex leaves the maps as they were
+        // before the commit began (commit validates before it mutates), so
+        // the data behind a poisoned lock is still consistent.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn snapshot_now(&self) -> Snapshot {
+        let state = self.state();
+        Snapshot {
+            wallets: state.wallets.values().cloned().collect(),
+            payments: state.payments.values().cloned().collect(),
+            transfers: state.transfers.clone(),
+            idempotency: state.idempotency.values().cloned().collect(),
+        }
+    }
+}
+
+impl Store for MemStore {
+    type Tx = MemTx;
+
+    fn begin(&self) -> impl Future<Output = Result<MemTx, StoreError>> + Send {
+        std::future::ready(Ok(MemTx {
+            store: self.clone(),
+            writes: Vec::new(),
+        }))
+    }
+
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        std::future::ready(Ok(self.snapshot_now()))
+    }
+}
+
+/// One buffered write; `before` is the version the transaction read
+/// (`None`: it read no record).
+#[derive(Clone, Debug)]
+enum Write {
+    User(User),
+    Wallet {
+        before: Option<u64>,
+        after: Wallet,
+    },
+    Payment {
+        before: Option<u64>,
+        after: Payment,
+    },
+    Transfers(Vec<Transfer>),
+    Idempotency {
+        before: Option<u64>,
+        after: IdemRecord,
+    },
+    DeleteIdempotency {
+        before: u64,
+        scope: IdemScope,
+    },
+}
+
+/// A transaction: reads go to the committed state overlaid with the
+/// transaction's own writes; writes wait in `writes` until commit.
+pub struct MemTx {
+    store: MemStore,
+    writes: Vec<Write>,
+}
+
+impl fmt::Debug for MemTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemTx")
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+/// Largest number of writes one transaction may buffer: far above what any
+/// use case writes, low enough to catch a runaway loop.
+const TX_WRITES_MAX: usize = 1_024;
+
+impl MemTx {
+    fn push(&mut self, write: Write) {
+        assert!(
+            self.writes.len() < TX_WRITES_MAX,
+            "transaction exceeded {TX_WRITES_MAX} writes"
+        );
+        self.writes.push(write);
+    }
+
+    fn own_wallet(&self, user: UserId) -> Option<&Wallet> {
+        self.writes.iter().rev().find_map(|w| match w {
+            Write::Wallet { after, .. } if after.user == user => Some(after),
+            _ => None,
+        })
+    }
+
+    fn own_payment(&self, id: PaymentId) -> Option<&Payment> {
+        self.writes.iter().rev().find_map(|w| match w {
+            Write::Payment { after, .. } if after.id == id => Some(after),
+            _ => None,
+        })
+    }
+
+    /// `Some(None)`: deleted in this transaction.
+    fn own_idempotency(&self, scope: &IdemScope) -> Option<Option<&IdemRecord>> {
+        self.writes.iter().rev().find_map(|w| match w {
+            Write::Idempotency { after, .. } if &after.scope == scope => Some(Some(after)),
+            Write::DeleteIdempotency { scope: deleted, .. } if deleted == scope => Some(None),
+            _ => None,
+        })
+    }
+
+    fn commit_now(self) -> Result<(), StoreError> {
+        let mode = self.store.shared.mode;
+        let mut state = self.store.state();
+        // Validate everything first, then apply: a refused commit changes nothing.
+        validate(&state, &self.writes, mode)?;
+        let fault = {
+            let mut hook = self
+                .store
+                .shared
+                .commit_faults
+                .lock()
+                .expect("fault hook mutex");
+            hook.as_mut().map_or(CommitFault::None, |decide| decide())
+        };
+        if fault == CommitFault::Lost {
+            return Err(StoreError::Unavailable(
+                "injected: connection lost before commit".into(),
+            ));
+        }
+        for write in self.writes {
+            apply(&mut state, write);
+        }
+        if fault == CommitFault::Ambiguous {
+            Err(StoreError::Ambiguous)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), StoreError> {
+    let stale = |current: Option<u64>, before: Option<u64>| {
+        mode == Concurrency::Optimistic && current != before
+    };
+    for write in writes {
+        match write {
+            Write::User(user) => {
+                if state.users.contains_key(&user.id)
+                    || state.users_by_key.contains_key(&user.key_hash)
+                {
+                    return Err(StoreError::Integrity(format!(
+                        "duplicate user {} or key",
+                        user.id
+                    )));
+                }
+            }
+            Write::Wallet { before, after } => {
+                if after.balance.is_negative() {
+                    return Err(StoreError::Integrity(format!(
+                        "wallet {} balance would be negative",
+                        after.user
+                    )));
+                }
+                let current = state.wallets.get(&after.user).map(|w| w.version);
+                if before.is_none() && current.is_some() {
+                    return Err(StoreError::Integrity(format!(
+                        "duplicate wallet {}",
+                        after.user
+                    )));
+                }
+                if stale(current, *before) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            Write::Payment { before, after } => {
+                let current = state.payments.get(&after.id).map(|p| p.version);
+                if before.is_none() && current.is_some() {
+                    return Err(StoreError::Integrity(format!(
+                        "duplicate payment {}",
+                        after.id
+                    )));
+                }
+                if stale(current, *before) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            Write::Transfers(transfers) => {
+                if let Some(t) = transfers
+                    .iter()
+                    .find(|t| state.transfer_ids.contains_key(&t.id))
+                {
+                    return Err(StoreError::Integrity(format!(
+                        "duplicate transfer {}",
+                        t.id
+                    )));
+                }
+            }
+            Write::Idempotency { before, after } => {
+                let current = state.idempotency.get(&after.scope).map(|r| r.version);
+                // Unique (user, key), like the PostgreSQL unique index: an
+                // insert over a record someone else committed is refused even
+                // without version checks.
+                if before.is_none() && current.is_some() {
+                    return Err(StoreError::Conflict);
+                }
+                if stale(current, *before) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            Write::DeleteIdempotency { before, scope } => {
+                let current = state.idempotency.get(scope).map(|r| r.version);
+                if stale(current, Some(*before)) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply(state: &mut State, write: Write) {
+    match write {
+        Write::User(user) => {
+            state.users_by_key.insert(user.key_hash, user.id);
+            state.users.insert(user.id, user);
+        }
+        Write::Wallet { after, .. } => {
+            after.assert_valid();
+            state.wallets.insert(after.user, after);
+        }
+        Write::Payment { after, .. } => {
+            state.payments.insert(after.id, after);
+        }
+        Write::Transfers(transfers) => {
+            for transfer in transfers {
+                let index = state.transfers.len();
+                state.transfer_ids.insert(transfer.id, index);
+                if let Some(side) = transfer.wallet {
+                    state
+                        .wallet_ledgers
+                        .entry(side.user)
+                        .or_default()
+                        .push(index);
+                }
+                state.transfers.push(transfer);
+            }
+        }
+        Write::Idempotency { after, .. } => {
+            state.idempotency.insert(after.scope.clone(), after);
+        }
+        Write::DeleteIdempotency { scope, .. } => {
+            state.idempotency.remove(&scope);
+        }
+    }
+}
+
+impl Tx for MemTx {
+    fn user(
+        &mut self,
+        id: UserId,
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
+        let own = self.writes.iter().find_map(|w| match w {
+            Write::User(u) if u.id == id => Some(u.clone()),
+            _ => None,
+        });
+        let found = own.or_else(|| self.store.state().users.get(&id).cloned());
+        std::future::ready(Ok(found))
+    }
+
+    fn user_by_key_hash(
+        &mut self,
+        key_hash: [u8; 32],
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
+        let state = self.store.state();
+        let found = state
+            .users_by_key
+            .get(&key_hash)
+            .and_then(|id| state.users.get(id))
+            .cloned();
+        std::future::ready(Ok(found))
+    }
+
+    fn insert_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.push(Write::User(user.clone()));
+        std::future::ready(Ok(()))
+    }
+
+    fn wallet(
+        &mut self,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send {
+        let found = match self.own_wallet(user) {
+            Some(own) => Some(own.clone()),
+            None => self.store.state().wallets.get(&user).cloned(),
+        };
+        std::future::ready(Ok(found))
+    }
+
+    fn put_wallet(
+        &mut self,
+        before: Option<&Wallet>,
+        after: &Wallet,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.user == after.user && b.version < after.version));
+        self.push(Write::Wallet {
+            before: before.map(|w| w.version),
+            after: after.clone(),
+        });
+        std::future::ready(Ok(()))
+    }
+
+    fn payment(
+        &mut self,
+        id: PaymentId,
+    ) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send {
+        let found = match self.own_payment(id) {
+            Some(own) => Some(own.clone()),
+            None => self.store.state().payments.get(&id).cloned(),
+        };
+        std::future::ready(Ok(found))
+    }
+
+    fn put_payment(
+        &mut self,
+        before: Option<&Payment>,
+        after: &Payment,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
+        self.push(Write::Payment {
+            before: before.map(|p| p.version),
+            after: after.clone(),
+        });
+        std::future::ready(Ok(()))
+    }
+
+    fn append_transfers(
+        &mut self,
+        transfers: &[Transfer],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.push(Write::Transfers(transfers.to_vec()));
+        std::future::ready(Ok(()))
+    }
+
+    fn wallet_ledger(
+        &mut self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Transfer>, StoreError>> + Send {
+        let state = self.store.state();
+        let entries = state
+            .wallet_ledgers
+            .get(&user)
+            .map(|indices| {
+                indices
+                    .iter()
+                    .map(|index| &state.transfers[*index])
+                    .filter(|t| t.wallet.is_some_and(|side| side.seq > after_seq))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        std::future::ready(Ok(entries))
+    }
+
+    fn idempotency(
+        &mut self,
+        scope: &IdemScope,
+    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
+        let found = match self.own_idempotency(scope) {
+            Some(own) => own.cloned(),
+            None => self.store.state().idempotency.get(scope).cloned(),
+        };
+        std::future::ready(Ok(found))
+    }
+
+    fn put_idempotency(
+        &mut self,
+        before: Option<&IdemRecord>,
+        after: &IdemRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.push(Write::Idempotency {
+            before: before.map(|r| r.version),
+            after: after.clone(),
+        });
+        std::future::ready(Ok(()))
+    }
+
+    fn delete_idempotency(
+        &mut self,
+        before: &IdemRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.push(Write::DeleteIdempotency {
+            before: before.version,
+            scope: before.scope.clone(),
+        });
+        std::future::ready(Ok(()))
+    }
+
+    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(self.commit_now())
+    }
+
+    fn rollback(self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Test helpers shared by the in-memory suites (zero2prod's `spawn_app`, for
+//! a backend that needs no server): build a `Tally` on the in-memory store,
+//! make users, run commands, render results the way an HTTP layer would.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use tally_core::app::{Command, Config, Executed, Keyed, Outcome, Render};
+use tally_core::idempotency::{Fingerprint, IdemKey, StoredResponse};
+use tally_core::ids::{PaymentId, SeqIds, UserId};
+use tally_core::money::{Amount, Money};
+use tally_core::payment::{Method, Payment};
+use tally_core::store::{LockManager, NoLocks};
+use tally_core::time::{ManualClock, Timestamp};
+use tally_core::wallet::Limits;
+use tally_core::{Error, Tally};
+use tally_mem::{Concurrency, MemLocks, MemStore};
+
+/// 2026-11-23T00:00:00Z: tests start on a known day.
+pub const START: Timestamp = Timestamp(20_780 * 86_400_000);
+
+pub type LockedTally = Tally<MemStore, MemLocks<ManualClock>, ManualClock>;
+pub type OptimisticTally = Tally<MemStore, NoLocks, ManualClock>;
+
+/// The in-memory backend as the proofs run it: in-memory locks, blind writes.
+pub fn locked() -> Arc<LockedTally> {
+    let clock = ManualClock::new(START);
+    let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
+    Arc::new(Tally::new(
+        MemStore::new(Concurrency::Locked),
+        locks,
+        clock,
+        Arc::new(SeqIds::new(1)),
+        Config::default(),
+    ))
+}
+
+/// The optimistic strategy: no locks, version-checked commits, bounded retries.
+pub fn optimistic() -> Arc<OptimisticTally> {
+    let clock = ManualClock::new(START);
+    let config = Config {
+        attempts_max: 16,
+        ..Config::default()
+    };
+    Arc::new(Tally::new(
+        MemStore::new(Concurrency::Optimistic),
+        NoLocks,
+        clock,
+        Arc::new(SeqIds::new(1)),
+        config,
+    ))
+}
+
+pub fn amount(minor_units: i64) -> Amount {
+    Amount::new(minor_units).expect("test amounts are valid")
+}
+
+/// Runs a future to completion on the current thread. The in-memory store
+/// never suspends except on a contended lock, which sequential tests never
+/// meet; under shuttle, tests use shuttle's own `block_on` instead.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// Renders results as an HTTP layer would, deterministically: successes and
+/// refusals are stored, everything else is not.
+pub fn render(result: &Result<Outcome, Error>) -> Option<StoredResponse> {
+    let (status, body) = match result {
+        Ok(outcome) => (201, format!("{outcome:?}")),
+        Err(error) if error.is_refusal() => (409, format!("{error:?}")),
+        Err(_) => return None,
+    };
+    Some(StoredResponse {
+        status,
+        content_type: "text/plain".into(),
+        body: body.into_bytes(),
+    })
+}
+
+pub static RENDER: &Render = &render;
+
+/// The idempotency part of a request: the fingerprint is a digest of the
+/// command, as the HTTP layer digests method, path and body.
+pub fn keyed(key: &str, command: &Command) -> Keyed<'static> {
+    let digest = format!("{command:?}");
+    let mut fingerprint = [0u8; 32];
+    for (i, byte) in digest.bytes().enumerate() {
+        fingerprint[i % 32] = fingerprint[i % 32].wrapping_mul(31).wrapping_add(byte);
+    }
+    Keyed {
+        key: IdemKey::new(key).expect("test keys are valid"),
+        fingerprint: Fingerprint(fingerprint),
+        render: RENDER,
+    }
+}
+
+pub async fn user_with<L: LockManager>(
+    app: &Tally<MemStore, L, ManualClock>,
+    limits: Limits,
+    balance: i64,
+) -> UserId {
+    static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut key_hash = [0u8; 32];
+    key_hash[..8].copy_from_slice(&n.to_le_bytes());
+    let user = app
+        .create_user("test user", limits, key_hash)
+        .await
+        .expect("create user")
+        .id;
+    if balance > 0 {
+        app.execute(
+            user,
+            Command::TopUp {
+                amount: amount(balance),
+            },
+            None,
+        )
+        .await
+        .expect("top up");
+    }
+    user
+}
+
+pub async fn new_payment<L: LockManager>(
+    app: &Tally<MemStore, L, ManualClock>,
+    user: UserId,
+    minor_units: i64,
+    payback: i64,
+) -> PaymentId {
+    let command = Command::CreatePayment {
+        amount: amount(minor_units),
+        payback: Amount::new(payback).ok(),
+        method: Method::Wallet,
+    };
+    match app.execute(user, command, None).await {
+        Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
+        other => panic!("create payment: {other:?}"),
+    }
+}
+
+pub async fn balance<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, user: UserId) -> Money {
+    app.wallet(user).await.expect("wallet").wallet.balance
+}
+
+pub async fn payment<L: LockManager>(
+    app: &Tally<MemStore, L, ManualClock>,
+    user: UserId,
+    id: PaymentId,
+) -> Payment {
+    app.payment(user, id).await.expect("payment")
+}

@@ -1,0 +1,400 @@
+//! Shuttle explores thread schedules of the real use cases on the in-memory
+//! backend (seed posts 000–002). Run with:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle \
+//!     cargo test -p tally-mem --release --test shuttle -- --nocapture
+//! ```
+//!
+//! Every scenario runs under shuttle's random scheduler and under PCT
+//! (depth 3), `SHUTTLE_ITERATIONS` schedules each (default 10,000), asserts
+//! exact outcomes inside every schedule, and runs the invariant checker on the
+//! final state. A failing schedule is printed by shuttle with the string to
+//! pass to `shuttle::replay` (and, for the random scheduler, the seed for
+//! `SHUTTLE_RANDOM_SEED`).
+
+#![cfg(shuttle)]
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::*;
+use shuttle::future::block_on;
+use shuttle::thread;
+use tally_core::app::{Command, Executed, Outcome};
+use tally_core::check::assert_holds;
+use tally_core::ids::PaymentId;
+use tally_core::money::Money;
+use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
+use tally_core::store::LockManager;
+use tally_core::time::ManualClock;
+use tally_core::wallet::{LimitKind, Limits, WalletError};
+use tally_core::{Error, Tally};
+use tally_mem::MemStore;
+
+/// How many concurrent requests each scenario races (plus the main thread).
+const THREADS: usize = 3;
+
+fn iterations() -> usize {
+    std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// Runs `body` under the random and the PCT schedulers, printing the counts.
+fn explore(name: &str, body: impl Fn() + Send + Sync + 'static) {
+    let body = Arc::new(body);
+    let n = iterations();
+    let started = Instant::now();
+    for (scheduler, run) in [
+        (
+            "random",
+            Box::new(|b: Arc<dyn Fn() + Send + Sync>| shuttle::check_random(move || b(), n))
+                as Box<dyn Fn(_)>,
+        ),
+        (
+            "pct(3)",
+            Box::new(|b: Arc<dyn Fn() + Send + Sync>| shuttle::check_pct(move || b(), n, 3)),
+        ),
+    ] {
+        let body: Arc<dyn Fn() + Send + Sync> = body.clone();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(body))) {
+            eprintln!(
+                "shuttle {name}: FAILED under the {scheduler} scheduler. Replay: pass the `failing schedule` \
+                 printed above to shuttle::replay (or set SHUTTLE_RANDOM_SEED to the printed seed)."
+            );
+            resume_unwind(panic);
+        }
+    }
+    println!(
+        "shuttle {name}: {n} random + {n} pct(3) schedules passed in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Spawns one shuttle thread per request and returns their results in spawn order.
+fn race<L, T, F>(app: &Arc<Tally<MemStore, L, ManualClock>>, requests: Vec<F>) -> Vec<T>
+where
+    L: LockManager,
+    T: Send + 'static,
+    F: FnOnce(Arc<Tally<MemStore, L, ManualClock>>) -> T + Send + 'static,
+{
+    let handles: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let app = app.clone();
+            thread::spawn(move || request(app))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("request thread"))
+        .collect()
+}
+
+fn is_done(result: &Result<Executed, Error>) -> bool {
+    matches!(result, Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Done)
+}
+
+fn confirm(payment: PaymentId) -> Command {
+    Command::ConfirmPayment { payment }
+}
+
+/// Seed 001: N duplicate confirms of one payment → exactly one charge; every
+/// other confirm is refused as `invalid_state` (the payment is already done).
+fn duplicate_confirms<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        (user, new_payment(&app, user, 100, 10).await)
+    });
+    let results = race(
+        &app,
+        (0..THREADS)
+            .map(|_| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None)))
+            .collect(),
+    );
+    assert_eq!(
+        results.iter().filter(|r| is_done(r)).count(),
+        1,
+        "exactly one confirm succeeds: {results:?}"
+    );
+    let already = Err(Error::Transition(InvalidTransition {
+        from: PaymentStatus::Done,
+        event: PaymentEvent::Confirm,
+    }));
+    assert_eq!(
+        results.iter().filter(|r| **r == already).count(),
+        THREADS - 1,
+        "{results:?}"
+    );
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(1_000 - 100 + 10));
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Done);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Seed 002's point charge: N concurrent top-ups → none lost.
+fn concurrent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let results = race(
+        &app,
+        (1..=THREADS as i64)
+            .map(|i| {
+                move |app: Arc<Tally<_, L, _>>| {
+                    block_on(app.execute(
+                        user,
+                        Command::TopUp {
+                            amount: amount(i * 100),
+                        },
+                        None,
+                    ))
+                }
+            })
+            .collect(),
+    );
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(100 + 200 + 300));
+        let snapshot = app.snapshot().await.unwrap();
+        assert_eq!(snapshot.transfers.len(), THREADS);
+        assert_holds(&snapshot);
+    });
+}
+
+/// A balance that covers k of N payments → exactly k are paid, the rest are
+/// refused for insufficient balance, and the balance is exact.
+fn k_of_n_payments<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (user, ids) = block_on(async {
+        let user = user_with(&app, Limits::default(), 250).await;
+        let mut ids = Vec::new();
+        for _ in 0..THREADS {
+            ids.push(new_payment(&app, user, 100, 0).await);
+        }
+        (user, ids)
+    });
+    let results = race(
+        &app,
+        ids.iter()
+            .map(|id| {
+                let id = *id;
+                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None))
+            })
+            .collect(),
+    );
+    assert_eq!(
+        results.iter().filter(|r| is_done(r)).count(),
+        2,
+        "{results:?}"
+    );
+    let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
+    assert_eq!(
+        results.iter().filter(|r| **r == broke).count(),
+        THREADS - 2,
+        "{results:?}"
+    );
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(50));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Seed 001's daily limit under concurrency: a limit of 250 lets exactly two
+/// payments of 100 through, whatever the interleaving.
+fn daily_limit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let limits = Limits {
+        daily: Some(Money::new(250)),
+        ..Limits::default()
+    };
+    let (user, ids) = block_on(async {
+        let user = user_with(&app, limits, 1_000).await;
+        let mut ids = Vec::new();
+        for _ in 0..THREADS {
+            ids.push(new_payment(&app, user, 100, 0).await);
+        }
+        (user, ids)
+    });
+    let results = race(
+        &app,
+        ids.iter()
+            .map(|id| {
+                let id = *id;
+                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None))
+            })
+            .collect(),
+    );
+    assert_eq!(
+        results.iter().filter(|r| is_done(r)).count(),
+        2,
+        "{results:?}"
+    );
+    let limited = Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::Daily)));
+    assert_eq!(
+        results.iter().filter(|r| **r == limited).count(),
+        THREADS - 2,
+        "{results:?}"
+    );
+    block_on(async {
+        let view = app.wallet(user).await.unwrap();
+        assert_eq!(view.wallet.balance, Money::new(800));
+        assert_eq!(view.spent_today, Money::new(200));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// A confirm racing a cancel of a waiting payment, plus a second cancel:
+/// either the confirm wins (charged, then refunded once) or a cancel wins
+/// (nothing moves, the confirm is refused). Never two refunds, and the money
+/// always comes back.
+fn payment_vs_cancel<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 500).await;
+        (user, new_payment(&app, user, 200, 20).await)
+    });
+    let cancel = move |app: Arc<Tally<_, L, _>>| {
+        block_on(app.execute(user, Command::CancelPayment { payment: id }, None))
+    };
+    let confirm_one =
+        move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None));
+    let confirmed = race(
+        &app,
+        vec![
+            Box::new(confirm_one) as Box<dyn FnOnce(_) -> _ + Send>,
+            Box::new(cancel),
+            Box::new(cancel),
+        ],
+    );
+    let cancels_ok = confirmed[1..].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(cancels_ok, 1, "exactly one cancel succeeds: {confirmed:?}");
+    block_on(async {
+        let snapshot = app.snapshot().await.unwrap();
+        let charges = snapshot
+            .transfers
+            .iter()
+            .filter(|t| t.payment == Some(id))
+            .count();
+        if is_done(&confirmed[0]) {
+            assert_eq!(
+                charges, 4,
+                "charge + payback, then refund + reversal: {:?}",
+                snapshot.transfers
+            );
+        } else {
+            assert_eq!(charges, 0);
+        }
+        assert_eq!(
+            payment(&app, user, id).await.status,
+            PaymentStatus::Cancelled
+        );
+        assert_eq!(balance(&app, user).await, Money::new(500));
+        assert_holds(&snapshot);
+    });
+}
+
+/// The same request sent N times at once with one Idempotency-Key: one
+/// effect; every other answer is a byte-identical replay or `in use`.
+fn idempotent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let command = Command::TopUp {
+        amount: amount(700),
+    };
+    let results = race(
+        &app,
+        (0..THREADS)
+            .map(|_| {
+                let command = command.clone();
+                move |app: Arc<Tally<_, L, _>>| {
+                    block_on(app.execute(user, command.clone(), Some(keyed("top-up-1", &command))))
+                }
+            })
+            .collect(),
+    );
+    let fresh: Vec<_> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Executed::Fresh(o)) => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fresh.len(), 1, "exactly one request runs: {results:?}");
+    let first = render(&Ok(fresh[0].clone())).unwrap();
+    for result in &results {
+        match result {
+            Ok(Executed::Fresh(_)) | Err(Error::IdempotencyKeyInUse) => {}
+            Ok(Executed::Replayed(response)) => {
+                assert_eq!(*response, first, "a replay is byte for byte")
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    block_on(async {
+        // A retry after everything settled replays.
+        let again = app
+            .execute(user, command.clone(), Some(keyed("top-up-1", &command)))
+            .await;
+        assert_eq!(again, Ok(Executed::Replayed(first)));
+        assert_eq!(balance(&app, user).await, Money::new(700));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+macro_rules! scenario {
+    ($test:ident, $scenario:ident, $backend:ident) => {
+        #[test]
+        fn $test() {
+            explore(stringify!($test), || $scenario($backend()));
+        }
+    };
+}
+
+scenario!(
+    locked_duplicate_confirms_charge_once,
+    duplicate_confirms,
+    locked
+);
+scenario!(
+    locked_concurrent_top_ups_lose_nothing,
+    concurrent_top_ups,
+    locked
+);
+scenario!(locked_balance_for_k_pays_exactly_k, k_of_n_payments, locked);
+scenario!(locked_daily_limit_is_exact, daily_limit, locked);
+scenario!(
+    locked_payment_vs_cancel_refunds_once,
+    payment_vs_cancel,
+    locked
+);
+scenario!(
+    locked_idempotency_key_has_one_effect,
+    idempotent_top_ups,
+    locked
+);
+scenario!(
+    optimistic_duplicate_confirms_charge_once,
+    duplicate_confirms,
+    optimistic
+);
+scenario!(
+    optimistic_concurrent_top_ups_lose_nothing,
+    concurrent_top_ups,
+    optimistic
+);
+scenario!(
+    optimistic_balance_for_k_pays_exactly_k,
+    k_of_n_payments,
+    optimistic
+);
+scenario!(
+    optimistic_payment_vs_cancel_refunds_once,
+    payment_vs_cancel,
+    optimistic
+);
+scenario!(
+    optimistic_idempotency_key_has_one_effect,
+    idempotent_top_ups,
+    optimistic
+);

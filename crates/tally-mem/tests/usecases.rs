@@ -1,0 +1,476 @@
+//! The use cases, one request at a time, on the in-memory backend: what each
+//! does, what each refuses, and that a refusal changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tally_core::Error;
+use tally_core::app::{Command, Executed, Outcome};
+use tally_core::check::{Invariant, assert_holds, check};
+use tally_core::ids::PaymentId;
+use tally_core::ledger::TransferKind;
+use tally_core::money::Money;
+use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
+use tally_core::store::{Store, StoreError, Tx};
+use tally_core::time::Clock;
+use tally_core::wallet::{LimitKind, Limits, WalletError};
+use tally_mem::CommitFault;
+
+#[test]
+fn top_up_books_one_transfer_with_the_balance_after() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let Ok(Executed::Fresh(Outcome::TopUp { transfer, balance })) = app
+            .execute(
+                user,
+                Command::TopUp {
+                    amount: amount(150),
+                },
+                None,
+            )
+            .await
+        else {
+            panic!("top up failed")
+        };
+        assert_eq!(balance, Money::new(150));
+        assert_eq!(transfer.kind, TransferKind::TopUp);
+        assert_eq!(transfer.wallet.unwrap().balance_after, Money::new(150));
+        assert_eq!(transfer.wallet.unwrap().seq, 1);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn payment_lifecycle_with_payback_moves_exact_money() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let id = new_payment(&app, user, 300, 30).await;
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
+        assert_eq!(
+            balance(&app, user).await,
+            Money::new(1_000),
+            "creating a payment moves nothing"
+        );
+
+        app.execute(user, Command::ConfirmPayment { payment: id }, None)
+            .await
+            .unwrap();
+        assert_eq!(balance(&app, user).await, Money::new(1_000 - 300 + 30));
+        app.execute(user, Command::CancelPayment { payment: id }, None)
+            .await
+            .unwrap();
+        assert_eq!(balance(&app, user).await, Money::new(1_000));
+        assert_eq!(
+            payment(&app, user, id).await.status,
+            PaymentStatus::Cancelled
+        );
+
+        let page = app.ledger(user, 0, 100).await.unwrap();
+        let kinds: Vec<_> = page.entries.iter().map(|t| t.kind).collect();
+        use TransferKind::*;
+        assert_eq!(kinds, [TopUp, Payment, Payback, Refund, PaybackReversal]);
+        let after: Vec<_> = page
+            .entries
+            .iter()
+            .map(|t| t.wallet.unwrap().balance_after.minor_units())
+            .collect();
+        assert_eq!(after, [1_000, 700, 730, 1_030, 1_000]);
+        assert_eq!(page.next, None);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn ledger_pages_by_cursor() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        for i in 1..=5 {
+            app.execute(user, Command::TopUp { amount: amount(i) }, None)
+                .await
+                .unwrap();
+        }
+        let first = app.ledger(user, 0, 2).await.unwrap();
+        assert_eq!(first.entries.len(), 2);
+        assert_eq!(first.next, Some(2));
+        let second = app.ledger(user, 2, 2).await.unwrap();
+        assert_eq!(second.entries[0].amount, amount(3));
+        let last = app.ledger(user, 4, 2).await.unwrap();
+        assert_eq!((last.entries.len(), last.next), (1, None));
+        assert!(app.ledger(user, 0, 0).await.is_err());
+        assert!(app.ledger(user, 0, 101).await.is_err());
+    });
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let app = locked();
+    block_on(async {
+        let limits = Limits {
+            per_payment: Some(Money::new(500)),
+            max_balance: Some(Money::new(1_000)),
+            ..Limits::default()
+        };
+        let user = user_with(&app, limits, 200).await;
+        let id = new_payment(&app, user, 300, 0).await;
+        let before = app.snapshot().await.unwrap();
+
+        let refused = app
+            .execute(user, Command::ConfirmPayment { payment: id }, None)
+            .await;
+        assert_eq!(
+            refused,
+            Err(Error::Wallet(WalletError::InsufficientBalance))
+        );
+        let refused = app
+            .execute(
+                user,
+                Command::TopUp {
+                    amount: amount(801),
+                },
+                None,
+            )
+            .await;
+        assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
+        let too_big = Command::CreatePayment {
+            amount: amount(501),
+            payback: None,
+            method: tally_core::payment::Method::Wallet,
+        };
+        assert_eq!(
+            app.execute(user, too_big, None).await,
+            Err(Error::Wallet(WalletError::LimitExceeded(
+                LimitKind::PerPayment
+            )))
+        );
+        let payback_above = Command::CreatePayment {
+            amount: amount(10),
+            payback: Some(amount(11)),
+            method: tally_core::payment::Method::Wallet,
+        };
+        assert!(matches!(
+            app.execute(user, payback_above, None).await,
+            Err(Error::Payback(_))
+        ));
+        let unknown = PaymentId(0xdead);
+        assert_eq!(
+            app.execute(user, Command::ConfirmPayment { payment: unknown }, None)
+                .await,
+            Err(Error::NotFound)
+        );
+
+        assert_eq!(app.snapshot().await.unwrap(), before);
+    });
+}
+
+#[test]
+fn another_users_payment_is_not_found() {
+    let app = locked();
+    block_on(async {
+        let owner = user_with(&app, Limits::default(), 100).await;
+        let other = user_with(&app, Limits::default(), 100).await;
+        let id = new_payment(&app, owner, 50, 0).await;
+        assert_eq!(app.payment(other, id).await, Err(Error::NotFound));
+        assert_eq!(
+            app.execute(other, Command::ConfirmPayment { payment: id }, None)
+                .await,
+            Err(Error::NotFound)
+        );
+        assert_eq!(
+            app.execute(other, Command::CancelPayment { payment: id }, None)
+                .await,
+            Err(Error::NotFound)
+        );
+        assert_eq!(payment(&app, owner, id).await.status, PaymentStatus::Wait);
+    });
+}
+
+#[test]
+fn second_confirm_and_second_cancel_are_refused() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 100).await;
+        let id = new_payment(&app, user, 100, 0).await;
+        app.execute(user, Command::ConfirmPayment { payment: id }, None)
+            .await
+            .unwrap();
+        let again = app
+            .execute(user, Command::ConfirmPayment { payment: id }, None)
+            .await;
+        assert_eq!(
+            again,
+            Err(Error::Transition(InvalidTransition {
+                from: PaymentStatus::Done,
+                event: PaymentEvent::Confirm
+            }))
+        );
+        app.execute(user, Command::CancelPayment { payment: id }, None)
+            .await
+            .unwrap();
+        let again = app
+            .execute(user, Command::CancelPayment { payment: id }, None)
+            .await;
+        assert_eq!(
+            again,
+            Err(Error::Transition(InvalidTransition {
+                from: PaymentStatus::Cancelled,
+                event: PaymentEvent::Cancel
+            }))
+        );
+        assert_eq!(balance(&app, user).await, Money::new(100));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn idempotency_replays_refuses_reuse_and_stores_refusals() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let top_up = Command::TopUp {
+            amount: amount(100),
+        };
+        let Ok(Executed::Fresh(first)) = app
+            .execute(user, top_up.clone(), Some(keyed("a", &top_up)))
+            .await
+        else {
+            panic!()
+        };
+        let replay = app
+            .execute(user, top_up.clone(), Some(keyed("a", &top_up)))
+            .await;
+        assert_eq!(replay, Ok(Executed::Replayed(render(&Ok(first)).unwrap())));
+
+        let other = Command::TopUp {
+            amount: amount(101),
+        };
+        assert_eq!(
+            app.execute(user, other.clone(), Some(keyed("a", &other)))
+                .await,
+            Err(Error::IdempotencyKeyReused)
+        );
+
+        // A business refusal is stored and replayed, even once it would succeed.
+        let id = new_payment(&app, user, 500, 0).await;
+        let pay = Command::ConfirmPayment { payment: id };
+        let refused = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
+        assert_eq!(
+            refused,
+            Err(Error::Wallet(WalletError::InsufficientBalance))
+        );
+        app.execute(
+            user,
+            Command::TopUp {
+                amount: amount(1_000),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let replay = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
+        assert_eq!(
+            replay,
+            Ok(Executed::Replayed(
+                render(&refused.map(|_| unreachable!())).unwrap()
+            ))
+        );
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
+
+        // Keys are scoped to their user.
+        let stranger = user_with(&app, Limits::default(), 0).await;
+        assert!(matches!(
+            app.execute(stranger, top_up.clone(), Some(keyed("a", &top_up)))
+                .await,
+            Ok(Executed::Fresh(_))
+        ));
+
+        // After the TTL the key is forgotten.
+        app.clock()
+            .advance(app.config().idempotency.ttl + Duration::from_secs(1));
+        assert!(matches!(
+            app.execute(user, other.clone(), Some(keyed("a", &other)))
+                .await,
+            Ok(Executed::Fresh(_))
+        ));
+        assert_eq!(balance(&app, user).await, Money::new(100 + 1_000 + 101));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let id = new_payment(&app, user, 400, 0).await;
+        let pay = Command::ConfirmPayment { payment: id };
+        // Admission commits cleanly; the effect's commit is ambiguous.
+        let mut commits = 0;
+        app.store().set_commit_faults(Some(Box::new(move || {
+            commits += 1;
+            if commits == 2 {
+                CommitFault::Ambiguous
+            } else {
+                CommitFault::None
+            }
+        })));
+        let first = app
+            .execute(user, pay.clone(), Some(keyed("pay-1", &pay)))
+            .await;
+        assert_eq!(first, Err(Error::Store(StoreError::Ambiguous)));
+        app.store().set_commit_faults(None);
+        // The client cannot know; it retries with the same key and gets the
+        // answer of the execution that did happen.
+        let retry = app
+            .execute(user, pay.clone(), Some(keyed("pay-1", &pay)))
+            .await;
+        assert!(
+            matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 201),
+            "{retry:?}"
+        );
+        assert_eq!(balance(&app, user).await, Money::new(600));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn a_failed_effect_frees_the_key_for_a_retry() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let top_up = Command::TopUp { amount: amount(5) };
+        // Admission commits; the effect's commit is lost before it arrives.
+        let mut commits = 0;
+        app.store().set_commit_faults(Some(Box::new(move || {
+            commits += 1;
+            if commits == 2 {
+                CommitFault::Lost
+            } else {
+                CommitFault::None
+            }
+        })));
+        let lost = app
+            .execute(user, top_up.clone(), Some(keyed("k", &top_up)))
+            .await;
+        assert!(
+            matches!(lost, Err(Error::Store(StoreError::Unavailable(_)))),
+            "{lost:?}"
+        );
+        assert_eq!(balance(&app, user).await, Money::ZERO);
+        // Not stored: the key is free, and the retry runs.
+        let retry = app
+            .execute(user, top_up.clone(), Some(keyed("k", &top_up)))
+            .await;
+        assert!(matches!(retry, Ok(Executed::Fresh(_))), "{retry:?}");
+        assert_eq!(balance(&app, user).await, Money::new(5));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn optimistic_store_refuses_a_stale_write_and_applies_nothing() {
+    let app = optimistic();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 100).await;
+        let store = app.store();
+        let mut first = store.begin().await.unwrap();
+        let mut second = store.begin().await.unwrap();
+        let w1 = first.wallet(user).await.unwrap().unwrap();
+        let w2 = second.wallet(user).await.unwrap().unwrap();
+        let now = app.clock().now();
+        let next1 = w1
+            .apply(tally_core::wallet::Movement::TopUp(amount(1)), now)
+            .unwrap();
+        let next2 = w2
+            .apply(tally_core::wallet::Movement::TopUp(amount(2)), now)
+            .unwrap();
+        first.put_wallet(Some(&w1), &next1).await.unwrap();
+        second.put_wallet(Some(&w2), &next2).await.unwrap();
+        first.commit().await.unwrap();
+        assert_eq!(second.commit().await, Err(StoreError::Conflict));
+        assert_eq!(balance(&app, user).await, Money::new(101));
+    });
+}
+
+#[test]
+fn store_refuses_a_negative_balance_like_a_check_constraint() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 10).await;
+        let mut tx = app.store().begin().await.unwrap();
+        let wallet = tx.wallet(user).await.unwrap().unwrap();
+        let mut broken = wallet.clone();
+        broken.balance = Money::new(-1);
+        broken.version += 1;
+        tx.put_wallet(Some(&wallet), &broken).await.unwrap();
+        tx.append_transfers(&[]).await.unwrap();
+        assert!(matches!(tx.commit().await, Err(StoreError::Integrity(_))));
+        assert_eq!(balance(&app, user).await, Money::new(10));
+    });
+}
+
+#[test]
+fn checker_names_each_broken_invariant() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let id = new_payment(&app, user, 100, 0).await;
+        let pay = Command::ConfirmPayment { payment: id };
+        app.execute(user, pay.clone(), Some(keyed("k", &pay)))
+            .await
+            .unwrap();
+        let good = app.snapshot().await.unwrap();
+        assert!(check(&good).is_empty());
+
+        let violated = |snapshot| {
+            check(&snapshot)
+                .into_iter()
+                .map(|v| v.invariant)
+                .collect::<Vec<_>>()
+        };
+
+        // A second charge of the same payment (with consistent wallet rows).
+        let mut twice = good.clone();
+        let mut charge = twice
+            .transfers
+            .iter()
+            .find(|t| t.kind == TransferKind::Payment)
+            .unwrap()
+            .clone();
+        charge.id = tally_core::ids::TransferId(u128::MAX);
+        charge.op = tally_core::ids::OpId(u128::MAX);
+        twice.transfers.push(charge);
+        let found = violated(twice);
+        assert!(
+            found.contains(&Invariant::ChargedAtMostOnce)
+                && found.contains(&Invariant::OneEffectPerKey),
+            "{found:?}"
+        );
+
+        // A wallet row that drifted from its ledger (a lost update).
+        let mut drifted = good.clone();
+        drifted.wallets[0].balance = Money::new(950);
+        let found = violated(drifted);
+        assert!(
+            found.contains(&Invariant::WalletMatchesLedger)
+                && found.contains(&Invariant::MoneyConserved),
+            "{found:?}"
+        );
+
+        // A payment marked done without its charge.
+        let mut uncharged = good.clone();
+        uncharged
+            .transfers
+            .retain(|t| t.kind != TransferKind::Payment);
+        assert!(violated(uncharged).contains(&Invariant::ChargedAtMostOnce));
+
+        // A daily limit exceeded in the ledger even if the counter says otherwise.
+        let mut over = good.clone();
+        over.wallets[0].limits.daily = Some(Money::new(99));
+        assert_eq!(violated(over), [Invariant::WalletMatchesLedger]);
+    });
+}
