@@ -20,8 +20,7 @@ use crate::check::Snapshot;
 use crate::decide;
 use crate::error::Error;
 use crate::idempotency::{
-    self, Admission, Fingerprint, IdemConfig, IdemKey, IdemOrigin, IdemScope, LeaseToken,
-    StoredResponse,
+    self, Admission, Fingerprint, IdemConfig, IdemKey, IdemOrigin, IdemScope, LeaseToken, StoredResponse,
 };
 use crate::ids::{IdGen, OpId, PaymentId, TransferId, UserId};
 use crate::ledger::{Booking, Transfer};
@@ -45,10 +44,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            idempotency: IdemConfig {
-                ttl: Duration::from_secs(24 * 60 * 60),
-                lease: Duration::from_secs(60),
-            },
+            idempotency: IdemConfig { ttl: Duration::from_secs(24 * 60 * 60), lease: Duration::from_secs(60) },
             lock_wait: Duration::from_secs(5),
             attempts_max: 8,
         }
@@ -63,20 +59,10 @@ pub const LEDGER_PAGE_MAX: usize = 100;
 /// A mutating use case and its validated input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    TopUp {
-        amount: Amount,
-    },
-    CreatePayment {
-        amount: Amount,
-        payback: Option<Amount>,
-        method: Method,
-    },
-    ConfirmPayment {
-        payment: PaymentId,
-    },
-    CancelPayment {
-        payment: PaymentId,
-    },
+    TopUp { amount: Amount },
+    CreatePayment { amount: Amount, payback: Option<Amount>, method: Method },
+    ConfirmPayment { payment: PaymentId },
+    CancelPayment { payment: PaymentId },
 }
 
 impl Command {
@@ -115,10 +101,7 @@ pub struct Keyed<'r> {
 
 impl std::fmt::Debug for Keyed<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyed")
-            .field("key", &self.key)
-            .field("fingerprint", &self.fingerprint)
-            .finish()
+        f.debug_struct("Keyed").field("key", &self.key).field("fingerprint", &self.fingerprint).finish()
     }
 }
 
@@ -165,26 +148,15 @@ pub struct Tally<S, L, C> {
 
 impl<S, L, C> std::fmt::Debug for Tally<S, L, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tally")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Tally").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
     pub fn new(store: S, locks: L, clock: C, ids: Arc<dyn IdGen>, config: Config) -> Self {
         assert!(config.attempts_max >= 1, "a use case runs at least once");
-        assert!(
-            config.idempotency.lease < config.idempotency.ttl,
-            "a lease ends before its key expires"
-        );
-        Tally {
-            store,
-            locks,
-            clock,
-            ids,
-            config,
-        }
+        assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
+        Tally { store, locks, clock, ids, config }
     }
 
     pub fn store(&self) -> &S {
@@ -204,26 +176,14 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
     }
 
     /// Creates a user and their empty wallet.
-    pub async fn create_user(
-        &self,
-        name: &str,
-        limits: Limits,
-        key_hash: [u8; 32],
-    ) -> Result<User, Error> {
+    pub async fn create_user(&self, name: &str, limits: Limits, key_hash: [u8; 32]) -> Result<User, Error> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > NAME_LENGTH_MAX {
             return Err(Error::InvalidInput("name must be 1 to 200 characters"));
         }
-        let limits = limits
-            .validate()
-            .map_err(|_| Error::InvalidInput("limits must be between 0 and 10^15"))?;
+        let limits = limits.validate().map_err(|_| Error::InvalidInput("limits must be between 0 and 10^15"))?;
         let now = self.clock.now();
-        let user = User {
-            id: UserId(self.ids.next_id()),
-            name: name.to_owned(),
-            key_hash,
-            created_at: now,
-        };
+        let user = User { id: UserId(self.ids.next_id()), name: name.to_owned(), key_hash, created_at: now };
         let wallet = Wallet::open(user.id, limits, now);
         let mut tx = self.store.begin().await?;
         tx.insert_user(&user).await?;
@@ -245,20 +205,11 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
         tx.rollback().await;
         let wallet = wallet?.ok_or(Error::NotFound)?;
         let (spent_today, spent_this_month) = wallet.spent_at(self.clock.now());
-        Ok(WalletView {
-            wallet,
-            spent_today,
-            spent_this_month,
-        })
+        Ok(WalletView { wallet, spent_today, spent_this_month })
     }
 
     /// The wallet's ledger after cursor `after` (0 = from the start).
-    pub async fn ledger(
-        &self,
-        user: UserId,
-        after: u64,
-        limit: usize,
-    ) -> Result<LedgerPage, Error> {
+    pub async fn ledger(&self, user: UserId, after: u64, limit: usize) -> Result<LedgerPage, Error> {
         if limit == 0 || limit > LEDGER_PAGE_MAX {
             return Err(Error::InvalidInput("limit must be 1 to 100"));
         }
@@ -283,20 +234,21 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
         payment?.filter(|p| p.user == user).ok_or(Error::NotFound)
     }
 
+    /// Deletes up to `limit` expired idempotency records; returns how many.
+    pub async fn reap_idempotency(&self, limit: usize) -> Result<usize, Error> {
+        assert!(limit > 0, "a reaper batch reaps something");
+        let mut tx = self.store.begin().await?;
+        let reaped = tx.reap_idempotency(self.clock.now(), limit).await?;
+        tx.commit().await?;
+        Ok(reaped)
+    }
+
     /// Runs a mutating use case for `user`, at most once per idempotency key.
-    pub async fn execute(
-        &self,
-        user: UserId,
-        command: Command,
-        keyed: Option<Keyed<'_>>,
-    ) -> Result<Executed, Error> {
+    pub async fn execute(&self, user: UserId, command: Command, keyed: Option<Keyed<'_>>) -> Result<Executed, Error> {
         let Some(keyed) = keyed else {
             return self.run(user, &command, None).await.map(Executed::Fresh);
         };
-        let scope = IdemScope {
-            user,
-            key: keyed.key,
-        };
+        let scope = IdemScope { user, key: keyed.key };
         let lease = LeaseToken(self.ids.next_id());
         match self.admit(&scope, keyed.fingerprint, lease).await? {
             Admission::Start(_) => {}
@@ -304,11 +256,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
             Admission::InUse => return Err(Error::IdempotencyKeyInUse),
             Admission::Reused => return Err(Error::IdempotencyKeyReused),
         }
-        let held = Held {
-            scope,
-            lease,
-            render: keyed.render,
-        };
+        let held = Held { scope, lease, render: keyed.render };
         match self.run(user, &command, Some(&held)).await {
             Ok(outcome) => Ok(Executed::Fresh(outcome)),
             Err(error) => {
@@ -321,12 +269,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
     /// Phase 1 of a keyed request: claim the key, or learn why not. Two
     /// first requests racing without locks both try to insert; the loser's
     /// commit conflicts (unique key) and it decides again on what won.
-    async fn admit(
-        &self,
-        scope: &IdemScope,
-        fingerprint: Fingerprint,
-        lease: LeaseToken,
-    ) -> Result<Admission, Error> {
+    async fn admit(&self, scope: &IdemScope, fingerprint: Fingerprint, lease: LeaseToken) -> Result<Admission, Error> {
         let keys = LockSet::new([LockKey::Idempotency(scope.clone())]);
         let mut attempt = 0;
         loop {
@@ -335,14 +278,8 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
             let mut tx = self.store.begin().await?;
             let existing = tx.idempotency(scope).await?;
             let now = self.clock.now();
-            let admission = idempotency::admit(
-                existing.as_ref(),
-                scope,
-                fingerprint,
-                lease,
-                self.config.idempotency,
-                now,
-            );
+            let admission =
+                idempotency::admit(existing.as_ref(), scope, fingerprint, lease, self.config.idempotency, now);
             let Admission::Start(record) = &admission else {
                 tx.rollback().await;
                 return Ok(admission);
@@ -367,11 +304,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
         if *error == Error::LeaseLost {
             return;
         }
-        let response = if error.is_refusal() {
-            (held.render)(&Err(error.clone()))
-        } else {
-            None
-        };
+        let response = if error.is_refusal() { (held.render)(&Err(error.clone())) } else { None };
         let keys = LockSet::new([LockKey::Idempotency(held.scope.clone())]);
         let Ok(_guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
             return;
@@ -394,12 +327,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
 
     /// Phase 2: lock, run the command and complete the key in one transaction,
     /// retrying a bounded number of times on conflicts.
-    async fn run(
-        &self,
-        user: UserId,
-        command: &Command,
-        held: Option<&Held<'_>>,
-    ) -> Result<Outcome, Error> {
+    async fn run(&self, user: UserId, command: &Command, held: Option<&Held<'_>>) -> Result<Outcome, Error> {
         let mut keys = command.lock_keys(user);
         keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
         let keys = LockSet::new(keys);
@@ -412,9 +340,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     tx.rollback().await;
-                    if error == Error::Store(StoreError::Conflict)
-                        && attempt < self.config.attempts_max
-                    {
+                    if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
                         continue;
                     }
                     return Err(conflicts_exhausted(error));
@@ -458,22 +384,13 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
             None => None,
         };
         let op = OpId(self.ids.next_id());
-        let origin = record.as_ref().map(|r| IdemOrigin {
-            scope: r.scope.clone(),
-            expires_at: r.expires_at,
-        });
-        let booking = Booking {
-            op,
-            origin,
-            at: now,
-        };
+        let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
+        let booking = Booking { op, origin, at: now };
         let outcome = self.apply(tx, user, command, &booking).await?;
         if let (Some(held), Some(record)) = (held, record) {
             match (held.render)(&Ok(outcome.clone())) {
                 Some(response) => {
-                    let completed = record
-                        .complete(held.lease, response, Some(op))
-                        .expect("lease checked above");
+                    let completed = record.complete(held.lease, response, Some(op)).expect("lease checked above");
                     tx.put_idempotency(Some(&record), &completed).await?;
                 }
                 None => tx.delete_idempotency(&record).await?,
@@ -497,42 +414,21 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
                 let (next, transfer) = decide::top_up(&wallet, *amount, booking, &mut next_id)?;
                 tx.put_wallet(Some(&wallet), &next).await?;
                 tx.append_transfers(std::slice::from_ref(&transfer)).await?;
-                Ok(Outcome::TopUp {
-                    transfer,
-                    balance: next.balance,
-                })
+                Ok(Outcome::TopUp { transfer, balance: next.balance })
             }
-            Command::CreatePayment {
-                amount,
-                payback,
-                method,
-            } => {
+            Command::CreatePayment { amount, payback, method } => {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 // Refuse early what confirm would refuse anyway; confirm checks again.
-                if wallet
-                    .limits
-                    .per_payment
-                    .is_some_and(|limit| amount.money() > limit)
-                {
+                if wallet.limits.per_payment.is_some_and(|limit| amount.money() > limit) {
                     return Err(WalletError::LimitExceeded(LimitKind::PerPayment).into());
                 }
-                let payment = Payment::new(
-                    PaymentId(self.ids.next_id()),
-                    user,
-                    *amount,
-                    *payback,
-                    *method,
-                    booking.at,
-                )?;
+                let payment =
+                    Payment::new(PaymentId(self.ids.next_id()), user, *amount, *payback, *method, booking.at)?;
                 tx.put_payment(None, &payment).await?;
                 Ok(Outcome::Payment(payment))
             }
             Command::ConfirmPayment { payment } | Command::CancelPayment { payment } => {
-                let loaded = tx
-                    .payment(*payment)
-                    .await?
-                    .filter(|p| p.user == user)
-                    .ok_or(Error::NotFound)?;
+                let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 let decision = if matches!(command, Command::ConfirmPayment { .. }) {
                     decide::confirm(&loaded, &wallet, booking, &mut next_id)?

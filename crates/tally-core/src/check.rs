@@ -58,21 +58,14 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invariant {} ({}): {}",
-            self.invariant as u8,
-            self.invariant.name(),
-            self.detail
-        )
+        write!(f, "invariant {} ({}): {}", self.invariant as u8, self.invariant.name(), self.detail)
     }
 }
 
 /// All violations in `snapshot`; empty means every invariant holds.
 pub fn check(snapshot: &Snapshot) -> Vec<Violation> {
     let mut found = Vec::new();
-    let mut report =
-        |invariant: Invariant, detail: String| found.push(Violation { invariant, detail });
+    let mut report = |invariant: Invariant, detail: String| found.push(Violation { invariant, detail });
     check_payments(snapshot, &mut report);
     check_idempotency(snapshot, &mut report);
     check_wallets(snapshot, &mut report);
@@ -85,11 +78,7 @@ pub fn assert_holds(snapshot: &Snapshot) {
     let violations = check(snapshot);
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(ToString::to_string).collect();
-        panic!(
-            "{} invariant violation(s):\n  {}",
-            violations.len(),
-            lines.join("\n  ")
-        );
+        panic!("{} invariant violation(s):\n  {}", violations.len(), lines.join("\n  "));
     }
 }
 
@@ -106,27 +95,17 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
         report(inv, format!("transfers name unknown payment {id}"));
     }
     for payment in &snapshot.payments {
-        let transfers = by_payment
-            .get(&payment.id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let transfers = by_payment.get(&payment.id).map(Vec::as_slice).unwrap_or_default();
         let count = |kind: TransferKind| transfers.iter().filter(|t| t.kind == kind).count();
         let (charges, refunds) = (count(TransferKind::Payment), count(TransferKind::Refund));
-        let (paybacks, reversals) = (
-            count(TransferKind::Payback),
-            count(TransferKind::PaybackReversal),
-        );
+        let (paybacks, reversals) = (count(TransferKind::Payback), count(TransferKind::PaybackReversal));
         let expected_charges = match payment.status {
             PaymentStatus::Done => 1,
             PaymentStatus::Wait | PaymentStatus::Failed => 0,
             // Cancelled from wait: nothing moved; from done: one charge, one refund.
             PaymentStatus::Cancelled => charges.min(1),
         };
-        let expected_refunds = if payment.status == PaymentStatus::Cancelled {
-            expected_charges
-        } else {
-            0
-        };
+        let expected_refunds = if payment.status == PaymentStatus::Cancelled { expected_charges } else { 0 };
         if charges != expected_charges || refunds != expected_refunds {
             report(
                 inv,
@@ -137,28 +116,16 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
                 ),
             );
         }
-        let with_payback =
-            usize::from(!payment.payback.is_negative() && payment.payback != Money::ZERO);
-        if paybacks != expected_charges * with_payback
-            || reversals != expected_refunds * with_payback
-        {
-            report(
-                inv,
-                format!(
-                    "payment {} has {paybacks} payback(s) and {reversals} reversal(s)",
-                    payment.id
-                ),
-            );
+        let with_payback = usize::from(!payment.payback.is_negative() && payment.payback != Money::ZERO);
+        if paybacks != expected_charges * with_payback || reversals != expected_refunds * with_payback {
+            report(inv, format!("payment {} has {paybacks} payback(s) and {reversals} reversal(s)", payment.id));
         }
         for transfer in transfers {
             let expected = match transfer.kind {
                 TransferKind::Payment | TransferKind::Refund => payment.amount.money(),
                 TransferKind::Payback | TransferKind::PaybackReversal => payment.payback,
                 TransferKind::TopUp => {
-                    report(
-                        inv,
-                        format!("top-up {} names payment {}", transfer.id, payment.id),
-                    );
+                    report(inv, format!("top-up {} names payment {}", transfer.id, payment.id));
                     continue;
                 }
             };
@@ -172,13 +139,7 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
                 );
             }
             if transfer.wallet.map(|side| side.user) != Some(payment.user) {
-                report(
-                    inv,
-                    format!(
-                        "transfer {} of payment {} touches another wallet",
-                        transfer.id, payment.id
-                    ),
-                );
+                report(inv, format!("transfer {} of payment {} touches another wallet", transfer.id, payment.id));
             }
         }
     }
@@ -189,14 +150,7 @@ fn check_idempotency(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, Str
     let mut seen = BTreeSet::new();
     for record in &snapshot.idempotency {
         if !seen.insert(&record.scope) {
-            report(
-                inv,
-                format!(
-                    "two records for key {:?} of user {}",
-                    record.scope.key.as_str(),
-                    record.scope.user
-                ),
-            );
+            report(inv, format!("two records for key {:?} of user {}", record.scope.key.as_str(), record.scope.user));
         }
     }
     // Per key, each execution that booked transfers: when it booked, and when
@@ -214,25 +168,18 @@ fn check_idempotency(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, Str
     }
     for (scope, executions) in &effects {
         let key = scope.key.as_str();
-        let mut by_time: Vec<(Timestamp, Timestamp, OpId)> = executions
-            .iter()
-            .map(|(op, (at, exp))| (*at, *exp, *op))
-            .collect();
+        let mut by_time: Vec<(Timestamp, Timestamp, OpId)> =
+            executions.iter().map(|(op, (at, exp))| (*at, *exp, *op)).collect();
         by_time.sort();
         // A key may be used afresh only once it expired: two effects under
         // one live key are a double effect.
         for pair in by_time.windows(2) {
-            let ((_, expires, first), (at, _, second)) = (
-                (pair[0].0, pair[0].1, pair[0].2),
-                (pair[1].0, pair[1].1, pair[1].2),
-            );
+            let ((_, expires, first), (at, _, second)) =
+                ((pair[0].0, pair[0].1, pair[0].2), (pair[1].0, pair[1].1, pair[1].2));
             if at < expires {
                 report(
                     inv,
-                    format!(
-                        "key {key:?} of user {} took effect twice while live ({first:?}, {second:?})",
-                        scope.user
-                    ),
+                    format!("key {key:?} of user {} took effect twice while live ({first:?}, {second:?})", scope.user),
                 );
             }
         }
@@ -240,29 +187,18 @@ fn check_idempotency(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, Str
         let Some(record) = snapshot.idempotency.iter().find(|r| &r.scope == *scope) else {
             continue;
         };
-        let current: Vec<OpId> = by_time
-            .iter()
-            .filter(|(_, exp, _)| *exp == record.expires_at)
-            .map(|(_, _, op)| *op)
-            .collect();
+        let current: Vec<OpId> =
+            by_time.iter().filter(|(_, exp, _)| *exp == record.expires_at).map(|(_, _, op)| *op).collect();
         if current.is_empty() {
             continue;
         }
         match &record.state {
             IdemState::Completed { op: Some(op), .. } if current == [*op] => {}
             IdemState::Completed { op, .. } => {
-                report(
-                    inv,
-                    format!(
-                        "key {key:?}: record names execution {op:?}, the ledger has {current:?}"
-                    ),
-                );
+                report(inv, format!("key {key:?}: record names execution {op:?}, the ledger has {current:?}"));
             }
             IdemState::InFlight { .. } => {
-                report(
-                    inv,
-                    format!("key {key:?} has an effect but its record is still in flight"),
-                );
+                report(inv, format!("key {key:?} has an effect but its record is still in flight"));
             }
         }
     }
@@ -279,23 +215,10 @@ fn check_wallets(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)
     for wallet in &snapshot.wallets {
         let user = wallet.user;
         if wallet.balance.is_negative() {
-            report(
-                inv,
-                format!("wallet {user} balance {} is negative", wallet.balance),
-            );
+            report(inv, format!("wallet {user} balance {} is negative", wallet.balance));
         }
-        if let Some(max) = wallet
-            .limits
-            .max_balance
-            .filter(|max| wallet.balance > *max)
-        {
-            report(
-                inv,
-                format!(
-                    "wallet {user} balance {} above its maximum {max}",
-                    wallet.balance
-                ),
-            );
+        if let Some(max) = wallet.limits.max_balance.filter(|max| wallet.balance > *max) {
+            report(inv, format!("wallet {user} balance {} above its maximum {max}", wallet.balance));
         }
         let mut entries = lines.remove(&user).unwrap_or_default();
         entries.sort_by_key(|t| t.wallet.map(|side| side.seq));
@@ -304,9 +227,7 @@ fn check_wallets(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)
         let mut paid_per_month: BTreeMap<i64, Money> = BTreeMap::new();
         for (index, transfer) in entries.iter().enumerate() {
             let side = transfer.wallet.expect("grouped by wallet side");
-            running = running
-                .checked_add(transfer.delta(Account::Wallet(user)))
-                .expect("bounded sums");
+            running = running.checked_add(transfer.delta(Account::Wallet(user))).expect("bounded sums");
             if side.seq != index as u64 + 1 {
                 report(
                     inv,
@@ -328,58 +249,34 @@ fn check_wallets(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)
                 );
             }
             if running.is_negative() {
-                report(
-                    inv,
-                    format!(
-                        "wallet {user} went negative ({running}) at entry {}",
-                        transfer.id
-                    ),
-                );
+                report(inv, format!("wallet {user} went negative ({running}) at entry {}", transfer.id));
             }
             if transfer.kind == TransferKind::Payment {
                 let add = |map: &mut BTreeMap<i64, Money>, window| {
                     let total = map.entry(window).or_default();
-                    *total = total
-                        .checked_add(transfer.amount.money())
-                        .expect("bounded sums");
+                    *total = total.checked_add(transfer.amount.money()).expect("bounded sums");
                 };
                 add(&mut paid_per_day, transfer.at.day());
                 add(&mut paid_per_month, transfer.at.month());
             }
         }
         if running != wallet.balance {
-            report(
-                inv,
-                format!(
-                    "wallet {user} balance {} but its ledger sums to {running}",
-                    wallet.balance
-                ),
-            );
+            report(inv, format!("wallet {user} balance {} but its ledger sums to {running}", wallet.balance));
         }
         if wallet.entry_count != entries.len() as u64 {
             report(
                 inv,
-                format!(
-                    "wallet {user} counts {} entries, the ledger has {}",
-                    wallet.entry_count,
-                    entries.len()
-                ),
+                format!("wallet {user} counts {} entries, the ledger has {}", wallet.entry_count, entries.len()),
             );
         }
         for (day, total) in paid_per_day {
             if wallet.limits.daily.is_some_and(|limit| total > limit) {
-                report(
-                    inv,
-                    format!("wallet {user} paid {total} on day {day}, above its daily limit"),
-                );
+                report(inv, format!("wallet {user} paid {total} on day {day}, above its daily limit"));
             }
         }
         for (month, total) in paid_per_month {
             if wallet.limits.monthly.is_some_and(|limit| total > limit) {
-                report(
-                    inv,
-                    format!("wallet {user} paid {total} in month {month}, above its monthly limit"),
-                );
+                report(inv, format!("wallet {user} paid {total} in month {month}, above its monthly limit"));
             }
         }
     }
@@ -393,32 +290,18 @@ fn check_conservation(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, St
     let mut system = Money::ZERO;
     for transfer in &snapshot.transfers {
         if transfer.debit == transfer.credit {
-            report(
-                inv,
-                format!(
-                    "transfer {} moves money from an account to itself",
-                    transfer.id
-                ),
-            );
+            report(inv, format!("transfer {} moves money from an account to itself", transfer.id));
         }
         for account in [Account::World, Account::Revenue, Account::CashbackPool] {
-            system = system
-                .checked_add(transfer.delta(account))
-                .expect("bounded sums");
+            system = system.checked_add(transfer.delta(account)).expect("bounded sums");
         }
     }
     // The wallets' *stored* balances, not the ledger's: a wallet row that
     // drifted from its ledger breaks conservation here.
-    let wallets = snapshot
-        .wallets
-        .iter()
-        .try_fold(Money::ZERO, |sum, w| sum.checked_add(w.balance))
-        .expect("bounded sums");
+    let wallets =
+        snapshot.wallets.iter().try_fold(Money::ZERO, |sum, w| sum.checked_add(w.balance)).expect("bounded sums");
     let total = system.checked_add(wallets).expect("bounded sums");
     if total != Money::ZERO {
-        report(
-            inv,
-            format!("all accounts sum to {total}, not 0 (wallets {wallets}, system {system})"),
-        );
+        report(inv, format!("all accounts sum to {total}, not 0 (wallets {wallets}, system {system})"));
     }
 }

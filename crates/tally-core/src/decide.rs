@@ -34,13 +34,7 @@ fn book(
     let mut transfers = Vec::with_capacity(movements.len());
     for movement in movements {
         current = current.apply(*movement, booking.at)?;
-        transfers.push(booking.wallet_transfer(
-            next_id(),
-            *movement,
-            wallet.user,
-            &current,
-            payment,
-        ));
+        transfers.push(booking.wallet_transfer(next_id(), *movement, wallet.user, &current, payment));
     }
     Ok((current, transfers))
 }
@@ -65,19 +59,12 @@ pub fn confirm(
     booking: &Booking,
     next_id: &mut dyn FnMut() -> TransferId,
 ) -> Result<Decision, Error> {
-    assert_eq!(
-        payment.user, wallet.user,
-        "a payment is paid from its owner's wallet"
-    );
+    assert_eq!(payment.user, wallet.user, "a payment is paid from its owner's wallet");
     let next = payment.transition(PaymentEvent::Confirm, booking.at)?;
     let mut movements = vec![Movement::Pay(payment.amount)];
     movements.extend(payment.payback_amount().map(Movement::Payback));
     let (wallet, transfers) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
-    Ok(Decision {
-        payment: next,
-        wallet,
-        transfers,
-    })
+    Ok(Decision { payment: next, wallet, transfers })
 }
 
 /// Cancels a payment. A waiting payment moved no money and is simply
@@ -90,29 +77,18 @@ pub fn cancel(
     booking: &Booking,
     next_id: &mut dyn FnMut() -> TransferId,
 ) -> Result<Decision, Error> {
-    assert_eq!(
-        payment.user, wallet.user,
-        "a payment is refunded to its owner's wallet"
-    );
+    assert_eq!(payment.user, wallet.user, "a payment is refunded to its owner's wallet");
     let was = payment.status;
     let next = payment.transition(PaymentEvent::Cancel, booking.at)?;
     // The double_refund mutant lets a cancelled payment be cancelled again;
     // it then falls through to a second refund here.
-    let refund = was == PaymentStatus::Done
-        || (was == PaymentStatus::Cancelled && crate::mutant::active("double_refund"));
+    let refund =
+        was == PaymentStatus::Done || (was == PaymentStatus::Cancelled && crate::mutant::active("double_refund"));
     if !refund {
-        return Ok(Decision {
-            payment: next,
-            wallet: wallet.clone(),
-            transfers: Vec::new(),
-        });
+        return Ok(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() });
     }
     let mut movements = vec![Movement::Refund(payment.amount)];
     movements.extend(payment.payback_amount().map(Movement::PaybackReversal));
     let (wallet, transfers) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
-    Ok(Decision {
-        payment: next,
-        wallet,
-        transfers,
-    })
+    Ok(Decision { payment: next, wallet, transfers })
 }

@@ -37,10 +37,7 @@ impl Error {
     /// A business rule refused the request (SPEC.md's 409/422 refusals):
     /// such answers are stored under the idempotency key and replayed.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Error::Wallet(_) | Error::Transition(_) | Error::Payback(_) | Error::NotFound
-        )
+        matches!(self, Error::Wallet(_) | Error::Transition(_) | Error::Payback(_) | Error::NotFound)
     }
 }
 

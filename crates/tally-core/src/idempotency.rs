@@ -81,14 +81,8 @@ pub struct LeaseToken(pub u128);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdemState {
-    InFlight {
-        lease: LeaseToken,
-        lease_expires_at: Timestamp,
-    },
-    Completed {
-        response: StoredResponse,
-        op: Option<OpId>,
-    },
+    InFlight { lease: LeaseToken, lease_expires_at: Timestamp },
+    Completed { response: StoredResponse, op: Option<OpId> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,10 +128,7 @@ pub fn admit(
     let fresh = |version: u64| IdemRecord {
         scope: scope.clone(),
         fingerprint,
-        state: IdemState::InFlight {
-            lease,
-            lease_expires_at: now.plus(config.lease),
-        },
+        state: IdemState::InFlight { lease, lease_expires_at: now.plus(config.lease) },
         created_at: now,
         expires_at: now.plus(config.ttl),
         version,
@@ -153,9 +144,7 @@ pub fn admit(
     match &record.state {
         // A live admission of the same key: whatever its fingerprint, the
         // caller must wait for it (the draft answers 409 here).
-        IdemState::InFlight {
-            lease_expires_at, ..
-        } if *lease_expires_at > now => {
+        IdemState::InFlight { lease_expires_at, .. } if *lease_expires_at > now => {
             if crate::mutant::active("idem_ignores_inflight") {
                 return Admission::Start(fresh(next_version));
             }
@@ -188,20 +177,11 @@ impl IdemRecord {
     }
 
     /// The completion transition: only the lease holder may complete.
-    pub fn complete(
-        &self,
-        lease: LeaseToken,
-        response: StoredResponse,
-        op: Option<OpId>,
-    ) -> Option<IdemRecord> {
+    pub fn complete(&self, lease: LeaseToken, response: StoredResponse, op: Option<OpId>) -> Option<IdemRecord> {
         if !self.held_by(lease) {
             return None;
         }
-        Some(IdemRecord {
-            state: IdemState::Completed { response, op },
-            version: self.version + 1,
-            ..self.clone()
-        })
+        Some(IdemRecord { state: IdemState::Completed { response, op }, version: self.version + 1, ..self.clone() })
     }
 }
 
@@ -210,24 +190,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    const CONFIG: IdemConfig = IdemConfig {
-        ttl: Duration::from_secs(100),
-        lease: Duration::from_secs(10),
-    };
+    const CONFIG: IdemConfig = IdemConfig { ttl: Duration::from_secs(100), lease: Duration::from_secs(10) };
 
     fn scope() -> IdemScope {
-        IdemScope {
-            user: UserId(1),
-            key: IdemKey::new("k-1").unwrap(),
-        }
+        IdemScope { user: UserId(1), key: IdemKey::new("k-1").unwrap() }
     }
 
     fn response() -> StoredResponse {
-        StoredResponse {
-            status: 201,
-            content_type: "application/json".into(),
-            body: b"{}".to_vec(),
-        }
+        StoredResponse { status: 201, content_type: "application/json".into(), body: b"{}".to_vec() }
     }
 
     #[test]
@@ -245,30 +215,15 @@ mod tests {
         let fp = Fingerprint([1; 32]);
         let other = Fingerprint([2; 32]);
         let t0 = Timestamp(0);
-        let Admission::Start(inflight) = admit(None, &scope(), fp, LeaseToken(1), CONFIG, t0)
-        else {
-            panic!()
-        };
+        let Admission::Start(inflight) = admit(None, &scope(), fp, LeaseToken(1), CONFIG, t0) else { panic!() };
         assert!(inflight.held_by(LeaseToken(1)));
         // In flight, whatever the fingerprint: in use.
-        assert_eq!(
-            admit(Some(&inflight), &scope(), fp, LeaseToken(2), CONFIG, t0),
-            Admission::InUse
-        );
-        assert_eq!(
-            admit(Some(&inflight), &scope(), other, LeaseToken(2), CONFIG, t0),
-            Admission::InUse
-        );
+        assert_eq!(admit(Some(&inflight), &scope(), fp, LeaseToken(2), CONFIG, t0), Admission::InUse);
+        assert_eq!(admit(Some(&inflight), &scope(), other, LeaseToken(2), CONFIG, t0), Admission::InUse);
         // Completed: replay the same request, refuse another.
         let done = inflight.complete(LeaseToken(1), response(), None).unwrap();
-        assert_eq!(
-            admit(Some(&done), &scope(), fp, LeaseToken(2), CONFIG, t0),
-            Admission::Replay(response())
-        );
-        assert_eq!(
-            admit(Some(&done), &scope(), other, LeaseToken(2), CONFIG, t0),
-            Admission::Reused
-        );
+        assert_eq!(admit(Some(&done), &scope(), fp, LeaseToken(2), CONFIG, t0), Admission::Replay(response()));
+        assert_eq!(admit(Some(&done), &scope(), other, LeaseToken(2), CONFIG, t0), Admission::Reused);
         // Expired: start afresh.
         let later = Timestamp(100_000);
         assert!(
@@ -279,25 +234,12 @@ mod tests {
     #[test]
     fn stale_lease_is_taken_over_and_fences_the_old_holder() {
         let fp = Fingerprint([1; 32]);
-        let Admission::Start(first) =
-            admit(None, &scope(), fp, LeaseToken(1), CONFIG, Timestamp(0))
+        let Admission::Start(first) = admit(None, &scope(), fp, LeaseToken(1), CONFIG, Timestamp(0)) else { panic!() };
+        let Admission::Start(second) = admit(Some(&first), &scope(), fp, LeaseToken(2), CONFIG, Timestamp(10_000))
         else {
             panic!()
         };
-        let Admission::Start(second) = admit(
-            Some(&first),
-            &scope(),
-            fp,
-            LeaseToken(2),
-            CONFIG,
-            Timestamp(10_000),
-        ) else {
-            panic!()
-        };
-        assert!(
-            second.complete(LeaseToken(1), response(), None).is_none(),
-            "old lease must not complete"
-        );
+        assert!(second.complete(LeaseToken(1), response(), None).is_none(), "old lease must not complete");
         assert!(second.complete(LeaseToken(2), response(), None).is_some());
     }
 }

@@ -23,10 +23,7 @@ pub struct SeqIds {
 
 impl SeqIds {
     pub fn new(prefix: u64) -> SeqIds {
-        SeqIds {
-            prefix,
-            next: AtomicU64::new(1),
-        }
+        SeqIds { prefix, next: AtomicU64::new(1) }
     }
 }
 
@@ -43,15 +40,7 @@ impl IdGen for SeqIds {
 /// Formats a 128-bit id as a lowercase hyphenated UUID.
 pub fn fmt_uuid(value: u128, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let hex = format!("{value:032x}");
-    write!(
-        f,
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    write!(f, "{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// Parses a hyphenated (or plain 32-digit) UUID string.
@@ -115,15 +104,9 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text, "01234567-89ab-cdef-0011-223344556677");
         assert_eq!(PaymentId::parse(&text), Some(id));
-        assert_eq!(
-            PaymentId::parse("0123456789abcdef0011223344556677"),
-            Some(id)
-        );
+        assert_eq!(PaymentId::parse("0123456789abcdef0011223344556677"), Some(id));
         assert_eq!(PaymentId::parse("not-a-uuid"), None);
-        assert_eq!(
-            PaymentId::parse("01234567-89ab-cdef-0011-22334455667g"),
-            None
-        );
+        assert_eq!(PaymentId::parse("01234567-89ab-cdef-0011-22334455667g"), None);
     }
 
     #[test]

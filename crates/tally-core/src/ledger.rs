@@ -116,12 +116,7 @@ impl Booking {
             Movement::Pay(a) => (TransferKind::Payment, wallet, Account::Revenue, a),
             Movement::Refund(a) => (TransferKind::Refund, Account::Revenue, wallet, a),
             Movement::Payback(a) => (TransferKind::Payback, Account::CashbackPool, wallet, a),
-            Movement::PaybackReversal(a) => (
-                TransferKind::PaybackReversal,
-                wallet,
-                Account::CashbackPool,
-                a,
-            ),
+            Movement::PaybackReversal(a) => (TransferKind::PaybackReversal, wallet, Account::CashbackPool, a),
         };
         Transfer {
             id,
@@ -130,11 +125,7 @@ impl Booking {
             credit,
             amount,
             payment,
-            wallet: Some(WalletSide {
-                user,
-                balance_after: wallet_after.balance,
-                seq: wallet_after.entry_count,
-            }),
+            wallet: Some(WalletSide { user, balance_after: wallet_after.balance, seq: wallet_after.entry_count }),
             op: self.op,
             origin: self.origin.clone(),
             at: self.at,

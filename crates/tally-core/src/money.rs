@@ -118,9 +118,6 @@ mod tests {
         assert_eq!(Money::new(i64::MAX).checked_add(Money::new(1)), None);
         assert_eq!(Money::new(i64::MIN).checked_sub(Money::new(1)), None);
         assert_eq!(Money::new(i64::MIN).checked_neg(), None);
-        assert_eq!(
-            Money::new(5).checked_sub(Money::new(7)),
-            Some(Money::new(-2))
-        );
+        assert_eq!(Money::new(5).checked_sub(Money::new(7)), Some(Money::new(-2)));
     }
 }

@@ -121,11 +121,7 @@ impl Payment {
     }
 
     /// The transition function.
-    pub fn transition(
-        &self,
-        event: PaymentEvent,
-        now: Timestamp,
-    ) -> Result<Payment, InvalidTransition> {
+    pub fn transition(&self, event: PaymentEvent, now: Timestamp) -> Result<Payment, InvalidTransition> {
         use PaymentEvent as E;
         use PaymentStatus as S;
         let to = match (self.status, event) {
@@ -136,12 +132,7 @@ impl Payment {
             (S::Cancelled, E::Cancel) if crate::mutant::active("double_refund") => S::Cancelled,
             (from, event) => return Err(InvalidTransition { from, event }),
         };
-        Ok(Payment {
-            status: to,
-            updated_at: now,
-            version: self.version + 1,
-            ..self.clone()
-        })
+        Ok(Payment { status: to, updated_at: now, version: self.version + 1, ..self.clone() })
     }
 
     pub fn payback_amount(&self) -> Option<Amount> {
@@ -154,40 +145,18 @@ mod tests {
     use super::*;
 
     fn payment() -> Payment {
-        Payment::new(
-            PaymentId(1),
-            UserId(1),
-            Amount::new(100).unwrap(),
-            None,
-            Method::Wallet,
-            Timestamp(0),
-        )
-        .unwrap()
+        Payment::new(PaymentId(1), UserId(1), Amount::new(100).unwrap(), None, Method::Wallet, Timestamp(0)).unwrap()
     }
 
     #[test]
     fn legal_paths() {
-        let done = payment()
-            .transition(PaymentEvent::Confirm, Timestamp(1))
-            .unwrap();
+        let done = payment().transition(PaymentEvent::Confirm, Timestamp(1)).unwrap();
         assert_eq!(done.status, PaymentStatus::Done);
         assert_eq!(done.version, 1);
         let cancelled = done.transition(PaymentEvent::Cancel, Timestamp(2)).unwrap();
         assert_eq!(cancelled.status, PaymentStatus::Cancelled);
-        assert_eq!(
-            payment()
-                .transition(PaymentEvent::Fail, Timestamp(1))
-                .unwrap()
-                .status,
-            PaymentStatus::Failed
-        );
-        assert_eq!(
-            payment()
-                .transition(PaymentEvent::Cancel, Timestamp(1))
-                .unwrap()
-                .status,
-            PaymentStatus::Cancelled
-        );
+        assert_eq!(payment().transition(PaymentEvent::Fail, Timestamp(1)).unwrap().status, PaymentStatus::Failed);
+        assert_eq!(payment().transition(PaymentEvent::Cancel, Timestamp(1)).unwrap().status, PaymentStatus::Cancelled);
     }
 
     #[test]
@@ -206,13 +175,7 @@ mod tests {
             (&cancelled, E::Fail),
             (&cancelled, E::Cancel),
         ] {
-            assert_eq!(
-                p.transition(e, Timestamp(3)),
-                Err(InvalidTransition {
-                    from: p.status,
-                    event: e
-                })
-            );
+            assert_eq!(p.transition(e, Timestamp(3)), Err(InvalidTransition { from: p.status, event: e }));
         }
     }
 

@@ -69,28 +69,19 @@ pub trait Store: Send + Sync + 'static {
 
 /// One transaction. Dropping it without `commit` rolls it back.
 pub trait Tx: Send {
-    fn user(&mut self, id: UserId)
+    fn user(&mut self, id: UserId) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+    fn user_by_key_hash(&mut self, key_hash: [u8; 32])
     -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
-    fn user_by_key_hash(
-        &mut self,
-        key_hash: [u8; 32],
-    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
     fn insert_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn wallet(
-        &mut self,
-        user: UserId,
-    ) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send;
+    fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send;
     fn put_wallet(
         &mut self,
         before: Option<&Wallet>,
         after: &Wallet,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn payment(
-        &mut self,
-        id: PaymentId,
-    ) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send;
+    fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send;
     fn put_payment(
         &mut self,
         before: Option<&Payment>,
@@ -99,10 +90,7 @@ pub trait Tx: Send {
 
     /// Appends ledger lines. The ledger is append-only: nothing updates or
     /// deletes a transfer.
-    fn append_transfers(
-        &mut self,
-        transfers: &[Transfer],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// A wallet's transfers with `seq > after_seq`, in `seq` order, at most `limit`.
     fn wallet_ledger(
         &mut self,
@@ -111,19 +99,22 @@ pub trait Tx: Send {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Transfer>, StoreError>> + Send;
 
-    fn idempotency(
-        &mut self,
-        scope: &IdemScope,
-    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    fn idempotency(&mut self, scope: &IdemScope)
+    -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
     fn put_idempotency(
         &mut self,
         before: Option<&IdemRecord>,
         after: &IdemRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn delete_idempotency(
+    fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes at most `limit` idempotency records that expired at or before
+    /// `now`, oldest first; returns how many. An expired record is forgotten
+    /// either way (admission treats it as absent); reaping bounds the table.
+    fn reap_idempotency(
         &mut self,
-        before: &IdemRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(self) -> impl Future<Output = ()> + Send;
@@ -152,11 +143,7 @@ impl LockSet {
         let mut keys: Vec<LockKey> = keys.into_iter().collect();
         keys.sort();
         keys.dedup();
-        assert!(
-            keys.len() <= LOCK_SET_SIZE_MAX,
-            "lock set of {} keys",
-            keys.len()
-        );
+        assert!(keys.len() <= LOCK_SET_SIZE_MAX, "lock set of {} keys", keys.len());
         LockSet(keys)
     }
 
@@ -178,11 +165,8 @@ pub trait LockManager: Send + Sync + 'static {
     type Guard: Send;
 
     /// Waits at most `timeout` (of the manager's clock) for all of `keys`.
-    fn acquire(
-        &self,
-        keys: &LockSet,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self::Guard, LockError>> + Send;
+    fn acquire(&self, keys: &LockSet, timeout: Duration)
+    -> impl Future<Output = Result<Self::Guard, LockError>> + Send;
 }
 
 /// For backends whose transactions lock by themselves (PostgreSQL's
@@ -193,11 +177,7 @@ pub struct NoLocks;
 impl LockManager for NoLocks {
     type Guard = ();
 
-    fn acquire(
-        &self,
-        _keys: &LockSet,
-        _timeout: Duration,
-    ) -> impl Future<Output = Result<(), LockError>> + Send {
+    fn acquire(&self, _keys: &LockSet, _timeout: Duration) -> impl Future<Output = Result<(), LockError>> + Send {
         std::future::ready(Ok(()))
     }
 }

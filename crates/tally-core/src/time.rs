@@ -75,9 +75,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> ManualClock {
-        ManualClock {
-            now_millis: Arc::new(AtomicI64::new(start.0)),
-        }
+        ManualClock { now_millis: Arc::new(AtomicI64::new(start.0)) }
     }
 
     pub fn advance(&self, duration: Duration) {

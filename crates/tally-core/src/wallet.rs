@@ -33,11 +33,7 @@ impl Limits {
     pub fn validate(self) -> Result<Limits, InvalidLimits> {
         let fields = [self.max_balance, self.per_payment, self.daily, self.monthly];
         let in_range = |m: &Money| !m.is_negative() && *m <= Money::BALANCE_LIMIT;
-        if fields.iter().flatten().all(in_range) {
-            Ok(self)
-        } else {
-            Err(InvalidLimits)
-        }
+        if fields.iter().flatten().all(in_range) { Ok(self) } else { Err(InvalidLimits) }
     }
 }
 
@@ -114,16 +110,8 @@ impl Wallet {
 
     /// Spending so far in the windows that contain `now` (zero once a window rolled).
     pub fn spent_at(&self, now: Timestamp) -> (Money, Money) {
-        let day = if self.day == now.day() {
-            self.spent_day
-        } else {
-            Money::ZERO
-        };
-        let month = if self.month == now.month() {
-            self.spent_month
-        } else {
-            Money::ZERO
-        };
+        let day = if self.day == now.day() { self.spent_day } else { Money::ZERO };
+        let month = if self.month == now.month() { self.spent_month } else { Money::ZERO };
         (day, month)
     }
 
@@ -145,14 +133,8 @@ impl Wallet {
             Movement::Pay(amount) => {
                 let (spent_day, spent_month) = self.spent_at(now);
                 let spent_day = spent_day.checked_add(amount.money()).expect("bounded sums");
-                let spent_month = spent_month
-                    .checked_add(amount.money())
-                    .expect("bounded sums");
-                if self
-                    .limits
-                    .per_payment
-                    .is_some_and(|limit| amount.money() > limit)
-                {
+                let spent_month = spent_month.checked_add(amount.money()).expect("bounded sums");
+                if self.limits.per_payment.is_some_and(|limit| amount.money() > limit) {
                     return Err(WalletError::LimitExceeded(LimitKind::PerPayment));
                 }
                 if self.limits.daily.is_some_and(|limit| spent_day > limit) {
@@ -173,10 +155,7 @@ impl Wallet {
     }
 
     fn credit(&self, amount: Amount) -> Result<Money, WalletError> {
-        let balance = self
-            .balance
-            .checked_add(amount.money())
-            .expect("bounded sums");
+        let balance = self.balance.checked_add(amount.money()).expect("bounded sums");
         let ceiling = self.limits.max_balance.unwrap_or(Money::BALANCE_LIMIT);
         if balance > ceiling.min(Money::BALANCE_LIMIT) {
             return Err(WalletError::MaxBalanceExceeded);
@@ -185,10 +164,7 @@ impl Wallet {
     }
 
     fn debit(&self, amount: Amount) -> Result<Money, WalletError> {
-        let balance = self
-            .balance
-            .checked_sub(amount.money())
-            .expect("bounded sums");
+        let balance = self.balance.checked_sub(amount.money()).expect("bounded sums");
         if balance.is_negative() {
             return Err(WalletError::InsufficientBalance);
         }
@@ -197,16 +173,8 @@ impl Wallet {
 
     /// Hard checks of what every stored wallet must satisfy.
     pub fn assert_valid(&self) {
-        assert!(
-            !self.balance.is_negative(),
-            "wallet {} balance negative",
-            self.user
-        );
-        assert!(
-            self.balance <= Money::BALANCE_LIMIT,
-            "wallet {} balance beyond the cap",
-            self.user
-        );
+        assert!(!self.balance.is_negative(), "wallet {} balance negative", self.user);
+        assert!(self.balance <= Money::BALANCE_LIMIT, "wallet {} balance beyond the cap", self.user);
         assert!(!self.spent_day.is_negative() && !self.spent_month.is_negative());
     }
 }
@@ -227,13 +195,8 @@ mod tests {
 
     #[test]
     fn balance_never_negative() {
-        let w = wallet(Limits::default())
-            .apply(Movement::TopUp(amount(100)), Timestamp(0))
-            .unwrap();
-        assert_eq!(
-            w.apply(Movement::Pay(amount(101)), Timestamp(0)),
-            Err(WalletError::InsufficientBalance)
-        );
+        let w = wallet(Limits::default()).apply(Movement::TopUp(amount(100)), Timestamp(0)).unwrap();
+        assert_eq!(w.apply(Movement::Pay(amount(101)), Timestamp(0)), Err(WalletError::InsufficientBalance));
         let w = w.apply(Movement::Pay(amount(100)), Timestamp(0)).unwrap();
         assert_eq!(w.balance, Money::ZERO);
         assert_eq!(w.entry_count, 2);
@@ -242,28 +205,15 @@ mod tests {
 
     #[test]
     fn max_balance_refuses_credit_beyond_it() {
-        let limits = Limits {
-            max_balance: Some(Money::new(100)),
-            ..Limits::default()
-        };
-        let w = wallet(limits)
-            .apply(Movement::TopUp(amount(100)), Timestamp(0))
-            .unwrap();
-        assert_eq!(
-            w.apply(Movement::TopUp(amount(1)), Timestamp(0)),
-            Err(WalletError::MaxBalanceExceeded)
-        );
+        let limits = Limits { max_balance: Some(Money::new(100)), ..Limits::default() };
+        let w = wallet(limits).apply(Movement::TopUp(amount(100)), Timestamp(0)).unwrap();
+        assert_eq!(w.apply(Movement::TopUp(amount(1)), Timestamp(0)), Err(WalletError::MaxBalanceExceeded));
     }
 
     #[test]
     fn daily_limit_is_exact_and_rolls_over_at_midnight() {
-        let limits = Limits {
-            daily: Some(Money::new(300)),
-            ..Limits::default()
-        };
-        let mut w = wallet(limits)
-            .apply(Movement::TopUp(amount(1_000)), Timestamp(0))
-            .unwrap();
+        let limits = Limits { daily: Some(Money::new(300)), ..Limits::default() };
+        let mut w = wallet(limits).apply(Movement::TopUp(amount(1_000)), Timestamp(0)).unwrap();
         for _ in 0..3 {
             w = w.apply(Movement::Pay(amount(100)), Timestamp(10)).unwrap();
         }
@@ -272,22 +222,13 @@ mod tests {
             Err(WalletError::LimitExceeded(LimitKind::Daily))
         );
         let w = w.apply(Movement::Pay(amount(300)), Timestamp(DAY)).unwrap();
-        assert_eq!(
-            w.spent_at(Timestamp(DAY)),
-            (Money::new(300), Money::new(600))
-        );
+        assert_eq!(w.spent_at(Timestamp(DAY)), (Money::new(300), Money::new(600)));
     }
 
     #[test]
     fn per_payment_and_monthly_limits() {
-        let limits = Limits {
-            per_payment: Some(Money::new(50)),
-            monthly: Some(Money::new(80)),
-            ..Limits::default()
-        };
-        let w = wallet(limits)
-            .apply(Movement::TopUp(amount(1_000)), Timestamp(0))
-            .unwrap();
+        let limits = Limits { per_payment: Some(Money::new(50)), monthly: Some(Money::new(80)), ..Limits::default() };
+        let w = wallet(limits).apply(Movement::TopUp(amount(1_000)), Timestamp(0)).unwrap();
         assert_eq!(
             w.apply(Movement::Pay(amount(51)), Timestamp(0)),
             Err(WalletError::LimitExceeded(LimitKind::PerPayment))
@@ -298,48 +239,21 @@ mod tests {
             Err(WalletError::LimitExceeded(LimitKind::Monthly))
         );
         // February starts a new month.
-        assert!(
-            w.apply(Movement::Pay(amount(50)), Timestamp(31 * DAY))
-                .is_ok()
-        );
+        assert!(w.apply(Movement::Pay(amount(50)), Timestamp(31 * DAY)).is_ok());
     }
 
     #[test]
     fn refusal_leaves_nothing_changed() {
         let w = wallet(Limits::default());
         let before = w.clone();
-        assert!(
-            w.apply(Movement::PaybackReversal(amount(1)), Timestamp(0))
-                .is_err()
-        );
+        assert!(w.apply(Movement::PaybackReversal(amount(1)), Timestamp(0)).is_err());
         assert_eq!(w, before);
     }
 
     #[test]
     fn limits_validate_range() {
-        assert!(
-            Limits {
-                daily: Some(Money::new(-1)),
-                ..Limits::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Limits {
-                max_balance: Some(Money::new(i64::MAX)),
-                ..Limits::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Limits {
-                monthly: Some(Money::ZERO),
-                ..Limits::default()
-            }
-            .validate()
-            .is_ok()
-        );
+        assert!(Limits { daily: Some(Money::new(-1)), ..Limits::default() }.validate().is_err());
+        assert!(Limits { max_balance: Some(Money::new(i64::MAX)), ..Limits::default() }.validate().is_err());
+        assert!(Limits { monthly: Some(Money::ZERO), ..Limits::default() }.validate().is_ok());
     }
 }

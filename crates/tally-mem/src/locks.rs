@@ -17,10 +17,7 @@ pub struct MemLocks<C> {
 
 impl<C: Clock + Clone> MemLocks<C> {
     pub fn new(clock: C, config: Config) -> MemLocks<C> {
-        MemLocks {
-            table: LockTable::new(config),
-            clock,
-        }
+        MemLocks { table: LockTable::new(config), clock }
     }
 
     pub fn table(&self) -> &LockTable<LockKey> {
@@ -40,13 +37,10 @@ impl<C: Clock + Clone> LockManager for MemLocks<C> {
         let give_up = self.clock.sleep(timeout);
         let table = self.table.clone();
         async move {
-            table
-                .acquire_async(keys, give_up)
-                .await
-                .map_err(|error| match error {
-                    tally_lock::LockError::Timeout => LockError::Timeout,
-                    tally_lock::LockError::QueueFull => LockError::QueueFull,
-                })
+            table.acquire_async(keys, give_up).await.map_err(|error| match error {
+                tally_lock::LockError::Timeout => LockError::Timeout,
+                tally_lock::LockError::QueueFull => LockError::QueueFull,
+            })
         }
     }
 }

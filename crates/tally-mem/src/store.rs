@@ -9,6 +9,7 @@ use tally_core::ids::{PaymentId, TransferId, UserId};
 use tally_core::ledger::Transfer;
 use tally_core::payment::Payment;
 use tally_core::store::{Store, StoreError, Tx, User};
+use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
 use tally_lock::sync::{Arc, Mutex, MutexGuard};
 
@@ -50,6 +51,8 @@ struct State {
     /// Per wallet, indices into `transfers` in `seq` order.
     wallet_ledgers: BTreeMap<UserId, Vec<usize>>,
     idempotency: BTreeMap<IdemScope, IdemRecord>,
+    /// (payment, transfer kind) pairs already booked.
+    payment_kinds: std::collections::BTreeSet<(PaymentId, &'static str)>,
 }
 
 struct Shared {
@@ -66,20 +69,14 @@ pub struct MemStore {
 
 impl fmt::Debug for MemStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemStore")
-            .field("mode", &self.shared.mode)
-            .finish_non_exhaustive()
+        f.debug_struct("MemStore").field("mode", &self.shared.mode).finish_non_exhaustive()
     }
 }
 
 impl MemStore {
     pub fn new(mode: Concurrency) -> MemStore {
         MemStore {
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
-                mode,
-                commit_faults: Mutex::new(None),
-            }),
+            shared: Arc::new(Shared { state: Mutex::new(State::default()), mode, commit_faults: Mutex::new(None) }),
         }
     }
 
@@ -96,10 +93,7 @@ impl MemStore {
         // A panic while holding the state mutex leaves the maps as they were
         // before the commit began (commit validates before it mutates), so
         // the data behind a poisoned lock is still consistent.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn snapshot_now(&self) -> Snapshot {
@@ -117,10 +111,7 @@ impl Store for MemStore {
     type Tx = MemTx;
 
     fn begin(&self) -> impl Future<Output = Result<MemTx, StoreError>> + Send {
-        std::future::ready(Ok(MemTx {
-            store: self.clone(),
-            writes: Vec::new(),
-        }))
+        std::future::ready(Ok(MemTx { store: self.clone(), writes: Vec::new() }))
     }
 
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
@@ -133,23 +124,11 @@ impl Store for MemStore {
 #[derive(Clone, Debug)]
 enum Write {
     User(User),
-    Wallet {
-        before: Option<u64>,
-        after: Wallet,
-    },
-    Payment {
-        before: Option<u64>,
-        after: Payment,
-    },
+    Wallet { before: Option<u64>, after: Wallet },
+    Payment { before: Option<u64>, after: Payment },
     Transfers(Vec<Transfer>),
-    Idempotency {
-        before: Option<u64>,
-        after: IdemRecord,
-    },
-    DeleteIdempotency {
-        before: u64,
-        scope: IdemScope,
-    },
+    Idempotency { before: Option<u64>, after: IdemRecord },
+    DeleteIdempotency { before: u64, scope: IdemScope },
 }
 
 /// A transaction: reads go to the committed state overlaid with the
@@ -161,9 +140,7 @@ pub struct MemTx {
 
 impl fmt::Debug for MemTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemTx")
-            .field("writes", &self.writes.len())
-            .finish()
+        f.debug_struct("MemTx").field("writes", &self.writes.len()).finish()
     }
 }
 
@@ -173,10 +150,7 @@ const TX_WRITES_MAX: usize = 1_024;
 
 impl MemTx {
     fn push(&mut self, write: Write) {
-        assert!(
-            self.writes.len() < TX_WRITES_MAX,
-            "transaction exceeded {TX_WRITES_MAX} writes"
-        );
+        assert!(self.writes.len() < TX_WRITES_MAX, "transaction exceeded {TX_WRITES_MAX} writes");
         self.writes.push(write);
     }
 
@@ -209,59 +183,35 @@ impl MemTx {
         // Validate everything first, then apply: a refused commit changes nothing.
         validate(&state, &self.writes, mode)?;
         let fault = {
-            let mut hook = self
-                .store
-                .shared
-                .commit_faults
-                .lock()
-                .expect("fault hook mutex");
+            let mut hook = self.store.shared.commit_faults.lock().expect("fault hook mutex");
             hook.as_mut().map_or(CommitFault::None, |decide| decide())
         };
         if fault == CommitFault::Lost {
-            return Err(StoreError::Unavailable(
-                "injected: connection lost before commit".into(),
-            ));
+            return Err(StoreError::Unavailable("injected: connection lost before commit".into()));
         }
         for write in self.writes {
             apply(&mut state, write);
         }
-        if fault == CommitFault::Ambiguous {
-            Err(StoreError::Ambiguous)
-        } else {
-            Ok(())
-        }
+        if fault == CommitFault::Ambiguous { Err(StoreError::Ambiguous) } else { Ok(()) }
     }
 }
 
 fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), StoreError> {
-    let stale = |current: Option<u64>, before: Option<u64>| {
-        mode == Concurrency::Optimistic && current != before
-    };
+    let stale = |current: Option<u64>, before: Option<u64>| mode == Concurrency::Optimistic && current != before;
     for write in writes {
         match write {
             Write::User(user) => {
-                if state.users.contains_key(&user.id)
-                    || state.users_by_key.contains_key(&user.key_hash)
-                {
-                    return Err(StoreError::Integrity(format!(
-                        "duplicate user {} or key",
-                        user.id
-                    )));
+                if state.users.contains_key(&user.id) || state.users_by_key.contains_key(&user.key_hash) {
+                    return Err(StoreError::Integrity(format!("duplicate user {} or key", user.id)));
                 }
             }
             Write::Wallet { before, after } => {
                 if after.balance.is_negative() {
-                    return Err(StoreError::Integrity(format!(
-                        "wallet {} balance would be negative",
-                        after.user
-                    )));
+                    return Err(StoreError::Integrity(format!("wallet {} balance would be negative", after.user)));
                 }
                 let current = state.wallets.get(&after.user).map(|w| w.version);
                 if before.is_none() && current.is_some() {
-                    return Err(StoreError::Integrity(format!(
-                        "duplicate wallet {}",
-                        after.user
-                    )));
+                    return Err(StoreError::Integrity(format!("duplicate wallet {}", after.user)));
                 }
                 if stale(current, *before) {
                     return Err(StoreError::Conflict);
@@ -270,24 +220,25 @@ fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), St
             Write::Payment { before, after } => {
                 let current = state.payments.get(&after.id).map(|p| p.version);
                 if before.is_none() && current.is_some() {
-                    return Err(StoreError::Integrity(format!(
-                        "duplicate payment {}",
-                        after.id
-                    )));
+                    return Err(StoreError::Integrity(format!("duplicate payment {}", after.id)));
                 }
                 if stale(current, *before) {
                     return Err(StoreError::Conflict);
                 }
             }
             Write::Transfers(transfers) => {
-                if let Some(t) = transfers
-                    .iter()
-                    .find(|t| state.transfer_ids.contains_key(&t.id))
-                {
-                    return Err(StoreError::Integrity(format!(
-                        "duplicate transfer {}",
-                        t.id
-                    )));
+                if let Some(t) = transfers.iter().find(|t| state.transfer_ids.contains_key(&t.id)) {
+                    return Err(StoreError::Integrity(format!("duplicate transfer {}", t.id)));
+                }
+                // Like the schema's unique index: one transfer of each kind per payment.
+                for t in transfers {
+                    let Some(payment) = t.payment else { continue };
+                    let key = (payment, t.kind.as_str());
+                    let again =
+                        |other: &Transfer| other.id != t.id && other.payment == Some(payment) && other.kind == t.kind;
+                    if state.payment_kinds.contains(&key) || transfers.iter().any(again) {
+                        return Err(StoreError::Integrity(format!("second {} transfer for payment {payment}", key.1)));
+                    }
                 }
             }
             Write::Idempotency { before, after } => {
@@ -330,12 +281,11 @@ fn apply(state: &mut State, write: Write) {
             for transfer in transfers {
                 let index = state.transfers.len();
                 state.transfer_ids.insert(transfer.id, index);
+                if let Some(payment) = transfer.payment {
+                    state.payment_kinds.insert((payment, transfer.kind.as_str()));
+                }
                 if let Some(side) = transfer.wallet {
-                    state
-                        .wallet_ledgers
-                        .entry(side.user)
-                        .or_default()
-                        .push(index);
+                    state.wallet_ledgers.entry(side.user).or_default().push(index);
                 }
                 state.transfers.push(transfer);
             }
@@ -350,10 +300,7 @@ fn apply(state: &mut State, write: Write) {
 }
 
 impl Tx for MemTx {
-    fn user(
-        &mut self,
-        id: UserId,
-    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
+    fn user(&mut self, id: UserId) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
         let own = self.writes.iter().find_map(|w| match w {
             Write::User(u) if u.id == id => Some(u.clone()),
             _ => None,
@@ -367,11 +314,7 @@ impl Tx for MemTx {
         key_hash: [u8; 32],
     ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
         let state = self.store.state();
-        let found = state
-            .users_by_key
-            .get(&key_hash)
-            .and_then(|id| state.users.get(id))
-            .cloned();
+        let found = state.users_by_key.get(&key_hash).and_then(|id| state.users.get(id)).cloned();
         std::future::ready(Ok(found))
     }
 
@@ -380,10 +323,7 @@ impl Tx for MemTx {
         std::future::ready(Ok(()))
     }
 
-    fn wallet(
-        &mut self,
-        user: UserId,
-    ) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send {
+    fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send {
         let found = match self.own_wallet(user) {
             Some(own) => Some(own.clone()),
             None => self.store.state().wallets.get(&user).cloned(),
@@ -397,17 +337,11 @@ impl Tx for MemTx {
         after: &Wallet,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         debug_assert!(before.is_none_or(|b| b.user == after.user && b.version < after.version));
-        self.push(Write::Wallet {
-            before: before.map(|w| w.version),
-            after: after.clone(),
-        });
+        self.push(Write::Wallet { before: before.map(|w| w.version), after: after.clone() });
         std::future::ready(Ok(()))
     }
 
-    fn payment(
-        &mut self,
-        id: PaymentId,
-    ) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send {
+    fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send {
         let found = match self.own_payment(id) {
             Some(own) => Some(own.clone()),
             None => self.store.state().payments.get(&id).cloned(),
@@ -421,17 +355,11 @@ impl Tx for MemTx {
         after: &Payment,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        self.push(Write::Payment {
-            before: before.map(|p| p.version),
-            after: after.clone(),
-        });
+        self.push(Write::Payment { before: before.map(|p| p.version), after: after.clone() });
         std::future::ready(Ok(()))
     }
 
-    fn append_transfers(
-        &mut self,
-        transfers: &[Transfer],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.push(Write::Transfers(transfers.to_vec()));
         std::future::ready(Ok(()))
     }
@@ -475,22 +403,30 @@ impl Tx for MemTx {
         before: Option<&IdemRecord>,
         after: &IdemRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::Idempotency {
-            before: before.map(|r| r.version),
-            after: after.clone(),
-        });
+        self.push(Write::Idempotency { before: before.map(|r| r.version), after: after.clone() });
         std::future::ready(Ok(()))
     }
 
-    fn delete_idempotency(
-        &mut self,
-        before: &IdemRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::DeleteIdempotency {
-            before: before.version,
-            scope: before.scope.clone(),
-        });
+    fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.push(Write::DeleteIdempotency { before: before.version, scope: before.scope.clone() });
         std::future::ready(Ok(()))
+    }
+
+    fn reap_idempotency(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let state = self.store.state();
+        let mut expired: Vec<&IdemRecord> = state.idempotency.values().filter(|r| r.expires_at <= now).collect();
+        expired.sort_by_key(|r| r.expires_at);
+        let doomed: Vec<(u64, IdemScope)> = expired.iter().take(limit).map(|r| (r.version, r.scope.clone())).collect();
+        drop(state);
+        let count = doomed.len();
+        for (before, scope) in doomed {
+            self.push(Write::DeleteIdempotency { before, scope });
+        }
+        std::future::ready(Ok(count))
     }
 
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send {

@@ -39,10 +39,7 @@ use tally_mem::MemStore;
 const THREADS: usize = 3;
 
 fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
+    std::env::var("SHUTTLE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
 }
 
 /// Runs `body` under the random and the PCT schedulers, printing the counts.
@@ -51,15 +48,8 @@ fn explore(name: &str, body: impl Fn() + Send + Sync + 'static) {
     let n = iterations();
     let started = Instant::now();
     for (scheduler, run) in [
-        (
-            "random",
-            Box::new(|b: Arc<dyn Fn() + Send + Sync>| shuttle::check_random(move || b(), n))
-                as Box<dyn Fn(_)>,
-        ),
-        (
-            "pct(3)",
-            Box::new(|b: Arc<dyn Fn() + Send + Sync>| shuttle::check_pct(move || b(), n, 3)),
-        ),
+        ("random", Box::new(|b: Arc<dyn Fn() + Send + Sync>| shuttle::check_random(move || b(), n)) as Box<dyn Fn(_)>),
+        ("pct(3)", Box::new(|b: Arc<dyn Fn() + Send + Sync>| shuttle::check_pct(move || b(), n, 3))),
     ] {
         let body: Arc<dyn Fn() + Send + Sync> = body.clone();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(body))) {
@@ -70,10 +60,7 @@ fn explore(name: &str, body: impl Fn() + Send + Sync + 'static) {
             resume_unwind(panic);
         }
     }
-    println!(
-        "shuttle {name}: {n} random + {n} pct(3) schedules passed in {:.2}s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("shuttle {name}: {n} random + {n} pct(3) schedules passed in {:.2}s", started.elapsed().as_secs_f64());
 }
 
 /// Spawns one shuttle thread per request and returns their results in spawn order.
@@ -90,10 +77,7 @@ where
             thread::spawn(move || request(app))
         })
         .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("request thread"))
-        .collect()
+    handles.into_iter().map(|h| h.join().expect("request thread")).collect()
 }
 
 fn is_done(result: &Result<Executed, Error>) -> bool {
@@ -113,24 +97,11 @@ fn duplicate_confirms<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
     });
     let results = race(
         &app,
-        (0..THREADS)
-            .map(|_| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None)))
-            .collect(),
+        (0..THREADS).map(|_| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None))).collect(),
     );
-    assert_eq!(
-        results.iter().filter(|r| is_done(r)).count(),
-        1,
-        "exactly one confirm succeeds: {results:?}"
-    );
-    let already = Err(Error::Transition(InvalidTransition {
-        from: PaymentStatus::Done,
-        event: PaymentEvent::Confirm,
-    }));
-    assert_eq!(
-        results.iter().filter(|r| **r == already).count(),
-        THREADS - 1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "exactly one confirm succeeds: {results:?}");
+    let already = Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, event: PaymentEvent::Confirm }));
+    assert_eq!(results.iter().filter(|r| **r == already).count(), THREADS - 1, "{results:?}");
     block_on(async {
         assert_eq!(balance(&app, user).await, Money::new(1_000 - 100 + 10));
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Done);
@@ -146,13 +117,7 @@ fn concurrent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
         (1..=THREADS as i64)
             .map(|i| {
                 move |app: Arc<Tally<_, L, _>>| {
-                    block_on(app.execute(
-                        user,
-                        Command::TopUp {
-                            amount: amount(i * 100),
-                        },
-                        None,
-                    ))
+                    block_on(app.execute(user, Command::TopUp { amount: amount(i * 100) }, None))
                 }
             })
             .collect(),
@@ -186,17 +151,9 @@ fn k_of_n_payments<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
             })
             .collect(),
     );
-    assert_eq!(
-        results.iter().filter(|r| is_done(r)).count(),
-        2,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 2, "{results:?}");
     let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
-    assert_eq!(
-        results.iter().filter(|r| **r == broke).count(),
-        THREADS - 2,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| **r == broke).count(), THREADS - 2, "{results:?}");
     block_on(async {
         assert_eq!(balance(&app, user).await, Money::new(50));
         assert_holds(&app.snapshot().await.unwrap());
@@ -206,10 +163,7 @@ fn k_of_n_payments<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
 /// Seed 001's daily limit under concurrency: a limit of 250 lets exactly two
 /// payments of 100 through, whatever the interleaving.
 fn daily_limit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
-    let limits = Limits {
-        daily: Some(Money::new(250)),
-        ..Limits::default()
-    };
+    let limits = Limits { daily: Some(Money::new(250)), ..Limits::default() };
     let (user, ids) = block_on(async {
         let user = user_with(&app, limits, 1_000).await;
         let mut ids = Vec::new();
@@ -227,17 +181,9 @@ fn daily_limit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
             })
             .collect(),
     );
-    assert_eq!(
-        results.iter().filter(|r| is_done(r)).count(),
-        2,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 2, "{results:?}");
     let limited = Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::Daily)));
-    assert_eq!(
-        results.iter().filter(|r| **r == limited).count(),
-        THREADS - 2,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| **r == limited).count(), THREADS - 2, "{results:?}");
     block_on(async {
         let view = app.wallet(user).await.unwrap();
         assert_eq!(view.wallet.balance, Money::new(800));
@@ -255,41 +201,27 @@ fn payment_vs_cancel<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) 
         let user = user_with(&app, Limits::default(), 500).await;
         (user, new_payment(&app, user, 200, 20).await)
     });
-    let cancel = move |app: Arc<Tally<_, L, _>>| {
-        block_on(app.execute(user, Command::CancelPayment { payment: id }, None))
-    };
-    let confirm_one =
-        move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None));
-    let confirmed = race(
-        &app,
-        vec![
-            Box::new(confirm_one) as Box<dyn FnOnce(_) -> _ + Send>,
-            Box::new(cancel),
-            Box::new(cancel),
-        ],
-    );
+    let cancel =
+        move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, Command::CancelPayment { payment: id }, None));
+    let confirm_one = move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None));
+    let confirmed =
+        race(&app, vec![Box::new(confirm_one) as Box<dyn FnOnce(_) -> _ + Send>, Box::new(cancel), Box::new(cancel)]);
     let cancels_ok = confirmed[1..].iter().filter(|r| r.is_ok()).count();
     assert_eq!(cancels_ok, 1, "exactly one cancel succeeds: {confirmed:?}");
+    // The losers are refused by the state machine, nothing else.
+    let cancelled = |event| Err(Error::Transition(InvalidTransition { from: PaymentStatus::Cancelled, event }));
+    let refused_cancel = cancelled(PaymentEvent::Cancel);
+    assert_eq!(confirmed[1..].iter().filter(|r| **r == refused_cancel).count(), 1, "{confirmed:?}");
+    assert!(is_done(&confirmed[0]) || confirmed[0] == cancelled(PaymentEvent::Confirm), "{confirmed:?}");
     block_on(async {
         let snapshot = app.snapshot().await.unwrap();
-        let charges = snapshot
-            .transfers
-            .iter()
-            .filter(|t| t.payment == Some(id))
-            .count();
+        let charges = snapshot.transfers.iter().filter(|t| t.payment == Some(id)).count();
         if is_done(&confirmed[0]) {
-            assert_eq!(
-                charges, 4,
-                "charge + payback, then refund + reversal: {:?}",
-                snapshot.transfers
-            );
+            assert_eq!(charges, 4, "charge + payback, then refund + reversal: {:?}", snapshot.transfers);
         } else {
             assert_eq!(charges, 0);
         }
-        assert_eq!(
-            payment(&app, user, id).await.status,
-            PaymentStatus::Cancelled
-        );
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Cancelled);
         assert_eq!(balance(&app, user).await, Money::new(500));
         assert_holds(&snapshot);
     });
@@ -299,9 +231,7 @@ fn payment_vs_cancel<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) 
 /// effect; every other answer is a byte-identical replay or `in use`.
 fn idempotent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     let user = block_on(user_with(&app, Limits::default(), 0));
-    let command = Command::TopUp {
-        amount: amount(700),
-    };
+    let command = Command::TopUp { amount: amount(700) };
     let results = race(
         &app,
         (0..THREADS)
@@ -333,9 +263,7 @@ fn idempotent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
     }
     block_on(async {
         // A retry after everything settled replays.
-        let again = app
-            .execute(user, command.clone(), Some(keyed("top-up-1", &command)))
-            .await;
+        let again = app.execute(user, command.clone(), Some(keyed("top-up-1", &command))).await;
         assert_eq!(again, Ok(Executed::Replayed(first)));
         assert_eq!(balance(&app, user).await, Money::new(700));
         assert_holds(&app.snapshot().await.unwrap());
@@ -351,50 +279,14 @@ macro_rules! scenario {
     };
 }
 
-scenario!(
-    locked_duplicate_confirms_charge_once,
-    duplicate_confirms,
-    locked
-);
-scenario!(
-    locked_concurrent_top_ups_lose_nothing,
-    concurrent_top_ups,
-    locked
-);
+scenario!(locked_duplicate_confirms_charge_once, duplicate_confirms, locked);
+scenario!(locked_concurrent_top_ups_lose_nothing, concurrent_top_ups, locked);
 scenario!(locked_balance_for_k_pays_exactly_k, k_of_n_payments, locked);
 scenario!(locked_daily_limit_is_exact, daily_limit, locked);
-scenario!(
-    locked_payment_vs_cancel_refunds_once,
-    payment_vs_cancel,
-    locked
-);
-scenario!(
-    locked_idempotency_key_has_one_effect,
-    idempotent_top_ups,
-    locked
-);
-scenario!(
-    optimistic_duplicate_confirms_charge_once,
-    duplicate_confirms,
-    optimistic
-);
-scenario!(
-    optimistic_concurrent_top_ups_lose_nothing,
-    concurrent_top_ups,
-    optimistic
-);
-scenario!(
-    optimistic_balance_for_k_pays_exactly_k,
-    k_of_n_payments,
-    optimistic
-);
-scenario!(
-    optimistic_payment_vs_cancel_refunds_once,
-    payment_vs_cancel,
-    optimistic
-);
-scenario!(
-    optimistic_idempotency_key_has_one_effect,
-    idempotent_top_ups,
-    optimistic
-);
+scenario!(locked_payment_vs_cancel_refunds_once, payment_vs_cancel, locked);
+scenario!(locked_idempotency_key_has_one_effect, idempotent_top_ups, locked);
+scenario!(optimistic_duplicate_confirms_charge_once, duplicate_confirms, optimistic);
+scenario!(optimistic_concurrent_top_ups_lose_nothing, concurrent_top_ups, optimistic);
+scenario!(optimistic_balance_for_k_pays_exactly_k, k_of_n_payments, optimistic);
+scenario!(optimistic_payment_vs_cancel_refunds_once, payment_vs_cancel, optimistic);
+scenario!(optimistic_idempotency_key_has_one_effect, idempotent_top_ups, optimistic);

@@ -23,15 +23,8 @@ fn top_up_books_one_transfer_with_the_balance_after() {
     let app = locked();
     block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        let Ok(Executed::Fresh(Outcome::TopUp { transfer, balance })) = app
-            .execute(
-                user,
-                Command::TopUp {
-                    amount: amount(150),
-                },
-                None,
-            )
-            .await
+        let Ok(Executed::Fresh(Outcome::TopUp { transfer, balance })) =
+            app.execute(user, Command::TopUp { amount: amount(150) }, None).await
         else {
             panic!("top up failed")
         };
@@ -50,34 +43,19 @@ fn payment_lifecycle_with_payback_moves_exact_money() {
         let user = user_with(&app, Limits::default(), 1_000).await;
         let id = new_payment(&app, user, 300, 30).await;
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
-        assert_eq!(
-            balance(&app, user).await,
-            Money::new(1_000),
-            "creating a payment moves nothing"
-        );
+        assert_eq!(balance(&app, user).await, Money::new(1_000), "creating a payment moves nothing");
 
-        app.execute(user, Command::ConfirmPayment { payment: id }, None)
-            .await
-            .unwrap();
+        app.execute(user, Command::ConfirmPayment { payment: id }, None).await.unwrap();
         assert_eq!(balance(&app, user).await, Money::new(1_000 - 300 + 30));
-        app.execute(user, Command::CancelPayment { payment: id }, None)
-            .await
-            .unwrap();
+        app.execute(user, Command::CancelPayment { payment: id }, None).await.unwrap();
         assert_eq!(balance(&app, user).await, Money::new(1_000));
-        assert_eq!(
-            payment(&app, user, id).await.status,
-            PaymentStatus::Cancelled
-        );
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Cancelled);
 
         let page = app.ledger(user, 0, 100).await.unwrap();
         let kinds: Vec<_> = page.entries.iter().map(|t| t.kind).collect();
         use TransferKind::*;
         assert_eq!(kinds, [TopUp, Payment, Payback, Refund, PaybackReversal]);
-        let after: Vec<_> = page
-            .entries
-            .iter()
-            .map(|t| t.wallet.unwrap().balance_after.minor_units())
-            .collect();
+        let after: Vec<_> = page.entries.iter().map(|t| t.wallet.unwrap().balance_after.minor_units()).collect();
         assert_eq!(after, [1_000, 700, 730, 1_030, 1_000]);
         assert_eq!(page.next, None);
         assert_holds(&app.snapshot().await.unwrap());
@@ -90,9 +68,7 @@ fn ledger_pages_by_cursor() {
     block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         for i in 1..=5 {
-            app.execute(user, Command::TopUp { amount: amount(i) }, None)
-                .await
-                .unwrap();
+            app.execute(user, Command::TopUp { amount: amount(i) }, None).await.unwrap();
         }
         let first = app.ledger(user, 0, 2).await.unwrap();
         assert_eq!(first.entries.len(), 2);
@@ -110,58 +86,30 @@ fn ledger_pages_by_cursor() {
 fn refusals_change_nothing() {
     let app = locked();
     block_on(async {
-        let limits = Limits {
-            per_payment: Some(Money::new(500)),
-            max_balance: Some(Money::new(1_000)),
-            ..Limits::default()
-        };
+        let limits =
+            Limits { per_payment: Some(Money::new(500)), max_balance: Some(Money::new(1_000)), ..Limits::default() };
         let user = user_with(&app, limits, 200).await;
         let id = new_payment(&app, user, 300, 0).await;
         let before = app.snapshot().await.unwrap();
 
-        let refused = app
-            .execute(user, Command::ConfirmPayment { payment: id }, None)
-            .await;
-        assert_eq!(
-            refused,
-            Err(Error::Wallet(WalletError::InsufficientBalance))
-        );
-        let refused = app
-            .execute(
-                user,
-                Command::TopUp {
-                    amount: amount(801),
-                },
-                None,
-            )
-            .await;
+        let refused = app.execute(user, Command::ConfirmPayment { payment: id }, None).await;
+        assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
+        let refused = app.execute(user, Command::TopUp { amount: amount(801) }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
-        let too_big = Command::CreatePayment {
-            amount: amount(501),
-            payback: None,
-            method: tally_core::payment::Method::Wallet,
-        };
+        let too_big =
+            Command::CreatePayment { amount: amount(501), payback: None, method: tally_core::payment::Method::Wallet };
         assert_eq!(
             app.execute(user, too_big, None).await,
-            Err(Error::Wallet(WalletError::LimitExceeded(
-                LimitKind::PerPayment
-            )))
+            Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::PerPayment)))
         );
         let payback_above = Command::CreatePayment {
             amount: amount(10),
             payback: Some(amount(11)),
             method: tally_core::payment::Method::Wallet,
         };
-        assert!(matches!(
-            app.execute(user, payback_above, None).await,
-            Err(Error::Payback(_))
-        ));
+        assert!(matches!(app.execute(user, payback_above, None).await, Err(Error::Payback(_))));
         let unknown = PaymentId(0xdead);
-        assert_eq!(
-            app.execute(user, Command::ConfirmPayment { payment: unknown }, None)
-                .await,
-            Err(Error::NotFound)
-        );
+        assert_eq!(app.execute(user, Command::ConfirmPayment { payment: unknown }, None).await, Err(Error::NotFound));
 
         assert_eq!(app.snapshot().await.unwrap(), before);
     });
@@ -175,16 +123,8 @@ fn another_users_payment_is_not_found() {
         let other = user_with(&app, Limits::default(), 100).await;
         let id = new_payment(&app, owner, 50, 0).await;
         assert_eq!(app.payment(other, id).await, Err(Error::NotFound));
-        assert_eq!(
-            app.execute(other, Command::ConfirmPayment { payment: id }, None)
-                .await,
-            Err(Error::NotFound)
-        );
-        assert_eq!(
-            app.execute(other, Command::CancelPayment { payment: id }, None)
-                .await,
-            Err(Error::NotFound)
-        );
+        assert_eq!(app.execute(other, Command::ConfirmPayment { payment: id }, None).await, Err(Error::NotFound));
+        assert_eq!(app.execute(other, Command::CancelPayment { payment: id }, None).await, Err(Error::NotFound));
         assert_eq!(payment(&app, owner, id).await.status, PaymentStatus::Wait);
     });
 }
@@ -195,31 +135,17 @@ fn second_confirm_and_second_cancel_are_refused() {
     block_on(async {
         let user = user_with(&app, Limits::default(), 100).await;
         let id = new_payment(&app, user, 100, 0).await;
-        app.execute(user, Command::ConfirmPayment { payment: id }, None)
-            .await
-            .unwrap();
-        let again = app
-            .execute(user, Command::ConfirmPayment { payment: id }, None)
-            .await;
+        app.execute(user, Command::ConfirmPayment { payment: id }, None).await.unwrap();
+        let again = app.execute(user, Command::ConfirmPayment { payment: id }, None).await;
         assert_eq!(
             again,
-            Err(Error::Transition(InvalidTransition {
-                from: PaymentStatus::Done,
-                event: PaymentEvent::Confirm
-            }))
+            Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, event: PaymentEvent::Confirm }))
         );
-        app.execute(user, Command::CancelPayment { payment: id }, None)
-            .await
-            .unwrap();
-        let again = app
-            .execute(user, Command::CancelPayment { payment: id }, None)
-            .await;
+        app.execute(user, Command::CancelPayment { payment: id }, None).await.unwrap();
+        let again = app.execute(user, Command::CancelPayment { payment: id }, None).await;
         assert_eq!(
             again,
-            Err(Error::Transition(InvalidTransition {
-                from: PaymentStatus::Cancelled,
-                event: PaymentEvent::Cancel
-            }))
+            Err(Error::Transition(InvalidTransition { from: PaymentStatus::Cancelled, event: PaymentEvent::Cancel }))
         );
         assert_eq!(balance(&app, user).await, Money::new(100));
         assert_holds(&app.snapshot().await.unwrap());
@@ -231,71 +157,36 @@ fn idempotency_replays_refuses_reuse_and_stores_refusals() {
     let app = locked();
     block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        let top_up = Command::TopUp {
-            amount: amount(100),
-        };
-        let Ok(Executed::Fresh(first)) = app
-            .execute(user, top_up.clone(), Some(keyed("a", &top_up)))
-            .await
-        else {
+        let top_up = Command::TopUp { amount: amount(100) };
+        let Ok(Executed::Fresh(first)) = app.execute(user, top_up.clone(), Some(keyed("a", &top_up))).await else {
             panic!()
         };
-        let replay = app
-            .execute(user, top_up.clone(), Some(keyed("a", &top_up)))
-            .await;
+        let replay = app.execute(user, top_up.clone(), Some(keyed("a", &top_up))).await;
         assert_eq!(replay, Ok(Executed::Replayed(render(&Ok(first)).unwrap())));
 
-        let other = Command::TopUp {
-            amount: amount(101),
-        };
-        assert_eq!(
-            app.execute(user, other.clone(), Some(keyed("a", &other)))
-                .await,
-            Err(Error::IdempotencyKeyReused)
-        );
+        let other = Command::TopUp { amount: amount(101) };
+        assert_eq!(app.execute(user, other.clone(), Some(keyed("a", &other))).await, Err(Error::IdempotencyKeyReused));
 
         // A business refusal is stored and replayed, even once it would succeed.
         let id = new_payment(&app, user, 500, 0).await;
         let pay = Command::ConfirmPayment { payment: id };
         let refused = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
-        assert_eq!(
-            refused,
-            Err(Error::Wallet(WalletError::InsufficientBalance))
-        );
-        app.execute(
-            user,
-            Command::TopUp {
-                amount: amount(1_000),
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
+        app.execute(user, Command::TopUp { amount: amount(1_000) }, None).await.unwrap();
         let replay = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
-        assert_eq!(
-            replay,
-            Ok(Executed::Replayed(
-                render(&refused.map(|_| unreachable!())).unwrap()
-            ))
-        );
+        assert_eq!(replay, Ok(Executed::Replayed(render(&refused.map(|_| unreachable!())).unwrap())));
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
 
         // Keys are scoped to their user.
         let stranger = user_with(&app, Limits::default(), 0).await;
         assert!(matches!(
-            app.execute(stranger, top_up.clone(), Some(keyed("a", &top_up)))
-                .await,
+            app.execute(stranger, top_up.clone(), Some(keyed("a", &top_up))).await,
             Ok(Executed::Fresh(_))
         ));
 
         // After the TTL the key is forgotten.
-        app.clock()
-            .advance(app.config().idempotency.ttl + Duration::from_secs(1));
-        assert!(matches!(
-            app.execute(user, other.clone(), Some(keyed("a", &other)))
-                .await,
-            Ok(Executed::Fresh(_))
-        ));
+        app.clock().advance(app.config().idempotency.ttl + Duration::from_secs(1));
+        assert!(matches!(app.execute(user, other.clone(), Some(keyed("a", &other))).await, Ok(Executed::Fresh(_))));
         assert_eq!(balance(&app, user).await, Money::new(100 + 1_000 + 101));
         assert_holds(&app.snapshot().await.unwrap());
     });
@@ -312,26 +203,15 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
         let mut commits = 0;
         app.store().set_commit_faults(Some(Box::new(move || {
             commits += 1;
-            if commits == 2 {
-                CommitFault::Ambiguous
-            } else {
-                CommitFault::None
-            }
+            if commits == 2 { CommitFault::Ambiguous } else { CommitFault::None }
         })));
-        let first = app
-            .execute(user, pay.clone(), Some(keyed("pay-1", &pay)))
-            .await;
+        let first = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
         assert_eq!(first, Err(Error::Store(StoreError::Ambiguous)));
         app.store().set_commit_faults(None);
         // The client cannot know; it retries with the same key and gets the
         // answer of the execution that did happen.
-        let retry = app
-            .execute(user, pay.clone(), Some(keyed("pay-1", &pay)))
-            .await;
-        assert!(
-            matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 201),
-            "{retry:?}"
-        );
+        let retry = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
+        assert!(matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 201), "{retry:?}");
         assert_eq!(balance(&app, user).await, Money::new(600));
         assert_holds(&app.snapshot().await.unwrap());
     });
@@ -347,24 +227,13 @@ fn a_failed_effect_frees_the_key_for_a_retry() {
         let mut commits = 0;
         app.store().set_commit_faults(Some(Box::new(move || {
             commits += 1;
-            if commits == 2 {
-                CommitFault::Lost
-            } else {
-                CommitFault::None
-            }
+            if commits == 2 { CommitFault::Lost } else { CommitFault::None }
         })));
-        let lost = app
-            .execute(user, top_up.clone(), Some(keyed("k", &top_up)))
-            .await;
-        assert!(
-            matches!(lost, Err(Error::Store(StoreError::Unavailable(_)))),
-            "{lost:?}"
-        );
+        let lost = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
+        assert!(matches!(lost, Err(Error::Store(StoreError::Unavailable(_)))), "{lost:?}");
         assert_eq!(balance(&app, user).await, Money::ZERO);
         // Not stored: the key is free, and the retry runs.
-        let retry = app
-            .execute(user, top_up.clone(), Some(keyed("k", &top_up)))
-            .await;
+        let retry = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
         assert!(matches!(retry, Ok(Executed::Fresh(_))), "{retry:?}");
         assert_eq!(balance(&app, user).await, Money::new(5));
         assert_holds(&app.snapshot().await.unwrap());
@@ -382,12 +251,8 @@ fn optimistic_store_refuses_a_stale_write_and_applies_nothing() {
         let w1 = first.wallet(user).await.unwrap().unwrap();
         let w2 = second.wallet(user).await.unwrap().unwrap();
         let now = app.clock().now();
-        let next1 = w1
-            .apply(tally_core::wallet::Movement::TopUp(amount(1)), now)
-            .unwrap();
-        let next2 = w2
-            .apply(tally_core::wallet::Movement::TopUp(amount(2)), now)
-            .unwrap();
+        let next1 = w1.apply(tally_core::wallet::Movement::TopUp(amount(1)), now).unwrap();
+        let next2 = w2.apply(tally_core::wallet::Movement::TopUp(amount(2)), now).unwrap();
         first.put_wallet(Some(&w1), &next1).await.unwrap();
         second.put_wallet(Some(&w2), &next2).await.unwrap();
         first.commit().await.unwrap();
@@ -420,34 +285,21 @@ fn checker_names_each_broken_invariant() {
         let user = user_with(&app, Limits::default(), 1_000).await;
         let id = new_payment(&app, user, 100, 0).await;
         let pay = Command::ConfirmPayment { payment: id };
-        app.execute(user, pay.clone(), Some(keyed("k", &pay)))
-            .await
-            .unwrap();
+        app.execute(user, pay.clone(), Some(keyed("k", &pay))).await.unwrap();
         let good = app.snapshot().await.unwrap();
         assert!(check(&good).is_empty());
 
-        let violated = |snapshot| {
-            check(&snapshot)
-                .into_iter()
-                .map(|v| v.invariant)
-                .collect::<Vec<_>>()
-        };
+        let violated = |snapshot| check(&snapshot).into_iter().map(|v| v.invariant).collect::<Vec<_>>();
 
         // A second charge of the same payment (with consistent wallet rows).
         let mut twice = good.clone();
-        let mut charge = twice
-            .transfers
-            .iter()
-            .find(|t| t.kind == TransferKind::Payment)
-            .unwrap()
-            .clone();
+        let mut charge = twice.transfers.iter().find(|t| t.kind == TransferKind::Payment).unwrap().clone();
         charge.id = tally_core::ids::TransferId(u128::MAX);
         charge.op = tally_core::ids::OpId(u128::MAX);
         twice.transfers.push(charge);
         let found = violated(twice);
         assert!(
-            found.contains(&Invariant::ChargedAtMostOnce)
-                && found.contains(&Invariant::OneEffectPerKey),
+            found.contains(&Invariant::ChargedAtMostOnce) && found.contains(&Invariant::OneEffectPerKey),
             "{found:?}"
         );
 
@@ -456,16 +308,13 @@ fn checker_names_each_broken_invariant() {
         drifted.wallets[0].balance = Money::new(950);
         let found = violated(drifted);
         assert!(
-            found.contains(&Invariant::WalletMatchesLedger)
-                && found.contains(&Invariant::MoneyConserved),
+            found.contains(&Invariant::WalletMatchesLedger) && found.contains(&Invariant::MoneyConserved),
             "{found:?}"
         );
 
         // A payment marked done without its charge.
         let mut uncharged = good.clone();
-        uncharged
-            .transfers
-            .retain(|t| t.kind != TransferKind::Payment);
+        uncharged.transfers.retain(|t| t.kind != TransferKind::Payment);
         assert!(violated(uncharged).contains(&Invariant::ChargedAtMostOnce));
 
         // A daily limit exceeded in the ledger even if the counter says otherwise.

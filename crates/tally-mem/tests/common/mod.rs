@@ -28,29 +28,14 @@ pub type OptimisticTally = Tally<MemStore, NoLocks, ManualClock>;
 pub fn locked() -> Arc<LockedTally> {
     let clock = ManualClock::new(START);
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
-    Arc::new(Tally::new(
-        MemStore::new(Concurrency::Locked),
-        locks,
-        clock,
-        Arc::new(SeqIds::new(1)),
-        Config::default(),
-    ))
+    Arc::new(Tally::new(MemStore::new(Concurrency::Locked), locks, clock, Arc::new(SeqIds::new(1)), Config::default()))
 }
 
 /// The optimistic strategy: no locks, version-checked commits, bounded retries.
 pub fn optimistic() -> Arc<OptimisticTally> {
     let clock = ManualClock::new(START);
-    let config = Config {
-        attempts_max: 16,
-        ..Config::default()
-    };
-    Arc::new(Tally::new(
-        MemStore::new(Concurrency::Optimistic),
-        NoLocks,
-        clock,
-        Arc::new(SeqIds::new(1)),
-        config,
-    ))
+    let config = Config { attempts_max: 16, ..Config::default() };
+    Arc::new(Tally::new(MemStore::new(Concurrency::Optimistic), NoLocks, clock, Arc::new(SeqIds::new(1)), config))
 }
 
 pub fn amount(minor_units: i64) -> Amount {
@@ -86,11 +71,7 @@ pub fn render(result: &Result<Outcome, Error>) -> Option<StoredResponse> {
         Err(error) if error.is_refusal() => (409, format!("{error:?}")),
         Err(_) => return None,
     };
-    Some(StoredResponse {
-        status,
-        content_type: "text/plain".into(),
-        body: body.into_bytes(),
-    })
+    Some(StoredResponse { status, content_type: "text/plain".into(), body: body.into_bytes() })
 }
 
 pub static RENDER: &Render = &render;
@@ -110,30 +91,14 @@ pub fn keyed(key: &str, command: &Command) -> Keyed<'static> {
     }
 }
 
-pub async fn user_with<L: LockManager>(
-    app: &Tally<MemStore, L, ManualClock>,
-    limits: Limits,
-    balance: i64,
-) -> UserId {
+pub async fn user_with<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, limits: Limits, balance: i64) -> UserId {
     static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut key_hash = [0u8; 32];
     key_hash[..8].copy_from_slice(&n.to_le_bytes());
-    let user = app
-        .create_user("test user", limits, key_hash)
-        .await
-        .expect("create user")
-        .id;
+    let user = app.create_user("test user", limits, key_hash).await.expect("create user").id;
     if balance > 0 {
-        app.execute(
-            user,
-            Command::TopUp {
-                amount: amount(balance),
-            },
-            None,
-        )
-        .await
-        .expect("top up");
+        app.execute(user, Command::TopUp { amount: amount(balance) }, None).await.expect("top up");
     }
     user
 }
@@ -159,10 +124,6 @@ pub async fn balance<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, user
     app.wallet(user).await.expect("wallet").wallet.balance
 }
 
-pub async fn payment<L: LockManager>(
-    app: &Tally<MemStore, L, ManualClock>,
-    user: UserId,
-    id: PaymentId,
-) -> Payment {
+pub async fn payment<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, user: UserId, id: PaymentId) -> Payment {
     app.payment(user, id).await.expect("payment")
 }

@@ -1,0 +1,354 @@
+//! The store conformance suite.
+//!
+//! Every case runs through the core's traits only, so it runs unchanged on
+//! `tally-mem` (both modes) and on `tally-pg` (every strategy). Together the
+//! cases pin down what the use cases rely on a store for: all-or-nothing
+//! commits, reading one's own writes, exact round trips of every record,
+//! constraints, version checks where the backend has them, paging, reaping.
+//!
+//! Cases share one store: each makes its own users, so they never see each
+//! other's records, and the invariant checker runs over everything at the end.
+
+use std::time::Duration;
+
+use tally_core::app::{Command, Executed, Keyed, Outcome, Tally};
+use tally_core::check::assert_holds;
+use tally_core::idempotency::{
+    Admission, Fingerprint, IdemConfig, IdemKey, IdemScope, LeaseToken, StoredResponse, admit,
+};
+use tally_core::ids::{OpId, PaymentId, TransferId, UserId};
+use tally_core::ledger::Booking;
+use tally_core::money::{Amount, Money};
+use tally_core::payment::{Method, PaymentStatus};
+use tally_core::store::{LockManager, Store, StoreError, Tx};
+use tally_core::time::{Clock, ManualClock};
+use tally_core::wallet::{Limits, Movement};
+use tally_core::{Error, Render};
+
+/// What differs, legitimately, between backends.
+#[derive(Clone, Copy, Debug)]
+pub struct Profile {
+    /// Does a write of a record whose stored version moved on fail with
+    /// `Conflict`? (Optimistic stores and PostgreSQL: yes; the locked
+    /// in-memory store writes blindly and relies on its lock manager.)
+    pub checks_versions: bool,
+}
+
+fn amount(n: i64) -> Amount {
+    Amount::new(n).expect("valid test amount")
+}
+
+fn render(result: &Result<Outcome, Error>) -> Option<StoredResponse> {
+    let (status, body) = match result {
+        Ok(outcome) => (201, format!("{outcome:?}")),
+        Err(error) if error.is_refusal() => (409, format!("{error:?}")),
+        Err(_) => return None,
+    };
+    Some(StoredResponse { status, content_type: "text/plain".into(), body: body.into_bytes() })
+}
+
+static RENDER: &Render = &render;
+
+fn keyed(key: &str, seed: u8) -> Keyed<'static> {
+    Keyed { key: IdemKey::new(key).expect("valid key"), fingerprint: Fingerprint([seed; 32]), render: RENDER }
+}
+
+async fn user<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, limits: Limits, balance: i64) -> UserId {
+    // Unique per call across runs sharing a database: derive the key hash
+    // from a fresh id the app generates.
+    let probe = app.create_user("conformance", limits, fresh_hash()).await.expect("create user");
+    if balance > 0 {
+        app.execute(probe.id, Command::TopUp { amount: amount(balance) }, None).await.expect("top up");
+    }
+    probe.id
+}
+
+fn fresh_id() -> u128 {
+    u128::from_le_bytes(fresh_hash()[..16].try_into().expect("16 bytes")) ^ 0x5eed << 64
+}
+
+fn fresh_hash() -> [u8; 32] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique within a run (the counter) and across runs sharing a database
+    // (the clock): a conformance run never collides with an earlier one.
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hash[8..24].copy_from_slice(&nanos.to_le_bytes());
+    hash
+}
+
+async fn balance<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, user: UserId) -> Money {
+    app.wallet(user).await.expect("wallet").wallet.balance
+}
+
+/// Runs every case; panics with the case's name on the first failure.
+/// Returns the names of the cases run.
+pub async fn run_all<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, profile: Profile) -> Vec<&'static str> {
+    let mut ran = Vec::new();
+    macro_rules! case {
+        ($name:ident) => {
+            $name(app, profile).await;
+            ran.push(stringify!($name));
+        };
+    }
+    case!(users_round_trip_and_authenticate);
+    case!(rollback_writes_nothing);
+    case!(a_transaction_reads_its_own_writes);
+    case!(payment_lifecycle_round_trips_every_field);
+    case!(ledger_pages_in_wallet_order);
+    case!(idempotency_records_round_trip);
+    case!(refused_commits_write_nothing);
+    case!(stale_versions_conflict_where_checked);
+    case!(a_second_charge_of_a_payment_cannot_be_written);
+    case!(expired_keys_are_reaped_live_ones_kept);
+    assert_holds(&app.snapshot().await.expect("snapshot"));
+    ran
+}
+
+async fn users_round_trip_and_authenticate<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let limits = Limits {
+        max_balance: Some(Money::new(9_000)),
+        per_payment: Some(Money::new(800)),
+        daily: Some(Money::new(2_000)),
+        monthly: Some(Money::new(0)),
+    };
+    let hash = fresh_hash();
+    let created = app.create_user("Kim Tally", limits, hash).await.expect("create");
+    assert_eq!(app.authenticate(hash).await.expect("authenticate"), Some(created.clone()));
+    assert_eq!(app.authenticate(fresh_hash()).await.expect("authenticate"), None);
+    let view = app.wallet(created.id).await.expect("wallet");
+    assert_eq!((view.wallet.balance, view.wallet.limits), (Money::ZERO, limits));
+    // Two users cannot share a key hash.
+    assert!(matches!(
+        app.create_user("twin", Limits::default(), hash).await,
+        Err(Error::Store(StoreError::Integrity(_)))
+    ));
+}
+
+async fn rollback_writes_nothing<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 100).await;
+    let before = app.snapshot().await.expect("snapshot");
+    let mut tx = app.store().begin().await.expect("begin");
+    let wallet = tx.wallet(id).await.expect("load").expect("wallet");
+    let next = wallet.apply(Movement::TopUp(amount(5)), app.now()).expect("apply");
+    tx.put_wallet(Some(&wallet), &next).await.expect("put");
+    tx.rollback().await;
+    // Dropping an uncommitted transaction rolls it back too.
+    let mut tx = app.store().begin().await.expect("begin");
+    let wallet = tx.wallet(id).await.expect("load").expect("wallet");
+    tx.put_wallet(Some(&wallet), &next).await.expect("put");
+    drop(tx);
+    assert_eq!(app.snapshot().await.expect("snapshot"), before);
+}
+
+async fn a_transaction_reads_its_own_writes<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 10).await;
+    let mut tx = app.store().begin().await.expect("begin");
+    let wallet = tx.wallet(id).await.expect("load").expect("wallet");
+    let booking = Booking { op: OpId(fresh_id()), origin: None, at: app.now() };
+    let (next, transfer) =
+        tally_core::decide::top_up(&wallet, amount(7), &booking, &mut || TransferId(fresh_id())).expect("decide");
+    tx.put_wallet(Some(&wallet), &next).await.expect("put");
+    tx.append_transfers(&[transfer]).await.expect("append");
+    assert_eq!(tx.wallet(id).await.expect("reload"), Some(next));
+    tx.commit().await.expect("commit");
+    assert_eq!(balance(app, id).await, Money::new(17));
+}
+
+async fn payment_lifecycle_round_trips_every_field<S: Store, L: LockManager>(
+    app: &Tally<S, L, ManualClock>,
+    _: Profile,
+) {
+    let id = user(app, Limits::default(), 1_000).await;
+    let create = Command::CreatePayment { amount: amount(400), payback: Some(amount(40)), method: Method::Wallet };
+    let Ok(Executed::Fresh(Outcome::Payment(created))) = app.execute(id, create, None).await else {
+        panic!("create payment")
+    };
+    assert_eq!(app.payment(id, created.id).await.expect("read"), created, "a payment round-trips exactly");
+    let Ok(Executed::Fresh(Outcome::Payment(done))) =
+        app.execute(id, Command::ConfirmPayment { payment: created.id }, None).await
+    else {
+        panic!("confirm")
+    };
+    assert_eq!(done.status, PaymentStatus::Done);
+    assert_eq!(app.payment(id, created.id).await.expect("read"), done);
+    assert_eq!(balance(app, id).await, Money::new(640));
+    app.execute(id, Command::CancelPayment { payment: created.id }, None).await.expect("cancel");
+    assert_eq!(balance(app, id).await, Money::new(1_000));
+    // Ledger lines come back exactly as booked, in wallet order.
+    let page = app.ledger(id, 0, 100).await.expect("ledger");
+    let seqs: Vec<u64> = page.entries.iter().map(|t| t.wallet.expect("wallet side").seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let afters: Vec<i64> = page.entries.iter().map(|t| t.wallet.expect("side").balance_after.minor_units()).collect();
+    assert_eq!(afters, [1_000, 600, 640, 1_040, 1_000]);
+    assert!(page.entries[1..].iter().all(|t| t.payment == Some(created.id)));
+    let other = user(app, Limits::default(), 0).await;
+    assert_eq!(app.payment(other, created.id).await, Err(Error::NotFound));
+}
+
+async fn ledger_pages_in_wallet_order<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 0).await;
+    for n in 1..=7 {
+        app.execute(id, Command::TopUp { amount: amount(n) }, None).await.expect("top up");
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app.ledger(id, after, 3).await.expect("page");
+        seen.extend(page.entries.iter().map(|t| t.amount.minor_units()));
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7]);
+}
+
+async fn idempotency_records_round_trip<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 0).await;
+    let command = Command::TopUp { amount: amount(33) };
+    let Ok(Executed::Fresh(outcome)) = app.execute(id, command.clone(), Some(keyed("conf-key", 1))).await else {
+        panic!("first")
+    };
+    let replay = app.execute(id, command.clone(), Some(keyed("conf-key", 1))).await.expect("replay");
+    assert_eq!(replay, Executed::Replayed(render(&Ok(outcome)).expect("stored")));
+    assert_eq!(app.execute(id, command, Some(keyed("conf-key", 2))).await, Err(Error::IdempotencyKeyReused));
+    // An in-flight record round-trips with its lease.
+    let scope = IdemScope { user: id, key: IdemKey::new("conf-inflight").expect("key") };
+    let config = IdemConfig { ttl: Duration::from_secs(600), lease: Duration::from_secs(60) };
+    let Admission::Start(record) = admit(None, &scope, Fingerprint([9; 32]), LeaseToken(77), config, app.now()) else {
+        panic!("admit")
+    };
+    let mut tx = app.store().begin().await.expect("begin");
+    tx.put_idempotency(None, &record).await.expect("insert");
+    tx.commit().await.expect("commit");
+    let mut tx = app.store().begin().await.expect("begin");
+    assert_eq!(tx.idempotency(&scope).await.expect("load"), Some(record.clone()));
+    let done = record.complete(LeaseToken(77), render(&Err(Error::NotFound)).expect("refusal"), None).expect("ours");
+    tx.put_idempotency(Some(&record), &done).await.expect("complete");
+    tx.commit().await.expect("commit");
+    let mut tx = app.store().begin().await.expect("begin");
+    assert_eq!(tx.idempotency(&scope).await.expect("load"), Some(done));
+    tx.rollback().await;
+}
+
+async fn refused_commits_write_nothing<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 50).await;
+    let before = app.snapshot().await.expect("snapshot");
+    // A negative balance is refused by the store itself (CHECK balance >= 0),
+    // together with everything else the transaction wrote.
+    let mut tx = app.store().begin().await.expect("begin");
+    let wallet = tx.wallet(id).await.expect("load").expect("wallet");
+    let mut broken = wallet.clone();
+    broken.balance = Money::new(-1);
+    broken.version += 1;
+    let payment = tally_core::payment::Payment::new(
+        PaymentId(u128::from(u64::MAX) << 3 | 5),
+        id,
+        amount(1),
+        None,
+        Method::Wallet,
+        app.now(),
+    )
+    .expect("payment");
+    tx.put_payment(None, &payment).await.expect("buffer payment");
+    let result = match tx.put_wallet(Some(&wallet), &broken).await {
+        Ok(()) => tx.commit().await,
+        Err(error) => {
+            tx.rollback().await;
+            Err(error)
+        }
+    };
+    // The schema refuses it (Integrity), or a guarded update finds its guard
+    // false (Conflict, atomic strategy); either way nothing is written.
+    assert!(matches!(result, Err(StoreError::Integrity(_) | StoreError::Conflict)), "{result:?}");
+    assert_eq!(app.snapshot().await.expect("snapshot"), before);
+}
+
+async fn stale_versions_conflict_where_checked<S: Store, L: LockManager>(
+    app: &Tally<S, L, ManualClock>,
+    profile: Profile,
+) {
+    let id = user(app, Limits::default(), 100).await;
+    let store = app.store();
+    let mut first = store.begin().await.expect("begin");
+    let loaded = first.wallet(id).await.expect("load").expect("wallet");
+    first.rollback().await;
+    // Someone else commits a change.
+    app.execute(id, Command::TopUp { amount: amount(1) }, None).await.expect("top up");
+    let mut stale = store.begin().await.expect("begin");
+    let next = loaded.apply(Movement::TopUp(amount(2)), app.now()).expect("apply");
+    let result = match stale.put_wallet(Some(&loaded), &next).await {
+        Ok(()) => stale.commit().await,
+        Err(error) => {
+            stale.rollback().await;
+            Err(error)
+        }
+    };
+    if profile.checks_versions {
+        assert_eq!(result, Err(StoreError::Conflict));
+        assert_eq!(balance(app, id).await, Money::new(101));
+    } else {
+        // The locked store trusts its lock manager: the blind write lands.
+        assert_eq!(result, Ok(()));
+        // Put the wallet back in line with its ledger for the final check.
+        let mut tx = store.begin().await.expect("begin");
+        let current = tx.wallet(id).await.expect("load").expect("wallet");
+        let mut fixed = current.clone();
+        fixed.balance = Money::new(101);
+        fixed.entry_count = 2;
+        fixed.version += 1;
+        tx.put_wallet(Some(&current), &fixed).await.expect("fix");
+        tx.commit().await.expect("commit");
+    }
+}
+
+async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager>(
+    app: &Tally<S, L, ManualClock>,
+    _: Profile,
+) {
+    let id = user(app, Limits::default(), 500).await;
+    let create = Command::CreatePayment { amount: amount(100), payback: None, method: Method::Wallet };
+    let Ok(Executed::Fresh(Outcome::Payment(payment))) = app.execute(id, create, None).await else { panic!("create") };
+    app.execute(id, Command::ConfirmPayment { payment: payment.id }, None).await.expect("confirm");
+    let snapshot = app.snapshot().await.expect("snapshot");
+    let mut charge = snapshot.transfers.iter().find(|t| t.payment == Some(payment.id)).expect("charge").clone();
+    charge.id = tally_core::ids::TransferId(charge.id.0 ^ 1 << 100);
+    if let Some(side) = charge.wallet.as_mut() {
+        side.seq += 10;
+    }
+    let mut tx = app.store().begin().await.expect("begin");
+    let result = match tx.append_transfers(&[charge]).await {
+        Ok(()) => tx.commit().await,
+        Err(error) => Err(error),
+    };
+    assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
+    assert_eq!(balance(app, id).await, Money::new(400));
+}
+
+async fn expired_keys_are_reaped_live_ones_kept<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 0).await;
+    let command = Command::TopUp { amount: amount(3) };
+    app.execute(id, command.clone(), Some(keyed("reap-old", 3))).await.expect("old");
+    app.clock().advance(app.config().idempotency.ttl + Duration::from_secs(1));
+    app.execute(id, command.clone(), Some(keyed("reap-new", 3))).await.expect("new");
+    // Reap everything expired (other cases' keys included), in batches.
+    let mut reaped = 0;
+    loop {
+        let batch = app.reap_idempotency(2).await.expect("reap");
+        reaped += batch;
+        if batch < 2 {
+            break;
+        }
+    }
+    assert!(reaped >= 1, "the old key was reaped");
+    let mut tx = app.store().begin().await.expect("begin");
+    let old = tx.idempotency(&IdemScope { user: id, key: IdemKey::new("reap-old").expect("key") }).await.expect("load");
+    let new = tx.idempotency(&IdemScope { user: id, key: IdemKey::new("reap-new").expect("key") }).await.expect("load");
+    tx.rollback().await;
+    assert!(old.is_none() && new.is_some());
+    assert_eq!(balance(app, id).await, Money::new(6));
+    let _ = app.clock().now();
+}

@@ -1,0 +1,21 @@
+//! The store conformance suite on the in-memory store, in both modes. The
+//! same suite runs on every PostgreSQL strategy in the end-to-end tests.
+
+mod common;
+
+use common::{block_on, locked, optimistic};
+use tally_conformance::{Profile, run_all};
+
+#[test]
+fn locked_memory_store_conforms() {
+    let app = locked();
+    let ran = block_on(run_all(&app, Profile { checks_versions: false }));
+    assert_eq!(ran.len(), 10);
+}
+
+#[test]
+fn optimistic_memory_store_conforms() {
+    let app = optimistic();
+    let ran = block_on(run_all(&app, Profile { checks_versions: true }));
+    assert_eq!(ran.len(), 10);
+}

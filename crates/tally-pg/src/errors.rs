@@ -1,0 +1,39 @@
+//! sqlx errors → `StoreError`, in one place.
+
+use tally_core::store::StoreError;
+
+/// Maps an error from any statement except `COMMIT`.
+pub(crate) fn map(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // serialization_failure, deadlock_detected: nothing was written.
+            Some("40001" | "40P01") => StoreError::Conflict,
+            // unique_violation on the idempotency key: two first requests raced
+            // to insert; the loser decides again on what won.
+            Some("23505") if db.constraint() == Some("idempotency_keys_pkey") => StoreError::Conflict,
+            Some(code) if code.starts_with("23") => {
+                StoreError::Integrity(format!("{} ({})", db.message(), db.constraint().unwrap_or("-")))
+            }
+            // lock_not_available (lock_timeout), query_canceled (statement_timeout),
+            // too_many_connections, admin shutdown and friends.
+            Some("55P03") => StoreError::Unavailable("lock wait timed out".into()),
+            Some("57014") => StoreError::Unavailable("statement timed out".into()),
+            _ => StoreError::Unavailable(format!("database error: {}", db.message())),
+        },
+        sqlx::Error::PoolTimedOut => StoreError::Unavailable("no database connection free".into()),
+        sqlx::Error::PoolClosed => StoreError::Unavailable("database pool closed".into()),
+        sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::ColumnNotFound(_) => {
+            StoreError::Integrity(format!("unexpected row: {error}"))
+        }
+        _ => StoreError::Unavailable(format!("database unreachable: {error}")),
+    }
+}
+
+/// Maps an error from `COMMIT`: a broken connection there leaves the outcome
+/// unknown, which the caller must treat as such.
+pub(crate) fn map_commit(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => StoreError::Ambiguous,
+        other => map(other),
+    }
+}
