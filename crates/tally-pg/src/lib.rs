@@ -161,22 +161,20 @@ impl PgStore {
 impl Store for PgStore {
     type Tx = PgTx;
 
-    fn begin(&self) -> impl Future<Output = Result<PgTx, StoreError>> + Send {
-        async move { Ok(PgTx::new(self.begin_tx().await?, self.config.clone())) }
+    async fn begin(&self) -> Result<PgTx, StoreError> {
+        Ok(PgTx::new(self.begin_tx().await?, self.config.clone()))
     }
 
-    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
-        async move {
-            // One REPEATABLE READ snapshot, so the checker never sees a wallet
-            // from before a commit next to transfers from after it.
-            let mut tx = self.begin_tx().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .execute(&mut *tx)
-                .await
-                .map_err(errors::map)?;
-            let snapshot = rows::snapshot(&mut tx).await?;
-            tx.rollback().await.map_err(errors::map)?;
-            Ok(snapshot)
-        }
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        // One REPEATABLE READ snapshot, so the checker never sees a wallet
+        // from before a commit next to transfers from after it.
+        let mut tx = self.begin_tx().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(errors::map)?;
+        let snapshot = rows::snapshot(&mut tx).await?;
+        tx.rollback().await.map_err(errors::map)?;
+        Ok(snapshot)
     }
 }

@@ -60,7 +60,8 @@ pub(crate) const WALLET_COLUMNS: &str = "user_id, balance, max_balance, per_paym
      day, spent_day, month, spent_month, entry_count, version";
 
 pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
-    let money = |column: &str| -> Result<Option<Money>, StoreError> { Ok(get::<Option<i64>>(row, column)?.map(Money::new)) };
+    let money =
+        |column: &str| -> Result<Option<Money>, StoreError> { Ok(get::<Option<i64>>(row, column)?.map(Money::new)) };
     Ok(Wallet {
         user: UserId(id(row, "user_id")?),
         balance: Money::new(get(row, "balance")?),

@@ -168,7 +168,8 @@ impl PgTx {
         for i in lines {
             let side = self.deferred_transfers[i].wallet.as_mut().expect("filtered");
             side.balance_after = Money::new(side.balance_after.minor_units() + balance_shift);
-            side.seq = u64::try_from(i64::try_from(side.seq).expect("seq fits") + seq_shift).expect("seq stays positive");
+            side.seq =
+                u64::try_from(i64::try_from(side.seq).expect("seq fits") + seq_shift).expect("seq stays positive");
         }
         Ok(())
     }
@@ -214,268 +215,247 @@ impl PgTx {
 }
 
 impl Tx for PgTx {
-    fn user(&mut self, id: UserId) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
-        async move {
-            let sql = format!("SELECT {} FROM users WHERE id = $1", rows::USER_COLUMNS);
-            let row = sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)).fetch_optional(&mut *self.tx).await.map_err(errors::map)?;
-            row.as_ref().map(rows::user).transpose()
-        }
+    async fn user(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {} FROM users WHERE id = $1", rows::USER_COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::user).transpose()
     }
 
-    fn user_by_key_hash(&mut self, key_hash: [u8; 32]) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
-        async move {
-            let sql = format!("SELECT {} FROM users WHERE key_hash = $1", rows::USER_COLUMNS);
-            let row =
-                sqlx::query(AssertSqlSafe(sql)).bind(key_hash.to_vec()).fetch_optional(&mut *self.tx).await.map_err(errors::map)?;
-            row.as_ref().map(rows::user).transpose()
-        }
+    async fn user_by_key_hash(&mut self, key_hash: [u8; 32]) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {} FROM users WHERE key_hash = $1", rows::USER_COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key_hash.to_vec())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::user).transpose()
     }
 
-    fn insert_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            sqlx::query("INSERT INTO users (id, name, key_hash, created_at_ms) VALUES ($1, $2, $3, $4)")
-                .bind(uuid(user.id.0))
-                .bind(&user.name)
-                .bind(user.key_hash.to_vec())
-                .bind(user.created_at.0)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(errors::map)?;
-            Ok(())
-        }
-    }
-
-    fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send {
-        async move {
-            if let Some((_, after)) = self.deferred_wallets.iter().rev().find(|(_, w)| w.user == user) {
-                return Ok(Some(after.clone()));
-            }
-            let sql = format!(
-                "SELECT {} FROM wallets WHERE user_id = $1{}",
-                rows::WALLET_COLUMNS,
-                lock_clause(self.config.strategy)
-            );
-            let row = sqlx::query(AssertSqlSafe(sql)).bind(uuid(user.0)).fetch_optional(&mut *self.tx).await.map_err(errors::map)?;
-            row.as_ref().map(rows::wallet).transpose()
-        }
-    }
-
-    fn put_wallet(&mut self, before: Option<&Wallet>, after: &Wallet) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            match before {
-                None => self.insert_wallet(after).await,
-                Some(before) if self.atomic() => {
-                    self.deferred_wallets.push((before.clone(), after.clone()));
-                    Ok(())
-                }
-                Some(before) => self.update_wallet(before, after).await,
-            }
-        }
-    }
-
-    fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send {
-        async move {
-            let sql =
-                format!("SELECT {} FROM payments WHERE id = $1{}", rows::PAYMENT_COLUMNS, lock_clause(self.config.strategy));
-            let row = sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)).fetch_optional(&mut *self.tx).await.map_err(errors::map)?;
-            row.as_ref().map(rows::payment).transpose()
-        }
-    }
-
-    fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let Some(before) = before else {
-                sqlx::query(
-                    "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, \
-                     version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(uuid(after.id.0))
-                .bind(uuid(after.user.0))
-                .bind(after.amount.minor_units())
-                .bind(after.payback.minor_units())
-                .bind(after.method.as_str())
-                .bind(rows::status_str(after.status))
-                .bind(after.created_at.0)
-                .bind(after.updated_at.0)
-                .bind(version(after.version))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(errors::map)?;
-                return Ok(());
-            };
-            // Atomic: the transition's precondition (the status it moves from)
-            // is the guard. Otherwise: the loaded version.
-            let query = if self.atomic() {
-                sqlx::query(
-                    "UPDATE payments SET status = $2, updated_at_ms = $3, version = version + 1 \
-                     WHERE id = $1 AND status = $4",
-                )
-                .bind(uuid(after.id.0))
-                .bind(rows::status_str(after.status))
-                .bind(after.updated_at.0)
-                .bind(rows::status_str(before.status))
-            } else {
-                sqlx::query(
-                    "UPDATE payments SET status = $2, updated_at_ms = $3, version = $4 WHERE id = $1 AND version = $5",
-                )
-                .bind(uuid(after.id.0))
-                .bind(rows::status_str(after.status))
-                .bind(after.updated_at.0)
-                .bind(version(after.version))
-                .bind(version(before.version))
-            };
-            let done = query.execute(&mut *self.tx).await.map_err(errors::map)?;
-            if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
-        }
-    }
-
-    fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            if self.atomic() {
-                self.deferred_transfers.extend_from_slice(transfers);
-                return Ok(());
-            }
-            for transfer in transfers {
-                self.insert_transfer(transfer).await?;
-            }
-            Ok(())
-        }
-    }
-
-    fn wallet_ledger(
-        &mut self,
-        user: UserId,
-        after_seq: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<Transfer>, StoreError>> + Send {
-        async move {
-            let sql = format!(
-                "SELECT {} FROM transfers WHERE wallet_user_id = $1 AND wallet_seq > $2 ORDER BY wallet_seq LIMIT $3",
-                rows::TRANSFER_COLUMNS
-            );
-            let found = sqlx::query(AssertSqlSafe(sql))
-                .bind(uuid(user.0))
-                .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(errors::map)?;
-            found.iter().map(rows::transfer).collect()
-        }
-    }
-
-    fn idempotency(&mut self, scope: &IdemScope) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
-        async move {
-            let sql = format!(
-                "SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{}",
-                rows::IDEM_COLUMNS,
-                lock_clause(self.config.strategy)
-            );
-            let row = sqlx::query(AssertSqlSafe(sql))
-                .bind(uuid(scope.user.0))
-                .bind(scope.key.as_str())
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(errors::map)?;
-            row.as_ref().map(rows::idem).transpose()
-        }
-    }
-
-    fn put_idempotency(
-        &mut self,
-        before: Option<&IdemRecord>,
-        after: &IdemRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let (state, lease, lease_expires, status, content_type, body, op) = match &after.state {
-                IdemState::InFlight { lease, lease_expires_at } => {
-                    ("in_flight", Some(uuid(lease.0)), Some(lease_expires_at.0), None, None, None, None)
-                }
-                IdemState::Completed { response, op } => (
-                    "completed",
-                    None,
-                    None,
-                    Some(i32::from(response.status)),
-                    Some(response.content_type.clone()),
-                    Some(response.body.clone()),
-                    op.map(|o| uuid(o.0)),
-                ),
-            };
-            let sql = if before.is_none() {
-                "INSERT INTO idempotency_keys (user_id, key, fingerprint, state, lease, lease_expires_at_ms, \
-                 response_status, response_content_type, response_body, op_id, created_at_ms, expires_at_ms, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-            } else {
-                "UPDATE idempotency_keys SET fingerprint = $3, state = $4, lease = $5, lease_expires_at_ms = $6, \
-                 response_status = $7, response_content_type = $8, response_body = $9, op_id = $10, \
-                 created_at_ms = $11, expires_at_ms = $12, version = $13 \
-                 WHERE user_id = $1 AND key = $2 AND version = $14"
-            };
-            let done = sqlx::query(sql)
-                .bind(uuid(after.scope.user.0))
-                .bind(after.scope.key.as_str())
-                .bind(after.fingerprint.0.to_vec())
-                .bind(state)
-                .bind(lease)
-                .bind(lease_expires)
-                .bind(status)
-                .bind(content_type)
-                .bind(body)
-                .bind(op)
-                .bind(after.created_at.0)
-                .bind(after.expires_at.0)
-                .bind(version(after.version))
-                .bind(before.map(|b| version(b.version)))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(errors::map)?;
-            if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
-        }
-    }
-
-    fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let done = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND version = $3")
-                .bind(uuid(before.scope.user.0))
-                .bind(before.scope.key.as_str())
-                .bind(version(before.version))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(errors::map)?;
-            if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
-        }
-    }
-
-    fn reap_idempotency(&mut self, now: Timestamp, limit: usize) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        async move {
-            // SKIP LOCKED: several instances reap at once without queueing on
-            // each other or on a request that holds a key.
-            let done = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE (user_id, key) IN ( \
-                   SELECT user_id, key FROM idempotency_keys WHERE expires_at_ms <= $1 \
-                   ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(now.0)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (id, name, key_hash, created_at_ms) VALUES ($1, $2, $3, $4)")
+            .bind(uuid(user.id.0))
+            .bind(&user.name)
+            .bind(user.key_hash.to_vec())
+            .bind(user.created_at.0)
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
-            Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+        Ok(())
+    }
+
+    async fn wallet(&mut self, user: UserId) -> Result<Option<Wallet>, StoreError> {
+        if let Some((_, after)) = self.deferred_wallets.iter().rev().find(|(_, w)| w.user == user) {
+            return Ok(Some(after.clone()));
+        }
+        let sql = format!(
+            "SELECT {} FROM wallets WHERE user_id = $1{}",
+            rows::WALLET_COLUMNS,
+            lock_clause(self.config.strategy)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(user.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::wallet).transpose()
+    }
+
+    async fn put_wallet(&mut self, before: Option<&Wallet>, after: &Wallet) -> Result<(), StoreError> {
+        match before {
+            None => self.insert_wallet(after).await,
+            Some(before) if self.atomic() => {
+                self.deferred_wallets.push((before.clone(), after.clone()));
+                Ok(())
+            }
+            Some(before) => self.update_wallet(before, after).await,
         }
     }
 
-    fn commit(mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            self.flush_deferred().await?;
-            self.tx.commit().await.map_err(errors::map_commit)
-        }
+    async fn payment(&mut self, id: PaymentId) -> Result<Option<Payment>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM payments WHERE id = $1{}",
+            rows::PAYMENT_COLUMNS,
+            lock_clause(self.config.strategy)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::payment).transpose()
     }
 
-    fn rollback(self) -> impl Future<Output = ()> + Send {
-        async move {
-            // A failed rollback leaves nothing behind either: the server
-            // aborts the transaction when the connection goes.
-            let _ = self.tx.rollback().await;
+    async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
+        let Some(before) = before else {
+            sqlx::query(
+                "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, \
+                 version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(uuid(after.id.0))
+            .bind(uuid(after.user.0))
+            .bind(after.amount.minor_units())
+            .bind(after.payback.minor_units())
+            .bind(after.method.as_str())
+            .bind(rows::status_str(after.status))
+            .bind(after.created_at.0)
+            .bind(after.updated_at.0)
+            .bind(version(after.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+            return Ok(());
+        };
+        // Atomic: the transition's precondition (the status it moves from)
+        // is the guard. Otherwise: the loaded version.
+        let query = if self.atomic() {
+            sqlx::query(
+                "UPDATE payments SET status = $2, updated_at_ms = $3, version = version + 1 \
+                 WHERE id = $1 AND status = $4",
+            )
+            .bind(uuid(after.id.0))
+            .bind(rows::status_str(after.status))
+            .bind(after.updated_at.0)
+            .bind(rows::status_str(before.status))
+        } else {
+            sqlx::query(
+                "UPDATE payments SET status = $2, updated_at_ms = $3, version = $4 WHERE id = $1 AND version = $5",
+            )
+            .bind(uuid(after.id.0))
+            .bind(rows::status_str(after.status))
+            .bind(after.updated_at.0)
+            .bind(version(after.version))
+            .bind(version(before.version))
+        };
+        let done = query.execute(&mut *self.tx).await.map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn append_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
+        if self.atomic() {
+            self.deferred_transfers.extend_from_slice(transfers);
+            return Ok(());
         }
+        for transfer in transfers {
+            self.insert_transfer(transfer).await?;
+        }
+        Ok(())
+    }
+
+    async fn wallet_ledger(&mut self, user: UserId, after_seq: u64, limit: usize) -> Result<Vec<Transfer>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM transfers WHERE wallet_user_id = $1 AND wallet_seq > $2 ORDER BY wallet_seq LIMIT $3",
+            rows::TRANSFER_COLUMNS
+        );
+        let found = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(user.0))
+            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        found.iter().map(rows::transfer).collect()
+    }
+
+    async fn idempotency(&mut self, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{}",
+            rows::IDEM_COLUMNS,
+            lock_clause(self.config.strategy)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(scope.user.0))
+            .bind(scope.key.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::idem).transpose()
+    }
+
+    async fn put_idempotency(&mut self, before: Option<&IdemRecord>, after: &IdemRecord) -> Result<(), StoreError> {
+        let (state, lease, lease_expires, status, content_type, body, op) = match &after.state {
+            IdemState::InFlight { lease, lease_expires_at } => {
+                ("in_flight", Some(uuid(lease.0)), Some(lease_expires_at.0), None, None, None, None)
+            }
+            IdemState::Completed { response, op } => (
+                "completed",
+                None,
+                None,
+                Some(i32::from(response.status)),
+                Some(response.content_type.clone()),
+                Some(response.body.clone()),
+                op.map(|o| uuid(o.0)),
+            ),
+        };
+        let sql = if before.is_none() {
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, state, lease, lease_expires_at_ms, \
+             response_status, response_content_type, response_body, op_id, created_at_ms, expires_at_ms, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        } else {
+            "UPDATE idempotency_keys SET fingerprint = $3, state = $4, lease = $5, lease_expires_at_ms = $6, \
+             response_status = $7, response_content_type = $8, response_body = $9, op_id = $10, \
+             created_at_ms = $11, expires_at_ms = $12, version = $13 \
+             WHERE user_id = $1 AND key = $2 AND version = $14"
+        };
+        let done = sqlx::query(sql)
+            .bind(uuid(after.scope.user.0))
+            .bind(after.scope.key.as_str())
+            .bind(after.fingerprint.0.to_vec())
+            .bind(state)
+            .bind(lease)
+            .bind(lease_expires)
+            .bind(status)
+            .bind(content_type)
+            .bind(body)
+            .bind(op)
+            .bind(after.created_at.0)
+            .bind(after.expires_at.0)
+            .bind(version(after.version))
+            .bind(before.map(|b| version(b.version)))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn delete_idempotency(&mut self, before: &IdemRecord) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND version = $3")
+            .bind(uuid(before.scope.user.0))
+            .bind(before.scope.key.as_str())
+            .bind(version(before.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn reap_idempotency(&mut self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        // SKIP LOCKED: several instances reap at once without queueing on
+        // each other or on a request that holds a key.
+        let done = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (user_id, key) IN ( \
+               SELECT user_id, key FROM idempotency_keys WHERE expires_at_ms <= $1 \
+               ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(now.0)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush_deferred().await?;
+        self.tx.commit().await.map_err(errors::map_commit)
+    }
+
+    async fn rollback(self) {
+        // A failed rollback leaves nothing behind either: the server
+        // aborts the transaction when the connection goes.
+        let _ = self.tx.rollback().await;
     }
 }
