@@ -274,9 +274,23 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let _guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
+            // Never wait for the key: whoever holds it is running a request
+            // with it (its admission, its effect or its settlement), so this
+            // one is a duplicate in flight and is told so at once.
+            let _guard = match self.locks.acquire(&keys, Duration::ZERO).await {
+                Ok(guard) => guard,
+                Err(crate::store::LockError::Timeout) => return Ok(Admission::InUse),
+                Err(error) => return Err(error.into()),
+            };
             let mut tx = self.store.begin().await?;
-            let existing = tx.idempotency(scope).await?;
+            let existing = match tx.idempotency_no_wait(scope).await {
+                Ok(existing) => existing,
+                Err(StoreError::Busy) => {
+                    tx.rollback().await;
+                    return Ok(Admission::InUse);
+                }
+                Err(error) => return Err(error.into()),
+            };
             let now = self.clock.now();
             let admission =
                 idempotency::admit(existing.as_ref(), scope, fingerprint, lease, self.config.idempotency, now);

@@ -51,6 +51,10 @@ pub enum StoreError {
     /// The store cannot be reached or refused service (pool exhausted, timeout).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The record is locked by another transaction and the caller asked not
+    /// to wait (idempotency admission: a locked key is a key in flight).
+    #[error("record locked by another transaction")]
+    Busy,
     /// A constraint the code should have made impossible fired: a bug.
     #[error("integrity violation: {0}")]
     Integrity(String),
@@ -101,6 +105,15 @@ pub trait Tx: Send {
 
     fn idempotency(&mut self, scope: &IdemScope)
     -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send;
+    /// The idempotency record for admission: like [`Tx::idempotency`], but a
+    /// backend whose loads take row locks must not wait for one here — it
+    /// answers [`StoreError::Busy`], because a locked key is a key in flight.
+    fn idempotency_no_wait(
+        &mut self,
+        scope: &IdemScope,
+    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
+        self.idempotency(scope)
+    }
     fn put_idempotency(
         &mut self,
         before: Option<&IdemRecord>,

@@ -65,9 +65,9 @@ pub trait Clock: Send + Sync + 'static {
 
 /// A clock that moves only when told to. Cloning shares the same time.
 ///
-/// Its `sleep` never resolves: a test on a manual clock decides time itself,
-/// so a lock wait there ends by a grant, never by a timer the test did not ask
-/// for.
+/// Its `sleep` never resolves (except a zero-length one, which is over at
+/// once): a test on a manual clock decides time itself, so a lock wait there
+/// ends by a grant, never by a timer the test did not ask for.
 #[derive(Clone, Debug)]
 pub struct ManualClock {
     now_millis: Arc<AtomicI64>,
@@ -93,8 +93,14 @@ impl Clock for ManualClock {
         Timestamp(self.now_millis.load(Ordering::SeqCst))
     }
 
-    fn sleep(&self, _duration: Duration) -> impl Future<Output = ()> + Send {
-        std::future::pending()
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        // A zero wait is "don't wait": it is over at once, on any clock.
+        let zero = duration.is_zero();
+        async move {
+            if !zero {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

@@ -4,18 +4,18 @@
 mod common;
 
 use common::{block_on, locked, optimistic};
-use tally_conformance::{Profile, run_all};
+use tally_conformance::{Profile, StaleWrite, run_all};
 
 #[test]
 fn locked_memory_store_conforms() {
     let app = locked();
-    let ran = block_on(run_all(&app, Profile { checks_versions: false }));
+    let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Unchecked }));
     assert_eq!(ran.len(), 10);
 }
 
 #[test]
 fn optimistic_memory_store_conforms() {
     let app = optimistic();
-    let ran = block_on(run_all(&app, Profile { checks_versions: true }));
+    let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Conflicts }));
     assert_eq!(ran.len(), 10);
 }

@@ -375,6 +375,22 @@ impl Tx for PgTx {
         row.as_ref().map(rows::idem).transpose()
     }
 
+    async fn idempotency_no_wait(&mut self, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
+        let lock = if self.config.strategy == Strategy::Pessimistic { " FOR UPDATE NOWAIT" } else { "" };
+        let sql = format!("SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{lock}", rows::IDEM_COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(scope.user.0))
+            .bind(scope.key.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|error| match &error {
+                // lock_not_available: NOWAIT found the row locked.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Busy,
+                _ => errors::map(error),
+            })?;
+        row.as_ref().map(rows::idem).transpose()
+    }
+
     async fn put_idempotency(&mut self, before: Option<&IdemRecord>, after: &IdemRecord) -> Result<(), StoreError> {
         let (state, lease, lease_expires, status, content_type, body, op) = match &after.state {
             IdemState::InFlight { lease, lease_expires_at } => {
