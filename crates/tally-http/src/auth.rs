@@ -1,0 +1,126 @@
+//! Who is calling: API keys, their hashes, and the extractors that turn an
+//! `Authorization: Bearer <key>` header into a user or the admin.
+//!
+//! Keys are never stored, only their SHA-256. A key is 32 random bytes, so a
+//! plain hash is enough (no salt or slow hash: there is nothing to brute-force).
+//! The admin key is compared in constant time; user keys are found by hash
+//! through the store's index, which leaks nothing about the key itself.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+use tally_core::store::{LockManager, Store, User};
+use tally_core::time::Clock;
+
+use crate::problem::{ApiError, Code};
+use crate::state::AppState;
+
+/// Prefix of every key this service issues, so a leaked key is recognisable
+/// (secret scanners) and never mistaken for another system's token.
+pub const API_KEY_PREFIX: &str = "tly_";
+
+/// The SHA-256 of a key: what the store keeps and looks keys up by.
+pub fn hash_api_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A fresh random key: `tly_` and 32 random bytes in hex.
+pub fn new_api_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{API_KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Equality whose running time does not depend on where the inputs differ,
+/// so response timing cannot reveal how much of a guess of the admin key's
+/// hash was right.
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
+/// The key in `Authorization: Bearer <key>` (the scheme is case-insensitive).
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let missing = || ApiError::new(Code::Unauthorized, "an API key is required: Authorization: Bearer <key>");
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| missing())?;
+    let (scheme, key) = value.split_once(' ').ok_or_else(missing)?;
+    let key = key.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+        return Err(missing());
+    }
+    Ok(key)
+}
+
+fn unknown_key() -> ApiError {
+    ApiError::new(Code::Unauthorized, "unknown API key")
+}
+
+/// The user a request acts for. Every user route takes this first, so an
+/// unauthenticated request is refused before anything else is looked at.
+#[derive(Clone, Debug)]
+pub struct CurrentUser(pub User);
+
+impl<S: Store, L: LockManager, C: Clock> FromRequestParts<AppState<S, L, C>> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+        let hash = hash_api_key(bearer(parts)?);
+        if constant_time_eq(&hash, &state.shared.admin_key_hash) {
+            // The admin has no wallet or payments: a known key, but not one
+            // that may act on user routes.
+            return Err(ApiError::new(Code::Forbidden, "the admin key cannot act as a user"));
+        }
+        match state.app.authenticate(hash).await? {
+            Some(user) => Ok(CurrentUser(user)),
+            None => Err(unknown_key()),
+        }
+    }
+}
+
+/// Proof that the caller holds the admin key.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin;
+
+impl<S: Store, L: LockManager, C: Clock> FromRequestParts<AppState<S, L, C>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+        let hash = hash_api_key(bearer(parts)?);
+        if constant_time_eq(&hash, &state.shared.admin_key_hash) {
+            return Ok(Admin);
+        }
+        // A user's key is known but not allowed here (403); anything else
+        // is not a key at all (401).
+        match state.app.authenticate(hash).await? {
+            Some(_) => Err(ApiError::new(Code::Forbidden, "this endpoint requires the admin key")),
+            None => Err(unknown_key()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_random_and_hash_to_sha256() {
+        let (a, b) = (new_api_key(), new_api_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(API_KEY_PREFIX));
+        assert_eq!(a.len(), API_KEY_PREFIX.len() + 64);
+        assert_eq!(
+            hex::encode(hash_api_key("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_every_byte() {
+        let a = [7u8; 32];
+        let mut b = a;
+        assert!(constant_time_eq(&a, &b));
+        b[31] ^= 1;
+        assert!(!constant_time_eq(&a, &b));
+    }
+}

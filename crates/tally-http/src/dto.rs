@@ -1,0 +1,416 @@
+//! The wire format: request and response bodies, and their conversions from
+//! and to the core's types (which are deliberately not `Serialize`).
+//!
+//! Requests are parsed in two steps. Serde checks the *shape* (JSON syntax,
+//! types, unknown and missing fields) and fails with 400 `malformed_request`;
+//! then the conversions here check the *values* (amounts in range) and fail
+//! with 422 `invalid_amount`. Amounts are read through [`JsonInteger`] so that
+//! an integer too large for `i64` is told apart from a fraction: the first is
+//! a value out of range (422), the second is the wrong type (400).
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use tally_core::app::{LedgerPage, Outcome, WalletView};
+use tally_core::ids::UserId;
+use tally_core::ledger::{Account, Transfer};
+use tally_core::money::{Amount, AmountError, Money};
+use tally_core::payment::Payment;
+use tally_core::store::User;
+use tally_core::time::{Timestamp, civil_from_days};
+use tally_core::wallet::Limits;
+use utoipa::ToSchema;
+
+use crate::problem::{ApiError, Code};
+
+/// An integer as written in a JSON body, before its range is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonInteger {
+    /// Fits `i64` or `u64`.
+    Exact(i128),
+    /// An integer-valued number beyond `i64` in magnitude (`1e30`,
+    /// `99999999999999999999999`): serde_json hands these over as floats.
+    Huge { negative: bool },
+}
+
+/// 2^63 as a float: every float at or beyond it in magnitude is an integer
+/// too large for `i64` (floats that large have no fractional part).
+const I64_LIMIT_AS_FLOAT: f64 = 9_223_372_036_854_775_808.0;
+
+impl<'de> Deserialize<'de> for JsonInteger {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JsonInteger, D::Error> {
+        struct IntegerVisitor;
+
+        impl Visitor<'_> for IntegerVisitor {
+            type Value = JsonInteger;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer number of minor units")
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<JsonInteger, E> {
+                Ok(JsonInteger::Exact(i128::from(value)))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<JsonInteger, E> {
+                Ok(JsonInteger::Exact(i128::from(value)))
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<JsonInteger, E> {
+                // serde_json passes every integer literal that fits u64 as an
+                // integer, so a float below 2^63 was written with a fraction
+                // or an exponent: not an integer amount.
+                if value.abs() >= I64_LIMIT_AS_FLOAT {
+                    Ok(JsonInteger::Huge { negative: value.is_sign_negative() })
+                } else {
+                    Err(E::invalid_type(de::Unexpected::Float(value), &self))
+                }
+            }
+        }
+
+        deserializer.deserialize_any(IntegerVisitor)
+    }
+}
+
+impl JsonInteger {
+    /// An amount that one movement may move (`1..=Amount::MAX`).
+    pub fn amount(self) -> Result<Amount, ApiError> {
+        match self {
+            JsonInteger::Exact(value) => match i64::try_from(value) {
+                Ok(value) => Ok(Amount::new(value)?),
+                Err(_) if value < 0 => Err(AmountError::NotPositive.into()),
+                Err(_) => Err(AmountError::TooLarge.into()),
+            },
+            JsonInteger::Huge { negative: true } => Err(AmountError::NotPositive.into()),
+            JsonInteger::Huge { negative: false } => Err(AmountError::TooLarge.into()),
+        }
+    }
+
+    /// A wallet limit: `0..=Money::BALANCE_LIMIT`.
+    pub fn limit(self, field: &str) -> Result<Money, ApiError> {
+        let in_range = match self {
+            JsonInteger::Exact(value) => i64::try_from(value)
+                .ok()
+                .map(Money::new)
+                .filter(|money| !money.is_negative() && *money <= Money::BALANCE_LIMIT),
+            JsonInteger::Huge { .. } => None,
+        };
+        in_range.ok_or_else(|| {
+            ApiError::new(Code::InvalidAmount, format!("{field} must be between 0 and {}", Money::BALANCE_LIMIT))
+        })
+    }
+}
+
+// ---------------------------------------------------------------- requests
+
+/// `POST /v1/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    /// 1 to 200 characters (surrounding whitespace is trimmed).
+    pub name: String,
+    #[serde(default)]
+    pub limits: Option<LimitsInput>,
+}
+
+/// Optional wallet ceilings; absent or `null` means unlimited.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    pub max_balance: Option<JsonInteger>,
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    pub per_payment_limit: Option<JsonInteger>,
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    pub daily_limit: Option<JsonInteger>,
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    pub monthly_limit: Option<JsonInteger>,
+}
+
+impl LimitsInput {
+    pub fn limits(&self) -> Result<Limits, ApiError> {
+        let read = |value: Option<JsonInteger>, field: &str| value.map(|v| v.limit(field)).transpose();
+        Ok(Limits {
+            max_balance: read(self.max_balance, "max_balance")?,
+            per_payment: read(self.per_payment_limit, "per_payment_limit")?,
+            daily: read(self.daily_limit, "daily_limit")?,
+            monthly: read(self.monthly_limit, "monthly_limit")?,
+        })
+    }
+}
+
+/// `POST /v1/wallet/top-ups`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopUpRequest {
+    /// Minor units, `1..=10^12`.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64)]
+    pub amount: JsonInteger,
+}
+
+/// `POST /v1/payments`. Only `{amount, method: "wallet"}` is available in
+/// this version; `order_id` and `method: "gateway"` are part of the contract
+/// but answered with 400 `malformed_request` until orders and the gateway land.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePaymentRequest {
+    /// Minor units, `1..=10^12`. Required unless `order_id` is given.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_i64)]
+    pub amount: Option<JsonInteger>,
+    /// `wallet` (available) or `gateway` (not yet available).
+    #[schema(example = "wallet")]
+    pub method: String,
+    /// Cashback credited when the payment is confirmed, `0..=amount`; 0 or
+    /// absent means none.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub payback_amount: Option<JsonInteger>,
+    /// Not yet available: orders come with their own release.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub order_id: Option<serde_json::Value>,
+}
+
+/// The body of `confirm` and `cancel`: none, or `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+/// `GET /v1/wallet/ledger` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LedgerQuery {
+    /// Page size, 1 to 100 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// The `next` cursor of the previous page; absent for the first page.
+    pub after: Option<String>,
+}
+
+// --------------------------------------------------------------- responses
+
+/// `201` of `POST /v1/users`. The API key is shown here once and never again.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserCreated {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub name: String,
+    pub api_key: String,
+}
+
+impl UserCreated {
+    pub fn new(user: &User, api_key: String) -> UserCreated {
+        UserCreated { id: user.id.to_string(), name: user.name.clone(), api_key }
+    }
+}
+
+/// A wallet's ceilings; `null` means unlimited.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LimitsBody {
+    pub max_balance: Option<i64>,
+    pub per_payment_limit: Option<i64>,
+    pub daily_limit: Option<i64>,
+    pub monthly_limit: Option<i64>,
+}
+
+/// `GET /v1/wallet`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WalletBody {
+    pub balance: i64,
+    pub limits: LimitsBody,
+    /// Confirmed payments in the current UTC day.
+    pub spent_today: i64,
+    /// Confirmed payments in the current UTC calendar month.
+    pub spent_this_month: i64,
+}
+
+impl From<&WalletView> for WalletBody {
+    fn from(view: &WalletView) -> WalletBody {
+        let limits = &view.wallet.limits;
+        WalletBody {
+            balance: view.wallet.balance.minor_units(),
+            limits: LimitsBody {
+                max_balance: limits.max_balance.map(Money::minor_units),
+                per_payment_limit: limits.per_payment.map(Money::minor_units),
+                daily_limit: limits.daily.map(Money::minor_units),
+                monthly_limit: limits.monthly.map(Money::minor_units),
+            },
+            spent_today: view.spent_today.minor_units(),
+            spent_this_month: view.spent_this_month.minor_units(),
+        }
+    }
+}
+
+/// `201` of `POST /v1/wallet/top-ups`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopUpBody {
+    /// The ledger entry the top-up booked.
+    #[schema(format = Uuid)]
+    pub entry_id: String,
+    pub amount: i64,
+    /// The balance right after this top-up.
+    pub balance: i64,
+}
+
+/// One line of a wallet's ledger.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// `top_up`, `payment`, `refund`, `payback` or `payback_reversal`.
+    pub kind: String,
+    /// Signed from the wallet's point of view: credits positive, debits
+    /// (payments, payback reversals) negative. Summing `amount` over the whole
+    /// ledger gives the balance.
+    pub amount: i64,
+    pub balance_after: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(format = Uuid)]
+    pub payment_id: Option<String>,
+    /// RFC 3339, UTC, millisecond precision.
+    #[schema(example = "2026-11-23T00:00:00.000Z")]
+    pub created_at: String,
+}
+
+/// `GET /v1/wallet/ledger`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LedgerBody {
+    pub entries: Vec<LedgerEntryBody>,
+    /// Pass as `after` to read the next page; absent on the last page. Opaque.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<String>,
+}
+
+impl LedgerBody {
+    pub fn new(user: UserId, page: &LedgerPage) -> LedgerBody {
+        LedgerBody {
+            entries: page.entries.iter().map(|t| LedgerEntryBody::new(user, t)).collect(),
+            next: page.next.map(|seq| seq.to_string()),
+        }
+    }
+}
+
+impl LedgerEntryBody {
+    fn new(user: UserId, transfer: &Transfer) -> LedgerEntryBody {
+        LedgerEntryBody {
+            id: transfer.id.to_string(),
+            kind: transfer.kind.as_str().to_owned(),
+            amount: transfer.delta(Account::Wallet(user)).minor_units(),
+            balance_after: transfer.wallet.map_or(0, |side| side.balance_after.minor_units()),
+            payment_id: transfer.payment.map(|id| id.to_string()),
+            created_at: rfc3339(transfer.at),
+        }
+    }
+}
+
+/// A payment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PaymentBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// `wait`, `done`, `failed` or `cancelled`.
+    pub status: String,
+    pub amount: i64,
+    /// 0 when the payment has no payback.
+    pub payback_amount: i64,
+    /// `wallet` (or, later, `gateway`).
+    pub method: String,
+    /// The order this payment pays, if any (orders are not available yet).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(format = Uuid)]
+    pub order_id: Option<String>,
+}
+
+impl From<&Payment> for PaymentBody {
+    fn from(payment: &Payment) -> PaymentBody {
+        PaymentBody {
+            id: payment.id.to_string(),
+            status: payment.status.as_str().to_owned(),
+            amount: payment.amount.minor_units(),
+            payback_amount: payment.payback.minor_units(),
+            method: payment.method.as_str().to_owned(),
+            order_id: None,
+        }
+    }
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusBody {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// The JSON of a command's outcome. Deterministic: serde writes struct
+/// fields in declaration order.
+pub fn outcome_json(outcome: &Outcome) -> Vec<u8> {
+    let bytes = match outcome {
+        Outcome::TopUp { transfer, balance } => serde_json::to_vec(&TopUpBody {
+            entry_id: transfer.id.to_string(),
+            amount: transfer.amount.minor_units(),
+            balance: balance.minor_units(),
+        }),
+        Outcome::Payment(payment) => serde_json::to_vec(&PaymentBody::from(payment)),
+    };
+    bytes.expect("response bodies are plain strings and integers")
+}
+
+/// `2026-11-23T08:05:09.042Z`: RFC 3339 in UTC with milliseconds, always the
+/// same width, so timestamps sort as strings.
+pub fn rfc3339(at: Timestamp) -> String {
+    const MILLIS_PER_DAY: i64 = 86_400_000;
+    let millis = at.millis();
+    let (year, month, day) = civil_from_days(millis.div_euclid(MILLIS_PER_DAY));
+    let of_day = millis.rem_euclid(MILLIS_PER_DAY);
+    let (hour, minute) = (of_day / 3_600_000, of_day / 60_000 % 60);
+    let (second, milli) = (of_day / 1000 % 60, of_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn integer(json: &str) -> Result<JsonInteger, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn integers_floats_and_overflow_are_told_apart() {
+        assert_eq!(integer("10").unwrap(), JsonInteger::Exact(10));
+        assert_eq!(integer("-3").unwrap(), JsonInteger::Exact(-3));
+        assert_eq!(integer("9223372036854775808").unwrap(), JsonInteger::Exact(9_223_372_036_854_775_808));
+        assert_eq!(integer("1e30").unwrap(), JsonInteger::Huge { negative: false });
+        assert_eq!(integer("-99999999999999999999999").unwrap(), JsonInteger::Huge { negative: true });
+        assert!(integer("10.5").is_err());
+        assert!(integer("10.0").is_err());
+        assert!(integer("1e3").is_err(), "exponent notation is a float");
+        assert!(integer("\"10\"").is_err());
+        assert!(integer("true").is_err());
+    }
+
+    #[test]
+    fn amounts_are_checked_against_the_core_range() {
+        let code = |json: &str| integer(json).unwrap().amount().map_err(|e| e.code);
+        assert_eq!(code("1").map(Amount::minor_units), Ok(1));
+        assert_eq!(code("0"), Err(Code::InvalidAmount));
+        assert_eq!(code("-1"), Err(Code::InvalidAmount));
+        assert_eq!(code("1000000000001"), Err(Code::InvalidAmount));
+        assert_eq!(code("9223372036854775808"), Err(Code::InvalidAmount));
+        assert_eq!(code("1e30"), Err(Code::InvalidAmount));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00.000Z");
+        let at = Timestamp(20_780 * 86_400_000 + 8 * 3_600_000 + 5 * 60_000 + 9_042);
+        assert_eq!(rfc3339(at), "2026-11-23T08:05:09.042Z");
+        assert_eq!(rfc3339(Timestamp(-1)), "1969-12-31T23:59:59.999Z");
+    }
+}

@@ -1,0 +1,243 @@
+//! Request extractors that fail only with [`ApiError`]s, so none of axum's
+//! own plain-text rejections can reach a client.
+//!
+//! - [`JsonBody`]: content type, size limit, JSON shape (`deny_unknown_fields`).
+//! - [`KeyedJson`]: the same, plus the `Idempotency-Key` header and the
+//!   request fingerprint, for the routes that move money.
+//! - [`PaymentPath`]: a payment id from the path; a malformed id is simply
+//!   "not found", like an unknown one.
+//!
+//! Checks run in the order a client can act on them: the key header first
+//! (400), then the body's size (413), media type (415) and shape (400).
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tally_core::idempotency::{Fingerprint, IdemKey};
+use tally_core::ids::PaymentId;
+use tally_core::store::{LockManager, Store};
+use tally_core::time::Clock;
+
+use crate::dto::{CreatePaymentRequest, CreateUserRequest, EmptyRequest, TopUpRequest};
+use crate::problem::{ApiError, Code};
+use crate::state::AppState;
+
+/// The header that makes a POST safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A request body type, and whether it may be sent empty.
+pub trait RequestBody: DeserializeOwned {
+    /// `confirm` and `cancel` need no body: an empty one (with any or no
+    /// content type) reads as `{}`.
+    const EMPTY_ALLOWED: bool = false;
+}
+
+impl RequestBody for CreateUserRequest {}
+impl RequestBody for TopUpRequest {}
+impl RequestBody for CreatePaymentRequest {}
+impl RequestBody for EmptyRequest {
+    const EMPTY_ALLOWED: bool = true;
+}
+
+/// A parsed JSON body and its raw bytes.
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<T: RequestBody, S: Store, L: LockManager, C: Clock> FromRequest<AppState<S, L, C>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        read_json(&parts.headers, body, state.shared.body_limit_bytes).await
+    }
+}
+
+async fn read_json<T: RequestBody>(headers: &HeaderMap, body: Body, limit: usize) -> Result<JsonBody<T>, ApiError> {
+    let raw = read_limited(body, limit).await?;
+    if raw.is_empty() && T::EMPTY_ALLOWED {
+        let value = serde_json::from_slice(b"{}").expect("an empty-body type reads {}");
+        return Ok(JsonBody { value, raw });
+    }
+    if !is_json(headers) {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "the request body must be sent as Content-Type: application/json",
+        ));
+    }
+    let value = serde_json::from_slice(&raw).map_err(|error| ApiError::malformed(error.to_string()))?;
+    Ok(JsonBody { value, raw })
+}
+
+/// Reads the whole body, refusing (413) as soon as it passes `limit`, so a
+/// huge body costs at most `limit` bytes of memory.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            // The limit may have been hit here or in the body-limit layer,
+            // whose error arrives wrapped: look through the whole chain.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+            while let Some(current) = source {
+                if current.is::<LengthLimitError>() {
+                    return Err(ApiError::new(
+                        Code::PayloadTooLarge,
+                        format!("the request body exceeds {limit} bytes"),
+                    ));
+                }
+                source = current.source();
+            }
+            Err(ApiError::malformed("the request body could not be read"))
+        }
+    }
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A keyed request: its idempotency key, its fingerprint, and its body.
+#[derive(Debug)]
+pub struct KeyedJson<T> {
+    pub key: IdemKey,
+    pub fingerprint: Fingerprint,
+    pub value: T,
+}
+
+impl<T: RequestBody, S: Store, L: LockManager, C: Clock> FromRequest<AppState<S, L, C>> for KeyedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let key = idempotency_key(&parts.headers)?;
+        let body: JsonBody<T> = read_json(&parts.headers, body, state.shared.body_limit_bytes).await?;
+        let path = match parts.extensions.get::<OriginalUri>() {
+            Some(OriginalUri(uri)) => uri.path().to_owned(),
+            None => parts.uri.path().to_owned(),
+        };
+        Ok(KeyedJson { key, fingerprint: fingerprint(parts.method.as_str(), &path, &body.raw), value: body.value })
+    }
+}
+
+/// The `Idempotency-Key` header. The IETF draft makes it a structured-field
+/// string, sent quoted (`"abc"`); Stripe-style clients send it bare (`abc`).
+/// Both name the same key.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<IdemKey, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            Code::IdempotencyKeyInvalid,
+            "the Idempotency-Key header must be one value of 1 to 255 printable ASCII characters",
+        )
+    };
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Err(ApiError::new(
+            Code::IdempotencyKeyMissing,
+            "this request moves money and requires an Idempotency-Key header",
+        ));
+    };
+    if values.next().is_some() {
+        return Err(invalid());
+    }
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| invalid())?;
+    let text = unquote(text).ok_or_else(invalid)?;
+    IdemKey::new(&text).map_err(|_| invalid())
+}
+
+/// The content of an RFC 8941 string (`"…"` with `\"` and `\\` escapes), or
+/// the text itself when it is not quoted. `None` for a broken quoted string.
+fn unquote(text: &str) -> Option<String> {
+    let Some(inner) = text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) else {
+        return Some(text.to_owned());
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped @ ('"' | '\\')) => out.push(escaped),
+                _ => return None,
+            },
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// SHA-256 over the method, the path and the raw body bytes. Byte-exact on
+/// purpose: the same retry sends the same bytes, and any difference at all
+/// means a different request (422 on key reuse), never a silent replay of
+/// something the client did not send.
+pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Fingerprint {
+    let mut hasher = Sha256::new();
+    // NUL separators: neither a method nor a path contains one, so no two
+    // different requests hash the same bytes.
+    hasher.update(method.as_bytes());
+    hasher.update([0]);
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    Fingerprint(hasher.finalize().into())
+}
+
+/// `{id}` of a payment route. Not a UUID → 404, as for any unknown payment.
+#[derive(Clone, Copy, Debug)]
+pub struct PaymentPath(pub PaymentId);
+
+impl<St: Send + Sync> FromRequestParts<St> for PaymentPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found())?;
+        PaymentId::parse(&id).map(PaymentPath).ok_or_else(ApiError::not_found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn key(values: &[&[u8]]) -> Result<String, Code> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(IDEMPOTENCY_KEY, HeaderValue::from_bytes(value).unwrap());
+        }
+        idempotency_key(&headers).map(|k| k.as_str().to_owned()).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn keys_bare_and_quoted() {
+        assert_eq!(key(&[]), Err(Code::IdempotencyKeyMissing));
+        assert_eq!(key(&[b"abc"]).as_deref(), Ok("abc"));
+        assert_eq!(key(&[b"\"abc\""]).as_deref(), Ok("abc"));
+        assert_eq!(key(&[br#""a\"b\\c""#]).as_deref(), Ok(r#"a"b\c"#));
+        assert_eq!(key(&[b"\"\""]), Err(Code::IdempotencyKeyInvalid));
+        assert_eq!(key(&[br#""a"b""#]), Err(Code::IdempotencyKeyInvalid));
+        assert_eq!(key(&[b"a", b"b"]), Err(Code::IdempotencyKeyInvalid));
+        assert_eq!(key(&[&[b'k'; 256]]), Err(Code::IdempotencyKeyInvalid));
+        assert_eq!(key(&["é".as_bytes()]), Err(Code::IdempotencyKeyInvalid));
+        assert_eq!(key(&[b"tab\there"]), Err(Code::IdempotencyKeyInvalid));
+    }
+
+    #[test]
+    fn fingerprints_separate_method_path_and_body() {
+        let base = fingerprint("POST", "/v1/wallet/top-ups", b"{\"amount\":1}");
+        assert_eq!(base, fingerprint("POST", "/v1/wallet/top-ups", b"{\"amount\":1}"));
+        assert_ne!(base, fingerprint("POST", "/v1/wallet/top-ups", b"{\"amount\": 1}"));
+        assert_ne!(base, fingerprint("POST", "/v1/payments", b"{\"amount\":1}"));
+        assert_ne!(base, fingerprint("PUT", "/v1/wallet/top-ups", b"{\"amount\":1}"));
+    }
+}

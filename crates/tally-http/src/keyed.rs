@@ -1,0 +1,81 @@
+//! Running a command under an idempotency key, and turning its result into
+//! the exact bytes the client sees — now, and on every replay.
+//!
+//! One function ([`render`]) produces the stored response for a result.
+//! A fresh answer is produced by the same function, so the first response
+//! and its replays are byte-identical by construction; a replay adds only
+//! `Idempotent-Replayed: true`.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tally_core::app::{Command, Executed, Keyed, Outcome};
+use tally_core::idempotency::StoredResponse;
+use tally_core::store::{LockManager, Store};
+use tally_core::time::Clock;
+use tally_core::{Error, Tally};
+
+use crate::dto::outcome_json;
+use crate::extract::KeyedJson;
+use crate::problem::{ApiError, PROBLEM_CONTENT_TYPE};
+
+/// Marks a response as the replay of a stored one (Stripe's header name).
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// The response to store for `result`: successes (with `success` as their
+/// status) and business refusals; `None` for everything that must not be
+/// stored (SPEC.md: 400/401/403/409-in-use/429/5xx), so a retry runs again.
+pub fn render(success: StatusCode, result: &Result<Outcome, Error>) -> Option<StoredResponse> {
+    match result {
+        Ok(outcome) => Some(render_success(success, outcome)),
+        Err(error) if error.is_refusal() => {
+            let api_error = ApiError::from(error.clone());
+            Some(StoredResponse {
+                status: api_error.status().as_u16(),
+                content_type: PROBLEM_CONTENT_TYPE.to_owned(),
+                body: api_error.body(),
+            })
+        }
+        Err(_) => None,
+    }
+}
+
+fn render_success(success: StatusCode, outcome: &Outcome) -> StoredResponse {
+    StoredResponse { status: success.as_u16(), content_type: JSON_CONTENT_TYPE.to_owned(), body: outcome_json(outcome) }
+}
+
+/// Runs `command` for `user` at most once per key; answers with the fresh
+/// result or the stored one.
+pub async fn execute<S: Store, L: LockManager, C: Clock, T>(
+    app: &Tally<S, L, C>,
+    user: tally_core::ids::UserId,
+    command: Command,
+    request: &KeyedJson<T>,
+    success: StatusCode,
+) -> Response {
+    let render_for_endpoint = move |result: &Result<Outcome, Error>| render(success, result);
+    let keyed = Keyed { key: request.key.clone(), fingerprint: request.fingerprint, render: &render_for_endpoint };
+    match app.execute(user, command, Some(keyed)).await {
+        Ok(Executed::Fresh(outcome)) => send(render_success(success, &outcome), false),
+        Ok(Executed::Replayed(stored)) => send(stored, true),
+        Err(error) => match render(success, &Err(error.clone())) {
+            Some(stored) => send(stored, false),
+            None => ApiError::from(error).into_response(),
+        },
+    }
+}
+
+/// A stored response as an HTTP response, byte for byte.
+fn send(stored: StoredResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type =
+        HeaderValue::from_str(&stored.content_type).unwrap_or(HeaderValue::from_static(JSON_CONTENT_TYPE));
+    let mut response = (status, Body::from(stored.body)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    if replayed {
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}

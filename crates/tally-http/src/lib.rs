@@ -1,0 +1,162 @@
+//! Tally's HTTP face (SPEC.md "HTTP API (v1)"): axum routes over the core's
+//! use cases, generic over the store, the lock manager and the clock, so the
+//! same router serves the in-memory backend (tests, the simulation) and
+//! PostgreSQL (the binary).
+//!
+//! This crate owns everything about HTTP and JSON and nothing else: who the
+//! caller is, the `Idempotency-Key` header and the request fingerprint, the
+//! wire DTOs, the mapping of every error to one problem+json format, the
+//! middleware, metrics and the OpenAPI document. Every decision about money
+//! is the core's.
+//!
+//! # Layout
+//!
+//! - [`router`] builds the app; [`serve`] runs it on any axum
+//!   [`Listener`](axum::serve::Listener) until a shutdown future resolves.
+//! - `routes/`: one module per resource (`users`, `wallet`, `payments`, `ops`).
+//! - `extract`: the body, key and path extractors (never a non-problem rejection).
+//! - `keyed`: running a command under an idempotency key; replay byte for byte.
+//! - `problem`: [`ApiError`] → RFC 9457 problem, the one error mapping.
+//! - `dto`: request and response bodies; amounts are parsed here.
+//! - `auth`: API keys, their hashes, the user and admin extractors.
+//! - `layers`: request id, tracing, metrics, timeout, panics, load shedding.
+//! - `metrics`, `openapi`, `config`.
+//!
+//! # Decisions where SPEC.md leaves room
+//!
+//! - Checks run auth (401/403) → `Idempotency-Key` (400) → body size (413) →
+//!   media type (415) → JSON shape (400) → amounts (422) → the use case. A
+//!   body whose declared length is over the limit is refused (413) by the
+//!   body-limit layer before anything else.
+//! - Amounts: an integer beyond `Amount::MAX` (also beyond `i64`/`u64`, or
+//!   written as `1e30`) is 422 `invalid_amount`; a fraction (`10.5`, `10.0`,
+//!   `1e3`) or a string is 400 `malformed_request`.
+//! - `payback_amount: 0` means no payback (responses show no payback as 0).
+//! - `order_id` and `method: "gateway"` are answered 400 `malformed_request`
+//!   until orders and the gateway exist.
+//! - `confirm`/`cancel` take no body (any or no content type) or `{}` as JSON.
+//! - The fingerprint hashes the exact body bytes: a retry must resend them.
+//!   `Idempotency-Key` may be bare or an RFC 8941 quoted string.
+//! - The admin key on a user route is 403 (a known key without the right).
+//! - Request timeout → 503 `unavailable` with `Retry-After`, not 408.
+//! - 405 on a known path is a problem with code `method_not_allowed`;
+//!   unknown paths are 404 `not_found`; 500s have code `internal_error`.
+//! - Ledger `amount` is signed from the wallet's side (debits negative);
+//!   `next` is an opaque string cursor; unlimited limits are `null`.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
+use tally_core::Tally;
+use tally_core::store::{LockManager, Store};
+use tally_core::time::Clock;
+use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+mod auth;
+mod config;
+pub mod dto;
+mod extract;
+mod keyed;
+mod layers;
+mod metrics;
+pub mod openapi;
+pub mod problem;
+mod routes;
+mod state;
+
+pub use auth::{API_KEY_PREFIX, hash_api_key, new_api_key};
+pub use config::{
+    BODY_LIMIT_BYTES_DEFAULT, CONCURRENCY_LIMIT_DEFAULT, HttpConfig, KeyGen, LEDGER_PAGE_DEFAULT,
+    REQUEST_TIMEOUT_DEFAULT, RETRY_AFTER_SECONDS_DEFAULT, Readiness, ReadyFuture,
+};
+pub use extract::{IDEMPOTENCY_KEY, fingerprint};
+pub use keyed::IDEMPOTENT_REPLAYED;
+pub use metrics::Metrics;
+pub use problem::{ApiError, Code, PROBLEM_CONTENT_TYPE, Problem};
+
+use crate::state::{AppState, Shared};
+
+/// The whole API, ready to serve.
+///
+/// # Panics
+///
+/// If `config.request_timeout` is not shorter than the core's idempotency
+/// lease: a request cut off by the timeout must be over before another
+/// request with its key may take the key over.
+pub fn router<S: Store, L: LockManager, C: Clock>(
+    app: Arc<Tally<S, L, C>>,
+    config: HttpConfig,
+    readiness: Readiness,
+) -> Router {
+    assert!(
+        config.request_timeout < app.config().idempotency.lease,
+        "the request timeout ({:?}) must be shorter than the idempotency lease ({:?})",
+        config.request_timeout,
+        app.config().idempotency.lease,
+    );
+    let state = AppState {
+        app,
+        shared: Arc::new(Shared {
+            admin_key_hash: hash_api_key(&config.admin_key),
+            body_limit_bytes: config.body_limit_bytes,
+            ledger_page_default: config.ledger_page_default,
+            readiness,
+            metrics: config.metrics.clone(),
+            key_gen: config.key_gen.clone(),
+        }),
+    };
+    let permits = Arc::new(Semaphore::new(config.concurrency_limit));
+    let api = Router::new()
+        .merge(routes::users::routes())
+        .merge(routes::wallet::routes())
+        .merge(routes::payments::routes())
+        .layer(from_fn_with_state(permits, layers::shed_load));
+    let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi());
+    // `Router::layer` wraps each route (and the fallbacks) separately, which
+    // is what lets the span and the metrics see the matched path.
+    Router::new()
+        .merge(api)
+        .merge(routes::ops::routes())
+        .with_state(state)
+        .merge(docs)
+        .fallback(layers::no_route)
+        .method_not_allowed_fallback(layers::wrong_method)
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
+        .layer(CatchPanicLayer::custom(layers::panic_response))
+        .layer(from_fn_with_state(config.retry_after_seconds, layers::finish))
+        .layer(from_fn_with_state(config.metrics, layers::record_metrics))
+        // Failures are logged by `layers::finish`, which knows their cause.
+        .layer(TraceLayer::new_for_http().make_span_with(layers::request_span).on_failure(()))
+        .layer(PropagateRequestIdLayer::new(layers::REQUEST_ID))
+        .layer(SetRequestIdLayer::new(layers::REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for the requests in flight to finish. Any axum
+/// [`Listener`](axum::serve::Listener) works: tokio's `TcpListener` in
+/// production and tests, a simulated one in the simulation.
+pub async fn serve<L>(
+    listener: L,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

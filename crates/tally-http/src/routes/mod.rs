@@ -1,0 +1,9 @@
+//! The handlers, one module per resource. Each handler is generic over the
+//! core's store, lock manager and clock, so the same router serves the
+//! in-memory backend and PostgreSQL; each module lists its routes in its own
+//! `routes()` so later resources (orders, events, queue) slot in beside them.
+
+pub mod ops;
+pub mod payments;
+pub mod users;
+pub mod wallet;

@@ -1,0 +1,168 @@
+//! Payments (seed 001's two steps): create in `wait`, then confirm or cancel.
+//!
+//! Only wallet payments of an amount exist in this version. `order_id` and
+//! `method: "gateway"` belong to the contract but are refused with 400
+//! `malformed_request` (and a detail saying so) until orders and the gateway
+//! arrive: a clear refusal rather than a payment that pretends to be one.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tally_core::app::Command;
+use tally_core::payment::Method;
+use tally_core::store::{LockManager, Store};
+use tally_core::time::Clock;
+
+use crate::auth::CurrentUser;
+use crate::dto::{CreatePaymentRequest, EmptyRequest, JsonInteger, PaymentBody};
+use crate::extract::{KeyedJson, PaymentPath};
+use crate::keyed;
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>> {
+    Router::new()
+        .route("/v1/payments", post(create_payment::<S, L, C>))
+        .route("/v1/payments/{id}", get(get_payment::<S, L, C>))
+        .route("/v1/payments/{id}/confirm", post(confirm_payment::<S, L, C>))
+        .route("/v1/payments/{id}/cancel", post(cancel_payment::<S, L, C>))
+}
+
+/// The command a create request asks for, or why it cannot be run.
+fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
+    if request.order_id.is_some() {
+        return Err(ApiError::malformed("payments for orders are not available yet; pay an amount"));
+    }
+    let method = match request.method.as_str() {
+        "wallet" => Method::Wallet,
+        "gateway" => return Err(ApiError::malformed("method \"gateway\" is not available yet; use \"wallet\"")),
+        _ => return Err(ApiError::malformed("method must be \"wallet\" or \"gateway\"")),
+    };
+    let amount = request.amount.ok_or_else(|| ApiError::malformed("missing field `amount`"))?.amount()?;
+    // The response shows "no payback" as 0, so a client echoing it back
+    // must be understood: 0 means none.
+    let payback = match request.payback_amount {
+        None | Some(JsonInteger::Exact(0)) => None,
+        Some(value) => Some(value.amount()?),
+    };
+    Ok(Command::CreatePayment { amount, payback, method })
+}
+
+/// Create a wallet payment in `wait`. Nothing moves until it is confirmed.
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "payments",
+    security(("user_key" = [])),
+    params(("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)")),
+    request_body = CreatePaymentRequest,
+    responses(
+        (status = 201, description = "Created in `wait` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "`malformed_request` (also for `order_id` and `gateway`, not available yet), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`limit_exceeded` (per-payment), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount` (also a payback above the amount), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_payment<S: Store, L: LockManager, C: Clock>(
+    State(state): State<AppState<S, L, C>>,
+    CurrentUser(user): CurrentUser,
+    request: KeyedJson<CreatePaymentRequest>,
+) -> Result<Response, ApiError> {
+    let command = create_command(&request.value)?;
+    Ok(keyed::execute(&state.app, user.id, command, &request, StatusCode::CREATED).await)
+}
+
+/// Confirm a waiting payment: the wallet is charged (and the payback credited).
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/confirm",
+    tag = "payments",
+    security(("user_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The payment"),
+        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
+    ),
+    request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
+    responses(
+        (status = 200, description = "Now `done` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_balance`, `limit_exceeded`, `max_balance_exceeded`, `invalid_state`, `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn confirm_payment<S: Store, L: LockManager, C: Clock>(
+    State(state): State<AppState<S, L, C>>,
+    CurrentUser(user): CurrentUser,
+    PaymentPath(payment): PaymentPath,
+    request: KeyedJson<EmptyRequest>,
+) -> Response {
+    let command = Command::ConfirmPayment { payment };
+    keyed::execute(&state.app, user.id, command, &request, StatusCode::OK).await
+}
+
+/// Cancel a payment: a waiting one simply ends; a done one is refunded and
+/// its payback reversed.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/cancel",
+    tag = "payments",
+    security(("user_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The payment"),
+        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
+    ),
+    request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
+    responses(
+        (status = 200, description = "Now `cancelled` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`, `insufficient_balance` (payback already spent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_payment<S: Store, L: LockManager, C: Clock>(
+    State(state): State<AppState<S, L, C>>,
+    CurrentUser(user): CurrentUser,
+    PaymentPath(payment): PaymentPath,
+    request: KeyedJson<EmptyRequest>,
+) -> Response {
+    let command = Command::CancelPayment { payment };
+    keyed::execute(&state.app, user.id, command, &request, StatusCode::OK).await
+}
+
+/// One of the caller's payments.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{id}",
+    tag = "payments",
+    security(("user_key" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The payment")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentBody),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_payment<S: Store, L: LockManager, C: Clock>(
+    State(state): State<AppState<S, L, C>>,
+    CurrentUser(user): CurrentUser,
+    PaymentPath(payment): PaymentPath,
+) -> Result<Json<PaymentBody>, ApiError> {
+    let payment = state.app.payment(user.id, payment).await?;
+    Ok(Json(PaymentBody::from(&payment)))
+}

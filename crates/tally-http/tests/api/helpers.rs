@@ -1,0 +1,284 @@
+//! zero2prod-style helpers: `TestApp::spawn()` builds the router on the
+//! in-memory backend, and request methods named after the API drive it with
+//! `tower::ServiceExt::oneshot` (or a real listener, see `serve()`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tally_core::Tally;
+use tally_core::app::Config;
+use tally_core::check::Snapshot;
+use tally_core::ids::{SeqIds, UserId};
+use tally_core::store::LockKey;
+use tally_core::time::{ManualClock, Timestamp};
+use tally_http::{HttpConfig, Readiness};
+use tally_lock::Guard;
+use tally_mem::{Concurrency, MemLocks, MemStore};
+use tower::ServiceExt;
+
+/// 2026-11-23T00:00:00Z: every test starts on a known day.
+pub const START: Timestamp = Timestamp(20_780 * 86_400_000);
+pub const ADMIN_KEY: &str = "admin-secret-for-tests";
+
+pub type MemTally = Tally<MemStore, MemLocks<ManualClock>, ManualClock>;
+
+pub struct TestApp {
+    pub router: Router,
+    pub tally: Arc<MemTally>,
+    pub store: MemStore,
+    pub locks: MemLocks<ManualClock>,
+    pub clock: ManualClock,
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or("")
+    }
+
+    /// Asserts a problem response with `status` and `code`, and returns it.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            (self.status.as_u16(), self.content_type()),
+            (status, "application/problem+json"),
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let problem = self.json();
+        assert_eq!(problem["code"], code, "{problem}");
+        assert_eq!(problem["status"], status, "{problem}");
+        assert_eq!(problem["type"], format!("urn:tally:problem:{code}"));
+        assert!(problem["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        assert_eq!(problem.as_object().unwrap().len(), 5, "exactly type, title, status, detail, code");
+        problem
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.body));
+        self.json()
+    }
+}
+
+/// A user created through the API.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: UserId,
+    pub key: String,
+}
+
+/// One request to build.
+pub struct Call {
+    method: Method,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Body,
+}
+
+impl Call {
+    pub fn new(method: Method, path: &str) -> Call {
+        Call { method, path: path.to_owned(), headers: Vec::new(), body: Body::empty() }
+    }
+
+    pub fn get(path: &str) -> Call {
+        Call::new(Method::GET, path)
+    }
+
+    pub fn post(path: &str) -> Call {
+        Call::new(Method::POST, path)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.headers.push((name.to_owned(), value.as_bytes().to_vec()));
+        self
+    }
+
+    pub fn bearer(self, key: &str) -> Call {
+        self.header("authorization", &format!("Bearer {key}"))
+    }
+
+    pub fn idem(self, key: &str) -> Call {
+        self.header("idempotency-key", key)
+    }
+
+    /// A JSON body, sent exactly as written.
+    pub fn json(self, raw: impl Into<Vec<u8>>) -> Call {
+        self.header("content-type", "application/json").raw(raw)
+    }
+
+    pub fn raw(mut self, raw: impl Into<Vec<u8>>) -> Call {
+        self.body = Body::from(raw.into());
+        self
+    }
+
+    pub fn into_request(self) -> Request<Body> {
+        let mut builder = Request::builder().method(self.method).uri(self.path);
+        for (name, value) in self.headers {
+            builder = builder.header(name, HeaderValue::from_bytes(&value).unwrap());
+        }
+        builder.body(self.body).unwrap()
+    }
+}
+
+pub struct Options {
+    pub http: HttpConfig,
+    pub readiness: Readiness,
+    pub locks: tally_lock::Config,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            http: HttpConfig::new(ADMIN_KEY),
+            readiness: Readiness::always(),
+            locks: tally_lock::Config::default(),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn spawn() -> TestApp {
+        TestApp::spawn_with(Options::default())
+    }
+
+    pub fn spawn_with(options: Options) -> TestApp {
+        let clock = ManualClock::new(START);
+        let locks = MemLocks::new(clock.clone(), options.locks);
+        let store = MemStore::new(Concurrency::Locked);
+        let tally = Arc::new(Tally::new(
+            store.clone(),
+            locks.clone(),
+            clock.clone(),
+            Arc::new(SeqIds::new(1)),
+            Config::default(),
+        ));
+        let router = tally_http::router(Arc::clone(&tally), options.http, options.readiness);
+        TestApp { router, tally, store, locks, clock }
+    }
+
+    pub async fn call(&self, call: Call) -> TestResponse {
+        let response = self.router.clone().oneshot(call.into_request()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        TestResponse { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    }
+
+    pub async fn create_user(&self, name: &str) -> TestUser {
+        self.create_user_with(json!({ "name": name })).await
+    }
+
+    pub async fn create_user_with(&self, body: Value) -> TestUser {
+        let response = self.call(Call::post("/v1/users").bearer(ADMIN_KEY).json(body.to_string())).await;
+        let user = response.assert_status(201);
+        TestUser {
+            id: UserId::parse(user["id"].as_str().unwrap()).unwrap(),
+            key: user["api_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn top_up(&self, user: &TestUser, idem: &str, amount: i64) -> TestResponse {
+        self.call(
+            Call::post("/v1/wallet/top-ups").bearer(&user.key).idem(idem).json(format!(r#"{{"amount":{amount}}}"#)),
+        )
+        .await
+    }
+
+    /// A user with `balance` in their wallet.
+    pub async fn funded_user(&self, name: &str, balance: i64) -> TestUser {
+        let user = self.create_user(name).await;
+        self.top_up(&user, &format!("fund-{name}"), balance).await.assert_status(201);
+        user
+    }
+
+    pub async fn create_payment(&self, user: &TestUser, idem: &str, body: Value) -> TestResponse {
+        self.call(Call::post("/v1/payments").bearer(&user.key).idem(idem).json(body.to_string())).await
+    }
+
+    /// Creates a wallet payment and returns its id.
+    pub async fn payment_of(&self, user: &TestUser, amount: i64, payback: i64) -> String {
+        let body = json!({ "amount": amount, "method": "wallet", "payback_amount": payback });
+        let response = self.create_payment(user, &format!("create-{amount}-{payback}-{}", uuid_like()), body).await;
+        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn confirm(&self, user: &TestUser, payment: &str, idem: &str) -> TestResponse {
+        self.call(Call::post(&format!("/v1/payments/{payment}/confirm")).bearer(&user.key).idem(idem).json("{}")).await
+    }
+
+    pub async fn cancel(&self, user: &TestUser, payment: &str, idem: &str) -> TestResponse {
+        self.call(Call::post(&format!("/v1/payments/{payment}/cancel")).bearer(&user.key).idem(idem)).await
+    }
+
+    pub async fn wallet(&self, user: &TestUser) -> Value {
+        self.call(Call::get("/v1/wallet").bearer(&user.key)).await.assert_status(200)
+    }
+
+    pub async fn balance(&self, user: &TestUser) -> i64 {
+        self.wallet(user).await["balance"].as_i64().unwrap()
+    }
+
+    pub async fn ledger(&self, user: &TestUser, query: &str) -> TestResponse {
+        self.call(Call::get(&format!("/v1/wallet/ledger{query}")).bearer(&user.key)).await
+    }
+
+    /// Balance and full ledger: what "nothing changed" compares.
+    pub async fn wallet_state(&self, user: &TestUser) -> (Value, Value) {
+        let ledger = self.ledger(user, "?limit=100").await.assert_status(200);
+        (self.wallet(user).await, ledger)
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        self.tally.snapshot().await.unwrap()
+    }
+
+    /// Every SPEC.md invariant holds over the whole store.
+    pub async fn assert_invariants(&self) {
+        tally_core::check::assert_holds(&self.snapshot().await);
+    }
+
+    /// Holds `user`'s wallet lock until the guard drops, as a slow
+    /// concurrent request would.
+    pub fn hold_wallet(&self, user: &TestUser) -> Guard<LockKey> {
+        self.locks.table().try_acquire([LockKey::Wallet(user.id)]).expect("the wallet lock is free")
+    }
+
+    /// Waits (bounded) until someone queues on `user`'s wallet lock.
+    pub async fn wait_for_wallet_waiter(&self, user: &TestUser) {
+        for _ in 0..1000 {
+            if self.locks.table().waiters(&LockKey::Wallet(user.id)) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("nobody queued on the wallet lock");
+    }
+}
+
+/// A unique suffix for idempotency keys within one test.
+pub fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed).to_string()
+}
