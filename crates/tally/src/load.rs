@@ -1,0 +1,379 @@
+//! `tally load`: drives a running server with concurrent clients and checks
+//! the result.
+//!
+//! Workloads (all through the public HTTP API, as real clients would):
+//!
+//! - `hot`: every client pays and tops up on **one** wallet — the hot row.
+//! - `spread`: each client has its own wallet.
+//! - `duplicates`: all clients send the same top-up with the same
+//!   Idempotency-Key at once, round after round; each round must take effect
+//!   exactly once.
+//!
+//! It prints throughput, latency percentiles and counts per status code, then
+//! checks the outcome through the API (each wallet's balance equals what the
+//! acknowledged requests imply, and equals the sum of its ledger), and, given
+//! `--database-url`, runs the core's invariant checker on the database itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+/// What one client may send at most; bounds a run that has no duration.
+const REQUESTS_PER_CLIENT_MAX: u64 = 1_000_000;
+/// What each duplicates round tops up.
+const DUPLICATE_AMOUNT: i64 = 7;
+/// A client waits at most this long for one response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Hot,
+    Spread,
+    Duplicates,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The admin key (to create the load's users).
+    #[arg(long, env = "TALLY_ADMIN_KEY")]
+    pub admin_key: String,
+    #[arg(long, value_enum, default_value = "hot")]
+    pub workload: Workload,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u64,
+    /// Run for this long (e.g. 10s, 1m) ...
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// ... or until this many requests were sent in all (default 2000).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Also run the invariant checker on this database at the end.
+    #[arg(long, env = "TALLY_LOAD_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("bad duration unit in {text:?} (use ms, s, m or h)")),
+    }
+}
+
+/// Everything the clients observed.
+#[derive(Default)]
+struct Observed {
+    latencies_us: Vec<u64>,
+    statuses: BTreeMap<u16, u64>,
+    /// Per wallet: the net change the acknowledged requests imply.
+    expected_delta: BTreeMap<usize, i64>,
+    /// Duplicates: the rounds whose top-up some client saw acknowledged
+    /// (fresh or replayed). Each must have taken effect exactly once.
+    acknowledged_rounds: BTreeSet<u64>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    elapsed: Duration,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Reply, String> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(idem) = idem {
+            request = request.header("Idempotency-Key", idem);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| format!("{path}: {e}"))?;
+        let elapsed = started.elapsed();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply { status, body, elapsed })
+    }
+}
+
+/// Runs the load and prints the report; `Ok(false)` when a check failed.
+pub async fn run(args: LoadArgs) -> Result<bool, String> {
+    assert!(args.clients >= 1, "at least one client");
+    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(|e| e.to_string())?;
+    let client = Arc::new(Client { http, base: args.url.trim_end_matches('/').to_owned() });
+    let wallets = match args.workload {
+        Workload::Hot | Workload::Duplicates => 1,
+        Workload::Spread => usize::try_from(args.clients).expect("client count fits"),
+    };
+    let initial = 1_000_000_000;
+    let mut keys = Vec::new();
+    for i in 0..wallets {
+        let created = client
+            .send(reqwest::Method::POST, "/v1/users", &args.admin_key, None, Some(json!({"name": format!("load-{i}")})))
+            .await?;
+        if created.status != StatusCode::CREATED {
+            return Err(format!("creating a user: {} {}", created.status, created.body));
+        }
+        let key = created.body["api_key"].as_str().ok_or("no api_key in the user reply")?.to_owned();
+        let funded = client
+            .send(
+                reqwest::Method::POST,
+                "/v1/wallet/top-ups",
+                &key,
+                Some(&format!("fund-{i}")),
+                Some(json!({"amount": initial})),
+            )
+            .await?;
+        if funded.status != StatusCode::CREATED {
+            return Err(format!("funding a wallet: {} {}", funded.status, funded.body));
+        }
+        keys.push(key);
+    }
+    let keys = Arc::new(keys);
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let budget = Arc::new(AtomicU64::new(match (args.duration, args.requests) {
+        (Some(_), None) => u64::MAX,
+        (_, Some(n)) => n,
+        (None, None) => 2_000,
+    }));
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let (client, keys, observed, budget) = (client.clone(), keys.clone(), observed.clone(), budget.clone());
+        let workload = args.workload;
+        tasks.push(tokio::spawn(async move {
+            let wallet = if workload == Workload::Spread { usize::try_from(c).expect("fits") } else { 0 };
+            let key = keys[wallet].clone();
+            let mut sent = 0u64;
+            let mut local = Observed::default();
+            while sent < REQUESTS_PER_CLIENT_MAX {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+                    break;
+                }
+                sent += 1;
+                let step = one_step(&client, workload, &key, c, sent, &mut local).await;
+                if let Err(error) = step {
+                    eprintln!("client {c}: {error}");
+                }
+            }
+            let mut all = observed.lock().await;
+            all.latencies_us.extend(local.latencies_us);
+            for (status, count) in local.statuses {
+                *all.statuses.entry(status).or_default() += count;
+            }
+            for (wallet, delta) in local.expected_delta {
+                *all.expected_delta.entry(wallet).or_default() += delta;
+            }
+            all.acknowledged_rounds.extend(local.acknowledged_rounds);
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| format!("client task: {e}"))?;
+    }
+    let elapsed = started.elapsed();
+    let observed = observed.lock().await;
+    report(&args, &observed, elapsed);
+    verify(&args, &client, &keys, &observed, initial).await
+}
+
+fn record(local: &mut Observed, reply: &Reply) {
+    local.latencies_us.push(u64::try_from(reply.elapsed.as_micros()).unwrap_or(u64::MAX));
+    *local.statuses.entry(reply.status.as_u16()).or_default() += 1;
+}
+
+async fn one_step(
+    client: &Client,
+    workload: Workload,
+    key: &str,
+    c: u64,
+    n: u64,
+    local: &mut Observed,
+) -> Result<(), String> {
+    let wallet = if workload == Workload::Spread { usize::try_from(c).expect("fits") } else { 0 };
+    match workload {
+        Workload::Duplicates => {
+            // Every client sends round n's request; only one may take effect.
+            let amount = DUPLICATE_AMOUNT;
+            let reply = client
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/wallet/top-ups",
+                    key,
+                    Some(&format!("dup-round-{n}")),
+                    Some(json!({"amount": amount})),
+                )
+                .await?;
+            record(local, &reply);
+            if reply.status == StatusCode::CREATED {
+                local.acknowledged_rounds.insert(n);
+            }
+            if !(reply.status == StatusCode::CREATED || reply.status == StatusCode::CONFLICT) {
+                return Err(format!("duplicates: unexpected {} {}", reply.status, reply.body));
+            }
+        }
+        Workload::Hot | Workload::Spread => {
+            // Alternate: a top-up, then a payment created and confirmed.
+            let amount = i64::try_from(1 + (c * 7 + n * 13) % 100).expect("small");
+            if n.is_multiple_of(2) {
+                let reply = client
+                    .send(
+                        reqwest::Method::POST,
+                        "/v1/wallet/top-ups",
+                        key,
+                        Some(&format!("t-{c}-{n}")),
+                        Some(json!({"amount": amount})),
+                    )
+                    .await?;
+                record(local, &reply);
+                if reply.status == StatusCode::CREATED {
+                    *local.expected_delta.entry(wallet).or_default() += amount;
+                }
+            } else {
+                let created = client
+                    .send(
+                        reqwest::Method::POST,
+                        "/v1/payments",
+                        key,
+                        Some(&format!("p-{c}-{n}")),
+                        Some(json!({"amount": amount, "method": "wallet"})),
+                    )
+                    .await?;
+                record(local, &created);
+                let Some(id) = created.body["id"].as_str() else { return Ok(()) };
+                let confirmed = client
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("/v1/payments/{id}/confirm"),
+                        key,
+                        Some(&format!("c-{c}-{n}")),
+                        Some(json!({})),
+                    )
+                    .await?;
+                record(local, &confirmed);
+                if confirmed.status == StatusCode::OK {
+                    *local.expected_delta.entry(wallet).or_default() -= amount;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(args: &LoadArgs, observed: &Observed, elapsed: Duration) {
+    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    for us in &observed.latencies_us {
+        histogram.record((*us).max(1)).expect("in range");
+    }
+    let count = observed.latencies_us.len() as u64;
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
+    // Integer arithmetic throughout: microseconds shown as milliseconds with two decimals.
+    let ms = |us: u64| format!("{}.{:02}", us / 1000, (us % 1000) / 10);
+    println!("workload   {:?}, {} clients, {} ms", args.workload, args.clients, elapsed_ms);
+    println!("requests   {count}  ({} req/s)", count * 1000 / elapsed_ms);
+    println!(
+        "latency    p50 {} ms   p99 {} ms   max {} ms",
+        ms(histogram.value_at_quantile(0.5)),
+        ms(histogram.value_at_quantile(0.99)),
+        ms(histogram.max())
+    );
+    let statuses: Vec<String> = observed.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    println!("statuses   {}", statuses.join(", "));
+}
+
+async fn verify(
+    args: &LoadArgs,
+    client: &Client,
+    keys: &[String],
+    observed: &Observed,
+    initial: i64,
+) -> Result<bool, String> {
+    let mut ok = true;
+    for (wallet, key) in keys.iter().enumerate() {
+        let view = client.send(reqwest::Method::GET, "/v1/wallet", key, None, None).await?;
+        let balance = view.body["balance"].as_i64().ok_or("no balance")?;
+        let rounds = i64::try_from(observed.acknowledged_rounds.len()).expect("fits");
+        let expected = initial + observed.expected_delta.get(&wallet).copied().unwrap_or(0) + DUPLICATE_AMOUNT * rounds;
+        // The wallet's ledger, summed page by page.
+        let mut after: Option<String> = None;
+        let mut sum = 0i64;
+        loop {
+            let path = match &after {
+                Some(cursor) => format!("/v1/wallet/ledger?limit=100&after={cursor}"),
+                None => "/v1/wallet/ledger?limit=100".to_owned(),
+            };
+            let page = client.send(reqwest::Method::GET, &path, key, None, None).await?;
+            for entry in page.body["entries"].as_array().ok_or("no entries")? {
+                sum += entry["amount"].as_i64().ok_or("no amount")?;
+            }
+            match page
+                .body
+                .get("next")
+                .and_then(|n| n.as_str().map(str::to_owned).or_else(|| n.as_i64().map(|n| n.to_string())))
+            {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        if balance != expected || balance != sum {
+            ok = false;
+            println!(
+                "check      wallet {wallet}: balance {balance}, acknowledged requests imply {expected}, ledger sums to {sum}  FAIL"
+            );
+        }
+    }
+    if ok {
+        println!("check      {} wallet(s): balance = acknowledged requests = ledger sum  ok", keys.len());
+    }
+    if let Some(url) = &args.database_url {
+        let store = tally_pg::PgStore::connect_lazy(url, tally_pg::PgConfig::default()).map_err(|e| e.to_string())?;
+        let snapshot = tally_core::store::Store::snapshot(&store).await.map_err(|e| e.to_string())?;
+        let violations = tally_core::check::check(&snapshot);
+        if violations.is_empty() {
+            println!(
+                "invariants {} wallets, {} payments, {} transfers, {} keys: all hold",
+                snapshot.wallets.len(),
+                snapshot.payments.len(),
+                snapshot.transfers.len(),
+                snapshot.idempotency.len()
+            );
+        } else {
+            ok = false;
+            for violation in violations.iter().take(20) {
+                println!("invariants VIOLATED: {violation}");
+            }
+        }
+    }
+    println!("verdict    {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}

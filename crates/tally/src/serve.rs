@@ -1,0 +1,243 @@
+//! `tally serve` and `tally migrate`: wiring a store, the use cases and the
+//! router together, and running them until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_core::app::{Config, Tally};
+use tally_core::idempotency::IdemConfig;
+use tally_core::store::{LockManager, NoLocks, Store};
+use tally_http::{HttpConfig, Readiness};
+use tally_mem::{Concurrency, MemLocks, MemStore};
+use tally_pg::{PgConfig, PgStore, Strategy};
+
+use crate::runtime::{SystemClock, UuidIds};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Postgres,
+    Memory,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL to use. Without it, tally runs its own private cluster
+    /// from the PostgreSQL installed on this machine, in --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the private cluster (and the generated admin key) live.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./.tally")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[arg(long, value_enum, env = "TALLY_STORE", default_value = "postgres")]
+    pub store: StoreKind,
+    /// How concurrent requests on one record are kept apart on PostgreSQL.
+    #[arg(long, env = "TALLY_STRATEGY", default_value = "pessimistic")]
+    pub strategy: Strategy,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// How long a completed Idempotency-Key is remembered.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
+    pub idempotency_ttl_seconds: u64,
+    /// Database connections in the pool.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 16)]
+    pub max_connections: u32,
+    /// How long a request waits for a free database connection before 503.
+    #[arg(long, env = "TALLY_ACQUIRE_TIMEOUT_MS", default_value_t = 3_000)]
+    pub acquire_timeout_ms: u64,
+    /// Requests handled at once; beyond it, 503 with Retry-After.
+    #[arg(long, env = "TALLY_CONCURRENCY_LIMIT", default_value_t = 1_024)]
+    pub concurrency_limit: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// How often the reaper looks for expired idempotency keys, and how many it
+/// deletes per transaction (short transactions, bounded work).
+const REAP_EVERY: Duration = Duration::from_secs(60);
+const REAP_BATCH: usize = 1_000;
+
+/// The database to use: the given URL, or a private cluster started here
+/// (kept alive by the returned handle; dropping it stops the cluster).
+fn open_database(args: &DatabaseArgs) -> Result<(String, Option<tally_cluster::Cluster>), String> {
+    if let Some(url) = &args.database_url {
+        return Ok((url.clone(), None));
+    }
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("creating {}: {e}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    tracing::info!(data_dir = %data_dir.display(), "starting the private PostgreSQL cluster");
+    let cluster = tally_cluster::Cluster::start(tally_cluster::ClusterConfig::persistent(data_dir.join("postgres")))
+        .map_err(|e| e.to_string())?;
+    // Reachable only through a private Unix socket; printed so that psql and
+    // `tally load --database-url` can look at the data.
+    println!("database: {}", cluster.url());
+    Ok((cluster.url(), Some(cluster)))
+}
+
+pub async fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let (url, cluster) =
+        tokio::task::spawn_blocking(move || open_database(&args.database)).await.map_err(|e| e.to_string())??;
+    let store = PgStore::connect_lazy(&url, PgConfig { max_connections: 1, ..PgConfig::default() })
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    println!("migrations applied");
+    drop(cluster);
+    Ok(())
+}
+
+/// The admin key: `TALLY_ADMIN_KEY`, or one generated at the first start,
+/// printed once, and kept (owner-readable only) in the data directory.
+fn admin_key(data_dir: &Path, persist: bool) -> Result<String, String> {
+    if let Ok(key) = std::env::var("TALLY_ADMIN_KEY")
+        && !key.is_empty()
+    {
+        return Ok(key);
+    }
+    let path = data_dir.join("admin-key");
+    if persist && let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_owned());
+    }
+    let key = tally_http::new_api_key();
+    if persist {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        writeln!(file, "{key}").map_err(|e| e.to_string())?;
+        println!("generated the admin key (kept in {}): {key}", path.display());
+    } else {
+        println!("admin key for this run: {key}");
+    }
+    Ok(key)
+}
+
+fn core_config(args: &ServeArgs) -> Config {
+    let defaults = Config::default();
+    let ttl = Duration::from_secs(args.idempotency_ttl_seconds.max(120));
+    Config { idempotency: IdemConfig { ttl, lease: defaults.idempotency.lease }, ..defaults }
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    match args.store {
+        StoreKind::Memory => {
+            let admin = admin_key(&args.database.data_dir, false)?;
+            let clock = SystemClock;
+            let store = MemStore::new(Concurrency::Locked);
+            let locks = MemLocks::new(clock, tally_lock::Config::default());
+            let app = Arc::new(Tally::new(store, locks, clock, Arc::new(UuidIds), core_config(&args)));
+            tracing::warn!("serving on the in-memory store: nothing survives a restart");
+            run(app, listener, &args, admin, Readiness::always()).await
+        }
+        StoreKind::Postgres => {
+            let database = DatabaseArgs {
+                database_url: args.database.database_url.clone(),
+                data_dir: args.database.data_dir.clone(),
+            };
+            let (url, cluster) =
+                tokio::task::spawn_blocking(move || open_database(&database)).await.map_err(|e| e.to_string())??;
+            let admin = admin_key(&args.database.data_dir, true)?;
+            let config = PgConfig {
+                strategy: args.strategy,
+                max_connections: args.max_connections,
+                acquire_timeout: Duration::from_millis(args.acquire_timeout_ms),
+                ..PgConfig::default()
+            };
+            let store = PgStore::connect_lazy(&url, config).map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(|e| e.to_string())?;
+            let probe = store.clone();
+            let readiness = Readiness::new(move || {
+                let probe = probe.clone();
+                Box::pin(async move { probe.ready().await })
+            });
+            tracing::info!(strategy = args.strategy.as_str(), "serving on PostgreSQL");
+            let app = Arc::new(Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core_config(&args)));
+            let served = run(app, listener, &args, admin, readiness).await;
+            if let Some(cluster) = cluster {
+                tokio::task::spawn_blocking(move || cluster.stop())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                tracing::info!("private PostgreSQL cluster stopped");
+            }
+            served
+        }
+    }
+}
+
+async fn run<S: Store, L: LockManager>(
+    app: Arc<Tally<S, L, SystemClock>>,
+    listener: tokio::net::TcpListener,
+    args: &ServeArgs,
+    admin: String,
+    readiness: Readiness,
+) -> Result<(), String> {
+    let mut http = HttpConfig::new(admin);
+    http.concurrency_limit = args.concurrency_limit;
+    let router = tally_http::router(app.clone(), http, readiness);
+    let reaper = tokio::spawn(reap(app));
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("tally listening on http://{address}");
+    let served = tally_http::serve(listener, router, shutdown_signal()).await.map_err(|e| e.to_string());
+    reaper.abort();
+    served
+}
+
+/// Deletes expired idempotency keys, in bounded batches, forever.
+async fn reap<S: Store, L: LockManager>(app: Arc<Tally<S, L, SystemClock>>) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    loop {
+        tick.tick().await;
+        loop {
+            match app.reap_idempotency(REAP_BATCH).await {
+                Ok(n) if n == REAP_BATCH => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(reaped = n, "expired idempotency keys deleted");
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reaping idempotency keys failed; retrying later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+}

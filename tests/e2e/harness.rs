@@ -1,0 +1,221 @@
+//! Test helpers (zero2prod's `spawn_app`): a PostgreSQL for the whole run,
+//! a fresh database per test, and the real router on a random port.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tally::runtime::{SystemClock, UuidIds};
+use tally_core::app::{Config, Tally};
+use tally_core::check::Snapshot;
+use tally_core::store::{NoLocks, Store};
+use tally_http::{HttpConfig, Readiness};
+use tally_pg::{PgConfig, PgStore, Strategy};
+
+/// The superuser URL of the server every test database lives on.
+static SERVER: OnceLock<String> = OnceLock::new();
+
+/// Starts the throwaway cluster, unless `DATABASE_URL` names a server whose
+/// user may create databases. Called once, before any test; the caller owns
+/// the cluster and stops it after the last test.
+pub fn start_server() -> Result<Option<tally_cluster::Cluster>, String> {
+    let (url, cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let config = tally_cluster::ClusterConfig::throwaway().fast_unsafe().with_max_connections(400);
+            let cluster = tally_cluster::Cluster::start(config).map_err(|e| e.to_string())?;
+            (cluster.superuser_url(), Some(cluster))
+        }
+    };
+    SERVER.set(url).map_err(|_| "server started twice".to_owned())?;
+    Ok(cluster)
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[scheme_end..].find('/').map(|i| scheme_end + i);
+    let query = url.find('?').map_or("", |i| &url[i..]);
+    match path_start {
+        Some(start) => format!("{}/{database}{query}", &url[..start]),
+        None => format!("{}/{database}{query}", url.trim_end_matches(query)),
+    }
+}
+
+/// Creates an empty, migrated database for one test and returns its URL.
+pub async fn fresh_database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let server_url = SERVER.get().expect("server started");
+    let name = format!("tally_test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut admin = sqlx::PgConnection::connect(server_url).await.expect("connect as superuser");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let url = with_database(server_url, &name);
+    let store = PgStore::connect_lazy(&url, PgConfig { max_connections: 1, ..PgConfig::default() }).expect("url");
+    store.migrate().await.expect("migrate");
+    store.pool().close().await;
+    url
+}
+
+/// Pool limits of one test app.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool { max_connections: 16, acquire_timeout: Duration::from_secs(10) }
+    }
+}
+
+pub type PgTally = Tally<PgStore, NoLocks, SystemClock>;
+
+/// A running app: the real router over PostgreSQL on 127.0.0.1:random.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub admin_key: String,
+    pub app: Arc<PgTally>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub bytes: Vec<u8>,
+    pub json: Value,
+}
+
+pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
+    let url = fresh_database().await;
+    let config = PgConfig {
+        strategy,
+        max_connections: pool.max_connections,
+        acquire_timeout: pool.acquire_timeout,
+        ..PgConfig::default()
+    };
+    let store = PgStore::connect_lazy(&url, config).expect("store");
+    // Many requests race on one row in these tests: give optimistic retries room.
+    let core = Config { attempts_max: 64, ..Config::default() };
+    let app = Arc::new(Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core));
+    let admin_key = tally_http::new_api_key();
+    let mut http_config = HttpConfig::new(admin_key.clone());
+    http_config.request_timeout = Duration::from_secs(30);
+    let router = tally_http::router(app.clone(), http_config, Readiness::always());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = tally_http::serve(listener, router, async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().expect("client");
+    TestApp { base, http, admin_key, app, shutdown: Some(tx) }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(idem) = idem {
+            request = request.header("Idempotency-Key", idem);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body").to_vec();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, headers, bytes, json }
+    }
+
+    /// A raw request, for the bad-input matrix.
+    pub async fn raw(&self, path: &str, key: &str, idem: &str, content_type: &str, body: Vec<u8>) -> Reply {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idem)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body").to_vec();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, headers, bytes, json }
+    }
+
+    /// A user with `limits` (SPEC field names) and `balance`; returns its API key.
+    pub async fn user(&self, limits: Value, balance: i64) -> String {
+        let created = self
+            .request(Method::POST, "/v1/users", &self.admin_key, None, Some(json!({"name": "e2e", "limits": limits})))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
+        let key = created.json["api_key"].as_str().expect("api_key").to_owned();
+        if balance > 0 {
+            let funded = self.top_up(&key, "fund", balance).await;
+            assert_eq!(funded.status, StatusCode::CREATED, "{}", funded.json);
+        }
+        key
+    }
+
+    pub async fn top_up(&self, key: &str, idem: &str, amount: i64) -> Reply {
+        self.request(Method::POST, "/v1/wallet/top-ups", key, Some(idem), Some(json!({"amount": amount}))).await
+    }
+
+    pub async fn create_payment(&self, key: &str, idem: &str, amount: i64) -> String {
+        let created = self
+            .request(Method::POST, "/v1/payments", key, Some(idem), Some(json!({"amount": amount, "method": "wallet"})))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
+        created.json["id"].as_str().expect("payment id").to_owned()
+    }
+
+    pub async fn confirm(&self, key: &str, idem: &str, payment: &str) -> Reply {
+        self.request(Method::POST, &format!("/v1/payments/{payment}/confirm"), key, Some(idem), Some(json!({}))).await
+    }
+
+    pub async fn balance(&self, key: &str) -> i64 {
+        let wallet = self.request(Method::GET, "/v1/wallet", key, None, None).await;
+        assert_eq!(wallet.status, StatusCode::OK, "{}", wallet.json);
+        wallet.json["balance"].as_i64().expect("balance")
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        self.app.store().snapshot().await.expect("snapshot")
+    }
+
+    /// Runs the core's invariant checker on the whole database.
+    pub async fn assert_invariants(&self) {
+        tally_core::check::assert_holds(&self.snapshot().await);
+    }
+}

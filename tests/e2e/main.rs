@@ -1,0 +1,80 @@
+//! End-to-end tests against real PostgreSQL (one test binary).
+//!
+//! `cargo test -p tally-tests` starts a throwaway PostgreSQL cluster from the
+//! PostgreSQL installed on the machine (or uses `DATABASE_URL`, whose user must
+//! be allowed to create databases), gives every test its own database, runs
+//! the tests, and stops the cluster. Arguments work as with libtest: a filter
+//! substring, `--exact`, `--test-threads N`, `--list`.
+
+mod harness;
+mod scenarios;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use tally_pg::Strategy;
+
+type Scenario = fn(Strategy) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        [$((stringify!($name), (|s| Box::pin(scenarios::$name(s))) as Scenario)),*]
+    };
+}
+
+fn run(scenario: Scenario, strategy: Strategy) -> Result<(), Failed> {
+    // Each test gets its own runtime: two workers, like the CI machine.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(e.to_string()))?;
+    runtime.block_on(scenario(strategy));
+    Ok(())
+}
+
+fn main() {
+    let arguments = Arguments::from_args();
+    // 1000 concurrent requests need ~2000 sockets in this one process.
+    let _ = rlimit::increase_nofile_limit(8_192);
+    let per_strategy = scenarios![
+        concurrent_confirms_charge_once,
+        fifty_concurrent_payments_exact_history,
+        concurrent_top_ups_sum_exactly,
+        balance_for_k_pays_exactly_k,
+        daily_limit_exact_under_concurrency,
+        one_key_one_effect,
+        small_pool_sheds_load_safely,
+        single_connection_pool,
+        bad_input_changes_nothing,
+    ];
+    let mut trials = Vec::new();
+    for strategy in Strategy::ALL {
+        for (name, scenario) in per_strategy {
+            trials.push(Trial::test(format!("{}::{name}", strategy.as_str()), move || run(scenario, strategy)));
+        }
+        trials.push(Trial::test(format!("{}::store_conforms", strategy.as_str()), move || {
+            run(|s| Box::pin(scenarios::store_conforms(s, 16)), strategy)
+        }));
+    }
+    let listing = arguments.list;
+    let cluster = if listing {
+        None
+    } else {
+        match harness::start_server() {
+            Ok(cluster) => cluster,
+            Err(error) => {
+                eprintln!("cannot start PostgreSQL for the end-to-end tests: {error}");
+                std::process::exit(101);
+            }
+        }
+    };
+    let conclusion = libtest_mimic::run(&arguments, trials);
+    if let Some(cluster) = cluster
+        && let Err(error) = cluster.stop()
+    {
+        eprintln!("stopping the test cluster: {error}");
+    }
+    conclusion.exit();
+}

@@ -1,0 +1,375 @@
+//! The seed scenarios against real PostgreSQL, through the real HTTP API.
+//! Each runs for every strategy and asserts exact outcomes, then runs the
+//! invariant checker over the whole database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tally_conformance::StaleWrite;
+use tally_core::app::{Config, Tally};
+use tally_core::ids::SeqIds;
+use tally_core::ledger::TransferKind;
+use tally_core::store::NoLocks;
+use tally_core::time::{ManualClock, Timestamp};
+use tally_pg::{PgConfig, PgStore, Strategy};
+
+use crate::harness::{Pool, Reply, TestApp, fresh_database, spawn_app};
+
+/// Runs `n` requests at once; returns the replies in request order.
+async fn concurrently<F, Fut>(app: &Arc<TestApp>, n: usize, request: F) -> Vec<Reply>
+where
+    F: Fn(Arc<TestApp>, usize) -> Fut,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(request(app.clone(), i))).collect();
+    let mut replies = Vec::with_capacity(n);
+    for task in tasks {
+        replies.push(task.await.expect("request task"));
+    }
+    replies
+}
+
+fn code(reply: &Reply) -> &str {
+    reply.json["code"].as_str().unwrap_or("")
+}
+
+fn count(replies: &[Reply], status: StatusCode, problem: Option<&str>) -> usize {
+    replies.iter().filter(|r| r.status == status && problem.is_none_or(|c| code(r) == c)).count()
+}
+
+/// Seed 001: 1000 concurrent confirms of one payment → one charge.
+pub async fn concurrent_confirms_charge_once(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 10_000).await;
+    let payment = app.create_payment(&key, "create", 2_500).await;
+    let n = 1000;
+    let replies = concurrently(&app, n, |app, i| {
+        let (key, payment) = (key.clone(), payment.clone());
+        async move { app.confirm(&key, &format!("confirm-{i}"), &payment).await }
+    })
+    .await;
+    assert_eq!(count(&replies, StatusCode::OK, None), 1, "exactly one confirm succeeds");
+    assert_eq!(count(&replies, StatusCode::CONFLICT, Some("invalid_state")), n - 1, "every other confirm is refused");
+    assert_eq!(app.balance(&key).await, 7_500);
+    let snapshot = app.snapshot().await;
+    let charges = snapshot.transfers.iter().filter(|t| t.kind == TransferKind::Payment).count();
+    assert_eq!(charges, 1);
+    app.assert_invariants().await;
+}
+
+/// Seed 000: 50 concurrent payments by one user → exact balance, exactly 50
+/// payment lines in the history.
+pub async fn fifty_concurrent_payments_exact_history(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 100_000).await;
+    let mut payments = Vec::new();
+    for i in 0..50 {
+        payments.push(app.create_payment(&key, &format!("create-{i}"), 100 + i64::from(i)).await);
+    }
+    let payments = Arc::new(payments);
+    let replies = concurrently(&app, 50, |app, i| {
+        let (key, payments) = (key.clone(), payments.clone());
+        async move { app.confirm(&key, &format!("confirm-{i}"), &payments[i]).await }
+    })
+    .await;
+    assert_eq!(count(&replies, StatusCode::OK, None), 50);
+    let paid: i64 = (0..50).map(|i| 100 + i).sum();
+    assert_eq!(app.balance(&key).await, 100_000 - paid);
+    let ledger = app.request(Method::GET, "/v1/wallet/ledger?limit=100", &key, None, None).await;
+    let entries = ledger.json["entries"].as_array().expect("entries");
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "payment").count(), 50);
+    assert_eq!(entries.len(), 51, "one top-up and fifty payments");
+    app.assert_invariants().await;
+}
+
+/// Sends a top-up, retrying with the same key while the server says 503 (as
+/// a well-behaved client does); returns the final reply.
+async fn top_up_with_retries(app: &TestApp, key: &str, idem: &str, amount: i64) -> Reply {
+    for _ in 0..200 {
+        let reply = app.top_up(key, idem, amount).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("top-up {idem} still unavailable after 200 tries");
+}
+
+/// Seed 002's point charge: 200 concurrent top-ups → the exact sum.
+pub async fn concurrent_top_ups_sum_exactly(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 0).await;
+    let replies = concurrently(&app, 200, |app, i| {
+        let key = key.clone();
+        async move { top_up_with_retries(&app, &key, &format!("t-{i}"), i64::try_from(i).expect("small") + 1).await }
+    })
+    .await;
+    assert_eq!(count(&replies, StatusCode::CREATED, None), 200);
+    assert_eq!(app.balance(&key).await, (1..=200).sum::<i64>());
+    app.assert_invariants().await;
+}
+
+/// A balance that covers 7 of 20 concurrent payments → exactly 7.
+pub async fn balance_for_k_pays_exactly_k(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 700).await;
+    let mut payments = Vec::new();
+    for i in 0..20 {
+        payments.push(app.create_payment(&key, &format!("create-{i}"), 100).await);
+    }
+    let payments = Arc::new(payments);
+    let replies = concurrently(&app, 20, |app, i| {
+        let (key, payments) = (key.clone(), payments.clone());
+        async move { app.confirm(&key, &format!("confirm-{i}"), &payments[i]).await }
+    })
+    .await;
+    assert_eq!(count(&replies, StatusCode::OK, None), 7);
+    assert_eq!(count(&replies, StatusCode::CONFLICT, Some("insufficient_balance")), 13);
+    assert_eq!(app.balance(&key).await, 0);
+    app.assert_invariants().await;
+}
+
+/// Seed 001's daily limit under 20 concurrent payments: exact.
+pub async fn daily_limit_exact_under_concurrency(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({"daily_limit": 500}), 10_000).await;
+    let mut payments = Vec::new();
+    for i in 0..20 {
+        payments.push(app.create_payment(&key, &format!("create-{i}"), 100).await);
+    }
+    let payments = Arc::new(payments);
+    let replies = concurrently(&app, 20, |app, i| {
+        let (key, payments) = (key.clone(), payments.clone());
+        async move { app.confirm(&key, &format!("confirm-{i}"), &payments[i]).await }
+    })
+    .await;
+    assert_eq!(count(&replies, StatusCode::OK, None), 5);
+    assert_eq!(count(&replies, StatusCode::CONFLICT, Some("limit_exceeded")), 15);
+    let wallet = app.request(Method::GET, "/v1/wallet", &key, None, None).await;
+    assert_eq!(wallet.json["spent_today"], 500);
+    assert_eq!(wallet.json["balance"], 9_500);
+    app.assert_invariants().await;
+}
+
+/// 1000 concurrent identical requests with one Idempotency-Key → one effect;
+/// every other answer is the same response replayed, or 409 in use.
+pub async fn one_key_one_effect(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 0).await;
+    let replies = concurrently(&app, 1000, |app, _| {
+        let key = key.clone();
+        async move { app.top_up(&key, "the-one-key", 4_242).await }
+    })
+    .await;
+    let created: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
+    assert!(!created.is_empty(), "the first request succeeds");
+    let fresh = created.iter().filter(|r| !r.headers.contains_key("idempotent-replayed")).count();
+    assert_eq!(fresh, 1, "exactly one fresh execution");
+    assert!(created.iter().all(|r| r.bytes == created[0].bytes), "every replay is byte for byte");
+    let in_use = count(&replies, StatusCode::CONFLICT, Some("idempotency_key_in_use"));
+    assert_eq!(created.len() + in_use, 1000, "nothing else is answered");
+    assert_eq!(app.balance(&key).await, 4_242);
+    // After completion every retry replays.
+    let again = app.top_up(&key, "the-one-key", 4_242).await;
+    assert_eq!((again.status, again.bytes.clone()), (StatusCode::CREATED, created[0].bytes.clone()));
+    app.assert_invariants().await;
+}
+
+/// A pool of 5 under 200 concurrent requests: no double charge, nobody waits
+/// past the acquire timeout, and a saturated pool answers 503 + Retry-After.
+pub async fn small_pool_sheds_load_safely(strategy: Strategy) {
+    let acquire = Duration::from_millis(300);
+    let app = Arc::new(spawn_app(strategy, Pool { max_connections: 5, acquire_timeout: acquire }).await);
+    let key = app.user(json!({}), 50_000).await;
+    let payment = app.create_payment(&key, "create", 1_000).await;
+    let started = Instant::now();
+    let replies = concurrently(&app, 200, |app, i| {
+        let (key, payment) = (key.clone(), payment.clone());
+        async move {
+            let begun = Instant::now();
+            let reply = if i % 2 == 0 {
+                app.confirm(&key, &format!("confirm-{i}"), &payment).await
+            } else {
+                app.top_up(&key, &format!("top-{i}"), 1).await
+            };
+            let waited = begun.elapsed();
+            // No request hangs: it is answered within the acquire timeout
+            // plus the statement and lock timeouts of the work it got to do.
+            assert!(waited < Duration::from_secs(15), "request {i} took {waited:?}");
+            reply
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    for reply in replies.iter().filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE) {
+        assert_eq!(code(reply), "unavailable");
+        assert!(reply.headers.contains_key("retry-after"), "a 503 says when to retry");
+    }
+    assert!(count(&replies, StatusCode::OK, None) <= 1, "at most one confirm succeeds");
+    let charges = app.snapshot().await.transfers.iter().filter(|t| t.kind == TransferKind::Payment).count();
+    assert!(charges <= 1, "never two charges");
+    let top_ups = count(&replies, StatusCode::CREATED, None);
+    let balance = app.balance(&key).await;
+    assert_eq!(
+        balance,
+        50_000 + i64::try_from(top_ups).expect("small") - 1_000 * i64::try_from(charges).expect("small")
+    );
+    app.assert_invariants().await;
+
+    // Saturation, deterministically: hold every connection, then ask.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(app.app.store().pool().acquire().await.expect("a pooled connection"));
+    }
+    let asked = Instant::now();
+    let refused = app.top_up(&key, "while-saturated", 1).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.json);
+    assert_eq!(code(&refused), "unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(asked.elapsed() < acquire + Duration::from_secs(2), "answered soon after the acquire timeout");
+    drop(held);
+    // Not stored: the same key works once the pool has room again.
+    assert_eq!(app.top_up(&key, "while-saturated", 1).await.status, StatusCode::CREATED);
+    eprintln!(
+        "    {strategy:?}: 200 requests on a pool of 5 in {elapsed:?}: {} ok, {} created, {} refused, {} unavailable",
+        count(&replies, StatusCode::OK, None),
+        top_ups,
+        count(&replies, StatusCode::CONFLICT, None),
+        count(&replies, StatusCode::SERVICE_UNAVAILABLE, None)
+    );
+}
+
+/// The store conformance suite (shared with the in-memory store) on this
+/// strategy, with a pool of `connections`.
+pub async fn store_conforms(strategy: Strategy, connections: u32) {
+    let url = fresh_database().await;
+    let config = PgConfig { strategy, max_connections: connections, ..PgConfig::default() };
+    let store = PgStore::connect_lazy(&url, config).expect("store");
+    let clock = ManualClock::new(Timestamp(20_780 * 86_400_000));
+    let app =
+        Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), Config::default());
+    let stale_write = match strategy {
+        Strategy::Atomic => StaleWrite::Rebases,
+        Strategy::Pessimistic | Strategy::Optimistic => StaleWrite::Conflicts,
+    };
+    let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
+    assert_eq!(ran.len(), 10);
+}
+
+/// With a single pooled connection everything still works: no use case asks
+/// the pool for a second connection while it holds one.
+pub async fn single_connection_pool(strategy: Strategy) {
+    store_conforms(strategy, 1).await;
+    let app =
+        Arc::new(spawn_app(strategy, Pool { max_connections: 1, acquire_timeout: Duration::from_secs(10) }).await);
+    let key = app.user(json!({"max_balance": 1_000_000}), 1_000).await;
+    let payment = app.create_payment(&key, "p", 300).await;
+    assert_eq!(app.confirm(&key, "c", &payment).await.status, StatusCode::OK);
+    let cancel =
+        app.request(Method::POST, &format!("/v1/payments/{payment}/cancel"), &key, Some("x"), Some(json!({}))).await;
+    assert_eq!((cancel.status, cancel.json["status"].clone()), (StatusCode::OK, json!("cancelled")));
+    let replies = concurrently(&app, 20, |app, i| {
+        let key = key.clone();
+        async move { app.top_up(&key, &format!("q-{i}"), 10).await }
+    })
+    .await;
+    assert_eq!(count(&replies, StatusCode::CREATED, None), 20);
+    assert_eq!(app.balance(&key).await, 1_200);
+    app.assert_invariants().await;
+}
+
+/// Bad input gets its 4xx and changes nothing.
+pub async fn bad_input_changes_nothing(strategy: Strategy) {
+    let app = spawn_app(strategy, Pool::default()).await;
+    let key = app.user(json!({}), 100).await;
+    let payment = app.create_payment(&key, "p", 10).await;
+    let before = app.snapshot().await;
+    let json = "application/json";
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        ("/v1/wallet/top-ups", json, br#"{"amount": 0}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount"),
+        ("/v1/wallet/top-ups", json, br#"{"amount": -5}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount"),
+        ("/v1/wallet/top-ups", json, br#"{"amount": 10.5}"#.to_vec(), StatusCode::BAD_REQUEST, "malformed_request"),
+        ("/v1/wallet/top-ups", json, br#"{"amount": "10"}"#.to_vec(), StatusCode::BAD_REQUEST, "malformed_request"),
+        (
+            "/v1/wallet/top-ups",
+            json,
+            br#"{"amount": 9223372036854775808}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        // An integer written with an exponent, beyond the maximum: too large, not malformed.
+        (
+            "/v1/wallet/top-ups",
+            json,
+            br#"{"amount": 1e30}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            "/v1/wallet/top-ups",
+            json,
+            br#"{"amount": 10, "balance": 1000000}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+        ),
+        (
+            "/v1/wallet/top-ups",
+            json,
+            br#"{"amount": 10, "user_id": "x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+        ),
+        ("/v1/wallet/top-ups", json, br#"{"amount": "#.to_vec(), StatusCode::BAD_REQUEST, "malformed_request"),
+        ("/v1/wallet/top-ups", json, br#"{}"#.to_vec(), StatusCode::BAD_REQUEST, "malformed_request"),
+        (
+            "/v1/wallet/top-ups",
+            "text/plain",
+            br#"{"amount": 10}"#.to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        ("/v1/wallet/top-ups", json, vec![b' '; 1024 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        (
+            "/v1/payments",
+            json,
+            br#"{"amount": 0, "method": "wallet"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            "/v1/payments",
+            json,
+            br#"{"amount": 10, "method": "wallet", "payback_amount": 11}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+    ];
+    for (i, (path, content_type, body, status, expected)) in cases.into_iter().enumerate() {
+        let reply = app.raw(path, &key, &format!("bad-{i}"), content_type, body).await;
+        assert_eq!((reply.status, code(&reply)), (status, expected), "case {i} on {path}: {}", reply.json);
+        assert_eq!(
+            reply.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "case {i}"
+        );
+    }
+    // Keys: missing and invalid.
+    let missing = app.request(Method::POST, "/v1/wallet/top-ups", &key, None, Some(json!({"amount": 1}))).await;
+    assert_eq!((missing.status, code(&missing)), (StatusCode::BAD_REQUEST, "idempotency_key_missing"));
+    let long = "k".repeat(256);
+    let invalid = app.request(Method::POST, "/v1/wallet/top-ups", &key, Some(&long), Some(json!({"amount": 1}))).await;
+    assert_eq!((invalid.status, code(&invalid)), (StatusCode::BAD_REQUEST, "idempotency_key_invalid"));
+    // Auth: none, unknown, a user on an admin endpoint, another user's payment.
+    let nobody = app.request(Method::GET, "/v1/wallet", "tly_unknown", None, None).await;
+    assert_eq!((nobody.status, code(&nobody)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let not_admin = app.request(Method::POST, "/v1/users", &key, None, Some(json!({"name": "x"}))).await;
+    assert_eq!((not_admin.status, code(&not_admin)), (StatusCode::FORBIDDEN, "forbidden"));
+    let other = app.user(json!({}), 0).await;
+    let theirs = app.confirm(&other, "steal", &payment).await;
+    assert_eq!((theirs.status, code(&theirs)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(app.snapshot().await.transfers, before.transfers, "no bad request moved money");
+    assert_eq!(app.snapshot().await.payments, before.payments);
+    app.assert_invariants().await;
+}
