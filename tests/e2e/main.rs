@@ -55,7 +55,7 @@ fn main() {
             trials.push(Trial::test(format!("{}::{name}", strategy.as_str()), move || run(scenario, strategy)));
         }
         trials.push(Trial::test(format!("{}::store_conforms", strategy.as_str()), move || {
-            run(|s| Box::pin(scenarios::store_conforms(s, 16)), strategy)
+            run(|s| Box::pin(scenarios::store_conforms(s, harness::Pool::default().max_connections)), strategy)
         }));
     }
     let listing = arguments.list;
