@@ -18,6 +18,7 @@ mutants=(
   "check_then_act:the decision is made under one lock acquisition and written under another"
   "double_refund:cancel accepts an already-cancelled payment and refunds it again"
   "idem_ignores_inflight:idempotency admission ignores a live in-flight record"
+  "retry_unknown_confirm:an unclear gateway confirm is sent again instead of looked up (seed 003)"
 )
 
 survivors=0

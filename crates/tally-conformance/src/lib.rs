@@ -179,7 +179,7 @@ async fn payment_lifecycle_round_trips_every_field<S: Store, L: LockManager>(
     };
     assert_eq!(app.payment(id, created.id).await.expect("read"), created, "a payment round-trips exactly");
     let Ok(Executed::Fresh(Outcome::Payment(done))) =
-        app.execute(id, Command::ConfirmPayment { payment: created.id }, None).await
+        app.execute(id, Command::ConfirmPayment { payment: created.id, payment_key: None }, None).await
     else {
         panic!("confirm")
     };
@@ -332,7 +332,7 @@ async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager
     let id = user(app, Limits::default(), 500).await;
     let create = Command::CreatePayment { amount: amount(100), payback: None, method: Method::Wallet };
     let Ok(Executed::Fresh(Outcome::Payment(payment))) = app.execute(id, create, None).await else { panic!("create") };
-    app.execute(id, Command::ConfirmPayment { payment: payment.id }, None).await.expect("confirm");
+    app.execute(id, Command::ConfirmPayment { payment: payment.id, payment_key: None }, None).await.expect("confirm");
     let snapshot = app.snapshot().await.expect("snapshot");
     let mut charge = snapshot.transfers.iter().find(|t| t.payment == Some(payment.id)).expect("charge").clone();
     charge.id = tally_core::ids::TransferId(charge.id.0 ^ 1 << 100);

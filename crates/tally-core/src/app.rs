@@ -17,15 +17,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::check::Snapshot;
-use crate::decide;
+use crate::decide::{self, Call, Decision, Settled, Verdict};
 use crate::error::Error;
+use crate::gateway::{self, Confirmed, Gateway, NoGateway};
 use crate::idempotency::{
-    self, Admission, Fingerprint, IdemConfig, IdemKey, IdemOrigin, IdemScope, LeaseToken, StoredResponse,
+    self, Admission, Fingerprint, IdemConfig, IdemKey, IdemOrigin, IdemRecord, IdemScope, LeaseToken, StoredResponse,
 };
 use crate::ids::{IdGen, OpId, PaymentId, TransferId, UserId};
 use crate::ledger::{Booking, Transfer};
 use crate::money::{Amount, Money};
-use crate::payment::{Method, Payment};
+use crate::payment::{Method, Payment, PaymentEvent, PaymentStatus};
 use crate::store::{LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
 use crate::time::{Clock, Timestamp};
 use crate::wallet::{LimitKind, Limits, Wallet, WalletError};
@@ -39,6 +40,13 @@ pub struct Config {
     /// How many times a use case runs when the store reports conflicts
     /// (optimistic strategies) before answering busy.
     pub attempts_max: u32,
+    /// A gateway confirm the gateway still does not know this long after it
+    /// was sent never took effect: the payment fails. Far longer than the
+    /// gateway client's timeout, so no confirm can still be on its way.
+    pub gateway_give_up_after: Duration,
+    /// Test hook: pause this long between the gateway's answer and recording
+    /// it (zero: off). The crash tests kill the process inside the pause.
+    pub pause_after_gateway: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +55,8 @@ impl Default for Config {
             idempotency: IdemConfig { ttl: Duration::from_secs(24 * 60 * 60), lease: Duration::from_secs(60) },
             lock_wait: Duration::from_secs(5),
             attempts_max: 8,
+            gateway_give_up_after: Duration::from_secs(120),
+            pause_after_gateway: Duration::ZERO,
         }
     }
 }
@@ -59,10 +69,22 @@ pub const LEDGER_PAGE_MAX: usize = 100;
 /// A mutating use case and its validated input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    TopUp { amount: Amount },
-    CreatePayment { amount: Amount, payback: Option<Amount>, method: Method },
-    ConfirmPayment { payment: PaymentId },
-    CancelPayment { payment: PaymentId },
+    TopUp {
+        amount: Amount,
+    },
+    CreatePayment {
+        amount: Amount,
+        payback: Option<Amount>,
+        method: Method,
+    },
+    /// `payment_key`: the gateway's key for a gateway payment (none for a wallet one).
+    ConfirmPayment {
+        payment: PaymentId,
+        payment_key: Option<String>,
+    },
+    CancelPayment {
+        payment: PaymentId,
+    },
 }
 
 impl Command {
@@ -72,7 +94,7 @@ impl Command {
             Command::TopUp { .. } => vec![LockKey::Wallet(user)],
             // A new payment has a fresh id nobody else can name yet.
             Command::CreatePayment { .. } => Vec::new(),
-            Command::ConfirmPayment { payment } | Command::CancelPayment { payment } => {
+            Command::ConfirmPayment { payment, .. } | Command::CancelPayment { payment } => {
                 vec![LockKey::Payment(*payment), LockKey::Wallet(user)]
             }
         }
@@ -137,26 +159,48 @@ struct Held<'r> {
     render: &'r Render,
 }
 
-/// The service: the use cases over a store, a lock manager and a clock.
-pub struct Tally<S, L, C> {
+/// Where the locked part of a command ended.
+enum Step {
+    Done(Outcome),
+    /// Committed the intent; now call the gateway about this payment.
+    Call(Payment, Call),
+}
+
+/// The service: the use cases over a store, a lock manager, a clock and a
+/// payment gateway.
+pub struct Tally<S, L, C, G = NoGateway> {
     store: S,
     locks: L,
     clock: C,
+    gateway: G,
     ids: Arc<dyn IdGen>,
     config: Config,
 }
 
-impl<S, L, C> std::fmt::Debug for Tally<S, L, C> {
+impl<S, L, C, G> std::fmt::Debug for Tally<S, L, C, G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tally").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
+impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C, NoGateway> {
+    /// The use cases, without a payment gateway (gateway payments refused).
     pub fn new(store: S, locks: L, clock: C, ids: Arc<dyn IdGen>, config: Config) -> Self {
         assert!(config.attempts_max >= 1, "a use case runs at least once");
         assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
-        Tally { store, locks, clock, ids, config }
+        Tally { store, locks, clock, gateway: NoGateway, ids, config }
+    }
+
+    /// The same use cases, confirming gateway payments through `gateway`.
+    pub fn with_gateway<G: Gateway>(self, gateway: G) -> Tally<S, L, C, G> {
+        let Tally { store, locks, clock, ids, config, .. } = self;
+        Tally { store, locks, clock, gateway, ids, config }
+    }
+}
+
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    pub fn gateway(&self) -> &G {
+        &self.gateway
     }
 
     pub fn store(&self) -> &S {
@@ -340,18 +384,20 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
     }
 
     /// Phase 2: lock, run the command and complete the key in one transaction,
-    /// retrying a bounded number of times on conflicts.
+    /// retrying a bounded number of times on conflicts. A gateway payment's
+    /// phase ends in a committed intent instead; the gateway is then called
+    /// with no transaction open, and its verdict recorded in phase 3.
     async fn run(&self, user: UserId, command: &Command, held: Option<&Held<'_>>) -> Result<Outcome, Error> {
         let mut keys = command.lock_keys(user);
         keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
         let keys = LockSet::new(keys);
         let mut attempt = 0;
-        loop {
+        let step = loop {
             attempt += 1;
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
             let mut tx = self.store.begin().await?;
-            let outcome = match self.run_in(&mut tx, user, command, held).await {
-                Ok(outcome) => outcome,
+            let step = match self.run_in(&mut tx, user, command, held).await {
+                Ok(step) => step,
                 Err(error) => {
                     tx.rollback().await;
                     if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
@@ -371,10 +417,14 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
             let committed = tx.commit().await;
             drop(guard);
             match committed {
-                Ok(()) => return Ok(outcome),
+                Ok(()) => break step,
                 Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
                 Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
             }
+        };
+        match step {
+            Step::Done(outcome) => Ok(outcome),
+            Step::Call(payment, call) => self.call_and_settle(&payment, call, held).await,
         }
     }
 
@@ -384,42 +434,199 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
         user: UserId,
         command: &Command,
         held: Option<&Held<'_>>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Step, Error> {
         let now = self.clock.now();
         // Loads follow the lock order: the idempotency record first.
-        let record = match held {
-            Some(held) => {
-                let record = tx.idempotency(&held.scope).await?;
-                match record {
-                    Some(record) if record.held_by(held.lease) => Some(record),
-                    _ => return Err(Error::LeaseLost),
-                }
-            }
-            None => None,
-        };
+        let record = self.held_record(tx, held).await?;
         let op = OpId(self.ids.next_id());
         let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
         let booking = Booking { op, origin, at: now };
-        let outcome = self.apply(tx, user, command, &booking).await?;
-        if let (Some(held), Some(record)) = (held, record) {
-            match (held.render)(&Ok(outcome.clone())) {
-                Some(response) => {
-                    let completed = record.complete(held.lease, response, Some(op)).expect("lease checked above");
-                    tx.put_idempotency(Some(&record), &completed).await?;
-                }
-                None => tx.delete_idempotency(&record).await?,
-            }
+        let step = self.apply(tx, user, command, &booking).await?;
+        if let (Step::Done(outcome), Some(held), Some(record)) = (&step, held, &record) {
+            self.complete(tx, held, record, outcome, op).await?;
         }
-        Ok(outcome)
+        Ok(step)
     }
 
-    async fn apply(
+    /// The request's in-flight idempotency record, if it is still ours.
+    async fn held_record(&self, tx: &mut S::Tx, held: Option<&Held<'_>>) -> Result<Option<IdemRecord>, Error> {
+        let Some(held) = held else { return Ok(None) };
+        match tx.idempotency(&held.scope).await? {
+            Some(record) if record.held_by(held.lease) => Ok(Some(record)),
+            _ => Err(Error::LeaseLost),
+        }
+    }
+
+    /// Stores the response under the key, in the effect's transaction.
+    async fn complete(
         &self,
         tx: &mut S::Tx,
-        user: UserId,
-        command: &Command,
-        booking: &Booking,
+        held: &Held<'_>,
+        record: &IdemRecord,
+        outcome: &Outcome,
+        op: OpId,
+    ) -> Result<(), Error> {
+        match (held.render)(&Ok(outcome.clone())) {
+            Some(response) => {
+                let completed = record.complete(held.lease, response, Some(op)).expect("lease checked above");
+                tx.put_idempotency(Some(record), &completed).await?;
+            }
+            None => tx.delete_idempotency(record).await?,
+        }
+        Ok(())
+    }
+
+    /// Phase 3 of a gateway payment: the one foreign call, then its verdict.
+    /// A confirm whose answer is unclear is followed by a lookup — never by a
+    /// second confirm.
+    async fn call_and_settle(&self, payment: &Payment, call: Call, held: Option<&Held<'_>>) -> Result<Outcome, Error> {
+        let attempt = payment.gateway.as_ref().expect("a gateway call has its attempt");
+        let key = attempt.payment_key.as_str();
+        let verdict = match call {
+            Call::Confirm => {
+                let order_id = payment.id.to_string();
+                let said =
+                    self.gateway.confirm(key, &order_id, payment.amount, &gateway::confirm_key(payment.id)).await;
+                match said {
+                    Confirmed::Unknown { .. } if crate::mutant::active("retry_unknown_confirm") => Verdict::Confirm(
+                        self.gateway.confirm(key, &order_id, payment.amount, &gateway::confirm_key(payment.id)).await,
+                    ),
+                    Confirmed::Unknown { .. } => Verdict::Lookup(self.gateway.lookup(key).await),
+                    said => Verdict::Confirm(said),
+                }
+            }
+            Call::Lookup => Verdict::Lookup(self.gateway.lookup(key).await),
+            Call::Cancel => Verdict::Cancel(self.gateway.cancel(key, &gateway::cancel_key(payment.id)).await),
+        };
+        if !self.config.pause_after_gateway.is_zero() {
+            self.clock.sleep(self.config.pause_after_gateway).await;
+        }
+        self.settle_verdict(payment, &verdict, held).await
+    }
+
+    /// Records a gateway verdict (and completes the idempotency key) in one
+    /// transaction under the payment's and the wallet's locks.
+    async fn settle_verdict(
+        &self,
+        payment: &Payment,
+        verdict: &Verdict,
+        held: Option<&Held<'_>>,
     ) -> Result<Outcome, Error> {
+        let user = payment.user;
+        let mut keys = vec![LockKey::Payment(payment.id), LockKey::Wallet(user)];
+        keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
+        let keys = LockSet::new(keys);
+        let started = payment.gateway.as_ref().map_or(payment.updated_at, |a| a.started_at);
+        let give_up_at = started.plus(self.config.gateway_give_up_after);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
+            let mut tx = self.store.begin().await?;
+            let result = self.settle_in(&mut tx, payment.id, user, verdict, give_up_at, held).await;
+            let (outcome, cancel_at_gateway) = match result {
+                Ok(settled) => settled,
+                Err(error) => {
+                    tx.rollback().await;
+                    if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
+                        continue;
+                    }
+                    return Err(conflicts_exhausted(error));
+                }
+            };
+            let committed = tx.commit().await;
+            drop(guard);
+            match committed {
+                Ok(()) => {}
+                Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
+                Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
+            }
+            if let (true, Some(attempt)) = (cancel_at_gateway, &payment.gateway) {
+                // The charge was for another amount and the payment failed:
+                // give the money back. Idempotent at the gateway; a failure
+                // here leaves a charge to reconcile by hand (logged by the caller).
+                let _ = self.gateway.cancel(&attempt.payment_key, &gateway::cancel_key(payment.id)).await;
+            }
+            return Ok(outcome);
+        }
+    }
+
+    async fn settle_in(
+        &self,
+        tx: &mut S::Tx,
+        payment: PaymentId,
+        user: UserId,
+        verdict: &Verdict,
+        give_up_at: Timestamp,
+        held: Option<&Held<'_>>,
+    ) -> Result<(Outcome, bool), Error> {
+        let record = self.held_record(tx, held).await?;
+        let loaded = tx.payment(payment).await?.ok_or(Error::NotFound)?;
+        let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+        let op = OpId(self.ids.next_id());
+        let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
+        let booking = Booking { op, origin, at: self.clock.now() };
+        let ids = &self.ids;
+        let mut next_id = || TransferId(ids.next_id());
+        let (outcome, cancel_at_gateway) =
+            match decide::settle(&loaded, &wallet, verdict, give_up_at, &booking, &mut next_id)? {
+                Settled::Pending => return Err(Error::OutcomePending),
+                Settled::AlreadySettled(current) => (Outcome::Payment(current), false),
+                Settled::Booked { decision, cancel_at_gateway } => {
+                    self.persist(tx, &loaded, &wallet, &decision).await?;
+                    (Outcome::Payment(decision.payment), cancel_at_gateway)
+                }
+            };
+        if let (Some(held), Some(record)) = (held, record) {
+            self.complete(tx, held, &record, &outcome, op).await?;
+        }
+        Ok((outcome, cancel_at_gateway))
+    }
+
+    /// The completer: gateway payments stuck in `confirming` or `cancelling`
+    /// for longer than `older_than` (a crash, a timeout) are claimed (their
+    /// attempt's clock restarts, so another instance skips them) and resolved
+    /// by a lookup or a re-sent cancel. Returns how many were resolved.
+    pub async fn resolve_stuck(&self, older_than: Duration, limit: usize) -> Result<usize, Error> {
+        assert!(limit > 0 && limit <= crate::store::LOCK_SET_SIZE_MAX, "a completer batch is 1 to 64 payments");
+        let now = self.clock.now();
+        let before = Timestamp(now.0.saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX)));
+        let mut tx = self.store.begin().await?;
+        let candidates = tx.stuck_payments(before, limit).await;
+        tx.rollback().await;
+        let candidates = candidates?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let keys = LockSet::new(candidates.iter().map(|p| LockKey::Payment(p.id)));
+        let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
+        let mut tx = self.store.begin().await?;
+        let mut claimed = Vec::new();
+        for candidate in &candidates {
+            let Some(current) = tx.payment(candidate.id).await? else { continue };
+            let still_stuck = matches!(current.status, PaymentStatus::Confirming | PaymentStatus::Cancelling)
+                && current.gateway.as_ref().is_some_and(|a| a.started_at < before);
+            if still_stuck {
+                let touched = current.transition(PaymentEvent::Touch, now)?;
+                tx.put_payment(Some(&current), &touched).await?;
+                claimed.push(touched);
+            }
+        }
+        tx.commit().await?;
+        drop(guard);
+        let mut resolved = 0;
+        for payment in claimed {
+            let call = if payment.status == PaymentStatus::Confirming { Call::Lookup } else { Call::Cancel };
+            match self.call_and_settle(&payment, call, None).await {
+                Ok(_) => resolved += 1,
+                Err(Error::OutcomePending) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(resolved)
+    }
+
+    async fn apply(&self, tx: &mut S::Tx, user: UserId, command: &Command, booking: &Booking) -> Result<Step, Error> {
         let ids = &self.ids;
         let mut next_id = || TransferId(ids.next_id());
         match command {
@@ -428,35 +635,96 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C> {
                 let (next, transfer) = decide::top_up(&wallet, *amount, booking, &mut next_id)?;
                 tx.put_wallet(Some(&wallet), &next).await?;
                 tx.append_transfers(std::slice::from_ref(&transfer)).await?;
-                Ok(Outcome::TopUp { transfer, balance: next.balance })
+                Ok(Step::Done(Outcome::TopUp { transfer, balance: next.balance }))
             }
             Command::CreatePayment { amount, payback, method } => {
+                if *method == Method::Gateway && !self.gateway.enabled() {
+                    return Err(Error::InvalidInput("gateway payments are not configured on this server"));
+                }
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 // Refuse early what confirm would refuse anyway; confirm checks again.
-                if wallet.limits.per_payment.is_some_and(|limit| amount.money() > limit) {
+                if *method == Method::Wallet && wallet.limits.per_payment.is_some_and(|limit| amount.money() > limit) {
                     return Err(WalletError::LimitExceeded(LimitKind::PerPayment).into());
                 }
                 let payment =
                     Payment::new(PaymentId(self.ids.next_id()), user, *amount, *payback, *method, booking.at)?;
                 tx.put_payment(None, &payment).await?;
-                Ok(Outcome::Payment(payment))
+                Ok(Step::Done(Outcome::Payment(payment)))
             }
-            Command::ConfirmPayment { payment } | Command::CancelPayment { payment } => {
+            Command::ConfirmPayment { payment, payment_key } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
-                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
-                let decision = if matches!(command, Command::ConfirmPayment { .. }) {
-                    decide::confirm(&loaded, &wallet, booking, &mut next_id)?
-                } else {
-                    decide::cancel(&loaded, &wallet, booking, &mut next_id)?
-                };
-                tx.put_payment(Some(&loaded), &decision.payment).await?;
-                if !decision.transfers.is_empty() {
-                    tx.put_wallet(Some(&wallet), &decision.wallet).await?;
-                    tx.append_transfers(&decision.transfers).await?;
+                if loaded.method == Method::Gateway {
+                    return self.begin_gateway_confirm(tx, loaded, payment_key.as_deref(), booking).await;
                 }
-                Ok(Outcome::Payment(decision.payment))
+                if payment_key.is_some() {
+                    return Err(Error::InvalidInput("a wallet payment takes no payment_key"));
+                }
+                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+                let decision = decide::confirm(&loaded, &wallet, booking, &mut next_id)?;
+                self.persist(tx, &loaded, &wallet, &decision).await?;
+                Ok(Step::Done(Outcome::Payment(decision.payment)))
+            }
+            Command::CancelPayment { payment } => {
+                let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
+                match (loaded.method, loaded.status) {
+                    // Money went through the gateway: it must come back through it.
+                    (Method::Gateway, PaymentStatus::Done) => {
+                        let cancelling = loaded.transition(PaymentEvent::BeginCancel, booking.at)?;
+                        tx.put_payment(Some(&loaded), &cancelling).await?;
+                        Ok(Step::Call(cancelling, Call::Cancel))
+                    }
+                    // A cancel whose outcome is unknown: the gateway's cancel
+                    // is idempotent, so asking again is safe.
+                    (Method::Gateway, PaymentStatus::Cancelling) => Ok(Step::Call(loaded, Call::Cancel)),
+                    _ => {
+                        let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+                        let decision = decide::cancel(&loaded, &wallet, booking, &mut next_id)?;
+                        self.persist(tx, &loaded, &wallet, &decision).await?;
+                        Ok(Step::Done(Outcome::Payment(decision.payment)))
+                    }
+                }
             }
         }
+    }
+
+    /// `wait → confirming` and commit: the permit to send the confirm once.
+    /// A payment already confirming (another request is sending it, or one
+    /// crashed after sending it) is looked up instead.
+    async fn begin_gateway_confirm(
+        &self,
+        tx: &mut S::Tx,
+        loaded: Payment,
+        payment_key: Option<&str>,
+        booking: &Booking,
+    ) -> Result<Step, Error> {
+        if loaded.status == PaymentStatus::Confirming {
+            return Ok(Step::Call(loaded, Call::Lookup));
+        }
+        let Some(payment_key) = payment_key else {
+            return Err(Error::InvalidInput("a gateway payment is confirmed with its payment_key"));
+        };
+        let event = PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned() };
+        let confirming = loaded.transition(event, booking.at)?;
+        tx.put_payment(Some(&loaded), &confirming).await?;
+        Ok(Step::Call(confirming, Call::Confirm))
+    }
+
+    async fn persist(
+        &self,
+        tx: &mut S::Tx,
+        loaded: &Payment,
+        wallet: &Wallet,
+        decision: &Decision,
+    ) -> Result<(), Error> {
+        tx.put_payment(Some(loaded), &decision.payment).await?;
+        // A gateway charge books transfers without touching the wallet.
+        if decision.wallet != *wallet {
+            tx.put_wallet(Some(wallet), &decision.wallet).await?;
+        }
+        if !decision.transfers.is_empty() {
+            tx.append_transfers(&decision.transfers).await?;
+        }
+        Ok(())
     }
 
     pub fn now(&self) -> Timestamp {

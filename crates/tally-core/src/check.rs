@@ -100,8 +100,8 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
         let (charges, refunds) = (count(TransferKind::Payment), count(TransferKind::Refund));
         let (paybacks, reversals) = (count(TransferKind::Payback), count(TransferKind::PaybackReversal));
         let expected_charges = match payment.status {
-            PaymentStatus::Done => 1,
-            PaymentStatus::Wait | PaymentStatus::Failed => 0,
+            PaymentStatus::Done | PaymentStatus::Cancelling => 1,
+            PaymentStatus::Wait | PaymentStatus::Confirming | PaymentStatus::Failed => 0,
             // Cancelled from wait: nothing moved; from done: one charge, one refund.
             PaymentStatus::Cancelled => charges.min(1),
         };
@@ -138,8 +138,14 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
                     ),
                 );
             }
-            if transfer.wallet.map(|side| side.user) != Some(payment.user) {
-                report(inv, format!("transfer {} of payment {} touches another wallet", transfer.id, payment.id));
+            // A wallet payment moves the payer's wallet; a gateway payment's
+            // charge and refund move the outside world, and only its payback
+            // and reversal touch the payer's wallet.
+            let through_gateway = payment.method == crate::payment::Method::Gateway
+                && matches!(transfer.kind, TransferKind::Payment | TransferKind::Refund);
+            let expected_wallet = if through_gateway { None } else { Some(payment.user) };
+            if transfer.wallet.map(|side| side.user) != expected_wallet {
+                report(inv, format!("transfer {} of payment {} touches the wrong wallet", transfer.id, payment.id));
             }
         }
     }

@@ -8,9 +8,9 @@
 
 use crate::error::Error;
 use crate::ids::{PaymentId, TransferId};
-use crate::ledger::{Booking, Transfer};
+use crate::ledger::{Account, Booking, Transfer, TransferKind};
 use crate::money::Amount;
-use crate::payment::{Payment, PaymentEvent, PaymentStatus};
+use crate::payment::{Method, Payment, PaymentEvent, PaymentStatus};
 use crate::wallet::{Movement, Wallet};
 
 /// A payment, its wallet and the transfers that move between them.
@@ -51,8 +51,10 @@ pub fn top_up(
     Ok((wallet, transfers.remove(0)))
 }
 
-/// Confirms a wallet payment: `wait → done`, the wallet pays the amount (limits
-/// apply), then the payback, if any, is credited.
+/// Confirms a payment: `→ done`, the charge is booked (from the wallet, with
+/// its limits, for a wallet payment; from the outside world for a gateway
+/// payment whose charge the gateway approved), then the payback, if any, is
+/// credited to the wallet.
 pub fn confirm(
     payment: &Payment,
     wallet: &Wallet,
@@ -61,16 +63,30 @@ pub fn confirm(
 ) -> Result<Decision, Error> {
     assert_eq!(payment.user, wallet.user, "a payment is paid from its owner's wallet");
     let next = payment.transition(PaymentEvent::Confirm, booking.at)?;
-    let mut movements = vec![Movement::Pay(payment.amount)];
+    let mut transfers = Vec::new();
+    let mut movements = Vec::new();
+    match payment.method {
+        Method::Wallet => movements.push(Movement::Pay(payment.amount)),
+        Method::Gateway => transfers.push(booking.system_transfer(
+            next_id(),
+            TransferKind::Payment,
+            Account::World,
+            Account::Revenue,
+            payment.amount,
+            Some(payment.id),
+        )),
+    }
     movements.extend(payment.payback_amount().map(Movement::Payback));
-    let (wallet, transfers) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    let (wallet, booked) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    transfers.extend(booked);
     Ok(Decision { payment: next, wallet, transfers })
 }
 
 /// Cancels a payment. A waiting payment moved no money and is simply
 /// cancelled; a done one is refunded and its payback reversed. The refund is
 /// booked first, so the reversal never drives the balance below zero (the
-/// payback never exceeds the amount).
+/// payback never exceeds the amount). A gateway payment's refund goes back to
+/// the outside world (the gateway returned it to the card).
 pub fn cancel(
     payment: &Payment,
     wallet: &Wallet,
@@ -82,13 +98,105 @@ pub fn cancel(
     let next = payment.transition(PaymentEvent::Cancel, booking.at)?;
     // The double_refund mutant lets a cancelled payment be cancelled again;
     // it then falls through to a second refund here.
-    let refund =
-        was == PaymentStatus::Done || (was == PaymentStatus::Cancelled && crate::mutant::active("double_refund"));
+    let refund = matches!(was, PaymentStatus::Done | PaymentStatus::Cancelling)
+        || (was == PaymentStatus::Cancelled && crate::mutant::active("double_refund"));
     if !refund {
         return Ok(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() });
     }
-    let mut movements = vec![Movement::Refund(payment.amount)];
+    let mut transfers = Vec::new();
+    let mut movements = Vec::new();
+    match payment.method {
+        Method::Wallet => movements.push(Movement::Refund(payment.amount)),
+        Method::Gateway => transfers.push(booking.system_transfer(
+            next_id(),
+            TransferKind::Refund,
+            Account::Revenue,
+            Account::World,
+            payment.amount,
+            Some(payment.id),
+        )),
+    }
     movements.extend(payment.payback_amount().map(Movement::PaybackReversal));
-    let (wallet, transfers) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    let (wallet, booked) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    transfers.extend(booked);
     Ok(Decision { payment: next, wallet, transfers })
+}
+
+/// The gateway call a phase ends in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// Send the confirm: only ever right after `wait → confirming` committed.
+    Confirm,
+    /// The outcome of an earlier confirm is unknown: ask.
+    Lookup,
+    /// Send (or re-send: the gateway's cancel is idempotent) the cancel.
+    Cancel,
+}
+
+/// What the gateway said, in the terms the decision needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Confirm(crate::gateway::Confirmed),
+    Lookup(crate::gateway::LookedUp),
+    Cancel(crate::gateway::CancelResult),
+}
+
+/// What to do with a gateway verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Write this decision (done, failed or cancelled, with its transfers).
+    /// `cancel_at_gateway`: the gateway charged an amount other than ours
+    /// (seed 003's tampering case): the payment failed, and the charge must
+    /// be cancelled at the gateway.
+    Booked { decision: Decision, cancel_at_gateway: bool },
+    /// Someone else already recorded the outcome; nothing to write.
+    AlreadySettled(Payment),
+    /// Still unknown: the payment stays where it is, to be looked up again.
+    Pending,
+}
+
+/// The decision on a gateway verdict, over the payment as loaded now.
+/// `give_up_at`: a confirm the gateway still does not know after this
+/// instant never took effect, and the payment fails.
+pub fn settle(
+    payment: &Payment,
+    wallet: &Wallet,
+    verdict: &Verdict,
+    give_up_at: crate::time::Timestamp,
+    booking: &Booking,
+    next_id: &mut dyn FnMut() -> TransferId,
+) -> Result<Settled, Error> {
+    use crate::gateway::{CancelResult, Confirmed, LookedUp};
+    assert_eq!(payment.method, Method::Gateway, "only gateway payments have gateway verdicts");
+    let expecting = match verdict {
+        Verdict::Confirm(_) | Verdict::Lookup(_) => PaymentStatus::Confirming,
+        Verdict::Cancel(_) => PaymentStatus::Cancelling,
+    };
+    if payment.status != expecting {
+        return Ok(Settled::AlreadySettled(payment.clone()));
+    }
+    let fail = |payment: &Payment, cancel_at_gateway: bool| -> Result<Settled, Error> {
+        let failed = payment.transition(PaymentEvent::Fail, booking.at)?;
+        Ok(Settled::Booked {
+            decision: Decision { payment: failed, wallet: wallet.clone(), transfers: Vec::new() },
+            cancel_at_gateway,
+        })
+    };
+    match verdict {
+        Verdict::Confirm(Confirmed::Approved { amount }) | Verdict::Lookup(LookedUp::Done { amount }) => {
+            if *amount == payment.amount.minor_units() {
+                Ok(Settled::Booked { decision: confirm(payment, wallet, booking, next_id)?, cancel_at_gateway: false })
+            } else {
+                fail(payment, true)
+            }
+        }
+        Verdict::Confirm(Confirmed::Declined { .. }) | Verdict::Lookup(LookedUp::Cancelled) => fail(payment, false),
+        Verdict::Lookup(LookedUp::NotFound) if booking.at >= give_up_at => fail(payment, false),
+        Verdict::Cancel(CancelResult::Cancelled) => {
+            Ok(Settled::Booked { decision: cancel(payment, wallet, booking, next_id)?, cancel_at_gateway: false })
+        }
+        Verdict::Confirm(Confirmed::Unknown { .. })
+        | Verdict::Lookup(LookedUp::NotFound | LookedUp::Unknown { .. })
+        | Verdict::Cancel(CancelResult::Unknown { .. }) => Ok(Settled::Pending),
+    }
 }

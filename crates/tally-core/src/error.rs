@@ -29,6 +29,10 @@ pub enum Error {
     LeaseLost,
     #[error("busy: {0}")]
     Busy(&'static str),
+    /// The gateway's answer is not known yet; the payment stays where it is
+    /// and is resolved by a lookup (a retry of the request, or the completer).
+    #[error("the payment gateway's answer is not known yet")]
+    OutcomePending,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

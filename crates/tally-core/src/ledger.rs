@@ -98,6 +98,32 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// A transfer between two system accounts (no wallet): a gateway
+    /// payment's charge (world → revenue) or its refund (revenue → world).
+    pub fn system_transfer(
+        &self,
+        id: TransferId,
+        kind: TransferKind,
+        debit: Account,
+        credit: Account,
+        amount: Amount,
+        payment: Option<PaymentId>,
+    ) -> Transfer {
+        assert!(!matches!(debit, Account::Wallet(_)) && !matches!(credit, Account::Wallet(_)));
+        Transfer {
+            id,
+            kind,
+            debit,
+            credit,
+            amount,
+            payment,
+            wallet: None,
+            op: self.op,
+            origin: self.origin.clone(),
+            at: self.at,
+        }
+    }
+
     /// The transfer that records `movement` on `user`'s wallet, given the
     /// wallet after it. The accounts follow from the movement; the caller
     /// cannot pick them.

@@ -21,6 +21,7 @@ pub mod app;
 pub mod check;
 pub mod decide;
 pub mod error;
+pub mod gateway;
 pub mod idempotency;
 pub mod ids;
 pub mod ledger;

@@ -1,16 +1,22 @@
-//! Payments and their state machine (seed 001's two steps).
+//! Payments and their state machine (seed 001's two steps; seed 003's gateway).
 //!
 //! ```text
-//!            confirm            cancel (refund + payback reversal)
-//!   wait ───────────────► done ──────────────► cancelled
-//!    │  └── cancel (nothing moved) ───────────────▲
-//!    └──── fail ────────► failed
+//!  wallet:   wait ──confirm──► done ──cancel (refund + payback reversal)──► cancelled
+//!  gateway:  wait ──begin_confirm──► confirming ──confirm──► done ──begin_cancel──► cancelling ──cancel──► cancelled
+//!  both:     wait ──cancel (nothing moved)──► cancelled;  wait | confirming ──fail──► failed
 //! ```
 //!
 //! [`Payment::transition`] is the only way a payment's status changes. Every
 //! arrow not drawn above is refused with [`InvalidTransition`], which is what
 //! makes a second confirm, or a second cancel, a refusal instead of a second
 //! charge or a second refund.
+//!
+//! A gateway payment is confirmed in phases around the one foreign call
+//! (rocket-rides' atomic phases): `begin_confirm` records the intent and
+//! commits, the gateway is called with no transaction open, and `confirm` or
+//! `fail` records what the gateway said. `confirming` is where a payment waits
+//! while the outcome is unknown; it is resolved by looking the payment up at
+//! the gateway, never by sending the confirm again.
 
 use crate::ids::{PaymentId, UserId};
 use crate::money::{Amount, Money};
@@ -19,8 +25,12 @@ use crate::time::Timestamp;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {
     Wait,
+    /// Gateway only: the confirm was (or is being) sent; outcome not yet recorded.
+    Confirming,
     Done,
     Failed,
+    /// Gateway only: the cancel was (or is being) sent; outcome not yet recorded.
+    Cancelling,
     Cancelled,
 }
 
@@ -28,46 +38,75 @@ impl PaymentStatus {
     pub const fn as_str(self) -> &'static str {
         match self {
             PaymentStatus::Wait => "wait",
+            PaymentStatus::Confirming => "confirming",
             PaymentStatus::Done => "done",
             PaymentStatus::Failed => "failed",
+            PaymentStatus::Cancelling => "cancelling",
             PaymentStatus::Cancelled => "cancelled",
         }
     }
 }
 
-/// How a payment is paid. The external gateway comes with its own issue;
-/// the state machine above is the one it will share.
+/// How a payment is paid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// From the payer's wallet.
     Wallet,
+    /// Through the external payment gateway (seed 003).
+    Gateway,
 }
 
 impl Method {
     pub const fn as_str(self) -> &'static str {
         match self {
             Method::Wallet => "wallet",
+            Method::Gateway => "gateway",
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentEvent {
+    /// Gateway: the intent to confirm with this payment key, before the call.
+    BeginConfirm {
+        payment_key: String,
+    },
     Confirm,
     Fail,
+    /// Gateway: the intent to cancel, before the call.
+    BeginCancel,
     Cancel,
+    /// Gateway: a completer claims a stuck payment for another lookup; only
+    /// the attempt's timestamp moves.
+    Touch,
 }
 
 impl PaymentEvent {
-    pub const fn as_str(self) -> &'static str {
+    pub const fn as_str(&self) -> &'static str {
         match self {
+            PaymentEvent::BeginConfirm { .. } => "begin_confirm",
             PaymentEvent::Confirm => "confirm",
             PaymentEvent::Fail => "fail",
+            PaymentEvent::BeginCancel => "begin_cancel",
             PaymentEvent::Cancel => "cancel",
+            PaymentEvent::Touch => "touch",
         }
     }
 }
 
-#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+/// The gateway side of a payment: the key the client got from the gateway's
+/// checkout, and when the current phase began (the completer looks up
+/// payments whose phase is older than its threshold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayAttempt {
+    pub payment_key: String,
+    pub started_at: Timestamp,
+}
+
+/// Longest gateway payment key accepted (Toss keys are far shorter).
+pub const PAYMENT_KEY_LENGTH_MAX: usize = 200;
+
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 #[error("cannot {} a payment that is {}", event.as_str(), from.as_str())]
 pub struct InvalidTransition {
     pub from: PaymentStatus,
@@ -87,6 +126,8 @@ pub struct Payment {
     pub payback: Money,
     pub method: Method,
     pub status: PaymentStatus,
+    /// Gateway payments, once a confirm began.
+    pub gateway: Option<GatewayAttempt>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: u64,
@@ -114,6 +155,7 @@ impl Payment {
             payback,
             method,
             status: PaymentStatus::Wait,
+            gateway: None,
             created_at: now,
             updated_at: now,
             version: 0,
@@ -124,15 +166,38 @@ impl Payment {
     pub fn transition(&self, event: PaymentEvent, now: Timestamp) -> Result<Payment, InvalidTransition> {
         use PaymentEvent as E;
         use PaymentStatus as S;
-        let to = match (self.status, event) {
-            (S::Wait, E::Confirm) => S::Done,
-            (S::Wait, E::Fail) => S::Failed,
-            (S::Wait | S::Done, E::Cancel) => S::Cancelled,
+        let gateway = self.method == Method::Gateway;
+        let refuse = |event: PaymentEvent| Err(InvalidTransition { from: self.status, event });
+        let mut next = Payment { updated_at: now, version: self.version + 1, ..self.clone() };
+        next.status = match (self.status, &event) {
+            (S::Wait, E::BeginConfirm { payment_key }) if gateway => {
+                if payment_key.is_empty() || payment_key.len() > PAYMENT_KEY_LENGTH_MAX {
+                    return refuse(event);
+                }
+                next.gateway = Some(GatewayAttempt { payment_key: payment_key.clone(), started_at: now });
+                S::Confirming
+            }
+            (S::Wait, E::Confirm) if !gateway => S::Done,
+            (S::Confirming, E::Confirm) if gateway => S::Done,
+            (S::Wait | S::Confirming, E::Fail) => S::Failed,
+            (S::Done, E::BeginCancel) if gateway => {
+                let attempt = self.gateway.clone().expect("a done gateway payment has its attempt");
+                next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
+                S::Cancelling
+            }
+            (S::Wait, E::Cancel) => S::Cancelled,
+            (S::Done, E::Cancel) if !gateway => S::Cancelled,
+            (S::Cancelling, E::Cancel) if gateway => S::Cancelled,
+            (S::Confirming | S::Cancelling, E::Touch) => {
+                let attempt = self.gateway.clone().expect("an in-flight gateway payment has its attempt");
+                next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
+                self.status
+            }
             #[cfg(tally_mutants)]
             (S::Cancelled, E::Cancel) if crate::mutant::active("double_refund") => S::Cancelled,
-            (from, event) => return Err(InvalidTransition { from, event }),
+            _ => return refuse(event),
         };
-        Ok(Payment { status: to, updated_at: now, version: self.version + 1, ..self.clone() })
+        Ok(next)
     }
 
     pub fn payback_amount(&self) -> Option<Amount> {
@@ -165,9 +230,14 @@ mod tests {
         let done = payment().transition(E::Confirm, Timestamp(1)).unwrap();
         let failed = payment().transition(E::Fail, Timestamp(1)).unwrap();
         let cancelled = done.transition(E::Cancel, Timestamp(2)).unwrap();
+        let key = || E::BeginConfirm { payment_key: "pk".into() };
         for (p, e) in [
+            (&payment(), key()),
+            (&payment(), E::BeginCancel),
+            (&payment(), E::Touch),
             (&done, E::Confirm),
             (&done, E::Fail),
+            (&done, E::BeginCancel),
             (&failed, E::Confirm),
             (&failed, E::Fail),
             (&failed, E::Cancel),
@@ -175,8 +245,35 @@ mod tests {
             (&cancelled, E::Fail),
             (&cancelled, E::Cancel),
         ] {
-            assert_eq!(p.transition(e, Timestamp(3)), Err(InvalidTransition { from: p.status, event: e }));
+            assert_eq!(p.transition(e.clone(), Timestamp(3)), Err(InvalidTransition { from: p.status, event: e }));
         }
+    }
+
+    fn gateway_payment() -> Payment {
+        Payment::new(PaymentId(2), UserId(1), Amount::new(100).unwrap(), None, Method::Gateway, Timestamp(0)).unwrap()
+    }
+
+    #[test]
+    fn gateway_paths_go_through_confirming_and_cancelling() {
+        use PaymentEvent as E;
+        let p = gateway_payment();
+        assert!(p.transition(E::Confirm, Timestamp(1)).is_err(), "a gateway payment is confirmed in phases");
+        assert!(p.transition(E::BeginConfirm { payment_key: String::new() }, Timestamp(1)).is_err());
+        let confirming = p.transition(E::BeginConfirm { payment_key: "pk_1".into() }, Timestamp(1)).unwrap();
+        assert_eq!(confirming.status, PaymentStatus::Confirming);
+        assert_eq!(confirming.gateway.as_ref().unwrap().payment_key, "pk_1");
+        // A second begin is refused: the confirm is never sent twice.
+        assert!(confirming.transition(E::BeginConfirm { payment_key: "pk_1".into() }, Timestamp(2)).is_err());
+        let touched = confirming.transition(E::Touch, Timestamp(5)).unwrap();
+        assert_eq!(
+            (touched.status, touched.gateway.as_ref().unwrap().started_at),
+            (PaymentStatus::Confirming, Timestamp(5))
+        );
+        let done = touched.transition(E::Confirm, Timestamp(6)).unwrap();
+        assert!(done.transition(E::Cancel, Timestamp(7)).is_err(), "a gateway payment is cancelled in phases");
+        let cancelling = done.transition(E::BeginCancel, Timestamp(7)).unwrap();
+        assert_eq!(cancelling.transition(E::Cancel, Timestamp(8)).unwrap().status, PaymentStatus::Cancelled);
+        assert_eq!(confirming.transition(E::Fail, Timestamp(9)).unwrap().status, PaymentStatus::Failed);
     }
 
     #[test]

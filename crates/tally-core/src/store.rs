@@ -92,6 +92,14 @@ pub trait Tx: Send {
         after: &Payment,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Gateway payments in `confirming` or `cancelling` whose attempt began
+    /// before `before`, oldest first, at most `limit`: the completer's work.
+    fn stuck_payments(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send;
+
     /// Appends ledger lines. The ledger is append-only: nothing updates or
     /// deletes a transfer.
     fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -10,6 +10,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
+use tally_core::gateway::Gateway;
 use tally_core::store::{LockManager, Store, User};
 use tally_core::time::Clock;
 
@@ -61,10 +62,10 @@ fn unknown_key() -> ApiError {
 #[derive(Clone, Debug)]
 pub struct CurrentUser(pub User);
 
-impl<S: Store, L: LockManager, C: Clock> FromRequestParts<AppState<S, L, C>> for CurrentUser {
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> FromRequestParts<AppState<S, L, C, G>> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
         let hash = hash_api_key(bearer(parts)?);
         if constant_time_eq(&hash, &state.shared.admin_key_hash) {
             // The admin has no wallet or payments: a known key, but not one
@@ -82,10 +83,10 @@ impl<S: Store, L: LockManager, C: Clock> FromRequestParts<AppState<S, L, C>> for
 #[derive(Clone, Copy, Debug)]
 pub struct Admin;
 
-impl<S: Store, L: LockManager, C: Clock> FromRequestParts<AppState<S, L, C>> for Admin {
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> FromRequestParts<AppState<S, L, C, G>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
         let hash = hash_api_key(bearer(parts)?);
         if constant_time_eq(&hash, &state.shared.admin_key_hash) {
             return Ok(Admin);

@@ -153,9 +153,9 @@ pub struct TopUpRequest {
     pub amount: JsonInteger,
 }
 
-/// `POST /v1/payments`. Only `{amount, method: "wallet"}` is available in
-/// this version; `order_id` and `method: "gateway"` are part of the contract
-/// but answered with 400 `malformed_request` until orders and the gateway land.
+/// `POST /v1/payments`: `{amount, method: "wallet" | "gateway"}`. `order_id`
+/// is part of the contract but answered with 400 `malformed_request` until
+/// orders land.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentRequest {
@@ -163,7 +163,8 @@ pub struct CreatePaymentRequest {
     #[serde(default)]
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: Option<JsonInteger>,
-    /// `wallet` (available) or `gateway` (not yet available).
+    /// `wallet` (paid from the wallet) or `gateway` (paid through the
+    /// payment gateway; refused when the server has no gateway configured).
     #[schema(example = "wallet")]
     pub method: String,
     /// Cashback credited when the payment is confirmed, `0..=amount`; 0 or
@@ -177,10 +178,20 @@ pub struct CreatePaymentRequest {
     pub order_id: Option<serde_json::Value>,
 }
 
-/// The body of `confirm` and `cancel`: none, or `{}`.
+/// The body of `cancel`: none, or `{}`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyRequest {}
+
+/// The body of `confirm`: for a wallet payment none, or `{}`; for a gateway
+/// payment `{payment_key}`, the key the gateway's checkout gave the client.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    #[serde(default)]
+    #[schema(example = "tgen_20261123abcdef")]
+    pub payment_key: Option<String>,
+}
 
 /// `GET /v1/wallet/ledger` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -17,12 +17,13 @@ use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use tally_core::gateway::Gateway;
 use tally_core::idempotency::{Fingerprint, IdemKey};
 use tally_core::ids::PaymentId;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 
-use crate::dto::{CreatePaymentRequest, CreateUserRequest, EmptyRequest, TopUpRequest};
+use crate::dto::{ConfirmRequest, CreatePaymentRequest, CreateUserRequest, EmptyRequest, TopUpRequest};
 use crate::problem::{ApiError, Code};
 use crate::state::AppState;
 
@@ -39,6 +40,9 @@ pub trait RequestBody: DeserializeOwned {
 impl RequestBody for CreateUserRequest {}
 impl RequestBody for TopUpRequest {}
 impl RequestBody for CreatePaymentRequest {}
+impl RequestBody for ConfirmRequest {
+    const EMPTY_ALLOWED: bool = true;
+}
 impl RequestBody for EmptyRequest {
     const EMPTY_ALLOWED: bool = true;
 }
@@ -50,10 +54,10 @@ pub struct JsonBody<T> {
     pub raw: Bytes,
 }
 
-impl<T: RequestBody, S: Store, L: LockManager, C: Clock> FromRequest<AppState<S, L, C>> for JsonBody<T> {
+impl<T: RequestBody, S: Store, L: LockManager, C: Clock, G: Gateway> FromRequest<AppState<S, L, C, G>> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         read_json(&parts.headers, body, state.shared.body_limit_bytes).await
     }
@@ -115,10 +119,12 @@ pub struct KeyedJson<T> {
     pub value: T,
 }
 
-impl<T: RequestBody, S: Store, L: LockManager, C: Clock> FromRequest<AppState<S, L, C>> for KeyedJson<T> {
+impl<T: RequestBody, S: Store, L: LockManager, C: Clock, G: Gateway> FromRequest<AppState<S, L, C, G>>
+    for KeyedJson<T>
+{
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &AppState<S, L, C>) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         let key = idempotency_key(&parts.headers)?;
         let body: JsonBody<T> = read_json(&parts.headers, body, state.shared.body_limit_bytes).await?;

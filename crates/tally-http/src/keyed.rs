@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tally_core::app::{Command, Executed, Keyed, Outcome};
+use tally_core::gateway::Gateway;
 use tally_core::idempotency::StoredResponse;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
@@ -48,8 +49,8 @@ fn render_success(success: StatusCode, outcome: &Outcome) -> StoredResponse {
 
 /// Runs `command` for `user` at most once per key; answers with the fresh
 /// result or the stored one.
-pub async fn execute<S: Store, L: LockManager, C: Clock, T>(
-    app: &Tally<S, L, C>,
+pub async fn execute<S: Store, L: LockManager, C: Clock, G: Gateway, T>(
+    app: &Tally<S, L, C, G>,
     user: tally_core::ids::UserId,
     command: Command,
     request: &KeyedJson<T>,

@@ -52,6 +52,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use tally_core::Tally;
+use tally_core::gateway::Gateway;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 use tokio::sync::Semaphore;
@@ -95,8 +96,8 @@ use crate::state::{AppState, Shared};
 /// If `config.request_timeout` is not shorter than the core's idempotency
 /// lease: a request cut off by the timeout must be over before another
 /// request with its key may take the key over.
-pub fn router<S: Store, L: LockManager, C: Clock>(
-    app: Arc<Tally<S, L, C>>,
+pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    app: Arc<Tally<S, L, C, G>>,
     config: HttpConfig,
     readiness: Readiness,
 ) -> Router {

@@ -54,6 +54,7 @@ use crate::routes::{ops, payments, users, wallet};
         dto::LedgerEntryBody,
         dto::CreatePaymentRequest,
         dto::EmptyRequest,
+        dto::ConfirmRequest,
         dto::PaymentBody,
         dto::StatusBody,
     )),

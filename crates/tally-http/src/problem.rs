@@ -273,6 +273,11 @@ impl From<Error> for ApiError {
                 ApiError::new(Code::IdempotencyKeyReused, "this Idempotency-Key was used with a different request")
             }
             Error::Busy(_) => ApiError::internal(Code::Unavailable, error.to_string()),
+            // Not stored: a retry with the same key looks the payment up.
+            Error::OutcomePending => ApiError::new(
+                Code::Unavailable,
+                "the payment gateway's answer is not known yet; retry with the same Idempotency-Key",
+            ),
             Error::Store(StoreError::Integrity(_)) => ApiError::internal(Code::InternalError, error.to_string()),
             Error::Store(
                 StoreError::Unavailable(_) | StoreError::Conflict | StoreError::Ambiguous | StoreError::Busy,

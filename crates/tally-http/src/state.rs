@@ -26,19 +26,19 @@ impl std::fmt::Debug for Shared {
 }
 
 /// Axum state. Cloned per request, so it is two `Arc`s.
-pub struct AppState<S, L, C> {
-    pub app: Arc<Tally<S, L, C>>,
+pub struct AppState<S, L, C, G> {
+    pub app: Arc<Tally<S, L, C, G>>,
     pub shared: Arc<Shared>,
 }
 
 // Derived `Clone` would require `S: Clone` etc.; only the `Arc`s are cloned.
-impl<S, L, C> Clone for AppState<S, L, C> {
+impl<S, L, C, G> Clone for AppState<S, L, C, G> {
     fn clone(&self) -> Self {
         AppState { app: Arc::clone(&self.app), shared: Arc::clone(&self.shared) }
     }
 }
 
-impl<S, L, C> std::fmt::Debug for AppState<S, L, C> {
+impl<S, L, C, G> std::fmt::Debug for AppState<S, L, C, G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").field("shared", &self.shared).finish_non_exhaustive()
     }

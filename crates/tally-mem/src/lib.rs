@@ -23,8 +23,10 @@
 //! All shared state sits behind `tally_lock::sync`, the one facade that swaps
 //! std primitives for shuttle's (or loom's) under the model checkers.
 
+mod gateway;
 mod locks;
 mod store;
 
+pub use gateway::MemGateway;
 pub use locks::MemLocks;
 pub use store::{CommitFault, Concurrency, FaultHook, MemStore, MemTx};

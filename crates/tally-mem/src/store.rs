@@ -7,7 +7,7 @@ use tally_core::check::Snapshot;
 use tally_core::idempotency::{IdemRecord, IdemScope};
 use tally_core::ids::{PaymentId, TransferId, UserId};
 use tally_core::ledger::Transfer;
-use tally_core::payment::Payment;
+use tally_core::payment::{Payment, PaymentStatus};
 use tally_core::store::{Store, StoreError, Tx, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
@@ -357,6 +357,24 @@ impl Tx for MemTx {
         debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
         self.push(Write::Payment { before: before.map(|p| p.version), after: after.clone() });
         std::future::ready(Ok(()))
+    }
+
+    fn stuck_payments(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send {
+        let state = self.store.state();
+        let mut stuck: Vec<Payment> = state
+            .payments
+            .values()
+            .filter(|p| matches!(p.status, PaymentStatus::Confirming | PaymentStatus::Cancelling))
+            .filter(|p| p.gateway.as_ref().is_some_and(|a| a.started_at < before))
+            .cloned()
+            .collect();
+        stuck.sort_by_key(|p| p.gateway.as_ref().map(|a| a.started_at));
+        stuck.truncate(limit);
+        std::future::ready(Ok(stuck))
     }
 
     fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send {

@@ -200,7 +200,7 @@ fn command(op: &Op, ids: &[PaymentId]) -> Command {
             method: Method::Wallet,
         },
         Op::Confirm { payment, .. } => {
-            Command::ConfirmPayment { payment: ids.get(payment).copied().unwrap_or(missing) }
+            Command::ConfirmPayment { payment: ids.get(payment).copied().unwrap_or(missing), payment_key: None }
         }
         Op::Cancel { payment, .. } => Command::CancelPayment { payment: ids.get(payment).copied().unwrap_or(missing) },
         Op::Advance { .. } => unreachable!(),

@@ -33,7 +33,7 @@ use tally_core::store::LockManager;
 use tally_core::time::ManualClock;
 use tally_core::wallet::{LimitKind, Limits, WalletError};
 use tally_core::{Error, Tally};
-use tally_mem::MemStore;
+use tally_mem::{MemGateway, MemStore};
 
 /// How many concurrent requests each scenario races (plus the main thread).
 const THREADS: usize = 3;
@@ -64,11 +64,11 @@ fn explore(name: &str, body: impl Fn() + Send + Sync + 'static) {
 }
 
 /// Spawns one shuttle thread per request and returns their results in spawn order.
-fn race<L, T, F>(app: &Arc<Tally<MemStore, L, ManualClock>>, requests: Vec<F>) -> Vec<T>
+fn race<A, T, F>(app: &Arc<A>, requests: Vec<F>) -> Vec<T>
 where
-    L: LockManager,
+    A: Send + Sync + 'static,
     T: Send + 'static,
-    F: FnOnce(Arc<Tally<MemStore, L, ManualClock>>) -> T + Send + 'static,
+    F: FnOnce(Arc<A>) -> T + Send + 'static,
 {
     let handles: Vec<_> = requests
         .into_iter()
@@ -85,7 +85,7 @@ fn is_done(result: &Result<Executed, Error>) -> bool {
 }
 
 fn confirm(payment: PaymentId) -> Command {
-    Command::ConfirmPayment { payment }
+    Command::ConfirmPayment { payment, payment_key: None }
 }
 
 /// Seed 001: N duplicate confirms of one payment → exactly one charge; every
@@ -270,6 +270,98 @@ fn idempotent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
     });
 }
 
+fn gateway_confirm(payment: PaymentId) -> Command {
+    Command::ConfirmPayment { payment, payment_key: Some("pk-1".into()) }
+}
+
+/// What a confirm of a gateway payment may answer while others race it:
+/// done, "outcome pending" (it looked up before the charge landed), or
+/// refused because the payment is already done.
+fn acceptable_gateway_answer(result: &Result<Executed, Error>) -> bool {
+    is_done(result)
+        || *result == Err(Error::OutcomePending)
+        || matches!(result, Err(Error::Transition(t)) if t.from == PaymentStatus::Done)
+}
+
+/// Seed 003: N concurrent confirms of one gateway payment → the gateway
+/// receives exactly one confirm, the payment is charged once.
+fn gateway_concurrent_confirms((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        (user, new_gateway_payment(&app, user, 500, 50).await)
+    });
+    let results = race(
+        &app,
+        (0..THREADS)
+            .map(|_| move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None)))
+            .collect(),
+    );
+    assert_eq!(gateway.confirms_received("pk-1"), 1, "one confirm sent: {results:?}");
+    assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
+    assert!(results.iter().any(is_done), "the sender of the confirm records it: {results:?}");
+    block_on(async {
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Done);
+        assert_eq!(gateway.charge("pk-1"), Some((500, false)));
+        assert_eq!(balance(&app, user).await, Money::new(50), "the payback, once");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// The gateway charges, then the reply is lost: the payment ends done, once,
+/// found by a lookup — never by a second confirm.
+fn gateway_lost_reply((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    gateway.lose_confirm_replies(1);
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        (user, new_gateway_payment(&app, user, 300, 0).await)
+    });
+    let results = race(
+        &app,
+        (0..2).map(|_| move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None))).collect(),
+    );
+    assert_eq!(gateway.confirms_received("pk-1"), 1, "never a blind second confirm: {results:?}");
+    assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
+    block_on(async {
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Done);
+        let charges = app.snapshot().await.unwrap().transfers.iter().filter(|t| t.payment == Some(id)).count();
+        assert_eq!(charges, 1);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// A payment left `confirming` (reply lost, then the lookup failed too) is
+/// resolved by a client's retry racing the completer: done once, one confirm.
+fn gateway_retry_vs_completer((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    gateway.lose_confirm_replies(1);
+    gateway.fail_lookups(1);
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let id = new_gateway_payment(&app, user, 700, 70).await;
+        assert_eq!(app.execute(user, gateway_confirm(id), None).await, Err(Error::OutcomePending));
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Confirming);
+        (user, id)
+    });
+    app.clock().advance(std::time::Duration::from_secs(600));
+    let retry = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, gateway_confirm(id), None)))
+    };
+    let completer = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.resolve_stuck(std::time::Duration::from_secs(60), 16)))
+    };
+    let retried = retry.join().unwrap();
+    let resolved = completer.join().unwrap();
+    assert!(acceptable_gateway_answer(&retried), "{retried:?}");
+    assert!(matches!(resolved, Ok(0 | 1)), "{resolved:?}");
+    assert_eq!(gateway.confirms_received("pk-1"), 1);
+    block_on(async {
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Done);
+        assert_eq!(balance(&app, user).await, Money::new(70));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
 macro_rules! scenario {
     ($test:ident, $scenario:ident, $backend:ident) => {
         #[test]
@@ -290,3 +382,6 @@ scenario!(optimistic_concurrent_top_ups_lose_nothing, concurrent_top_ups, optimi
 scenario!(optimistic_balance_for_k_pays_exactly_k, k_of_n_payments, optimistic);
 scenario!(optimistic_payment_vs_cancel_refunds_once, payment_vs_cancel, optimistic);
 scenario!(optimistic_idempotency_key_has_one_effect, idempotent_top_ups, optimistic);
+scenario!(gateway_concurrent_confirms_send_one_confirm, gateway_concurrent_confirms, with_gateway);
+scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway_lost_reply, with_gateway);
+scenario!(gateway_retry_racing_the_completer_charges_once, gateway_retry_vs_completer, with_gateway);

@@ -45,7 +45,7 @@ fn payment_lifecycle_with_payback_moves_exact_money() {
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
         assert_eq!(balance(&app, user).await, Money::new(1_000), "creating a payment moves nothing");
 
-        app.execute(user, Command::ConfirmPayment { payment: id }, None).await.unwrap();
+        app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await.unwrap();
         assert_eq!(balance(&app, user).await, Money::new(1_000 - 300 + 30));
         app.execute(user, Command::CancelPayment { payment: id }, None).await.unwrap();
         assert_eq!(balance(&app, user).await, Money::new(1_000));
@@ -92,7 +92,7 @@ fn refusals_change_nothing() {
         let id = new_payment(&app, user, 300, 0).await;
         let before = app.snapshot().await.unwrap();
 
-        let refused = app.execute(user, Command::ConfirmPayment { payment: id }, None).await;
+        let refused = app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         let refused = app.execute(user, Command::TopUp { amount: amount(801) }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
@@ -109,7 +109,10 @@ fn refusals_change_nothing() {
         };
         assert!(matches!(app.execute(user, payback_above, None).await, Err(Error::Payback(_))));
         let unknown = PaymentId(0xdead);
-        assert_eq!(app.execute(user, Command::ConfirmPayment { payment: unknown }, None).await, Err(Error::NotFound));
+        assert_eq!(
+            app.execute(user, Command::ConfirmPayment { payment: unknown, payment_key: None }, None).await,
+            Err(Error::NotFound)
+        );
 
         assert_eq!(app.snapshot().await.unwrap(), before);
     });
@@ -123,7 +126,10 @@ fn another_users_payment_is_not_found() {
         let other = user_with(&app, Limits::default(), 100).await;
         let id = new_payment(&app, owner, 50, 0).await;
         assert_eq!(app.payment(other, id).await, Err(Error::NotFound));
-        assert_eq!(app.execute(other, Command::ConfirmPayment { payment: id }, None).await, Err(Error::NotFound));
+        assert_eq!(
+            app.execute(other, Command::ConfirmPayment { payment: id, payment_key: None }, None).await,
+            Err(Error::NotFound)
+        );
         assert_eq!(app.execute(other, Command::CancelPayment { payment: id }, None).await, Err(Error::NotFound));
         assert_eq!(payment(&app, owner, id).await.status, PaymentStatus::Wait);
     });
@@ -135,8 +141,8 @@ fn second_confirm_and_second_cancel_are_refused() {
     block_on(async {
         let user = user_with(&app, Limits::default(), 100).await;
         let id = new_payment(&app, user, 100, 0).await;
-        app.execute(user, Command::ConfirmPayment { payment: id }, None).await.unwrap();
-        let again = app.execute(user, Command::ConfirmPayment { payment: id }, None).await;
+        app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await.unwrap();
+        let again = app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await;
         assert_eq!(
             again,
             Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, event: PaymentEvent::Confirm }))
@@ -169,7 +175,7 @@ fn idempotency_replays_refuses_reuse_and_stores_refusals() {
 
         // A business refusal is stored and replayed, even once it would succeed.
         let id = new_payment(&app, user, 500, 0).await;
-        let pay = Command::ConfirmPayment { payment: id };
+        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
         let refused = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         app.execute(user, Command::TopUp { amount: amount(1_000) }, None).await.unwrap();
@@ -198,7 +204,7 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
     block_on(async {
         let user = user_with(&app, Limits::default(), 1_000).await;
         let id = new_payment(&app, user, 400, 0).await;
-        let pay = Command::ConfirmPayment { payment: id };
+        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
         // Admission commits cleanly; the effect's commit is ambiguous.
         let mut commits = 0;
         app.store().set_commit_faults(Some(Box::new(move || {
@@ -284,7 +290,7 @@ fn checker_names_each_broken_invariant() {
     block_on(async {
         let user = user_with(&app, Limits::default(), 1_000).await;
         let id = new_payment(&app, user, 100, 0).await;
-        let pay = Command::ConfirmPayment { payment: id };
+        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
         app.execute(user, pay.clone(), Some(keyed("k", &pay))).await.unwrap();
         let good = app.snapshot().await.unwrap();
         assert!(check(&good).is_empty());

@@ -9,7 +9,7 @@ use tally_core::idempotency::{
 use tally_core::ids::{OpId, PaymentId, TransferId, UserId};
 use tally_core::ledger::{Account, Transfer, TransferKind, WalletSide};
 use tally_core::money::{Amount, Money};
-use tally_core::payment::{Method, Payment, PaymentStatus};
+use tally_core::payment::{GatewayAttempt, Method, Payment, PaymentStatus};
 use tally_core::store::{StoreError, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::{Limits, Wallet};
@@ -80,8 +80,8 @@ pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
     })
 }
 
-pub(crate) const PAYMENT_COLUMNS: &str =
-    "id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, version";
+pub(crate) const PAYMENT_COLUMNS: &str = "id, user_id, amount, payback, method, status, gateway_payment_key, \
+     gateway_started_at_ms, created_at_ms, updated_at_ms, version";
 
 pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
     status.as_str()
@@ -90,14 +90,23 @@ pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
 pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
     let status = match get::<String>(row, "status")?.as_str() {
         "wait" => PaymentStatus::Wait,
+        "confirming" => PaymentStatus::Confirming,
         "done" => PaymentStatus::Done,
         "failed" => PaymentStatus::Failed,
+        "cancelling" => PaymentStatus::Cancelling,
         "cancelled" => PaymentStatus::Cancelled,
         _ => return Err(bad("payments.status")),
     };
     let method = match get::<String>(row, "method")?.as_str() {
         "wallet" => Method::Wallet,
+        "gateway" => Method::Gateway,
         _ => return Err(bad("payments.method")),
+    };
+    let gateway = match get::<Option<String>>(row, "gateway_payment_key")? {
+        Some(payment_key) => {
+            Some(GatewayAttempt { payment_key, started_at: Timestamp(get(row, "gateway_started_at_ms")?) })
+        }
+        None => None,
     };
     Ok(Payment {
         id: PaymentId(id(row, "id")?),
@@ -106,6 +115,7 @@ pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
         payback: Money::new(get(row, "payback")?),
         method,
         status,
+        gateway,
         created_at: Timestamp(get(row, "created_at_ms")?),
         updated_at: Timestamp(get(row, "updated_at_ms")?),
         version: u64_of(row, "version")?,

@@ -290,10 +290,13 @@ impl Tx for PgTx {
     }
 
     async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
+        let key = after.gateway.as_ref().map(|a| a.payment_key.clone());
+        let started = after.gateway.as_ref().map(|a| a.started_at.0);
         let Some(before) = before else {
             sqlx::query(
                 "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, \
-                 version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 version, gateway_payment_key, gateway_started_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(uuid(after.id.0))
             .bind(uuid(after.user.0))
@@ -304,34 +307,56 @@ impl Tx for PgTx {
             .bind(after.created_at.0)
             .bind(after.updated_at.0)
             .bind(version(after.version))
+            .bind(key)
+            .bind(started)
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
             return Ok(());
         };
-        // Atomic: the transition's precondition (the status it moves from)
-        // is the guard. Otherwise: the loaded version.
+        // Atomic: the transition's precondition (the status it moves from) is
+        // the guard. Otherwise: the loaded version.
         let query = if self.atomic() {
             sqlx::query(
-                "UPDATE payments SET status = $2, updated_at_ms = $3, version = version + 1 \
-                 WHERE id = $1 AND status = $4",
+                "UPDATE payments SET status = $2, updated_at_ms = $3, version = version + 1, \
+                 gateway_payment_key = $5, gateway_started_at_ms = $6 WHERE id = $1 AND status = $4",
             )
             .bind(uuid(after.id.0))
             .bind(rows::status_str(after.status))
             .bind(after.updated_at.0)
             .bind(rows::status_str(before.status))
+            .bind(key)
+            .bind(started)
         } else {
             sqlx::query(
-                "UPDATE payments SET status = $2, updated_at_ms = $3, version = $4 WHERE id = $1 AND version = $5",
+                "UPDATE payments SET status = $2, updated_at_ms = $3, version = $4, gateway_payment_key = $6, \
+                 gateway_started_at_ms = $7 WHERE id = $1 AND version = $5",
             )
             .bind(uuid(after.id.0))
             .bind(rows::status_str(after.status))
             .bind(after.updated_at.0)
             .bind(version(after.version))
             .bind(version(before.version))
+            .bind(key)
+            .bind(started)
         };
         let done = query.execute(&mut *self.tx).await.map_err(errors::map)?;
         if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn stuck_payments(&mut self, before: Timestamp, limit: usize) -> Result<Vec<Payment>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM payments WHERE status IN ('confirming', 'cancelling') AND gateway_started_at_ms < $1 \
+             ORDER BY gateway_started_at_ms LIMIT $2",
+            rows::PAYMENT_COLUMNS
+        );
+        let found = sqlx::query(AssertSqlSafe(sql))
+            .bind(before.0)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        found.iter().map(rows::payment).collect()
     }
 
     async fn append_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tally_core::gateway::Gateway;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 
@@ -18,11 +19,11 @@ use crate::state::AppState;
 /// Prometheus' text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>> {
+pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S, L, C>))
-        .route("/metrics", get(metrics::<S, L, C>))
+        .route("/readyz", get(readyz::<S, L, C, G>))
+        .route("/metrics", get(metrics::<S, L, C, G>))
 }
 
 /// Liveness: the process answers.
@@ -41,8 +42,8 @@ pub async fn healthz() -> Json<StatusBody> {
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn readyz<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn readyz<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
 ) -> Result<Json<StatusBody>, ApiError> {
     if state.shared.readiness.check().await {
         Ok(Json(StatusBody { status: "ready".into() }))
@@ -58,7 +59,9 @@ pub async fn readyz<S: Store, L: LockManager, C: Clock>(
     tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
-pub async fn metrics<S: Store, L: LockManager, C: Clock>(State(state): State<AppState<S, L, C>>) -> Response {
+pub async fn metrics<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+) -> Response {
     let mut response = state.shared.metrics.render().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
     response

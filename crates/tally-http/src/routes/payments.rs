@@ -12,23 +12,24 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
+use tally_core::gateway::Gateway;
 use tally_core::payment::Method;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 
 use crate::auth::CurrentUser;
-use crate::dto::{CreatePaymentRequest, EmptyRequest, JsonInteger, PaymentBody};
+use crate::dto::{ConfirmRequest, CreatePaymentRequest, EmptyRequest, JsonInteger, PaymentBody};
 use crate::extract::{KeyedJson, PaymentPath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
-pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>> {
+pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
     Router::new()
-        .route("/v1/payments", post(create_payment::<S, L, C>))
-        .route("/v1/payments/{id}", get(get_payment::<S, L, C>))
-        .route("/v1/payments/{id}/confirm", post(confirm_payment::<S, L, C>))
-        .route("/v1/payments/{id}/cancel", post(cancel_payment::<S, L, C>))
+        .route("/v1/payments", post(create_payment::<S, L, C, G>))
+        .route("/v1/payments/{id}", get(get_payment::<S, L, C, G>))
+        .route("/v1/payments/{id}/confirm", post(confirm_payment::<S, L, C, G>))
+        .route("/v1/payments/{id}/cancel", post(cancel_payment::<S, L, C, G>))
 }
 
 /// The command a create request asks for, or why it cannot be run.
@@ -38,7 +39,7 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
     }
     let method = match request.method.as_str() {
         "wallet" => Method::Wallet,
-        "gateway" => return Err(ApiError::malformed("method \"gateway\" is not available yet; use \"wallet\"")),
+        "gateway" => Method::Gateway,
         _ => return Err(ApiError::malformed("method must be \"wallet\" or \"gateway\"")),
     };
     let amount = request.amount.ok_or_else(|| ApiError::malformed("missing field `amount`"))?.amount()?;
@@ -70,8 +71,8 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create_payment<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn create_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
     request: KeyedJson<CreatePaymentRequest>,
 ) -> Result<Response, ApiError> {
@@ -89,7 +90,7 @@ pub async fn create_payment<S: Store, L: LockManager, C: Clock>(
         ("id" = String, Path, format = Uuid, description = "The payment"),
         ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
     ),
-    request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
+    request_body(content = Option<ConfirmRequest>, description = "Wallet payment: no body, or `{}`. Gateway payment: `{payment_key}`"),
     responses(
         (status = 200, description = "Now `done` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
@@ -101,13 +102,13 @@ pub async fn create_payment<S: Store, L: LockManager, C: Clock>(
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn confirm_payment<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn confirm_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
     PaymentPath(payment): PaymentPath,
-    request: KeyedJson<EmptyRequest>,
+    request: KeyedJson<ConfirmRequest>,
 ) -> Response {
-    let command = Command::ConfirmPayment { payment };
+    let command = Command::ConfirmPayment { payment, payment_key: request.value.payment_key.clone() };
     keyed::execute(&state.app, user.id, command, &request, StatusCode::OK).await
 }
 
@@ -134,8 +135,8 @@ pub async fn confirm_payment<S: Store, L: LockManager, C: Clock>(
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn cancel_payment<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn cancel_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
     PaymentPath(payment): PaymentPath,
     request: KeyedJson<EmptyRequest>,
@@ -158,8 +159,8 @@ pub async fn cancel_payment<S: Store, L: LockManager, C: Clock>(
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_payment<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn get_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
     PaymentPath(payment): PaymentPath,
 ) -> Result<Json<PaymentBody>, ApiError> {

@@ -5,6 +5,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use tally_core::gateway::Gateway;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 use tally_core::wallet::Limits;
@@ -15,8 +16,8 @@ use crate::extract::JsonBody;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
-pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>> {
-    Router::new().route("/v1/users", post(create_user::<S, L, C>))
+pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+    Router::new().route("/v1/users", post(create_user::<S, L, C, G>))
 }
 
 /// Create a user. The response carries the user's API key, shown only here.
@@ -37,8 +38,8 @@ pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>>
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create_user<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn create_user<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     _admin: Admin,
     body: JsonBody<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<UserCreated>), ApiError> {

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
+use tally_core::gateway::Gateway;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 
@@ -18,11 +19,11 @@ use crate::keyed;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
-pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>> {
+pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
     Router::new()
-        .route("/v1/wallet", get(get_wallet::<S, L, C>))
-        .route("/v1/wallet/top-ups", post(top_up::<S, L, C>))
-        .route("/v1/wallet/ledger", get(ledger::<S, L, C>))
+        .route("/v1/wallet", get(get_wallet::<S, L, C, G>))
+        .route("/v1/wallet/top-ups", post(top_up::<S, L, C, G>))
+        .route("/v1/wallet/ledger", get(ledger::<S, L, C, G>))
 }
 
 /// The caller's balance, limits and spending in the current windows.
@@ -37,8 +38,8 @@ pub fn routes<S: Store, L: LockManager, C: Clock>() -> Router<AppState<S, L, C>>
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_wallet<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn get_wallet<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
 ) -> Result<Json<WalletBody>, ApiError> {
     let view = state.app.wallet(user.id).await?;
@@ -64,8 +65,8 @@ pub async fn get_wallet<S: Store, L: LockManager, C: Clock>(
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn top_up<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn top_up<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
     request: KeyedJson<TopUpRequest>,
 ) -> Result<Response, ApiError> {
@@ -88,8 +89,8 @@ pub async fn top_up<S: Store, L: LockManager, C: Clock>(
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn ledger<S: Store, L: LockManager, C: Clock>(
-    State(state): State<AppState<S, L, C>>,
+pub async fn ledger<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
     CurrentUser(user): CurrentUser,
     query: Result<Query<LedgerQuery>, QueryRejection>,
 ) -> Result<Json<LedgerBody>, ApiError> {

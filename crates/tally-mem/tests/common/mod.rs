@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use tally_core::app::{Command, Config, Executed, Keyed, Outcome, Render};
+use tally_core::gateway::Gateway;
 use tally_core::idempotency::{Fingerprint, IdemKey, StoredResponse};
 use tally_core::ids::{PaymentId, SeqIds, UserId};
 use tally_core::money::{Amount, Money};
@@ -16,13 +17,24 @@ use tally_core::store::{LockManager, NoLocks};
 use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::Limits;
 use tally_core::{Error, Tally};
-use tally_mem::{Concurrency, MemLocks, MemStore};
+use tally_mem::{Concurrency, MemGateway, MemLocks, MemStore};
 
 /// 2026-11-23T00:00:00Z: tests start on a known day.
 pub const START: Timestamp = Timestamp(20_780 * 86_400_000);
 
 pub type LockedTally = Tally<MemStore, MemLocks<ManualClock>, ManualClock>;
 pub type OptimisticTally = Tally<MemStore, NoLocks, ManualClock>;
+pub type GatewayTally = Tally<MemStore, MemLocks<ManualClock>, ManualClock, MemGateway>;
+
+/// The locked in-memory backend with an in-memory payment gateway.
+pub fn with_gateway() -> (Arc<GatewayTally>, MemGateway) {
+    let clock = ManualClock::new(START);
+    let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
+    let gateway = MemGateway::new();
+    let app = Tally::new(MemStore::new(Concurrency::Locked), locks, clock, Arc::new(SeqIds::new(1)), Config::default())
+        .with_gateway(gateway.clone());
+    (Arc::new(app), gateway)
+}
 
 /// The in-memory backend as the proofs run it: in-memory locks, blind writes.
 pub fn locked() -> Arc<LockedTally> {
@@ -91,7 +103,11 @@ pub fn keyed(key: &str, command: &Command) -> Keyed<'static> {
     }
 }
 
-pub async fn user_with<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, limits: Limits, balance: i64) -> UserId {
+pub async fn user_with<L: LockManager, G: Gateway>(
+    app: &Tally<MemStore, L, ManualClock, G>,
+    limits: Limits,
+    balance: i64,
+) -> UserId {
     static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut key_hash = [0u8; 32];
@@ -103,8 +119,8 @@ pub async fn user_with<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, li
     user
 }
 
-pub async fn new_payment<L: LockManager>(
-    app: &Tally<MemStore, L, ManualClock>,
+pub async fn new_payment<L: LockManager, G: Gateway>(
+    app: &Tally<MemStore, L, ManualClock, G>,
     user: UserId,
     minor_units: i64,
     payback: i64,
@@ -120,10 +136,26 @@ pub async fn new_payment<L: LockManager>(
     }
 }
 
-pub async fn balance<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, user: UserId) -> Money {
+pub async fn new_gateway_payment(app: &GatewayTally, user: UserId, minor_units: i64, payback: i64) -> PaymentId {
+    let command = Command::CreatePayment {
+        amount: amount(minor_units),
+        payback: Amount::new(payback).ok(),
+        method: Method::Gateway,
+    };
+    match app.execute(user, command, None).await {
+        Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
+        other => panic!("create gateway payment: {other:?}"),
+    }
+}
+
+pub async fn balance<L: LockManager, G: Gateway>(app: &Tally<MemStore, L, ManualClock, G>, user: UserId) -> Money {
     app.wallet(user).await.expect("wallet").wallet.balance
 }
 
-pub async fn payment<L: LockManager>(app: &Tally<MemStore, L, ManualClock>, user: UserId, id: PaymentId) -> Payment {
+pub async fn payment<L: LockManager, G: Gateway>(
+    app: &Tally<MemStore, L, ManualClock, G>,
+    user: UserId,
+    id: PaymentId,
+) -> Payment {
     app.payment(user, id).await.expect("payment")
 }
