@@ -28,6 +28,8 @@ enum Command {
     Migrate(serve::MigrateArgs),
     /// Drive a running server with concurrent clients, then check the invariants.
     Load(load::LoadArgs),
+    /// Run the fake payment gateway (a second confirm of a key answers ALREADY_PROCESSED_PAYMENT).
+    GatewaySim(serve::GatewaySimArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await.map(|()| true),
             Command::Migrate(args) => serve::migrate(args).await.map(|()| true),
             Command::Load(args) => load::run(args).await,
+            Command::GatewaySim(args) => serve::gateway_sim(args).await.map(|()| true),
         }
     });
     match result {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_core::app::{Config, Tally};
+use tally_core::gateway::Gateway;
 use tally_core::idempotency::IdemConfig;
 use tally_core::store::{LockManager, NoLocks, Store};
 use tally_http::{HttpConfig, Readiness};
@@ -55,7 +56,44 @@ pub struct ServeArgs {
     /// Requests handled at once; beyond it, 503 with Retry-After.
     #[arg(long, env = "TALLY_CONCURRENCY_LIMIT", default_value_t = 1_024)]
     pub concurrency_limit: usize,
+    /// The payment gateway (Toss-style API). Without it, gateway payments are refused.
+    #[arg(long, env = "TALLY_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// The gateway's secret key (HTTP Basic user name).
+    #[arg(long, env = "TALLY_GATEWAY_SECRET_KEY", default_value = "test_sk")]
+    pub gateway_secret_key: String,
+    /// How long a gateway payment may sit in `confirming` or `cancelling`
+    /// before the completer looks it up.
+    #[arg(long, env = "TALLY_COMPLETER_AFTER_SECONDS", default_value_t = 60)]
+    pub completer_after_seconds: u64,
 }
+
+/// `tally gateway-sim`: the fake payment gateway, for trying gateway payments
+/// locally and for the crash tests.
+#[derive(Debug, clap::Args)]
+pub struct GatewaySimArgs {
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "TALLY_GATEWAY_SECRET_KEY", default_value = "test_sk")]
+    pub secret_key: String,
+}
+
+pub async fn gateway_sim(args: GatewaySimArgs) -> Result<(), String> {
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    println!("fake gateway listening on http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let gateway = tally_gateway::FakeGateway::new(&args.secret_key);
+    tally_gateway::fake::serve(listener, gateway, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+/// Test hook (see `tally_core::Config::pause_after_gateway`): the crash tests
+/// set it to kill the process between the gateway's answer and our commit.
+const PAUSE_AFTER_GATEWAY_ENV: &str = "TALLY_TEST_PAUSE_AFTER_GATEWAY_MS";
+
+/// How often the completer looks for stuck gateway payments, and how many it
+/// takes per round.
+const COMPLETE_EVERY: Duration = Duration::from_secs(5);
+const COMPLETE_BATCH: usize = 32;
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
@@ -130,7 +168,12 @@ fn admin_key(data_dir: &Path, persist: bool) -> Result<String, String> {
 fn core_config(args: &ServeArgs) -> Config {
     let defaults = Config::default();
     let ttl = Duration::from_secs(args.idempotency_ttl_seconds.max(120));
-    Config { idempotency: IdemConfig { ttl, lease: defaults.idempotency.lease }, ..defaults }
+    let pause = std::env::var(PAUSE_AFTER_GATEWAY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    Config {
+        idempotency: IdemConfig { ttl, lease: defaults.idempotency.lease },
+        pause_after_gateway: Duration::from_millis(pause),
+        ..defaults
+    }
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -142,9 +185,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             let clock = SystemClock;
             let store = MemStore::new(Concurrency::Locked);
             let locks = MemLocks::new(clock, tally_lock::Config::default());
-            let app = Arc::new(Tally::new(store, locks, clock, Arc::new(UuidIds), core_config(&args)));
+            let app = Tally::new(store, locks, clock, Arc::new(UuidIds), core_config(&args));
             tracing::warn!("serving on the in-memory store: nothing survives a restart");
-            run(app, listener, &args, admin, Readiness::always()).await
+            with_gateway(app, listener, &args, admin, Readiness::always()).await
         }
         StoreKind::Postgres => {
             let database = DatabaseArgs {
@@ -168,8 +211,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
                 Box::pin(async move { probe.ready().await })
             });
             tracing::info!(strategy = args.strategy.as_str(), "serving on PostgreSQL");
-            let app = Arc::new(Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core_config(&args)));
-            let served = run(app, listener, &args, admin, readiness).await;
+            let app = Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core_config(&args));
+            let served = with_gateway(app, listener, &args, admin, readiness).await;
             if let Some(cluster) = cluster {
                 tokio::task::spawn_blocking(move || cluster.stop())
                     .await
@@ -182,8 +225,27 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     }
 }
 
-async fn run<S: Store, L: LockManager>(
-    app: Arc<Tally<S, L, SystemClock>>,
+/// Adds the configured gateway (if any) and runs.
+async fn with_gateway<S: Store, L: LockManager>(
+    app: Tally<S, L, SystemClock>,
+    listener: tokio::net::TcpListener,
+    args: &ServeArgs,
+    admin: String,
+    readiness: Readiness,
+) -> Result<(), String> {
+    match &args.gateway_url {
+        Some(url) => {
+            let config = tally_gateway::GatewayConfig::new(url.clone(), args.gateway_secret_key.clone());
+            let client = tally_gateway::GatewayClient::new(config).map_err(|e| e.to_string())?;
+            tracing::info!(gateway = %url, "gateway payments enabled");
+            run(Arc::new(app.with_gateway(client)), listener, args, admin, readiness).await
+        }
+        None => run(Arc::new(app), listener, args, admin, readiness).await,
+    }
+}
+
+async fn run<S: Store, L: LockManager, G: Gateway>(
+    app: Arc<Tally<S, L, SystemClock, G>>,
     listener: tokio::net::TcpListener,
     args: &ServeArgs,
     admin: String,
@@ -192,16 +254,37 @@ async fn run<S: Store, L: LockManager>(
     let mut http = HttpConfig::new(admin);
     http.concurrency_limit = args.concurrency_limit;
     let router = tally_http::router(app.clone(), http, readiness);
-    let reaper = tokio::spawn(reap(app));
+    let reaper = tokio::spawn(reap(app.clone()));
+    let completer = tokio::spawn(complete(app, Duration::from_secs(args.completer_after_seconds)));
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!("tally listening on http://{address}");
     let served = tally_http::serve(listener, router, shutdown_signal()).await.map_err(|e| e.to_string());
     reaper.abort();
+    completer.abort();
     served
 }
 
+/// Resolves gateway payments stuck in `confirming` or `cancelling` (a crash
+/// between the gateway's answer and our commit, a timeout), by lookup, in
+/// bounded batches, forever. Safe with several instances: each claims what
+/// it resolves.
+async fn complete<S: Store, L: LockManager, G: Gateway>(app: Arc<Tally<S, L, SystemClock, G>>, after: Duration) {
+    if !app.gateway().enabled() {
+        return;
+    }
+    let mut tick = tokio::time::interval(COMPLETE_EVERY);
+    loop {
+        tick.tick().await;
+        match app.resolve_stuck(after, COMPLETE_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(resolved = n, "stuck gateway payments resolved"),
+            Err(error) => tracing::warn!(%error, "resolving stuck gateway payments failed; retrying later"),
+        }
+    }
+}
+
 /// Deletes expired idempotency keys, in bounded batches, forever.
-async fn reap<S: Store, L: LockManager>(app: Arc<Tally<S, L, SystemClock>>) {
+async fn reap<S: Store, L: LockManager, G: Gateway>(app: Arc<Tally<S, L, SystemClock, G>>) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     loop {
         tick.tick().await;
