@@ -80,7 +80,7 @@ impl Default for Pool {
     }
 }
 
-pub type PgTally = Tally<PgStore, NoLocks, SystemClock>;
+pub type PgTally = Tally<PgStore, NoLocks, SystemClock, tally_gateway::GatewayClient>;
 
 /// A running app: the real router over PostgreSQL on 127.0.0.1:random.
 pub struct TestApp {
@@ -88,7 +88,10 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub admin_key: String,
     pub app: Arc<PgTally>,
+    /// The fake payment gateway this app confirms gateway payments with.
+    pub gateway: tally_gateway::FakeGateway,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    gateway_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub struct Reply {
@@ -109,7 +112,19 @@ pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
     let store = PgStore::connect_lazy(&url, config).expect("store");
     // Many requests race on one row in these tests: give optimistic retries room.
     let core = Config { attempts_max: 64, ..Config::default() };
-    let app = Arc::new(Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core));
+    // A fake gateway of its own, and a client with a short timeout so the
+    // fault tests see "unknown" quickly.
+    let gateway = tally_gateway::FakeGateway::new("test_sk");
+    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
+    let gateway_url = format!("http://{}", gateway_listener.local_addr().expect("address"));
+    let (gateway_tx, gateway_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tally_gateway::fake::serve(gateway_listener, gateway.clone(), async move {
+        let _ = gateway_rx.await;
+    }));
+    let mut client_config = tally_gateway::GatewayConfig::new(gateway_url, "test_sk");
+    client_config.request_timeout = Duration::from_millis(500);
+    let client = tally_gateway::GatewayClient::new(client_config).expect("gateway client");
+    let app = Arc::new(Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core).with_gateway(client));
     let admin_key = tally_http::new_api_key();
     let mut http_config = HttpConfig::new(admin_key.clone());
     http_config.request_timeout = Duration::from_secs(30);
@@ -125,12 +140,15 @@ pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
     });
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().expect("client");
-    TestApp { base, http, admin_key, app, shutdown: Some(tx) }
+    TestApp { base, http, admin_key, app, gateway, shutdown: Some(tx), gateway_shutdown: Some(gateway_tx) }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.gateway_shutdown.take() {
             let _ = tx.send(());
         }
     }
@@ -203,6 +221,18 @@ impl TestApp {
             .await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
         created.json["id"].as_str().expect("payment id").to_owned()
+    }
+
+    pub async fn create_gateway_payment(&self, key: &str, idem: &str, amount: i64, payback: i64) -> String {
+        let body = json!({"amount": amount, "method": "gateway", "payback_amount": payback});
+        let created = self.request(Method::POST, "/v1/payments", key, Some(idem), Some(body)).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
+        created.json["id"].as_str().expect("payment id").to_owned()
+    }
+
+    pub async fn confirm_gateway(&self, key: &str, idem: &str, payment: &str, payment_key: &str) -> Reply {
+        let body = json!({"payment_key": payment_key});
+        self.request(Method::POST, &format!("/v1/payments/{payment}/confirm"), key, Some(idem), Some(body)).await
     }
 
     pub async fn confirm(&self, key: &str, idem: &str, payment: &str) -> Reply {

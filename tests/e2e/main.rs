@@ -48,6 +48,10 @@ fn main() {
         small_pool_sheds_load_safely,
         single_connection_pool,
         bad_input_changes_nothing,
+        gateway_concurrent_confirms_send_one,
+        gateway_lost_reply_is_looked_up,
+        gateway_timeout_resolved_by_completer,
+        gateway_cancel_happens_once,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {

@@ -373,3 +373,101 @@ pub async fn bad_input_changes_nothing(strategy: Strategy) {
     assert_eq!(app.snapshot().await.payments, before.payments);
     app.assert_invariants().await;
 }
+
+/// Seed 003: 100 concurrent confirms of one gateway payment → the gateway
+/// receives exactly one confirm, the payment is charged once.
+pub async fn gateway_concurrent_confirms_send_one(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 0).await;
+    let payment = app.create_gateway_payment(&key, "create", 3_000, 300).await;
+    let replies = concurrently(&app, 100, |app, i| {
+        let (key, payment) = (key.clone(), payment.clone());
+        async move { app.confirm_gateway(&key, &format!("confirm-{i}"), &payment, "pk-concurrent").await }
+    })
+    .await;
+    let stats = app.gateway.payment_stats("pk-concurrent");
+    assert_eq!((stats.confirm_requests, stats.confirm_effects), (1, 1), "one confirm reached the gateway");
+    assert!(count(&replies, StatusCode::OK, None) >= 1, "the sender records the charge");
+    for reply in &replies {
+        let fine = reply.status == StatusCode::OK && reply.json["status"] == "done"
+            || (reply.status, code(reply)) == (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            || (reply.status, code(reply)) == (StatusCode::CONFLICT, "invalid_state");
+        assert!(fine, "unexpected answer {} {}", reply.status, reply.json);
+    }
+    let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
+    assert_eq!(got.json["status"], "done");
+    assert_eq!(app.balance(&key).await, 300, "the payback, once");
+    let charges = app.snapshot().await.transfers.iter().filter(|t| t.kind == TransferKind::Payment).count();
+    assert_eq!(charges, 1);
+    app.assert_invariants().await;
+}
+
+/// The gateway's reply is lost after it charged: the confirm looks the
+/// payment up and records it, and never sends a second confirm.
+pub async fn gateway_lost_reply_is_looked_up(strategy: Strategy) {
+    use tally_gateway::fake::{FaultRule, Trigger};
+    let app = spawn_app(strategy, Pool::default()).await;
+    let key = app.user(json!({}), 0).await;
+    let payment = app.create_gateway_payment(&key, "create", 800, 0).await;
+    app.gateway.faults().set_lose_reply_after_commit(Some(FaultRule::new(Trigger::Next(1))));
+    let reply = app.confirm_gateway(&key, "confirm", &payment, "pk-lost").await;
+    assert_eq!((reply.status, reply.json["status"].clone()), (StatusCode::OK, json!("done")), "{}", reply.json);
+    let stats = app.gateway.payment_stats("pk-lost");
+    assert_eq!((stats.confirm_requests, stats.confirm_effects, stats.lookups), (1, 1, 1));
+    app.assert_invariants().await;
+}
+
+/// The gateway is slower than our timeout: the confirm answers 503 (outcome
+/// unknown, not stored), the payment stays `confirming`, and the completer
+/// resolves it by lookup once the charge has landed. One confirm in all.
+pub async fn gateway_timeout_resolved_by_completer(strategy: Strategy) {
+    use tally_gateway::fake::{LatencyFault, Trigger};
+    let app = spawn_app(strategy, Pool::default()).await;
+    let key = app.user(json!({}), 0).await;
+    let payment = app.create_gateway_payment(&key, "create", 900, 90).await;
+    app.gateway.faults().set_latency(Some(LatencyFault::fixed(Duration::from_millis(1_500)).when(Trigger::Next(1))));
+    let reply = app.confirm_gateway(&key, "confirm", &payment, "pk-slow").await;
+    assert_eq!((reply.status, code(&reply)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{}", reply.json);
+    assert!(reply.headers.contains_key("retry-after"));
+    let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
+    assert_eq!(got.json["status"], "confirming");
+    // The charge lands at the gateway a moment later; the completer finds it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let resolved = app.app.resolve_stuck(Duration::ZERO, 16).await.expect("completer");
+    assert_eq!(resolved, 1);
+    let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
+    assert_eq!(got.json["status"], "done");
+    assert_eq!(app.gateway.payment_stats("pk-slow").confirm_requests, 1);
+    // The client's retry with its key now gets the outcome, without a second confirm.
+    let retried = app.confirm_gateway(&key, "confirm", &payment, "pk-slow").await;
+    assert_eq!((retried.status, code(&retried)), (StatusCode::CONFLICT, "invalid_state"), "{}", retried.json);
+    assert_eq!(app.gateway.payment_stats("pk-slow").confirm_requests, 1);
+    assert_eq!(app.balance(&key).await, 90);
+    app.assert_invariants().await;
+}
+
+/// Cancelling a gateway payment cancels at the gateway once, however many
+/// cancels race, and books one refund.
+pub async fn gateway_cancel_happens_once(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 0).await;
+    let payment = app.create_gateway_payment(&key, "create", 2_000, 200).await;
+    assert_eq!(app.confirm_gateway(&key, "confirm", &payment, "pk-cancel").await.status, StatusCode::OK);
+    let replies = concurrently(&app, 10, |app, i| {
+        let (key, payment) = (key.clone(), payment.clone());
+        async move {
+            app.request(Method::POST, &format!("/v1/payments/{payment}/cancel"), &key, Some(&format!("x-{i}")), None)
+                .await
+        }
+    })
+    .await;
+    assert!(count(&replies, StatusCode::OK, None) >= 1);
+    let stats = app.gateway.payment_stats("pk-cancel");
+    assert_eq!(stats.cancel_effects, 1);
+    let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
+    assert_eq!(got.json["status"], "cancelled");
+    let refunds = app.snapshot().await.transfers.iter().filter(|t| t.kind == TransferKind::Refund).count();
+    assert_eq!(refunds, 1);
+    assert_eq!(app.balance(&key).await, 0, "payback credited, then reversed");
+    app.assert_invariants().await;
+}
