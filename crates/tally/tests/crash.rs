@@ -1,0 +1,135 @@
+//! Crash recovery of a gateway payment, with real processes: `tally serve` is
+//! killed (SIGKILL) after the gateway charged the payment and before tally
+//! recorded it. After a restart the completer must find the payment stuck in
+//! `confirming`, look it up, and record it done — with exactly one confirm
+//! ever sent to the gateway (SPEC.md invariant 1).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tally_core::store::Store;
+
+const ADMIN: &str = "tly_crash_test_admin";
+
+/// Starts `tally serve` and waits until it listens.
+fn start_tally(database_url: &str, gateway_url: &str, port: u16, pause_ms: u64) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", database_url])
+        .args(["--gateway-url", gateway_url, "--completer-after-seconds", "1"])
+        .env("TALLY_ADMIN_KEY", ADMIN)
+        .env("TALLY_TEST_PAUSE_AFTER_GATEWAY_MS", pause_ms.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tally serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "tally serve did not start");
+        match lines.next() {
+            Some(Ok(line)) if line.contains("tally listening") => break,
+            Some(_) => {}
+            None => panic!("tally serve exited before listening"),
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+async fn post(http: &reqwest::Client, url: String, key: &str, idem: Option<&str>, body: Value) -> Value {
+    let mut request = http.post(url).bearer_auth(key).json(&body);
+    if let Some(idem) = idem {
+        request = request.header("Idempotency-Key", idem);
+    }
+    request.send().await.expect("request").json().await.expect("json")
+}
+
+#[test]
+fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_confirm() {
+    let cluster = tally_cluster::Cluster::start(tally_cluster::ClusterConfig::throwaway().fast_unsafe())
+        .expect("a throwaway PostgreSQL");
+    let database_url = cluster.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let gateway = tally_gateway::FakeGateway::new("test_sk");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(tally_gateway::fake::serve(listener, gateway.clone(), std::future::pending()));
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+
+        // First life: it will pause for 30 s between the gateway's answer and its commit.
+        let mut first = start_tally(&database_url, &gateway_url, port, 30_000);
+        let user = post(&http, format!("{base}/v1/users"), ADMIN, None, json!({"name": "crash"})).await;
+        let key = user["api_key"].as_str().expect("api key").to_owned();
+        let body = json!({"amount": 4_200, "method": "gateway", "payback_amount": 420});
+        let payment = post(&http, format!("{base}/v1/payments"), &key, Some("create"), body).await;
+        let id = payment["id"].as_str().expect("payment id").to_owned();
+        let confirm = {
+            let (http, url, key) = (http.clone(), format!("{base}/v1/payments/{id}/confirm"), key.clone());
+            tokio::spawn(async move {
+                http.post(url)
+                    .bearer_auth(key)
+                    .header("Idempotency-Key", "confirm-1")
+                    .json(&json!({"payment_key": "pk-crash"}))
+                    .send()
+                    .await
+            })
+        };
+        // Wait until the gateway has charged it, then kill tally inside its pause.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gateway.payment_stats("pk-crash").confirm_effects == 0 {
+            assert!(Instant::now() < deadline, "the confirm never reached the gateway");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.kill().expect("SIGKILL tally");
+        first.wait().expect("reap");
+        assert!(confirm.await.expect("task").is_err(), "the client saw the connection die");
+
+        // What the crash left behind: charged at the gateway, `confirming` here.
+        let store = tally_pg::PgStore::connect_lazy(&database_url, tally_pg::PgConfig::default()).expect("store");
+        let snapshot = store.snapshot().await.expect("snapshot");
+        let stuck = snapshot.payments.iter().find(|p| p.id.to_string() == id).expect("payment");
+        assert_eq!(stuck.status.as_str(), "confirming");
+        assert!(snapshot.transfers.is_empty(), "nothing was booked before the crash");
+
+        // Second life: the completer resolves it by lookup.
+        let mut second = start_tally(&database_url, &gateway_url, port, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let got: Value = http
+                .get(format!("{base}/v1/payments/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            if got["status"] == "done" || Instant::now() > deadline {
+                break got["status"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        second.kill().expect("stop tally");
+        second.wait().expect("reap");
+        assert_eq!(status, "done", "the completer recorded the charge");
+        let stats = gateway.payment_stats("pk-crash");
+        assert_eq!((stats.confirm_requests, stats.confirm_effects), (1, 1), "one confirm, ever");
+        let snapshot = store.snapshot().await.expect("snapshot");
+        tally_core::check::assert_holds(&snapshot);
+        let charges = snapshot.transfers.iter().filter(|t| t.kind.as_str() == "payment").count();
+        assert_eq!(charges, 1);
+    });
+    cluster.stop().expect("stop the cluster");
+}
