@@ -200,3 +200,94 @@ pub fn settle(
         | Verdict::Cancel(CancelResult::Unknown { .. }) => Ok(Settled::Pending),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::{CancelResult, Confirmed, LookedUp};
+    use crate::ids::{OpId, PaymentId, UserId};
+    use crate::money::Money;
+    use crate::time::Timestamp;
+    use crate::wallet::Limits;
+
+    const GIVE_UP: Timestamp = Timestamp(10_000);
+
+    fn confirming(amount: i64, payback: i64) -> (Payment, Wallet) {
+        let payment = Payment::new(
+            PaymentId(7),
+            UserId(1),
+            Amount::new(amount).unwrap(),
+            Amount::new(payback).ok(),
+            Method::Gateway,
+            Timestamp(0),
+        )
+        .unwrap()
+        .transition(PaymentEvent::BeginConfirm { payment_key: "pk".into() }, Timestamp(1))
+        .unwrap();
+        (payment, Wallet::open(UserId(1), Limits::default(), Timestamp(0)))
+    }
+
+    fn settle_at(verdict: Verdict, at: i64) -> Settled {
+        let (payment, wallet) = confirming(500, 50);
+        let booking = Booking { op: OpId(1), origin: None, at: Timestamp(at) };
+        let mut n = 100;
+        settle(&payment, &wallet, &verdict, GIVE_UP, &booking, &mut || {
+            n += 1;
+            TransferId(n)
+        })
+        .unwrap()
+    }
+
+    fn booked(settled: &Settled) -> (PaymentStatus, usize, bool) {
+        match settled {
+            Settled::Booked { decision, cancel_at_gateway } => {
+                (decision.payment.status, decision.transfers.len(), *cancel_at_gateway)
+            }
+            other => panic!("not booked: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn approved_with_our_amount_is_done_charged_from_the_world_with_payback() {
+        let settled = settle_at(Verdict::Confirm(Confirmed::Approved { amount: 500 }), 2);
+        assert_eq!(booked(&settled), (PaymentStatus::Done, 2, false));
+        let Settled::Booked { decision, .. } = settled else { unreachable!() };
+        assert_eq!((decision.transfers[0].debit, decision.transfers[0].credit), (Account::World, Account::Revenue));
+        assert_eq!(decision.transfers[0].wallet, None);
+        assert_eq!(decision.wallet.balance, Money::new(50));
+    }
+
+    #[test]
+    fn another_amount_fails_the_payment_and_cancels_it_at_the_gateway() {
+        // Seed 003's tampering check: the gateway charged 499, the order is 500.
+        let settled = settle_at(Verdict::Lookup(LookedUp::Done { amount: 499 }), 2);
+        assert_eq!(booked(&settled), (PaymentStatus::Failed, 0, true));
+    }
+
+    #[test]
+    fn decline_fails_unclear_stays_pending_not_found_fails_only_past_give_up() {
+        assert_eq!(
+            booked(&settle_at(Verdict::Confirm(Confirmed::Declined { code: "X".into() }), 2)).0,
+            PaymentStatus::Failed
+        );
+        assert_eq!(settle_at(Verdict::Confirm(Confirmed::Unknown { reason: "t".into() }), 2), Settled::Pending);
+        assert_eq!(settle_at(Verdict::Lookup(LookedUp::Unknown { reason: "t".into() }), 2), Settled::Pending);
+        assert_eq!(settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0 - 1), Settled::Pending);
+        assert_eq!(booked(&settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0)).0, PaymentStatus::Failed);
+    }
+
+    #[test]
+    fn a_verdict_for_a_payment_no_longer_waiting_for_it_changes_nothing() {
+        let (payment, wallet) = confirming(500, 0);
+        let done = payment.transition(PaymentEvent::Confirm, Timestamp(2)).unwrap();
+        let booking = Booking { op: OpId(1), origin: None, at: Timestamp(3) };
+        let verdict = Verdict::Lookup(LookedUp::Done { amount: 500 });
+        let settled = settle(&done, &wallet, &verdict, GIVE_UP, &booking, &mut || TransferId(9)).unwrap();
+        assert_eq!(settled, Settled::AlreadySettled(done));
+        let cancel = Verdict::Cancel(CancelResult::Cancelled);
+        assert!(matches!(
+            settle(&payment, &wallet, &cancel, GIVE_UP, &booking, &mut || TransferId(9)),
+            Ok(Settled::AlreadySettled(_))
+        ));
+    }
+}
