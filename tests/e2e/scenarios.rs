@@ -97,6 +97,20 @@ async fn top_up_with_retries(app: &TestApp, key: &str, idem: &str, amount: i64) 
     panic!("top-up {idem} still unavailable after 200 tries");
 }
 
+/// Creates `n` payments of `amount` one by one, then confirms them all at once.
+async fn confirm_payments_concurrently(app: &Arc<TestApp>, key: &str, n: usize, amount: i64) -> Vec<Reply> {
+    let mut payments = Vec::new();
+    for i in 0..n {
+        payments.push(app.create_payment(key, &format!("create-{i}"), amount).await);
+    }
+    let payments = Arc::new(payments);
+    concurrently(app, n, |app, i| {
+        let (key, payments) = (key.to_owned(), payments.clone());
+        async move { app.confirm(&key, &format!("confirm-{i}"), &payments[i]).await }
+    })
+    .await
+}
+
 /// Seed 002's point charge: 200 concurrent top-ups → the exact sum.
 pub async fn concurrent_top_ups_sum_exactly(strategy: Strategy) {
     let app = Arc::new(spawn_app(strategy, Pool::default()).await);
@@ -115,16 +129,7 @@ pub async fn concurrent_top_ups_sum_exactly(strategy: Strategy) {
 pub async fn balance_for_k_pays_exactly_k(strategy: Strategy) {
     let app = Arc::new(spawn_app(strategy, Pool::default()).await);
     let key = app.user(json!({}), 700).await;
-    let mut payments = Vec::new();
-    for i in 0..20 {
-        payments.push(app.create_payment(&key, &format!("create-{i}"), 100).await);
-    }
-    let payments = Arc::new(payments);
-    let replies = concurrently(&app, 20, |app, i| {
-        let (key, payments) = (key.clone(), payments.clone());
-        async move { app.confirm(&key, &format!("confirm-{i}"), &payments[i]).await }
-    })
-    .await;
+    let replies = confirm_payments_concurrently(&app, &key, 20, 100).await;
     assert_eq!(count(&replies, StatusCode::OK, None), 7);
     assert_eq!(count(&replies, StatusCode::CONFLICT, Some("insufficient_balance")), 13);
     assert_eq!(app.balance(&key).await, 0);
@@ -135,16 +140,7 @@ pub async fn balance_for_k_pays_exactly_k(strategy: Strategy) {
 pub async fn daily_limit_exact_under_concurrency(strategy: Strategy) {
     let app = Arc::new(spawn_app(strategy, Pool::default()).await);
     let key = app.user(json!({"daily_limit": 500}), 10_000).await;
-    let mut payments = Vec::new();
-    for i in 0..20 {
-        payments.push(app.create_payment(&key, &format!("create-{i}"), 100).await);
-    }
-    let payments = Arc::new(payments);
-    let replies = concurrently(&app, 20, |app, i| {
-        let (key, payments) = (key.clone(), payments.clone());
-        async move { app.confirm(&key, &format!("confirm-{i}"), &payments[i]).await }
-    })
-    .await;
+    let replies = confirm_payments_concurrently(&app, &key, 20, 100).await;
     assert_eq!(count(&replies, StatusCode::OK, None), 5);
     assert_eq!(count(&replies, StatusCode::CONFLICT, Some("limit_exceeded")), 15);
     let wallet = app.request(Method::GET, "/v1/wallet", &key, None, None).await;

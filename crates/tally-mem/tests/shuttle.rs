@@ -109,6 +109,27 @@ fn duplicate_confirms<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
     });
 }
 
+/// A user with `limits` and `balance`, and THREADS payments of 100 confirmed at once.
+fn confirm_racing<L: LockManager>(
+    app: &Arc<Tally<MemStore, L, ManualClock>>,
+    limits: Limits,
+    balance: i64,
+) -> (tally_core::ids::UserId, Vec<Result<Executed, Error>>) {
+    let (user, ids) = block_on(async {
+        let user = user_with(app, limits, balance).await;
+        let mut ids = Vec::new();
+        for _ in 0..THREADS {
+            ids.push(new_payment(app, user, 100, 0).await);
+        }
+        (user, ids)
+    });
+    let requests = ids
+        .into_iter()
+        .map(|id| move |app: Arc<Tally<MemStore, L, ManualClock>>| block_on(app.execute(user, confirm(id), None)))
+        .collect();
+    (user, race(app, requests))
+}
+
 /// Seed 002's point charge: N concurrent top-ups → none lost.
 fn concurrent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     let user = block_on(user_with(&app, Limits::default(), 0));
@@ -134,23 +155,7 @@ fn concurrent_top_ups<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
 /// A balance that covers k of N payments → exactly k are paid, the rest are
 /// refused for insufficient balance, and the balance is exact.
 fn k_of_n_payments<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
-    let (user, ids) = block_on(async {
-        let user = user_with(&app, Limits::default(), 250).await;
-        let mut ids = Vec::new();
-        for _ in 0..THREADS {
-            ids.push(new_payment(&app, user, 100, 0).await);
-        }
-        (user, ids)
-    });
-    let results = race(
-        &app,
-        ids.iter()
-            .map(|id| {
-                let id = *id;
-                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None))
-            })
-            .collect(),
-    );
+    let (user, results) = confirm_racing(&app, Limits::default(), 250);
     assert_eq!(results.iter().filter(|r| is_done(r)).count(), 2, "{results:?}");
     let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
     assert_eq!(results.iter().filter(|r| **r == broke).count(), THREADS - 2, "{results:?}");
@@ -164,23 +169,7 @@ fn k_of_n_payments<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
 /// payments of 100 through, whatever the interleaving.
 fn daily_limit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     let limits = Limits { daily: Some(Money::new(250)), ..Limits::default() };
-    let (user, ids) = block_on(async {
-        let user = user_with(&app, limits, 1_000).await;
-        let mut ids = Vec::new();
-        for _ in 0..THREADS {
-            ids.push(new_payment(&app, user, 100, 0).await);
-        }
-        (user, ids)
-    });
-    let results = race(
-        &app,
-        ids.iter()
-            .map(|id| {
-                let id = *id;
-                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, confirm(id), None))
-            })
-            .collect(),
-    );
+    let (user, results) = confirm_racing(&app, limits, 1_000);
     assert_eq!(results.iter().filter(|r| is_done(r)).count(), 2, "{results:?}");
     let limited = Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::Daily)));
     assert_eq!(results.iter().filter(|r| **r == limited).count(), THREADS - 2, "{results:?}");
