@@ -110,6 +110,19 @@ impl Booking {
         payment: Option<PaymentId>,
     ) -> Transfer {
         assert!(!matches!(debit, Account::Wallet(_)) && !matches!(credit, Account::Wallet(_)));
+        self.transfer(id, kind, debit, credit, amount, payment)
+    }
+
+    /// The transfer with this booking's execution, origin and time; no wallet side yet.
+    fn transfer(
+        &self,
+        id: TransferId,
+        kind: TransferKind,
+        debit: Account,
+        credit: Account,
+        amount: Amount,
+        payment: Option<PaymentId>,
+    ) -> Transfer {
         Transfer {
             id,
             kind,
@@ -144,17 +157,7 @@ impl Booking {
             Movement::Payback(a) => (TransferKind::Payback, Account::CashbackPool, wallet, a),
             Movement::PaybackReversal(a) => (TransferKind::PaybackReversal, wallet, Account::CashbackPool, a),
         };
-        Transfer {
-            id,
-            kind,
-            debit,
-            credit,
-            amount,
-            payment,
-            wallet: Some(WalletSide { user, balance_after: wallet_after.balance, seq: wallet_after.entry_count }),
-            op: self.op,
-            origin: self.origin.clone(),
-            at: self.at,
-        }
+        let side = WalletSide { user, balance_after: wallet_after.balance, seq: wallet_after.entry_count };
+        Transfer { wallet: Some(side), ..self.transfer(id, kind, debit, credit, amount, payment) }
     }
 }
