@@ -16,6 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod orders;
+
+pub use orders::{EventView, NewSeat, NewShowtime, ShowtimeView, TokenView};
+
 use crate::check::Snapshot;
 use crate::decide::{self, Call, Decision, Settled, Verdict};
 use crate::error::Error;
@@ -23,7 +27,9 @@ use crate::gateway::{self, Confirmed, Gateway, NoGateway};
 use crate::idempotency::{
     self, Admission, Fingerprint, IdemConfig, IdemKey, IdemOrigin, IdemRecord, IdemScope, LeaseToken, StoredResponse,
 };
-use crate::ids::{IdGen, OpId, PaymentId, TransferId, UserId};
+use crate::catalog::{Event, Product};
+use crate::ids::{EventId, IdGen, OpId, OrderId, PaymentId, ProductId, SeatId, TokenId, TransferId, UserId};
+use crate::order::Order;
 use crate::ledger::{Booking, Transfer};
 use crate::money::{Amount, Money};
 use crate::payment::{Method, Payment, PaymentEvent, PaymentStatus};
@@ -47,6 +53,8 @@ pub struct Config {
     /// Test hook: pause this long between the gateway's answer and recording
     /// it (zero: off). The crash tests kill the process inside the pause.
     pub pause_after_gateway: Duration,
+    /// How long an unpaid order holds its stock and seats.
+    pub order_ttl: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +65,7 @@ impl Default for Config {
             attempts_max: 8,
             gateway_give_up_after: Duration::from_secs(120),
             pause_after_gateway: Duration::ZERO,
+            order_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -85,20 +94,49 @@ pub enum Command {
     CancelPayment {
         payment: PaymentId,
     },
-}
-
-impl Command {
-    /// The records this command writes, locked for its whole transaction.
-    fn lock_keys(&self, user: UserId) -> Vec<LockKey> {
-        match self {
-            Command::TopUp { .. } => vec![LockKey::Wallet(user)],
-            // A new payment has a fresh id nobody else can name yet.
-            Command::CreatePayment { .. } => Vec::new(),
-            Command::ConfirmPayment { payment, .. } | Command::CancelPayment { payment } => {
-                vec![LockKey::Payment(*payment), LockKey::Wallet(user)]
-            }
-        }
-    }
+    /// A payment for an order: the amount is the order's total.
+    CreateOrderPayment {
+        order: OrderId,
+        payback: Option<Amount>,
+        method: Method,
+    },
+    /// Admin.
+    CreateProduct {
+        name: String,
+        price: Amount,
+        stock: u64,
+    },
+    /// Admin.
+    Restock {
+        product: ProductId,
+        quantity: u64,
+    },
+    /// Admin: an event with its showtimes and their seats.
+    CreateEvent {
+        name: String,
+        active_limit: u32,
+        token_ttl: Duration,
+        showtimes: Vec<NewShowtime>,
+    },
+    /// Joins the event's waiting queue (or answers the caller's live token).
+    JoinQueue {
+        event: EventId,
+    },
+    /// The caller's token as it stands now (its queue refreshed first).
+    QueueStatus {
+        token: TokenId,
+    },
+    /// Reserves products and seats together, or nothing. Seats need `token`,
+    /// an active queue token of their event.
+    CreateOrder {
+        items: Vec<(ProductId, u64)>,
+        seats: Vec<SeatId>,
+        token: Option<TokenId>,
+    },
+    /// Cancels an order; a paid one is refunded first.
+    CancelOrder {
+        order: OrderId,
+    },
 }
 
 /// What a command did.
@@ -106,6 +144,19 @@ impl Command {
 pub enum Outcome {
     TopUp { transfer: Transfer, balance: Money },
     Payment(Payment),
+    Product(Product),
+    Event(EventView),
+    Token(TokenView),
+    /// The order as its owner sees it now.
+    Order(Order),
+}
+
+/// What a gateway phase answers once settled: the payment, or (an order
+/// cancelled through its gateway payment's refund) the order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Payment,
+    Order,
 }
 
 /// Turns a result into the response to store under an idempotency key, or
@@ -163,7 +214,7 @@ struct Held<'r> {
 enum Step {
     Done(Outcome),
     /// Committed the intent; now call the gateway about this payment.
-    Call(Payment, Call),
+    Call(Payment, Call, Answer),
 }
 
 /// The service: the use cases over a store, a lock manager, a clock and a
@@ -388,15 +439,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// phase ends in a committed intent instead; the gateway is then called
     /// with no transaction open, and its verdict recorded in phase 3.
     async fn run(&self, user: UserId, command: &Command, held: Option<&Held<'_>>) -> Result<Outcome, Error> {
-        let mut keys = command.lock_keys(user);
-        keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
-        let keys = LockSet::new(keys);
         let mut attempt = 0;
         let step = loop {
             attempt += 1;
+            // Recomputed on every attempt: a retry after the records moved
+            // (an order got a payment) locks what they name now.
+            let mut keys = self.lock_keys(user, command).await?;
+            keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
+            let keys = LockSet::new(keys);
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
             let mut tx = self.store.begin().await?;
-            let step = match self.run_in(&mut tx, user, command, held).await {
+            let step = match self.run_in(&mut tx, user, command, held, &keys).await {
                 Ok(step) => step,
                 Err(error) => {
                     tx.rollback().await;
@@ -424,7 +477,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         };
         match step {
             Step::Done(outcome) => Ok(outcome),
-            Step::Call(payment, call) => self.call_and_settle(&payment, call, held).await,
+            Step::Call(payment, call, answer) => self.call_and_settle(&payment, call, held, answer).await,
         }
     }
 
@@ -434,6 +487,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         user: UserId,
         command: &Command,
         held: Option<&Held<'_>>,
+        locked: &LockSet,
     ) -> Result<Step, Error> {
         let now = self.clock.now();
         // Loads follow the lock order: the idempotency record first.
@@ -441,7 +495,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let op = OpId(self.ids.next_id());
         let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
         let booking = Booking { op, origin, at: now };
-        let step = self.apply(tx, user, command, &booking).await?;
+        let step = self.apply(tx, user, command, &booking, locked).await?;
         if let (Step::Done(outcome), Some(held), Some(record)) = (&step, held, &record) {
             self.complete(tx, held, record, outcome, op).await?;
         }
@@ -479,7 +533,13 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Phase 3 of a gateway payment: the one foreign call, then its verdict.
     /// A confirm whose answer is unclear is followed by a lookup — never by a
     /// second confirm.
-    async fn call_and_settle(&self, payment: &Payment, call: Call, held: Option<&Held<'_>>) -> Result<Outcome, Error> {
+    async fn call_and_settle(
+        &self,
+        payment: &Payment,
+        call: Call,
+        held: Option<&Held<'_>>,
+        answer: Answer,
+    ) -> Result<Outcome, Error> {
         let attempt = payment.gateway.as_ref().expect("a gateway call has its attempt");
         let key = attempt.payment_key.as_str();
         let verdict = match call {
@@ -501,7 +561,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         if !self.config.pause_after_gateway.is_zero() {
             self.clock.sleep(self.config.pause_after_gateway).await;
         }
-        self.settle_verdict(payment, &verdict, held).await
+        self.settle_verdict(payment, &verdict, held, answer).await
     }
 
     /// Records a gateway verdict (and completes the idempotency key) in one
@@ -511,19 +571,21 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         payment: &Payment,
         verdict: &Verdict,
         held: Option<&Held<'_>>,
+        answer: Answer,
     ) -> Result<Outcome, Error> {
         let user = payment.user;
-        let mut keys = vec![LockKey::Payment(payment.id), LockKey::Wallet(user)];
-        keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
-        let keys = LockSet::new(keys);
         let started = payment.gateway.as_ref().map_or(payment.updated_at, |a| a.started_at);
         let give_up_at = started.plus(self.config.gateway_give_up_after);
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut keys = vec![LockKey::Payment(payment.id), LockKey::Wallet(user)];
+            keys.extend(self.order_keys_of(payment.order).await?);
+            keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
+            let keys = LockSet::new(keys);
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
             let mut tx = self.store.begin().await?;
-            let result = self.settle_in(&mut tx, payment.id, user, verdict, give_up_at, held).await;
+            let result = self.settle_in(&mut tx, payment.id, user, verdict, give_up_at, held, answer, &keys).await;
             let (outcome, cancel_at_gateway) = match result {
                 Ok(settled) => settled,
                 Err(error) => {
@@ -551,6 +613,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn settle_in(
         &self,
         tx: &mut S::Tx,
@@ -559,6 +622,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         verdict: &Verdict,
         give_up_at: Timestamp,
         held: Option<&Held<'_>>,
+        answer: Answer,
+        locked: &LockSet,
     ) -> Result<(Outcome, bool), Error> {
         let record = self.held_record(tx, held).await?;
         let loaded = tx.payment(payment).await?.ok_or(Error::NotFound)?;
@@ -568,15 +633,23 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let booking = Booking { op, origin, at: self.clock.now() };
         let ids = &self.ids;
         let mut next_id = || TransferId(ids.next_id());
-        let (outcome, cancel_at_gateway) =
+        let (payment, order, cancel_at_gateway) =
             match decide::settle(&loaded, &wallet, verdict, give_up_at, &booking, &mut next_id)? {
                 Settled::Pending => return Err(Error::OutcomePending),
-                Settled::AlreadySettled(current) => (Outcome::Payment(current), false),
+                Settled::AlreadySettled(current) => {
+                    let order = self.follow_order(tx, &current, &current, booking.at, locked).await?;
+                    (current, order, false)
+                }
                 Settled::Booked { decision, cancel_at_gateway } => {
                     self.persist(tx, &loaded, &wallet, &decision).await?;
-                    (Outcome::Payment(decision.payment), cancel_at_gateway)
+                    let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
+                    (decision.payment, order, cancel_at_gateway)
                 }
             };
+        let outcome = match (answer, order) {
+            (Answer::Order, Some(order)) => Outcome::Order(self.order_view(order)),
+            _ => Outcome::Payment(payment),
+        };
         if let (Some(held), Some(record)) = (held, record) {
             self.complete(tx, held, &record, &outcome, op).await?;
         }
@@ -617,7 +690,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let mut resolved = 0;
         for payment in claimed {
             let call = if payment.status == PaymentStatus::Confirming { Call::Lookup } else { Call::Cancel };
-            match self.call_and_settle(&payment, call, None).await {
+            match self.call_and_settle(&payment, call, None, Answer::Payment).await {
                 Ok(_) => resolved += 1,
                 Err(Error::OutcomePending) => {}
                 Err(error) => return Err(error),
@@ -626,7 +699,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         Ok(resolved)
     }
 
-    async fn apply(&self, tx: &mut S::Tx, user: UserId, command: &Command, booking: &Booking) -> Result<Step, Error> {
+    async fn apply(
+        &self,
+        tx: &mut S::Tx,
+        user: UserId,
+        command: &Command,
+        booking: &Booking,
+        locked: &LockSet,
+    ) -> Result<Step, Error> {
         let ids = &self.ids;
         let mut next_id = || TransferId(ids.next_id());
         match command {
@@ -654,7 +734,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Command::ConfirmPayment { payment, payment_key } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
                 if loaded.method == Method::Gateway {
-                    return self.begin_gateway_confirm(tx, loaded, payment_key.as_deref(), booking).await;
+                    return self.begin_gateway_confirm(tx, loaded, payment_key.as_deref(), booking, locked).await;
                 }
                 if payment_key.is_some() {
                     return Err(Error::InvalidInput("a wallet payment takes no payment_key"));
@@ -662,27 +742,62 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 let decision = decide::confirm(&loaded, &wallet, booking, &mut next_id)?;
                 self.persist(tx, &loaded, &wallet, &decision).await?;
+                self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
                 Ok(Step::Done(Outcome::Payment(decision.payment)))
             }
             Command::CancelPayment { payment } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
-                match (loaded.method, loaded.status) {
-                    // Money went through the gateway: it must come back through it.
-                    (Method::Gateway, PaymentStatus::Done) => {
-                        let cancelling = loaded.transition(PaymentEvent::BeginCancel, booking.at)?;
-                        tx.put_payment(Some(&loaded), &cancelling).await?;
-                        Ok(Step::Call(cancelling, Call::Cancel))
-                    }
-                    // A cancel whose outcome is unknown: the gateway's cancel
-                    // is idempotent, so asking again is safe.
-                    (Method::Gateway, PaymentStatus::Cancelling) => Ok(Step::Call(loaded, Call::Cancel)),
-                    _ => {
-                        let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
-                        let decision = decide::cancel(&loaded, &wallet, booking, &mut next_id)?;
-                        self.persist(tx, &loaded, &wallet, &decision).await?;
-                        Ok(Step::Done(Outcome::Payment(decision.payment)))
-                    }
-                }
+                self.cancel_payment(tx, user, loaded, booking, locked, Answer::Payment).await
+            }
+            Command::CreateOrderPayment { order, payback, method } => {
+                self.create_order_payment(tx, user, *order, *payback, *method, booking).await
+            }
+            Command::CreateProduct { name, price, stock } => self.create_product(tx, name, *price, *stock, booking).await,
+            Command::Restock { product, quantity } => self.restock(tx, *product, *quantity, booking).await,
+            Command::CreateEvent { name, active_limit, token_ttl, showtimes } => {
+                self.create_event(tx, name, *active_limit, *token_ttl, showtimes, booking).await
+            }
+            Command::JoinQueue { event } => self.join_queue(tx, user, *event, booking).await,
+            Command::QueueStatus { token } => self.queue_status(tx, user, *token, booking, locked).await,
+            Command::CreateOrder { items, seats, token } => {
+                self.create_order(tx, user, items, seats, *token, booking, locked).await
+            }
+            Command::CancelOrder { order } => self.cancel_order(tx, user, *order, booking, locked).await,
+        }
+    }
+
+    /// Cancels a payment (and, through [`Tally::follow_order`], the order it
+    /// paid). A gateway payment's refund goes through the gateway.
+    async fn cancel_payment(
+        &self,
+        tx: &mut S::Tx,
+        user: UserId,
+        loaded: Payment,
+        booking: &Booking,
+        locked: &LockSet,
+        answer: Answer,
+    ) -> Result<Step, Error> {
+        let ids = &self.ids;
+        let mut next_id = || TransferId(ids.next_id());
+        match (loaded.method, loaded.status) {
+            // Money went through the gateway: it must come back through it.
+            (Method::Gateway, PaymentStatus::Done) => {
+                let cancelling = loaded.transition(PaymentEvent::BeginCancel, booking.at)?;
+                tx.put_payment(Some(&loaded), &cancelling).await?;
+                Ok(Step::Call(cancelling, Call::Cancel, answer))
+            }
+            // A cancel whose outcome is unknown: the gateway's cancel
+            // is idempotent, so asking again is safe.
+            (Method::Gateway, PaymentStatus::Cancelling) => Ok(Step::Call(loaded, Call::Cancel, answer)),
+            _ => {
+                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+                let decision = decide::cancel(&loaded, &wallet, booking, &mut next_id)?;
+                self.persist(tx, &loaded, &wallet, &decision).await?;
+                let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
+                Ok(Step::Done(match (answer, order) {
+                    (Answer::Order, Some(order)) => Outcome::Order(self.order_view(order)),
+                    _ => Outcome::Payment(decision.payment),
+                }))
             }
         }
     }
@@ -696,9 +811,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         loaded: Payment,
         payment_key: Option<&str>,
         booking: &Booking,
+        locked: &LockSet,
     ) -> Result<Step, Error> {
         if loaded.status == PaymentStatus::Confirming {
-            return Ok(Step::Call(loaded, Call::Lookup));
+            return Ok(Step::Call(loaded, Call::Lookup, Answer::Payment));
         }
         let Some(payment_key) = payment_key else {
             return Err(Error::InvalidInput("a gateway payment is confirmed with its payment_key"));
@@ -706,7 +822,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let event = PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned() };
         let confirming = loaded.transition(event, booking.at)?;
         tx.put_payment(Some(&loaded), &confirming).await?;
-        Ok(Step::Call(confirming, Call::Confirm))
+        // The order is marked as being paid before the charge is sent, so
+        // the sweeper cannot expire it while the money may be on its way.
+        self.follow_order(tx, &loaded, &confirming, booking.at, locked).await?;
+        Ok(Step::Call(confirming, Call::Confirm, Answer::Payment))
     }
 
     async fn persist(

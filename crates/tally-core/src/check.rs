@@ -1,4 +1,4 @@
-//! The invariant checker (SPEC.md invariants 1–4).
+//! The invariant checker (SPEC.md invariants 1–8).
 //!
 //! Given everything a store holds ([`Snapshot`]), [`check`] reports every
 //! violation by invariant. It recomputes what it can from the ledger alone
@@ -9,8 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::catalog::{Event, Product, Seat, SeatStatus};
 use crate::idempotency::{IdemRecord, IdemScope, IdemState};
-use crate::ids::{OpId, PaymentId, UserId};
+use crate::ids::{EventId, OpId, OrderId, PaymentId, ProductId, SeatId, UserId};
+use crate::order::{Order, OrderStatus};
+use crate::queue::{QueueToken, TokenStatus};
 use crate::ledger::{Account, Transfer, TransferKind};
 use crate::money::Money;
 use crate::payment::{Payment, PaymentStatus};
@@ -24,6 +27,11 @@ pub struct Snapshot {
     pub payments: Vec<Payment>,
     pub transfers: Vec<Transfer>,
     pub idempotency: Vec<IdemRecord>,
+    pub products: Vec<Product>,
+    pub orders: Vec<Order>,
+    pub events: Vec<Event>,
+    pub seats: Vec<Seat>,
+    pub tokens: Vec<QueueToken>,
 }
 
 /// SPEC.md's invariants, by number.
@@ -37,6 +45,15 @@ pub enum Invariant {
     WalletMatchesLedger = 3,
     /// 4. Money is conserved: all accounts sum to zero.
     MoneyConserved = 4,
+    /// 5. Stock never negative; available plus reserved equals ever stocked.
+    StockConserved = 5,
+    /// 6. A seat is held or sold by at most one order at a time.
+    SeatOneOrder = 6,
+    /// 7. An order is paid exactly when it has one done payment; expired and
+    ///    cancelled orders have no net charge.
+    OrderMatchesPayment = 7,
+    /// 8. Never more than K active queue tokens per event.
+    QueueWithinLimit = 8,
 }
 
 impl Invariant {
@@ -46,6 +63,10 @@ impl Invariant {
             Invariant::OneEffectPerKey => "one effect per idempotency key",
             Invariant::WalletMatchesLedger => "wallet within limits and equal to its ledger",
             Invariant::MoneyConserved => "money conserved",
+            Invariant::StockConserved => "stock never negative and conserved",
+            Invariant::SeatOneOrder => "a seat belongs to at most one order",
+            Invariant::OrderMatchesPayment => "an order is paid exactly when one payment is done",
+            Invariant::QueueWithinLimit => "at most K active queue tokens per event",
         }
     }
 }
@@ -70,6 +91,10 @@ pub fn check(snapshot: &Snapshot) -> Vec<Violation> {
     check_idempotency(snapshot, &mut report);
     check_wallets(snapshot, &mut report);
     check_conservation(snapshot, &mut report);
+    check_stock(snapshot, &mut report);
+    check_seats(snapshot, &mut report);
+    check_orders(snapshot, &mut report);
+    check_queues(snapshot, &mut report);
     found
 }
 
@@ -309,5 +334,156 @@ fn check_conservation(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, St
     let total = system.checked_add(wallets).expect("bounded sums");
     if total != Money::ZERO {
         report(inv, format!("all accounts sum to {total}, not 0 (wallets {wallets}, system {system})"));
+    }
+}
+
+fn check_stock(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
+    let inv = Invariant::StockConserved;
+    let mut reserved: BTreeMap<ProductId, u64> = BTreeMap::new();
+    for order in snapshot.orders.iter().filter(|o| o.status.reserves()) {
+        for line in &order.lines {
+            *reserved.entry(line.product).or_default() += line.quantity;
+        }
+    }
+    let known: BTreeSet<ProductId> = snapshot.products.iter().map(|p| p.id).collect();
+    for product in reserved.keys().filter(|id| !known.contains(id)) {
+        report(inv, format!("orders reserve unknown product {product}"));
+    }
+    for product in &snapshot.products {
+        let held = reserved.get(&product.id).copied().unwrap_or(0);
+        // `stock` is unsigned, so "negative" shows as available + reserved
+        // above what was ever stocked (an oversell) or below it (a lost unit).
+        if product.stock.checked_add(held) != Some(product.stocked) {
+            report(
+                inv,
+                format!(
+                    "product {}: {} available + {held} reserved by orders, but {} were ever stocked",
+                    product.id, product.stock, product.stocked
+                ),
+            );
+        }
+    }
+}
+
+fn check_seats(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
+    let inv = Invariant::SeatOneOrder;
+    let mut holders: BTreeMap<SeatId, Vec<&Order>> = BTreeMap::new();
+    for order in snapshot.orders.iter().filter(|o| o.status.reserves()) {
+        for seat in &order.seats {
+            holders.entry(seat.seat).or_default().push(order);
+        }
+    }
+    let known: BTreeSet<SeatId> = snapshot.seats.iter().map(|s| s.id).collect();
+    for seat in holders.keys().filter(|id| !known.contains(id)) {
+        report(inv, format!("orders hold unknown seat {seat}"));
+    }
+    for seat in &snapshot.seats {
+        let orders = holders.get(&seat.id).map(Vec::as_slice).unwrap_or_default();
+        if orders.len() > 1 {
+            let ids: Vec<String> = orders.iter().map(|o| o.id.to_string()).collect();
+            report(inv, format!("seat {} ({}) is held by {} orders: {}", seat.id, seat.label, orders.len(), ids.join(", ")));
+            continue;
+        }
+        let expected = match orders.first() {
+            None => SeatStatus::Available,
+            Some(order) if order.status == OrderStatus::Paid => SeatStatus::Sold(order.id),
+            Some(order) => SeatStatus::Held(order.id),
+        };
+        if seat.status != expected {
+            report(
+                inv,
+                format!("seat {} ({}) is {:?} but its orders say {:?}", seat.id, seat.label, seat.status, expected),
+            );
+        }
+    }
+}
+
+fn check_orders(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
+    let inv = Invariant::OrderMatchesPayment;
+    let mut by_order: BTreeMap<OrderId, Vec<&Payment>> = BTreeMap::new();
+    for payment in &snapshot.payments {
+        if let Some(order) = payment.order {
+            by_order.entry(order).or_default().push(payment);
+        }
+    }
+    let known: BTreeSet<OrderId> = snapshot.orders.iter().map(|o| o.id).collect();
+    for order in by_order.keys().filter(|id| !known.contains(id)) {
+        report(inv, format!("payments name unknown order {order}"));
+    }
+    for order in &snapshot.orders {
+        let payments = by_order.get(&order.id).map(Vec::as_slice).unwrap_or_default();
+        // Charged and not refunded: done, or on its way back (cancelling).
+        let charged: Vec<&&Payment> =
+            payments.iter().filter(|p| matches!(p.status, PaymentStatus::Done | PaymentStatus::Cancelling)).collect();
+        let in_flight = payments.iter().filter(|p| p.status == PaymentStatus::Confirming).count();
+        let id = order.id;
+        for payment in payments.iter().filter(|p| p.amount != order.total) {
+            report(inv, format!("payment {} of order {id} is for {}, the order totals {}", payment.id, payment.amount, order.total));
+        }
+        match order.status {
+            OrderStatus::Paid => {
+                if charged.len() != 1 || order.payment != Some(charged[0].id) {
+                    report(inv, format!("order {id} is paid with {} charged payment(s)", charged.len()));
+                }
+            }
+            OrderStatus::PendingPayment => {
+                if !charged.is_empty() {
+                    report(inv, format!("order {id} is unpaid but {} payment(s) for it are charged", charged.len()));
+                }
+                if in_flight > 1 || (in_flight == 1) != order.payment.is_some() {
+                    report(inv, format!("order {id} has {in_flight} charge(s) in flight, paying {:?}", order.payment));
+                }
+            }
+            OrderStatus::Cancelled | OrderStatus::Expired => {
+                if !charged.is_empty() || in_flight != 0 {
+                    report(
+                        inv,
+                        format!(
+                            "order {id} is {} but {} payment(s) for it are charged, {in_flight} in flight",
+                            order.status.as_str(),
+                            charged.len()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_queues(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
+    let inv = Invariant::QueueWithinLimit;
+    let mut by_event: BTreeMap<EventId, Vec<&QueueToken>> = BTreeMap::new();
+    for token in &snapshot.tokens {
+        by_event.entry(token.event).or_default().push(token);
+    }
+    for event in &snapshot.events {
+        let tokens = by_event.remove(&event.id).unwrap_or_default();
+        let limit = event.active_limit as usize;
+        let active = tokens.iter().filter(|t| t.status == TokenStatus::Active).count();
+        if active > limit || active != event.active_count as usize {
+            report(
+                inv,
+                format!("event {} has {active} active tokens (counted {}, limit {limit})", event.id, event.active_count),
+            );
+        }
+        // Over time, too: at every promotion, the tokens whose activity
+        // covers that instant number at most K.
+        let intervals: Vec<(Timestamp, Timestamp)> =
+            tokens.iter().filter_map(|t| Some((t.activated_at?, t.active_until()?))).collect();
+        for (start, _) in &intervals {
+            let covering = intervals.iter().filter(|(from, until)| from <= start && start < until).count();
+            if covering > limit {
+                report(inv, format!("event {}: {covering} tokens active at {start:?}, limit {limit}", event.id));
+                break;
+            }
+        }
+        let mut seqs: Vec<u64> = tokens.iter().map(|t| t.seq).collect();
+        seqs.sort_unstable();
+        if seqs.windows(2).any(|w| w[0] == w[1]) {
+            report(inv, format!("event {}: two tokens share a place in line", event.id));
+        }
+    }
+    for event in by_event.keys() {
+        report(inv, format!("tokens of unknown event {event}"));
     }
 }

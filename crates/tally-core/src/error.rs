@@ -1,5 +1,7 @@
 //! The core's one error type.
 
+use crate::catalog::{SeatUnavailable, StockError};
+use crate::order::OrderError;
 use crate::payment::{InvalidTransition, PaybackTooLarge};
 use crate::store::{LockError, StoreError};
 use crate::wallet::WalletError;
@@ -15,6 +17,20 @@ pub enum Error {
     Transition(#[from] InvalidTransition),
     #[error(transparent)]
     Payback(#[from] PaybackTooLarge),
+    /// A computed amount (an order's total) is not a valid amount.
+    #[error(transparent)]
+    Amount(#[from] crate::money::AmountError),
+    /// Out of stock (or a restock beyond the limit).
+    #[error(transparent)]
+    Stock(#[from] StockError),
+    #[error(transparent)]
+    Seat(#[from] SeatUnavailable),
+    /// An order expired, or is in a state that refuses the request.
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// The caller may not do this (seats without an active queue token).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     #[error("not found")]
     NotFound,
     #[error("invalid input: {0}")]
@@ -41,7 +57,16 @@ impl Error {
     /// A business rule refused the request (SPEC.md's 409/422 refusals):
     /// such answers are stored under the idempotency key and replayed.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Wallet(_) | Error::Transition(_) | Error::Payback(_) | Error::NotFound)
+        matches!(
+            self,
+            Error::Wallet(_)
+                | Error::Transition(_)
+                | Error::Payback(_)
+                | Error::Stock(_)
+                | Error::Seat(_)
+                | Error::Order(_)
+                | Error::NotFound
+        )
     }
 }
 

@@ -80,6 +80,12 @@ id_type!(
     /// A user, and so also the user's wallet (one wallet per user).
     UserId
 );
+
+impl UserId {
+    /// The catalogue's administrator: never a real user (ids are never 0), so
+    /// the admin's idempotency keys live in a scope of their own.
+    pub const ADMIN: UserId = UserId(0);
+}
 id_type!(
     /// A payment.
     PaymentId
@@ -92,6 +98,32 @@ id_type!(
     /// One execution of a command: every transfer it books carries it, so an
     /// audit (and the invariant checker) can tell executions apart.
     OpId
+);
+
+id_type!(
+    /// A product with stock.
+    ProductId
+);
+id_type!(
+    /// An event (a concert): its showtimes, seats and waiting queue.
+    EventId
+);
+id_type!(
+    /// One showtime of an event.
+    ShowtimeId
+);
+id_type!(
+    /// One seat of one showtime.
+    SeatId
+);
+id_type!(
+    /// An order: products and seats reserved together.
+    OrderId
+);
+id_type!(
+    /// A waiting-queue token. Shown to its owner only; knowing it is not
+    /// enough to use it (it belongs to one user).
+    TokenId
 );
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 //! # Layout
 //!
 //! - [`money`]: `Money` and `Amount`, integer minor units, checked.
-//! - [`wallet`], [`payment`], [`idempotency`]: records and their one
-//!   transition function each.
+//! - [`wallet`], [`payment`], [`idempotency`], [`catalog`] (products and
+//!   seats), [`order`], [`queue`]: records and their one transition function
+//!   each.
 //! - [`ledger`]: double-entry transfers.
 //! - [`decide`]: pure decisions over loaded records (load → **decide** → persist).
 //! - [`store`]: the traits backends implement, and the global lock order.
@@ -18,6 +19,7 @@
 //! - [`check`]: the invariant checker every test and tool shares.
 
 pub mod app;
+pub mod catalog;
 pub mod check;
 pub mod decide;
 pub mod error;
@@ -27,7 +29,9 @@ pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod mutant;
+pub mod order;
 pub mod payment;
+pub mod queue;
 pub mod store;
 pub mod time;
 pub mod wallet;

@@ -18,7 +18,7 @@
 //! while the outcome is unknown; it is resolved by looking the payment up at
 //! the gateway, never by sending the confirm again.
 
-use crate::ids::{PaymentId, UserId};
+use crate::ids::{OrderId, PaymentId, UserId};
 use crate::money::{Amount, Money};
 use crate::time::Timestamp;
 
@@ -128,6 +128,9 @@ pub struct Payment {
     pub status: PaymentStatus,
     /// Gateway payments, once a confirm began.
     pub gateway: Option<GatewayAttempt>,
+    /// The order it pays, if any: its amount is the order's total, and its
+    /// confirm and cancel move the order too.
+    pub order: Option<OrderId>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: u64,
@@ -156,6 +159,7 @@ impl Payment {
             method,
             status: PaymentStatus::Wait,
             gateway: None,
+            order: None,
             created_at: now,
             updated_at: now,
             version: 0,

@@ -19,10 +19,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::catalog::{Event, Product, Seat, Showtime};
 use crate::idempotency::{IdemRecord, IdemScope};
-use crate::ids::{PaymentId, UserId};
+use crate::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, UserId};
 use crate::ledger::Transfer;
+use crate::order::Order;
 use crate::payment::Payment;
+use crate::queue::{QueueToken, TokenStatus};
 use crate::time::Timestamp;
 use crate::wallet::Wallet;
 
@@ -137,6 +140,72 @@ pub trait Tx: Send {
         limit: usize,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
+    // The catalogue. Products, events, showtimes and seats are created once
+    // (`before: None`); afterwards only a product's stock, an event's queue
+    // counters and a seat's status change.
+
+    fn product(&mut self, id: ProductId) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send;
+    fn put_product(
+        &mut self,
+        before: Option<&Product>,
+        after: &Product,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn event(&mut self, id: EventId) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
+    fn put_event(&mut self, before: Option<&Event>, after: &Event)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert_showtime(&mut self, showtime: &Showtime) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn showtime(&mut self, id: ShowtimeId) -> impl Future<Output = Result<Option<Showtime>, StoreError>> + Send;
+    /// An event's showtimes, by start time then id.
+    fn showtimes(&mut self, event: EventId) -> impl Future<Output = Result<Vec<Showtime>, StoreError>> + Send;
+    /// Seats are inserted with `put_seat(None, …)`; this lists a showtime's
+    /// seats by label then id, unlocked (a read for display).
+    fn seats(&mut self, showtime: ShowtimeId) -> impl Future<Output = Result<Vec<Seat>, StoreError>> + Send;
+    fn seat(&mut self, id: SeatId) -> impl Future<Output = Result<Option<Seat>, StoreError>> + Send;
+    fn put_seat(&mut self, before: Option<&Seat>, after: &Seat) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn order(&mut self, id: OrderId) -> impl Future<Output = Result<Option<Order>, StoreError>> + Send;
+    /// The order for the expiry sweeper: like [`Tx::order`], but a backend
+    /// whose loads take row locks skips an order another transaction holds
+    /// (`FOR UPDATE SKIP LOCKED`) and answers `None`, so several sweepers
+    /// share the work instead of queueing behind each other or a payment.
+    fn order_skip_locked(
+        &mut self,
+        id: OrderId,
+    ) -> impl Future<Output = Result<Option<Order>, StoreError>> + Send {
+        self.order(id)
+    }
+    fn put_order(&mut self, before: Option<&Order>, after: &Order)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Unpaid orders (pending, nothing paying) whose TTL ended at or before
+    /// `now`, oldest deadline first, at most `limit`: the sweeper's work. A
+    /// plain read; the sweeper re-checks each under its lock.
+    fn expired_orders(
+        &mut self,
+        now: crate::time::Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OrderId>, StoreError>> + Send;
+
+    fn token(&mut self, id: TokenId) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send;
+    fn put_token(
+        &mut self,
+        before: Option<&QueueToken>,
+        after: &QueueToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// An event's tokens with `status`, in join order, at most `limit`.
+    fn tokens(
+        &mut self,
+        event: EventId,
+        status: TokenStatus,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<QueueToken>, StoreError>> + Send;
+    /// The user's newest token for the event, whatever its status.
+    fn user_token(
+        &mut self,
+        event: EventId,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send;
+
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(self) -> impl Future<Output = ()> + Send;
 }
@@ -144,19 +213,29 @@ pub trait Tx: Send {
 /// What a use case locks. The derived order *is* the global lock order:
 /// every multi-key acquisition takes its keys sorted, so no two use cases can
 /// wait on each other in a cycle. New kinds of record get new variants.
+///
+/// Backends whose loads lock rows load in this order too: idempotency record,
+/// payment, wallet, order, products (by id), seats (by id), and last the
+/// event row that guards its queue tokens.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LockKey {
     Idempotency(IdemScope),
     Payment(PaymentId),
     Wallet(UserId),
+    Order(OrderId),
+    Product(ProductId),
+    Seat(SeatId),
+    /// An event's waiting queue: its counters and all its tokens.
+    Queue(EventId),
 }
 
 /// A sorted, de-duplicated set of lock keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockSet(Vec<LockKey>);
 
-/// A use case never locks more than this many keys at once; an order with
-/// many lines will need a larger bound, chosen with it.
+/// A use case never locks more than this many keys at once. The largest set
+/// is an order's: its idempotency key, payment, wallet, order, 10 products,
+/// 10 seats and its event's queue — 25.
 pub const LOCK_SET_SIZE_MAX: usize = 64;
 
 impl LockSet {

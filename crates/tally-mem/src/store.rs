@@ -3,11 +3,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use tally_core::catalog::{Event, Product, Seat, SeatStatus, Showtime};
 use tally_core::check::Snapshot;
 use tally_core::idempotency::{IdemRecord, IdemScope};
-use tally_core::ids::{PaymentId, TransferId, UserId};
+use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, TransferId, UserId};
 use tally_core::ledger::Transfer;
+use tally_core::order::{Order, OrderStatus};
 use tally_core::payment::{Payment, PaymentStatus};
+use tally_core::queue::{QueueToken, TokenStatus};
 use tally_core::store::{Store, StoreError, Tx, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
@@ -53,6 +56,23 @@ struct State {
     idempotency: BTreeMap<IdemScope, IdemRecord>,
     /// (payment, transfer kind) pairs already booked.
     payment_kinds: std::collections::BTreeSet<(PaymentId, &'static str)>,
+    products: BTreeMap<ProductId, Product>,
+    events: BTreeMap<EventId, Event>,
+    showtimes: BTreeMap<ShowtimeId, Showtime>,
+    seats: BTreeMap<SeatId, Seat>,
+    /// Per showtime, its seats.
+    showtime_seats: BTreeMap<ShowtimeId, Vec<SeatId>>,
+    orders: BTreeMap<OrderId, Order>,
+    tokens: BTreeMap<TokenId, QueueToken>,
+    /// Per event, its tokens by place in line.
+    event_tokens: BTreeMap<EventId, BTreeMap<u64, TokenId>>,
+}
+
+/// A payment that holds its order's charge: at most one per order, like the
+/// schema's partial unique index.
+fn charges_order(payment: &Payment) -> Option<OrderId> {
+    let charging = matches!(payment.status, PaymentStatus::Confirming | PaymentStatus::Done | PaymentStatus::Cancelling);
+    payment.order.filter(|_| charging)
 }
 
 struct Shared {
@@ -103,6 +123,11 @@ impl MemStore {
             payments: state.payments.values().cloned().collect(),
             transfers: state.transfers.clone(),
             idempotency: state.idempotency.values().cloned().collect(),
+            products: state.products.values().cloned().collect(),
+            orders: state.orders.values().cloned().collect(),
+            events: state.events.values().cloned().collect(),
+            seats: state.seats.values().cloned().collect(),
+            tokens: state.tokens.values().cloned().collect(),
         }
     }
 }
@@ -129,6 +154,12 @@ enum Write {
     Transfers(Vec<Transfer>),
     Idempotency { before: Option<u64>, after: IdemRecord },
     DeleteIdempotency { before: u64, scope: IdemScope },
+    Product { before: Option<u64>, after: Product },
+    Event { before: Option<u64>, after: Event },
+    Showtime(Showtime),
+    Seat { before: Option<u64>, after: Seat },
+    Order { before: Option<u64>, after: Order },
+    Token { before: Option<u64>, after: QueueToken },
 }
 
 /// A transaction: reads go to the committed state overlaid with the
@@ -175,6 +206,44 @@ impl MemTx {
             Write::DeleteIdempotency { scope: deleted, .. } if deleted == scope => Some(None),
             _ => None,
         })
+    }
+
+    fn own<T: Clone>(&self, find: impl Fn(&Write) -> Option<&T>) -> Option<T> {
+        self.writes.iter().rev().find_map(find).cloned()
+    }
+
+    fn own_order(&self, id: OrderId) -> Option<Order> {
+        self.own(|w| match w {
+            Write::Order { after, .. } if after.id == id => Some(after),
+            _ => None,
+        })
+    }
+
+    fn own_token(&self, id: TokenId) -> Option<QueueToken> {
+        self.own(|w| match w {
+            Write::Token { after, .. } if after.id == id => Some(after),
+            _ => None,
+        })
+    }
+
+    /// An event's tokens as this transaction sees them, in line order.
+    fn event_tokens(&self, event: EventId) -> Vec<QueueToken> {
+        let mut tokens: BTreeMap<u64, QueueToken> = {
+            let state = self.store.state();
+            state
+                .event_tokens
+                .get(&event)
+                .map(|line| line.iter().map(|(seq, id)| (*seq, state.tokens[id].clone())).collect())
+                .unwrap_or_default()
+        };
+        for write in &self.writes {
+            if let Write::Token { after, .. } = write {
+                if after.event == event {
+                    tokens.insert(after.seq, after.clone());
+                }
+            }
+        }
+        tokens.into_values().collect()
     }
 
     fn commit_now(self) -> Result<(), StoreError> {
@@ -259,7 +328,76 @@ fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), St
                     return Err(StoreError::Conflict);
                 }
             }
+            Write::Product { before, after } => {
+                if after.stock > after.stocked {
+                    return Err(StoreError::Integrity(format!("product {} above what was stocked", after.id)));
+                }
+                versioned(state.products.get(&after.id).map(|p| p.version), *before, "product", mode)?;
+            }
+            Write::Event { before, after } => {
+                if after.active_count > after.active_limit {
+                    return Err(StoreError::Integrity(format!("event {} above its active limit", after.id)));
+                }
+                versioned(state.events.get(&after.id).map(|e| e.version), *before, "event", mode)?;
+            }
+            Write::Showtime(showtime) => {
+                if state.showtimes.contains_key(&showtime.id) {
+                    return Err(StoreError::Integrity(format!("duplicate showtime {}", showtime.id)));
+                }
+            }
+            Write::Seat { before, after } => {
+                versioned(state.seats.get(&after.id).map(|s| s.version), *before, "seat", mode)?;
+            }
+            Write::Order { before, after } => {
+                versioned(state.orders.get(&after.id).map(|o| o.version), *before, "order", mode)?;
+            }
+            Write::Token { before, after } => {
+                let current = state.tokens.get(&after.id).map(|t| t.version);
+                versioned(current, *before, "token", mode)?;
+                let taken = state.event_tokens.get(&after.event).and_then(|line| line.get(&after.seq));
+                if before.is_none() && taken.is_some() {
+                    // Two joins read the same counter: unique (event, seq).
+                    return Err(StoreError::Conflict);
+                }
+            }
         }
+    }
+    // Like the schema's partial unique index: one charging payment per order.
+    let mut charging: BTreeMap<OrderId, PaymentId> = BTreeMap::new();
+    let written: std::collections::BTreeSet<PaymentId> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Payment { after, .. } => Some(after.id),
+            _ => None,
+        })
+        .collect();
+    for write in writes {
+        if let Write::Payment { after, .. } = write {
+            if let Some(order) = charges_order(after) {
+                charging.insert(order, after.id);
+            }
+        }
+    }
+    for (order, payment) in &charging {
+        let other = state
+            .payments
+            .values()
+            .any(|p| p.id != *payment && !written.contains(&p.id) && charges_order(p) == Some(*order));
+        if other {
+            return Err(StoreError::Integrity(format!("a second charging payment for order {order}")));
+        }
+    }
+    Ok(())
+}
+
+/// The version rule every record shares: an insert must be new; under
+/// optimistic concurrency an update must be of the version read.
+fn versioned(current: Option<u64>, before: Option<u64>, what: &str, mode: Concurrency) -> Result<(), StoreError> {
+    if before.is_none() && current.is_some() {
+        return Err(StoreError::Integrity(format!("duplicate {what}")));
+    }
+    if mode == Concurrency::Optimistic && current != before {
+        return Err(StoreError::Conflict);
     }
     Ok(())
 }
@@ -295,6 +433,29 @@ fn apply(state: &mut State, write: Write) {
         }
         Write::DeleteIdempotency { scope, .. } => {
             state.idempotency.remove(&scope);
+        }
+        Write::Product { after, .. } => {
+            state.products.insert(after.id, after);
+        }
+        Write::Event { after, .. } => {
+            state.events.insert(after.id, after);
+        }
+        Write::Showtime(showtime) => {
+            state.showtimes.insert(showtime.id, showtime);
+        }
+        Write::Seat { after, .. } => {
+            let line = state.showtime_seats.entry(after.showtime).or_default();
+            if !line.contains(&after.id) {
+                line.push(after.id);
+            }
+            state.seats.insert(after.id, after);
+        }
+        Write::Order { after, .. } => {
+            state.orders.insert(after.id, after);
+        }
+        Write::Token { after, .. } => {
+            state.event_tokens.entry(after.event).or_default().insert(after.seq, after.id);
+            state.tokens.insert(after.id, after);
         }
     }
 }
@@ -445,6 +606,145 @@ impl Tx for MemTx {
             self.push(Write::DeleteIdempotency { before, scope });
         }
         std::future::ready(Ok(count))
+    }
+
+    fn product(&mut self, id: ProductId) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send {
+        let own = self.own(|w| match w {
+            Write::Product { after, .. } if after.id == id => Some(after),
+            _ => None,
+        });
+        std::future::ready(Ok(own.or_else(|| self.store.state().products.get(&id).cloned())))
+    }
+
+    fn put_product(
+        &mut self,
+        before: Option<&Product>,
+        after: &Product,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
+        self.push(Write::Product { before: before.map(|p| p.version), after: after.clone() });
+        std::future::ready(Ok(()))
+    }
+
+    fn event(&mut self, id: EventId) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send {
+        let own = self.own(|w| match w {
+            Write::Event { after, .. } if after.id == id => Some(after),
+            _ => None,
+        });
+        std::future::ready(Ok(own.or_else(|| self.store.state().events.get(&id).cloned())))
+    }
+
+    fn put_event(&mut self, before: Option<&Event>, after: &Event) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
+        self.push(Write::Event { before: before.map(|e| e.version), after: after.clone() });
+        std::future::ready(Ok(()))
+    }
+
+    fn insert_showtime(&mut self, showtime: &Showtime) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.push(Write::Showtime(showtime.clone()));
+        std::future::ready(Ok(()))
+    }
+
+    fn showtime(&mut self, id: ShowtimeId) -> impl Future<Output = Result<Option<Showtime>, StoreError>> + Send {
+        let own = self.own(|w| match w {
+            Write::Showtime(showtime) if showtime.id == id => Some(showtime),
+            _ => None,
+        });
+        std::future::ready(Ok(own.or_else(|| self.store.state().showtimes.get(&id).cloned())))
+    }
+
+    fn showtimes(&mut self, event: EventId) -> impl Future<Output = Result<Vec<Showtime>, StoreError>> + Send {
+        let mut found: Vec<Showtime> =
+            self.store.state().showtimes.values().filter(|s| s.event == event).cloned().collect();
+        found.sort_by_key(|s| (s.starts_at, s.id));
+        std::future::ready(Ok(found))
+    }
+
+    fn seats(&mut self, showtime: ShowtimeId) -> impl Future<Output = Result<Vec<Seat>, StoreError>> + Send {
+        let state = self.store.state();
+        let mut found: Vec<Seat> = state
+            .showtime_seats
+            .get(&showtime)
+            .map(|ids| ids.iter().map(|id| state.seats[id].clone()).collect())
+            .unwrap_or_default();
+        found.sort_by(|a, b| (&a.label, a.id).cmp(&(&b.label, b.id)));
+        std::future::ready(Ok(found))
+    }
+
+    fn seat(&mut self, id: SeatId) -> impl Future<Output = Result<Option<Seat>, StoreError>> + Send {
+        let own = self.own(|w| match w {
+            Write::Seat { after, .. } if after.id == id => Some(after),
+            _ => None,
+        });
+        std::future::ready(Ok(own.or_else(|| self.store.state().seats.get(&id).cloned())))
+    }
+
+    fn put_seat(&mut self, before: Option<&Seat>, after: &Seat) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
+        debug_assert!(before.is_some() || after.status == SeatStatus::Available);
+        self.push(Write::Seat { before: before.map(|s| s.version), after: after.clone() });
+        std::future::ready(Ok(()))
+    }
+
+    fn order(&mut self, id: OrderId) -> impl Future<Output = Result<Option<Order>, StoreError>> + Send {
+        let own = self.own_order(id);
+        std::future::ready(Ok(own.or_else(|| self.store.state().orders.get(&id).cloned())))
+    }
+
+    fn put_order(&mut self, before: Option<&Order>, after: &Order) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
+        self.push(Write::Order { before: before.map(|o| o.version), after: after.clone() });
+        std::future::ready(Ok(()))
+    }
+
+    fn expired_orders(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OrderId>, StoreError>> + Send {
+        let state = self.store.state();
+        let mut due: Vec<(Timestamp, OrderId)> = state
+            .orders
+            .values()
+            .filter(|o| o.status == OrderStatus::PendingPayment && o.payment.is_none() && o.expires_at <= now)
+            .map(|o| (o.expires_at, o.id))
+            .collect();
+        due.sort_unstable();
+        std::future::ready(Ok(due.into_iter().take(limit).map(|(_, id)| id).collect()))
+    }
+
+    fn token(&mut self, id: TokenId) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send {
+        let own = self.own_token(id);
+        std::future::ready(Ok(own.or_else(|| self.store.state().tokens.get(&id).cloned())))
+    }
+
+    fn put_token(
+        &mut self,
+        before: Option<&QueueToken>,
+        after: &QueueToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
+        self.push(Write::Token { before: before.map(|t| t.version), after: after.clone() });
+        std::future::ready(Ok(()))
+    }
+
+    fn tokens(
+        &mut self,
+        event: EventId,
+        status: TokenStatus,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<QueueToken>, StoreError>> + Send {
+        let found = self.event_tokens(event).into_iter().filter(|t| t.status == status).take(limit).collect();
+        std::future::ready(Ok(found))
+    }
+
+    fn user_token(
+        &mut self,
+        event: EventId,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send {
+        let found = self.event_tokens(event).into_iter().rev().find(|t| t.user == user);
+        std::future::ready(Ok(found))
     }
 
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send {
