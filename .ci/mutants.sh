@@ -19,6 +19,10 @@ mutants=(
   "double_refund:cancel accepts an already-cancelled payment and refunds it again"
   "idem_ignores_inflight:idempotency admission ignores a live in-flight record"
   "retry_unknown_confirm:an unclear gateway confirm is sent again instead of looked up (seed 003)"
+  "stock_check_then_act:an order checks and takes stock without holding the product (seed 004)"
+  "expire_paid_order:the expiry sweeper gives stock back without re-checking that the order is still unpaid (seed 004)"
+  "seat_double_hold:a held or sold seat can be held by another order (seed 002)"
+  "queue_over_admit:the queue promotes one token more than its free slots (seed 002)"
 )
 
 survivors=0

@@ -174,7 +174,10 @@ impl Order {
             (S::Paid, _, E::Expire) if !in_time && crate::mutant::active("expire_paid_order") => {
                 next.status = S::Expired;
             }
-            (S::PendingPayment, None, E::BeginPay(_) | E::Pay(_)) => return Err(OrderError::Expired(self.id)),
+            // Too late to pay, whether or not the sweeper got there first.
+            (S::PendingPayment, None, E::BeginPay(_) | E::Pay(_)) | (S::Expired, _, E::BeginPay(_) | E::Pay(_)) => {
+                return Err(OrderError::Expired(self.id));
+            }
             (status, _, event) => return Err(self.refuse(status, event)),
         }
         Ok(next)

@@ -25,7 +25,10 @@ use common::*;
 use shuttle::future::block_on;
 use shuttle::thread;
 use tally_core::app::{Command, Executed, Outcome};
+use tally_core::catalog::StockError;
 use tally_core::check::assert_holds;
+use tally_core::order::{OrderError, OrderStatus};
+use tally_core::queue::TokenStatus;
 use tally_core::ids::PaymentId;
 use tally_core::money::Money;
 use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
@@ -351,6 +354,216 @@ fn gateway_retry_vs_completer((app, gateway): (Arc<GatewayTally>, MemGateway)) {
     });
 }
 
+fn is_out_of_stock(result: &Result<Executed, Error>) -> bool {
+    matches!(result, Err(Error::Stock(StockError::OutOfStock { .. })))
+}
+
+/// Seed 004: N buyers race for `stock` units, one each → exactly `stock`
+/// orders, the rest refused out of stock, stock 0, nothing oversold.
+fn stock_k_of_n<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>, stock_units: u64, buyers: usize) {
+    let (users, product) = block_on(async {
+        let mut users = Vec::new();
+        for _ in 0..buyers {
+            users.push(user_with(&app, Limits::default(), 0).await);
+        }
+        (users, new_product(&app, 100, stock_units).await)
+    });
+    let results = race(
+        &app,
+        users
+            .into_iter()
+            .map(|user| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[(product, 1)], &[], None), None)))
+            .collect(),
+    );
+    let won = stock_units.min(buyers as u64) as usize;
+    assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), won, "{results:?}");
+    assert_eq!(results.iter().filter(|r| is_out_of_stock(r)).count(), buyers - won, "{results:?}");
+    block_on(async {
+        assert_eq!(stock(&app, product).await, stock_units - won as u64);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Seed 004's last unit: two buyers, one unit → one order.
+fn last_unit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    stock_k_of_n(app, 1, 2);
+}
+
+/// Stock k bought by N > k buyers.
+fn k_units_n_buyers<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    stock_k_of_n(app, 2, THREADS);
+}
+
+/// Two orders list the same two products in opposite orders, one unit of
+/// each in stock: exactly one gets both, the other gets neither (all lines
+/// or none), and neither waits for the other forever (global lock order).
+fn opposite_orders<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (a, b, users) = block_on(async {
+        let a = new_product(&app, 100, 1).await;
+        let b = new_product(&app, 200, 1).await;
+        let users = [user_with(&app, Limits::default(), 0).await, user_with(&app, Limits::default(), 0).await];
+        (a, b, users)
+    });
+    let lists = [vec![(a, 1), (b, 1)], vec![(b, 1), (a, 1)]];
+    let results = race(
+        &app,
+        users
+            .into_iter()
+            .zip(lists)
+            .map(|(user, items)| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&items, &[], None), None)))
+            .collect(),
+    );
+    assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| is_out_of_stock(r)).count(), 1, "{results:?}");
+    let order = results.iter().find_map(created).unwrap();
+    assert_eq!(order.total, amount(300));
+    block_on(async {
+        assert_eq!((stock(&app, a).await, stock(&app, b).await), (0, 0));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Seed 004's scheduled job racing the payment: the clock crosses the TTL
+/// while a confirm and the sweeper run. Either the order is paid (stock
+/// consumed, one charge, the sweeper expired nothing) or it expired (stock
+/// back, no money moved, the confirm refused as expired) — never both.
+fn confirm_vs_sweeper<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (user, product, order, pay) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let product = new_product(&app, 300, 1).await;
+        let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
+        let pay = order_payment(&app, user, order.id).await;
+        (user, product, order, pay)
+    });
+    let ttl_end = order.expires_at;
+    let confirming = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, confirm(pay), None)))
+    };
+    let sweeping = {
+        let app = app.clone();
+        thread::spawn(move || {
+            app.clock().set(ttl_end);
+            block_on(app.expire_orders(16))
+        })
+    };
+    let confirmed = confirming.join().unwrap();
+    let swept = sweeping.join().unwrap().expect("sweep");
+    block_on(async {
+        let now = app.order(user, order.id).await.unwrap();
+        if is_done(&confirmed) {
+            assert_eq!((now.status, swept), (OrderStatus::Paid, 0));
+            assert_eq!(stock(&app, product).await, 0);
+            assert_eq!(balance(&app, user).await, Money::new(700));
+        } else {
+            assert_eq!(confirmed, Err(Error::Order(OrderError::Expired(order.id))));
+            assert_eq!(now.status, OrderStatus::Expired);
+            // The sweeper expired it, or a later sweep will: either way a
+            // reader sees it expired; sweep again to give the stock back.
+            let later = app.expire_orders(16).await.unwrap();
+            assert_eq!(swept + later, 1, "expired exactly once");
+            assert_eq!(stock(&app, product).await, 1);
+            assert_eq!(balance(&app, user).await, Money::new(1_000));
+            assert_eq!(payment(&app, user, pay).await.status, PaymentStatus::Wait);
+        }
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// A paid-or-not order cancelled while its payment is confirmed: the cancel
+/// always wins in the end — the order is cancelled, its stock is back and the
+/// wallet is whole — whether it cancelled a pending order (the confirm is
+/// then refused) or refunded a paid one.
+fn cancel_vs_confirm<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (user, product, order, pay) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let product = new_product(&app, 400, 2).await;
+        let order = new_order(&app, user, order_of(&[(product, 2)], &[], None)).await;
+        let pay = order_payment(&app, user, order.id).await;
+        (user, product, order, pay)
+    });
+    let confirming = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, confirm(pay), None)))
+    };
+    let cancelling = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, Command::CancelOrder { order: order.id }, None)))
+    };
+    let confirmed = confirming.join().unwrap();
+    let cancelled = cancelling.join().unwrap();
+    assert!(matches!(&cancelled, Ok(Executed::Fresh(Outcome::Order(o))) if o.status == OrderStatus::Cancelled), "{cancelled:?}");
+    assert!(is_done(&confirmed) || matches!(confirmed, Err(Error::Order(OrderError::InvalidState { .. }))), "{confirmed:?}");
+    block_on(async {
+        assert_eq!(stock(&app, product).await, 2);
+        assert_eq!(balance(&app, user).await, Money::new(1_000));
+        let status = payment(&app, user, pay).await.status;
+        let expected = if is_done(&confirmed) { PaymentStatus::Cancelled } else { PaymentStatus::Wait };
+        assert_eq!(status, expected);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Seed 002: N users with active queue tokens book the same seat → exactly
+/// one holds it; the others are told it is unavailable.
+fn seat_booked_by_n<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (seat, bookings) = block_on(async {
+        let (event, seats) = new_event(&app, THREADS as u32, 2).await;
+        let mut bookings = Vec::new();
+        for _ in 0..THREADS {
+            let user = user_with(&app, Limits::default(), 0).await;
+            bookings.push((user, active_token(&app, user, event).await));
+        }
+        (seats[0], bookings)
+    });
+    let results = race(
+        &app,
+        bookings
+            .into_iter()
+            .map(|(user, token)| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[], &[seat], Some(token)), None)))
+            .collect(),
+    );
+    assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| matches!(r, Err(Error::Seat(_)))).count(), THREADS - 1, "{results:?}");
+    block_on(async { assert_holds(&app.snapshot().await.unwrap()) });
+}
+
+/// N users join a queue that admits 2 while the first active holder's order
+/// is paid: never more than 2 active at once (also over time: the checker
+/// replays every activation interval), and every joiner is either active or
+/// waiting in a distinct place.
+fn queue_admission<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (event, first, pay, joiners) = block_on(async {
+        let (event, seats) = new_event(&app, 2, 4).await;
+        let first = user_with(&app, Limits::default(), 1_000).await;
+        let token = active_token(&app, first, event).await;
+        let order = new_order(&app, first, order_of(&[], &[seats[0]], Some(token))).await;
+        let pay = order_payment(&app, first, order.id).await;
+        let mut joiners = Vec::new();
+        for _ in 0..THREADS - 1 {
+            joiners.push(user_with(&app, Limits::default(), 0).await);
+        }
+        (event, first, pay, joiners)
+    });
+    let paying = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(first, confirm(pay), None)))
+    };
+    let joined = race(
+        &app,
+        joiners.into_iter().map(|user| move |app: Arc<Tally<_, L, _>>| block_on(join(&app, user, event))).collect(),
+    );
+    assert!(is_done(&paying.join().unwrap()));
+    block_on(async {
+        let snapshot = app.snapshot().await.unwrap();
+        let active = snapshot.tokens.iter().filter(|t| t.status == TokenStatus::Active).count();
+        // The first token was used: both joiners fit in the two slots.
+        assert_eq!(active, 2, "{:?}", snapshot.tokens);
+        assert!(joined.iter().all(|v| v.status == TokenStatus::Active || v.position >= 1), "{joined:?}");
+        assert_holds(&snapshot);
+    });
+}
+
 macro_rules! scenario {
     ($test:ident, $scenario:ident, $backend:ident) => {
         #[test]
@@ -371,6 +584,16 @@ scenario!(optimistic_concurrent_top_ups_lose_nothing, concurrent_top_ups, optimi
 scenario!(optimistic_balance_for_k_pays_exactly_k, k_of_n_payments, optimistic);
 scenario!(optimistic_payment_vs_cancel_refunds_once, payment_vs_cancel, optimistic);
 scenario!(optimistic_idempotency_key_has_one_effect, idempotent_top_ups, optimistic);
+scenario!(locked_last_unit_sells_once, last_unit, locked);
+scenario!(locked_k_units_sell_to_exactly_k_of_n, k_units_n_buyers, locked);
+scenario!(locked_opposite_multi_product_orders_never_deadlock, opposite_orders, locked);
+scenario!(locked_confirm_racing_expiry_ends_one_way, confirm_vs_sweeper, locked);
+scenario!(locked_cancel_racing_confirm_gives_everything_back, cancel_vs_confirm, locked);
+scenario!(locked_seat_booked_by_n_sells_once, seat_booked_by_n, locked);
+scenario!(locked_queue_never_admits_above_its_limit, queue_admission, locked);
+scenario!(optimistic_k_units_sell_to_exactly_k_of_n, k_units_n_buyers, optimistic);
+scenario!(optimistic_confirm_racing_expiry_ends_one_way, confirm_vs_sweeper, optimistic);
+scenario!(optimistic_seat_booked_by_n_sells_once, seat_booked_by_n, optimistic);
 scenario!(gateway_concurrent_confirms_send_one_confirm, gateway_concurrent_confirms, with_gateway);
 scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway_lost_reply, with_gateway);
 scenario!(gateway_retry_racing_the_completer_charges_once, gateway_retry_vs_completer, with_gateway);

@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use tally_core::app::{Command, Config, Executed, Keyed, Outcome, Render};
+use tally_core::app::{Command, Config, Executed, Keyed, NewSeat, NewShowtime, Outcome, Render, TokenView};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::{Fingerprint, IdemKey, StoredResponse};
-use tally_core::ids::{PaymentId, SeqIds, UserId};
+use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, SeqIds, TokenId, UserId};
+use tally_core::order::Order;
+use tally_core::queue::TokenStatus;
 use tally_core::money::{Amount, Money};
 use tally_core::payment::{Method, Payment};
 use tally_core::store::{LockManager, NoLocks};
@@ -158,4 +160,86 @@ pub async fn payment<L: LockManager, G: Gateway>(
     id: PaymentId,
 ) -> Payment {
     app.payment(user, id).await.expect("payment")
+}
+
+type App<L, G> = Tally<MemStore, L, ManualClock, G>;
+
+/// A product (created by the admin) with `stock` units at `price`.
+pub async fn new_product<L: LockManager, G: Gateway>(app: &App<L, G>, price: i64, stock: u64) -> ProductId {
+    let command = Command::CreateProduct { name: "product".into(), price: amount(price), stock };
+    match app.execute(UserId::ADMIN, command, None).await {
+        Ok(Executed::Fresh(Outcome::Product(product))) => product.id,
+        other => panic!("create product: {other:?}"),
+    }
+}
+
+/// An event with one showtime of `seats` seats at 50 each; its queue admits
+/// `active_limit` at a time, for 60 s each.
+pub async fn new_event<L: LockManager, G: Gateway>(
+    app: &App<L, G>,
+    active_limit: u32,
+    seats: usize,
+) -> (EventId, Vec<SeatId>) {
+    let showtime = NewShowtime {
+        starts_at: Timestamp(START.0 + 86_400_000),
+        seats: (0..seats).map(|i| NewSeat { label: format!("A{i}"), price: amount(50) }).collect(),
+    };
+    let command = Command::CreateEvent {
+        name: "concert".into(),
+        active_limit,
+        token_ttl: std::time::Duration::from_secs(60),
+        showtimes: vec![showtime],
+    };
+    match app.execute(UserId::ADMIN, command, None).await {
+        Ok(Executed::Fresh(Outcome::Event(view))) => {
+            let seats = view.showtimes[0].1.iter().map(|s| s.id).collect();
+            (view.event.id, seats)
+        }
+        other => panic!("create event: {other:?}"),
+    }
+}
+
+/// Joins the event's queue; returns the token as the caller sees it.
+pub async fn join<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, event: EventId) -> TokenView {
+    match app.execute(user, Command::JoinQueue { event }, None).await {
+        Ok(Executed::Fresh(Outcome::Token(view))) => view,
+        other => panic!("join queue: {other:?}"),
+    }
+}
+
+/// A queue token that is active now (the event must have room).
+pub async fn active_token<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, event: EventId) -> TokenId {
+    let view = join(app, user, event).await;
+    assert_eq!(view.status, TokenStatus::Active, "the queue has room: {view:?}");
+    view.token.id
+}
+
+pub fn order_of(items: &[(ProductId, u64)], seats: &[SeatId], token: Option<TokenId>) -> Command {
+    Command::CreateOrder { items: items.to_vec(), seats: seats.to_vec(), token }
+}
+
+/// The order a command created, if it did.
+pub fn created(result: &Result<Executed, Error>) -> Option<&Order> {
+    match result {
+        Ok(Executed::Fresh(Outcome::Order(order))) => Some(order),
+        _ => None,
+    }
+}
+
+pub async fn new_order<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, command: Command) -> Order {
+    let result = app.execute(user, command, None).await;
+    created(&result).cloned().unwrap_or_else(|| panic!("create order: {result:?}"))
+}
+
+/// A wallet payment of the whole order.
+pub async fn order_payment<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, order: OrderId) -> PaymentId {
+    let command = Command::CreateOrderPayment { order, payback: None, method: Method::Wallet };
+    match app.execute(user, command, None).await {
+        Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
+        other => panic!("create order payment: {other:?}"),
+    }
+}
+
+pub async fn stock<L: LockManager, G: Gateway>(app: &App<L, G>, product: ProductId) -> u64 {
+    app.product(product).await.expect("product").stock
 }
