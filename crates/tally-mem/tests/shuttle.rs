@@ -31,7 +31,7 @@ use tally_core::order::{OrderError, OrderStatus};
 use tally_core::queue::TokenStatus;
 use tally_core::ids::PaymentId;
 use tally_core::money::Money;
-use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
+use tally_core::payment::{InvalidTransition, Method, PaymentEvent, PaymentStatus};
 use tally_core::store::LockManager;
 use tally_core::time::ManualClock;
 use tally_core::wallet::{LimitKind, Limits, WalletError};
@@ -564,6 +564,54 @@ fn queue_admission<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     });
 }
 
+/// A gateway charge for an order racing the sweeper across the TTL: the
+/// order is marked as being paid before the charge is sent, so either the
+/// gateway charged and the order is paid (even if the TTL passed while the
+/// charge was in flight), or the gateway was never called and the order
+/// expired. Money at the gateway always means a paid order.
+fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    let (user, product, order, pay) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let product = new_product(&app, 300, 1).await;
+        let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
+        let command = Command::CreateOrderPayment { order: order.id, payback: None, method: Method::Gateway };
+        let pay = match app.execute(user, command, None).await {
+            Ok(Executed::Fresh(Outcome::Payment(p))) => p.id,
+            other => panic!("{other:?}"),
+        };
+        (user, product, order, pay)
+    });
+    let ttl_end = order.expires_at;
+    let confirming = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, gateway_confirm(pay), None)))
+    };
+    let sweeping = {
+        let app = app.clone();
+        thread::spawn(move || {
+            app.clock().set(ttl_end);
+            block_on(app.expire_orders(16))
+        })
+    };
+    let confirmed = confirming.join().unwrap();
+    let swept = sweeping.join().unwrap().expect("sweep");
+    block_on(async {
+        let later = app.expire_orders(16).await.unwrap();
+        let now = app.order(user, order.id).await.unwrap();
+        if is_done(&confirmed) {
+            assert_eq!((now.status, swept + later), (OrderStatus::Paid, 0));
+            assert_eq!(gateway.confirms_received("pk-1"), 1);
+            assert_eq!(stock(&app, product).await, 0);
+        } else {
+            assert_eq!(confirmed, Err(Error::Order(OrderError::Expired(order.id))));
+            assert_eq!((now.status, swept + later), (OrderStatus::Expired, 1));
+            assert_eq!(gateway.confirms_received("pk-1"), 0, "no charge for an expired order");
+            assert_eq!(stock(&app, product).await, 1);
+        }
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
 macro_rules! scenario {
     ($test:ident, $scenario:ident, $backend:ident) => {
         #[test]
@@ -594,6 +642,7 @@ scenario!(locked_queue_never_admits_above_its_limit, queue_admission, locked);
 scenario!(optimistic_k_units_sell_to_exactly_k_of_n, k_units_n_buyers, optimistic);
 scenario!(optimistic_confirm_racing_expiry_ends_one_way, confirm_vs_sweeper, optimistic);
 scenario!(optimistic_seat_booked_by_n_sells_once, seat_booked_by_n, optimistic);
+scenario!(gateway_order_charge_racing_expiry_ends_one_way, gateway_confirm_vs_sweeper, with_gateway);
 scenario!(gateway_concurrent_confirms_send_one_confirm, gateway_concurrent_confirms, with_gateway);
 scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway_lost_reply, with_gateway);
 scenario!(gateway_retry_racing_the_completer_charges_once, gateway_retry_vs_completer, with_gateway);
