@@ -7,6 +7,7 @@
 //! substring, `--exact`, `--test-threads N`, `--list`.
 
 mod harness;
+mod inventory;
 mod scenarios;
 
 use std::future::Future;
@@ -52,6 +53,15 @@ fn main() {
         gateway_lost_reply_is_looked_up,
         gateway_timeout_resolved_by_completer,
         gateway_cancel_happens_once,
+        stock_one_two_buyers_one_order,
+        hundred_buyers_ten_units,
+        ten_bookings_one_seat,
+        crossed_two_product_orders_never_deadlock,
+        unpaid_order_expires_and_stock_returns,
+        confirm_racing_expiry_ends_one_way,
+        cancel_racing_expiry_gives_back_once,
+        two_sweepers_expire_each_order_once,
+        gateway_charge_in_flight_holds_off_expiry,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {

@@ -16,6 +16,14 @@ use tally_core::time::{ManualClock, Timestamp};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
 use crate::harness::{Pool, Reply, TestApp, fresh_database, spawn_app};
+// The inventory scenarios drive the core directly; they run per strategy
+// like everything here.
+pub use crate::inventory::{
+    cancel_racing_expiry_gives_back_once, confirm_racing_expiry_ends_one_way,
+    crossed_two_product_orders_never_deadlock, gateway_charge_in_flight_holds_off_expiry, hundred_buyers_ten_units,
+    stock_one_two_buyers_one_order, ten_bookings_one_seat, two_sweepers_expire_each_order_once,
+    unpaid_order_expires_and_stock_returns,
+};
 
 /// Runs `n` requests at once; returns the replies in request order.
 async fn concurrently<F, Fut>(app: &Arc<TestApp>, n: usize, request: F) -> Vec<Reply>
@@ -251,7 +259,7 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
         Strategy::Pessimistic | Strategy::Optimistic => StaleWrite::Conflicts,
     };
     let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
-    assert_eq!(ran.len(), 10);
+    assert_eq!(ran.len(), 21);
 }
 
 /// With a single pooled connection everything still works: no use case asks

@@ -9,7 +9,16 @@
 //! Cases share one store: each makes its own users, so they never see each
 //! other's records, and the invariant checker runs over everything at the end.
 
+mod inventory;
+
 use std::time::Duration;
+
+use inventory::{
+    a_paid_order_cannot_be_paid_again, a_payment_after_the_ttl_is_refused, a_seat_is_held_then_sold_on_pay,
+    an_order_reserves_everything_or_nothing, cancelling_an_order_gives_everything_back, inventory_records_round_trip,
+    restock_adds_stock, stale_inventory_writes, the_queue_admits_k_and_promotes_in_order,
+    the_sweeper_lists_unpaid_orders_past_their_ttl, unpaid_orders_expire_and_give_back,
+};
 
 use tally_core::app::{Command, Executed, Keyed, Outcome, Tally};
 use tally_core::check::assert_holds;
@@ -114,6 +123,18 @@ pub async fn run_all<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, p
     case!(stale_versions_conflict_where_checked);
     case!(a_second_charge_of_a_payment_cannot_be_written);
     case!(expired_keys_are_reaped_live_ones_kept);
+    // Inventory: products, events, seats, the queue, orders.
+    case!(inventory_records_round_trip);
+    case!(an_order_reserves_everything_or_nothing);
+    case!(restock_adds_stock);
+    case!(a_seat_is_held_then_sold_on_pay);
+    case!(cancelling_an_order_gives_everything_back);
+    case!(unpaid_orders_expire_and_give_back);
+    case!(the_sweeper_lists_unpaid_orders_past_their_ttl);
+    case!(the_queue_admits_k_and_promotes_in_order);
+    case!(a_paid_order_cannot_be_paid_again);
+    case!(a_payment_after_the_ttl_is_refused);
+    case!(stale_inventory_writes);
     assert_holds(&app.snapshot().await.expect("snapshot"));
     ran
 }

@@ -20,6 +20,7 @@ mod orders;
 
 pub use orders::{EventView, NewSeat, NewShowtime, ShowtimeView, TokenView};
 
+use crate::catalog::{Event, Product};
 use crate::check::Snapshot;
 use crate::decide::{self, Call, Decision, Settled, Verdict};
 use crate::error::Error;
@@ -27,11 +28,10 @@ use crate::gateway::{self, Confirmed, Gateway, NoGateway};
 use crate::idempotency::{
     self, Admission, Fingerprint, IdemConfig, IdemKey, IdemOrigin, IdemRecord, IdemScope, LeaseToken, StoredResponse,
 };
-use crate::catalog::{Event, Product};
 use crate::ids::{EventId, IdGen, OpId, OrderId, PaymentId, ProductId, SeatId, TokenId, TransferId, UserId};
-use crate::order::Order;
 use crate::ledger::{Booking, Transfer};
 use crate::money::{Amount, Money};
+use crate::order::Order;
 use crate::payment::{Method, Payment, PaymentEvent, PaymentStatus};
 use crate::store::{LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
 use crate::time::{Clock, Timestamp};
@@ -142,7 +142,10 @@ pub enum Command {
 /// What a command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    TopUp { transfer: Transfer, balance: Money },
+    TopUp {
+        transfer: Transfer,
+        balance: Money,
+    },
     Payment(Payment),
     Product(Product),
     Event(EventView),
@@ -752,7 +755,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Command::CreateOrderPayment { order, payback, method } => {
                 self.create_order_payment(tx, user, *order, *payback, *method, booking).await
             }
-            Command::CreateProduct { name, price, stock } => self.create_product(tx, name, *price, *stock, booking).await,
+            Command::CreateProduct { name, price, stock } => {
+                self.create_product(tx, name, *price, *stock, booking).await
+            }
             Command::Restock { product, quantity } => self.restock(tx, *product, *quantity, booking).await,
             Command::CreateEvent { name, active_limit, token_ttl, showtimes } => {
                 self.create_event(tx, name, *active_limit, *token_ttl, showtimes, booking).await

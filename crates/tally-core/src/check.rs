@@ -12,11 +12,11 @@ use std::fmt;
 use crate::catalog::{Event, Product, Seat, SeatStatus};
 use crate::idempotency::{IdemRecord, IdemScope, IdemState};
 use crate::ids::{EventId, OpId, OrderId, PaymentId, ProductId, SeatId, UserId};
-use crate::order::{Order, OrderStatus};
-use crate::queue::{QueueToken, TokenStatus};
 use crate::ledger::{Account, Transfer, TransferKind};
 use crate::money::Money;
+use crate::order::{Order, OrderStatus};
 use crate::payment::{Payment, PaymentStatus};
+use crate::queue::{QueueToken, TokenStatus};
 use crate::time::Timestamp;
 use crate::wallet::Wallet;
 
@@ -381,7 +381,10 @@ fn check_seats(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) 
         let orders = holders.get(&seat.id).map(Vec::as_slice).unwrap_or_default();
         if orders.len() > 1 {
             let ids: Vec<String> = orders.iter().map(|o| o.id.to_string()).collect();
-            report(inv, format!("seat {} ({}) is held by {} orders: {}", seat.id, seat.label, orders.len(), ids.join(", ")));
+            report(
+                inv,
+                format!("seat {} ({}) is held by {} orders: {}", seat.id, seat.label, orders.len(), ids.join(", ")),
+            );
             continue;
         }
         let expected = match orders.first() {
@@ -418,7 +421,13 @@ fn check_orders(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String))
         let in_flight = payments.iter().filter(|p| p.status == PaymentStatus::Confirming).count();
         let id = order.id;
         for payment in payments.iter().filter(|p| p.amount != order.total) {
-            report(inv, format!("payment {} of order {id} is for {}, the order totals {}", payment.id, payment.amount, order.total));
+            report(
+                inv,
+                format!(
+                    "payment {} of order {id} is for {}, the order totals {}",
+                    payment.id, payment.amount, order.total
+                ),
+            );
         }
         match order.status {
             OrderStatus::Paid => {
@@ -463,7 +472,10 @@ fn check_queues(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String))
         if active > limit || active != event.active_count as usize {
             report(
                 inv,
-                format!("event {} has {active} active tokens (counted {}, limit {limit})", event.id, event.active_count),
+                format!(
+                    "event {} has {active} active tokens (counted {}, limit {limit})",
+                    event.id, event.active_count
+                ),
             );
         }
         // Over time, too: at every promotion, the tokens whose activity

@@ -224,16 +224,19 @@ mod tests {
         // Token 1 is used at t=5: token 3 is promoted, token 2 stays.
         let r = refresh(&e, &active, &waiting, Some(TokenId(1)), Timestamp(5)).unwrap();
         let by_id = |id: u128| r.changed.iter().find(|t| t.id == TokenId(id)).map(|t| t.status);
-        assert_eq!((by_id(1), by_id(2), by_id(3), by_id(4)), (Some(TokenStatus::Used), None, Some(TokenStatus::Active), None));
+        assert_eq!(
+            (by_id(1), by_id(2), by_id(3), by_id(4)),
+            (Some(TokenStatus::Used), None, Some(TokenStatus::Active), None)
+        );
         assert_eq!(r.event.active_count, 2);
         // At t=10 s token 2's TTL is over (token 3's is not): token 2
         // expires and token 4 is promoted.
         let still: Vec<_> = vec![active[1].clone(), r.changed[1].clone()];
         let r2 = refresh(&r.event, &still, &waiting[1..], None, Timestamp(10_000)).unwrap();
-        assert_eq!(r2.changed.iter().map(|t| (t.seq, t.status)).collect::<Vec<_>>(), [
-            (2, TokenStatus::Expired),
-            (4, TokenStatus::Active)
-        ]);
+        assert_eq!(
+            r2.changed.iter().map(|t| (t.seq, t.status)).collect::<Vec<_>>(),
+            [(2, TokenStatus::Expired), (4, TokenStatus::Active)]
+        );
         assert_eq!((r2.event.active_count, r2.event.head_seq), (2, 5));
     }
 

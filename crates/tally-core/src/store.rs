@@ -152,8 +152,11 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn event(&mut self, id: EventId) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
-    fn put_event(&mut self, before: Option<&Event>, after: &Event)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_event(
+        &mut self,
+        before: Option<&Event>,
+        after: &Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn insert_showtime(&mut self, showtime: &Showtime) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn showtime(&mut self, id: ShowtimeId) -> impl Future<Output = Result<Option<Showtime>, StoreError>> + Send;
     /// An event's showtimes, by start time then id.
@@ -169,14 +172,14 @@ pub trait Tx: Send {
     /// whose loads take row locks skips an order another transaction holds
     /// (`FOR UPDATE SKIP LOCKED`) and answers `None`, so several sweepers
     /// share the work instead of queueing behind each other or a payment.
-    fn order_skip_locked(
-        &mut self,
-        id: OrderId,
-    ) -> impl Future<Output = Result<Option<Order>, StoreError>> + Send {
+    fn order_skip_locked(&mut self, id: OrderId) -> impl Future<Output = Result<Option<Order>, StoreError>> + Send {
         self.order(id)
     }
-    fn put_order(&mut self, before: Option<&Order>, after: &Order)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_order(
+        &mut self,
+        before: Option<&Order>,
+        after: &Order,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Unpaid orders (pending, nothing paying) whose TTL ended at or before
     /// `now`, oldest deadline first, at most `limit`: the sweeper's work. A
     /// plain read; the sweeper re-checks each under its lock.

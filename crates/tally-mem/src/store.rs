@@ -71,7 +71,8 @@ struct State {
 /// A payment that holds its order's charge: at most one per order, like the
 /// schema's partial unique index.
 fn charges_order(payment: &Payment) -> Option<OrderId> {
-    let charging = matches!(payment.status, PaymentStatus::Confirming | PaymentStatus::Done | PaymentStatus::Cancelling);
+    let charging =
+        matches!(payment.status, PaymentStatus::Confirming | PaymentStatus::Done | PaymentStatus::Cancelling);
     payment.order.filter(|_| charging)
 }
 
@@ -237,10 +238,10 @@ impl MemTx {
                 .unwrap_or_default()
         };
         for write in &self.writes {
-            if let Write::Token { after, .. } = write {
-                if after.event == event {
-                    tokens.insert(after.seq, after.clone());
-                }
+            if let Write::Token { after, .. } = write
+                && after.event == event
+            {
+                tokens.insert(after.seq, after.clone());
             }
         }
         tokens.into_values().collect()
@@ -372,10 +373,10 @@ fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), St
         })
         .collect();
     for write in writes {
-        if let Write::Payment { after, .. } = write {
-            if let Some(order) = charges_order(after) {
-                charging.insert(order, after.id);
-            }
+        if let Write::Payment { after, .. } = write
+            && let Some(order) = charges_order(after)
+        {
+            charging.insert(order, after.id);
         }
     }
     for (order, payment) in &charging {
@@ -634,7 +635,11 @@ impl Tx for MemTx {
         std::future::ready(Ok(own.or_else(|| self.store.state().events.get(&id).cloned())))
     }
 
-    fn put_event(&mut self, before: Option<&Event>, after: &Event) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_event(
+        &mut self,
+        before: Option<&Event>,
+        after: &Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
         self.push(Write::Event { before: before.map(|e| e.version), after: after.clone() });
         std::future::ready(Ok(()))
@@ -691,7 +696,11 @@ impl Tx for MemTx {
         std::future::ready(Ok(own.or_else(|| self.store.state().orders.get(&id).cloned())))
     }
 
-    fn put_order(&mut self, before: Option<&Order>, after: &Order) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn put_order(
+        &mut self,
+        before: Option<&Order>,
+        after: &Order,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
         self.push(Write::Order { before: before.map(|o| o.version), after: after.clone() });
         std::future::ready(Ok(()))

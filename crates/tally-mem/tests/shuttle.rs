@@ -27,11 +27,11 @@ use shuttle::thread;
 use tally_core::app::{Command, Executed, Outcome};
 use tally_core::catalog::StockError;
 use tally_core::check::assert_holds;
-use tally_core::order::{OrderError, OrderStatus};
-use tally_core::queue::TokenStatus;
 use tally_core::ids::PaymentId;
 use tally_core::money::Money;
+use tally_core::order::{OrderError, OrderStatus};
 use tally_core::payment::{InvalidTransition, Method, PaymentEvent, PaymentStatus};
+use tally_core::queue::TokenStatus;
 use tally_core::store::LockManager;
 use tally_core::time::ManualClock;
 use tally_core::wallet::{LimitKind, Limits, WalletError};
@@ -372,7 +372,9 @@ fn stock_k_of_n<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>, stock
         &app,
         users
             .into_iter()
-            .map(|user| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[(product, 1)], &[], None), None)))
+            .map(|user| {
+                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[(product, 1)], &[], None), None))
+            })
             .collect(),
     );
     let won = stock_units.min(buyers as u64) as usize;
@@ -410,7 +412,9 @@ fn opposite_orders<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
         users
             .into_iter()
             .zip(lists)
-            .map(|(user, items)| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&items, &[], None), None)))
+            .map(|(user, items)| {
+                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&items, &[], None), None))
+            })
             .collect(),
     );
     assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), 1, "{results:?}");
@@ -492,8 +496,14 @@ fn cancel_vs_confirm<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) 
     };
     let confirmed = confirming.join().unwrap();
     let cancelled = cancelling.join().unwrap();
-    assert!(matches!(&cancelled, Ok(Executed::Fresh(Outcome::Order(o))) if o.status == OrderStatus::Cancelled), "{cancelled:?}");
-    assert!(is_done(&confirmed) || matches!(confirmed, Err(Error::Order(OrderError::InvalidState { .. }))), "{confirmed:?}");
+    assert!(
+        matches!(&cancelled, Ok(Executed::Fresh(Outcome::Order(o))) if o.status == OrderStatus::Cancelled),
+        "{cancelled:?}"
+    );
+    assert!(
+        is_done(&confirmed) || matches!(confirmed, Err(Error::Order(OrderError::InvalidState { .. }))),
+        "{confirmed:?}"
+    );
     block_on(async {
         assert_eq!(stock(&app, product).await, 2);
         assert_eq!(balance(&app, user).await, Money::new(1_000));
@@ -520,7 +530,9 @@ fn seat_booked_by_n<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
         &app,
         bookings
             .into_iter()
-            .map(|(user, token)| move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[], &[seat], Some(token)), None)))
+            .map(|(user, token)| {
+                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[], &[seat], Some(token)), None))
+            })
             .collect(),
     );
     assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), 1, "{results:?}");

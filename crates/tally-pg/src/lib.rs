@@ -17,6 +17,17 @@
 //!   again, and then refuses if it must. The ledger lines' balance-after and
 //!   position come from the row the update returned.
 //!
+//! Inventory follows the same three shapes. Pessimistic loads of products,
+//! seats, orders and events take `FOR NO KEY UPDATE` (what an `UPDATE` takes
+//! anyway; it leaves other transactions' foreign-key checks unblocked), and
+//! the event row guards its queue tokens; the expiry sweeper's load of an
+//! order is `SKIP LOCKED`. Optimistic writes carry the loaded version. Atomic
+//! writes are conditional on the state the decision moved from: a product's
+//! stock as a delta (`stock = stock + $d WHERE stock + $d >= 0 AND …`, so a
+//! decision on a stale read still lands right, like a wallet's), a seat on
+//! its status and holder, an order on its status, paying payment and
+//! version, an event and its tokens on their version.
+//!
 //! The schema's constraints stand behind all three. Database errors are mapped
 //! here, once, to `StoreError`: serialization failures and deadlocks to
 //! `Conflict`, lock and statement timeouts and pool exhaustion to

@@ -2,14 +2,19 @@
 
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
+use std::time::Duration;
 use tally_core::check::Snapshot;
 use tally_core::idempotency::{
     Fingerprint, IdemKey, IdemOrigin, IdemRecord, IdemScope, IdemState, LeaseToken, StoredResponse,
 };
-use tally_core::ids::{OpId, PaymentId, TransferId, UserId};
+
+use tally_core::catalog::{Event, Product, Seat, SeatStatus, Showtime};
+use tally_core::ids::{EventId, OpId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, TransferId, UserId};
 use tally_core::ledger::{Account, Transfer, TransferKind, WalletSide};
 use tally_core::money::{Amount, Money};
+use tally_core::order::{Order, OrderLine, OrderSeat, OrderStatus};
 use tally_core::payment::{GatewayAttempt, Method, Payment, PaymentStatus};
+use tally_core::queue::{QueueToken, TokenStatus};
 use tally_core::store::{StoreError, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::{Limits, Wallet};
@@ -34,6 +39,14 @@ fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
 
 fn id(row: &PgRow, column: &str) -> Result<u128, StoreError> {
     Ok(get::<Uuid>(row, column)?.as_u128())
+}
+
+fn opt_id(row: &PgRow, column: &str) -> Result<Option<u128>, StoreError> {
+    Ok(get::<Option<Uuid>>(row, column)?.map(|u| u.as_u128()))
+}
+
+fn opt_time(row: &PgRow, column: &str) -> Result<Option<Timestamp>, StoreError> {
+    Ok(get::<Option<i64>>(row, column)?.map(Timestamp))
 }
 
 fn amount(row: &PgRow, column: &str) -> Result<Amount, StoreError> {
@@ -81,7 +94,7 @@ pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
 }
 
 pub(crate) const PAYMENT_COLUMNS: &str = "id, user_id, amount, payback, method, status, gateway_payment_key, \
-     gateway_started_at_ms, created_at_ms, updated_at_ms, version";
+     gateway_started_at_ms, order_id, created_at_ms, updated_at_ms, version";
 
 pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
     status.as_str()
@@ -116,6 +129,7 @@ pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
         method,
         status,
         gateway,
+        order: opt_id(row, "order_id")?.map(OrderId),
         created_at: Timestamp(get(row, "created_at_ms")?),
         updated_at: Timestamp(get(row, "updated_at_ms")?),
         version: u64_of(row, "version")?,
@@ -219,6 +233,200 @@ pub(crate) fn idem(row: &PgRow) -> Result<IdemRecord, StoreError> {
     })
 }
 
+pub(crate) const PRODUCT_COLUMNS: &str = "id, name, price, stock, stocked, created_at_ms, updated_at_ms, version";
+
+pub(crate) fn product(row: &PgRow) -> Result<Product, StoreError> {
+    Ok(Product {
+        id: ProductId(id(row, "id")?),
+        name: get(row, "name")?,
+        price: amount(row, "price")?,
+        stock: u64_of(row, "stock")?,
+        stocked: u64_of(row, "stocked")?,
+        created_at: Timestamp(get(row, "created_at_ms")?),
+        updated_at: Timestamp(get(row, "updated_at_ms")?),
+        version: u64_of(row, "version")?,
+    })
+}
+
+pub(crate) const EVENT_COLUMNS: &str =
+    "id, name, active_limit, token_ttl_ms, next_seq, head_seq, active_count, created_at_ms, version";
+
+fn u32_of(row: &PgRow, column: &str) -> Result<u32, StoreError> {
+    u32::try_from(get::<i32>(row, column)?).map_err(|_| bad(column))
+}
+
+pub(crate) fn event(row: &PgRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: EventId(id(row, "id")?),
+        name: get(row, "name")?,
+        active_limit: u32_of(row, "active_limit")?,
+        token_ttl: Duration::from_millis(u64_of(row, "token_ttl_ms")?),
+        next_seq: u64_of(row, "next_seq")?,
+        head_seq: u64_of(row, "head_seq")?,
+        active_count: u32_of(row, "active_count")?,
+        created_at: Timestamp(get(row, "created_at_ms")?),
+        version: u64_of(row, "version")?,
+    })
+}
+
+/// A duration in whole milliseconds, as the schema keeps it.
+pub(crate) fn duration_ms(duration: Duration) -> Result<i64, StoreError> {
+    if !duration.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(StoreError::Integrity(format!("{duration:?} is not a whole number of milliseconds")));
+    }
+    i64::try_from(duration.as_millis()).map_err(|_| StoreError::Integrity(format!("{duration:?} is too long")))
+}
+
+pub(crate) fn i32_of(value: u32) -> Result<i32, StoreError> {
+    i32::try_from(value).map_err(|_| StoreError::Integrity(format!("{value} does not fit the schema")))
+}
+
+pub(crate) const SHOWTIME_COLUMNS: &str = "id, event_id, starts_at_ms";
+
+pub(crate) fn showtime(row: &PgRow) -> Result<Showtime, StoreError> {
+    Ok(Showtime {
+        id: ShowtimeId(id(row, "id")?),
+        event: EventId(id(row, "event_id")?),
+        starts_at: Timestamp(get(row, "starts_at_ms")?),
+    })
+}
+
+pub(crate) const SEAT_COLUMNS: &str = "id, showtime_id, event_id, label, price, status, order_id, version";
+
+/// A seat status as its columns: the status name and the order it names.
+pub(crate) fn seat_status(status: SeatStatus) -> (&'static str, Option<Uuid>) {
+    (status.as_str(), status.order().map(|o| uuid(o.0)))
+}
+
+pub(crate) fn seat(row: &PgRow) -> Result<Seat, StoreError> {
+    let order = opt_id(row, "order_id")?.map(OrderId);
+    let status = match (get::<String>(row, "status")?.as_str(), order) {
+        ("available", None) => SeatStatus::Available,
+        ("held", Some(order)) => SeatStatus::Held(order),
+        ("sold", Some(order)) => SeatStatus::Sold(order),
+        _ => return Err(bad("seats.status")),
+    };
+    Ok(Seat {
+        id: SeatId(id(row, "id")?),
+        showtime: ShowtimeId(id(row, "showtime_id")?),
+        event: EventId(id(row, "event_id")?),
+        label: get(row, "label")?,
+        price: amount(row, "price")?,
+        status,
+        version: u64_of(row, "version")?,
+    })
+}
+
+/// An order with its lines and seats, in the order they were written, in
+/// one statement (`FROM orders o`; a locking clause may follow).
+pub(crate) const ORDER_SELECT: &str = "SELECT o.id, o.user_id, o.status, o.total, o.payment_id, o.event_id, \
+     o.token_id, o.expires_at_ms, o.created_at_ms, o.updated_at_ms, o.version, \
+     ARRAY(SELECT l.product_id FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS line_products, \
+     ARRAY(SELECT l.quantity FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS line_quantities, \
+     ARRAY(SELECT l.unit_price FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS line_prices, \
+     ARRAY(SELECT s.seat_id FROM order_seats s WHERE s.order_id = o.id ORDER BY s.position) AS seat_ids, \
+     ARRAY(SELECT s.price FROM order_seats s WHERE s.order_id = o.id ORDER BY s.position) AS seat_prices \
+     FROM orders o";
+
+pub(crate) fn order_status(text: &str) -> Result<OrderStatus, StoreError> {
+    Ok(match text {
+        "pending_payment" => OrderStatus::PendingPayment,
+        "paid" => OrderStatus::Paid,
+        "cancelled" => OrderStatus::Cancelled,
+        "expired" => OrderStatus::Expired,
+        _ => return Err(bad("orders.status")),
+    })
+}
+
+pub(crate) fn order(row: &PgRow) -> Result<Order, StoreError> {
+    let products: Vec<Uuid> = get(row, "line_products")?;
+    let quantities: Vec<i64> = get(row, "line_quantities")?;
+    let prices: Vec<i64> = get(row, "line_prices")?;
+    let seat_ids: Vec<Uuid> = get(row, "seat_ids")?;
+    let seat_prices: Vec<i64> = get(row, "seat_prices")?;
+    if products.len() != quantities.len() || products.len() != prices.len() || seat_ids.len() != seat_prices.len() {
+        return Err(bad("order lines"));
+    }
+    let lines = products
+        .iter()
+        .zip(quantities)
+        .zip(prices)
+        .map(|((product, quantity), price)| {
+            Ok(OrderLine {
+                product: ProductId(product.as_u128()),
+                quantity: u64::try_from(quantity).map_err(|_| bad("order_lines.quantity"))?,
+                unit_price: Amount::new(price).map_err(|_| bad("order_lines.unit_price"))?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let seats = seat_ids
+        .iter()
+        .zip(seat_prices)
+        .map(|(seat, price)| {
+            Ok(OrderSeat {
+                seat: SeatId(seat.as_u128()),
+                price: Amount::new(price).map_err(|_| bad("order_seats.price"))?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Order {
+        id: OrderId(id(row, "id")?),
+        user: UserId(id(row, "user_id")?),
+        lines,
+        seats,
+        event: opt_id(row, "event_id")?.map(EventId),
+        token: opt_id(row, "token_id")?.map(TokenId),
+        total: amount(row, "total")?,
+        status: order_status(&get::<String>(row, "status")?)?,
+        payment: opt_id(row, "payment_id")?.map(PaymentId),
+        expires_at: Timestamp(get(row, "expires_at_ms")?),
+        created_at: Timestamp(get(row, "created_at_ms")?),
+        updated_at: Timestamp(get(row, "updated_at_ms")?),
+        version: u64_of(row, "version")?,
+    })
+}
+
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, event_id, user_id, seq, status, joined_at_ms, activated_at_ms, expires_at_ms, used_at_ms, version";
+
+/// A token status's column value (the API folds `used` into `expired`; the
+/// schema keeps them apart).
+pub(crate) fn token_status_str(status: TokenStatus) -> &'static str {
+    match status {
+        TokenStatus::Waiting => "waiting",
+        TokenStatus::Active => "active",
+        TokenStatus::Expired => "expired",
+        TokenStatus::Used => "used",
+    }
+}
+
+pub(crate) fn token(row: &PgRow) -> Result<QueueToken, StoreError> {
+    let status = match get::<String>(row, "status")?.as_str() {
+        "waiting" => TokenStatus::Waiting,
+        "active" => TokenStatus::Active,
+        "expired" => TokenStatus::Expired,
+        "used" => TokenStatus::Used,
+        _ => return Err(bad("queue_tokens.status")),
+    };
+    Ok(QueueToken {
+        id: TokenId(id(row, "id")?),
+        event: EventId(id(row, "event_id")?),
+        user: UserId(id(row, "user_id")?),
+        seq: u64_of(row, "seq")?,
+        status,
+        joined_at: Timestamp(get(row, "joined_at_ms")?),
+        activated_at: opt_time(row, "activated_at_ms")?,
+        expires_at: opt_time(row, "expires_at_ms")?,
+        used_at: opt_time(row, "used_at_ms")?,
+        version: u64_of(row, "version")?,
+    })
+}
+
+/// A count or quantity as the schema's bigint.
+pub(crate) fn count(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Integrity(format!("{value} does not fit the schema")))
+}
+
 pub(crate) fn version(value: u64) -> i64 {
     i64::try_from(value).expect("versions stay far below i64::MAX")
 }
@@ -241,10 +449,33 @@ pub(crate) async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot, StoreE
         .fetch_all(&mut *conn)
         .await
         .map_err(errors::map)?;
+    let all = |sql: String| sqlx::query(AssertSqlSafe(sql));
+    let products = all(format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(errors::map)?;
+    let orders = all(format!("{ORDER_SELECT} ORDER BY o.id")).fetch_all(&mut *conn).await.map_err(errors::map)?;
+    let events = all(format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(errors::map)?;
+    let seats = all(format!("SELECT {SEAT_COLUMNS} FROM seats ORDER BY id"))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(errors::map)?;
+    let tokens = all(format!("SELECT {TOKEN_COLUMNS} FROM queue_tokens ORDER BY id"))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(errors::map)?;
     Ok(Snapshot {
         wallets: wallets.iter().map(wallet).collect::<Result<_, _>>()?,
         payments: payments.iter().map(payment).collect::<Result<_, _>>()?,
         transfers: transfers.iter().map(transfer).collect::<Result<_, _>>()?,
         idempotency: keys.iter().map(idem).collect::<Result<_, _>>()?,
+        products: products.iter().map(product).collect::<Result<_, _>>()?,
+        orders: orders.iter().map(order).collect::<Result<_, _>>()?,
+        events: events.iter().map(event).collect::<Result<_, _>>()?,
+        seats: seats.iter().map(seat).collect::<Result<_, _>>()?,
+        tokens: tokens.iter().map(token).collect::<Result<_, _>>()?,
     })
 }

@@ -3,11 +3,14 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use tally_core::catalog::{Event, Product, STOCK_MAX, Seat, Showtime};
 use tally_core::idempotency::{IdemRecord, IdemScope, IdemState};
-use tally_core::ids::{PaymentId, UserId};
+use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, UserId};
 use tally_core::ledger::Transfer;
 use tally_core::money::Money;
+use tally_core::order::Order;
 use tally_core::payment::Payment;
+use tally_core::queue::{QueueToken, TokenStatus};
 use tally_core::store::{StoreError, Tx, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
@@ -33,6 +36,18 @@ impl std::fmt::Debug for PgTx {
 
 fn lock_clause(strategy: Strategy) -> &'static str {
     if strategy == Strategy::Pessimistic { " FOR UPDATE" } else { "" }
+}
+
+/// The pessimistic row lock of the inventory tables. `NO KEY UPDATE` is what
+/// an `UPDATE` of non-key columns takes anyway; unlike `FOR UPDATE` it lets
+/// other transactions' foreign-key checks (`KEY SHARE`: a payment naming an
+/// order, a token naming an event) through instead of queueing them.
+fn row_lock(strategy: Strategy) -> &'static str {
+    if strategy == Strategy::Pessimistic { " FOR NO KEY UPDATE" } else { "" }
+}
+
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 fn limit_value(limit: Option<Money>) -> Option<i64> {
@@ -201,6 +216,62 @@ impl PgTx {
         Ok(())
     }
 
+    /// An order with its lines and seats (each kind in one statement).
+    async fn insert_order(&mut self, order: &Order) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, total, payment_id, event_id, token_id, expires_at_ms, \
+             created_at_ms, updated_at_ms, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(uuid(order.id.0))
+        .bind(uuid(order.user.0))
+        .bind(order.status.as_str())
+        .bind(order.total.minor_units())
+        .bind(order.payment.map(|p| uuid(p.0)))
+        .bind(order.event.map(|e| uuid(e.0)))
+        .bind(order.token.map(|t| uuid(t.0)))
+        .bind(order.expires_at.0)
+        .bind(order.created_at.0)
+        .bind(order.updated_at.0)
+        .bind(version(order.version))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        if !order.lines.is_empty() {
+            let products: Vec<uuid::Uuid> = order.lines.iter().map(|l| uuid(l.product.0)).collect();
+            let quantities = order.lines.iter().map(|l| rows::count(l.quantity)).collect::<Result<Vec<i64>, _>>()?;
+            let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price.minor_units()).collect();
+            sqlx::query(
+                "INSERT INTO order_lines (order_id, position, product_id, quantity, unit_price) \
+                 SELECT $1, (l.n - 1)::integer, l.product_id, l.quantity, l.unit_price \
+                 FROM UNNEST($2::uuid[], $3::bigint[], $4::bigint[]) WITH ORDINALITY \
+                   AS l (product_id, quantity, unit_price, n)",
+            )
+            .bind(uuid(order.id.0))
+            .bind(products)
+            .bind(quantities)
+            .bind(prices)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        }
+        if !order.seats.is_empty() {
+            let seats: Vec<uuid::Uuid> = order.seats.iter().map(|s| uuid(s.seat.0)).collect();
+            let prices: Vec<i64> = order.seats.iter().map(|s| s.price.minor_units()).collect();
+            sqlx::query(
+                "INSERT INTO order_seats (order_id, position, seat_id, price) \
+                 SELECT $1, (s.n - 1)::integer, s.seat_id, s.price \
+                 FROM UNNEST($2::uuid[], $3::bigint[]) WITH ORDINALITY AS s (seat_id, price, n)",
+            )
+            .bind(uuid(order.id.0))
+            .bind(seats)
+            .bind(prices)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        }
+        Ok(())
+    }
+
     async fn flush_deferred(&mut self) -> Result<(), StoreError> {
         let wallets = std::mem::take(&mut self.deferred_wallets);
         for (before, after) in &wallets {
@@ -295,8 +366,8 @@ impl Tx for PgTx {
         let Some(before) = before else {
             sqlx::query(
                 "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, \
-                 version, gateway_payment_key, gateway_started_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 version, gateway_payment_key, gateway_started_at_ms, order_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(uuid(after.id.0))
             .bind(uuid(after.user.0))
@@ -309,11 +380,15 @@ impl Tx for PgTx {
             .bind(version(after.version))
             .bind(key)
             .bind(started)
+            .bind(after.order.map(|o| uuid(o.0)))
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
             return Ok(());
         };
+        if before.order != after.order {
+            return Err(StoreError::Integrity(format!("payment {} cannot change its order", after.id)));
+        }
         // Atomic: the transition's precondition (the status it moves from) is
         // the guard. Otherwise: the loaded version.
         let query = if self.atomic() {
@@ -487,6 +562,388 @@ impl Tx for PgTx {
         .await
         .map_err(errors::map)?;
         Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn product(&mut self, id: ProductId) -> Result<Option<Product>, StoreError> {
+        let sql =
+            format!("SELECT {} FROM products WHERE id = $1{}", rows::PRODUCT_COLUMNS, row_lock(self.config.strategy));
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::product).transpose()
+    }
+
+    async fn put_product(&mut self, before: Option<&Product>, after: &Product) -> Result<(), StoreError> {
+        let Some(before) = before else {
+            sqlx::query(
+                "INSERT INTO products (id, name, price, stock, stocked, created_at_ms, updated_at_ms, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(uuid(after.id.0))
+            .bind(&after.name)
+            .bind(after.price.minor_units())
+            .bind(rows::count(after.stock)?)
+            .bind(rows::count(after.stocked)?)
+            .bind(after.created_at.0)
+            .bind(after.updated_at.0)
+            .bind(version(after.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+            return Ok(());
+        };
+        if (before.id, &before.name, before.price) != (after.id, &after.name, after.price) {
+            return Err(StoreError::Integrity(format!("product {} changes only its stock", after.id)));
+        }
+        let done = if self.atomic() {
+            // The change as deltas on the current row, under the guards the
+            // transition checked (nothing below zero, nothing given back that
+            // was never given out, nothing stocked beyond the maximum): a
+            // decision on a stale read still lands right, or finds its guard
+            // false and is decided again.
+            let stock_delta = rows::count(after.stock)? - rows::count(before.stock)?;
+            let stocked_delta = rows::count(after.stocked)? - rows::count(before.stocked)?;
+            sqlx::query(
+                "UPDATE products SET stock = stock + $2, stocked = stocked + $3, updated_at_ms = $4, \
+                 version = version + 1 \
+                 WHERE id = $1 AND stock + $2 >= 0 AND stock + $2 <= stocked + $3 AND stocked + $3 <= $5",
+            )
+            .bind(uuid(after.id.0))
+            .bind(stock_delta)
+            .bind(stocked_delta)
+            .bind(after.updated_at.0)
+            .bind(rows::count(STOCK_MAX)?)
+        } else {
+            sqlx::query(
+                "UPDATE products SET stock = $2, stocked = $3, updated_at_ms = $4, version = $5 \
+                 WHERE id = $1 AND version = $6",
+            )
+            .bind(uuid(after.id.0))
+            .bind(rows::count(after.stock)?)
+            .bind(rows::count(after.stocked)?)
+            .bind(after.updated_at.0)
+            .bind(version(after.version))
+            .bind(version(before.version))
+        }
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn event(&mut self, id: EventId) -> Result<Option<Event>, StoreError> {
+        // The event row guards its queue: under the pessimistic strategy this
+        // lock is what serialises every change to its tokens.
+        let sql = format!("SELECT {} FROM events WHERE id = $1{}", rows::EVENT_COLUMNS, row_lock(self.config.strategy));
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::event).transpose()
+    }
+
+    async fn put_event(&mut self, before: Option<&Event>, after: &Event) -> Result<(), StoreError> {
+        let Some(before) = before else {
+            sqlx::query(
+                "INSERT INTO events (id, name, active_limit, token_ttl_ms, next_seq, head_seq, active_count, \
+                 created_at_ms, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(uuid(after.id.0))
+            .bind(&after.name)
+            .bind(rows::i32_of(after.active_limit)?)
+            .bind(rows::duration_ms(after.token_ttl)?)
+            .bind(rows::count(after.next_seq)?)
+            .bind(rows::count(after.head_seq)?)
+            .bind(rows::i32_of(after.active_count)?)
+            .bind(after.created_at.0)
+            .bind(version(after.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+            return Ok(());
+        };
+        if (before.id, &before.name, before.active_limit, before.token_ttl)
+            != (after.id, &after.name, after.active_limit, after.token_ttl)
+        {
+            return Err(StoreError::Integrity(format!("event {} changes only its queue counters", after.id)));
+        }
+        // Every strategy: the version. The counters move together with the
+        // tokens, so a stale event means stale tokens.
+        let done = sqlx::query(
+            "UPDATE events SET next_seq = $2, head_seq = $3, active_count = $4, version = $5 \
+             WHERE id = $1 AND version = $6",
+        )
+        .bind(uuid(after.id.0))
+        .bind(rows::count(after.next_seq)?)
+        .bind(rows::count(after.head_seq)?)
+        .bind(rows::i32_of(after.active_count)?)
+        .bind(version(after.version))
+        .bind(version(before.version))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn insert_showtime(&mut self, showtime: &Showtime) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO showtimes (id, event_id, starts_at_ms) VALUES ($1, $2, $3)")
+            .bind(uuid(showtime.id.0))
+            .bind(uuid(showtime.event.0))
+            .bind(showtime.starts_at.0)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        Ok(())
+    }
+
+    async fn showtime(&mut self, id: ShowtimeId) -> Result<Option<Showtime>, StoreError> {
+        let sql = format!("SELECT {} FROM showtimes WHERE id = $1", rows::SHOWTIME_COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::showtime).transpose()
+    }
+
+    async fn showtimes(&mut self, event: EventId) -> Result<Vec<Showtime>, StoreError> {
+        let sql =
+            format!("SELECT {} FROM showtimes WHERE event_id = $1 ORDER BY starts_at_ms, id", rows::SHOWTIME_COLUMNS);
+        let found =
+            sqlx::query(AssertSqlSafe(sql)).bind(uuid(event.0)).fetch_all(&mut *self.tx).await.map_err(errors::map)?;
+        found.iter().map(rows::showtime).collect()
+    }
+
+    async fn seats(&mut self, showtime: ShowtimeId) -> Result<Vec<Seat>, StoreError> {
+        // `label` is COLLATE "C": byte order, like the core's strings.
+        let sql = format!("SELECT {} FROM seats WHERE showtime_id = $1 ORDER BY label, id", rows::SEAT_COLUMNS);
+        let found = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(showtime.0))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        found.iter().map(rows::seat).collect()
+    }
+
+    async fn seat(&mut self, id: SeatId) -> Result<Option<Seat>, StoreError> {
+        let sql = format!("SELECT {} FROM seats WHERE id = $1{}", rows::SEAT_COLUMNS, row_lock(self.config.strategy));
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::seat).transpose()
+    }
+
+    async fn put_seat(&mut self, before: Option<&Seat>, after: &Seat) -> Result<(), StoreError> {
+        let (status, order) = rows::seat_status(after.status);
+        let Some(before) = before else {
+            sqlx::query(
+                "INSERT INTO seats (id, showtime_id, event_id, label, price, status, order_id, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(uuid(after.id.0))
+            .bind(uuid(after.showtime.0))
+            .bind(uuid(after.event.0))
+            .bind(&after.label)
+            .bind(after.price.minor_units())
+            .bind(status)
+            .bind(order)
+            .bind(version(after.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+            return Ok(());
+        };
+        if (before.id, before.showtime, before.event, &before.label, before.price)
+            != (after.id, after.showtime, after.event, &after.label, after.price)
+        {
+            return Err(StoreError::Integrity(format!("seat {} changes only its status", after.id)));
+        }
+        let done = if self.atomic() {
+            // The transition's precondition is the guard: the seat is still
+            // in the status (and with the order) the decision saw.
+            let (from, holder) = rows::seat_status(before.status);
+            sqlx::query(
+                "UPDATE seats SET status = $2, order_id = $3, version = version + 1 \
+                 WHERE id = $1 AND status = $4 AND order_id IS NOT DISTINCT FROM $5",
+            )
+            .bind(uuid(after.id.0))
+            .bind(status)
+            .bind(order)
+            .bind(from)
+            .bind(holder)
+        } else {
+            sqlx::query("UPDATE seats SET status = $2, order_id = $3, version = $4 WHERE id = $1 AND version = $5")
+                .bind(uuid(after.id.0))
+                .bind(status)
+                .bind(order)
+                .bind(version(after.version))
+                .bind(version(before.version))
+        }
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn order(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let sql = format!("{} WHERE o.id = $1{}", rows::ORDER_SELECT, row_lock(self.config.strategy));
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::order).transpose()
+    }
+
+    async fn order_skip_locked(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        if self.config.strategy != Strategy::Pessimistic {
+            return self.order(id).await;
+        }
+        let sql = format!("{} WHERE o.id = $1 FOR NO KEY UPDATE SKIP LOCKED", rows::ORDER_SELECT);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::order).transpose()
+    }
+
+    async fn put_order(&mut self, before: Option<&Order>, after: &Order) -> Result<(), StoreError> {
+        let Some(before) = before else {
+            return self.insert_order(after).await;
+        };
+        let fixed =
+            |o: &Order| (o.id, o.user, o.lines.clone(), o.seats.clone(), o.event, o.token, o.total, o.expires_at);
+        if fixed(before) != fixed(after) {
+            return Err(StoreError::Integrity(format!("order {} changes only its status and payment", after.id)));
+        }
+        // Every strategy: the state the transition moved from (status and
+        // paying payment) and the version, so even a pending → paying →
+        // pending round trip in between is caught.
+        let done = sqlx::query(
+            "UPDATE orders SET status = $2, payment_id = $3, updated_at_ms = $4, version = $5 \
+             WHERE id = $1 AND status = $6 AND payment_id IS NOT DISTINCT FROM $7 AND version = $8",
+        )
+        .bind(uuid(after.id.0))
+        .bind(after.status.as_str())
+        .bind(after.payment.map(|p| uuid(p.0)))
+        .bind(after.updated_at.0)
+        .bind(version(after.version))
+        .bind(before.status.as_str())
+        .bind(before.payment.map(|p| uuid(p.0)))
+        .bind(version(before.version))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn expired_orders(&mut self, now: Timestamp, limit: usize) -> Result<Vec<OrderId>, StoreError> {
+        let found = sqlx::query(
+            "SELECT id FROM orders WHERE status = 'pending_payment' AND payment_id IS NULL AND expires_at_ms <= $1 \
+             ORDER BY expires_at_ms, id LIMIT $2",
+        )
+        .bind(now.0)
+        .bind(limit_i64(limit))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        found
+            .iter()
+            .map(|row| Ok(OrderId(sqlx::Row::try_get::<uuid::Uuid, _>(row, "id").map_err(errors::map)?.as_u128())))
+            .collect()
+    }
+
+    async fn token(&mut self, id: TokenId) -> Result<Option<QueueToken>, StoreError> {
+        // A plain read under every strategy: the event row guards its tokens.
+        let sql = format!("SELECT {} FROM queue_tokens WHERE id = $1", rows::TOKEN_COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(id.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::token).transpose()
+    }
+
+    async fn put_token(&mut self, before: Option<&QueueToken>, after: &QueueToken) -> Result<(), StoreError> {
+        let Some(before) = before else {
+            sqlx::query(
+                "INSERT INTO queue_tokens (id, event_id, user_id, seq, status, joined_at_ms, activated_at_ms, \
+                 expires_at_ms, used_at_ms, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(uuid(after.id.0))
+            .bind(uuid(after.event.0))
+            .bind(uuid(after.user.0))
+            .bind(rows::count(after.seq)?)
+            .bind(rows::token_status_str(after.status))
+            .bind(after.joined_at.0)
+            .bind(after.activated_at.map(|t| t.0))
+            .bind(after.expires_at.map(|t| t.0))
+            .bind(after.used_at.map(|t| t.0))
+            .bind(version(after.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+            return Ok(());
+        };
+        let fixed = |t: &QueueToken| (t.id, t.event, t.user, t.seq, t.joined_at);
+        if fixed(before) != fixed(after) {
+            return Err(StoreError::Integrity(format!("queue token {} changes only its status", after.id)));
+        }
+        let done = sqlx::query(
+            "UPDATE queue_tokens SET status = $2, activated_at_ms = $3, expires_at_ms = $4, used_at_ms = $5, \
+             version = $6 WHERE id = $1 AND version = $7",
+        )
+        .bind(uuid(after.id.0))
+        .bind(rows::token_status_str(after.status))
+        .bind(after.activated_at.map(|t| t.0))
+        .bind(after.expires_at.map(|t| t.0))
+        .bind(after.used_at.map(|t| t.0))
+        .bind(version(after.version))
+        .bind(version(before.version))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(errors::map)?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
+    }
+
+    async fn tokens(
+        &mut self,
+        event: EventId,
+        status: TokenStatus,
+        limit: usize,
+    ) -> Result<Vec<QueueToken>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM queue_tokens WHERE event_id = $1 AND status = $2 ORDER BY seq LIMIT $3",
+            rows::TOKEN_COLUMNS
+        );
+        let found = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(event.0))
+            .bind(rows::token_status_str(status))
+            .bind(limit_i64(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        found.iter().map(rows::token).collect()
+    }
+
+    async fn user_token(&mut self, event: EventId, user: UserId) -> Result<Option<QueueToken>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM queue_tokens WHERE event_id = $1 AND user_id = $2 ORDER BY seq DESC LIMIT 1",
+            rows::TOKEN_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(uuid(event.0))
+            .bind(uuid(user.0))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.as_ref().map(rows::token).transpose()
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {

@@ -204,7 +204,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     async fn sell(&self, tx: &mut S::Tx, order: &Order) -> Result<(), Error> {
         for seat in &order.seats {
             let loaded = tx.seat(seat.seat).await?.ok_or(StoreError::Integrity(format!("seat {} gone", seat.seat)))?;
-            let sold = loaded.apply(SeatEvent::Sell(order.id))?;
+            let sold = loaded.apply(SeatEvent::Sell(order.id)).map_err(|_| stale())?;
             tx.put_seat(Some(&loaded), &sold).await?;
         }
         Ok(())
@@ -217,12 +217,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 .product(line.product)
                 .await?
                 .ok_or(StoreError::Integrity(format!("product {} gone", line.product)))?;
-            let released = loaded.apply(StockEvent::Release(line.quantity), now)?;
+            let released = loaded.apply(StockEvent::Release(line.quantity), now).map_err(|_| stale())?;
             tx.put_product(Some(&loaded), &released).await?;
         }
         for seat in &order.seats {
             let loaded = tx.seat(seat.seat).await?.ok_or(StoreError::Integrity(format!("seat {} gone", seat.seat)))?;
-            let released = loaded.apply(SeatEvent::Release(order.id))?;
+            let released = loaded.apply(SeatEvent::Release(order.id)).map_err(|_| stale())?;
             tx.put_seat(Some(&loaded), &released).await?;
         }
         Ok(())
@@ -263,16 +263,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // ahead of it is (the load holds as many as there are slots).
             waiting.push(token);
         }
-        let refreshed = queue::refresh(&joined_event, &active, &waiting, used, now)
-            .map_err(|_| StoreError::Integrity("a used token was checked usable".into()))?;
+        // The token was checked usable by another read; without locks (an
+        // optimistic store) the two reads may disagree: retry.
+        let refreshed = queue::refresh(&joined_event, &active, &waiting, used, now).map_err(|_| stale())?;
         if refreshed.event != *event {
             tx.put_event(Some(event), &refreshed.event).await?;
         }
         let mut written = refreshed.changed.clone();
-        if let Some(joined) = &joined {
-            if !written.iter().any(|t| t.id == joined.id) {
-                written.push(joined.clone());
-            }
+        if let Some(joined) = joined.as_ref().filter(|j| !written.iter().any(|t| t.id == j.id)) {
+            written.push(joined.clone());
         }
         for token in &written {
             let before = if joined.as_ref().is_some_and(|j| j.id == token.id) {
@@ -411,9 +410,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let loaded = tx.event(event).await?.ok_or(Error::NotFound)?;
         let now = booking.at;
         // One live token per user and event: joining again answers it.
-        let live = tx.user_token(event, user).await?.filter(|t| {
-            t.status == TokenStatus::Waiting || (t.status == TokenStatus::Active && t.usable(now))
-        });
+        let live = tx
+            .user_token(event, user)
+            .await?
+            .filter(|t| t.status == TokenStatus::Waiting || (t.status == TokenStatus::Active && t.usable(now)));
         let joining = match &live {
             Some(_) => None,
             None => Some((TokenId(self.ids.next_id()), user)),
@@ -441,8 +441,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let now = booking.at;
         // The event row guards its tokens: load it first.
         let event = tx.event(event).await?.ok_or(StoreError::Integrity("token of no event".into()))?;
-        let loaded =
-            tx.token(token).await?.filter(|t| t.user == user && t.event == event.id).ok_or(Error::NotFound)?;
+        let loaded = tx.token(token).await?.filter(|t| t.user == user && t.event == event.id).ok_or(Error::NotFound)?;
         let (event, written) = self.refresh_queue(tx, &event, None, None, now).await?;
         let token = written.into_iter().find(|t| t.id == token).unwrap_or(loaded);
         Ok(Step::Done(Outcome::Token(token_view(token, &event, now))))
@@ -567,8 +566,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             _ => None,
         });
         if let Some(payment) = paid_by {
-            let loaded =
-                tx.payment(payment).await?.filter(|p| p.user == user && p.order == Some(order)).ok_or(Error::NotFound)?;
+            let loaded = tx
+                .payment(payment)
+                .await?
+                .filter(|p| p.user == user && p.order == Some(order))
+                .ok_or(Error::NotFound)?;
             if matches!(loaded.status, PaymentStatus::Done | PaymentStatus::Cancelling) {
                 // A paid order is cancelled by refunding its payment, which
                 // cancels the order in the refund's transaction.
@@ -694,6 +696,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             other => unreachable!("a queue status is a token, not {other:?}"),
         }
     }
+}
+
+/// An order holds the units and seats it gives back or buys, so a refusal
+/// there means the order was read stale (possible only without locks, e.g.
+/// optimistic stores): a conflict to retry, never an answer to the caller.
+/// Under locks it cannot happen; if a bug caused it, the retries end in Busy.
+fn stale() -> Error {
+    Error::Store(StoreError::Conflict)
 }
 
 fn token_view(token: QueueToken, event: &Event, now: Timestamp) -> TokenView {

@@ -11,10 +11,10 @@ use tally_core::app::{Command, Config, Executed, Keyed, NewSeat, NewShowtime, Ou
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::{Fingerprint, IdemKey, StoredResponse};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, SeqIds, TokenId, UserId};
-use tally_core::order::Order;
-use tally_core::queue::TokenStatus;
 use tally_core::money::{Amount, Money};
+use tally_core::order::Order;
 use tally_core::payment::{Method, Payment};
+use tally_core::queue::TokenStatus;
 use tally_core::store::{LockManager, NoLocks};
 use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::Limits;
