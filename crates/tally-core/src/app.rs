@@ -291,14 +291,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     pub async fn authenticate(&self, key_hash: [u8; 32]) -> Result<Option<User>, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let user = tx.user_by_key_hash(key_hash).await;
         tx.rollback().await;
         Ok(user?)
     }
 
     pub async fn wallet(&self, user: UserId) -> Result<WalletView, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let wallet = tx.wallet(user).await;
         tx.rollback().await;
         let wallet = wallet?.ok_or(Error::NotFound)?;
@@ -311,7 +311,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         if limit == 0 || limit > LEDGER_PAGE_MAX {
             return Err(Error::InvalidInput("limit must be 1 to 100"));
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let entries = tx.wallet_ledger(user, after, limit + 1).await;
         tx.rollback().await;
         let mut entries = entries?;
@@ -326,7 +326,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     /// A payment, if it is `user`'s (another user's payment is "not found").
     pub async fn payment(&self, user: UserId, id: PaymentId) -> Result<Payment, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let payment = tx.payment(id).await;
         tx.rollback().await;
         payment?.filter(|p| p.user == user).ok_or(Error::NotFound)

@@ -69,6 +69,14 @@ pub trait Store: Send + Sync + 'static {
 
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
 
+    /// A transaction for looking only: its loads never take row locks or
+    /// wait for them, and it is rolled back, never committed. Use cases peek
+    /// to learn which keys to lock; what they then load under the locks is
+    /// checked again.
+    fn peek(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send {
+        self.begin()
+    }
+
     /// Everything the invariant checker reads. Meant for tests, the
     /// simulation and the load tool's final check, not for the request path.
     fn snapshot(&self) -> impl Future<Output = Result<crate::check::Snapshot, StoreError>> + Send;

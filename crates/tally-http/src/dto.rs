@@ -9,6 +9,7 @@
 //! a value out of range (422), the second is the wrong type (400).
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,14 @@ use tally_core::wallet::Limits;
 use utoipa::ToSchema;
 
 use crate::problem::{ApiError, Code};
+
+mod orders;
+
+pub use orders::{
+    CreateEventRequest, CreateOrderRequest, CreateProductRequest, EventBody, NewSeatInput, NewShowtimeInput, OrderBody,
+    OrderItemBody, OrderItemInput, OrderSeatBody, ProductBody, RestockRequest, SeatBody, SeatsBody, ShowtimeBody,
+    ShowtimeCreatedBody, ShowtimesBody, TokenBody, parse_rfc3339,
+};
 
 /// An integer as written in a JSON body, before its range is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +94,18 @@ impl JsonInteger {
             JsonInteger::Huge { negative: true } => Err(AmountError::NotPositive.into()),
             JsonInteger::Huge { negative: false } => Err(AmountError::TooLarge.into()),
         }
+    }
+
+    /// A count of units (a stock, a quantity) within `range`; anything else
+    /// is a value out of range (422), like an amount.
+    pub fn units(self, field: &str, range: RangeInclusive<u64>) -> Result<u64, ApiError> {
+        let in_range = match self {
+            JsonInteger::Exact(value) => u64::try_from(value).ok().filter(|units| range.contains(units)),
+            JsonInteger::Huge { .. } => None,
+        };
+        in_range.ok_or_else(|| {
+            ApiError::new(Code::InvalidAmount, format!("{field} must be between {} and {}", range.start(), range.end()))
+        })
     }
 
     /// A wallet limit: `0..=Money::BALANCE_LIMIT`.
@@ -153,13 +174,12 @@ pub struct TopUpRequest {
     pub amount: JsonInteger,
 }
 
-/// `POST /v1/payments`: `{amount, method: "wallet" | "gateway"}`. `order_id`
-/// is part of the contract but answered with 400 `malformed_request` until
-/// orders land.
+/// `POST /v1/payments`: `{amount}` or `{order_id}` (exactly one), and
+/// `method: "wallet" | "gateway"`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentRequest {
-    /// Minor units, `1..=10^12`. Required unless `order_id` is given.
+    /// Minor units, `1..=10^12`. Exactly one of `amount` and `order_id`.
     #[serde(default)]
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: Option<JsonInteger>,
@@ -172,10 +192,11 @@ pub struct CreatePaymentRequest {
     #[serde(default)]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub payback_amount: Option<JsonInteger>,
-    /// Not yet available: orders come with their own release.
+    /// Pay this order of the caller's: the amount is its total. It must
+    /// be `pending_payment` and inside its TTL.
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = Uuid)]
-    pub order_id: Option<serde_json::Value>,
+    #[schema(format = Uuid)]
+    pub order_id: Option<String>,
 }
 
 /// The body of `cancel`: none, or `{}`.
@@ -330,9 +351,9 @@ pub struct PaymentBody {
     pub amount: i64,
     /// 0 when the payment has no payback.
     pub payback_amount: i64,
-    /// `wallet` (or, later, `gateway`).
+    /// `wallet` or `gateway`.
     pub method: String,
-    /// The order this payment pays, if any (orders are not available yet).
+    /// The order this payment pays, if it pays one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(format = Uuid)]
     pub order_id: Option<String>,
@@ -346,7 +367,7 @@ impl From<&Payment> for PaymentBody {
             amount: payment.amount.minor_units(),
             payback_amount: payment.payback.minor_units(),
             method: payment.method.as_str().to_owned(),
-            order_id: None,
+            order_id: payment.order.map(|order| order.to_string()),
         }
     }
 }
@@ -368,6 +389,10 @@ pub fn outcome_json(outcome: &Outcome) -> Vec<u8> {
             balance: balance.minor_units(),
         }),
         Outcome::Payment(payment) => serde_json::to_vec(&PaymentBody::from(payment)),
+        Outcome::Product(product) => serde_json::to_vec(&ProductBody::from(product)),
+        Outcome::Event(event) => serde_json::to_vec(&EventBody::from(event)),
+        Outcome::Token(token) => serde_json::to_vec(&TokenBody::from(token)),
+        Outcome::Order(order) => serde_json::to_vec(&OrderBody::from(order)),
     };
     bytes.expect("response bodies are plain strings and integers")
 }

@@ -4,8 +4,9 @@
 //! - [`JsonBody`]: content type, size limit, JSON shape (`deny_unknown_fields`).
 //! - [`KeyedJson`]: the same, plus the `Idempotency-Key` header and the
 //!   request fingerprint, for the routes that move money.
-//! - [`PaymentPath`]: a payment id from the path; a malformed id is simply
-//!   "not found", like an unknown one.
+//! - [`PaymentPath`], [`OrderPath`], …: an id from the path; a malformed id
+//!   is simply "not found", like an unknown one.
+//! - [`QueueTokenHeader`]: the `Queue-Token` header of an order with seats.
 //!
 //! Checks run in the order a client can act on them: the key header first
 //! (400), then the body's size (413), media type (415) and shape (400).
@@ -19,11 +20,14 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::{Fingerprint, IdemKey};
-use tally_core::ids::PaymentId;
+use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, ShowtimeId, TokenId};
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 
-use crate::dto::{ConfirmRequest, CreatePaymentRequest, CreateUserRequest, EmptyRequest, TopUpRequest};
+use crate::dto::{
+    ConfirmRequest, CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest,
+    CreateUserRequest, EmptyRequest, RestockRequest, TopUpRequest,
+};
 use crate::problem::{ApiError, Code};
 use crate::state::AppState;
 
@@ -40,6 +44,10 @@ pub trait RequestBody: DeserializeOwned {
 impl RequestBody for CreateUserRequest {}
 impl RequestBody for TopUpRequest {}
 impl RequestBody for CreatePaymentRequest {}
+impl RequestBody for CreateProductRequest {}
+impl RequestBody for RestockRequest {}
+impl RequestBody for CreateEventRequest {}
+impl RequestBody for CreateOrderRequest {}
 impl RequestBody for ConfirmRequest {
     const EMPTY_ALLOWED: bool = true;
 }
@@ -198,16 +206,71 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Fingerprint {
     Fingerprint(hasher.finalize().into())
 }
 
-/// `{id}` of a payment route. Not a UUID → 404, as for any unknown payment.
-#[derive(Clone, Copy, Debug)]
-pub struct PaymentPath(pub PaymentId);
+/// The `{id}` of a route as a typed id. Not a UUID → 404, as for any
+/// unknown object: a path names something, and this names nothing.
+macro_rules! path_id {
+    ($(#[$doc:meta])* $name:ident($id:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name(pub $id);
 
-impl<St: Send + Sync> FromRequestParts<St> for PaymentPath {
+        impl<St: Send + Sync> FromRequestParts<St> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+                let Path(id) =
+                    Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found())?;
+                <$id>::parse(&id).map($name).ok_or_else(ApiError::not_found)
+            }
+        }
+    };
+}
+
+path_id!(
+    /// `{id}` of a payment route.
+    PaymentPath(PaymentId)
+);
+path_id!(
+    /// `{id}` of a product route.
+    ProductPath(ProductId)
+);
+path_id!(
+    /// `{id}` of an event route.
+    EventPath(EventId)
+);
+path_id!(
+    /// `{id}` of a showtime route.
+    ShowtimePath(ShowtimeId)
+);
+path_id!(
+    /// `{id}` of an order route.
+    OrderPath(OrderId)
+);
+path_id!(
+    /// `{token}` of a queue route.
+    TokenPath(TokenId)
+);
+
+/// The header that carries an active queue token when an order books seats.
+pub const QUEUE_TOKEN: &str = "queue-token";
+
+/// The `Queue-Token` header: absent is `None` (the core refuses seats
+/// without one, 403); present but not one UUID is 400, since the client sent
+/// something that cannot be a token at all.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueTokenHeader(pub Option<TokenId>);
+
+impl<St: Send + Sync> FromRequestParts<St> for QueueTokenHeader {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found())?;
-        PaymentId::parse(&id).map(PaymentPath).ok_or_else(ApiError::not_found)
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(QUEUE_TOKEN).iter();
+        let Some(value) = values.next() else { return Ok(QueueTokenHeader(None)) };
+        let token =
+            value.to_str().ok().filter(|_| values.next().is_none()).and_then(|text| TokenId::parse(text.trim()));
+        token
+            .map(|token| QueueTokenHeader(Some(token)))
+            .ok_or_else(|| ApiError::malformed("the Queue-Token header must be one token (a UUID)"))
     }
 }
 

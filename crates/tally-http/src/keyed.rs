@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use tally_core::app::{Command, Executed, Keyed, Outcome};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::StoredResponse;
+use tally_core::ids::UserId;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 use tally_core::{Error, Tally};
@@ -33,7 +34,9 @@ pub fn render(success: StatusCode, result: &Result<Outcome, Error>) -> Option<St
         Ok(outcome) => Some(render_success(success, outcome)),
         Err(error) if error.is_refusal() => {
             let api_error = ApiError::from(error.clone());
-            Some(StoredResponse {
+            // A refusal the mapping shows as a 5xx (a broken record the
+            // core reports as a stock error) is not stored: 5xx never are.
+            api_error.status().is_client_error().then(|| StoredResponse {
                 status: api_error.status().as_u16(),
                 content_type: PROBLEM_CONTENT_TYPE.to_owned(),
                 body: api_error.body(),
@@ -47,11 +50,27 @@ fn render_success(success: StatusCode, outcome: &Outcome) -> StoredResponse {
     StoredResponse { status: success.as_u16(), content_type: JSON_CONTENT_TYPE.to_owned(), body: outcome_json(outcome) }
 }
 
+/// Runs an unkeyed `command` for `user` (admin commands use
+/// [`UserId::ADMIN`]); answers with the same bytes a keyed run would store.
+pub async fn execute_unkeyed<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    app: &Tally<S, L, C, G>,
+    user: UserId,
+    command: Command,
+    success: StatusCode,
+) -> Response {
+    match app.execute(user, command, None).await {
+        Ok(Executed::Fresh(outcome)) => send(render_success(success, &outcome), false),
+        // Without a key there is nothing to replay.
+        Ok(Executed::Replayed(stored)) => send(stored, true),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
 /// Runs `command` for `user` at most once per key; answers with the fresh
 /// result or the stored one.
 pub async fn execute<S: Store, L: LockManager, C: Clock, G: Gateway, T>(
     app: &Tally<S, L, C, G>,
-    user: tally_core::ids::UserId,
+    user: UserId,
     command: Command,
     request: &KeyedJson<T>,
     success: StatusCode,

@@ -13,7 +13,8 @@
 //!
 //! - [`router`] builds the app; [`serve`] runs it on any axum
 //!   [`Listener`](axum::serve::Listener) until a shutdown future resolves.
-//! - `routes/`: one module per resource (`users`, `wallet`, `payments`, `ops`).
+//! - `routes/`: one module per resource (`users`, `wallet`, `payments`,
+//!   `catalog`, `queue`, `orders`, `ops`).
 //! - `extract`: the body, key and path extractors (never a non-problem rejection).
 //! - `keyed`: running a command under an idempotency key; replay byte for byte.
 //! - `problem`: [`ApiError`] → RFC 9457 problem, the one error mapping.
@@ -32,8 +33,25 @@
 //!   written as `1e30`) is 422 `invalid_amount`; a fraction (`10.5`, `10.0`,
 //!   `1e3`) or a string is 400 `malformed_request`.
 //! - `payback_amount: 0` means no payback (responses show no payback as 0).
-//! - `order_id` and `method: "gateway"` are answered 400 `malformed_request`
-//!   until orders and the gateway exist.
+//! - A payment takes exactly one of `amount` and `order_id` (both or
+//!   neither: 400). `method: "gateway"` on a server without a gateway is 400.
+//! - Product, showtime and seat reads need no key ("any" in SPEC.md); an
+//!   `Authorization` header there is not looked at.
+//! - Admin commands run as `UserId::ADMIN`: the admin's idempotency keys
+//!   (restock) are a scope of their own. Creating a product or an event
+//!   takes no key (SPEC.md's table), nor does joining a queue, which is
+//!   idempotent by itself (one live token per user and event).
+//! - Order input is checked before any key or lock is taken: no items and
+//!   no seats, more than 10 of either, or an id that is not a UUID → 400;
+//!   a quantity outside 1..=1000 or a stock/restock outside 0/1..=10^9 → 422
+//!   `invalid_amount`. A `Queue-Token` that is not a UUID → 400; a missing,
+//!   inactive, foreign or other event's token → 403 (not stored). The token
+//!   is not part of the fingerprint: the key names the order.
+//! - Event `starts_at` is RFC 3339 in (any offset), RFC 3339 UTC out, like
+//!   every timestamp here. Event settings out of range are 400 (they are
+//!   not amounts).
+//! - A stock error that means a broken record (releasing more than was
+//!   taken) is a 500, and is not stored under the key.
 //! - `confirm`/`cancel` take no body (any or no content type) or `{}` as JSON.
 //! - The fingerprint hashes the exact body bytes: a retry must resend them.
 //!   `Idempotency-Key` may be bare or an RFC 8941 quoted string.
@@ -123,6 +141,9 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
         .merge(routes::users::routes())
         .merge(routes::wallet::routes())
         .merge(routes::payments::routes())
+        .merge(routes::catalog::routes())
+        .merge(routes::queue::routes())
+        .merge(routes::orders::routes())
         .layer(from_fn_with_state(permits, layers::shed_load));
     let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi());
     // `Router::layer` wraps each route (and the fallbacks) separately, which

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::problem::Problem;
-use crate::routes::{ops, payments, users, wallet};
+use crate::routes::{catalog, ops, orders, payments, queue, users, wallet};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -16,9 +16,10 @@ use crate::routes::{ops, payments, users, wallet};
         description = "Payments that never double-charge.\n\n\
             Amounts are integers in minor units; ids are UUID strings; timestamps are RFC 3339 UTC.\n\n\
             **Authentication**: `Authorization: Bearer <api key>`. A missing or unknown key is 401; \
-            another user's payment is 404.\n\n\
+            another user's payment, order or queue token is 404. Reading products, showtimes and seats needs \
+            no key.\n\n\
             **Idempotency** (IETF draft *The Idempotency-Key HTTP Header Field*): every POST that moves money \
-            requires `Idempotency-Key`, 1 to 255 printable ASCII characters (bare, or quoted as an RFC 8941 \
+            or inventory (top-ups, payments, orders, restocks) requires `Idempotency-Key`, 1 to 255 printable ASCII characters (bare, or quoted as an RFC 8941 \
             string), scoped to the caller, kept 24 hours. The fingerprint of a request is the SHA-256 of its \
             method, path and exact body bytes. Same key and same request after completion: the first response, \
             byte for byte, with `Idempotent-Replayed: true` (business refusals included). Same key while the \
@@ -35,6 +36,17 @@ use crate::routes::{ops, payments, users, wallet};
         payments::get_payment,
         payments::confirm_payment,
         payments::cancel_payment,
+        catalog::create_product,
+        catalog::get_product,
+        catalog::restock,
+        catalog::create_event,
+        catalog::showtimes,
+        catalog::seats,
+        queue::join_queue,
+        queue::queue_token,
+        orders::create_order,
+        orders::get_order,
+        orders::cancel_order,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -56,6 +68,24 @@ use crate::routes::{ops, payments, users, wallet};
         dto::EmptyRequest,
         dto::ConfirmRequest,
         dto::PaymentBody,
+        dto::CreateProductRequest,
+        dto::RestockRequest,
+        dto::ProductBody,
+        dto::CreateEventRequest,
+        dto::NewShowtimeInput,
+        dto::NewSeatInput,
+        dto::EventBody,
+        dto::ShowtimeCreatedBody,
+        dto::SeatBody,
+        dto::ShowtimeBody,
+        dto::ShowtimesBody,
+        dto::SeatsBody,
+        dto::TokenBody,
+        dto::CreateOrderRequest,
+        dto::OrderItemInput,
+        dto::OrderBody,
+        dto::OrderItemBody,
+        dto::OrderSeatBody,
         dto::StatusBody,
     )),
     modifiers(&BearerKeys),
@@ -63,6 +93,9 @@ use crate::routes::{ops, payments, users, wallet};
         (name = "users", description = "Admin: users and their keys"),
         (name = "wallet", description = "The caller's wallet and ledger"),
         (name = "payments", description = "The caller's payments"),
+        (name = "catalogue", description = "Products with stock; events with showtimes and seats (admin writes, anyone reads)"),
+        (name = "queue", description = "An event's waiting queue: a token, then seats"),
+        (name = "orders", description = "The caller's orders: products and seats reserved together"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
     )
 )]

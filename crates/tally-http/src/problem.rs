@@ -11,7 +11,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tally_core::Error;
+use tally_core::catalog::StockError;
 use tally_core::money::AmountError;
+use tally_core::order::OrderError;
 use tally_core::store::StoreError;
 use tally_core::wallet::{LimitKind, WalletError};
 use utoipa::ToSchema;
@@ -35,7 +37,10 @@ pub enum Code {
     InsufficientBalance,
     LimitExceeded,
     MaxBalanceExceeded,
+    OutOfStock,
+    SeatUnavailable,
     InvalidState,
+    OrderExpired,
     PayloadTooLarge,
     UnsupportedMediaType,
     IdempotencyKeyReused,
@@ -59,7 +64,10 @@ impl Code {
             Code::InsufficientBalance => "insufficient_balance",
             Code::LimitExceeded => "limit_exceeded",
             Code::MaxBalanceExceeded => "max_balance_exceeded",
+            Code::OutOfStock => "out_of_stock",
+            Code::SeatUnavailable => "seat_unavailable",
             Code::InvalidState => "invalid_state",
+            Code::OrderExpired => "order_expired",
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
@@ -83,7 +91,10 @@ impl Code {
             | Code::InsufficientBalance
             | Code::LimitExceeded
             | Code::MaxBalanceExceeded
-            | Code::InvalidState => StatusCode::CONFLICT,
+            | Code::OutOfStock
+            | Code::SeatUnavailable
+            | Code::InvalidState
+            | Code::OrderExpired => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::IdempotencyKeyReused | Code::InvalidAmount => StatusCode::UNPROCESSABLE_ENTITY,
@@ -107,7 +118,10 @@ impl Code {
             Code::InsufficientBalance => "Insufficient balance",
             Code::LimitExceeded => "Limit exceeded",
             Code::MaxBalanceExceeded => "Maximum balance exceeded",
+            Code::OutOfStock => "Out of stock",
+            Code::SeatUnavailable => "Seat unavailable",
             Code::InvalidState => "Invalid state",
+            Code::OrderExpired => "Order expired",
             Code::PayloadTooLarge => "Payload too large",
             Code::UnsupportedMediaType => "Unsupported media type",
             Code::IdempotencyKeyReused => "Idempotency-Key is already used",
@@ -261,6 +275,25 @@ impl From<Error> for ApiError {
             }
             Error::Transition(transition) => ApiError::new(Code::InvalidState, transition.to_string()),
             Error::Payback(payback) => ApiError::new(Code::InvalidAmount, payback.to_string()),
+            // An order's total beyond what one payment may move.
+            Error::Amount(amount) => ApiError::from(amount),
+            Error::Stock(stock) => match stock {
+                StockError::OutOfStock { .. } => ApiError::new(Code::OutOfStock, stock.to_string()),
+                // The edge checks quantities, so these mean a restock that
+                // would pass the stock ceiling (or a zero one that slipped by).
+                StockError::TooMuchStock(_) | StockError::ZeroQuantity => {
+                    ApiError::new(Code::InvalidAmount, stock.to_string())
+                }
+                // Giving back more than was taken is a broken record, never
+                // the client's doing.
+                StockError::OverRelease { .. } => ApiError::internal(Code::InternalError, stock.to_string()),
+            },
+            Error::Seat(seat) => ApiError::new(Code::SeatUnavailable, seat.to_string()),
+            Error::Order(order) => match order {
+                OrderError::Expired(_) => ApiError::new(Code::OrderExpired, order.to_string()),
+                OrderError::InvalidState { .. } => ApiError::new(Code::InvalidState, order.to_string()),
+            },
+            Error::Forbidden(reason) => ApiError::new(Code::Forbidden, reason),
             Error::NotFound => ApiError::not_found(),
             Error::InvalidInput(message) => ApiError::malformed(message),
             // A lost lease means another admission of the same key now holds
@@ -305,6 +338,42 @@ mod tests {
         assert_eq!(Code::Unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(Code::for_status(StatusCode::PAYLOAD_TOO_LARGE), Code::PayloadTooLarge);
         assert_eq!(Code::for_status(StatusCode::REQUEST_TIMEOUT), Code::Unavailable);
+    }
+
+    #[test]
+    fn inventory_errors_map_to_their_codes() {
+        use tally_core::catalog::{SeatEvent, SeatStatus, SeatUnavailable};
+        use tally_core::ids::{OrderId, ProductId, SeatId};
+        use tally_core::order::{OrderEvent, OrderStatus};
+        let product = ProductId(1);
+        let order = OrderId(2);
+        let code = |error: Error| ApiError::from(error).code;
+        assert_eq!(code(StockError::OutOfStock { product, available: 1, wanted: 2 }.into()), Code::OutOfStock);
+        assert_eq!(code(StockError::TooMuchStock(product).into()), Code::InvalidAmount);
+        assert_eq!(code(StockError::ZeroQuantity.into()), Code::InvalidAmount);
+        assert_eq!(code(StockError::OverRelease { product, returned: 1 }.into()), Code::InternalError);
+        let seat =
+            SeatUnavailable { seat: SeatId(3), status: SeatStatus::Held(order), event: SeatEvent::Hold(OrderId(4)) };
+        assert_eq!(code(seat.into()), Code::SeatUnavailable);
+        assert_eq!(code(OrderError::Expired(order).into()), Code::OrderExpired);
+        let invalid = OrderError::InvalidState {
+            order,
+            status: OrderStatus::Cancelled,
+            paying: false,
+            event: OrderEvent::Cancel,
+        };
+        assert_eq!(code(invalid.into()), Code::InvalidState);
+        assert_eq!(code(Error::Forbidden("no token")), Code::Forbidden);
+        assert_eq!(code(AmountError::TooLarge.into()), Code::InvalidAmount);
+        for conflict in [Code::OutOfStock, Code::SeatUnavailable, Code::OrderExpired] {
+            assert_eq!(conflict.status(), StatusCode::CONFLICT);
+        }
+        // A broken record is a 500, and a 500 is never stored under a key,
+        // even though the core counts every stock error as a refusal.
+        let broken = Err(StockError::OverRelease { product, returned: 1 }.into());
+        assert_eq!(crate::keyed::render(StatusCode::OK, &broken), None);
+        let refused = Err(StockError::OutOfStock { product, available: 0, wanted: 1 }.into());
+        assert_eq!(crate::keyed::render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
     }
 
     #[test]

@@ -176,6 +176,14 @@ impl Store for PgStore {
         Ok(PgTx::new(self.begin_tx().await?, self.config.clone()))
     }
 
+    async fn peek(&self) -> Result<PgTx, StoreError> {
+        // The strategy decides how loads lock and how writes are guarded. A
+        // peek never writes, so loading as the optimistic strategy does (no
+        // row locks) is exactly "look without locking or waiting".
+        let config = PgConfig { strategy: Strategy::Optimistic, ..self.config.clone() };
+        Ok(PgTx::new(self.begin_tx().await?, config))
+    }
+
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         // One REPEATABLE READ snapshot, so the checker never sees a wallet
         // from before a commit next to transfers from after it.

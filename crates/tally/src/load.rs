@@ -8,11 +8,19 @@
 //! - `duplicates`: all clients send the same top-up with the same
 //!   Idempotency-Key at once, round after round; each round must take effect
 //!   exactly once.
+//! - `inventory`: seeds 002 and 004. The admin creates a few products with
+//!   scarce stock and an event with few seats; each client has a funded
+//!   wallet, joins the event's queue and polls its token, orders products
+//!   and (with an active token) seats, then pays some orders from the
+//!   wallet, cancels some (a few after paying: a refund), and leaves the
+//!   rest to expire. Client 0 also restocks now and then, as the admin.
 //!
-//! It prints throughput, latency percentiles and counts per status code, then
-//! checks the outcome through the API (each wallet's balance equals what the
-//! acknowledged requests imply, and equals the sum of its ledger), and, given
-//! `--database-url`, runs the core's invariant checker on the database itself.
+//! It prints throughput, latency percentiles, counts per status code and per
+//! problem code, then checks the outcome through the API (each wallet's
+//! balance equals what the acknowledged requests imply, and equals the sum of
+//! its ledger; for `inventory`, also that no product was oversold and no seat
+//! is held or sold by two orders), and, given `--database-url`, runs the
+//! core's invariant checker (all eight invariants) on the database itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,6 +31,10 @@ use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+
+mod inventory;
+
+use inventory::{Catalogue, Placed, Shop, Shopper, verify_inventory};
 
 /// What one client may send at most; bounds a run that has no duration.
 const REQUESTS_PER_CLIENT_MAX: u64 = 1_000_000;
@@ -36,6 +48,7 @@ pub enum Workload {
     Hot,
     Spread,
     Duplicates,
+    Inventory,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +97,42 @@ struct Observed {
     /// Duplicates: the rounds whose top-up some client saw acknowledged
     /// (fresh or replayed). Each must have taken effect exactly once.
     acknowledged_rounds: BTreeSet<u64>,
+    /// Problem answers by status and `code` (`409 out_of_stock`).
+    codes: BTreeMap<(u16, String), u64>,
+    /// Inventory: what became of the orders the clients placed.
+    fates: BTreeMap<&'static str, u64>,
+    /// Inventory: units the admin's restocks added, per product, as
+    /// acknowledged, and as sent without an answer (they may have landed).
+    restocked: BTreeMap<usize, u64>,
+    restocked_unknown: BTreeMap<usize, u64>,
+    /// Inventory: every order some client saw created, with its owner's wallet.
+    placed: Vec<(usize, Placed)>,
+}
+
+impl Observed {
+    fn absorb(&mut self, local: Observed) {
+        self.latencies_us.extend(local.latencies_us);
+        for (status, count) in local.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+        for (wallet, delta) in local.expected_delta {
+            *self.expected_delta.entry(wallet).or_default() += delta;
+        }
+        self.acknowledged_rounds.extend(local.acknowledged_rounds);
+        for (code, count) in local.codes {
+            *self.codes.entry(code).or_default() += count;
+        }
+        for (fate, count) in local.fates {
+            *self.fates.entry(fate).or_default() += count;
+        }
+        for (product, units) in local.restocked {
+            *self.restocked.entry(product).or_default() += units;
+        }
+        for (product, units) in local.restocked_unknown {
+            *self.restocked_unknown.entry(product).or_default() += units;
+        }
+        self.placed.extend(local.placed);
+    }
 }
 
 struct Client {
@@ -106,9 +155,24 @@ impl Client {
         idem: Option<&str>,
         body: Option<Value>,
     ) -> Result<Reply, String> {
+        self.send_with(method, path, key, idem, &[], body).await
+    }
+
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Reply, String> {
         let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
         if let Some(idem) = idem {
             request = request.header("Idempotency-Key", idem);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -130,7 +194,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let client = Arc::new(Client { http, base: args.url.trim_end_matches('/').to_owned() });
     let wallets = match args.workload {
         Workload::Hot | Workload::Duplicates => 1,
-        Workload::Spread => usize::try_from(args.clients).expect("client count fits"),
+        Workload::Spread | Workload::Inventory => usize::try_from(args.clients).expect("client count fits"),
     };
     let initial = 1_000_000_000;
     let mut keys = Vec::new();
@@ -156,6 +220,10 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
         }
         keys.push(key);
     }
+    let catalogue = match args.workload {
+        Workload::Inventory => Some(Arc::new(Catalogue::create(&client, &args.admin_key, args.clients).await?)),
+        _ => None,
+    };
     let keys = Arc::new(keys);
     let observed = Arc::new(Mutex::new(Observed::default()));
     let budget = Arc::new(AtomicU64::new(match (args.duration, args.requests) {
@@ -168,12 +236,14 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let (client, keys, observed, budget) = (client.clone(), keys.clone(), observed.clone(), budget.clone());
+        let catalogue = catalogue.clone();
         let workload = args.workload;
         tasks.push(tokio::spawn(async move {
-            let wallet = if workload == Workload::Spread { usize::try_from(c).expect("fits") } else { 0 };
+            let wallet = wallet_of(workload, c);
             let key = keys[wallet].clone();
             let mut sent = 0u64;
             let mut local = Observed::default();
+            let mut shopper = Shopper::default();
             while sent < REQUESTS_PER_CLIENT_MAX {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -182,20 +252,18 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
                     break;
                 }
                 sent += 1;
-                let step = one_step(&client, workload, &key, c, sent, &mut local).await;
+                let step = match &catalogue {
+                    Some(catalogue) => {
+                        let shop = Shop { client: &client, catalogue, key: &key, c, wallet };
+                        shop.step(sent, &mut shopper, &mut local).await
+                    }
+                    None => one_step(&client, workload, &key, c, sent, &mut local).await,
+                };
                 if let Err(error) = step {
                     eprintln!("client {c}: {error}");
                 }
             }
-            let mut all = observed.lock().await;
-            all.latencies_us.extend(local.latencies_us);
-            for (status, count) in local.statuses {
-                *all.statuses.entry(status).or_default() += count;
-            }
-            for (wallet, delta) in local.expected_delta {
-                *all.expected_delta.entry(wallet).or_default() += delta;
-            }
-            all.acknowledged_rounds.extend(local.acknowledged_rounds);
+            observed.lock().await.absorb(local);
         }));
     }
     for task in tasks {
@@ -204,12 +272,31 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let elapsed = started.elapsed();
     let observed = observed.lock().await;
     report(&args, &observed, elapsed);
-    verify(&args, &client, &keys, &observed, initial).await
+    let mut ok = verify_wallets(&client, &keys, &observed, initial).await?;
+    if let Some(catalogue) = &catalogue {
+        ok &= verify_inventory(&client, catalogue, &keys, &observed).await?;
+    }
+    ok &= verify_database(&args).await?;
+    println!("verdict    {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+/// The wallet client `c` pays from.
+fn wallet_of(workload: Workload, c: u64) -> usize {
+    match workload {
+        Workload::Spread | Workload::Inventory => usize::try_from(c).expect("fits"),
+        Workload::Hot | Workload::Duplicates => 0,
+    }
 }
 
 fn record(local: &mut Observed, reply: &Reply) {
     local.latencies_us.push(u64::try_from(reply.elapsed.as_micros()).unwrap_or(u64::MAX));
     *local.statuses.entry(reply.status.as_u16()).or_default() += 1;
+    if let Some(code) = reply.body["code"].as_str()
+        && !reply.status.is_success()
+    {
+        *local.codes.entry((reply.status.as_u16(), code.to_owned())).or_default() += 1;
+    }
 }
 
 async fn one_step(
@@ -220,7 +307,7 @@ async fn one_step(
     n: u64,
     local: &mut Observed,
 ) -> Result<(), String> {
-    let wallet = if workload == Workload::Spread { usize::try_from(c).expect("fits") } else { 0 };
+    let wallet = wallet_of(workload, c);
     match workload {
         Workload::Duplicates => {
             // Every client sends round n's request; only one may take effect.
@@ -242,6 +329,7 @@ async fn one_step(
                 return Err(format!("duplicates: unexpected {} {}", reply.status, reply.body));
             }
         }
+        Workload::Inventory => unreachable!("inventory clients shop"),
         Workload::Hot | Workload::Spread => {
             // Alternate: a top-up, then a payment created and confirmed.
             let amount = i64::try_from(1 + (c * 7 + n * 13) % 100).expect("small");
@@ -309,15 +397,19 @@ fn report(args: &LoadArgs, observed: &Observed, elapsed: Duration) {
     );
     let statuses: Vec<String> = observed.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
     println!("statuses   {}", statuses.join(", "));
+    if !observed.codes.is_empty() {
+        let codes: Vec<String> = observed.codes.iter().map(|((s, code), n)| format!("{s} {code}: {n}")).collect();
+        println!("codes      {}", codes.join(", "));
+    }
+    if args.workload == Workload::Inventory {
+        let fates: Vec<String> = observed.fates.iter().map(|(fate, n)| format!("{fate}: {n}")).collect();
+        println!("orders     {}", fates.join(", "));
+    }
 }
 
-async fn verify(
-    args: &LoadArgs,
-    client: &Client,
-    keys: &[String],
-    observed: &Observed,
-    initial: i64,
-) -> Result<bool, String> {
+/// Each wallet's balance equals what the acknowledged requests imply, and
+/// the sum of its ledger.
+async fn verify_wallets(client: &Client, keys: &[String], observed: &Observed, initial: i64) -> Result<bool, String> {
     let mut ok = true;
     for (wallet, key) in keys.iter().enumerate() {
         let view = client.send(reqwest::Method::GET, "/v1/wallet", key, None, None).await?;
@@ -355,25 +447,31 @@ async fn verify(
     if ok {
         println!("check      {} wallet(s): balance = acknowledged requests = ledger sum  ok", keys.len());
     }
-    if let Some(url) = &args.database_url {
-        let store = tally_pg::PgStore::connect_lazy(url, tally_pg::PgConfig::default()).map_err(|e| e.to_string())?;
-        let snapshot = tally_core::store::Store::snapshot(&store).await.map_err(|e| e.to_string())?;
-        let violations = tally_core::check::check(&snapshot);
-        if violations.is_empty() {
-            println!(
-                "invariants {} wallets, {} payments, {} transfers, {} keys: all hold",
-                snapshot.wallets.len(),
-                snapshot.payments.len(),
-                snapshot.transfers.len(),
-                snapshot.idempotency.len()
-            );
-        } else {
-            ok = false;
-            for violation in violations.iter().take(20) {
-                println!("invariants VIOLATED: {violation}");
-            }
-        }
-    }
-    println!("verdict    {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
+}
+
+/// With `--database-url`: the core's invariant checker on the database.
+async fn verify_database(args: &LoadArgs) -> Result<bool, String> {
+    let Some(url) = &args.database_url else { return Ok(true) };
+    let store = tally_pg::PgStore::connect_lazy(url, tally_pg::PgConfig::default()).map_err(|e| e.to_string())?;
+    let snapshot = tally_core::store::Store::snapshot(&store).await.map_err(|e| e.to_string())?;
+    let violations = tally_core::check::check(&snapshot);
+    if violations.is_empty() {
+        println!(
+            "invariants {} wallets, {} payments, {} transfers, {} keys, {} products, {} orders, {} seats, {} tokens: all hold",
+            snapshot.wallets.len(),
+            snapshot.payments.len(),
+            snapshot.transfers.len(),
+            snapshot.idempotency.len(),
+            snapshot.products.len(),
+            snapshot.orders.len(),
+            snapshot.seats.len(),
+            snapshot.tokens.len(),
+        );
+        return Ok(true);
+    }
+    for violation in violations.iter().take(20) {
+        println!("invariants VIOLATED: {violation}");
+    }
+    Ok(false)
 }

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// How long a completed Idempotency-Key is remembered.
     #[arg(long, env = "TALLY_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: u64,
+    /// How long an unpaid order holds its stock and seats; past it, the
+    /// sweeper expires the order and gives them back.
+    #[arg(long, env = "TALLY_ORDER_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub order_ttl_seconds: u64,
     /// Database connections in the pool.
     #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
@@ -105,6 +109,13 @@ pub struct MigrateArgs {
 /// deletes per transaction (short transactions, bounded work).
 const REAP_EVERY: Duration = Duration::from_secs(60);
 const REAP_BATCH: usize = 1_000;
+
+/// How often the sweeper expires unpaid orders past their TTL, and how many
+/// it takes per call (each in its own transaction). Every second: a reader
+/// already sees an order past its TTL as expired, but its stock and seats
+/// come back only when the sweeper writes it.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_BATCH: usize = 100;
 
 /// The database to use: the given URL, or a private cluster started here
 /// (kept alive by the returned handle; dropping it stops the cluster).
@@ -172,6 +183,7 @@ fn core_config(args: &ServeArgs) -> Config {
     Config {
         idempotency: IdemConfig { ttl, lease: defaults.idempotency.lease },
         pause_after_gateway: Duration::from_millis(pause),
+        order_ttl: Duration::from_secs(args.order_ttl_seconds),
         ..defaults
     }
 }
@@ -255,11 +267,13 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
     http.concurrency_limit = args.concurrency_limit;
     let router = tally_http::router(app.clone(), http, readiness);
     let reaper = tokio::spawn(reap(app.clone()));
+    let sweeper = tokio::spawn(sweep(app.clone()));
     let completer = tokio::spawn(complete(app, Duration::from_secs(args.completer_after_seconds)));
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!("tally listening on http://{address}");
     let served = tally_http::serve(listener, router, shutdown_signal()).await.map_err(|e| e.to_string());
     reaper.abort();
+    sweeper.abort();
     completer.abort();
     served
 }
@@ -279,6 +293,36 @@ async fn complete<S: Store, L: LockManager, G: Gateway>(app: Arc<Tally<S, L, Sys
             Ok(0) => {}
             Ok(n) => tracing::info!(resolved = n, "stuck gateway payments resolved"),
             Err(error) => tracing::warn!(%error, "resolving stuck gateway payments failed; retrying later"),
+        }
+    }
+}
+
+/// Expires unpaid orders past their TTL (seed 004's scheduled job), in
+/// bounded batches, forever. A full batch is followed at once by another, so
+/// a backlog drains without waiting a tick per batch. Safe with several
+/// instances: an order another sweeper (or a payment) holds is skipped.
+async fn sweep<S: Store, L: LockManager, G: Gateway>(app: Arc<Tally<S, L, SystemClock, G>>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    // A slow sweep (a busy database) must not be followed by a burst of
+    // catch-up ticks.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match app.expire_orders(SWEEP_BATCH).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(expired = n, "unpaid orders expired; their stock and seats are back");
+                    }
+                    if n < SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "expiring orders failed; retrying on the next tick");
+                    break;
+                }
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             | Command::CreateEvent { .. } => Vec::new(),
             Command::ConfirmPayment { payment, .. } | Command::CancelPayment { payment } => {
                 let mut keys = vec![LockKey::Payment(*payment), LockKey::Wallet(user)];
-                let mut tx = self.store.begin().await?;
+                let mut tx = self.store.peek().await?;
                 let peeked = tx.payment(*payment).await;
                 tx.rollback().await;
                 let order = peeked?.filter(|p| p.user == user).and_then(|p| p.order);
@@ -109,7 +109,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Command::Restock { product, .. } => vec![LockKey::Product(*product)],
             Command::JoinQueue { event } => vec![LockKey::Queue(*event)],
             Command::QueueStatus { token } => {
-                let mut tx = self.store.begin().await?;
+                let mut tx = self.store.peek().await?;
                 let peeked = tx.token(*token).await;
                 tx.rollback().await;
                 peeked?.map(|t| LockKey::Queue(t.event)).into_iter().collect()
@@ -125,7 +125,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 };
                 keys.extend(seats.iter().map(|seat| LockKey::Seat(*seat)));
                 if let Some(first) = seats.first() {
-                    let mut tx = self.store.begin().await?;
+                    let mut tx = self.store.peek().await?;
                     let peeked = tx.seat(*first).await;
                     tx.rollback().await;
                     keys.extend(peeked?.map(|seat| LockKey::Queue(seat.event)));
@@ -133,7 +133,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 keys
             }
             Command::CancelOrder { order } => {
-                let mut tx = self.store.begin().await?;
+                let mut tx = self.store.peek().await?;
                 let peeked = tx.order(*order).await;
                 tx.rollback().await;
                 match peeked?.filter(|o| o.user == user) {
@@ -152,7 +152,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// The keys of the order `order` names (peeked, unlocked).
     pub(super) async fn order_keys_of(&self, order: Option<OrderId>) -> Result<Vec<LockKey>, Error> {
         let Some(order) = order else { return Ok(Vec::new()) };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let peeked = tx.order(order).await;
         tx.rollback().await;
         Ok(peeked?.as_ref().map(order_keys).unwrap_or_default())
@@ -600,7 +600,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     pub async fn expire_orders(&self, limit: usize) -> Result<usize, Error> {
         assert!(limit > 0 && limit <= 1_000, "a sweep expires 1 to 1000 orders");
         let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let candidates = tx.expired_orders(now, limit).await;
         tx.rollback().await;
         let mut expired = 0;
@@ -645,7 +645,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     pub async fn product(&self, id: ProductId) -> Result<Product, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let product = tx.product(id).await;
         tx.rollback().await;
         product?.ok_or(Error::NotFound)
@@ -653,7 +653,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     /// An event's showtimes with how many seats are available in each.
     pub async fn showtimes(&self, event: EventId) -> Result<Vec<ShowtimeView>, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let result = async {
             tx.event(event).await?.ok_or(Error::NotFound)?;
             let mut views = Vec::new();
@@ -670,7 +670,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     pub async fn seats(&self, showtime: ShowtimeId) -> Result<Vec<Seat>, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let result = async {
             tx.showtime(showtime).await?.ok_or(Error::NotFound)?;
             Ok(tx.seats(showtime).await?)
@@ -682,7 +682,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     /// An order, if it is `user`'s, as it stands now.
     pub async fn order(&self, user: UserId, id: OrderId) -> Result<Order, Error> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.peek().await?;
         let order = tx.order(id).await;
         tx.rollback().await;
         Ok(self.order_view(order?.filter(|o| o.user == user).ok_or(Error::NotFound)?))

@@ -1,9 +1,7 @@
 //! Payments (seed 001's two steps): create in `wait`, then confirm or cancel.
 //!
-//! Only wallet payments of an amount exist in this version. `order_id` and
-//! `method: "gateway"` belong to the contract but are refused with 400
-//! `malformed_request` (and a detail saying so) until orders and the gateway
-//! arrive: a clear refusal rather than a payment that pretends to be one.
+//! A payment is of an amount, or for one of the caller's orders (its total):
+//! confirming it pays the order, cancelling a done one cancels the order.
 
 use axum::Json;
 use axum::Router;
@@ -13,6 +11,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
 use tally_core::gateway::Gateway;
+use tally_core::ids::OrderId;
 use tally_core::payment::Method;
 use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
@@ -34,25 +33,30 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
 
 /// The command a create request asks for, or why it cannot be run.
 fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
-    if request.order_id.is_some() {
-        return Err(ApiError::malformed("payments for orders are not available yet; pay an amount"));
-    }
     let method = match request.method.as_str() {
         "wallet" => Method::Wallet,
         "gateway" => Method::Gateway,
         _ => return Err(ApiError::malformed("method must be \"wallet\" or \"gateway\"")),
     };
-    let amount = request.amount.ok_or_else(|| ApiError::malformed("missing field `amount`"))?.amount()?;
     // The response shows "no payback" as 0, so a client echoing it back
     // must be understood: 0 means none.
     let payback = match request.payback_amount {
         None | Some(JsonInteger::Exact(0)) => None,
         Some(value) => Some(value.amount()?),
     };
-    Ok(Command::CreatePayment { amount, payback, method })
+    match (request.amount, request.order_id.as_deref()) {
+        (Some(amount), None) => Ok(Command::CreatePayment { amount: amount.amount()?, payback, method }),
+        (None, Some(order)) => {
+            let order = OrderId::parse(order).ok_or_else(|| ApiError::malformed("order_id must be a UUID"))?;
+            Ok(Command::CreateOrderPayment { order, payback, method })
+        }
+        (Some(_), Some(_)) => Err(ApiError::malformed("give `amount` or `order_id`, not both")),
+        (None, None) => Err(ApiError::malformed("missing field `amount` (or `order_id`)")),
+    }
 }
 
-/// Create a wallet payment in `wait`. Nothing moves until it is confirmed.
+/// Create a payment in `wait`, of an amount or for one of the caller's
+/// orders. Nothing moves until it is confirmed.
 #[utoipa::path(
     post,
     path = "/v1/payments",
@@ -62,9 +66,10 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
     request_body = CreatePaymentRequest,
     responses(
         (status = 201, description = "Created in `wait` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request` (also for `order_id` and `gateway`, not available yet), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_request` (also both or neither of `amount` and `order_id`, and `gateway` on a server without one), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`limit_exceeded` (per-payment), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`limit_exceeded` (per-payment), `order_expired`, `invalid_state` (the order is paid, cancelled, or has a charge in flight), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount` (also a payback above the amount), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),

@@ -180,9 +180,7 @@ impl TestApp {
     }
 
     pub async fn call(&self, call: Call) -> TestResponse {
-        let response = self.router.clone().oneshot(call.into_request()).await.unwrap();
-        let (parts, body) = response.into_parts();
-        TestResponse { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+        call_router(self.router.clone(), call).await
     }
 
     pub async fn create_user(&self, name: &str) -> TestUser {
@@ -273,6 +271,141 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         panic!("nobody queued on the wallet lock");
+    }
+}
+
+/// Sends `call` through `router`: what concurrent tests spawn.
+pub async fn call_router(router: Router, call: Call) -> TestResponse {
+    let response = router.oneshot(call.into_request()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    TestResponse { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+}
+
+/// An event as created through the API: its id, and each showtime's id
+/// with its seats' ids, in the order they were given.
+#[derive(Clone, Debug)]
+pub struct TestEvent {
+    pub id: String,
+    pub showtimes: Vec<(String, Vec<String>)>,
+}
+
+impl TestEvent {
+    pub fn seat(&self, showtime: usize, seat: usize) -> &str {
+        &self.showtimes[showtime].1[seat]
+    }
+}
+
+/// The catalogue and orders: what the inventory tests drive.
+impl TestApp {
+    /// Creates a product as the admin; returns its id.
+    pub async fn create_product(&self, name: &str, price: i64, stock: u64) -> String {
+        let body = json!({"name": name, "price": price, "stock": stock});
+        let response = self.call(Call::post("/v1/products").bearer(ADMIN_KEY).json(body.to_string())).await;
+        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /v1/products/{id}`, unauthenticated.
+    pub async fn product(&self, id: &str) -> Value {
+        self.call(Call::get(&format!("/v1/products/{id}"))).await.assert_status(200)
+    }
+
+    pub async fn stock(&self, id: &str) -> u64 {
+        self.product(id).await["stock"].as_u64().unwrap()
+    }
+
+    /// Creates an event as the admin with one showtime per entry of
+    /// `showtimes`, each with seats `A1..An` at `seat_price`.
+    pub async fn create_event(&self, active_limit: u32, showtimes: &[usize], seat_price: i64) -> TestEvent {
+        let showtimes: Vec<Value> = showtimes
+            .iter()
+            .enumerate()
+            .map(|(i, seats)| {
+                let seats: Vec<Value> =
+                    (1..=*seats).map(|n| json!({"label": format!("A{n}"), "price": seat_price})).collect();
+                json!({"starts_at": format!("2026-12-{:02}T19:30:00Z", 24 + i), "seats": seats})
+            })
+            .collect();
+        let body =
+            json!({"name": "concert", "active_limit": active_limit, "token_ttl_seconds": 60, "showtimes": showtimes});
+        let response = self.call(Call::post("/v1/events").bearer(ADMIN_KEY).json(body.to_string())).await;
+        let event = response.assert_status(201);
+        let showtimes = event["showtimes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let seats = s["seats"].as_array().unwrap().iter().map(|seat| seat["id"].as_str().unwrap().to_owned());
+                (s["id"].as_str().unwrap().to_owned(), seats.collect())
+            })
+            .collect();
+        TestEvent { id: event["id"].as_str().unwrap().to_owned(), showtimes }
+    }
+
+    pub async fn join_queue(&self, user: &TestUser, event: &str) -> TestResponse {
+        self.call(Call::post(&format!("/v1/events/{event}/queue")).bearer(&user.key)).await
+    }
+
+    /// Joins and returns the token, which must be active at once.
+    pub async fn active_token(&self, user: &TestUser, event: &str) -> String {
+        let token = self.join_queue(user, event).await.assert_status(201);
+        assert_eq!(token["status"], "active", "{token}");
+        token["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn queue_token(&self, user: &TestUser, token: &str) -> TestResponse {
+        self.call(Call::get(&format!("/v1/queue/{token}")).bearer(&user.key)).await
+    }
+
+    /// `POST /v1/orders` with `body`, and `Queue-Token` when given.
+    pub async fn order(&self, user: &TestUser, idem: &str, body: Value, token: Option<&str>) -> TestResponse {
+        let mut call = Call::post("/v1/orders").bearer(&user.key).idem(idem);
+        if let Some(token) = token {
+            call = call.header("queue-token", token);
+        }
+        self.call(call.json(body.to_string())).await
+    }
+
+    /// An order of `quantity` units of `product`; returns its id.
+    pub async fn order_of(&self, user: &TestUser, product: &str, quantity: u64) -> String {
+        let body = json!({"items": [{"product_id": product, "quantity": quantity}]});
+        let response = self.order(user, &format!("order-{}", uuid_like()), body, None).await;
+        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_order(&self, user: &TestUser, order: &str) -> TestResponse {
+        self.call(Call::get(&format!("/v1/orders/{order}")).bearer(&user.key)).await
+    }
+
+    /// `POST /v1/payments {order_id, method: wallet}`.
+    pub async fn pay_order_create(&self, user: &TestUser, order: &str, idem: &str) -> TestResponse {
+        self.create_payment(user, idem, json!({"order_id": order, "method": "wallet"})).await
+    }
+
+    /// Creates and confirms a wallet payment for `order`; returns the payment.
+    pub async fn pay_order(&self, user: &TestUser, order: &str) -> Value {
+        let created = self.pay_order_create(user, order, &format!("pay-{}", uuid_like())).await;
+        let id = created.assert_status(201)["id"].as_str().unwrap().to_owned();
+        self.confirm(user, &id, &format!("confirm-{}", uuid_like())).await.assert_status(200)
+    }
+
+    pub async fn cancel_order(&self, user: &TestUser, order: &str, idem: &str) -> TestResponse {
+        self.call(Call::post(&format!("/v1/orders/{order}/cancel")).bearer(&user.key).idem(idem)).await
+    }
+
+    /// `GET /v1/showtimes/{id}/seats` as `[(id, status)]`.
+    pub async fn seat_statuses(&self, showtime: &str) -> Vec<(String, String)> {
+        let seats = self.call(Call::get(&format!("/v1/showtimes/{showtime}/seats"))).await.assert_status(200);
+        seats["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    pub async fn seat_status(&self, showtime: &str, seat: &str) -> String {
+        let statuses = self.seat_statuses(showtime).await;
+        statuses.into_iter().find(|(id, _)| id == seat).expect("the seat is listed").1
     }
 }
 

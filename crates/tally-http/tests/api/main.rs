@@ -2,11 +2,14 @@
 //! one module per area (matklad's and zero2prod's layout).
 
 mod bad_input;
+mod catalog;
 mod concurrency;
 mod errors;
 mod helpers;
 mod idempotency;
 mod ops;
+mod orders;
 mod payments;
+mod queue;
 mod users;
 mod wallet;

@@ -72,6 +72,17 @@ async fn the_openapi_document_covers_every_endpoint() {
         ("/v1/payments/{id}", "get"),
         ("/v1/payments/{id}/confirm", "post"),
         ("/v1/payments/{id}/cancel", "post"),
+        ("/v1/products", "post"),
+        ("/v1/products/{id}", "get"),
+        ("/v1/products/{id}/restock", "post"),
+        ("/v1/events", "post"),
+        ("/v1/events/{id}/showtimes", "get"),
+        ("/v1/showtimes/{id}/seats", "get"),
+        ("/v1/events/{id}/queue", "post"),
+        ("/v1/queue/{token}", "get"),
+        ("/v1/orders", "post"),
+        ("/v1/orders/{id}", "get"),
+        ("/v1/orders/{id}/cancel", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -82,7 +93,25 @@ async fn the_openapi_document_covers_every_endpoint() {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for schema in ["Problem", "TopUpRequest", "TopUpBody", "PaymentBody", "WalletBody", "LedgerBody", "UserCreated"] {
+    for schema in [
+        "Problem",
+        "TopUpRequest",
+        "TopUpBody",
+        "PaymentBody",
+        "WalletBody",
+        "LedgerBody",
+        "UserCreated",
+        "CreateProductRequest",
+        "RestockRequest",
+        "ProductBody",
+        "CreateEventRequest",
+        "EventBody",
+        "ShowtimesBody",
+        "SeatsBody",
+        "TokenBody",
+        "CreateOrderRequest",
+        "OrderBody",
+    ] {
         assert!(schemas.contains_key(schema), "{schema} missing");
     }
     let top_up = &paths["/v1/wallet/top-ups"]["post"];
@@ -92,6 +121,12 @@ async fn the_openapi_document_covers_every_endpoint() {
         top_up["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(params, ["Idempotency-Key"]);
     assert!(top_up["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object(), "{top_up}");
+    let order = &paths["/v1/orders"]["post"];
+    let params: Vec<&str> =
+        order["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(params, ["Idempotency-Key", "Queue-Token"]);
+    assert!(order["responses"]["409"]["description"].as_str().unwrap().contains("out_of_stock"), "{order}");
+    assert!(paths["/v1/products/{id}"]["get"].get("security").is_none(), "reading a product needs no key");
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     assert!(schemes.contains_key("user_key") && schemes.contains_key("admin_key"));
 }

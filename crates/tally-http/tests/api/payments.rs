@@ -160,11 +160,10 @@ async fn unknown_and_malformed_payment_ids_are_not_found() {
 }
 
 #[tokio::test]
-async fn order_payments_and_the_gateway_are_not_available_yet() {
+async fn bad_methods_and_a_gateway_without_one_are_malformed() {
     let app = TestApp::spawn();
     let user = app.funded_user("g", 100).await;
     let cases = [
-        json!({"order_id": "00000000-0000-0000-0000-000000000001", "method": "wallet"}),
         json!({"amount": 10, "method": "gateway"}),
         json!({"amount": 10, "method": "cash"}),
         json!({"amount": 10}),

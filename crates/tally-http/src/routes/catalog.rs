@@ -1,0 +1,198 @@
+//! The catalogue: products with stock (admin creates and restocks them) and
+//! events with showtimes and seats (admin creates them). Reading a product,
+//! an event's showtimes or a showtime's seats needs no key at all: SPEC.md
+//! lists them for "any" caller, and they show nothing about anyone.
+//!
+//! Admin commands run as [`UserId::ADMIN`], so the admin's idempotency keys
+//! (restock) live in a scope no user can reach.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tally_core::app::Command;
+use tally_core::gateway::Gateway;
+use tally_core::ids::UserId;
+use tally_core::store::{LockManager, Store};
+use tally_core::time::Clock;
+
+use crate::auth::Admin;
+use crate::dto::{
+    CreateEventRequest, CreateProductRequest, EventBody, ProductBody, RestockRequest, SeatBody, SeatsBody,
+    ShowtimeBody, ShowtimesBody,
+};
+use crate::extract::{EventPath, JsonBody, KeyedJson, ProductPath, ShowtimePath};
+use crate::keyed;
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+    Router::new()
+        .route("/v1/products", post(create_product::<S, L, C, G>))
+        .route("/v1/products/{id}", get(get_product::<S, L, C, G>))
+        .route("/v1/products/{id}/restock", post(restock::<S, L, C, G>))
+        .route("/v1/events", post(create_event::<S, L, C, G>))
+        .route("/v1/events/{id}/showtimes", get(showtimes::<S, L, C, G>))
+        .route("/v1/showtimes/{id}/seats", get(seats::<S, L, C, G>))
+}
+
+/// Create a product with its initial stock.
+#[utoipa::path(
+    post,
+    path = "/v1/products",
+    tag = "catalogue",
+    security(("admin_key" = [])),
+    request_body = CreateProductRequest,
+    responses(
+        (status = 201, description = "Created", body = ProductBody),
+        (status = 400, description = "`malformed_request` (also a name of 0 or over 200 characters)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount`: a price or stock out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    _admin: Admin,
+    body: JsonBody<CreateProductRequest>,
+) -> Result<Response, ApiError> {
+    let (price, stock) = body.value.values()?;
+    let command = Command::CreateProduct { name: body.value.name, price, stock };
+    Ok(keyed::execute_unkeyed(&state.app, UserId::ADMIN, command, StatusCode::CREATED).await)
+}
+
+/// Add stock to a product.
+#[utoipa::path(
+    post,
+    path = "/v1/products/{id}/restock",
+    tag = "catalogue",
+    security(("admin_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The product"),
+        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the admin, kept 24 h (see the API description)"),
+    ),
+    request_body = RestockRequest,
+    responses(
+        (status = 200, description = "Restocked (or replayed)", body = ProductBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount` (also a restock past 10^9 units ever stocked), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn restock<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    _admin: Admin,
+    ProductPath(product): ProductPath,
+    request: KeyedJson<RestockRequest>,
+) -> Result<Response, ApiError> {
+    let quantity = request.value.quantity.units("quantity", 1..=tally_core::catalog::STOCK_MAX)?;
+    let command = Command::Restock { product, quantity };
+    Ok(keyed::execute(&state.app, UserId::ADMIN, command, &request, StatusCode::OK).await)
+}
+
+/// A product and its stock. No key needed.
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}",
+    tag = "catalogue",
+    params(("id" = String, Path, format = Uuid, description = "The product")),
+    responses(
+        (status = 200, description = "The product", body = ProductBody),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    ProductPath(product): ProductPath,
+) -> Result<Json<ProductBody>, ApiError> {
+    let product = state.app.product(product).await?;
+    Ok(Json(ProductBody::from(&product)))
+}
+
+/// Create an event with its waiting queue's settings and its showtimes and
+/// seats. The answer carries every id (showtimes, seats) it was given.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "catalogue",
+    security(("admin_key" = [])),
+    request_body = CreateEventRequest,
+    responses(
+        (status = 201, description = "Created", body = EventBody),
+        (status = 400, description = "`malformed_request` (also: names and labels 1 to 200 characters, seat labels unique per showtime, 1 to 100 showtimes of 1 to 1000 seats, at most 10000 seats, `active_limit` 1 to 10000, `token_ttl_seconds` 1 to 86400, `starts_at` RFC 3339)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large` (the 64 KiB body limit bounds one request's seats)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount`: a seat price out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_event<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    _admin: Admin,
+    body: JsonBody<CreateEventRequest>,
+) -> Result<Response, ApiError> {
+    let showtimes = body.value.showtimes()?;
+    let request = body.value;
+    let command = Command::CreateEvent {
+        name: request.name,
+        active_limit: request.active_limit,
+        token_ttl: std::time::Duration::from_secs(request.token_ttl_seconds),
+        showtimes,
+    };
+    Ok(keyed::execute_unkeyed(&state.app, UserId::ADMIN, command, StatusCode::CREATED).await)
+}
+
+/// An event's showtimes, each with how many seats are still available. No key needed.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}/showtimes",
+    tag = "catalogue",
+    params(("id" = String, Path, format = Uuid, description = "The event")),
+    responses(
+        (status = 200, description = "The showtimes", body = ShowtimesBody),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn showtimes<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    EventPath(event): EventPath,
+) -> Result<Json<ShowtimesBody>, ApiError> {
+    let views = state.app.showtimes(event).await?;
+    let showtimes = views.iter().map(|view| ShowtimeBody::new(&view.showtime, view.available_seats)).collect();
+    Ok(Json(ShowtimesBody { showtimes }))
+}
+
+/// A showtime's seats and their status. No key needed.
+#[utoipa::path(
+    get,
+    path = "/v1/showtimes/{id}/seats",
+    tag = "catalogue",
+    params(("id" = String, Path, format = Uuid, description = "The showtime")),
+    responses(
+        (status = 200, description = "The seats", body = SeatsBody),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn seats<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    ShowtimePath(showtime): ShowtimePath,
+) -> Result<Json<SeatsBody>, ApiError> {
+    let seats = state.app.seats(showtime).await?;
+    Ok(Json(SeatsBody { seats: seats.iter().map(SeatBody::from).collect() }))
+}

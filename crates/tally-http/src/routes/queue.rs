@@ -1,0 +1,81 @@
+//! An event's waiting queue (seed 002): join it, then poll the token until
+//! it is active; an active token lets its owner order the event's seats.
+//!
+//! Joining takes no `Idempotency-Key`: it is idempotent by itself (a user
+//! has one live token per event, and joining again answers that token).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tally_core::app::Command;
+use tally_core::gateway::Gateway;
+use tally_core::store::{LockManager, Store};
+use tally_core::time::Clock;
+
+use crate::auth::CurrentUser;
+use crate::dto::{EmptyRequest, TokenBody};
+use crate::extract::{EventPath, JsonBody, TokenPath};
+use crate::keyed;
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+    Router::new()
+        .route("/v1/events/{id}/queue", post(join_queue::<S, L, C, G>))
+        .route("/v1/queue/{token}", get(queue_token::<S, L, C, G>))
+}
+
+/// Join the event's waiting queue. A caller who already has a live (waiting
+/// or active) token for the event gets that token back.
+#[utoipa::path(
+    post,
+    path = "/v1/events/{id}/queue",
+    tag = "queue",
+    security(("user_key" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The event")),
+    request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
+    responses(
+        (status = 201, description = "The caller's token: `active` at once if a slot is free, else `waiting` with its position", body = TokenBody),
+        (status = 400, description = "`malformed_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: the admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such event", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn join_queue<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    CurrentUser(user): CurrentUser,
+    EventPath(event): EventPath,
+    _body: JsonBody<EmptyRequest>,
+) -> Response {
+    keyed::execute_unkeyed(&state.app, user.id, Command::JoinQueue { event }, StatusCode::CREATED).await
+}
+
+/// The caller's token as it stands now: reading it also moves the queue (a
+/// waiting token may be promoted, an active one may have expired).
+#[utoipa::path(
+    get,
+    path = "/v1/queue/{token}",
+    tag = "queue",
+    security(("user_key" = [])),
+    params(("token" = String, Path, format = Uuid, description = "The token")),
+    responses(
+        (status = 200, description = "The token", body = TokenBody),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such token, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn queue_token<S: Store, L: LockManager, C: Clock, G: Gateway>(
+    State(state): State<AppState<S, L, C, G>>,
+    CurrentUser(user): CurrentUser,
+    TokenPath(token): TokenPath,
+) -> Result<Json<TokenBody>, ApiError> {
+    let view = state.app.queue_token(user.id, token).await?;
+    Ok(Json(TokenBody::from(&view)))
+}
