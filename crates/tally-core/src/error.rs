@@ -62,7 +62,7 @@ impl Error {
             Error::Wallet(_)
                 | Error::Transition(_)
                 | Error::Payback(_)
-                | Error::Stock(_)
+                | Error::Stock(StockError::OutOfStock { .. } | StockError::TooMuchStock(_) | StockError::ZeroQuantity)
                 | Error::Seat(_)
                 | Error::Order(_)
                 | Error::NotFound

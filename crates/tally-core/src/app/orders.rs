@@ -251,6 +251,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         used: Option<TokenId>,
         now: Timestamp,
     ) -> Result<(Event, Vec<QueueToken>), Error> {
+        // The caller loaded (and so, on a locking store, locked) the event
+        // row after it read `now`: the transaction that freed a slot may
+        // have committed in between, stamped later than `now`. Promoting at
+        // the earlier time would overlap the two tokens' activity, so read
+        // the clock again, under the lock.
+        let now = self.clock.now().max(now);
         let active = tx.tokens(event.id, TokenStatus::Active, ACTIVE_LOAD_MAX).await?;
         let mut waiting = tx.tokens(event.id, TokenStatus::Waiting, event.active_limit as usize).await?;
         let mut joined_event = event.clone();
