@@ -322,3 +322,53 @@ fn nothing_left_in_flight(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
 /// paid order with exactly one done payment. Orders are not in this API
 /// version yet; when they land, this reads them from the snapshot.
 fn orders(_evidence: &Evidence<'_>, _found: &mut [Violation]) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(key: &str, status: u16, body: &str) -> Exchange {
+        Exchange {
+            client: 0,
+            user: UserId(1),
+            op: 0,
+            kind: "top-up",
+            key: Some(key.to_owned()),
+            host: "tally-1".into(),
+            attempt: 1,
+            duplicate: false,
+            answer: Answer::Reply { status, body: body.as_bytes().to_vec(), replayed: false },
+        }
+    }
+
+    fn judge_history(exchanges: &[Exchange]) -> Vec<Violation> {
+        let snapshot = Snapshot::default();
+        let gateway = FakeGateway::new("sk");
+        judge(&Evidence { snapshot: &snapshot, exchanges, gateway: &gateway })
+    }
+
+    #[test]
+    fn answers_for_one_key_must_agree_except_transient_ones() {
+        let in_use = r#"{"code":"idempotency_key_in_use"}"#;
+        let fine = [
+            reply("k", 409, in_use),
+            reply("k", 503, r#"{"code":"unavailable"}"#),
+            reply("k", 409, r#"{"code":"insufficient_balance"}"#),
+            reply("k", 409, r#"{"code":"insufficient_balance"}"#),
+            reply("other", 422, r#"{"code":"invalid_amount"}"#),
+        ];
+        assert_eq!(judge_history(&fine), Vec::new());
+        let mut broken = fine.to_vec();
+        broken.push(reply("k", 409, r#"{"code":"invalid_state"}"#));
+        let found = judge_history(&broken);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].invariant.as_str(), found[0].check), (INV_IDEMPOTENCY, "all answers for one key agree"));
+    }
+
+    #[test]
+    fn a_500_is_a_violation() {
+        let found = judge_history(&[reply("k", 500, r#"{"code":"internal_error"}"#)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].invariant, INV_NO_500);
+    }
+}
