@@ -37,7 +37,10 @@ fn fault_free_seeds_complete_every_operation() {
         assert_eq!(counts.get(Count::Operations), 30, "seed {seed}");
         assert_eq!(counts.get(Count::OperationsCompleted), 30, "seed {seed}");
         assert_eq!(counts.get(Count::OperationsAbandoned), 0, "seed {seed}");
-        assert_eq!(counts.get(Count::HostCrashes) + counts.get(Count::Partitions) + counts.get(Count::AmbiguousCommits), 0);
+        assert_eq!(
+            counts.get(Count::HostCrashes) + counts.get(Count::Partitions) + counts.get(Count::AmbiguousCommits),
+            0
+        );
         assert!(outcome.known.is_empty(), "seed {seed}: {:?}", outcome.known);
     }
 }
