@@ -153,14 +153,16 @@ fn main() -> ExitCode {
     );
 
     if let Some(seed) = args.seed {
+        let started = Instant::now();
         let outcome = run_one(seed, &options, args.check_determinism, true);
+        let wall = started.elapsed();
         for event in &outcome.events {
             println!("{event}");
         }
         let mut aggregate = Aggregate::default();
         aggregate.add(&outcome);
         println!("event-log hash {:016x}", outcome.hash);
-        print!("{}", report::render(&aggregate, &header, Duration::ZERO, 1));
+        print!("{}", report::render(&aggregate, &header, wall, 1));
         return if outcome.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
 

@@ -218,9 +218,9 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         let jump = timing::COMPLETER_AFTER + timing::GATEWAY_GIVE_UP + Duration::from_secs(1);
         clock.advance(jump);
         journal.event("sim", format!("clock advanced {}s for the completer", jump.as_secs()));
-        // Until nothing is stuck, or every completer had two passes with
-        // time for their gateway calls.
-        let limit = driver.sim.elapsed() + timing::COMPLETER_EVERY * 2 + timing::GATEWAY_TIMEOUT * 2;
+        // Until nothing is stuck, or every completer had three passes (the
+        // network is healed: a lookup takes milliseconds).
+        let limit = driver.sim.elapsed() + timing::COMPLETER_EVERY * 3;
         while driver.sim.elapsed() < limit && driver.has_stuck_payments() {
             driver.run_for(Duration::from_millis(100), &mut violations);
         }
