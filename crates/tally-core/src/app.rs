@@ -341,6 +341,21 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         Ok(reaped)
     }
 
+    /// Deletes `key`'s idempotency record, whatever its state: the lever of
+    /// the `release_key_on_disconnect` mutant in `tally-http`. Only mutant
+    /// builds have it; nothing correct may forget a key before it expires.
+    #[cfg(tally_mutants)]
+    pub async fn forget_key(&self, user: UserId, key: crate::idempotency::IdemKey) -> Result<(), Error> {
+        let scope = IdemScope { user, key };
+        let _guard =
+            self.locks.acquire(&LockSet::new([LockKey::Idempotency(scope.clone())]), self.config.lock_wait).await?;
+        let mut tx = self.store.begin().await?;
+        if let Some(record) = tx.idempotency(&scope).await? {
+            tx.delete_idempotency(&record).await?;
+        }
+        Ok(tx.commit().await?)
+    }
+
     /// Runs a mutating use case for `user`, at most once per idempotency key.
     pub async fn execute(&self, user: UserId, command: Command, keyed: Option<Keyed<'_>>) -> Result<Executed, Error> {
         let Some(keyed) = keyed else {
@@ -441,7 +456,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// retrying a bounded number of times on conflicts. A gateway payment's
     /// phase ends in a committed intent instead; the gateway is then called
     /// with no transaction open, and its verdict recorded in phase 3.
-    async fn run(&self, user: UserId, command: &Command, held: Option<&Held<'_>>) -> Result<Outcome, Error> {
+    async fn run(&self, user: UserId, command: &Command, mut held: Option<&Held<'_>>) -> Result<Outcome, Error> {
         let mut attempt = 0;
         let step = loop {
             attempt += 1;
@@ -475,6 +490,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             match committed {
                 Ok(()) => break step,
                 Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
+                // Mutant: an ambiguous commit retried like a conflict, and
+                // without its idempotency record (which that commit completed).
+                Err(StoreError::Ambiguous)
+                    if crate::mutant::active("retry_ambiguous_commit") && attempt < self.config.attempts_max =>
+                {
+                    held = None;
+                    continue;
+                }
                 Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
             }
         };

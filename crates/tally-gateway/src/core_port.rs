@@ -13,38 +13,52 @@ use tally_core::money::Amount;
 use crate::{CancelOutcome, ConfirmOutcome, GatewayClient, LookupOutcome};
 
 /// Why we cancel, as the gateway records it.
-const CANCEL_REASON: &str = "cancelled by the customer";
+pub const CANCEL_REASON: &str = "cancelled by the customer";
 
 impl Gateway for GatewayClient {
     async fn confirm(&self, payment_key: &str, order_id: &str, amount: Amount, idempotency_key: &str) -> Confirmed {
-        match GatewayClient::confirm(self, payment_key, order_id, amount.minor_units(), idempotency_key).await {
-            ConfirmOutcome::Approved { amount, .. } => Confirmed::Approved { amount },
-            ConfirmOutcome::Declined { code, .. } => Confirmed::Declined { code },
-            ConfirmOutcome::AlreadyProcessed => Confirmed::Unknown { reason: "ALREADY_PROCESSED_PAYMENT".into() },
-            ConfirmOutcome::Unknown { reason } => Confirmed::Unknown { reason },
-        }
+        confirmed(GatewayClient::confirm(self, payment_key, order_id, amount.minor_units(), idempotency_key).await)
     }
 
     async fn lookup(&self, payment_key: &str) -> LookedUp {
-        match GatewayClient::lookup(self, payment_key).await {
-            LookupOutcome::Done { amount, status, .. } if status == "DONE" => LookedUp::Done { amount },
-            LookupOutcome::Done { status, .. } if status == "CANCELED" || status == "PARTIAL_CANCELED" => {
-                LookedUp::Cancelled
-            }
-            LookupOutcome::Done { status, .. } => LookedUp::Unknown { reason: format!("gateway status {status}") },
-            LookupOutcome::NotFound => LookedUp::NotFound,
-            LookupOutcome::Unknown { reason } => LookedUp::Unknown { reason },
-        }
+        looked_up(GatewayClient::lookup(self, payment_key).await)
     }
 
     async fn cancel(&self, payment_key: &str, idempotency_key: &str) -> CancelResult {
-        match GatewayClient::cancel(self, payment_key, CANCEL_REASON, idempotency_key).await {
-            CancelOutcome::Cancelled | CancelOutcome::AlreadyCancelled => CancelResult::Cancelled,
-            CancelOutcome::NotFound => {
-                CancelResult::Unknown { reason: "the gateway does not know this payment".into() }
-            }
-            CancelOutcome::Refused { code, .. } => CancelResult::Unknown { reason: format!("cancel refused: {code}") },
-            CancelOutcome::Unknown { reason } => CancelResult::Unknown { reason },
+        cancel_result(GatewayClient::cancel(self, payment_key, CANCEL_REASON, idempotency_key).await)
+    }
+}
+
+/// The verdict of a confirm outcome. Public so that another transport (the
+/// simulation's) maps replies exactly as this client does.
+pub fn confirmed(outcome: ConfirmOutcome) -> Confirmed {
+    match outcome {
+        ConfirmOutcome::Approved { amount, .. } => Confirmed::Approved { amount },
+        ConfirmOutcome::Declined { code, .. } => Confirmed::Declined { code },
+        ConfirmOutcome::AlreadyProcessed => Confirmed::Unknown { reason: "ALREADY_PROCESSED_PAYMENT".into() },
+        ConfirmOutcome::Unknown { reason } => Confirmed::Unknown { reason },
+    }
+}
+
+/// The verdict of a lookup outcome.
+pub fn looked_up(outcome: LookupOutcome) -> LookedUp {
+    match outcome {
+        LookupOutcome::Done { amount, status, .. } if status == "DONE" => LookedUp::Done { amount },
+        LookupOutcome::Done { status, .. } if status == "CANCELED" || status == "PARTIAL_CANCELED" => {
+            LookedUp::Cancelled
         }
+        LookupOutcome::Done { status, .. } => LookedUp::Unknown { reason: format!("gateway status {status}") },
+        LookupOutcome::NotFound => LookedUp::NotFound,
+        LookupOutcome::Unknown { reason } => LookedUp::Unknown { reason },
+    }
+}
+
+/// The verdict of a cancel outcome.
+pub fn cancel_result(outcome: CancelOutcome) -> CancelResult {
+    match outcome {
+        CancelOutcome::Cancelled | CancelOutcome::AlreadyCancelled => CancelResult::Cancelled,
+        CancelOutcome::NotFound => CancelResult::Unknown { reason: "the gateway does not know this payment".into() },
+        CancelOutcome::Refused { code, .. } => CancelResult::Unknown { reason: format!("cancel refused: {code}") },
+        CancelOutcome::Unknown { reason } => CancelResult::Unknown { reason },
     }
 }

@@ -27,7 +27,7 @@
 //! what the gateway says; it never sends the confirm again blind.
 
 pub mod client;
-mod core_port;
+pub mod core_port;
 pub mod fake;
 pub mod outcome;
 pub mod protocol;

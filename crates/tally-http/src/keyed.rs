@@ -69,7 +69,7 @@ pub async fn execute_unkeyed<S: Store, L: LockManager, C: Clock, G: Gateway>(
 /// Runs `command` for `user` at most once per key; answers with the fresh
 /// result or the stored one.
 pub async fn execute<S: Store, L: LockManager, C: Clock, G: Gateway, T>(
-    app: &Tally<S, L, C, G>,
+    app: &std::sync::Arc<Tally<S, L, C, G>>,
     user: UserId,
     command: Command,
     request: &KeyedJson<T>,
@@ -77,7 +77,12 @@ pub async fn execute<S: Store, L: LockManager, C: Clock, G: Gateway, T>(
 ) -> Response {
     let render_for_endpoint = move |result: &Result<Outcome, Error>| render(success, result);
     let keyed = Keyed { key: request.key.clone(), fingerprint: request.fingerprint, render: &render_for_endpoint };
-    match app.execute(user, command, Some(keyed)).await {
+    #[cfg(tally_mutants)]
+    let mut forget = mutant::ForgetOnDrop::arm(app, user, &request.key);
+    let executed = app.execute(user, command, Some(keyed)).await;
+    #[cfg(tally_mutants)]
+    forget.disarm();
+    match executed {
         Ok(Executed::Fresh(outcome)) => send(render_success(success, &outcome), false),
         Ok(Executed::Replayed(stored)) => send(stored, true),
         Err(error) => match render(success, &Err(error.clone())) {
@@ -98,4 +103,48 @@ fn send(stored: StoredResponse, replayed: bool) -> Response {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     response
+}
+
+/// Deliberate bugs of this layer, compiled only under `--cfg tally_mutants`
+/// and selected with `TALLY_MUTANT` (see `tally_core::mutant`).
+#[cfg(tally_mutants)]
+mod mutant {
+    use std::sync::Arc;
+
+    use tally_core::Tally;
+    use tally_core::gateway::Gateway;
+    use tally_core::idempotency::IdemKey;
+    use tally_core::ids::UserId;
+    use tally_core::store::{LockManager, Store};
+    use tally_core::time::Clock;
+
+    /// `release_key_on_disconnect`: when the client goes away before its
+    /// answer (the handler's future is dropped), the key is forgotten "so
+    /// that the retry is not stuck" — and the retry runs the request again.
+    pub(super) struct ForgetOnDrop<S: Store, L: LockManager, C: Clock, G: Gateway> {
+        armed: Option<(Arc<Tally<S, L, C, G>>, UserId, IdemKey)>,
+    }
+
+    impl<S: Store, L: LockManager, C: Clock, G: Gateway> ForgetOnDrop<S, L, C, G> {
+        pub(super) fn arm(app: &Arc<Tally<S, L, C, G>>, user: UserId, key: &IdemKey) -> Self {
+            let active = tally_core::mutant::active("release_key_on_disconnect");
+            ForgetOnDrop { armed: active.then(|| (Arc::clone(app), user, key.clone())) }
+        }
+
+        pub(super) fn disarm(&mut self) {
+            self.armed = None;
+        }
+    }
+
+    impl<S: Store, L: LockManager, C: Clock, G: Gateway> Drop for ForgetOnDrop<S, L, C, G> {
+        fn drop(&mut self) {
+            let Some((app, user, key)) = self.armed.take() else { return };
+            // A process that is shutting down (or crashed) forgets nothing.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = app.forget_key(user, key).await;
+                });
+            }
+        }
+    }
 }

@@ -180,5 +180,8 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    // As a make-service, each new connection gets a cheap handle to the
+    // router; handing axum the `Router` itself makes it copy the whole route
+    // table for every connection.
+    axum::serve(listener, router.into_make_service()).with_graceful_shutdown(shutdown).await
 }

@@ -1,0 +1,299 @@
+//! What happened in one run: the event log, the client-side history of every
+//! request and its answer, counters, and what the store monitor saw.
+//!
+//! One [`Journal`] is shared (outside the hosts, so a crash loses none of
+//! it) by the driver, the servers' store and gateway wrappers and the
+//! clients. The event log is the run's fingerprint: its hash is what
+//! `--check-determinism` compares, and its tail is what a failure prints.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tally_core::ids::UserId;
+
+use crate::clock::SimClock;
+use crate::oracle::Violation;
+
+/// Everything the report counts, per seed and summed over seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Count {
+    // volume
+    Operations,
+    OperationsCompleted,
+    OperationsAbandoned,
+    Requests,
+    // faults injected
+    Partitions,
+    HostCrashes,
+    HostRestarts,
+    MessageLossWindows,
+    ClockAdvances,
+    AmbiguousCommits,
+    LostCommits,
+    GatewayLatency,
+    Gateway5xx,
+    Gateway5xxAfterCommit,
+    GatewayLostReplies,
+    GatewayDroppedConnections,
+    // coverage: interesting things that happened
+    AttemptTimeouts,
+    DuplicatesSent,
+    DuplicateInFlight409,
+    ReplaysServed,
+    RefusalsReplayed,
+    RetriesToAnotherHost,
+    LeaseTakeovers,
+    TransactionsAbandoned,
+    CrashBetweenGatewayAndCommit,
+    GatewayOutcomeUnknown,
+    CompleterResolved,
+    KeysReaped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Volume,
+    Fault,
+    Coverage,
+}
+
+impl Count {
+    pub const ALL: [Count; 28] = [
+        Count::Operations,
+        Count::OperationsCompleted,
+        Count::OperationsAbandoned,
+        Count::Requests,
+        Count::Partitions,
+        Count::HostCrashes,
+        Count::HostRestarts,
+        Count::MessageLossWindows,
+        Count::ClockAdvances,
+        Count::AmbiguousCommits,
+        Count::LostCommits,
+        Count::GatewayLatency,
+        Count::Gateway5xx,
+        Count::Gateway5xxAfterCommit,
+        Count::GatewayLostReplies,
+        Count::GatewayDroppedConnections,
+        Count::AttemptTimeouts,
+        Count::DuplicatesSent,
+        Count::DuplicateInFlight409,
+        Count::ReplaysServed,
+        Count::RefusalsReplayed,
+        Count::RetriesToAnotherHost,
+        Count::LeaseTakeovers,
+        Count::TransactionsAbandoned,
+        Count::CrashBetweenGatewayAndCommit,
+        Count::GatewayOutcomeUnknown,
+        Count::CompleterResolved,
+        Count::KeysReaped,
+    ];
+
+    pub const fn section(self) -> Section {
+        match self {
+            Count::Operations | Count::OperationsCompleted | Count::OperationsAbandoned | Count::Requests => {
+                Section::Volume
+            }
+            Count::Partitions
+            | Count::HostCrashes
+            | Count::HostRestarts
+            | Count::MessageLossWindows
+            | Count::ClockAdvances
+            | Count::AmbiguousCommits
+            | Count::LostCommits
+            | Count::GatewayLatency
+            | Count::Gateway5xx
+            | Count::Gateway5xxAfterCommit
+            | Count::GatewayLostReplies
+            | Count::GatewayDroppedConnections => Section::Fault,
+            _ => Section::Coverage,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Count::Operations => "operations",
+            Count::OperationsCompleted => "operations answered (2xx or a final 4xx)",
+            Count::OperationsAbandoned => "operations abandoned after every retry",
+            Count::Requests => "requests sent (attempts and duplicates)",
+            Count::Partitions => "network partitions (then repaired)",
+            Count::HostCrashes => "server crashes",
+            Count::HostRestarts => "server restarts",
+            Count::MessageLossWindows => "message-loss windows",
+            Count::ClockAdvances => "clock advances",
+            Count::AmbiguousCommits => "ambiguous commits (applied, reported failed)",
+            Count::LostCommits => "lost commits (connection gone before COMMIT)",
+            Count::GatewayLatency => "gateway: delayed requests",
+            Count::Gateway5xx => "gateway: 5xx before taking effect",
+            Count::Gateway5xxAfterCommit => "gateway: 5xx after taking effect",
+            Count::GatewayLostReplies => "gateway: replies lost after taking effect",
+            Count::GatewayDroppedConnections => "gateway: connections dropped",
+            Count::AttemptTimeouts => "client attempts timed out",
+            Count::DuplicatesSent => "duplicates sent while the first was in flight",
+            Count::DuplicateInFlight409 => "duplicate arrived in flight (409 idempotency_key_in_use)",
+            Count::ReplaysServed => "replays served (Idempotent-Replayed)",
+            Count::RefusalsReplayed => "stored refusals replayed (4xx replay)",
+            Count::RetriesToAnotherHost => "retries sent to another server",
+            Count::LeaseTakeovers => "stale in-flight keys taken over (lease expired)",
+            Count::TransactionsAbandoned => "transactions abandoned mid-flight (request cancelled or host crashed)",
+            Count::CrashBetweenGatewayAndCommit => "crash between a gateway confirm and its commit",
+            Count::GatewayOutcomeUnknown => "gateway answers that were unclear (looked up)",
+            Count::CompleterResolved => "stuck payments the completer resolved",
+            Count::KeysReaped => "expired idempotency keys reaped",
+        }
+    }
+}
+
+/// A counter per [`Count`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts([u64; Count::ALL.len()]);
+
+impl Counts {
+    pub fn add(&mut self, count: Count, n: u64) {
+        self.0[count as usize] += n;
+    }
+
+    pub fn get(&self, count: Count) -> u64 {
+        self.0[count as usize]
+    }
+
+    pub fn merge(&mut self, other: &Counts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// How one request ended, as its client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Reply {
+        status: u16,
+        body: Vec<u8>,
+        replayed: bool,
+    },
+    /// No (complete) answer: a timeout, a refused or dropped connection.
+    Failed(String),
+}
+
+/// One request a client sent.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub client: usize,
+    pub user: UserId,
+    /// The client's operation this request belongs to.
+    pub op: usize,
+    pub kind: &'static str,
+    pub key: Option<String>,
+    pub host: String,
+    pub attempt: u32,
+    pub duplicate: bool,
+    pub answer: Answer,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    events: Vec<String>,
+    hash: u64,
+    counts: Counts,
+    exchanges: Vec<Exchange>,
+    monitor: Vec<Violation>,
+    /// Per server host, the payment keys whose confirm its current
+    /// incarnation sent; read when the host crashes.
+    confirms_sent: Vec<(String, String)>,
+}
+
+/// Shared by every part of one run.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    inner: Arc<Mutex<Inner>>,
+    clock: SimClock,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+impl Journal {
+    pub fn new(clock: SimClock) -> Journal {
+        Journal { inner: Arc::new(Mutex::new(Inner { hash: FNV_OFFSET, ..Inner::default() })), clock }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Only one thread runs a simulation; a poisoned lock means a panic
+        // elsewhere, which already fails the run.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs an event at the current simulated time (and clock offset).
+    pub fn event(&self, who: &str, what: impl fmt::Display) {
+        let line = format!(
+            "{:>8}ms{} {who}: {what}",
+            self.clock.elapsed().as_millis(),
+            match self.clock.offset().as_secs() {
+                0 => String::new(),
+                offset => format!(" (+{offset}s)"),
+            }
+        );
+        let mut inner = self.lock();
+        inner.hash = fnv(inner.hash, line.as_bytes());
+        inner.hash = fnv(inner.hash, b"\n");
+        inner.events.push(line);
+    }
+
+    pub fn count(&self, count: Count, n: u64) {
+        self.lock().counts.add(count, n);
+    }
+
+    pub fn exchange(&self, exchange: Exchange) {
+        self.lock().exchanges.push(exchange);
+    }
+
+    pub fn monitor_violation(&self, violation: Violation) {
+        self.event("monitor", format!("VIOLATION {violation}"));
+        self.lock().monitor.push(violation);
+    }
+
+    pub fn confirm_sent(&self, host: &str, payment_key: &str) {
+        self.lock().confirms_sent.push((host.to_owned(), payment_key.to_owned()));
+    }
+
+    /// The payment keys `host` sent confirms for, forgetting them (the host crashed).
+    pub fn take_confirms_sent(&self, host: &str) -> Vec<String> {
+        let mut inner = self.lock();
+        let (theirs, others): (Vec<_>, Vec<_>) = inner.confirms_sent.drain(..).partition(|(h, _)| h == host);
+        inner.confirms_sent = others;
+        theirs.into_iter().map(|(_, key)| key).collect()
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.lock().hash
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.lock().counts.clone()
+    }
+
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.lock().exchanges.clone()
+    }
+
+    pub fn monitor_violations(&self) -> Vec<Violation> {
+        self.lock().monitor.clone()
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.lock().events.clone()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.lock().events.len()
+    }
+}

@@ -1,0 +1,41 @@
+//! `tally-sim`: a deterministic simulation of a whole Tally deployment.
+//!
+//! One seed builds one deployment on [turmoil]: one to three `tally` server
+//! hosts serving the real router (`tally-http`) over the real use cases
+//! (`tally-core`), all sharing one in-memory database (`tally-mem`, with its
+//! lock table as the database's row locks); a payment-gateway host running
+//! `tally-gateway`'s fake; and client hosts that top up, pay, confirm and
+//! cancel like real clients — timeouts, retries with the same
+//! `Idempotency-Key`, duplicates in flight, retries to another server.
+//! Faults are drawn per seed; after the run, the oracle judges the final
+//! store, the history and the gateway's books.
+//!
+//! # Layout
+//!
+//! - [`run`]: one seed from deployment to judgement ([`run::run_seed`]).
+//! - [`plan`]: what a seed deploys, how its clients behave, which faults it draws.
+//! - [`server`]: a server host, wired as `tally serve` is.
+//! - [`workload`]: the operation table and the client loop.
+//! - [`store`]: the shared database, with round-trip latency and a monitor.
+//! - [`gateway`]: the servers' gateway client over simulated HTTP.
+//! - [`net`]: turmoil's listener for axum, and a one-shot HTTP client.
+//! - [`oracle`]: the checks after every seed.
+//! - [`journal`]: the event log (its hash is the determinism check), history, counters.
+//! - [`clock`], [`rng`]: simulated time and seeded randomness — the only ones used.
+//! - [`report`]: the summary over many seeds.
+
+pub mod clock;
+pub mod gateway;
+pub mod journal;
+pub mod net;
+pub mod oracle;
+pub mod plan;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod server;
+pub mod store;
+pub mod workload;
+
+pub use plan::{Options, Profile};
+pub use run::{SeedOutcome, run_seed};

@@ -1,0 +1,108 @@
+//! One `tally` server host: the real router and the real background jobs,
+//! wired as `tally serve` wires them, over the deployment's shared database.
+//!
+//! The host's factory runs again on every restart. Everything it builds —
+//! the use cases, the router, the gateway client, the completer and reaper
+//! tasks, every request in flight — is the process's memory and dies with a
+//! crash. What survives is what it was given: the shared store and lock
+//! table (the database and its row locks), the id sequence, the clock.
+
+use std::sync::Arc;
+
+use tally_core::Tally;
+use tally_core::app::Config;
+use tally_core::idempotency::IdemConfig;
+use tally_core::ids::IdGen;
+use tally_http::{HttpConfig, Readiness};
+use tally_mem::MemLocks;
+
+use crate::clock::SimClock;
+use crate::gateway::SimGateway;
+use crate::journal::{Count, Journal};
+use crate::net::{PORT, SimListener};
+use crate::plan::timing;
+use crate::store::SimStore;
+
+/// The admin key of every simulated server (the workload never uses it).
+pub const ADMIN_KEY: &str = "tly_sim_admin";
+
+/// What every server incarnation is built from; survives crashes.
+#[derive(Clone)]
+pub struct Deployment {
+    pub store: SimStore,
+    pub locks: MemLocks<SimClock>,
+    pub clock: SimClock,
+    pub ids: Arc<dyn IdGen>,
+    pub journal: Journal,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+/// The use cases' configuration in the simulation (see [`timing`]).
+pub fn core_config() -> Config {
+    Config {
+        idempotency: IdemConfig { ttl: timing::KEY_TTL, lease: timing::LEASE },
+        lock_wait: timing::LOCK_WAIT,
+        gateway_give_up_after: timing::GATEWAY_GIVE_UP,
+        ..Config::default()
+    }
+}
+
+type App = Tally<SimStore, MemLocks<SimClock>, SimClock, SimGateway>;
+
+/// The host's software: runs until the host crashes.
+pub async fn serve(deployment: Deployment, name: String) -> turmoil::Result {
+    let journal = deployment.journal.clone();
+    let gateway = SimGateway::new(&name, timing::GATEWAY_TIMEOUT, journal.clone());
+    let app: Arc<App> = Arc::new(
+        Tally::new(deployment.store, deployment.locks, deployment.clock, deployment.ids, core_config())
+            .with_gateway(gateway),
+    );
+    let mut http = HttpConfig::new(ADMIN_KEY);
+    http.request_timeout = timing::REQUEST_TIMEOUT;
+    // Keys for users created over the API: deterministic, never random.
+    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    http.key_gen =
+        Arc::new(move || format!("tly_sim_issued_{}", issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let router = tally_http::router(Arc::clone(&app), http, Readiness::always());
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    journal.event(&name, "started");
+    tokio::spawn(complete(Arc::clone(&app), journal.clone(), name.clone()));
+    tokio::spawn(reap(app, journal, name));
+    tally_http::serve(SimListener(listener), router, std::future::pending()).await?;
+    Ok(())
+}
+
+/// `tally serve`'s completer, on the simulation's cadence.
+async fn complete(app: Arc<App>, journal: Journal, name: String) {
+    loop {
+        tokio::time::sleep(timing::COMPLETER_EVERY).await;
+        match app.resolve_stuck(timing::COMPLETER_AFTER, 32).await {
+            Ok(0) => {}
+            Ok(resolved) => {
+                journal.count(Count::CompleterResolved, resolved as u64);
+                journal.event(&name, format!("completer resolved {resolved} payment(s)"));
+            }
+            Err(error) => journal.event(&name, format!("completer failed: {error}")),
+        }
+    }
+}
+
+/// `tally serve`'s idempotency reaper.
+async fn reap(app: Arc<App>, journal: Journal, name: String) {
+    loop {
+        tokio::time::sleep(timing::REAPER_EVERY).await;
+        match app.reap_idempotency(1_000).await {
+            Ok(0) => {}
+            Ok(reaped) => {
+                journal.count(Count::KeysReaped, reaped as u64);
+                journal.event(&name, format!("reaped {reaped} expired key(s)"));
+            }
+            Err(error) => journal.event(&name, format!("reaper failed: {error}")),
+        }
+    }
+}
