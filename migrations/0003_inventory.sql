@@ -148,3 +148,8 @@ CREATE INDEX payments_by_order ON payments (order_id) WHERE order_id IS NOT NULL
 -- own, user id 0, which is no row of `users`: the foreign key would refuse
 -- every keyed admin request. The scope stays unique by the primary key.
 ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_user_id_fkey;
+
+-- When a gateway phase's call was first sent (the give-up deadline counts
+-- from it); `gateway_started_at_ms` is moved by every completer claim. Rows
+-- from before this column read it as their start.
+ALTER TABLE payments ADD COLUMN gateway_sent_at_ms bigint;

@@ -600,7 +600,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         answer: Answer,
     ) -> Result<Outcome, Error> {
         let user = payment.user;
-        let started = payment.gateway.as_ref().map_or(payment.updated_at, |a| a.started_at);
+        let started = payment.gateway.as_ref().map_or(payment.updated_at, |a| a.sent_at);
         let give_up_at = started.plus(self.config.gateway_give_up_after);
         let mut attempt = 0;
         loop {

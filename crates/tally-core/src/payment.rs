@@ -100,7 +100,13 @@ impl PaymentEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayAttempt {
     pub payment_key: String,
+    /// When the current phase was last claimed: the completer's clock, moved
+    /// by every claim (`Touch`) so that instances take turns.
     pub started_at: Timestamp,
+    /// When the current phase's call was first sent. Never moved by a claim:
+    /// the give-up deadline counts from here, so a confirm the gateway never
+    /// received is failed in the end instead of being looked up forever.
+    pub sent_at: Timestamp,
 }
 
 /// Longest gateway payment key accepted (Toss keys are far shorter).
@@ -178,7 +184,7 @@ impl Payment {
                 if payment_key.is_empty() || payment_key.len() > PAYMENT_KEY_LENGTH_MAX {
                     return refuse(event);
                 }
-                next.gateway = Some(GatewayAttempt { payment_key: payment_key.clone(), started_at: now });
+                next.gateway = Some(GatewayAttempt { payment_key: payment_key.clone(), started_at: now, sent_at: now });
                 S::Confirming
             }
             (S::Wait, E::Confirm) if !gateway => S::Done,
@@ -186,7 +192,7 @@ impl Payment {
             (S::Wait | S::Confirming, E::Fail) => S::Failed,
             (S::Done, E::BeginCancel) if gateway => {
                 let attempt = self.gateway.clone().expect("a done gateway payment has its attempt");
-                next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
+                next.gateway = Some(GatewayAttempt { started_at: now, sent_at: now, ..attempt });
                 S::Cancelling
             }
             (S::Wait, E::Cancel) => S::Cancelled,

@@ -329,3 +329,30 @@ fn checker_names_each_broken_invariant() {
         assert_eq!(violated(over), [Invariant::WalletMatchesLedger]);
     });
 }
+
+/// Invariant 1 (liveness side): a confirm that never reached the gateway
+/// (refused before taking effect) leaves the payment `confirming`; the
+/// completer claims it again and again — each claim restarts its turn — but
+/// the give-up deadline counts from when the confirm was *sent*, so once it
+/// passes, a "not found" lookup fails the payment instead of looking it up
+/// forever. Found by the simulation (seed 1).
+#[test]
+fn completer_claims_do_not_postpone_giving_up_on_a_lost_confirm() {
+    let (app, gateway) = with_gateway();
+    gateway.fail_confirms(1);
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let id = block_on(new_gateway_payment(&app, user, 500, 0));
+    let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-lost".into()) };
+    assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
+    // Claims every 60 s, as `tally serve` runs the completer; give-up is 120 s.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        app.clock().advance(Duration::from_secs(61));
+        let _ = block_on(app.resolve_stuck(Duration::from_secs(60), 16));
+        statuses.push(block_on(payment(&app, user, id)).status);
+    }
+    assert_eq!(statuses[0], PaymentStatus::Confirming, "not before the deadline");
+    assert_eq!(*statuses.last().unwrap(), PaymentStatus::Failed, "{statuses:?}");
+    assert_eq!(gateway.confirms_received("pk-lost"), 1, "the one confirm, never sent again");
+    assert_holds(&block_on(app.snapshot()).unwrap());
+}

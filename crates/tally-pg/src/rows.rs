@@ -94,7 +94,7 @@ pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
 }
 
 pub(crate) const PAYMENT_COLUMNS: &str = "id, user_id, amount, payback, method, status, gateway_payment_key, \
-     gateway_started_at_ms, order_id, created_at_ms, updated_at_ms, version";
+     gateway_started_at_ms, COALESCE(gateway_sent_at_ms, gateway_started_at_ms) AS gateway_sent_at_ms, order_id, created_at_ms, updated_at_ms, version";
 
 pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
     status.as_str()
@@ -116,9 +116,11 @@ pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
         _ => return Err(bad("payments.method")),
     };
     let gateway = match get::<Option<String>>(row, "gateway_payment_key")? {
-        Some(payment_key) => {
-            Some(GatewayAttempt { payment_key, started_at: Timestamp(get(row, "gateway_started_at_ms")?) })
-        }
+        Some(payment_key) => Some(GatewayAttempt {
+            payment_key,
+            started_at: Timestamp(get(row, "gateway_started_at_ms")?),
+            sent_at: Timestamp(get(row, "gateway_sent_at_ms")?),
+        }),
         None => None,
     };
     Ok(Payment {

@@ -363,11 +363,12 @@ impl Tx for PgTx {
     async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
         let key = after.gateway.as_ref().map(|a| a.payment_key.clone());
         let started = after.gateway.as_ref().map(|a| a.started_at.0);
+        let sent = after.gateway.as_ref().map(|a| a.sent_at.0);
         let Some(before) = before else {
             sqlx::query(
                 "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, \
-                 version, gateway_payment_key, gateway_started_at_ms, order_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 version, gateway_payment_key, gateway_started_at_ms, order_id, gateway_sent_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(uuid(after.id.0))
             .bind(uuid(after.user.0))
@@ -381,6 +382,7 @@ impl Tx for PgTx {
             .bind(key)
             .bind(started)
             .bind(after.order.map(|o| uuid(o.0)))
+            .bind(sent)
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
@@ -394,7 +396,8 @@ impl Tx for PgTx {
         let query = if self.atomic() {
             sqlx::query(
                 "UPDATE payments SET status = $2, updated_at_ms = $3, version = version + 1, \
-                 gateway_payment_key = $5, gateway_started_at_ms = $6 WHERE id = $1 AND status = $4",
+                 gateway_payment_key = $5, gateway_started_at_ms = $6, gateway_sent_at_ms = $7 \
+                 WHERE id = $1 AND status = $4",
             )
             .bind(uuid(after.id.0))
             .bind(rows::status_str(after.status))
@@ -402,10 +405,11 @@ impl Tx for PgTx {
             .bind(rows::status_str(before.status))
             .bind(key)
             .bind(started)
+            .bind(sent)
         } else {
             sqlx::query(
                 "UPDATE payments SET status = $2, updated_at_ms = $3, version = $4, gateway_payment_key = $6, \
-                 gateway_started_at_ms = $7 WHERE id = $1 AND version = $5",
+                 gateway_started_at_ms = $7, gateway_sent_at_ms = $8 WHERE id = $1 AND version = $5",
             )
             .bind(uuid(after.id.0))
             .bind(rows::status_str(after.status))
@@ -414,6 +418,7 @@ impl Tx for PgTx {
             .bind(version(before.version))
             .bind(key)
             .bind(started)
+            .bind(sent)
         };
         let done = query.execute(&mut *self.tx).await.map_err(errors::map)?;
         if done.rows_affected() == 1 { Ok(()) } else { Err(self.conflict().await) }
