@@ -5,11 +5,13 @@
 # invariant checker on the database. Prints a Markdown table.
 #
 #   bash scripts/load-table.sh [clients] [duration]     (defaults: 16 10s)
+#   WORKLOADS=inventory bash scripts/load-table.sh 32 10s   (one workload; unpaid orders expire after 5 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 clients=${1:-16}
 duration=${2:-10s}
+workloads=${WORKLOADS:-hot spread duplicates}
 cargo build --release -p tally >/dev/null
 bin=target/release/tally
 work=$(mktemp -d)
@@ -24,6 +26,7 @@ for strategy in pessimistic optimistic atomic; do
   port=$((port + 1))
   export TALLY_ADMIN_KEY="tly_load_admin_$strategy"
   "$bin" serve --strategy "$strategy" --listen "127.0.0.1:$port" --data-dir "$work/$strategy" \
+    --order-ttl-seconds "${ORDER_TTL_SECONDS:-5}" \
     >"$work/$strategy.log" 2>&1 &
   server=$!
   for _ in $(seq 1 120); do
@@ -36,7 +39,7 @@ for strategy in pessimistic optimistic atomic; do
     exit 1
   fi
   database=$(sed -n 's/^database: //p' "$work/$strategy.log")
-  for workload in hot spread duplicates; do
+  for workload in $workloads; do
     out=$("$bin" load --url "http://127.0.0.1:$port" --workload "$workload" --clients "$clients" \
       --duration "$duration" --database-url "$database" 2>&1) || true
     rps=$(sed -n 's/^requests .*(\([0-9]*\) req\/s)/\1/p' <<<"$out")

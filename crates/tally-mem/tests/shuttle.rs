@@ -654,6 +654,7 @@ scenario!(locked_queue_never_admits_above_its_limit, queue_admission, locked);
 scenario!(optimistic_k_units_sell_to_exactly_k_of_n, k_units_n_buyers, optimistic);
 scenario!(optimistic_confirm_racing_expiry_ends_one_way, confirm_vs_sweeper, optimistic);
 scenario!(optimistic_seat_booked_by_n_sells_once, seat_booked_by_n, optimistic);
+scenario!(optimistic_queue_never_admits_above_its_limit, queue_admission, optimistic);
 scenario!(gateway_order_charge_racing_expiry_ends_one_way, gateway_confirm_vs_sweeper, with_gateway);
 scenario!(gateway_concurrent_confirms_send_one_confirm, gateway_concurrent_confirms, with_gateway);
 scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway_lost_reply, with_gateway);

@@ -272,7 +272,14 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let elapsed = started.elapsed();
     let observed = observed.lock().await;
     report(&args, &observed, elapsed);
-    let mut ok = verify_wallets(&client, &keys, &observed, initial).await?;
+    // A 5xx other than 503 (shed load, retry) is a server bug, whatever the
+    // invariants say.
+    let failures: u64 = observed.statuses.iter().filter(|(s, _)| **s >= 500 && **s != 503).map(|(_, n)| n).sum();
+    if failures > 0 {
+        println!("check      {failures} server error(s) other than 503  FAIL");
+    }
+    let mut ok = failures == 0;
+    ok &= verify_wallets(&client, &keys, &observed, initial).await?;
     if let Some(catalogue) = &catalogue {
         ok &= verify_inventory(&client, catalogue, &keys, &observed).await?;
     }

@@ -263,6 +263,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let mut joined = None;
         if let Some((id, user)) = joining {
             let (next, token) = queue::join(event, id, user, now);
+            if waiting.last().is_some_and(|last| last.seq >= token.seq) {
+                // The event row was read before another join committed (no
+                // row locks: optimistic, atomic): its counter is stale.
+                return Err(stale());
+            }
             joined_event = next;
             joined = Some(token.clone());
             // At the back of the line: promoted only if every waiting token
