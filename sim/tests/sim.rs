@@ -88,24 +88,13 @@ fn faulty_seeds_keep_every_promise() {
     }
 }
 
-/// Recovery (SPEC.md: nothing half-done after a restart): the simulation's
-/// first finding. Seed 1 (swarm) sends a gateway confirm that never reaches
-/// the gateway; after the faults heal and the clock passes the give-up, the
-/// completer keeps looking the payment up and never fails it, because its
-/// claim restarts the attempt clock the give-up is measured from. When the
-/// core is fixed this test fails: flip it to `assert_clean` and drop
-/// `KnownIssue::StuckConfirming`.
+/// Invariant 1's recovery side, seed 1: a confirm that never reached the
+/// gateway used to stay `confirming` forever (each completer claim restarted
+/// the clock the give-up counted from). The give-up now counts from when the
+/// confirm was sent, so the seed ends clean.
 #[test]
-fn known_issue_completer_never_gives_up_on_a_lost_confirm() {
-    let outcome = run_seed(1, &options(Profile::Swarm));
-    assert!(!outcome.violations.is_empty(), "seed 1 no longer shows the stuck payment");
-    for violation in &outcome.violations {
-        assert_eq!(violation.invariant, oracle::INV_RECOVERED, "{violation}");
-        assert!(violation.detail.contains("is still confirming"), "{violation}");
-    }
-    let accepted = run_seed(1, &accepting_known(Profile::Swarm));
-    assert!(accepted.violations.is_empty(), "{:?}", accepted.violations);
-    assert_eq!(accepted.known.len(), outcome.violations.len());
+fn a_confirm_the_gateway_never_got_is_failed_in_the_end() {
+    assert_clean(&run_seed(1, &options(Profile::Swarm)));
 }
 
 /// The mutant check's unit (run by `.ci/sim-mutants.sh` with
