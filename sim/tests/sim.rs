@@ -3,7 +3,6 @@
 //! checks that the runs did the work it is about).
 
 use tally_sim::journal::Count;
-use tally_sim::oracle;
 use tally_sim::plan::{KnownIssue, Options, Profile};
 use tally_sim::run::{SeedOutcome, run_seed};
 
