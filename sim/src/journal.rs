@@ -48,6 +48,16 @@ pub enum Count {
     GatewayOutcomeUnknown,
     CompleterResolved,
     KeysReaped,
+    // coverage: orders, stock, seats and the queue
+    OrdersCreated,
+    OrdersPaid,
+    OutOfStock,
+    SeatUnavailable,
+    OrderExpired,
+    OrdersSwept,
+    ExpiryRaces,
+    QueuePromotions,
+    Forbidden403,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +68,7 @@ pub enum Section {
 }
 
 impl Count {
-    pub const ALL: [Count; 28] = [
+    pub const ALL: [Count; 37] = [
         Count::Operations,
         Count::OperationsCompleted,
         Count::OperationsAbandoned,
@@ -87,6 +97,15 @@ impl Count {
         Count::GatewayOutcomeUnknown,
         Count::CompleterResolved,
         Count::KeysReaped,
+        Count::OrdersCreated,
+        Count::OrdersPaid,
+        Count::OutOfStock,
+        Count::SeatUnavailable,
+        Count::OrderExpired,
+        Count::OrdersSwept,
+        Count::ExpiryRaces,
+        Count::QueuePromotions,
+        Count::Forbidden403,
     ];
 
     pub const fn section(self) -> Section {
@@ -140,13 +159,28 @@ impl Count {
             Count::GatewayOutcomeUnknown => "gateway answers that were unclear (looked up)",
             Count::CompleterResolved => "stuck payments the completer resolved",
             Count::KeysReaped => "expired idempotency keys reaped",
+            Count::OrdersCreated => "orders created (201)",
+            Count::OrdersPaid => "order payments confirmed (200 done)",
+            Count::OutOfStock => "orders refused out_of_stock",
+            Count::SeatUnavailable => "orders refused seat_unavailable",
+            Count::OrderExpired => "refused order_expired (pay or cancel too late)",
+            Count::OrdersSwept => "orders expired by the sweeper",
+            Count::ExpiryRaces => "confirms sent to land just before their order's TTL",
+            Count::QueuePromotions => "queue promotions observed (waiting, then active)",
+            Count::Forbidden403 => "seat orders refused 403 (token not active)",
         }
     }
 }
 
 /// A counter per [`Count`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counts([u64; Count::ALL.len()]);
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts([0; Count::ALL.len()])
+    }
+}
 
 impl Counts {
     pub fn add(&mut self, count: Count, n: u64) {
@@ -184,6 +218,8 @@ pub struct Exchange {
     /// The client's operation this request belongs to.
     pub op: usize,
     pub kind: &'static str,
+    /// The request's path (names the order or payment it acts on).
+    pub path: String,
     pub key: Option<String>,
     pub host: String,
     pub attempt: u32,

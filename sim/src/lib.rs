@@ -5,7 +5,8 @@
 //! (`tally-core`), all sharing one in-memory database (`tally-mem`, with its
 //! lock table as the database's row locks); a payment-gateway host running
 //! `tally-gateway`'s fake; and client hosts that top up, pay, confirm and
-//! cancel like real clients — timeouts, retries with the same
+//! cancel, order scarce products and queued seats, and pay, cancel or
+//! abandon their orders, like real clients — timeouts, retries with the same
 //! `Idempotency-Key`, duplicates in flight, retries to another server.
 //! Faults are drawn per seed; after the run, the oracle judges the final
 //! store, the history and the gateway's books.
@@ -16,6 +17,7 @@
 //! - [`plan`]: what a seed deploys, how its clients behave, which faults it draws.
 //! - [`server`]: a server host, wired as `tally serve` is.
 //! - [`workload`]: the operation table and the client loop.
+//! - [`catalogue`]: the products and event a seed sells, created before the run.
 //! - [`store`]: the shared database, with round-trip latency and a monitor.
 //! - [`gateway`]: the servers' gateway client over simulated HTTP.
 //! - [`net`]: turmoil's listener for axum, and a one-shot HTTP client.
@@ -24,6 +26,7 @@
 //! - [`clock`], [`rng`]: simulated time and seeded randomness — the only ones used.
 //! - [`report`]: the summary over many seeds.
 
+pub mod catalogue;
 pub mod clock;
 pub mod gateway;
 pub mod journal;

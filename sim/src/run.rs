@@ -17,7 +17,8 @@
 //! 2. **Quiet**: partitions repaired, message loss off, crashed servers
 //!    restarted, gateway and commit faults off; the network drains; then
 //!    the clock jumps past the completer's threshold and the gateway
-//!    give-up, and the servers' completers run.
+//!    give-up, and the servers' completers run; then the servers' sweepers
+//!    run until no unpaid order is left past its TTL.
 //! 3. **Judgement**: the oracle on the final store, the history and the
 //!    gateway's books.
 
@@ -27,14 +28,17 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tally_core::Tally;
 use tally_core::ids::SeqIds;
+use tally_core::order::OrderStatus;
 use tally_core::payment::PaymentStatus;
 use tally_core::store::Store;
+use tally_core::time::Clock as _;
 use tally_core::wallet::Limits;
 use tally_gateway::FakeGateway;
 use tally_gateway::fake::GatewayStats;
 use tally_gateway::fake::{ErrorFault, FaultPlan, FaultRule, LatencyFault, Trigger};
 use tally_mem::{CommitFault, Concurrency, MemLocks, MemStore};
 
+use crate::catalogue;
 use crate::clock::{EPOCH, SimClock};
 use crate::gateway::{GATEWAY_HOST, SECRET_KEY};
 use crate::journal::{Count, Counts, Journal};
@@ -86,7 +90,8 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     let memory = MemStore::new(Concurrency::Locked);
     let ids: Arc<SeqIds> = Arc::new(SeqIds::new(seed));
     // Before any fault is installed: setup is not under test.
-    let users = create_users(&memory, &clock, &ids, plan.users);
+    let users = create_users(&memory, &clock, &ids, plan.users, plan.inventory.order_ttl);
+    let catalogue = Arc::new(catalogue::create(&memory, &clock, &ids, &plan.inventory));
     let commit_faults_on = Arc::new(AtomicBool::new(plan.commit_faults.is_some()));
     if let Some((ambiguous, lost)) = plan.commit_faults {
         let mut rng = root.fork(3);
@@ -114,7 +119,14 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
     let gateway = fake_gateway(&plan, &clock);
 
-    let deployment = Deployment { store, locks, clock: clock.clone(), ids, journal: journal.clone() };
+    let deployment = Deployment {
+        store,
+        locks,
+        clock: clock.clone(),
+        ids,
+        journal: journal.clone(),
+        order_ttl: plan.inventory.order_ttl,
+    };
     let mut builder = turmoil::Builder::new();
     builder
         .rng_seed(seed)
@@ -157,6 +169,9 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             rng: root.fork(100 + index as u64),
             journal: journal.clone(),
             clock: clock.clone(),
+            catalogue: Arc::clone(&catalogue),
+            orders_via_gateway: plan.inventory.orders_via_gateway,
+            racer: plan.inventory.races_expiry,
         };
         sim.client(plan::client_name(index).as_str(), workload::client(spec));
     }
@@ -201,6 +216,20 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         driver.sim.repair(a.as_str(), b.as_str());
     }
     driver.sim.set_fail_rate(0.0);
+    // A link that message loss broke (turmoil's random partition) stays
+    // broken until a message on it rolls its repair, dropping that message
+    // half the time: heal every link now, or the completer's one lookup may
+    // be lost after the faults are over.
+    let hosts: Vec<String> = (0..options.hosts)
+        .map(plan::server_name)
+        .chain(std::iter::once(GATEWAY_HOST.to_owned()))
+        .chain((0..plan.ops_per_client.len()).map(plan::client_name))
+        .collect();
+    for (index, a) in hosts.iter().enumerate() {
+        for b in &hosts[index + 1..] {
+            driver.sim.repair(a.as_str(), b.as_str());
+        }
+    }
     for host in std::mem::take(&mut driver.crashed) {
         driver.restart(&host);
     }
@@ -219,11 +248,20 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         clock.advance(jump);
         journal.event("sim", format!("clock advanced {}s for the completer", jump.as_secs()));
         // Until nothing is stuck, or every completer had three passes (the
-        // network is healed: a lookup takes milliseconds).
+        // network is healed: a lookup takes milliseconds). The jump is past
+        // every order's TTL too: the sweepers' passes in the meantime count.
         let limit = driver.sim.elapsed() + timing::COMPLETER_EVERY * 3;
-        while driver.sim.elapsed() < limit && driver.has_stuck_payments() {
+        while driver.sim.elapsed() < limit && (driver.has_stuck_payments() || driver.has_lapsed_orders()) {
             driver.run_for(Duration::from_millis(100), &mut violations);
         }
+    }
+
+    // Unpaid orders past their TTL still hold stock and seats until a
+    // sweeper expires them: let the servers' sweepers (once a second each)
+    // run until none is left. Orders still within their TTL stay pending.
+    let limit = driver.sim.elapsed() + timing::SWEEP_EVERY * 3;
+    while driver.sim.elapsed() < limit && driver.has_lapsed_orders() {
+        driver.run_for(Duration::from_millis(100), &mut violations);
     }
 
     // Phase 3: judgement.
@@ -231,7 +269,13 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     let exchanges = journal.exchanges();
     violations.extend(journal.monitor_violations());
     if finished {
-        violations.extend(oracle::judge(&Evidence { snapshot: &snapshot, exchanges: &exchanges, gateway: &gateway }));
+        violations.extend(oracle::judge(&Evidence {
+            snapshot: &snapshot,
+            exchanges: &exchanges,
+            gateway: &gateway,
+            catalogue: &catalogue,
+            now: clock.now(),
+        }));
     }
     let (known, violations): (Vec<Violation>, Vec<Violation>) =
         violations.into_iter().partition(|v| options.accept_known.iter().any(|k| k.matches(v)));
@@ -335,6 +379,17 @@ impl Driver<'_> {
         self.journal.event("sim", format!("restart {host}"));
     }
 
+    /// Orders the sweeper has still to expire: pending, nothing paying
+    /// them, past their TTL.
+    fn has_lapsed_orders(&self) -> bool {
+        let snapshot = now_or_never(self.memory.snapshot()).expect("the in-memory snapshot never fails");
+        let now = self.clock.now();
+        snapshot
+            .orders
+            .iter()
+            .any(|o| o.status == OrderStatus::PendingPayment && o.payment.is_none() && o.past_ttl(now))
+    }
+
     fn has_stuck_payments(&self) -> bool {
         let snapshot = now_or_never(self.memory.snapshot()).expect("the in-memory snapshot never fails");
         snapshot.payments.iter().any(|p| matches!(p.status, PaymentStatus::Confirming | PaymentStatus::Cancelling))
@@ -364,13 +419,14 @@ fn create_users(
     clock: &SimClock,
     ids: &Arc<SeqIds>,
     count: usize,
+    order_ttl: Duration,
 ) -> Vec<(tally_core::ids::UserId, String)> {
     let setup = Tally::new(
         memory.clone(),
         tally_core::store::NoLocks,
         clock.clone(),
         Arc::clone(ids) as Arc<dyn tally_core::ids::IdGen>,
-        server::core_config(),
+        server::core_config(order_ttl),
     );
     (0..count)
         .map(|index| {

@@ -3,7 +3,7 @@
 //!
 //! The host's factory runs again on every restart. Everything it builds —
 //! the use cases, the router, the gateway client, the completer and reaper
-//! tasks, every request in flight — is the process's memory and dies with a
+//! tasks, the order-expiry sweeper, every request in flight — is the process's memory and dies with a
 //! crash. What survives is what it was given: the shared store and lock
 //! table (the database and its row locks), the id sequence, the clock.
 
@@ -23,7 +23,7 @@ use crate::net::{PORT, SimListener};
 use crate::plan::timing;
 use crate::store::SimStore;
 
-/// The admin key of every simulated server (the workload never uses it).
+/// The admin key of every simulated server (clients use it to restock).
 pub const ADMIN_KEY: &str = "tly_sim_admin";
 
 /// What every server incarnation is built from; survives crashes.
@@ -34,6 +34,8 @@ pub struct Deployment {
     pub clock: SimClock,
     pub ids: Arc<dyn IdGen>,
     pub journal: Journal,
+    /// The seed's `Config::order_ttl`.
+    pub order_ttl: std::time::Duration,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -42,12 +44,14 @@ impl std::fmt::Debug for Deployment {
     }
 }
 
-/// The use cases' configuration in the simulation (see [`timing`]).
-pub fn core_config() -> Config {
+/// The use cases' configuration in the simulation (see [`timing`]), with
+/// the seed's order TTL.
+pub fn core_config(order_ttl: std::time::Duration) -> Config {
     Config {
         idempotency: IdemConfig { ttl: timing::KEY_TTL, lease: timing::LEASE },
         lock_wait: timing::LOCK_WAIT,
         gateway_give_up_after: timing::GATEWAY_GIVE_UP,
+        order_ttl,
         ..Config::default()
     }
 }
@@ -59,8 +63,14 @@ pub async fn serve(deployment: Deployment, name: String) -> turmoil::Result {
     let journal = deployment.journal.clone();
     let gateway = SimGateway::new(&name, timing::GATEWAY_TIMEOUT, journal.clone());
     let app: Arc<App> = Arc::new(
-        Tally::new(deployment.store, deployment.locks, deployment.clock, deployment.ids, core_config())
-            .with_gateway(gateway),
+        Tally::new(
+            deployment.store,
+            deployment.locks,
+            deployment.clock,
+            deployment.ids,
+            core_config(deployment.order_ttl),
+        )
+        .with_gateway(gateway),
     );
     let mut http = HttpConfig::new(ADMIN_KEY);
     http.request_timeout = timing::REQUEST_TIMEOUT;
@@ -72,7 +82,8 @@ pub async fn serve(deployment: Deployment, name: String) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     journal.event(&name, "started");
     tokio::spawn(complete(Arc::clone(&app), journal.clone(), name.clone()));
-    tokio::spawn(reap(app, journal, name));
+    tokio::spawn(reap(Arc::clone(&app), journal.clone(), name.clone()));
+    tokio::spawn(sweep(app, journal, name));
     tally_http::serve(SimListener(listener), router, std::future::pending()).await?;
     Ok(())
 }
@@ -103,6 +114,34 @@ async fn reap(app: Arc<App>, journal: Journal, name: String) {
                 journal.event(&name, format!("reaped {reaped} expired key(s)"));
             }
             Err(error) => journal.event(&name, format!("reaper failed: {error}")),
+        }
+    }
+}
+
+/// `tally serve`'s order-expiry sweeper: every second, unpaid orders past
+/// their TTL expire and give their stock and seats back; a full batch is
+/// followed at once by another.
+async fn sweep(app: Arc<App>, journal: Journal, name: String) {
+    let mut tick = tokio::time::interval(timing::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match app.expire_orders(timing::SWEEP_BATCH).await {
+                Ok(expired) => {
+                    if expired > 0 {
+                        journal.count(Count::OrdersSwept, expired as u64);
+                        journal.event(&name, format!("sweeper expired {expired} order(s)"));
+                    }
+                    if expired < timing::SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    journal.event(&name, format!("sweeper failed: {error}"));
+                    break;
+                }
+            }
         }
     }
 }

@@ -8,20 +8,29 @@
 //! [`OPS`] lists every kind of operation with a weight, a `build` that turns
 //! the client's state into a request (or declines, when the client has
 //! nothing to act on yet), and a `learn` that updates the state from a
-//! success. Orders for stock and seats and queue tokens are rows to add
-//! here when the API has them; the client loop does not change.
+//! success. Besides money (top-ups, payments, confirms, cancels), clients
+//! order the seed's scarce products (one or two lines, the same two products
+//! listed in either order by different clients), join the event's queue and
+//! poll their token, order seats with it (sometimes with a token that is not
+//! active: a 403), pay orders (wallet, and gateway when the seed allows),
+//! cancel them, read them, restock (with the admin key), and leave the rest
+//! unpaid to lapse past the seed's order TTL.
 //!
 //! # Amount tags
 //!
 //! Every money amount a client sends ends in a tag (`client * 1000 + op`)
 //! below [`TAG_SPACE`], unique within the run. The oracle reads it back from
 //! the ledger: two top-ups with one tag are one request taking effect twice.
+//! A payment for an order has the order's total as its amount (prices are
+//! whole multiples of [`TAG_SPACE`]), so it carries its tag as its payback.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tally_core::ids::UserId;
-use tally_core::time::Clock;
+use tally_core::time::{Clock, Timestamp};
 
+use crate::catalogue::Catalogue;
 use crate::clock::SimClock;
 use crate::journal::{Answer, Count, Exchange, Journal};
 use crate::net::{self, Failure, Reply};
@@ -31,6 +40,9 @@ use crate::rng::SimRng;
 /// Amounts are `units * TAG_SPACE + tag`.
 pub const TAG_SPACE: i64 = 100_000;
 
+/// How many units one restock adds.
+pub const RESTOCK_QUANTITY: u64 = 1;
+
 /// A payment the client created.
 #[derive(Clone, Debug)]
 pub struct Known {
@@ -38,13 +50,49 @@ pub struct Known {
     pub gateway: bool,
     pub payment_key: String,
     pub status: String,
+    /// The order it pays (index into `ClientState::orders`).
+    pub order: Option<usize>,
+}
+
+/// An order the client created.
+#[derive(Clone, Debug)]
+pub struct KnownOrder {
+    pub id: String,
+    pub status: String,
+    /// When it expires unpaid, by the service's clock.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The client's queue token.
+#[derive(Clone, Debug)]
+pub struct KnownToken {
+    pub id: String,
+    pub status: String,
 }
 
 /// What one client knows.
 #[derive(Clone, Debug, Default)]
 pub struct ClientState {
     pub payments: Vec<Known>,
+    pub orders: Vec<KnownOrder>,
+    pub token: Option<KnownToken>,
+    pub catalogue: Arc<Catalogue>,
+    /// Whether this seed pays some orders through the gateway.
+    pub orders_via_gateway: bool,
+    /// What the client observed since the loop last looked, for the counters.
+    pub noted: Vec<Count>,
+    /// The natural next step after the last success (pay the order just
+    /// made, confirm the payment just created, poll a waiting token, book
+    /// seats with an active one): taken at [`FOLLOW_PER_MILLE`].
+    pub follow: Option<&'static str>,
+    /// Pays at the last moment, racing the order TTL (see [`Inventory::races_expiry`](crate::plan::Inventory)).
+    pub racer: bool,
+    /// The service's clock, as a client with a synchronised clock reads it.
+    pub clock: SimClock,
 }
+
+/// How often a client takes the natural next step instead of a random one.
+pub const FOLLOW_PER_MILLE: u64 = 500;
 
 /// A request an operation wants sent.
 #[derive(Clone, Debug)]
@@ -55,10 +103,23 @@ pub struct Planned {
     pub body: Option<Vec<u8>>,
     /// Money and inventory moves carry an `Idempotency-Key` and are retried.
     pub keyed: bool,
+    /// Retried without a key: the request is idempotent by itself (joining a queue).
+    pub idempotent: bool,
+    /// Sent with the admin key instead of the client's.
+    pub admin: bool,
     /// The payment (index into `ClientState::payments`) this acts on.
     pub payment: Option<usize>,
+    /// The order (index into `ClientState::orders`) this acts on.
+    pub order: Option<usize>,
     /// For a new gateway payment: its payment key.
     pub payment_key: Option<String>,
+    /// The `Queue-Token` header, for seats.
+    pub queue_token: Option<String>,
+    /// Waits this long before sending (a client polling its place in line,
+    /// or paying at the last moment).
+    pub delay: Duration,
+    /// A confirm timed to land just before its order's TTL.
+    pub races: bool,
 }
 
 /// One row of the operation table.
@@ -75,7 +136,39 @@ fn json(value: &serde_json::Value) -> Vec<u8> {
 }
 
 fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
-    Planned { kind, method: "POST", path, body: Some(json(&body)), keyed: true, payment: None, payment_key: None }
+    Planned {
+        kind,
+        method: "POST",
+        path,
+        body: Some(json(&body)),
+        keyed: true,
+        idempotent: false,
+        admin: false,
+        payment: None,
+        order: None,
+        payment_key: None,
+        queue_token: None,
+        delay: Duration::ZERO,
+        races: false,
+    }
+}
+
+fn get(kind: &'static str, path: String) -> Planned {
+    Planned {
+        kind,
+        method: "GET",
+        path,
+        body: None,
+        keyed: false,
+        idempotent: false,
+        admin: false,
+        payment: None,
+        order: None,
+        payment_key: None,
+        queue_token: None,
+        delay: Duration::ZERO,
+        races: false,
+    }
 }
 
 fn tagged(rng: &mut SimRng, max_units: u64, tag: i64) -> i64 {
@@ -107,6 +200,10 @@ fn build_pay_gateway(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Plan
 
 /// A payment to act on: mostly one still waiting, sometimes any.
 fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
+    let newest = state.payments.len().checked_sub(1);
+    if newest.is_some_and(|i| state.payments[i].status == "wait") && rng.chance(600) {
+        return newest;
+    }
     let waiting: Vec<usize> = (0..state.payments.len()).filter(|&i| state.payments[i].status == "wait").collect();
     if !waiting.is_empty() && rng.chance(750) {
         return Some(*rng.pick(&waiting));
@@ -121,8 +218,21 @@ fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planne
         if known.gateway { serde_json::json!({ "payment_key": known.payment_key }) } else { serde_json::json!({}) };
     let mut planned = post("confirm", format!("/v1/payments/{}/confirm", known.id), body);
     planned.payment = Some(index);
+    let order = known.order.map(|i| &state.orders[i]).filter(|o| o.status == "pending_payment");
+    if let (true, Some(expires_at)) = (state.racer, order.and_then(|o| o.expires_at)) {
+        // The last-moment payer: land just before the TTL.
+        let left = expires_at.0 - state.clock.now().0;
+        if (0..=RACE_WAIT_MAX_MS).contains(&left) {
+            let early = i64::try_from(rng.range(38, 60)).expect("small");
+            planned.delay = Duration::from_millis(u64::try_from((left - early).max(0)).expect("not negative"));
+            planned.races = true;
+        }
+    }
     Some(planned)
 }
+
+/// The longest a last-moment payer waits for an order's TTL.
+const RACE_WAIT_MAX_MS: i64 = 1_500;
 
 fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     // Any payment, also one already cancelled: cancelling twice must refund once.
@@ -135,15 +245,157 @@ fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned
 
 fn build_read(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))?;
-    Some(Planned {
-        kind: "read-payment",
-        method: "GET",
-        path: format!("/v1/payments/{}", state.payments[index].id),
-        body: None,
-        keyed: false,
-        payment: Some(index),
-        payment_key: None,
-    })
+    let mut planned = get("read-payment", format!("/v1/payments/{}", state.payments[index].id));
+    planned.payment = Some(index);
+    Some(planned)
+}
+
+/// One or two lines of scarce products. Two lines are the same two products
+/// in either order, so two clients may ask for them in opposite orders: the
+/// service must lock them in one global order.
+fn build_order_products(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let products = &state.catalogue.products;
+    if products.is_empty() {
+        return None;
+    }
+    let first = rng.index(products.len());
+    let mut chosen = vec![first];
+    if products.len() > 1 && rng.chance(500) {
+        chosen.push((first + 1 + rng.index(products.len() - 1)) % products.len());
+    }
+    let items: Vec<serde_json::Value> = chosen
+        .iter()
+        .map(|&index| {
+            let quantity = if rng.chance(200) { 2 } else { 1 };
+            serde_json::json!({ "product_id": products[index].id, "quantity": quantity })
+        })
+        .collect();
+    let mut planned = post("order-products", "/v1/orders".into(), serde_json::json!({ "items": items }));
+    if state.racer {
+        // Arrive just before a whole second of the servers' uptime: the
+        // order's TTL then ends just before a sweep.
+        let phase = u64::try_from(state.clock.elapsed().as_millis() % 1000).expect("below 1000");
+        let target = 1000 - rng.range(45, 75);
+        planned.delay = Duration::from_millis((target + 1000 - phase) % 1000);
+    }
+    Some(planned)
+}
+
+fn build_join_queue(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let event = state.catalogue.event.as_ref()?;
+    // Joining again while the token is live answers that token: now and then.
+    let live = state.token.as_ref().is_some_and(|t| t.status == "waiting" || t.status == "active");
+    if live && !rng.chance(150) {
+        return None;
+    }
+    let mut planned = post("join-queue", format!("/v1/events/{event}/queue"), serde_json::json!({}));
+    planned.keyed = false;
+    planned.idempotent = true;
+    Some(planned)
+}
+
+/// Polls the token: while it waits, after a pause (a client polling its
+/// place in line every few hundred milliseconds); now and then otherwise.
+fn build_poll_token(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let token = state.token.as_ref()?;
+    let waiting = token.status == "waiting";
+    if !waiting && !rng.chance(100) {
+        return None;
+    }
+    let mut planned = get("poll-token", format!("/v1/queue/{}", token.id));
+    if waiting {
+        planned.delay = rng.millis(200, 800);
+    }
+    Some(planned)
+}
+
+/// Seats with the client's token: mostly an active one, sometimes one that
+/// is waiting or over (a 403).
+fn build_order_seats(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let token = state.token.as_ref()?;
+    let seats = &state.catalogue.seats;
+    if seats.is_empty() || (token.status != "active" && !rng.chance(250)) {
+        return None;
+    }
+    let first = rng.index(seats.len());
+    let mut chosen = vec![seats[first].clone()];
+    if seats.len() > 1 && rng.chance(250) {
+        chosen.push(seats[(first + 1 + rng.index(seats.len() - 1)) % seats.len()].clone());
+    }
+    let mut planned = post("order-seats", "/v1/orders".into(), serde_json::json!({ "seats": chosen }));
+    planned.queue_token = Some(token.id.clone());
+    Some(planned)
+}
+
+/// An order to act on: mostly one in `wanted`, sometimes any.
+fn choose_order(state: &ClientState, rng: &mut SimRng, wanted: &[&str]) -> Option<usize> {
+    let fitting: Vec<usize> =
+        (0..state.orders.len()).filter(|&i| wanted.contains(&state.orders[i].status.as_str())).collect();
+    if !fitting.is_empty() && rng.chance(850) {
+        return Some(*rng.pick(&fitting));
+    }
+    (!state.orders.is_empty() && rng.chance(300)).then(|| rng.index(state.orders.len()))
+}
+
+fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+    // Mostly an order with no payment waiting yet; sometimes a second
+    // payment for it, or an order that is over.
+    let unpaid: Vec<usize> = (0..state.orders.len())
+        .filter(|&i| {
+            state.orders[i].status == "pending_payment"
+                && !state.payments.iter().any(|p| p.order == Some(i) && p.status == "wait")
+        })
+        .collect();
+    let newest = state.orders.len().checked_sub(1);
+    let index = if newest.is_some_and(|i| unpaid.contains(&i)) && rng.chance(600) {
+        newest.expect("checked")
+    } else if !unpaid.is_empty() && rng.chance(850) {
+        *rng.pick(&unpaid)
+    } else {
+        choose_order(state, rng, &["pending_payment"])?
+    };
+    let gateway = state.orders_via_gateway && rng.chance(400);
+    // The amount is the order's total; the payback carries the tag.
+    let body = serde_json::json!({
+        "order_id": state.orders[index].id,
+        "method": if gateway { "gateway" } else { "wallet" },
+        "payback_amount": tag,
+    });
+    let mut planned = post("pay-order", "/v1/payments".into(), body);
+    planned.payment_key = gateway.then(|| format!("pk-{tag}"));
+    planned.order = Some(index);
+    Some(planned)
+}
+
+fn build_cancel_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let index = choose_order(state, rng, &["pending_payment", "paid"])?;
+    let mut planned =
+        post("cancel-order", format!("/v1/orders/{}/cancel", state.orders[index].id), serde_json::json!({}));
+    planned.order = Some(index);
+    Some(planned)
+}
+
+fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let index = (!state.orders.is_empty()).then(|| rng.index(state.orders.len()))?;
+    let mut planned = get("read-order", format!("/v1/orders/{}", state.orders[index].id));
+    planned.order = Some(index);
+    Some(planned)
+}
+
+/// The admin restocks a product by one unit (keyed, retried like any move).
+fn build_restock(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    let products = &state.catalogue.products;
+    if products.is_empty() {
+        return None;
+    }
+    let product = &products[rng.index(products.len())];
+    let mut planned = post(
+        "restock",
+        format!("/v1/products/{}/restock", product.id),
+        serde_json::json!({ "quantity": RESTOCK_QUANTITY }),
+    );
+    planned.admin = true;
+    Some(planned)
 }
 
 fn body_field(reply: &Reply, field: &str) -> Option<String> {
@@ -160,13 +412,52 @@ fn learn_payment(state: &mut ClientState, planned: &Planned, reply: &Reply) {
         gateway: planned.payment_key.is_some(),
         payment_key: planned.payment_key.clone().unwrap_or_default(),
         status,
+        order: planned.order,
     });
+    state.follow = Some("confirm");
 }
 
 fn learn_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     if let (Some(index), Some(status)) = (planned.payment, body_field(reply, "status")) {
+        // A payment's fate moves its order.
+        let order_status = match status.as_str() {
+            "done" => Some("paid"),
+            "cancelled" if state.payments[index].status != "wait" => Some("cancelled"),
+            _ => None,
+        };
+        if let (Some(order), Some(order_status)) = (state.payments[index].order, order_status) {
+            state.orders[order].status = order_status.to_owned();
+        }
         state.payments[index].status = status;
     }
+}
+
+fn learn_order(state: &mut ClientState, _: &Planned, reply: &Reply) {
+    if let (Some(id), Some(status)) = (body_field(reply, "id"), body_field(reply, "status")) {
+        let expires_at = body_field(reply, "expires_at").and_then(|at| tally_http::dto::parse_rfc3339(&at));
+        state.orders.push(KnownOrder { id, status, expires_at });
+        state.follow = Some("pay-order");
+    }
+}
+
+fn learn_order_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+    if let (Some(index), Some(status)) = (planned.order, body_field(reply, "status")) {
+        state.orders[index].status = status;
+    }
+}
+
+fn learn_token(state: &mut ClientState, _: &Planned, reply: &Reply) {
+    let (Some(id), Some(status)) = (body_field(reply, "token"), body_field(reply, "status")) else { return };
+    let was_waiting = state.token.as_ref().is_some_and(|t| t.id == id && t.status == "waiting");
+    if was_waiting && status == "active" {
+        state.noted.push(Count::QueuePromotions);
+    }
+    state.follow = match status.as_str() {
+        "waiting" => Some("poll-token"),
+        "active" => Some("order-seats"),
+        _ => None,
+    };
+    state.token = Some(KnownToken { id, status });
 }
 
 /// Every kind of operation the clients perform, with its weight.
@@ -174,17 +465,41 @@ pub const OPS: &[OpKind] = &[
     OpKind { name: "top-up", weight: 3, build: build_top_up, learn: learn_nothing },
     OpKind { name: "pay-wallet", weight: 3, build: build_pay_wallet, learn: learn_payment },
     OpKind { name: "pay-gateway", weight: 2, build: build_pay_gateway, learn: learn_payment },
-    OpKind { name: "confirm", weight: 5, build: build_confirm, learn: learn_status },
+    OpKind { name: "confirm", weight: 6, build: build_confirm, learn: learn_status },
     OpKind { name: "cancel", weight: 2, build: build_cancel, learn: learn_status },
     OpKind { name: "read-payment", weight: 1, build: build_read, learn: learn_status },
+    OpKind { name: "order-products", weight: 4, build: build_order_products, learn: learn_order },
+    OpKind { name: "join-queue", weight: 2, build: build_join_queue, learn: learn_token },
+    OpKind { name: "poll-token", weight: 8, build: build_poll_token, learn: learn_token },
+    OpKind { name: "order-seats", weight: 4, build: build_order_seats, learn: learn_order },
+    OpKind { name: "pay-order", weight: 6, build: build_pay_order, learn: learn_payment },
+    OpKind { name: "cancel-order", weight: 1, build: build_cancel_order, learn: learn_order_status },
+    OpKind { name: "read-order", weight: 1, build: build_read_order, learn: learn_order_status },
+    OpKind { name: "restock", weight: 1, build: build_restock, learn: learn_nothing },
 ];
 
-/// Draws the next operation: the first one funds the wallet; a kind that
-/// has nothing to act on yet is drawn again.
-fn next_op(state: &ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&'static OpKind, Planned) {
+/// Draws the next operation: the first one funds the wallet; then, half the
+/// time, the natural next step after the last success; otherwise a kind by
+/// weight, drawn again while it has nothing to act on.
+fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&'static OpKind, Planned) {
     if op == 0 {
         let kind = &OPS[0];
         return (kind, (kind.build)(state, rng, tag).expect("a top-up is always possible"));
+    }
+    if let Some(name) = state.follow.take()
+        && (state.racer || rng.chance(FOLLOW_PER_MILLE))
+    {
+        let kind = OPS.iter().find(|k| k.name == name).expect("follow-ups name operation kinds");
+        if let Some(planned) = (kind.build)(state, rng, tag) {
+            return (kind, planned);
+        }
+    }
+    // The last-moment payer starts its next race when it has no order to pay.
+    if state.racer && !state.orders.iter().any(|o| o.status == "pending_payment") && rng.chance(FOLLOW_PER_MILLE) {
+        let kind = OPS.iter().find(|k| k.name == "order-products").expect("a row of the table");
+        if let Some(planned) = (kind.build)(state, rng, tag) {
+            return (kind, planned);
+        }
     }
     let total: u64 = OPS.iter().map(|k| k.weight).sum();
     loop {
@@ -213,10 +528,17 @@ pub struct ClientSpec {
     pub rng: SimRng,
     pub journal: Journal,
     pub clock: SimClock,
+    pub catalogue: Arc<Catalogue>,
+    pub orders_via_gateway: bool,
+    pub racer: bool,
+}
+
+fn is_code(reply: &Reply, code: &str) -> bool {
+    reply.status >= 400 && body_field(reply, "code").as_deref() == Some(code)
 }
 
 fn is_in_use(reply: &Reply) -> bool {
-    reply.status == 409 && body_field(reply, "code").as_deref() == Some("idempotency_key_in_use")
+    reply.status == 409 && is_code(reply, "idempotency_key_in_use")
 }
 
 /// An answer the client stops at: a success or a refusal it cannot change
@@ -249,10 +571,11 @@ async fn send(
     duplicate: bool,
 ) -> Result<Reply, Failure> {
     let host = server_name(server);
-    let bearer = format!("Bearer {}", spec.api_key);
+    let bearer = format!("Bearer {}", if planned.admin { crate::server::ADMIN_KEY } else { spec.api_key.as_str() });
     let request_id = format!("c{}-o{op}-a{attempt}{}", spec.index + 1, if duplicate { "d" } else { "" });
     let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", request_id.as_str())];
     headers.extend(key.map(|key| ("idempotency-key", key)));
+    headers.extend(planned.queue_token.as_deref().map(|token| ("queue-token", token)));
     let request = net::request(planned.method, &host, &planned.path, &headers, planned.body.clone());
     spec.journal.count(Count::Requests, 1);
     let result = net::exchange(&host, request, spec.behaviour.attempt_timeout).await;
@@ -296,6 +619,7 @@ async fn send(
         user: spec.user,
         op,
         kind: planned.kind,
+        path: planned.path.clone(),
         key: key.map(str::to_owned),
         host,
         attempt,
@@ -315,7 +639,7 @@ async fn perform(
     let home = spec.index % spec.servers;
     let mut server = home;
     let started = spec.clock.now();
-    let attempts = if planned.keyed { spec.behaviour.attempts } else { 1 };
+    let attempts = if planned.keyed || planned.idempotent { spec.behaviour.attempts } else { 1 };
     for number in 1..=attempts {
         if number > 1 {
             let age = u64::try_from(spec.clock.now().0 - started.0).unwrap_or(0);
@@ -350,24 +674,71 @@ async fn perform(
     None
 }
 
+/// Coverage: what an operation's final answer shows about orders.
+fn count_answer(journal: &Journal, planned: &Planned, reply: &Reply) {
+    let order = matches!(planned.kind, "order-products" | "order-seats");
+    let count = match reply.status {
+        201 if order => Some(Count::OrdersCreated),
+        200 if planned.kind == "confirm"
+            && body_field(reply, "order_id").is_some()
+            && body_field(reply, "status").as_deref() == Some("done") =>
+        {
+            Some(Count::OrdersPaid)
+        }
+        403 if planned.kind == "order-seats" => Some(Count::Forbidden403),
+        409 => match body_field(reply, "code").as_deref() {
+            Some("out_of_stock") => Some(Count::OutOfStock),
+            Some("seat_unavailable") => Some(Count::SeatUnavailable),
+            Some("order_expired") => Some(Count::OrderExpired),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(count) = count {
+        journal.count(count, 1);
+    }
+}
+
 /// The client host's software.
 pub async fn client(spec: ClientSpec) -> turmoil::Result {
     let mut rng = spec.rng.clone();
-    let mut state = ClientState::default();
+    let mut state = ClientState {
+        catalogue: Arc::clone(&spec.catalogue),
+        orders_via_gateway: spec.orders_via_gateway,
+        racer: spec.racer,
+        clock: spec.clock.clone(),
+        ..ClientState::default()
+    };
     let mut duplicates = Vec::new();
     for op in 0..spec.ops {
         let think = rng.millis(0, spec.behaviour.think_max_ms);
         tokio::time::sleep(think).await;
         let tag = i64::try_from(spec.index * 1000 + op).expect("small");
-        let (kind, planned) = next_op(&state, &mut rng, op, tag);
+        let (kind, planned) = next_op(&mut state, &mut rng, op, tag);
+        if planned.races {
+            spec.journal.count(Count::ExpiryRaces, 1);
+            spec.journal.event(
+                &crate::plan::client_name(spec.index),
+                format!("paying at the last moment: confirm sent {}ms after deciding to", planned.delay.as_millis()),
+            );
+        }
+        if !planned.delay.is_zero() {
+            tokio::time::sleep(planned.delay).await;
+        }
         let key = planned.keyed.then(|| format!("c{}-o{op}", spec.index + 1));
         spec.journal.count(Count::Operations, 1);
         let attempt = Attempt { spec: &spec, planned: &planned, op, key: key.as_deref() };
         match perform(attempt, &mut rng, &mut duplicates).await {
             Some(reply) => {
                 spec.journal.count(Count::OperationsCompleted, 1);
+                count_answer(&spec.journal, &planned, &reply);
                 if (200..300).contains(&reply.status) {
                     (kind.learn)(&mut state, &planned, &reply);
+                } else if let Some(index) = planned.order.filter(|_| is_code(&reply, "order_expired")) {
+                    state.orders[index].status = "expired".to_owned();
+                }
+                for count in state.noted.drain(..) {
+                    spec.journal.count(count, 1);
                 }
             }
             None => {

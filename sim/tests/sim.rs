@@ -3,7 +3,7 @@
 //! checks that the runs did the work it is about).
 
 use tally_sim::journal::Count;
-use tally_sim::plan::{KnownIssue, Options, Profile};
+use tally_sim::plan::{KnownIssue, Options, Plan, Profile};
 use tally_sim::run::{SeedOutcome, run_seed};
 
 fn options(profile: Profile) -> Options {
@@ -82,6 +82,31 @@ fn faulty_seeds_keep_every_promise() {
         Count::ReplaysServed,
         Count::DuplicateInFlight409,
         Count::GatewayOutcomeUnknown,
+    ] {
+        assert!(total.get(reached) > 0, "never reached: {}", reached.name());
+    }
+}
+
+/// Invariants 5–8 end to end: swarm seeds order scarce stock and queued
+/// seats, pay, cancel and abandon orders, and race the expiry sweeper; the
+/// oracle finds nothing, and every path was really taken.
+#[test]
+fn inventory_seeds_keep_every_promise() {
+    let mut total = tally_sim::journal::Counts::default();
+    let swarm = options(Profile::Swarm);
+    let racing = (212..).filter(|&seed| Plan::draw(seed, &swarm).inventory.races_expiry).take(2);
+    for seed in (200..212).chain(racing) {
+        let outcome = run_seed(seed, &swarm);
+        assert_clean(&outcome);
+        total.merge(&outcome.counts);
+    }
+    for reached in [
+        Count::OrdersCreated,
+        Count::OrdersPaid,
+        Count::OutOfStock,
+        Count::SeatUnavailable,
+        Count::OrdersSwept,
+        Count::ExpiryRaces,
     ] {
         assert!(total.get(reached) > 0, "never reached: {}", reached.name());
     }

@@ -373,7 +373,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         match self.run(user, &command, Some(&held)).await {
             Ok(outcome) => Ok(Executed::Fresh(outcome)),
             Err(error) => {
-                self.settle(&held, &error).await;
+                let stored = self.settle(&held, &error).await;
+                if error.is_refusal() && !stored {
+                    // The refusal could not be stored under the key (its
+                    // commit failed): answering it now would let a retry run
+                    // the request again and answer differently. Say "retry"
+                    // instead; the retry meets the key in flight or free.
+                    return Err(Error::Busy("the answer could not be recorded; retry"));
+                }
                 Err(error)
             }
         }
@@ -427,28 +434,32 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// key so the client can retry. Only while the record is still ours and in
     /// flight — after an ambiguous commit it may already be completed, and then
     /// it must stay so. If this fails too, the lease expiry frees the key.
-    async fn settle(&self, held: &Held<'_>, error: &Error) {
+    /// Returns whether a refusal was stored (always true for other errors).
+    async fn settle(&self, held: &Held<'_>, error: &Error) -> bool {
         if *error == Error::LeaseLost {
-            return;
+            return true;
         }
         let response = if error.is_refusal() { (held.render)(&Err(error.clone())) } else { None };
         let keys = LockSet::new([LockKey::Idempotency(held.scope.clone())]);
+        let refusal = response.is_some();
         let Ok(_guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
-            return;
+            return !refusal;
         };
         let Ok(mut tx) = self.store.begin().await else {
-            return;
+            return !refusal;
         };
         let Ok(Some(record)) = tx.idempotency(&held.scope).await else {
-            return;
+            return !refusal;
         };
         let written = match response.and_then(|r| record.complete(held.lease, r, None)) {
             Some(completed) => tx.put_idempotency(Some(&record), &completed).await,
             None if record.held_by(held.lease) => tx.delete_idempotency(&record).await,
-            None => return,
+            // Taken over: the key now answers for another request.
+            None => return !refusal,
         };
-        if written.is_ok() {
-            let _ = tx.commit().await;
+        match written {
+            Ok(()) => tx.commit().await.is_ok() || !refusal,
+            Err(_) => !refusal,
         }
     }
 

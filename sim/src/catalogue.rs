@@ -1,0 +1,84 @@
+//! What the deployment sells: the plan's products (scarce stock) and its one
+//! event (one showtime of a few seats behind a small waiting queue), created
+//! directly in the database before any host starts — as an operator would
+//! have set them up — with deterministic ids from the run's sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_core::app::{NewSeat, NewShowtime};
+use tally_core::ids::{IdGen, SeqIds, UserId};
+use tally_core::money::Amount;
+use tally_core::{Command, Executed, Outcome, Tally};
+use tally_mem::MemStore;
+
+use crate::clock::{EPOCH, SimClock};
+use crate::plan::Inventory;
+use crate::run::now_or_never;
+use crate::server;
+use crate::workload::TAG_SPACE;
+
+/// A product as the clients and the oracle know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogueProduct {
+    pub id: String,
+    /// Its stock when the run began (restocks add to it).
+    pub initial: u64,
+}
+
+/// The ids the clients order by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalogue {
+    pub products: Vec<CatalogueProduct>,
+    pub event: Option<String>,
+    pub seats: Vec<String>,
+}
+
+fn price(units: u64) -> Amount {
+    Amount::new(i64::try_from(units).expect("small") * TAG_SPACE).expect("a valid price")
+}
+
+/// Creates `inventory`'s products and event as the admin.
+pub fn create(memory: &MemStore, clock: &SimClock, ids: &Arc<SeqIds>, inventory: &Inventory) -> Catalogue {
+    let setup = Tally::new(
+        memory.clone(),
+        tally_core::store::NoLocks,
+        clock.clone(),
+        Arc::clone(ids) as Arc<dyn IdGen>,
+        server::core_config(inventory.order_ttl),
+    );
+    let run = |command: Command| match now_or_never(setup.execute(UserId::ADMIN, command, None)) {
+        Ok(Executed::Fresh(outcome)) => outcome,
+        other => panic!("creating the catalogue in memory succeeds, not {other:?}"),
+    };
+    let products = inventory
+        .products
+        .iter()
+        .enumerate()
+        .map(|(index, &(units, stock))| {
+            let command = Command::CreateProduct { name: format!("product {index}"), price: price(units), stock };
+            match run(command) {
+                Outcome::Product(product) => CatalogueProduct { id: product.id.to_string(), initial: stock },
+                other => panic!("a product, not {other:?}"),
+            }
+        })
+        .collect();
+    let seats = inventory
+        .seats
+        .iter()
+        .enumerate()
+        .map(|(index, &units)| NewSeat { label: format!("A{}", index + 1), price: price(units) })
+        .collect();
+    let command = Command::CreateEvent {
+        name: "the concert".into(),
+        active_limit: inventory.active_limit,
+        token_ttl: inventory.token_ttl,
+        showtimes: vec![NewShowtime { starts_at: EPOCH.plus(Duration::from_secs(30 * 86_400)), seats }],
+    };
+    let Outcome::Event(view) = run(command) else { panic!("creating an event answers the event") };
+    Catalogue {
+        products,
+        event: Some(view.event.id.to_string()),
+        seats: view.showtimes.iter().flat_map(|(_, seats)| seats.iter().map(|s| s.id.to_string())).collect(),
+    }
+}
