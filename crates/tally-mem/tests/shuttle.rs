@@ -27,13 +27,14 @@ use shuttle::thread;
 use tally_core::app::{Command, Executed, Outcome};
 use tally_core::catalog::StockError;
 use tally_core::check::assert_holds;
-use tally_core::ids::PaymentId;
+use tally_core::gateway::Gateway;
+use tally_core::ids::{PaymentId, UserId};
 use tally_core::money::Money;
 use tally_core::order::{OrderError, OrderStatus};
 use tally_core::payment::{InvalidTransition, Method, PaymentEvent, PaymentStatus};
 use tally_core::queue::TokenStatus;
 use tally_core::store::LockManager;
-use tally_core::time::ManualClock;
+use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::{LimitKind, Limits, WalletError};
 use tally_core::{Error, Tally};
 use tally_mem::{MemGateway, MemStore};
@@ -427,6 +428,29 @@ fn opposite_orders<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     });
 }
 
+/// Races `confirm` against the expiry sweeper while the clock crosses the
+/// order's TTL (`ttl_end`); returns the confirm's answer and how many
+/// orders the sweep expired.
+fn confirm_racing_sweep<L: LockManager, G: Gateway>(
+    app: &Arc<Tally<MemStore, L, ManualClock, G>>,
+    user: UserId,
+    confirm: Command,
+    ttl_end: Timestamp,
+) -> (Result<Executed, Error>, usize) {
+    let confirming = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, confirm, None)))
+    };
+    let sweeping = {
+        let app = app.clone();
+        thread::spawn(move || {
+            app.clock().set(ttl_end);
+            block_on(app.expire_orders(16))
+        })
+    };
+    (confirming.join().unwrap(), sweeping.join().unwrap().expect("sweep"))
+}
+
 /// Seed 004's scheduled job racing the payment: the clock crosses the TTL
 /// while a confirm and the sweeper run. Either the order is paid (stock
 /// consumed, one charge, the sweeper expired nothing) or it expired (stock
@@ -439,20 +463,7 @@ fn confirm_vs_sweeper<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>)
         let pay = order_payment(&app, user, order.id).await;
         (user, product, order, pay)
     });
-    let ttl_end = order.expires_at;
-    let confirming = {
-        let app = app.clone();
-        thread::spawn(move || block_on(app.execute(user, confirm(pay), None)))
-    };
-    let sweeping = {
-        let app = app.clone();
-        thread::spawn(move || {
-            app.clock().set(ttl_end);
-            block_on(app.expire_orders(16))
-        })
-    };
-    let confirmed = confirming.join().unwrap();
-    let swept = sweeping.join().unwrap().expect("sweep");
+    let (confirmed, swept) = confirm_racing_sweep(&app, user, confirm(pay), order.expires_at);
     block_on(async {
         let now = app.order(user, order.id).await.unwrap();
         if is_done(&confirmed) {
@@ -593,20 +604,7 @@ fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, MemGateway)) {
         };
         (user, product, order, pay)
     });
-    let ttl_end = order.expires_at;
-    let confirming = {
-        let app = app.clone();
-        thread::spawn(move || block_on(app.execute(user, gateway_confirm(pay), None)))
-    };
-    let sweeping = {
-        let app = app.clone();
-        thread::spawn(move || {
-            app.clock().set(ttl_end);
-            block_on(app.expire_orders(16))
-        })
-    };
-    let confirmed = confirming.join().unwrap();
-    let swept = sweeping.join().unwrap().expect("sweep");
+    let (confirmed, swept) = confirm_racing_sweep(&app, user, gateway_confirm(pay), order.expires_at);
     block_on(async {
         let later = app.expire_orders(16).await.unwrap();
         let now = app.order(user, order.id).await.unwrap();
