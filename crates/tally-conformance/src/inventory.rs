@@ -35,7 +35,8 @@ async fn admin<S: Store, L: LockManager>(app: &App<S, L>, command: Command) -> R
 }
 
 async fn new_product<S: Store, L: LockManager>(app: &App<S, L>, price: i64, stock: u64) -> Product {
-    let command = Command::CreateProduct { name: "widget".into(), price: amount(price), stock };
+    // No payback on products here: the cases count money by the price.
+    let command = Command::CreateProduct { name: "widget".into(), price: amount(price), stock, payback_bps: Some(0) };
     match admin(app, command).await {
         Ok(Outcome::Product(product)) => product,
         other => panic!("create product: {other:?}"),
@@ -60,6 +61,7 @@ async fn new_event<S: Store, L: LockManager>(app: &App<S, L>, limit: u32, labels
         name: "concert".into(),
         active_limit: limit,
         token_ttl: TOKEN_TTL,
+        max_seats_per_token: tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT,
         showtimes: vec![NewShowtime { starts_at: app.now().plus(Duration::from_secs(86_400)), seats }],
     };
     match admin(app, command).await {
@@ -99,7 +101,7 @@ async fn order_payment<S: Store, L: LockManager>(
     user: UserId,
     order: OrderId,
 ) -> Result<Payment, Error> {
-    let command = Command::CreateOrderPayment { order, payback: None, method: Method::Wallet };
+    let command = Command::CreateOrderPayment { order, method: Method::Wallet };
     match app.execute(user, command, None).await? {
         Executed::Fresh(Outcome::Payment(payment)) => Ok(payment),
         other => panic!("create order payment answered {other:?}"),

@@ -105,7 +105,12 @@ async fn balance<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, user:
 
 /// Runs every case; panics with the case's name on the first failure.
 /// Returns the names of the cases run.
+/// The merchant's default payback the suite's app must be configured with,
+/// so that every payment case also moves a payback.
+pub const PAYBACK_BPS: u32 = 1_000;
+
 pub async fn run_all<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, profile: Profile) -> Vec<&'static str> {
+    assert_eq!(app.config().payback_bps, PAYBACK_BPS, "the suite runs with a 10 % default payback");
     let mut ran = Vec::new();
     macro_rules! case {
         ($name:ident) => {
@@ -194,7 +199,8 @@ async fn payment_lifecycle_round_trips_every_field<S: Store, L: LockManager>(
     _: Profile,
 ) {
     let id = user(app, Limits::default(), 1_000).await;
-    let create = Command::CreatePayment { amount: amount(400), payback: Some(amount(40)), method: Method::Wallet };
+    // The merchant's 10 % payback: 40.
+    let create = Command::CreatePayment { amount: amount(400), method: Method::Wallet };
     let Ok(Executed::Fresh(Outcome::Payment(created))) = app.execute(id, create, None).await else {
         panic!("create payment")
     };
@@ -351,7 +357,7 @@ async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager
     _: Profile,
 ) {
     let id = user(app, Limits::default(), 500).await;
-    let create = Command::CreatePayment { amount: amount(100), payback: None, method: Method::Wallet };
+    let create = Command::CreatePayment { amount: amount(100), method: Method::Wallet };
     let Ok(Executed::Fresh(Outcome::Payment(payment))) = app.execute(id, create, None).await else { panic!("create") };
     app.execute(id, Command::ConfirmPayment { payment: payment.id, payment_key: None }, None).await.expect("confirm");
     let snapshot = app.snapshot().await.expect("snapshot");
@@ -370,7 +376,7 @@ async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager
         }
     };
     assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
-    assert_eq!(balance(app, id).await, Money::new(400));
+    assert_eq!(balance(app, id).await, Money::new(410), "paid 100, 10 back");
 }
 
 async fn expired_keys_are_reaped_live_ones_kept<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {

@@ -32,7 +32,7 @@ use crate::ids::{EventId, IdGen, OpId, OrderId, PaymentId, ProductId, SeatId, To
 use crate::ledger::{Booking, Transfer};
 use crate::money::{Amount, Money};
 use crate::order::Order;
-use crate::payment::{Method, Payment, PaymentEvent, PaymentStatus};
+use crate::payment::{self, Method, Payment, PaymentEvent, PaymentStatus};
 use crate::store::{LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
 use crate::time::{Clock, Timestamp};
 use crate::wallet::{LimitKind, Limits, Wallet, WalletError};
@@ -55,6 +55,9 @@ pub struct Config {
     pub pause_after_gateway: Duration,
     /// How long an unpaid order holds its stock and seats.
     pub order_ttl: Duration,
+    /// The merchant's default payback, in basis points: of a payment for an
+    /// amount, of an order's seats, and of a product created without a rate.
+    pub payback_bps: u32,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             gateway_give_up_after: Duration::from_secs(120),
             pause_after_gateway: Duration::ZERO,
             order_ttl: Duration::from_secs(300),
+            payback_bps: 0,
         }
     }
 }
@@ -81,9 +85,10 @@ pub enum Command {
     TopUp {
         amount: Amount,
     },
+    /// The payback is the merchant's policy ([`Config::payback_bps`]),
+    /// never the customer's choice.
     CreatePayment {
         amount: Amount,
-        payback: Option<Amount>,
         method: Method,
     },
     /// `payment_key`: the gateway's key for a gateway payment (none for a wallet one).
@@ -97,14 +102,15 @@ pub enum Command {
     /// A payment for an order: the amount is the order's total.
     CreateOrderPayment {
         order: OrderId,
-        payback: Option<Amount>,
         method: Method,
     },
-    /// Admin.
+    /// Admin. `payback_bps`: the product's payback rate (none: the service
+    /// default).
     CreateProduct {
         name: String,
         price: Amount,
         stock: u64,
+        payback_bps: Option<u32>,
     },
     /// Admin.
     Restock {
@@ -116,6 +122,7 @@ pub enum Command {
         name: String,
         active_limit: u32,
         token_ttl: Duration,
+        max_seats_per_token: u32,
         showtimes: Vec<NewShowtime>,
     },
     /// Joins the event's waiting queue (or answers the caller's live token).
@@ -220,6 +227,14 @@ enum Step {
     Call(Payment, Call, Answer),
 }
 
+/// What recording a gateway verdict left to do.
+enum Recorded {
+    /// The payment reached a resting state (or stays pending): answer this.
+    Final(Outcome),
+    /// The payment now owes a refund (`refunding`, committed): send it.
+    Refund(Payment),
+}
+
 /// The service: the use cases over a store, a lock manager, a clock and a
 /// payment gateway.
 pub struct Tally<S, L, C, G = NoGateway> {
@@ -242,6 +257,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C, NoGateway> {
     pub fn new(store: S, locks: L, clock: C, ids: Arc<dyn IdGen>, config: Config) -> Self {
         assert!(config.attempts_max >= 1, "a use case runs at least once");
         assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
+        assert!(config.payback_bps <= crate::payment::PAYBACK_BPS_MAX, "a payback rate is at most 100 %");
         Tally { store, locks, clock, gateway: NoGateway, ids, config }
     }
 
@@ -569,7 +585,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     /// Phase 3 of a gateway payment: the one foreign call, then its verdict.
     /// A confirm whose answer is unclear is followed by a lookup — never by a
-    /// second confirm.
+    /// second confirm. A verdict that leaves a refund owed (`refunding`) is
+    /// followed by the refund, and the key is completed only with the
+    /// payment's resting state.
     async fn call_and_settle(
         &self,
         payment: &Payment,
@@ -577,11 +595,32 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         held: Option<&Held<'_>>,
         answer: Answer,
     ) -> Result<Outcome, Error> {
+        let mut payment = payment.clone();
+        let mut call = call;
+        // Confirm → (refund) at most: two rounds.
+        for _ in 0..2 {
+            let verdict = self.call_gateway(&payment, &call).await;
+            if !self.config.pause_after_gateway.is_zero() {
+                self.clock.sleep(self.config.pause_after_gateway).await;
+            }
+            match self.settle_verdict(&payment, &verdict, held, answer).await? {
+                Recorded::Final(outcome) => return Ok(outcome),
+                Recorded::Refund(refunding) => {
+                    payment = refunding;
+                    call = Call::Cancel;
+                }
+            }
+        }
+        unreachable!("a refund's verdict is final or pending")
+    }
+
+    /// The one foreign call of a phase.
+    async fn call_gateway(&self, payment: &Payment, call: &Call) -> Verdict {
         let attempt = payment.gateway.as_ref().expect("a gateway call has its attempt");
         let key = attempt.payment_key.as_str();
-        let verdict = match call {
+        match call {
             Call::Confirm => {
-                let order_id = payment.id.to_string();
+                let order_id = gateway::order_id(payment.id);
                 let said =
                     self.gateway.confirm(key, &order_id, payment.amount, &gateway::confirm_key(payment.id)).await;
                 match said {
@@ -593,23 +632,25 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
             }
             Call::Lookup => Verdict::Lookup(self.gateway.lookup(key).await),
-            Call::Cancel => Verdict::Cancel(self.gateway.cancel(key, &gateway::cancel_key(payment.id)).await),
-        };
-        if !self.config.pause_after_gateway.is_zero() {
-            self.clock.sleep(self.config.pause_after_gateway).await;
+            // Only for a charge recorded as ours: a cancelling payment was
+            // done, a refunding one was charged with our order id.
+            Call::Cancel => {
+                debug_assert!(matches!(payment.status, PaymentStatus::Cancelling | PaymentStatus::Refunding));
+                Verdict::Cancel(self.gateway.cancel(key, &gateway::cancel_key(payment.id)).await)
+            }
         }
-        self.settle_verdict(payment, &verdict, held, answer).await
     }
 
-    /// Records a gateway verdict (and completes the idempotency key) in one
-    /// transaction under the payment's and the wallet's locks.
+    /// Records a gateway verdict (and completes the idempotency key, unless
+    /// a refund is still owed) in one transaction under the payment's and
+    /// the wallet's locks.
     async fn settle_verdict(
         &self,
         payment: &Payment,
         verdict: &Verdict,
         held: Option<&Held<'_>>,
         answer: Answer,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Recorded, Error> {
         let user = payment.user;
         let started = payment.gateway.as_ref().map_or(payment.updated_at, |a| a.sent_at);
         let give_up_at = started.plus(self.config.gateway_give_up_after);
@@ -623,8 +664,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
             let mut tx = self.store.begin().await?;
             let result = self.settle_in(&mut tx, payment.id, user, verdict, give_up_at, held, answer, &keys).await;
-            let (outcome, cancel_at_gateway) = match result {
-                Ok(settled) => settled,
+            let recorded = match result {
+                Ok(recorded) => recorded,
                 Err(error) => {
                     tx.rollback().await;
                     if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
@@ -636,17 +677,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let committed = tx.commit().await;
             drop(guard);
             match committed {
-                Ok(()) => {}
+                Ok(()) => return Ok(recorded),
                 Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
                 Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
             }
-            if let (true, Some(attempt)) = (cancel_at_gateway, &payment.gateway) {
-                // The charge was for another amount and the payment failed:
-                // give the money back. Idempotent at the gateway; a failure
-                // here leaves a charge to reconcile by hand (logged by the caller).
-                let _ = self.gateway.cancel(&attempt.payment_key, &gateway::cancel_key(payment.id)).await;
-            }
-            return Ok(outcome);
         }
     }
 
@@ -661,7 +695,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         held: Option<&Held<'_>>,
         answer: Answer,
         locked: &LockSet,
-    ) -> Result<(Outcome, bool), Error> {
+    ) -> Result<Recorded, Error> {
         let record = self.held_record(tx, held).await?;
         let loaded = tx.payment(payment).await?.ok_or(Error::NotFound)?;
         let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
@@ -670,19 +704,22 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let booking = Booking { op, origin, at: self.clock.now() };
         let ids = &self.ids;
         let mut next_id = || TransferId(ids.next_id());
-        let (payment, order, cancel_at_gateway) =
-            match decide::settle(&loaded, &wallet, verdict, give_up_at, &booking, &mut next_id)? {
-                Settled::Pending => return Err(Error::OutcomePending),
-                Settled::AlreadySettled(current) => {
-                    let order = self.follow_order(tx, &current, &current, booking.at, locked).await?;
-                    (current, order, false)
-                }
-                Settled::Booked { decision, cancel_at_gateway } => {
-                    self.persist(tx, &loaded, &wallet, &decision).await?;
-                    let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
-                    (decision.payment, order, cancel_at_gateway)
-                }
-            };
+        let (payment, order) = match decide::settle(&loaded, &wallet, verdict, give_up_at, &booking, &mut next_id)? {
+            Settled::Pending => return Err(Error::OutcomePending),
+            Settled::AlreadySettled(current) => {
+                let order = self.follow_order(tx, &current, &current, booking.at, locked).await?;
+                (current, order)
+            }
+            Settled::Booked(decision) => {
+                self.persist(tx, &loaded, &wallet, &decision).await?;
+                let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
+                (decision.payment, order)
+            }
+        };
+        if payment.status == PaymentStatus::Refunding && loaded.status != PaymentStatus::Refunding {
+            // The refund is owed, durably; the key waits for its outcome.
+            return Ok(Recorded::Refund(payment));
+        }
         let outcome = match (answer, order) {
             (Answer::Order, Some(order)) => Outcome::Order(self.order_view(order)),
             _ => Outcome::Payment(payment),
@@ -690,13 +727,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         if let (Some(held), Some(record)) = (held, record) {
             self.complete(tx, held, &record, &outcome, op).await?;
         }
-        Ok((outcome, cancel_at_gateway))
+        Ok(Recorded::Final(outcome))
     }
 
-    /// The completer: gateway payments stuck in `confirming` or `cancelling`
-    /// for longer than `older_than` (a crash, a timeout) are claimed (their
-    /// attempt's clock restarts, so another instance skips them) and resolved
-    /// by a lookup or a re-sent cancel. Returns how many were resolved.
+    /// The completer: gateway payments stuck in `confirming`, `cancelling`
+    /// or `refunding` for longer than `older_than` (a crash, a timeout) are
+    /// claimed (their attempt's clock restarts, so another instance skips
+    /// them) and resolved by a lookup or a re-sent cancel. Every claimed
+    /// payment is tried, whatever happens to the others; returns how many
+    /// were resolved, or the first error once all were tried.
     pub async fn resolve_stuck(&self, older_than: Duration, limit: usize) -> Result<usize, Error> {
         assert!(limit > 0 && limit <= crate::store::LOCK_SET_SIZE_MAX, "a completer batch is 1 to 64 payments");
         let now = self.clock.now();
@@ -714,8 +753,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let mut claimed = Vec::new();
         for candidate in &candidates {
             let Some(current) = tx.payment(candidate.id).await? else { continue };
-            let still_stuck = matches!(current.status, PaymentStatus::Confirming | PaymentStatus::Cancelling)
-                && current.gateway.as_ref().is_some_and(|a| a.started_at < before);
+            let still_stuck =
+                current.status.in_flight() && current.gateway.as_ref().is_some_and(|a| a.started_at < before);
             if still_stuck {
                 let touched = current.transition(PaymentEvent::Touch, now)?;
                 tx.put_payment(Some(&current), &touched).await?;
@@ -725,15 +764,25 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         tx.commit().await?;
         drop(guard);
         let mut resolved = 0;
+        let mut first_error = None;
         for payment in claimed {
-            let call = if payment.status == PaymentStatus::Confirming { Call::Lookup } else { Call::Cancel };
+            let call = Call::to_resolve(payment.status).expect("claimed payments are in flight");
             match self.call_and_settle(&payment, call, None, Answer::Payment).await {
                 Ok(_) => resolved += 1,
                 Err(Error::OutcomePending) => {}
-                Err(error) => return Err(error),
+                // The mutant abandons the rest of the batch it claimed.
+                Err(error) if crate::mutant::active("completer_gives_up") => return Err(error),
+                // One payment that cannot be settled now must not starve the
+                // others: try them all, report the first failure after.
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
-        Ok(resolved)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(resolved),
+        }
     }
 
     async fn apply(
@@ -754,7 +803,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 tx.append_transfers(std::slice::from_ref(&transfer)).await?;
                 Ok(Step::Done(Outcome::TopUp { transfer, balance: next.balance }))
             }
-            Command::CreatePayment { amount, payback, method } => {
+            Command::CreatePayment { amount, method } => {
                 if *method == Method::Gateway && !self.gateway.enabled() {
                     return Err(Error::InvalidInput("gateway payments are not configured on this server"));
                 }
@@ -763,8 +812,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 if *method == Method::Wallet && wallet.limits.per_payment.is_some_and(|limit| amount.money() > limit) {
                     return Err(WalletError::LimitExceeded(LimitKind::PerPayment).into());
                 }
-                let payment =
-                    Payment::new(PaymentId(self.ids.next_id()), user, *amount, *payback, *method, booking.at)?;
+                let payback = Amount::new(payment::payback_of(*amount, self.config.payback_bps).minor_units()).ok();
+                let payment = Payment::new(PaymentId(self.ids.next_id()), user, *amount, payback, *method, booking.at)?;
                 tx.put_payment(None, &payment).await?;
                 Ok(Step::Done(Outcome::Payment(payment)))
             }
@@ -786,15 +835,20 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
                 self.cancel_payment(tx, user, loaded, booking, locked, Answer::Payment).await
             }
-            Command::CreateOrderPayment { order, payback, method } => {
-                self.create_order_payment(tx, user, *order, *payback, *method, booking).await
+            Command::CreateOrderPayment { order, method } => {
+                self.create_order_payment(tx, user, *order, *method, booking).await
             }
-            Command::CreateProduct { name, price, stock } => {
-                self.create_product(tx, name, *price, *stock, booking).await
+            Command::CreateProduct { name, price, stock, payback_bps } => {
+                self.create_product(tx, name, *price, *stock, *payback_bps, booking).await
             }
             Command::Restock { product, quantity } => self.restock(tx, *product, *quantity, booking).await,
-            Command::CreateEvent { name, active_limit, token_ttl, showtimes } => {
-                self.create_event(tx, name, *active_limit, *token_ttl, showtimes, booking).await
+            Command::CreateEvent { name, active_limit, token_ttl, max_seats_per_token, showtimes } => {
+                let settings = orders::QueueSettings {
+                    active_limit: *active_limit,
+                    token_ttl: *token_ttl,
+                    max_seats_per_token: *max_seats_per_token,
+                };
+                self.create_event(tx, name, settings, showtimes, booking).await
             }
             Command::JoinQueue { event } => self.join_queue(tx, user, *event, booking).await,
             Command::QueueStatus { token } => self.queue_status(tx, user, *token, booking, locked).await,
@@ -820,10 +874,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let mut next_id = || TransferId(ids.next_id());
         match (loaded.method, loaded.status) {
             // Money went through the gateway: it must come back through it.
+            // Its payback is reversed first, in this transaction: refused
+            // now (the cashback was spent) rather than after the card was
+            // refunded.
             (Method::Gateway, PaymentStatus::Done) => {
-                let cancelling = loaded.transition(PaymentEvent::BeginCancel, booking.at)?;
-                tx.put_payment(Some(&loaded), &cancelling).await?;
-                Ok(Step::Call(cancelling, Call::Cancel, answer))
+                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+                let decision = decide::begin_cancel(&loaded, &wallet, booking, &mut next_id)?;
+                self.persist(tx, &loaded, &wallet, &decision).await?;
+                Ok(Step::Call(decision.payment, Call::Cancel, answer))
             }
             // A cancel whose outcome is unknown: the gateway's cancel
             // is idempotent, so asking again is safe.
@@ -841,9 +899,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
     }
 
-    /// `wait → confirming` and commit: the permit to send the confirm once.
-    /// A payment already confirming (another request is sending it, or one
-    /// crashed after sending it) is looked up instead.
+    /// `wait → confirming` and commit: the permit to send the confirm once,
+    /// with the payment key claimed and the payback's room held. A payment
+    /// already confirming (another request is sending it, or one crashed
+    /// after sending it) is looked up instead; one owing a refund sends it.
     async fn begin_gateway_confirm(
         &self,
         tx: &mut S::Tx,
@@ -852,15 +911,29 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         booking: &Booking,
         locked: &LockSet,
     ) -> Result<Step, Error> {
-        if loaded.status == PaymentStatus::Confirming {
-            return Ok(Step::Call(loaded, Call::Lookup, Answer::Payment));
+        if let (PaymentStatus::Confirming | PaymentStatus::Refunding, Some(call)) =
+            (loaded.status, Call::to_resolve(loaded.status))
+        {
+            return Ok(Step::Call(loaded, call, Answer::Payment));
         }
         let Some(payment_key) = payment_key else {
             return Err(Error::InvalidInput("a gateway payment is confirmed with its payment_key"));
         };
-        let event = PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned() };
-        let confirming = loaded.transition(event, booking.at)?;
+        // A key belongs to one payment, forever: another payment's key would
+        // make one card charge pay two payments (and its refund undo both).
+        let unbound = crate::mutant::active("payment_key_unbound");
+        if !unbound {
+            ensure_key_locked(locked, payment_key)?;
+            if tx.payment_by_key(payment_key).await?.is_some_and(|owner| owner != loaded.id) {
+                return Err(Error::PaymentKeyInUse);
+            }
+        }
+        let wallet = tx.wallet(loaded.user).await?.ok_or(Error::NotFound)?;
+        let (confirming, held) = decide::begin_confirm(&loaded, &wallet, payment_key, booking.at)?;
         tx.put_payment(Some(&loaded), &confirming).await?;
+        if held != wallet {
+            tx.put_wallet(Some(&wallet), &held).await?;
+        }
         // The order is marked as being paid before the charge is sent, so
         // the sweeper cannot expire it while the money may be on its way.
         self.follow_order(tx, &loaded, &confirming, booking.at, locked).await?;
@@ -888,6 +961,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
+}
+
+/// A payment key is claimed under its lock (the peek that chose the locks
+/// saw the request's key, so this only fails on a bug).
+fn ensure_key_locked(locked: &LockSet, payment_key: &str) -> Result<(), Error> {
+    let key = LockKey::PaymentKey(payment_key.to_owned());
+    if locked.keys().binary_search(&key).is_err() {
+        return Err(Error::Store(StoreError::Integrity("payment key claimed without its lock".into())));
+    }
+    Ok(())
 }
 
 fn conflicts_exhausted(error: Error) -> Error {

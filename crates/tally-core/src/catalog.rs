@@ -32,6 +32,10 @@ pub const SEATS_PER_EVENT_MAX: usize = 10_000;
 /// Bounds on an event's queue settings.
 pub const ACTIVE_LIMIT_MAX: u32 = 10_000;
 pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Seats one queue token may hold across its live orders unless the event
+/// says otherwise (SPEC.md), and the most an event may allow.
+pub const MAX_SEATS_PER_TOKEN_DEFAULT: u32 = 4;
+pub const MAX_SEATS_PER_TOKEN_MAX: u32 = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Product {
@@ -42,6 +46,9 @@ pub struct Product {
     pub stock: u64,
     /// Units ever put in stock (initial stock plus every restock).
     pub stocked: u64,
+    /// The merchant's payback on this product, in basis points of the
+    /// price (resolved from the service default when it was created).
+    pub payback_bps: u32,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: u64,
@@ -70,11 +77,19 @@ pub enum StockError {
 }
 
 impl Product {
-    pub fn new(id: ProductId, name: String, price: Amount, stock: u64, now: Timestamp) -> Result<Product, StockError> {
+    pub fn new(
+        id: ProductId,
+        name: String,
+        price: Amount,
+        stock: u64,
+        payback_bps: u32,
+        now: Timestamp,
+    ) -> Result<Product, StockError> {
         if stock > STOCK_MAX {
             return Err(StockError::TooMuchStock(id));
         }
-        Ok(Product { id, name, price, stock, stocked: stock, created_at: now, updated_at: now, version: 0 })
+        assert!(payback_bps <= crate::payment::PAYBACK_BPS_MAX, "payback rates are validated at the boundary");
+        Ok(Product { id, name, price, stock, stocked: stock, payback_bps, created_at: now, updated_at: now, version: 0 })
     }
 
     /// The transition function.
@@ -126,6 +141,9 @@ pub struct Event {
     pub head_seq: u64,
     /// Tokens currently active. Kept equal to the count of active token rows.
     pub active_count: u32,
+    /// Seats one token may hold across its live orders, so that one active
+    /// token cannot hoard a showtime (SPEC.md).
+    pub max_seats_per_token: u32,
     pub created_at: Timestamp,
     pub version: u64,
 }
@@ -209,7 +227,7 @@ mod tests {
     use super::*;
 
     fn product(stock: u64) -> Product {
-        Product::new(ProductId(1), "p".into(), Amount::new(100).unwrap(), stock, Timestamp(0)).unwrap()
+        Product::new(ProductId(1), "p".into(), Amount::new(100).unwrap(), stock, 0, Timestamp(0)).unwrap()
     }
 
     #[test]

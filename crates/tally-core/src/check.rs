@@ -93,6 +93,7 @@ pub fn check(snapshot: &Snapshot) -> Vec<Violation> {
     check_conservation(snapshot, &mut report);
     check_stock(snapshot, &mut report);
     check_seats(snapshot, &mut report);
+    check_token_seats(snapshot, &mut report);
     check_orders(snapshot, &mut report);
     check_queues(snapshot, &mut report);
     found
@@ -119,6 +120,16 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
     for id in by_payment.keys().filter(|id| !known.contains(id)) {
         report(inv, format!("transfers name unknown payment {id}"));
     }
+    // A gateway payment key belongs to one payment, forever: one card charge
+    // can never pay (or be refunded for) two payments.
+    let mut by_key: BTreeMap<&str, PaymentId> = BTreeMap::new();
+    for payment in &snapshot.payments {
+        if let Some(attempt) = &payment.gateway {
+            if let Some(other) = by_key.insert(attempt.payment_key.as_str(), payment.id) {
+                report(inv, format!("payments {other} and {} claim one payment key", payment.id));
+            }
+        }
+    }
     for payment in &snapshot.payments {
         let transfers = by_payment.get(&payment.id).map(Vec::as_slice).unwrap_or_default();
         let count = |kind: TransferKind| transfers.iter().filter(|t| t.kind == kind).count();
@@ -126,7 +137,8 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
         let (paybacks, reversals) = (count(TransferKind::Payback), count(TransferKind::PaybackReversal));
         let expected_charges = match payment.status {
             PaymentStatus::Done | PaymentStatus::Cancelling => 1,
-            PaymentStatus::Wait | PaymentStatus::Confirming | PaymentStatus::Failed => 0,
+            // Refunding: a wrong charge on its way back; our books never took it.
+            PaymentStatus::Wait | PaymentStatus::Confirming | PaymentStatus::Failed | PaymentStatus::Refunding => 0,
             // Cancelled from wait: nothing moved; from done: one charge, one refund.
             PaymentStatus::Cancelled => charges.min(1),
         };
@@ -142,7 +154,10 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
             );
         }
         let with_payback = usize::from(!payment.payback.is_negative() && payment.payback != Money::ZERO);
-        if paybacks != expected_charges * with_payback || reversals != expected_refunds * with_payback {
+        // A gateway cancel reverses the payback when it begins, before the
+        // refund is sent (no refusal after an irreversible foreign effect).
+        let expected_reversals = if payment.status == PaymentStatus::Cancelling { 1 } else { expected_refunds };
+        if paybacks != expected_charges * with_payback || reversals != expected_reversals * with_payback {
             report(inv, format!("payment {} has {paybacks} payback(s) and {reversals} reversal(s)", payment.id));
         }
         for transfer in transfers {
@@ -243,19 +258,47 @@ fn check_wallets(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)
             lines.entry(side.user).or_default().push(transfer);
         }
     }
+    let mut held: BTreeMap<UserId, Money> = BTreeMap::new();
+    for payment in snapshot.payments.iter().filter(|p| p.status == crate::payment::PaymentStatus::Confirming) {
+        let total = held.entry(payment.user).or_default();
+        *total = total.checked_add(payment.payback).expect("bounded sums");
+    }
     for wallet in &snapshot.wallets {
         let user = wallet.user;
         if wallet.balance.is_negative() {
             report(inv, format!("wallet {user} balance {} is negative", wallet.balance));
         }
-        if let Some(max) = wallet.limits.max_balance.filter(|max| wallet.balance > *max) {
-            report(inv, format!("wallet {user} balance {} above its maximum {max}", wallet.balance));
+        // Held paybacks count against the ceiling: crediting them once
+        // their charges land must fit.
+        let committed = wallet.balance.checked_add(wallet.payback_held).expect("bounded sums");
+        let ceiling = wallet.limits.max_balance.unwrap_or(Money::BALANCE_LIMIT).min(Money::BALANCE_LIMIT);
+        if committed > ceiling {
+            report(
+                inv,
+                format!(
+                    "wallet {user} balance {} with {} payback held is above its ceiling {ceiling}",
+                    wallet.balance, wallet.payback_held
+                ),
+            );
+        }
+        let expected_held = held.remove(&user).unwrap_or_default();
+        if wallet.payback_held != expected_held {
+            report(
+                inv,
+                format!(
+                    "wallet {user} holds {} of payback, its confirming payments {expected_held}",
+                    wallet.payback_held
+                ),
+            );
         }
         let mut entries = lines.remove(&user).unwrap_or_default();
         entries.sort_by_key(|t| t.wallet.map(|side| side.seq));
         let mut running = Money::ZERO;
         let mut paid_per_day: BTreeMap<i64, Money> = BTreeMap::new();
         let mut paid_per_month: BTreeMap<i64, Money> = BTreeMap::new();
+        // Windows never move backwards: a payment stamped before the newest
+        // window the wallet saw counts in that window (see Wallet::spent_at).
+        let (mut window_day, mut window_month) = (i64::MIN, i64::MIN);
         for (index, transfer) in entries.iter().enumerate() {
             let side = transfer.wallet.expect("grouped by wallet side");
             running = running.checked_add(transfer.delta(Account::Wallet(user))).expect("bounded sums");
@@ -287,8 +330,10 @@ fn check_wallets(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)
                     let total = map.entry(window).or_default();
                     *total = total.checked_add(transfer.amount.money()).expect("bounded sums");
                 };
-                add(&mut paid_per_day, transfer.at.day());
-                add(&mut paid_per_month, transfer.at.month());
+                window_day = window_day.max(transfer.at.day());
+                window_month = window_month.max(transfer.at.month());
+                add(&mut paid_per_day, window_day);
+                add(&mut paid_per_month, window_month);
             }
         }
         if running != wallet.balance {
@@ -398,6 +443,31 @@ fn check_seats(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) 
                 format!("seat {} ({}) is {:?} but its orders say {:?}", seat.id, seat.label, seat.status, expected),
             );
         }
+    }
+}
+
+/// Seat hoarding (SPEC.md's `max_seats_per_token`), read with invariant 6: a
+/// token's count is what its live orders hold, never above its event's limit.
+fn check_token_seats(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
+    let inv = Invariant::SeatOneOrder;
+    let mut held: BTreeMap<crate::ids::TokenId, u64> = BTreeMap::new();
+    for order in snapshot.orders.iter().filter(|o| o.status.reserves()) {
+        if let Some(token) = order.token {
+            *held.entry(token).or_default() += order.seats.len() as u64;
+        }
+    }
+    let limits: BTreeMap<EventId, u32> = snapshot.events.iter().map(|e| (e.id, e.max_seats_per_token)).collect();
+    for token in &snapshot.tokens {
+        let expected = held.remove(&token.id).unwrap_or_default();
+        if u64::from(token.seats_held) != expected {
+            report(inv, format!("token {} counts {} seats, its live orders hold {expected}", token.id, token.seats_held));
+        }
+        if let Some(limit) = limits.get(&token.event).filter(|limit| expected > u64::from(**limit)) {
+            report(inv, format!("token {} holds {expected} seats, above its event's {limit} per token", token.id));
+        }
+    }
+    for token in held.keys() {
+        report(inv, format!("orders name unknown token {token}"));
     }
 }
 

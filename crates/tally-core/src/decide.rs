@@ -11,6 +11,7 @@ use crate::ids::{PaymentId, TransferId};
 use crate::ledger::{Account, Booking, Transfer, TransferKind};
 use crate::money::Amount;
 use crate::payment::{Method, Payment, PaymentEvent, PaymentStatus};
+use crate::time::Timestamp;
 use crate::wallet::{Movement, Wallet};
 
 /// A payment, its wallet and the transfers that move between them.
@@ -51,10 +52,25 @@ pub fn top_up(
     Ok((wallet, transfers.remove(0)))
 }
 
+/// Begins a gateway confirm: `wait → confirming` with `payment_key`, and the
+/// payback's room under the wallet's ceiling held. Everything that could
+/// refuse the confirm is decided here, before the charge is sent; once the
+/// gateway charged, [`confirm`] cannot refuse.
+pub fn begin_confirm(payment: &Payment, wallet: &Wallet, payment_key: &str, at: Timestamp) -> Result<(Payment, Wallet), Error> {
+    assert_eq!(payment.user, wallet.user, "a payment's payback goes to its owner's wallet");
+    let next = payment.transition(PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned() }, at)?;
+    let wallet = match payment.payback_amount() {
+        Some(payback) if !crate::mutant::active("payback_unheld") => wallet.hold_payback(payback)?,
+        _ => wallet.clone(),
+    };
+    Ok((next, wallet))
+}
+
 /// Confirms a payment: `→ done`, the charge is booked (from the wallet, with
 /// its limits, for a wallet payment; from the outside world for a gateway
 /// payment whose charge the gateway approved), then the payback, if any, is
-/// credited to the wallet.
+/// credited to the wallet. A gateway payment's payback was held when its
+/// confirm began, so crediting it cannot be refused.
 pub fn confirm(
     payment: &Payment,
     wallet: &Wallet,
@@ -65,28 +81,66 @@ pub fn confirm(
     let next = payment.transition(PaymentEvent::Confirm, booking.at)?;
     let mut transfers = Vec::new();
     let mut movements = Vec::new();
+    let mut wallet = wallet.clone();
     match payment.method {
         Method::Wallet => movements.push(Movement::Pay(payment.amount)),
-        Method::Gateway => transfers.push(booking.system_transfer(
-            next_id(),
-            TransferKind::Payment,
-            Account::World,
-            Account::Revenue,
-            payment.amount,
-            Some(payment.id),
-        )),
+        Method::Gateway => {
+            transfers.push(booking.system_transfer(
+                next_id(),
+                TransferKind::Payment,
+                Account::World,
+                Account::Revenue,
+                payment.amount,
+                Some(payment.id),
+            ));
+            wallet = release_hold(payment, &wallet);
+        }
     }
     movements.extend(payment.payback_amount().map(Movement::Payback));
-    let (wallet, booked) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    let (wallet, booked) = book(&wallet, &movements, Some(payment.id), booking, next_id)?;
     transfers.extend(booked);
     Ok(Decision { payment: next, wallet, transfers })
 }
 
+/// The wallet without the payback hold of a gateway payment leaving
+/// `confirming`.
+fn release_hold(payment: &Payment, wallet: &Wallet) -> Wallet {
+    debug_assert_eq!(payment.status, PaymentStatus::Confirming);
+    match payment.payback_amount() {
+        Some(payback) if !crate::mutant::active("payback_unheld") => wallet.release_payback(payback),
+        _ => wallet.clone(),
+    }
+}
+
+/// Begins a gateway cancel: `done → cancelling`, with the payback reversed
+/// now. The reversal is the only part of a cancel that can be refused (the
+/// customer spent the cashback), so it is booked before the refund is sent;
+/// once the card was refunded, [`cancel`] books the refund and cannot refuse.
+/// A begun cancel only ever ends `cancelled` (the gateway's cancel is
+/// idempotent and re-sent until it answers), so the reversal is final.
+pub fn begin_cancel(
+    payment: &Payment,
+    wallet: &Wallet,
+    booking: &Booking,
+    next_id: &mut dyn FnMut() -> TransferId,
+) -> Result<Decision, Error> {
+    assert_eq!(payment.user, wallet.user, "a payment's payback is reversed on its owner's wallet");
+    assert_eq!(payment.method, Method::Gateway, "only gateway payments are cancelled in phases");
+    let next = payment.transition(PaymentEvent::BeginCancel, booking.at)?;
+    if crate::mutant::active("reversal_after_refund") {
+        return Ok(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() });
+    }
+    let movements: Vec<Movement> = payment.payback_amount().map(Movement::PaybackReversal).into_iter().collect();
+    let (wallet, transfers) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    Ok(Decision { payment: next, wallet, transfers })
+}
+
 /// Cancels a payment. A waiting payment moved no money and is simply
-/// cancelled; a done one is refunded and its payback reversed. The refund is
-/// booked first, so the reversal never drives the balance below zero (the
-/// payback never exceeds the amount). A gateway payment's refund goes back to
-/// the outside world (the gateway returned it to the card).
+/// cancelled; a done wallet payment is refunded and its payback reversed
+/// (the refund first, so the reversal never drives the balance below zero:
+/// the payback never exceeds the amount). A cancelling gateway payment's
+/// refund goes back to the outside world (the gateway returned it to the
+/// card); its payback was reversed when the cancel began.
 pub fn cancel(
     payment: &Payment,
     wallet: &Wallet,
@@ -106,17 +160,26 @@ pub fn cancel(
     let mut transfers = Vec::new();
     let mut movements = Vec::new();
     match payment.method {
-        Method::Wallet => movements.push(Movement::Refund(payment.amount)),
-        Method::Gateway => transfers.push(booking.system_transfer(
-            next_id(),
-            TransferKind::Refund,
-            Account::Revenue,
-            Account::World,
-            payment.amount,
-            Some(payment.id),
-        )),
+        Method::Wallet => {
+            movements.push(Movement::Refund(payment.amount));
+            movements.extend(payment.payback_amount().map(Movement::PaybackReversal));
+        }
+        Method::Gateway => {
+            transfers.push(booking.system_transfer(
+                next_id(),
+                TransferKind::Refund,
+                Account::Revenue,
+                Account::World,
+                payment.amount,
+                Some(payment.id),
+            ));
+            // The mutant reverses the payback only now, after the card was
+            // refunded: the refusal SPEC.md forbids.
+            if crate::mutant::active("reversal_after_refund") {
+                movements.extend(payment.payback_amount().map(Movement::PaybackReversal));
+            }
+        }
     }
-    movements.extend(payment.payback_amount().map(Movement::PaybackReversal));
     let (wallet, booked) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
     transfers.extend(booked);
     Ok(Decision { payment: next, wallet, transfers })
@@ -129,8 +192,21 @@ pub enum Call {
     Confirm,
     /// The outcome of an earlier confirm is unknown: ask.
     Lookup,
-    /// Send (or re-send: the gateway's cancel is idempotent) the cancel.
+    /// Send (or re-send: the gateway's cancel is idempotent) the cancel: of
+    /// a cancelling payment, or the refund a refunding one owes.
     Cancel,
+}
+
+impl Call {
+    /// The call that moves a payment waiting on the gateway forward: the
+    /// completer's, and a retried request's.
+    pub fn to_resolve(status: PaymentStatus) -> Option<Call> {
+        match status {
+            PaymentStatus::Confirming => Some(Call::Lookup),
+            PaymentStatus::Cancelling | PaymentStatus::Refunding => Some(Call::Cancel),
+            _ => None,
+        }
+    }
 }
 
 /// What the gateway said, in the terms the decision needs.
@@ -144,11 +220,10 @@ pub enum Verdict {
 /// What to do with a gateway verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settled {
-    /// Write this decision (done, failed or cancelled, with its transfers).
-    /// `cancel_at_gateway`: the gateway charged an amount other than ours
-    /// (seed 003's tampering case): the payment failed, and the charge must
-    /// be cancelled at the gateway.
-    Booked { decision: Decision, cancel_at_gateway: bool },
+    /// Write this decision (done, failed, refunding or cancelled, with its
+    /// transfers). A `refunding` payment owes a refund: the caller sends the
+    /// gateway cancel next (and the completer re-sends it until it lands).
+    Booked(Decision),
     /// Someone else already recorded the outcome; nothing to write.
     AlreadySettled(Payment),
     /// Still unknown: the payment stays where it is, to be looked up again.
@@ -158,6 +233,10 @@ pub enum Settled {
 /// The decision on a gateway verdict, over the payment as loaded now.
 /// `give_up_at`: a confirm the gateway still does not know after this
 /// instant never took effect, and the payment fails.
+///
+/// A charge is ours only if the gateway names our payment as its order id
+/// (SPEC.md's payment-key binding): a charge under the same key for another
+/// order is somebody else's money, never adopted and never cancelled.
 pub fn settle(
     payment: &Payment,
     wallet: &Wallet,
@@ -168,33 +247,45 @@ pub fn settle(
 ) -> Result<Settled, Error> {
     use crate::gateway::{CancelResult, Confirmed, LookedUp};
     assert_eq!(payment.method, Method::Gateway, "only gateway payments have gateway verdicts");
-    let expecting = match verdict {
-        Verdict::Confirm(_) | Verdict::Lookup(_) => PaymentStatus::Confirming,
-        Verdict::Cancel(_) => PaymentStatus::Cancelling,
+    let expecting: &[PaymentStatus] = match verdict {
+        Verdict::Confirm(_) | Verdict::Lookup(_) => &[PaymentStatus::Confirming],
+        Verdict::Cancel(_) => &[PaymentStatus::Cancelling, PaymentStatus::Refunding],
     };
-    if payment.status != expecting {
+    if !expecting.contains(&payment.status) {
         return Ok(Settled::AlreadySettled(payment.clone()));
     }
-    let fail = |payment: &Payment, cancel_at_gateway: bool| -> Result<Settled, Error> {
-        let failed = payment.transition(PaymentEvent::Fail, booking.at)?;
-        Ok(Settled::Booked {
-            decision: Decision { payment: failed, wallet: wallet.clone(), transfers: Vec::new() },
-            cancel_at_gateway,
-        })
+    let ours = crate::gateway::order_id(payment.id);
+    let moved = |event: PaymentEvent| -> Result<Settled, Error> {
+        let next = payment.transition(event, booking.at)?;
+        Ok(Settled::Booked(Decision { payment: next, wallet: release_hold(payment, wallet), transfers: Vec::new() }))
     };
     match verdict {
-        Verdict::Confirm(Confirmed::Approved { amount }) | Verdict::Lookup(LookedUp::Done { amount }) => {
-            if *amount == payment.amount.minor_units() {
-                Ok(Settled::Booked { decision: confirm(payment, wallet, booking, next_id)?, cancel_at_gateway: false })
+        Verdict::Confirm(Confirmed::Approved { amount, order_id })
+        | Verdict::Lookup(LookedUp::Done { amount, order_id }) => {
+            let foreign = *order_id != ours && !crate::mutant::active("foreign_charge_adopted");
+            if foreign {
+                // The key was charged for another order: our confirm never
+                // took effect, and the money is not ours to refund.
+                moved(PaymentEvent::Fail)
+            } else if *amount == payment.amount.minor_units() {
+                Ok(Settled::Booked(confirm(payment, wallet, booking, next_id)?))
+            } else if crate::mutant::active("refund_forgotten") {
+                moved(PaymentEvent::Fail)
             } else {
-                fail(payment, true)
+                // Seed 003's tampering case: our charge, another amount. The
+                // payment fails and the refund is owed, durably.
+                moved(PaymentEvent::BeginRefund)
             }
         }
-        Verdict::Confirm(Confirmed::Declined { .. }) | Verdict::Lookup(LookedUp::Cancelled) => fail(payment, false),
-        Verdict::Lookup(LookedUp::NotFound) if booking.at >= give_up_at => fail(payment, false),
-        Verdict::Cancel(CancelResult::Cancelled) => {
-            Ok(Settled::Booked { decision: cancel(payment, wallet, booking, next_id)?, cancel_at_gateway: false })
+        Verdict::Confirm(Confirmed::Declined { .. }) | Verdict::Lookup(LookedUp::Cancelled { .. }) => {
+            moved(PaymentEvent::Fail)
         }
+        Verdict::Lookup(LookedUp::NotFound) if booking.at >= give_up_at => moved(PaymentEvent::Fail),
+        Verdict::Cancel(CancelResult::Cancelled) if payment.status == PaymentStatus::Refunding => {
+            let next = payment.transition(PaymentEvent::Refunded, booking.at)?;
+            Ok(Settled::Booked(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() }))
+        }
+        Verdict::Cancel(CancelResult::Cancelled) => Ok(Settled::Booked(cancel(payment, wallet, booking, next_id)?)),
         Verdict::Confirm(Confirmed::Unknown { .. })
         | Verdict::Lookup(LookedUp::NotFound | LookedUp::Unknown { .. })
         | Verdict::Cancel(CancelResult::Unknown { .. }) => Ok(Settled::Pending),
@@ -207,61 +298,85 @@ mod tests {
     use crate::gateway::{CancelResult, Confirmed, LookedUp};
     use crate::ids::{OpId, PaymentId, UserId};
     use crate::money::Money;
-    use crate::time::Timestamp;
     use crate::wallet::Limits;
 
     const GIVE_UP: Timestamp = Timestamp(10_000);
+    const OURS: PaymentId = PaymentId(7);
 
+    fn ours() -> String {
+        crate::gateway::order_id(OURS)
+    }
+
+    /// A gateway payment of `amount` with `payback`, confirming: its payback
+    /// held on the wallet, as [`begin_confirm`] leaves it.
     fn confirming(amount: i64, payback: i64) -> (Payment, Wallet) {
-        let payment = Payment::new(
-            PaymentId(7),
-            UserId(1),
-            Amount::new(amount).unwrap(),
-            Amount::new(payback).ok(),
-            Method::Gateway,
-            Timestamp(0),
-        )
-        .unwrap()
-        .transition(PaymentEvent::BeginConfirm { payment_key: "pk".into() }, Timestamp(1))
-        .unwrap();
-        (payment, Wallet::open(UserId(1), Limits::default(), Timestamp(0)))
+        let payment =
+            Payment::new(OURS, UserId(1), Amount::new(amount).unwrap(), Amount::new(payback).ok(), Method::Gateway, Timestamp(0))
+                .unwrap();
+        let wallet = Wallet::open(UserId(1), Limits::default(), Timestamp(0));
+        begin_confirm(&payment, &wallet, "pk", Timestamp(1)).unwrap()
+    }
+
+    fn booking(at: i64) -> Booking {
+        Booking { op: OpId(1), origin: None, at: Timestamp(at) }
     }
 
     fn settle_at(verdict: Verdict, at: i64) -> Settled {
         let (payment, wallet) = confirming(500, 50);
-        let booking = Booking { op: OpId(1), origin: None, at: Timestamp(at) };
         let mut n = 100;
-        settle(&payment, &wallet, &verdict, GIVE_UP, &booking, &mut || {
+        settle(&payment, &wallet, &verdict, GIVE_UP, &booking(at), &mut || {
             n += 1;
             TransferId(n)
         })
         .unwrap()
     }
 
-    fn booked(settled: &Settled) -> (PaymentStatus, usize, bool) {
+    fn booked(settled: &Settled) -> (PaymentStatus, usize, Money) {
         match settled {
-            Settled::Booked { decision, cancel_at_gateway } => {
-                (decision.payment.status, decision.transfers.len(), *cancel_at_gateway)
+            Settled::Booked(decision) => {
+                (decision.payment.status, decision.transfers.len(), decision.wallet.payback_held)
             }
             other => panic!("not booked: {other:?}"),
         }
     }
 
     #[test]
-    fn approved_with_our_amount_is_done_charged_from_the_world_with_payback() {
-        let settled = settle_at(Verdict::Confirm(Confirmed::Approved { amount: 500 }), 2);
-        assert_eq!(booked(&settled), (PaymentStatus::Done, 2, false));
-        let Settled::Booked { decision, .. } = settled else { unreachable!() };
+    fn approved_with_our_order_and_amount_is_done_charged_from_the_world_with_payback() {
+        let settled = settle_at(Verdict::Confirm(Confirmed::Approved { amount: 500, order_id: ours() }), 2);
+        assert_eq!(booked(&settled), (PaymentStatus::Done, 2, Money::ZERO));
+        let Settled::Booked(decision) = settled else { unreachable!() };
         assert_eq!((decision.transfers[0].debit, decision.transfers[0].credit), (Account::World, Account::Revenue));
         assert_eq!(decision.transfers[0].wallet, None);
         assert_eq!(decision.wallet.balance, Money::new(50));
     }
 
     #[test]
-    fn another_amount_fails_the_payment_and_cancels_it_at_the_gateway() {
+    fn our_charge_of_another_amount_fails_the_payment_with_its_refund_owed() {
         // Seed 003's tampering check: the gateway charged 499, the order is 500.
-        let settled = settle_at(Verdict::Lookup(LookedUp::Done { amount: 499 }), 2);
-        assert_eq!(booked(&settled), (PaymentStatus::Failed, 0, true));
+        let settled = settle_at(Verdict::Lookup(LookedUp::Done { amount: 499, order_id: ours() }), 2);
+        assert_eq!(booked(&settled), (PaymentStatus::Refunding, 0, Money::ZERO), "the hold is released");
+        // The refund landing ends it failed, with nothing booked.
+        let Settled::Booked(decision) = settled else { unreachable!() };
+        let landed = Verdict::Cancel(CancelResult::Cancelled);
+        let done = settle(&decision.payment, &decision.wallet, &landed, GIVE_UP, &booking(3), &mut || TransferId(9));
+        assert_eq!(booked(&done.unwrap()), (PaymentStatus::Failed, 0, Money::ZERO));
+        // Unknown: it stays owed.
+        let unclear = Verdict::Cancel(CancelResult::Unknown { reason: "t".into() });
+        let pending = settle(&decision.payment, &decision.wallet, &unclear, GIVE_UP, &booking(3), &mut || TransferId(9));
+        assert_eq!(pending, Ok(Settled::Pending));
+    }
+
+    #[test]
+    fn a_charge_for_another_order_id_is_never_adopted_nor_refunded() {
+        // Hole 1: the same payment key charged for somebody else's order.
+        for verdict in [
+            Verdict::Confirm(Confirmed::Approved { amount: 500, order_id: "999".into() }),
+            Verdict::Lookup(LookedUp::Done { amount: 500, order_id: "999".into() }),
+            Verdict::Lookup(LookedUp::Done { amount: 501, order_id: "999".into() }),
+            Verdict::Lookup(LookedUp::Cancelled { order_id: "999".into() }),
+        ] {
+            assert_eq!(booked(&settle_at(verdict, 2)), (PaymentStatus::Failed, 0, Money::ZERO));
+        }
     }
 
     #[test]
@@ -273,21 +388,73 @@ mod tests {
         assert_eq!(settle_at(Verdict::Confirm(Confirmed::Unknown { reason: "t".into() }), 2), Settled::Pending);
         assert_eq!(settle_at(Verdict::Lookup(LookedUp::Unknown { reason: "t".into() }), 2), Settled::Pending);
         assert_eq!(settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0 - 1), Settled::Pending);
-        assert_eq!(booked(&settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0)).0, PaymentStatus::Failed);
+        assert_eq!(
+            booked(&settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0)),
+            (PaymentStatus::Failed, 0, Money::ZERO)
+        );
     }
 
     #[test]
     fn a_verdict_for_a_payment_no_longer_waiting_for_it_changes_nothing() {
         let (payment, wallet) = confirming(500, 0);
         let done = payment.transition(PaymentEvent::Confirm, Timestamp(2)).unwrap();
-        let booking = Booking { op: OpId(1), origin: None, at: Timestamp(3) };
-        let verdict = Verdict::Lookup(LookedUp::Done { amount: 500 });
-        let settled = settle(&done, &wallet, &verdict, GIVE_UP, &booking, &mut || TransferId(9)).unwrap();
+        let verdict = Verdict::Lookup(LookedUp::Done { amount: 500, order_id: ours() });
+        let settled = settle(&done, &wallet, &verdict, GIVE_UP, &booking(3), &mut || TransferId(9)).unwrap();
         assert_eq!(settled, Settled::AlreadySettled(done));
         let cancel = Verdict::Cancel(CancelResult::Cancelled);
         assert!(matches!(
-            settle(&payment, &wallet, &cancel, GIVE_UP, &booking, &mut || TransferId(9)),
+            settle(&payment, &wallet, &cancel, GIVE_UP, &booking(3), &mut || TransferId(9)),
             Ok(Settled::AlreadySettled(_))
         ));
+    }
+
+    #[test]
+    fn a_payback_that_does_not_fit_refuses_the_confirm_before_the_charge() {
+        // Hole 2's twin: max_balance would refuse the payback credit after
+        // the card was charged; it is refused before the confirm is sent.
+        let limits = Limits { max_balance: Some(Money::new(100)), ..Limits::default() };
+        let wallet = Wallet { balance: Money::new(80), ..Wallet::open(UserId(1), limits, Timestamp(0)) };
+        let payment =
+            Payment::new(OURS, UserId(1), Amount::new(500).unwrap(), Amount::new(50).ok(), Method::Gateway, Timestamp(0))
+                .unwrap();
+        assert_eq!(
+            begin_confirm(&payment, &wallet, "pk", Timestamp(1)),
+            Err(Error::Wallet(crate::wallet::WalletError::MaxBalanceExceeded))
+        );
+    }
+
+    #[test]
+    fn a_gateway_cancel_reverses_the_payback_before_the_refund_is_sent() {
+        // Hole 2: the customer spent the cashback; the cancel is refused
+        // while nothing irreversible happened, and once begun cannot be.
+        let (payment, wallet) = confirming(1_000, 500);
+        let approved = Verdict::Confirm(Confirmed::Approved { amount: 1_000, order_id: ours() });
+        let mut n = 100;
+        let mut next_id = || {
+            n += 1;
+            TransferId(n)
+        };
+        let Ok(Settled::Booked(done)) = settle(&payment, &wallet, &approved, GIVE_UP, &booking(2), &mut next_id) else {
+            panic!("approved")
+        };
+        let spent = Wallet { balance: Money::ZERO, ..done.wallet.clone() };
+        assert_eq!(
+            begin_cancel(&done.payment, &spent, &booking(3), &mut next_id),
+            Err(Error::Wallet(crate::wallet::WalletError::InsufficientBalance))
+        );
+        let cancelling = begin_cancel(&done.payment, &done.wallet, &booking(3), &mut next_id).unwrap();
+        assert_eq!(cancelling.payment.status, PaymentStatus::Cancelling);
+        assert_eq!(cancelling.transfers.iter().map(|t| t.kind).collect::<Vec<_>>(), [TransferKind::PaybackReversal]);
+        assert_eq!(cancelling.wallet.balance, Money::ZERO);
+        // The refund landed: booked against the world, the wallet untouched.
+        let landed = Verdict::Cancel(CancelResult::Cancelled);
+        let Ok(Settled::Booked(cancelled)) =
+            settle(&cancelling.payment, &cancelling.wallet, &landed, GIVE_UP, &booking(4), &mut next_id)
+        else {
+            panic!("cancelled")
+        };
+        assert_eq!(cancelled.payment.status, PaymentStatus::Cancelled);
+        assert_eq!(cancelled.transfers.iter().map(|t| t.kind).collect::<Vec<_>>(), [TransferKind::Refund]);
+        assert_eq!(cancelled.wallet, cancelling.wallet);
     }
 }

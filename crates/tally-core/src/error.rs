@@ -28,6 +28,14 @@ pub enum Error {
     /// An order expired, or is in a state that refuses the request.
     #[error(transparent)]
     Order(#[from] OrderError),
+    /// The gateway payment key was claimed by another payment (SPEC.md: a
+    /// key belongs to one payment, forever).
+    #[error("this payment key belongs to another payment")]
+    PaymentKeyInUse,
+    /// The queue token already holds its event's `max_seats_per_token`
+    /// seats across its live orders.
+    #[error("this queue token holds its event's most seats already")]
+    SeatLimitReached,
     /// The caller may not do this (seats without an active queue token).
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
@@ -65,6 +73,8 @@ impl Error {
                 | Error::Stock(StockError::OutOfStock { .. } | StockError::TooMuchStock(_) | StockError::ZeroQuantity)
                 | Error::Seat(_)
                 | Error::Order(_)
+                | Error::PaymentKeyInUse
+                | Error::SeatLimitReached
                 | Error::NotFound
         )
     }

@@ -16,9 +16,10 @@ use crate::money::Amount;
 /// What a confirm call established.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Confirmed {
-    /// The gateway charged this amount (which must equal ours: seed 003's
-    /// tampering check happens in the decision, not here).
-    Approved { amount: i64 },
+    /// The gateway charged this amount for this order id. Both must be ours
+    /// (seed 003's tampering check, and the payment-key binding of SPEC.md):
+    /// that check happens in the decision, not here.
+    Approved { amount: i64, order_id: String },
     /// A definite refusal: nothing was charged.
     Declined { code: String },
     /// "Already processed", a timeout, a lost reply, a 5xx, garbage: the
@@ -29,12 +30,15 @@ pub enum Confirmed {
 /// What a lookup established.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LookedUp {
-    /// Charged this amount and not cancelled.
+    /// Charged this amount for this order id, and not cancelled.
     Done {
         amount: i64,
+        order_id: String,
     },
-    /// Charged and since cancelled.
-    Cancelled,
+    /// Charged for this order id and since cancelled.
+    Cancelled {
+        order_id: String,
+    },
     /// The gateway has no such payment: the confirm never took effect (yet).
     NotFound,
     Unknown {
@@ -93,6 +97,13 @@ impl Gateway for NoGateway {
     fn cancel(&self, _: &str, _: &str) -> impl Future<Output = CancelResult> + Send {
         std::future::ready(CancelResult::Unknown { reason: "no gateway configured".into() })
     }
+}
+
+/// The order id we send the gateway with a payment's confirm: our payment
+/// id. A gateway answer naming another order id is about somebody else's
+/// charge, whatever its payment key says.
+pub fn order_id(payment: PaymentId) -> String {
+    payment.to_string()
 }
 
 /// The gateway idempotency key of a payment's confirm: derived from our

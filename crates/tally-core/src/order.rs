@@ -20,7 +20,7 @@
 //!   stops the sweeper from expiring an order whose money may be on its way.
 
 use crate::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, TokenId, UserId};
-use crate::money::Amount;
+use crate::money::{Amount, Money};
 use crate::time::Timestamp;
 
 /// Most product lines in one order.
@@ -80,6 +80,9 @@ pub struct Order {
     pub event: Option<EventId>,
     pub token: Option<TokenId>,
     pub total: Amount,
+    /// The payback its payment credits: the merchant's policy (each
+    /// product's rate, the service default for seats) when it was made.
+    pub payback: Money,
     pub status: OrderStatus,
     /// The payment that paid it, or whose gateway charge is in flight for it.
     pub payment: Option<PaymentId>,
@@ -199,6 +202,7 @@ mod tests {
             event: None,
             token: None,
             total: Amount::new(10).unwrap(),
+            payback: Money::ZERO,
             status: OrderStatus::PendingPayment,
             payment: None,
             expires_at: TTL_END,

@@ -4,7 +4,14 @@
 //!  wallet:   wait ──confirm──► done ──cancel (refund + payback reversal)──► cancelled
 //!  gateway:  wait ──begin_confirm──► confirming ──confirm──► done ──begin_cancel──► cancelling ──cancel──► cancelled
 //!  both:     wait ──cancel (nothing moved)──► cancelled;  wait | confirming ──fail──► failed
+//!  gateway:  confirming ──begin_refund──► refunding ──refunded──► failed
 //! ```
+//!
+//! `refunding` is a refund we owe: the gateway charged our payment another
+//! amount than ours (seed 003's tampering case), so the payment failed and the
+//! charge must go back to the card. It is durable, like `cancelling`: the
+//! completer re-sends the (idempotent) gateway cancel until the gateway says
+//! the money went back, and only then is the payment `failed`.
 //!
 //! [`Payment::transition`] is the only way a payment's status changes. Every
 //! arrow not drawn above is refused with [`InvalidTransition`], which is what
@@ -32,6 +39,9 @@ pub enum PaymentStatus {
     /// Gateway only: the cancel was (or is being) sent; outcome not yet recorded.
     Cancelling,
     Cancelled,
+    /// Gateway only: failed, with a refund of a wrong charge owed at the
+    /// gateway (the cancel was or is being sent); ends `failed`.
+    Refunding,
 }
 
 impl PaymentStatus {
@@ -43,7 +53,14 @@ impl PaymentStatus {
             PaymentStatus::Failed => "failed",
             PaymentStatus::Cancelling => "cancelling",
             PaymentStatus::Cancelled => "cancelled",
+            PaymentStatus::Refunding => "refunding",
         }
+    }
+
+    /// Waiting on the gateway: the completer resolves it if a call's answer
+    /// was lost.
+    pub const fn in_flight(self) -> bool {
+        matches!(self, PaymentStatus::Confirming | PaymentStatus::Cancelling | PaymentStatus::Refunding)
     }
 }
 
@@ -76,6 +93,11 @@ pub enum PaymentEvent {
     /// Gateway: the intent to cancel, before the call.
     BeginCancel,
     Cancel,
+    /// Gateway: the charge was ours but for another amount: the payment
+    /// fails and its refund is owed.
+    BeginRefund,
+    /// Gateway: the owed refund went back to the card.
+    Refunded,
     /// Gateway: a completer claims a stuck payment for another lookup; only
     /// the attempt's timestamp moves.
     Touch,
@@ -89,6 +111,8 @@ impl PaymentEvent {
             PaymentEvent::Fail => "fail",
             PaymentEvent::BeginCancel => "begin_cancel",
             PaymentEvent::Cancel => "cancel",
+            PaymentEvent::BeginRefund => "begin_refund",
+            PaymentEvent::Refunded => "refunded",
             PaymentEvent::Touch => "touch",
         }
     }
@@ -107,6 +131,17 @@ pub struct GatewayAttempt {
     /// the give-up deadline counts from here, so a confirm the gateway never
     /// received is failed in the end instead of being looked up forever.
     pub sent_at: Timestamp,
+}
+
+/// Most basis points of payback: 100 %, never more than the amount.
+pub const PAYBACK_BPS_MAX: u32 = 10_000;
+
+/// The merchant's payback policy (SPEC.md): `bps` basis points of `amount`,
+/// rounded down; none when that is zero. Never the customer's choice.
+pub fn payback_of(amount: Amount, bps: u32) -> Money {
+    assert!(bps <= PAYBACK_BPS_MAX, "payback rates are validated at the boundary");
+    let units = i128::from(amount.minor_units()) * i128::from(bps) / i128::from(PAYBACK_BPS_MAX);
+    Money::new(i64::try_from(units).expect("at most the amount"))
 }
 
 /// Longest gateway payment key accepted (Toss keys are far shorter).
@@ -195,10 +230,16 @@ impl Payment {
                 next.gateway = Some(GatewayAttempt { started_at: now, sent_at: now, ..attempt });
                 S::Cancelling
             }
+            (S::Confirming, E::BeginRefund) if gateway => {
+                let attempt = self.gateway.clone().expect("a confirming gateway payment has its attempt");
+                next.gateway = Some(GatewayAttempt { started_at: now, sent_at: now, ..attempt });
+                S::Refunding
+            }
+            (S::Refunding, E::Refunded) if gateway => S::Failed,
             (S::Wait, E::Cancel) => S::Cancelled,
             (S::Done, E::Cancel) if !gateway => S::Cancelled,
             (S::Cancelling, E::Cancel) if gateway => S::Cancelled,
-            (S::Confirming | S::Cancelling, E::Touch) => {
+            (S::Confirming | S::Cancelling | S::Refunding, E::Touch) => {
                 let attempt = self.gateway.clone().expect("an in-flight gateway payment has its attempt");
                 next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
                 self.status
@@ -284,6 +325,33 @@ mod tests {
         let cancelling = done.transition(E::BeginCancel, Timestamp(7)).unwrap();
         assert_eq!(cancelling.transition(E::Cancel, Timestamp(8)).unwrap().status, PaymentStatus::Cancelled);
         assert_eq!(confirming.transition(E::Fail, Timestamp(9)).unwrap().status, PaymentStatus::Failed);
+    }
+
+    #[test]
+    fn a_wrong_charge_is_failed_only_once_its_refund_went_back() {
+        use PaymentEvent as E;
+        let confirming =
+            gateway_payment().transition(E::BeginConfirm { payment_key: "pk_1".into() }, Timestamp(1)).unwrap();
+        let refunding = confirming.transition(E::BeginRefund, Timestamp(4)).unwrap();
+        assert_eq!(refunding.status, PaymentStatus::Refunding);
+        let attempt = refunding.gateway.as_ref().unwrap();
+        assert_eq!((attempt.started_at, attempt.sent_at), (Timestamp(4), Timestamp(4)), "the refund's own clock");
+        for refused in [E::Confirm, E::Fail, E::Cancel, E::BeginCancel, E::BeginRefund] {
+            assert!(refunding.transition(refused, Timestamp(5)).is_err());
+        }
+        assert_eq!(refunding.transition(E::Touch, Timestamp(5)).unwrap().status, PaymentStatus::Refunding);
+        assert_eq!(refunding.transition(E::Refunded, Timestamp(6)).unwrap().status, PaymentStatus::Failed);
+        assert!(payment().transition(E::BeginRefund, Timestamp(1)).is_err(), "a wallet payment owes no refund");
+        assert!(confirming.transition(E::Refunded, Timestamp(1)).is_err());
+    }
+
+    #[test]
+    fn payback_policy_rounds_down_and_never_exceeds_the_amount() {
+        let amount = |n| Amount::new(n).unwrap();
+        assert_eq!(payback_of(amount(1_000), 500), Money::new(50));
+        assert_eq!(payback_of(amount(999), 1), Money::ZERO);
+        assert_eq!(payback_of(amount(1_000), 0), Money::ZERO);
+        assert_eq!(payback_of(Amount::MAX, PAYBACK_BPS_MAX), Amount::MAX.money());
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct QueueToken {
     pub expires_at: Option<Timestamp>,
     /// When it was used (its order paid), if it was.
     pub used_at: Option<Timestamp>,
+    /// Seats held or sold by the live orders booked with it.
+    pub seats_held: u32,
     pub version: u64,
 }
 
@@ -60,6 +62,25 @@ impl QueueToken {
     /// Active and inside its TTL: good for booking seats.
     pub fn usable(&self, now: Timestamp) -> bool {
         self.status == TokenStatus::Active && self.expires_at.is_some_and(|end| now < end)
+    }
+
+    /// The token after an order booked `seats` more with it, or `None` if
+    /// that would pass the event's `max_seats_per_token`.
+    pub fn book_seats(&self, seats: u32, max_seats_per_token: u32) -> Option<QueueToken> {
+        let held = self.seats_held.checked_add(seats)?;
+        let unchecked = crate::mutant::active("seat_hoarding");
+        (held <= max_seats_per_token || unchecked).then(|| QueueToken {
+            seats_held: held,
+            version: self.version + 1,
+            ..self.clone()
+        })
+    }
+
+    /// The token after an order booked with it gave `seats` back (cancelled
+    /// or expired).
+    pub fn free_seats(&self, seats: u32) -> QueueToken {
+        let held = self.seats_held.checked_sub(seats).expect("a token frees only seats it holds");
+        QueueToken { seats_held: held, version: self.version + 1, ..self.clone() }
     }
 
     /// What a reader sees: an active token past its TTL is expired even
@@ -95,6 +116,7 @@ pub fn join(event: &Event, id: TokenId, user: UserId, now: Timestamp) -> (Event,
         activated_at: None,
         expires_at: None,
         used_at: None,
+        seats_held: 0,
         version: 0,
     };
     let next = Event { next_seq: event.next_seq + 1, version: event.version + 1, ..event.clone() };
@@ -184,6 +206,7 @@ mod tests {
             next_seq: 1,
             head_seq: 1,
             active_count: 0,
+            max_seats_per_token: 4,
             created_at: Timestamp(0),
             version: 0,
         }
@@ -247,5 +270,18 @@ mod tests {
         assert_eq!(refresh(&e, &active, &[], Some(TokenId(2)), Timestamp(1)), Err(TokenNotActive(TokenId(2))));
         assert_eq!(refresh(&e, &active, &[], Some(TokenId(1)), Timestamp(10_000)), Err(TokenNotActive(TokenId(1))));
         assert!(refresh(&e, &active, &[], None, Timestamp(1)).unwrap().changed.is_empty(), "nothing to do");
+    }
+
+    #[test]
+    fn a_token_books_at_most_its_events_seats_across_its_orders() {
+        // Hole 7: one active token placing order after order.
+        let (_, tokens) = joined(1, 1, Timestamp(0));
+        let token = &tokens[0];
+        let two = token.book_seats(2, 4).unwrap();
+        let four = two.book_seats(2, 4).unwrap();
+        assert_eq!(four.seats_held, 4);
+        assert_eq!(four.book_seats(1, 4), None, "the fifth seat is refused");
+        // An order given back frees its seats for the same token.
+        assert_eq!(four.free_seats(2).book_seats(2, 4).map(|t| t.seats_held), Some(4));
     }
 }

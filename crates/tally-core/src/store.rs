@@ -97,13 +97,18 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send;
+    /// The payment that claimed gateway payment key `key`, if any. A key is
+    /// claimed once, forever (SPEC.md): the store also refuses a second
+    /// payment with the same key (a unique constraint, reported as
+    /// [`StoreError::Conflict`] so that the loser decides again on what won).
+    fn payment_by_key(&mut self, key: &str) -> impl Future<Output = Result<Option<PaymentId>, StoreError>> + Send;
     fn put_payment(
         &mut self,
         before: Option<&Payment>,
         after: &Payment,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Gateway payments in `confirming` or `cancelling` whose attempt began
+    /// Gateway payments in `confirming`, `cancelling` or `refunding` whose attempt began
     /// before `before`, oldest first, at most `limit`: the completer's work.
     fn stuck_payments(
         &mut self,
@@ -226,11 +231,14 @@ pub trait Tx: Send {
 /// wait on each other in a cycle. New kinds of record get new variants.
 ///
 /// Backends whose loads lock rows load in this order too: idempotency record,
-/// payment, wallet, order, products (by id), seats (by id), and last the
+/// payment key (a unique index, not a row), payment, wallet, order, products (by id), seats (by id), and last the
 /// event row that guards its queue tokens.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LockKey {
     Idempotency(IdemScope),
+    /// A gateway payment key: whoever claims it for a payment holds it, so
+    /// two payments cannot claim one key at once.
+    PaymentKey(String),
     Payment(PaymentId),
     Wallet(UserId),
     Order(OrderId),
@@ -245,8 +253,8 @@ pub enum LockKey {
 pub struct LockSet(Vec<LockKey>);
 
 /// A use case never locks more than this many keys at once. The largest set
-/// is an order's: its idempotency key, payment, wallet, order, 10 products,
-/// 10 seats and its event's queue — 25.
+/// is an order's: its idempotency key, payment key, payment, wallet, order,
+/// 10 products, 10 seats and its event's queue — 26.
 pub const LOCK_SET_SIZE_MAX: usize = 64;
 
 impl LockSet {

@@ -85,6 +85,12 @@ pub struct Wallet {
     pub month: i64,
     /// Payments confirmed during `month`.
     pub spent_month: Money,
+    /// Paybacks of gateway charges in flight: room under the balance ceiling
+    /// reserved before the charge is sent, so that crediting the payback
+    /// once the card was charged can never be refused (SPEC.md: no refusal
+    /// after an irreversible foreign effect). Like TigerBeetle's pending
+    /// credits: every credit counts it against the ceiling.
+    pub payback_held: Money,
     /// How many ledger transfers have touched this wallet; each transfer gets
     /// the next number, which orders the wallet's ledger and pages it.
     pub entry_count: u64,
@@ -103,16 +109,46 @@ impl Wallet {
             spent_day: Money::ZERO,
             month: now.month(),
             spent_month: Money::ZERO,
+            payback_held: Money::ZERO,
             entry_count: 0,
             version: 0,
         }
     }
 
-    /// Spending so far in the windows that contain `now` (zero once a window rolled).
+    /// Spending so far in the windows a payment at `now` counts in (zero
+    /// once a window rolled).
+    ///
+    /// Windows never move backwards: a `now` older than the wallet's window
+    /// (a request that read the clock before it waited for the wallet, or an
+    /// instance whose clock is behind) counts in the wallet's newest window.
+    /// Rolling back to the older day would start it from zero and let the
+    /// next payment of the newer day start from zero too: a limit bypass.
     pub fn spent_at(&self, now: Timestamp) -> (Money, Money) {
-        let day = if self.day == now.day() { self.spent_day } else { Money::ZERO };
-        let month = if self.month == now.month() { self.spent_month } else { Money::ZERO };
+        let day = if now.day() > self.day { Money::ZERO } else { self.spent_day };
+        let month = if now.month() > self.month { Money::ZERO } else { self.spent_month };
         (day, month)
+    }
+
+    /// Reserves room under the ceiling for `payback`, credited later if the
+    /// gateway charge it belongs to succeeds. Refused like the credit itself
+    /// would be, before anything irreversible happened.
+    pub fn hold_payback(&self, payback: Amount) -> Result<Wallet, WalletError> {
+        self.credit(payback)?;
+        let mut next = self.clone();
+        next.version = self.version + 1;
+        next.payback_held = self.payback_held.checked_add(payback.money()).expect("bounded sums");
+        next.assert_valid();
+        Ok(next)
+    }
+
+    /// Gives up a hold taken by [`Wallet::hold_payback`]: the charge failed,
+    /// or its payback is about to be credited (which then cannot be refused).
+    pub fn release_payback(&self, payback: Amount) -> Wallet {
+        let mut next = self.clone();
+        next.version = self.version + 1;
+        next.payback_held = self.payback_held.checked_sub(payback.money()).expect("bounded sums");
+        assert!(!next.payback_held.is_negative(), "wallet {} released a payback it never held", self.user);
+        next
     }
 
     /// The transition function: the wallet after `movement` at `now`, or why not.
@@ -144,9 +180,9 @@ impl Wallet {
                     return Err(WalletError::LimitExceeded(LimitKind::Monthly));
                 }
                 next.balance = self.debit(amount)?;
-                next.day = now.day();
+                next.day = self.day.max(now.day());
                 next.spent_day = spent_day;
-                next.month = now.month();
+                next.month = self.month.max(now.month());
                 next.spent_month = spent_month;
             }
         }
@@ -154,10 +190,13 @@ impl Wallet {
         Ok(next)
     }
 
+    /// The balance after crediting `amount`, if it and every held payback
+    /// stay under the ceiling (the wallet's maximum, never above the cap).
     fn credit(&self, amount: Amount) -> Result<Money, WalletError> {
         let balance = self.balance.checked_add(amount.money()).expect("bounded sums");
+        let committed = balance.checked_add(self.payback_held).expect("bounded sums");
         let ceiling = self.limits.max_balance.unwrap_or(Money::BALANCE_LIMIT);
-        if balance > ceiling.min(Money::BALANCE_LIMIT) {
+        if committed > ceiling.min(Money::BALANCE_LIMIT) {
             return Err(WalletError::MaxBalanceExceeded);
         }
         Ok(balance)
@@ -176,6 +215,7 @@ impl Wallet {
         assert!(!self.balance.is_negative(), "wallet {} balance negative", self.user);
         assert!(self.balance <= Money::BALANCE_LIMIT, "wallet {} balance beyond the cap", self.user);
         assert!(!self.spent_day.is_negative() && !self.spent_month.is_negative());
+        assert!(!self.payback_held.is_negative(), "wallet {} holds a negative payback", self.user);
     }
 }
 
@@ -240,6 +280,50 @@ mod tests {
         );
         // February starts a new month.
         assert!(w.apply(Movement::Pay(amount(50)), Timestamp(31 * DAY)).is_ok());
+    }
+
+    #[test]
+    fn a_payment_stamped_before_the_window_counts_in_the_newest_window() {
+        // Hole 6: a request that read the clock on day D and got the wallet
+        // after a D+1 payment must not roll the window back to D (which
+        // would let the next D+1 payment start from zero).
+        let limits = Limits { daily: Some(Money::new(100)), monthly: Some(Money::new(1_000)), ..Limits::default() };
+        let w = wallet(limits).apply(Movement::TopUp(amount(1_000)), Timestamp(0)).unwrap();
+        let w = w.apply(Movement::Pay(amount(60)), Timestamp(DAY + 1)).unwrap();
+        let w = w.apply(Movement::Pay(amount(40)), Timestamp(DAY - 1)).unwrap();
+        assert_eq!((w.day, w.spent_day), (Timestamp(DAY).day(), Money::new(100)), "the window stayed on D+1");
+        assert_eq!(
+            w.apply(Movement::Pay(amount(1)), Timestamp(DAY + 2)),
+            Err(WalletError::LimitExceeded(LimitKind::Daily))
+        );
+        assert_eq!(
+            w.apply(Movement::Pay(amount(1)), Timestamp(DAY - 2)),
+            Err(WalletError::LimitExceeded(LimitKind::Daily))
+        );
+        // The month boundary the same way: January 31st after February 1st.
+        let feb = 31 * DAY;
+        let w = w.apply(Movement::Pay(amount(50)), Timestamp(feb)).unwrap();
+        let w = w.apply(Movement::Pay(amount(50)), Timestamp(feb - 1)).unwrap();
+        assert_eq!((w.month, w.spent_month), (Timestamp(feb).month(), Money::new(100)));
+    }
+
+    #[test]
+    fn a_held_payback_keeps_its_room_under_the_ceiling() {
+        let limits = Limits { max_balance: Some(Money::new(100)), ..Limits::default() };
+        let w = wallet(limits).apply(Movement::TopUp(amount(60)), Timestamp(0)).unwrap();
+        assert_eq!(w.hold_payback(amount(41)), Err(WalletError::MaxBalanceExceeded));
+        let held = w.hold_payback(amount(40)).unwrap();
+        // A top-up cannot take the room the payback needs...
+        assert_eq!(held.apply(Movement::TopUp(amount(1)), Timestamp(0)), Err(WalletError::MaxBalanceExceeded));
+        // ...so crediting it once the card was charged always fits.
+        let credited = held.release_payback(amount(40)).apply(Movement::Payback(amount(40)), Timestamp(0)).unwrap();
+        assert_eq!((credited.balance, credited.payback_held), (Money::new(100), Money::ZERO));
+    }
+
+    #[test]
+    fn the_balance_cap_holds_without_a_maximum() {
+        let w = Wallet { balance: Money::BALANCE_LIMIT, ..wallet(Limits::default()) };
+        assert_eq!(w.apply(Movement::TopUp(amount(1)), Timestamp(0)), Err(WalletError::MaxBalanceExceeded));
     }
 
     #[test]

@@ -12,10 +12,21 @@ use tally_core::gateway::{CancelResult, Confirmed, Gateway, LookedUp};
 use tally_core::money::Amount;
 use tally_lock::sync::{Arc, Mutex};
 
+/// One charge the gateway holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub amount: i64,
+    pub order_id: String,
+    pub cancelled: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Charged payments: key → (amount, cancelled).
-    charged: BTreeMap<String, (i64, bool)>,
+    /// Charged payments: key → (amount, order id, cancelled).
+    charged: BTreeMap<String, Charge>,
+    /// The next this-many confirms charge one minor unit less than asked
+    /// (seed 003's tampered amount).
+    short_charges: u32,
     /// Confirm requests received per key, whatever became of them.
     confirms_received: BTreeMap<String, u32>,
     /// The next this-many confirms take effect but their reply is lost.
@@ -49,6 +60,17 @@ impl MemGateway {
         self.state().fail_confirms = n;
     }
 
+    pub fn short_charges(&self, n: u32) {
+        self.state().short_charges = n;
+    }
+
+    /// Charges `payment_key` for `order_id` as if some other merchant's
+    /// checkout (or another payment) had confirmed it.
+    pub fn charge_elsewhere(&self, payment_key: &str, order_id: &str, amount: i64) {
+        let charge = Charge { amount, order_id: order_id.to_owned(), cancelled: false };
+        self.state().charged.insert(payment_key.to_owned(), charge);
+    }
+
     pub fn fail_lookups(&self, n: u32) {
         self.state().fail_lookups = n;
     }
@@ -60,12 +82,23 @@ impl MemGateway {
 
     /// Was `payment_key` charged, for how much, and is it cancelled?
     pub fn charge(&self, payment_key: &str) -> Option<(i64, bool)> {
-        self.state().charged.get(payment_key).copied()
+        self.state().charged.get(payment_key).map(|c| (c.amount, c.cancelled))
+    }
+
+    /// Every charge the gateway holds, by payment key.
+    pub fn charges(&self) -> BTreeMap<String, Charge> {
+        self.state().charged.clone()
     }
 }
 
 impl Gateway for MemGateway {
-    fn confirm(&self, payment_key: &str, _: &str, amount: Amount, _: &str) -> impl Future<Output = Confirmed> + Send {
+    fn confirm(
+        &self,
+        payment_key: &str,
+        order_id: &str,
+        amount: Amount,
+        _: &str,
+    ) -> impl Future<Output = Confirmed> + Send {
         let mut state = self.state();
         *state.confirms_received.entry(payment_key.to_owned()).or_default() += 1;
         let verdict = if state.charged.contains_key(payment_key) {
@@ -74,12 +107,18 @@ impl Gateway for MemGateway {
             state.fail_confirms -= 1;
             Confirmed::Unknown { reason: "injected: 503 before taking effect".into() }
         } else {
-            state.charged.insert(payment_key.to_owned(), (amount.minor_units(), false));
+            let mut charged = amount.minor_units();
+            if state.short_charges > 0 && charged > 1 {
+                state.short_charges -= 1;
+                charged -= 1;
+            }
+            let charge = Charge { amount: charged, order_id: order_id.to_owned(), cancelled: false };
+            state.charged.insert(payment_key.to_owned(), charge);
             if state.lose_confirm_replies > 0 {
                 state.lose_confirm_replies -= 1;
                 Confirmed::Unknown { reason: "injected: reply lost after the charge".into() }
             } else {
-                Confirmed::Approved { amount: amount.minor_units() }
+                Confirmed::Approved { amount: charged, order_id: order_id.to_owned() }
             }
         };
         std::future::ready(verdict)
@@ -92,8 +131,8 @@ impl Gateway for MemGateway {
             LookedUp::Unknown { reason: "injected: lookup failed".into() }
         } else {
             match state.charged.get(payment_key) {
-                Some((amount, false)) => LookedUp::Done { amount: *amount },
-                Some((_, true)) => LookedUp::Cancelled,
+                Some(c) if !c.cancelled => LookedUp::Done { amount: c.amount, order_id: c.order_id.clone() },
+                Some(c) => LookedUp::Cancelled { order_id: c.order_id.clone() },
                 None => LookedUp::NotFound,
             }
         };
@@ -103,7 +142,7 @@ impl Gateway for MemGateway {
     fn cancel(&self, payment_key: &str, _: &str) -> impl Future<Output = CancelResult> + Send {
         let mut state = self.state();
         let verdict = match state.charged.get_mut(payment_key) {
-            Some((_, cancelled)) => {
+            Some(Charge { cancelled, .. }) => {
                 *cancelled = true;
                 CancelResult::Cancelled
             }

@@ -379,6 +379,21 @@ fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), St
             charging.insert(order, after.id);
         }
     }
+    // Like the schema's unique gateway_payment_key: a key claimed by another
+    // payment refuses the commit. A conflict, as PostgreSQL's unique
+    // violation maps to one: the use case decides again and sees the claim.
+    for write in writes {
+        if let Write::Payment { after, .. } = write
+            && let Some(attempt) = &after.gateway
+        {
+            let claimed = state.payments.values().any(|p| {
+                p.id != after.id && p.gateway.as_ref().is_some_and(|a| a.payment_key == attempt.payment_key)
+            });
+            if claimed {
+                return Err(StoreError::Conflict);
+            }
+        }
+    }
     for (order, payment) in &charging {
         let other = state
             .payments
@@ -511,6 +526,16 @@ impl Tx for MemTx {
         std::future::ready(Ok(found))
     }
 
+    fn payment_by_key(&mut self, key: &str) -> impl Future<Output = Result<Option<PaymentId>, StoreError>> + Send {
+        let claimed_by = |p: &Payment| p.gateway.as_ref().is_some_and(|a| a.payment_key == key);
+        let own = self.writes.iter().rev().find_map(|w| match w {
+            Write::Payment { after, .. } if claimed_by(after) => Some(after.id),
+            _ => None,
+        });
+        let found = own.or_else(|| self.store.state().payments.values().find(|p| claimed_by(p)).map(|p| p.id));
+        std::future::ready(Ok(found))
+    }
+
     fn put_payment(
         &mut self,
         before: Option<&Payment>,
@@ -530,7 +555,7 @@ impl Tx for MemTx {
         let mut stuck: Vec<Payment> = state
             .payments
             .values()
-            .filter(|p| matches!(p.status, PaymentStatus::Confirming | PaymentStatus::Cancelling))
+            .filter(|p| p.status.in_flight())
             .filter(|p| p.gateway.as_ref().is_some_and(|a| a.started_at < before))
             .cloned()
             .collect();

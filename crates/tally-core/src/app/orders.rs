@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use super::*;
 use crate::catalog::{self, Seat, SeatEvent, SeatStatus, Showtime, StockEvent};
 use crate::ids::ShowtimeId;
-use crate::money::AmountError;
+use crate::money::{AmountError, Money};
 use crate::order::{self, OrderError, OrderEvent, OrderLine, OrderSeat, OrderStatus};
 use crate::queue::{self, QueueToken, TokenStatus};
 
@@ -44,6 +44,14 @@ pub struct EventView {
 pub struct ShowtimeView {
     pub showtime: Showtime,
     pub available_seats: u64,
+}
+
+/// An event's queue settings, as the admin creates them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSettings {
+    pub active_limit: u32,
+    pub token_ttl: Duration,
+    pub max_seats_per_token: u32,
 }
 
 /// A queue token as its owner sees it now.
@@ -97,7 +105,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             | Command::CreateOrderPayment { .. }
             | Command::CreateProduct { .. }
             | Command::CreateEvent { .. } => Vec::new(),
-            Command::ConfirmPayment { payment, .. } | Command::CancelPayment { payment } => {
+            Command::ConfirmPayment { payment, payment_key } => {
+                let mut keys = vec![LockKey::Payment(*payment), LockKey::Wallet(user)];
+                keys.extend(payment_key.clone().map(LockKey::PaymentKey));
+                let mut tx = self.store.peek().await?;
+                let peeked = tx.payment(*payment).await;
+                tx.rollback().await;
+                let order = peeked?.filter(|p| p.user == user).and_then(|p| p.order);
+                keys.extend(self.order_keys_of(order).await?);
+                keys
+            }
+            Command::CancelPayment { payment } => {
                 let mut keys = vec![LockKey::Payment(*payment), LockKey::Wallet(user)];
                 let mut tx = self.store.peek().await?;
                 let peeked = tx.payment(*payment).await;
@@ -183,7 +201,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let event = match (before.status, after.status) {
             (P::Wait, P::Confirming) => OrderEvent::BeginPay(after.id),
             (P::Wait | P::Confirming, P::Done) => OrderEvent::Pay(after.id),
-            (P::Confirming, P::Failed) => OrderEvent::PayFailed(after.id),
+            (P::Confirming, P::Failed | P::Refunding) => OrderEvent::PayFailed(after.id),
             (P::Done | P::Cancelling, P::Cancelled) => OrderEvent::Cancel,
             _ => return Ok(Some(order)),
         };
@@ -224,6 +242,19 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let loaded = tx.seat(seat.seat).await?.ok_or(StoreError::Integrity(format!("seat {} gone", seat.seat)))?;
             let released = loaded.apply(SeatEvent::Release(order.id)).map_err(|_| stale())?;
             tx.put_seat(Some(&loaded), &released).await?;
+        }
+        // The token that booked the seats may book as many again.
+        if let (Some(token), Some(event), false) = (order.token, order.event, order.seats.is_empty()) {
+            // The event row guards its tokens: load it first.
+            tx.event(event).await?.ok_or(StoreError::Integrity(format!("event {event} gone")))?;
+            let loaded = tx.token(token).await?.ok_or(StoreError::Integrity(format!("token {token} gone")))?;
+            let seats = u32::try_from(order.seats.len()).expect("at most ORDER_SEATS_MAX seats");
+            if loaded.seats_held < seats {
+                // Read without a row lock (optimistic, atomic) before the
+                // booking's write committed: decide again.
+                return Err(stale());
+            }
+            tx.put_token(Some(&loaded), &loaded.free_seats(seats)).await?;
         }
         Ok(())
     }
@@ -300,7 +331,6 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         tx: &mut S::Tx,
         user: UserId,
         order: OrderId,
-        payback: Option<Amount>,
         method: Method,
         booking: &Booking,
     ) -> Result<Step, Error> {
@@ -313,6 +343,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         if method == Method::Wallet && wallet.limits.per_payment.is_some_and(|limit| order.total.money() > limit) {
             return Err(WalletError::LimitExceeded(LimitKind::PerPayment).into());
         }
+        let payback = Amount::new(order.payback.minor_units()).ok();
         let mut payment = Payment::new(PaymentId(self.ids.next_id()), user, order.total, payback, method, booking.at)?;
         payment.order = Some(order.id);
         tx.put_payment(None, &payment).await?;
@@ -325,10 +356,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         name: &str,
         price: Amount,
         stock: u64,
+        payback_bps: Option<u32>,
         booking: &Booking,
     ) -> Result<Step, Error> {
         let name = valid_label(name, "a product name must be 1 to 200 characters")?;
-        let product = Product::new(ProductId(self.ids.next_id()), name, price, stock, booking.at)?;
+        let payback_bps = payback_bps.unwrap_or(self.config.payback_bps);
+        if payback_bps > crate::payment::PAYBACK_BPS_MAX {
+            return Err(Error::InvalidInput("payback_bps must be 0 to 10000"));
+        }
+        let product = Product::new(ProductId(self.ids.next_id()), name, price, stock, payback_bps, booking.at)?;
         tx.put_product(None, &product).await?;
         Ok(Step::Done(Outcome::Product(product)))
     }
@@ -350,14 +386,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         &self,
         tx: &mut S::Tx,
         name: &str,
-        active_limit: u32,
-        token_ttl: Duration,
+        settings: QueueSettings,
         showtimes: &[NewShowtime],
         booking: &Booking,
     ) -> Result<Step, Error> {
+        let QueueSettings { active_limit, token_ttl, max_seats_per_token } = settings;
         let name = valid_label(name, "an event name must be 1 to 200 characters")?;
         if !queue::valid_settings(active_limit, token_ttl) {
             return Err(Error::InvalidInput("active_limit must be 1 to 10000 and token_ttl_seconds 1 to 86400"));
+        }
+        if max_seats_per_token == 0 || max_seats_per_token > catalog::MAX_SEATS_PER_TOKEN_MAX {
+            return Err(Error::InvalidInput("max_seats_per_token must be 1 to 1000"));
         }
         if showtimes.is_empty() || showtimes.len() > catalog::SHOWTIMES_MAX {
             return Err(Error::InvalidInput("an event has 1 to 100 showtimes"));
@@ -376,6 +415,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             next_seq: 1,
             head_seq: 1,
             active_count: 0,
+            max_seats_per_token,
             created_at: booking.at,
             version: 0,
         };
@@ -496,6 +536,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let id = OrderId(self.ids.next_id());
         // Loads in the global order: products, seats, then the event's queue.
         let mut total: i64 = 0;
+        // The merchant's payback: each line at its product's rate, seats at
+        // the service default. Rounded down per line, so never above total.
+        let mut payback = Money::ZERO;
+        let mut pay_back = |price: Amount, quantity: u64, bps: u32| -> Result<(), Error> {
+            let cost = i64::try_from(quantity).ok().and_then(|q| price.minor_units().checked_mul(q));
+            let cost = Amount::new(cost.ok_or(AmountError::TooLarge)?)?;
+            payback = payback.checked_add(crate::payment::payback_of(cost, bps)).ok_or(AmountError::TooLarge)?;
+            Ok(())
+        };
         let mut lines = Vec::with_capacity(items.len());
         let mut reserved = Vec::with_capacity(items.len());
         for (product, quantity) in &items {
@@ -503,6 +552,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let taken = loaded.apply(StockEvent::Reserve(*quantity), now)?;
             let cost = i64::try_from(*quantity).ok().and_then(|q| loaded.price.minor_units().checked_mul(q));
             total = cost.and_then(|c| total.checked_add(c)).ok_or(AmountError::TooLarge)?;
+            pay_back(loaded.price, *quantity, loaded.payback_bps)?;
             lines.push(OrderLine { product: *product, quantity: *quantity, unit_price: loaded.price });
             reserved.push((loaded, taken));
         }
@@ -512,9 +562,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let loaded = tx.seat(*seat).await?.ok_or(Error::NotFound)?;
             let taken = loaded.apply(SeatEvent::Hold(id))?;
             total = total.checked_add(loaded.price.minor_units()).ok_or(AmountError::TooLarge)?;
+            pay_back(loaded.price, 1, self.config.payback_bps)?;
             seats.push(OrderSeat { seat: *seat, price: loaded.price });
             held.push((loaded, taken));
         }
+        let mut booked_token = None;
         let event = match held.first() {
             None => None,
             Some((first, _)) => {
@@ -524,15 +576,20 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
                 ensure_locked(locked, [LockKey::Queue(event)])?;
                 // The event row guards its tokens: load it before the token.
-                tx.event(event).await?.ok_or(StoreError::Integrity(format!("event {event} gone")))?;
+                let loaded = tx.event(event).await?.ok_or(StoreError::Integrity(format!("event {event} gone")))?;
                 let valid = match token {
                     Some(token) => tx.token(token).await?,
                     None => None,
                 }
-                .is_some_and(|t| t.user == user && t.event == event && t.usable(now));
-                if !valid {
+                .filter(|t| t.user == user && t.event == event && t.usable(now));
+                let Some(valid) = valid else {
                     return Err(Error::Forbidden("seats need an active queue token for their event"));
-                }
+                };
+                // One active token may not hoard the showtime: its live
+                // orders hold at most the event's max_seats_per_token.
+                let seats = u32::try_from(held.len()).expect("at most ORDER_SEATS_MAX seats");
+                let booked = valid.book_seats(seats, loaded.max_seats_per_token).ok_or(Error::SeatLimitReached)?;
+                booked_token = Some((valid, booked));
                 Some(event)
             }
         };
@@ -545,6 +602,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             event,
             token: event.and(token),
             total,
+            payback,
             status: OrderStatus::PendingPayment,
             payment: None,
             expires_at: now.plus(self.config.order_ttl),
@@ -557,6 +615,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         for (before, after) in &held {
             tx.put_seat(Some(before), after).await?;
+        }
+        if let Some((before, after)) = &booked_token {
+            tx.put_token(Some(before), after).await?;
         }
         tx.put_order(None, &order).await?;
         Ok(Step::Done(Outcome::Order(order)))
