@@ -124,6 +124,12 @@ impl Wallet {
     /// Rolling back to the older day would start it from zero and let the
     /// next payment of the newer day start from zero too: a limit bypass.
     pub fn spent_at(&self, now: Timestamp) -> (Money, Money) {
+        if crate::mutant::active("window_rollback") {
+            // The mutant: any other window starts from zero, older ones too.
+            let day = if self.day == now.day() { self.spent_day } else { Money::ZERO };
+            let month = if self.month == now.month() { self.spent_month } else { Money::ZERO };
+            return (day, month);
+        }
         let day = if now.day() > self.day { Money::ZERO } else { self.spent_day };
         let month = if now.month() > self.month { Money::ZERO } else { self.spent_month };
         (day, month)
@@ -180,9 +186,10 @@ impl Wallet {
                     return Err(WalletError::LimitExceeded(LimitKind::Monthly));
                 }
                 next.balance = self.debit(amount)?;
-                next.day = self.day.max(now.day());
+                let rollback = crate::mutant::active("window_rollback");
+                next.day = if rollback { now.day() } else { self.day.max(now.day()) };
                 next.spent_day = spent_day;
-                next.month = self.month.max(now.month());
+                next.month = if rollback { now.month() } else { self.month.max(now.month()) };
                 next.spent_month = spent_month;
             }
         }
@@ -196,7 +203,9 @@ impl Wallet {
         let balance = self.balance.checked_add(amount.money()).expect("bounded sums");
         let committed = balance.checked_add(self.payback_held).expect("bounded sums");
         let ceiling = self.limits.max_balance.unwrap_or(Money::BALANCE_LIMIT);
-        if committed > ceiling.min(Money::BALANCE_LIMIT) {
+        // The mutant forgets the cap when the wallet has no maximum of its own.
+        let cap = if crate::mutant::active("balance_uncapped") { Money::new(i64::MAX / 4) } else { Money::BALANCE_LIMIT };
+        if committed > ceiling.min(cap) {
             return Err(WalletError::MaxBalanceExceeded);
         }
         Ok(balance)
