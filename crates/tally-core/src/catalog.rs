@@ -89,7 +89,17 @@ impl Product {
             return Err(StockError::TooMuchStock(id));
         }
         assert!(payback_bps <= crate::payment::PAYBACK_BPS_MAX, "payback rates are validated at the boundary");
-        Ok(Product { id, name, price, stock, stocked: stock, payback_bps, created_at: now, updated_at: now, version: 0 })
+        Ok(Product {
+            id,
+            name,
+            price,
+            stock,
+            stocked: stock,
+            payback_bps,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        })
     }
 
     /// The transition function.

@@ -124,10 +124,10 @@ fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String
     // can never pay (or be refunded for) two payments.
     let mut by_key: BTreeMap<&str, PaymentId> = BTreeMap::new();
     for payment in &snapshot.payments {
-        if let Some(attempt) = &payment.gateway {
-            if let Some(other) = by_key.insert(attempt.payment_key.as_str(), payment.id) {
-                report(inv, format!("payments {other} and {} claim one payment key", payment.id));
-            }
+        if let Some(attempt) = &payment.gateway
+            && let Some(other) = by_key.insert(attempt.payment_key.as_str(), payment.id)
+        {
+            report(inv, format!("payments {other} and {} claim one payment key", payment.id));
         }
     }
     for payment in &snapshot.payments {
@@ -460,7 +460,10 @@ fn check_token_seats(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, Str
     for token in &snapshot.tokens {
         let expected = held.remove(&token.id).unwrap_or_default();
         if u64::from(token.seats_held) != expected {
-            report(inv, format!("token {} counts {} seats, its live orders hold {expected}", token.id, token.seats_held));
+            report(
+                inv,
+                format!("token {} counts {} seats, its live orders hold {expected}", token.id, token.seats_held),
+            );
         }
         if let Some(limit) = limits.get(&token.event).filter(|limit| expected > u64::from(**limit)) {
             report(inv, format!("token {} holds {expected} seats, above its event's {limit} per token", token.id));

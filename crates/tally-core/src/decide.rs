@@ -56,7 +56,12 @@ pub fn top_up(
 /// payback's room under the wallet's ceiling held. Everything that could
 /// refuse the confirm is decided here, before the charge is sent; once the
 /// gateway charged, [`confirm`] cannot refuse.
-pub fn begin_confirm(payment: &Payment, wallet: &Wallet, payment_key: &str, at: Timestamp) -> Result<(Payment, Wallet), Error> {
+pub fn begin_confirm(
+    payment: &Payment,
+    wallet: &Wallet,
+    payment_key: &str,
+    at: Timestamp,
+) -> Result<(Payment, Wallet), Error> {
     assert_eq!(payment.user, wallet.user, "a payment's payback goes to its owner's wallet");
     let next = payment.transition(PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned() }, at)?;
     let wallet = match payment.payback_amount() {
@@ -310,9 +315,15 @@ mod tests {
     /// A gateway payment of `amount` with `payback`, confirming: its payback
     /// held on the wallet, as [`begin_confirm`] leaves it.
     fn confirming(amount: i64, payback: i64) -> (Payment, Wallet) {
-        let payment =
-            Payment::new(OURS, UserId(1), Amount::new(amount).unwrap(), Amount::new(payback).ok(), Method::Gateway, Timestamp(0))
-                .unwrap();
+        let payment = Payment::new(
+            OURS,
+            UserId(1),
+            Amount::new(amount).unwrap(),
+            Amount::new(payback).ok(),
+            Method::Gateway,
+            Timestamp(0),
+        )
+        .unwrap();
         let wallet = Wallet::open(UserId(1), Limits::default(), Timestamp(0));
         begin_confirm(&payment, &wallet, "pk", Timestamp(1)).unwrap()
     }
@@ -362,7 +373,8 @@ mod tests {
         assert_eq!(booked(&done.unwrap()), (PaymentStatus::Failed, 0, Money::ZERO));
         // Unknown: it stays owed.
         let unclear = Verdict::Cancel(CancelResult::Unknown { reason: "t".into() });
-        let pending = settle(&decision.payment, &decision.wallet, &unclear, GIVE_UP, &booking(3), &mut || TransferId(9));
+        let pending =
+            settle(&decision.payment, &decision.wallet, &unclear, GIVE_UP, &booking(3), &mut || TransferId(9));
         assert_eq!(pending, Ok(Settled::Pending));
     }
 
@@ -414,9 +426,15 @@ mod tests {
         // the card was charged; it is refused before the confirm is sent.
         let limits = Limits { max_balance: Some(Money::new(100)), ..Limits::default() };
         let wallet = Wallet { balance: Money::new(80), ..Wallet::open(UserId(1), limits, Timestamp(0)) };
-        let payment =
-            Payment::new(OURS, UserId(1), Amount::new(500).unwrap(), Amount::new(50).ok(), Method::Gateway, Timestamp(0))
-                .unwrap();
+        let payment = Payment::new(
+            OURS,
+            UserId(1),
+            Amount::new(500).unwrap(),
+            Amount::new(50).ok(),
+            Method::Gateway,
+            Timestamp(0),
+        )
+        .unwrap();
         assert_eq!(
             begin_confirm(&payment, &wallet, "pk", Timestamp(1)),
             Err(Error::Wallet(crate::wallet::WalletError::MaxBalanceExceeded))

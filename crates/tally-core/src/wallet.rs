@@ -204,7 +204,8 @@ impl Wallet {
         let committed = balance.checked_add(self.payback_held).expect("bounded sums");
         let ceiling = self.limits.max_balance.unwrap_or(Money::BALANCE_LIMIT);
         // The mutant forgets the cap when the wallet has no maximum of its own.
-        let cap = if crate::mutant::active("balance_uncapped") { Money::new(i64::MAX / 4) } else { Money::BALANCE_LIMIT };
+        let cap =
+            if crate::mutant::active("balance_uncapped") { Money::new(i64::MAX / 4) } else { Money::BALANCE_LIMIT };
         if committed > ceiling.min(cap) {
             return Err(WalletError::MaxBalanceExceeded);
         }

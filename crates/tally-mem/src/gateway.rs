@@ -35,6 +35,8 @@ struct State {
     fail_confirms: u32,
     /// The next this-many lookups fail.
     fail_lookups: u32,
+    /// The next this-many cancels fail before taking effect.
+    fail_cancels: u32,
 }
 
 /// A fake gateway shared by clones.
@@ -69,6 +71,10 @@ impl MemGateway {
     pub fn charge_elsewhere(&self, payment_key: &str, order_id: &str, amount: i64) {
         let charge = Charge { amount, order_id: order_id.to_owned(), cancelled: false };
         self.state().charged.insert(payment_key.to_owned(), charge);
+    }
+
+    pub fn fail_cancels(&self, n: u32) {
+        self.state().fail_cancels = n;
     }
 
     pub fn fail_lookups(&self, n: u32) {
@@ -141,6 +147,10 @@ impl Gateway for MemGateway {
 
     fn cancel(&self, payment_key: &str, _: &str) -> impl Future<Output = CancelResult> + Send {
         let mut state = self.state();
+        if state.fail_cancels > 0 {
+            state.fail_cancels -= 1;
+            return std::future::ready(CancelResult::Unknown { reason: "injected: cancel failed".into() });
+        }
         let verdict = match state.charged.get_mut(payment_key) {
             Some(Charge { cancelled, .. }) => {
                 *cancelled = true;

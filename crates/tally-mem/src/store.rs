@@ -386,9 +386,10 @@ fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Result<(), St
         if let Write::Payment { after, .. } = write
             && let Some(attempt) = &after.gateway
         {
-            let claimed = state.payments.values().any(|p| {
-                p.id != after.id && p.gateway.as_ref().is_some_and(|a| a.payment_key == attempt.payment_key)
-            });
+            let claimed = state
+                .payments
+                .values()
+                .any(|p| p.id != after.id && p.gateway.as_ref().is_some_and(|a| a.payment_key == attempt.payment_key));
             if claimed {
                 return Err(StoreError::Conflict);
             }

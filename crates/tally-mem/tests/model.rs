@@ -28,7 +28,7 @@ const TTL_MS: i64 = 24 * 3_600_000;
 #[derive(Clone, Debug)]
 enum Op {
     TopUp { user: usize, amount: i64, key: Option<u8> },
-    Create { user: usize, amount: i64, payback: i64, key: Option<u8> },
+    Create { user: usize, amount: i64, key: Option<u8> },
     Confirm { user: usize, payment: usize, key: Option<u8> },
     Cancel { user: usize, payment: usize, key: Option<u8> },
     Advance { hours: u64 },
@@ -39,7 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
     let key = proptest::option::weighted(0.4, 0..3u8);
     prop_oneof![
         3 => (user.clone(), 1..400i64, key.clone()).prop_map(|(user, amount, key)| Op::TopUp { user, amount, key }),
-        3 => (user.clone(), 1..350i64, 0..60i64, key.clone()).prop_map(|(user, amount, payback, key)| Op::Create { user, amount, payback, key }),
+        3 => (user.clone(), 1..350i64, key.clone()).prop_map(|(user, amount, key)| Op::Create { user, amount, key }),
         4 => (user.clone(), 0..8usize, key.clone()).prop_map(|(user, payment, key)| Op::Confirm { user, payment, key }),
         2 => (user, 0..8usize, key).prop_map(|(user, payment, key)| Op::Cancel { user, payment, key }),
         1 => (0..30u64).prop_map(|hours| Op::Advance { hours }),
@@ -126,12 +126,11 @@ impl Model {
                 w.balance += amount;
                 Answer::Done
             }
-            Op::Create { user, amount, payback, .. } => {
+            Op::Create { user, amount, .. } => {
+                // The merchant's policy, restated: floor(amount × bps / 10,000).
+                let payback = amount * i64::from(PAYBACK_BPS) / 10_000;
                 if amount > limit(self.wallets[user].limits.per_payment) {
                     return refused(WalletError::LimitExceeded(LimitKind::PerPayment));
-                }
-                if payback > amount {
-                    return Answer::Refused(Error::Payback(tally_core::payment::PaybackTooLarge));
                 }
                 self.payments.push(ModelPayment { owner: user, amount, payback, status: PaymentStatus::Wait });
                 Answer::Done
@@ -194,11 +193,9 @@ fn command(op: &Op, ids: &[PaymentId]) -> Command {
     let missing = PaymentId(u128::MAX);
     match *op {
         Op::TopUp { amount, .. } => Command::TopUp { amount: Amount::new(amount).unwrap() },
-        Op::Create { amount, payback, .. } => Command::CreatePayment {
-            amount: Amount::new(amount).unwrap(),
-            payback: Amount::new(payback).ok(),
-            method: Method::Wallet,
-        },
+        Op::Create { amount, .. } => {
+            Command::CreatePayment { amount: Amount::new(amount).unwrap(), method: Method::Wallet }
+        }
         Op::Confirm { payment, .. } => {
             Command::ConfirmPayment { payment: ids.get(payment).copied().unwrap_or(missing), payment_key: None }
         }

@@ -29,6 +29,7 @@ use tally_core::catalog::StockError;
 use tally_core::check::assert_holds;
 use tally_core::gateway::Gateway;
 use tally_core::ids::{PaymentId, UserId};
+use tally_core::ledger::TransferKind;
 use tally_core::money::Money;
 use tally_core::order::{OrderError, OrderStatus};
 use tally_core::payment::{InvalidTransition, Method, PaymentEvent, PaymentStatus};
@@ -123,7 +124,7 @@ fn confirm_racing<L: LockManager>(
         let user = user_with(app, limits, balance).await;
         let mut ids = Vec::new();
         for _ in 0..THREADS {
-            ids.push(new_payment(app, user, 100, 0).await);
+            ids.push(new_payment(app, user, 100, 10).await);
         }
         (user, ids)
     });
@@ -164,7 +165,7 @@ fn k_of_n_payments<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
     assert_eq!(results.iter().filter(|r| **r == broke).count(), THREADS - 2, "{results:?}");
     block_on(async {
-        assert_eq!(balance(&app, user).await, Money::new(50));
+        assert_eq!(balance(&app, user).await, Money::new(250 - 2 * (100 - 10)), "two paid, each 10 back");
         assert_holds(&app.snapshot().await.unwrap());
     });
 }
@@ -179,7 +180,7 @@ fn daily_limit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     assert_eq!(results.iter().filter(|r| **r == limited).count(), THREADS - 2, "{results:?}");
     block_on(async {
         let view = app.wallet(user).await.unwrap();
-        assert_eq!(view.wallet.balance, Money::new(800));
+        assert_eq!(view.wallet.balance, Money::new(1_000 - 2 * (100 - 10)), "two paid, each 10 back");
         assert_eq!(view.spent_today, Money::new(200));
         assert_holds(&app.snapshot().await.unwrap());
     });
@@ -306,7 +307,7 @@ fn gateway_lost_reply((app, gateway): (Arc<GatewayTally>, MemGateway)) {
     gateway.lose_confirm_replies(1);
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_gateway_payment(&app, user, 300, 0).await)
+        (user, new_gateway_payment(&app, user, 300, 30).await)
     });
     let results = race(
         &app,
@@ -316,8 +317,9 @@ fn gateway_lost_reply((app, gateway): (Arc<GatewayTally>, MemGateway)) {
     assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
     block_on(async {
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Done);
-        let charges = app.snapshot().await.unwrap().transfers.iter().filter(|t| t.payment == Some(id)).count();
-        assert_eq!(charges, 1);
+        let booked: Vec<_> =
+            app.snapshot().await.unwrap().transfers.iter().filter(|t| t.payment == Some(id)).map(|t| t.kind).collect();
+        assert_eq!(booked, [TransferKind::Payment, TransferKind::Payback], "charged once, paid back once");
         assert_holds(&app.snapshot().await.unwrap());
     });
 }
@@ -597,7 +599,7 @@ fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, MemGateway)) {
         let user = user_with(&app, Limits::default(), 0).await;
         let product = new_product(&app, 300, 1).await;
         let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
-        let command = Command::CreateOrderPayment { order: order.id, payback: None, method: Method::Gateway };
+        let command = Command::CreateOrderPayment { order: order.id, method: Method::Gateway };
         let pay = match app.execute(user, command, None).await {
             Ok(Executed::Fresh(Outcome::Payment(p))) => p.id,
             other => panic!("{other:?}"),
@@ -620,6 +622,147 @@ fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, MemGateway)) {
         }
         assert_holds(&app.snapshot().await.unwrap());
     });
+}
+
+/// Hole 1: one gateway payment key, two payments (of two users) confirming
+/// with it at once → exactly one claims it and is charged; the other is
+/// refused `payment_key_in_use` and nothing is sent for it. One card charge
+/// never pays two payments, and nobody cancels it.
+fn gateway_one_key_two_payments((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    let payments = block_on(async {
+        let mut payments = Vec::new();
+        for _ in 0..2 {
+            let user = user_with(&app, Limits::default(), 0).await;
+            payments.push((user, new_gateway_payment(&app, user, 500, 50).await));
+        }
+        payments
+    });
+    let results = race(
+        &app,
+        payments
+            .iter()
+            .map(|&(user, id)| move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None)))
+            .collect(),
+    );
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| **r == Err(Error::PaymentKeyInUse)).count(), 1, "{results:?}");
+    assert_eq!(gateway.confirms_received("pk-1"), 1, "one confirm, for the payment that claimed the key");
+    assert_eq!(gateway.charge("pk-1"), Some((500, false)), "charged once, never cancelled");
+    block_on(async {
+        let mut statuses = Vec::new();
+        for &(user, id) in &payments {
+            statuses.push(payment(&app, user, id).await.status);
+        }
+        statuses.sort_by_key(|s| s.as_str());
+        assert_eq!(statuses, [PaymentStatus::Done, PaymentStatus::Wait]);
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Hole 2: a gateway cancel racing the customer spending its cashback. The
+/// payback reversal is decided before the refund is sent, so either the
+/// cancel wins (reversed, refunded, the spend refused) or the spend wins
+/// (the cancel refused `insufficient_balance` with nothing sent, the charge
+/// kept). Never a refund with the cancel refused afterwards, never a payment
+/// stuck `cancelling`.
+fn gateway_cancel_racing_cashback_spend((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    let (user, card, spend) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let card = new_gateway_payment(&app, user, 1_000, 100).await;
+        app.execute(user, gateway_confirm(card), None).await.expect("charged");
+        assert_eq!(balance(&app, user).await, Money::new(100), "the cashback");
+        (user, card, new_payment(&app, user, 100, 10).await)
+    });
+    let results = race(
+        &app,
+        vec![
+            Box::new(move |app: Arc<GatewayTally>| {
+                block_on(app.execute(user, Command::CancelPayment { payment: card }, None))
+            }) as Box<dyn FnOnce(Arc<GatewayTally>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Arc<GatewayTally>| block_on(app.execute(user, confirm(spend), None))),
+        ],
+    );
+    let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
+    block_on(async {
+        let card_status = payment(&app, user, card).await.status;
+        let spend_status = payment(&app, user, spend).await.status;
+        let cancelled =
+            matches!(&results[0], Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Cancelled);
+        if cancelled {
+            assert_eq!(results[1], broke, "{results:?}");
+            assert_eq!((card_status, spend_status), (PaymentStatus::Cancelled, PaymentStatus::Wait));
+            assert_eq!(gateway.charge("pk-1"), Some((1_000, true)), "refunded to the card");
+            assert_eq!(balance(&app, user).await, Money::ZERO);
+        } else {
+            assert_eq!(results[0], broke, "{results:?}");
+            assert!(is_done(&results[1]), "{results:?}");
+            assert_eq!((card_status, spend_status), (PaymentStatus::Done, PaymentStatus::Done));
+            assert_eq!(gateway.charge("pk-1"), Some((1_000, false)), "no refund sent for a refused cancel");
+            assert_eq!(balance(&app, user).await, Money::new(10));
+        }
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Hole 2's twin: a gateway confirm racing a top-up on a wallet near its
+/// maximum. The payback's room is held before the charge is sent, so either
+/// the confirm goes first (charged, the payback credited, the top-up refused)
+/// or the top-up does (the confirm refused `max_balance_exceeded` with
+/// nothing sent). Never a charge whose payback is refused afterwards.
+fn gateway_confirm_racing_a_top_up_near_the_maximum((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    let limits = Limits { max_balance: Some(Money::new(1_000)), ..Limits::default() };
+    let (user, id) = block_on(async {
+        let user = user_with(&app, limits, 900).await;
+        (user, new_gateway_payment(&app, user, 1_000, 100).await)
+    });
+    let results = race(
+        &app,
+        vec![
+            Box::new(move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None)))
+                as Box<dyn FnOnce(Arc<GatewayTally>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Arc<GatewayTally>| {
+                block_on(app.execute(user, Command::TopUp { amount: amount(100) }, None))
+            }),
+        ],
+    );
+    let full = Err(Error::Wallet(WalletError::MaxBalanceExceeded));
+    block_on(async {
+        let status = payment(&app, user, id).await.status;
+        if is_done(&results[0]) {
+            assert_eq!(results[1], full, "{results:?}");
+            assert_eq!(gateway.charge("pk-1"), Some((1_000, false)));
+        } else {
+            assert_eq!(results[0], full, "{results:?}");
+            assert!(results[1].is_ok(), "{results:?}");
+            assert_eq!((status, gateway.confirms_received("pk-1")), (PaymentStatus::Wait, 0), "nothing sent");
+        }
+        assert_eq!(balance(&app, user).await, Money::new(1_000));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Hole 7: one active token placing orders at once for more seats than the
+/// event allows a token → exactly `max_seats_per_token` seats are held, the
+/// rest refused `seat_limit_reached`.
+fn token_orders_hold_at_most_the_seat_limit<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
+    let (user, token, seats) = block_on(async {
+        let (event, seats) = new_event_with(&app, 1, THREADS, 2).await;
+        let user = user_with(&app, Limits::default(), 0).await;
+        (user, active_token(&app, user, event).await, seats)
+    });
+    let results = race(
+        &app,
+        seats
+            .iter()
+            .map(|&seat| {
+                move |app: Arc<Tally<_, L, _>>| block_on(app.execute(user, order_of(&[], &[seat], Some(token)), None))
+            })
+            .collect(),
+    );
+    assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), 2, "{results:?}");
+    let refused = results.iter().filter(|r| **r == Err(Error::SeatLimitReached)).count();
+    assert_eq!(refused, THREADS - 2, "{results:?}");
+    block_on(async { assert_holds(&app.snapshot().await.unwrap()) });
 }
 
 macro_rules! scenario {
@@ -657,3 +800,12 @@ scenario!(gateway_order_charge_racing_expiry_ends_one_way, gateway_confirm_vs_sw
 scenario!(gateway_concurrent_confirms_send_one_confirm, gateway_concurrent_confirms, with_gateway);
 scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway_lost_reply, with_gateway);
 scenario!(gateway_retry_racing_the_completer_charges_once, gateway_retry_vs_completer, with_gateway);
+scenario!(gateway_one_key_pays_one_payment, gateway_one_key_two_payments, with_gateway);
+scenario!(gateway_cancel_racing_a_cashback_spend_ends_one_way, gateway_cancel_racing_cashback_spend, with_gateway);
+scenario!(
+    gateway_payback_room_is_held_before_the_charge,
+    gateway_confirm_racing_a_top_up_near_the_maximum,
+    with_gateway
+);
+scenario!(locked_token_holds_at_most_its_seat_limit, token_orders_hold_at_most_the_seat_limit, locked);
+scenario!(optimistic_token_holds_at_most_its_seat_limit, token_orders_hold_at_most_the_seat_limit, optimistic);

@@ -89,25 +89,18 @@ fn refusals_change_nothing() {
         let limits =
             Limits { per_payment: Some(Money::new(500)), max_balance: Some(Money::new(1_000)), ..Limits::default() };
         let user = user_with(&app, limits, 200).await;
-        let id = new_payment(&app, user, 300, 0).await;
+        let id = new_payment(&app, user, 300, 30).await;
         let before = app.snapshot().await.unwrap();
 
         let refused = app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         let refused = app.execute(user, Command::TopUp { amount: amount(801) }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
-        let too_big =
-            Command::CreatePayment { amount: amount(501), payback: None, method: tally_core::payment::Method::Wallet };
+        let too_big = Command::CreatePayment { amount: amount(501), method: tally_core::payment::Method::Wallet };
         assert_eq!(
             app.execute(user, too_big, None).await,
             Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::PerPayment)))
         );
-        let payback_above = Command::CreatePayment {
-            amount: amount(10),
-            payback: Some(amount(11)),
-            method: tally_core::payment::Method::Wallet,
-        };
-        assert!(matches!(app.execute(user, payback_above, None).await, Err(Error::Payback(_))));
         let unknown = PaymentId(0xdead);
         assert_eq!(
             app.execute(user, Command::ConfirmPayment { payment: unknown, payment_key: None }, None).await,
@@ -124,7 +117,7 @@ fn another_users_payment_is_not_found() {
     block_on(async {
         let owner = user_with(&app, Limits::default(), 100).await;
         let other = user_with(&app, Limits::default(), 100).await;
-        let id = new_payment(&app, owner, 50, 0).await;
+        let id = new_payment(&app, owner, 50, 5).await;
         assert_eq!(app.payment(other, id).await, Err(Error::NotFound));
         assert_eq!(
             app.execute(other, Command::ConfirmPayment { payment: id, payment_key: None }, None).await,
@@ -140,7 +133,7 @@ fn second_confirm_and_second_cancel_are_refused() {
     let app = locked();
     block_on(async {
         let user = user_with(&app, Limits::default(), 100).await;
-        let id = new_payment(&app, user, 100, 0).await;
+        let id = new_payment(&app, user, 100, 10).await;
         app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await.unwrap();
         let again = app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await;
         assert_eq!(
@@ -174,7 +167,7 @@ fn idempotency_replays_refuses_reuse_and_stores_refusals() {
         assert_eq!(app.execute(user, other.clone(), Some(keyed("a", &other))).await, Err(Error::IdempotencyKeyReused));
 
         // A business refusal is stored and replayed, even once it would succeed.
-        let id = new_payment(&app, user, 500, 0).await;
+        let id = new_payment(&app, user, 500, 50).await;
         let pay = Command::ConfirmPayment { payment: id, payment_key: None };
         let refused = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
@@ -203,7 +196,7 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
     let app = locked();
     block_on(async {
         let user = user_with(&app, Limits::default(), 1_000).await;
-        let id = new_payment(&app, user, 400, 0).await;
+        let id = new_payment(&app, user, 400, 40).await;
         let pay = Command::ConfirmPayment { payment: id, payment_key: None };
         // Admission commits cleanly; the effect's commit is ambiguous.
         let mut commits = 0;
@@ -218,7 +211,7 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
         // answer of the execution that did happen.
         let retry = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
         assert!(matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 201), "{retry:?}");
-        assert_eq!(balance(&app, user).await, Money::new(600));
+        assert_eq!(balance(&app, user).await, Money::new(600 + 40), "charged once, paid back once");
         assert_holds(&app.snapshot().await.unwrap());
     });
 }
@@ -289,7 +282,7 @@ fn checker_names_each_broken_invariant() {
     let app = locked();
     block_on(async {
         let user = user_with(&app, Limits::default(), 1_000).await;
-        let id = new_payment(&app, user, 100, 0).await;
+        let id = new_payment(&app, user, 100, 10).await;
         let pay = Command::ConfirmPayment { payment: id, payment_key: None };
         app.execute(user, pay.clone(), Some(keyed("k", &pay))).await.unwrap();
         let good = app.snapshot().await.unwrap();
@@ -341,7 +334,7 @@ fn completer_claims_do_not_postpone_giving_up_on_a_lost_confirm() {
     let (app, gateway) = with_gateway();
     gateway.fail_confirms(1);
     let user = block_on(user_with(&app, Limits::default(), 0));
-    let id = block_on(new_gateway_payment(&app, user, 500, 0));
+    let id = block_on(new_gateway_payment(&app, user, 500, 50));
     let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-lost".into()) };
     assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
     // Claims every 60 s, as `tally serve` runs the completer; give-up is 120 s.
@@ -354,5 +347,130 @@ fn completer_claims_do_not_postpone_giving_up_on_a_lost_confirm() {
     assert_eq!(statuses[0], PaymentStatus::Confirming, "not before the deadline");
     assert_eq!(*statuses.last().unwrap(), PaymentStatus::Failed, "{statuses:?}");
     assert_eq!(gateway.confirms_received("pk-lost"), 1, "the one confirm, never sent again");
+    assert_holds(&block_on(app.snapshot()).unwrap());
+}
+
+/// Hole 5 (invariant 1 and the gateway's books): the gateway charged our
+/// payment another amount. The payment fails with its refund owed, durably
+/// (`refunding`); a refund whose answer is lost stays owed until the
+/// completer gets it through, and only then is the payment `failed`.
+#[test]
+fn a_wrong_charge_is_refunded_even_when_the_refunds_answer_is_lost() {
+    let (app, gateway) = with_gateway();
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let id = block_on(new_gateway_payment(&app, user, 500, 50));
+    gateway.short_charges(1);
+    // The cancel sent right after the verdict is lost on the way.
+    gateway.fail_cancels(1);
+    let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-short".into()) };
+    assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
+    assert_eq!(block_on(payment(&app, user, id)).status, PaymentStatus::Refunding);
+    assert_eq!(gateway.charge("pk-short"), Some((499, false)), "the refund is still owed");
+    assert_holds(&block_on(app.snapshot()).unwrap());
+    app.clock().advance(Duration::from_secs(61));
+    assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(1));
+    assert_eq!(block_on(payment(&app, user, id)).status, PaymentStatus::Failed);
+    assert_eq!(gateway.charge("pk-short"), Some((499, true)), "refunded to the card");
+    let snapshot = block_on(app.snapshot()).unwrap();
+    assert!(snapshot.transfers.iter().all(|t| t.payment != Some(id)), "our books never took the wrong charge");
+    assert_eq!(block_on(balance(&app, user)), Money::ZERO, "no payback for a failed payment");
+    assert_eq!(snapshot.wallets.iter().find(|w| w.user == user).unwrap().payback_held, Money::ZERO);
+    assert_holds(&snapshot);
+}
+
+/// Hole 1: a gateway key charged for somebody else's order (another
+/// merchant's checkout, or a payment of ours paid elsewhere) is not adopted
+/// — our payment fails — and not cancelled: it is not our money.
+#[test]
+fn a_charge_for_another_order_id_is_neither_adopted_nor_refunded() {
+    let (app, gateway) = with_gateway();
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let id = block_on(new_gateway_payment(&app, user, 500, 50));
+    gateway.charge_elsewhere("pk-foreign", "somebody-else", 500);
+    let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-foreign".into()) };
+    let failed = block_on(app.execute(user, confirm, None));
+    assert!(matches!(failed, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Failed));
+    assert_eq!(gateway.charge("pk-foreign"), Some((500, false)), "never cancelled: not ours");
+    assert_eq!(block_on(balance(&app, user)), Money::ZERO);
+    assert_holds(&block_on(app.snapshot()).unwrap());
+}
+
+/// Hole 4: one stuck payment that cannot be settled now must not starve the
+/// rest of the completer's batch.
+#[test]
+fn one_failing_stuck_payment_does_not_starve_the_completers_batch() {
+    let (app, gateway) = with_gateway();
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let first = block_on(new_gateway_payment(&app, user, 500, 50));
+    let second = block_on(new_gateway_payment(&app, user, 700, 70));
+    gateway.lose_confirm_replies(2);
+    gateway.fail_lookups(2);
+    for (id, key) in [(first, "pk-a"), (second, "pk-b")] {
+        let confirm = Command::ConfirmPayment { payment: id, payment_key: Some(key.into()) };
+        assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
+    }
+    app.clock().advance(Duration::from_secs(61));
+    // The completer claims both (one commit), then the first settlement's
+    // commit is lost: it fails, and the second must still be settled.
+    let mut commits = 0;
+    app.store().set_commit_faults(Some(Box::new(move || {
+        commits += 1;
+        if commits == 2 { CommitFault::Lost } else { CommitFault::None }
+    })));
+    let pass = block_on(app.resolve_stuck(Duration::from_secs(60), 16));
+    app.store().set_commit_faults(None);
+    assert!(matches!(pass, Err(Error::Store(StoreError::Unavailable(_)))), "the failure is reported: {pass:?}");
+    let statuses = [block_on(payment(&app, user, first)).status, block_on(payment(&app, user, second)).status];
+    assert!(statuses.contains(&PaymentStatus::Done), "the other payment was settled in the same pass: {statuses:?}");
+    app.clock().advance(Duration::from_secs(61));
+    assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(1));
+    assert_eq!(block_on(balance(&app, user)), Money::new(50 + 70));
+    assert_holds(&block_on(app.snapshot()).unwrap());
+}
+
+/// Hole 6: an instance whose clock is behind (or a request stamped before it
+/// waited) pays on day D after the wallet paid on D+1. The payment counts in
+/// D+1's window: the daily limit holds across the skew, and so does the
+/// monthly one across a month end.
+#[test]
+fn a_payment_stamped_before_the_wallets_window_counts_in_the_newest_window() {
+    let app = locked();
+    const DAY: i64 = 86_400_000;
+    // 2026-11-30T23:59:59Z, a second before December.
+    let last_second = START.0 + 8 * DAY - 1_000;
+    app.clock().set(tally_core::time::Timestamp(last_second));
+    let limits = Limits { daily: Some(Money::new(150)), monthly: Some(Money::new(1_000)), ..Limits::default() };
+    let user = block_on(user_with(&app, limits, 1_000));
+    let pay = |amount_paid: i64| {
+        let id = block_on(new_payment(&app, user, amount_paid, amount_paid / 10));
+        block_on(app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None))
+    };
+    app.clock().set(tally_core::time::Timestamp(last_second + 2_000)); // December 1st
+    assert!(pay(100).is_ok());
+    app.clock().set(tally_core::time::Timestamp(last_second)); // back to November 30th
+    assert_eq!(pay(100), Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::Daily))), "D+1's window holds");
+    assert!(pay(50).is_ok(), "and counts in D+1: 150 in all");
+    app.clock().set(tally_core::time::Timestamp(last_second + 2_000));
+    assert_eq!(
+        pay(1),
+        Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::Daily))),
+        "the window did not roll back"
+    );
+    let view = block_on(app.wallet(user)).unwrap();
+    assert_eq!((view.spent_today, view.spent_this_month), (Money::new(150), Money::new(150)));
+    assert_holds(&block_on(app.snapshot()).unwrap());
+}
+
+/// Hole 8: without a maximum of its own, a wallet still stops at the cap.
+#[test]
+fn the_balance_cap_holds_without_a_maximum() {
+    let app = locked();
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let top_up = |minor: i64| block_on(app.execute(user, Command::TopUp { amount: amount(minor) }, None));
+    for _ in 0..1_000 {
+        top_up(1_000_000_000_000).expect("up to the cap");
+    }
+    assert_eq!(block_on(balance(&app, user)), Money::BALANCE_LIMIT);
+    assert_eq!(top_up(1), Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
     assert_holds(&block_on(app.snapshot()).unwrap());
 }

@@ -21,6 +21,15 @@ use tally_core::wallet::Limits;
 use tally_core::{Error, Tally};
 use tally_mem::{Concurrency, MemGateway, MemLocks, MemStore};
 
+/// The merchant's default payback in every test app: 10 %, so that every
+/// payment also moves a payback (the conformance suite requires it).
+pub const PAYBACK_BPS: u32 = tally_conformance::PAYBACK_BPS;
+
+/// The use cases' configuration in the tests.
+pub fn config() -> Config {
+    Config { payback_bps: PAYBACK_BPS, ..Config::default() }
+}
+
 /// 2026-11-23T00:00:00Z: tests start on a known day.
 pub const START: Timestamp = Timestamp(20_780 * 86_400_000);
 
@@ -33,7 +42,7 @@ pub fn with_gateway() -> (Arc<GatewayTally>, MemGateway) {
     let clock = ManualClock::new(START);
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
     let gateway = MemGateway::new();
-    let app = Tally::new(MemStore::new(Concurrency::Locked), locks, clock, Arc::new(SeqIds::new(1)), Config::default())
+    let app = Tally::new(MemStore::new(Concurrency::Locked), locks, clock, Arc::new(SeqIds::new(1)), config())
         .with_gateway(gateway.clone());
     (Arc::new(app), gateway)
 }
@@ -42,13 +51,13 @@ pub fn with_gateway() -> (Arc<GatewayTally>, MemGateway) {
 pub fn locked() -> Arc<LockedTally> {
     let clock = ManualClock::new(START);
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
-    Arc::new(Tally::new(MemStore::new(Concurrency::Locked), locks, clock, Arc::new(SeqIds::new(1)), Config::default()))
+    Arc::new(Tally::new(MemStore::new(Concurrency::Locked), locks, clock, Arc::new(SeqIds::new(1)), config()))
 }
 
 /// The optimistic strategy: no locks, version-checked commits, bounded retries.
 pub fn optimistic() -> Arc<OptimisticTally> {
     let clock = ManualClock::new(START);
-    let config = Config { attempts_max: 16, ..Config::default() };
+    let config = Config { attempts_max: 16, ..config() };
     Arc::new(Tally::new(MemStore::new(Concurrency::Optimistic), NoLocks, clock, Arc::new(SeqIds::new(1)), config))
 }
 
@@ -127,23 +136,23 @@ pub async fn new_payment<L: LockManager, G: Gateway>(
     minor_units: i64,
     payback: i64,
 ) -> PaymentId {
-    let command = Command::CreatePayment {
-        amount: amount(minor_units),
-        payback: Amount::new(payback).ok(),
-        method: Method::Wallet,
-    };
+    assert_policy(app.config(), minor_units, payback);
+    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Wallet };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create payment: {other:?}"),
     }
 }
 
+/// The call sites name the payback they expect; the merchant's policy decides it.
+fn assert_policy(config: &Config, minor_units: i64, payback: i64) {
+    let policy = tally_core::payment::payback_of(amount(minor_units), config.payback_bps);
+    assert_eq!(policy, Money::new(payback), "the test expects another payback than the policy gives");
+}
+
 pub async fn new_gateway_payment(app: &GatewayTally, user: UserId, minor_units: i64, payback: i64) -> PaymentId {
-    let command = Command::CreatePayment {
-        amount: amount(minor_units),
-        payback: Amount::new(payback).ok(),
-        method: Method::Gateway,
-    };
+    assert_policy(app.config(), minor_units, payback);
+    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Gateway };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create gateway payment: {other:?}"),
@@ -166,7 +175,8 @@ type App<L, G> = Tally<MemStore, L, ManualClock, G>;
 
 /// A product (created by the admin) with `stock` units at `price`.
 pub async fn new_product<L: LockManager, G: Gateway>(app: &App<L, G>, price: i64, stock: u64) -> ProductId {
-    let command = Command::CreateProduct { name: "product".into(), price: amount(price), stock };
+    // No payback on products: the scenarios count order money by the price.
+    let command = Command::CreateProduct { name: "product".into(), price: amount(price), stock, payback_bps: Some(0) };
     match app.execute(UserId::ADMIN, command, None).await {
         Ok(Executed::Fresh(Outcome::Product(product))) => product.id,
         other => panic!("create product: {other:?}"),
@@ -180,6 +190,16 @@ pub async fn new_event<L: LockManager, G: Gateway>(
     active_limit: u32,
     seats: usize,
 ) -> (EventId, Vec<SeatId>) {
+    new_event_with(app, active_limit, seats, tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT).await
+}
+
+/// [`new_event`] whose tokens may hold at most `max_seats_per_token` seats.
+pub async fn new_event_with<L: LockManager, G: Gateway>(
+    app: &App<L, G>,
+    active_limit: u32,
+    seats: usize,
+    max_seats_per_token: u32,
+) -> (EventId, Vec<SeatId>) {
     let showtime = NewShowtime {
         starts_at: Timestamp(START.0 + 86_400_000),
         seats: (0..seats).map(|i| NewSeat { label: format!("A{i}"), price: amount(50) }).collect(),
@@ -188,6 +208,7 @@ pub async fn new_event<L: LockManager, G: Gateway>(
         name: "concert".into(),
         active_limit,
         token_ttl: std::time::Duration::from_secs(60),
+        max_seats_per_token,
         showtimes: vec![showtime],
     };
     match app.execute(UserId::ADMIN, command, None).await {
@@ -233,7 +254,7 @@ pub async fn new_order<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId
 
 /// A wallet payment of the whole order.
 pub async fn order_payment<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, order: OrderId) -> PaymentId {
-    let command = Command::CreateOrderPayment { order, payback: None, method: Method::Wallet };
+    let command = Command::CreateOrderPayment { order, method: Method::Wallet };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create order payment: {other:?}"),
