@@ -202,10 +202,11 @@ impl Wallet {
     fn credit(&self, amount: Amount) -> Result<Money, WalletError> {
         let balance = self.balance.checked_add(amount.money()).expect("bounded sums");
         let committed = balance.checked_add(self.payback_held).expect("bounded sums");
-        let ceiling = self.limits.max_balance.unwrap_or(Money::BALANCE_LIMIT);
-        // The mutant forgets the cap when the wallet has no maximum of its own.
+        // The mutant forgets the cap when the wallet has no maximum of its own
+        // (what the atomic SQL did).
         let cap =
             if crate::mutant::active("balance_uncapped") { Money::new(i64::MAX / 4) } else { Money::BALANCE_LIMIT };
+        let ceiling = self.limits.max_balance.unwrap_or(cap);
         if committed > ceiling.min(cap) {
             return Err(WalletError::MaxBalanceExceeded);
         }
