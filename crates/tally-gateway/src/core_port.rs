@@ -33,7 +33,9 @@ impl Gateway for GatewayClient {
 /// simulation's) maps replies exactly as this client does.
 pub fn confirmed(outcome: ConfirmOutcome) -> Confirmed {
     match outcome {
-        ConfirmOutcome::Approved { amount, .. } => Confirmed::Approved { amount },
+        // The order id goes through: the core adopts a charge only if it was
+        // made for our payment (a payment key reused across payments).
+        ConfirmOutcome::Approved { amount, order_id, .. } => Confirmed::Approved { amount, order_id },
         ConfirmOutcome::Declined { code, .. } => Confirmed::Declined { code },
         ConfirmOutcome::AlreadyProcessed => Confirmed::Unknown { reason: "ALREADY_PROCESSED_PAYMENT".into() },
         ConfirmOutcome::Unknown { reason } => Confirmed::Unknown { reason },
@@ -43,9 +45,11 @@ pub fn confirmed(outcome: ConfirmOutcome) -> Confirmed {
 /// The verdict of a lookup outcome.
 pub fn looked_up(outcome: LookupOutcome) -> LookedUp {
     match outcome {
-        LookupOutcome::Done { amount, status, .. } if status == "DONE" => LookedUp::Done { amount },
-        LookupOutcome::Done { status, .. } if status == "CANCELED" || status == "PARTIAL_CANCELED" => {
-            LookedUp::Cancelled
+        // The order id goes through here too: a lookup answers about a key,
+        // and the key may have been charged for somebody else's order.
+        LookupOutcome::Done { amount, order_id, status } if status == "DONE" => LookedUp::Done { amount, order_id },
+        LookupOutcome::Done { order_id, status, .. } if status == "CANCELED" || status == "PARTIAL_CANCELED" => {
+            LookedUp::Cancelled { order_id }
         }
         LookupOutcome::Done { status, .. } => LookedUp::Unknown { reason: format!("gateway status {status}") },
         LookupOutcome::NotFound => LookedUp::NotFound,
@@ -60,5 +64,44 @@ pub fn cancel_result(outcome: CancelOutcome) -> CancelResult {
         CancelOutcome::NotFound => CancelResult::Unknown { reason: "the gateway does not know this payment".into() },
         CancelOutcome::Refused { code, .. } => CancelResult::Unknown { reason: format!("cancel refused: {code}") },
         CancelOutcome::Unknown { reason } => CancelResult::Unknown { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(status: &str) -> LookupOutcome {
+        LookupOutcome::Done { amount: 1_000, order_id: "order-p1".into(), status: status.into() }
+    }
+
+    #[test]
+    fn an_approval_keeps_the_order_id_it_was_charged_for() {
+        // Hole 1: the core adopts a charge only for its own order id, so the
+        // id must reach it exactly as the gateway said it.
+        let approved = ConfirmOutcome::Approved {
+            payment_key: "pk".into(),
+            order_id: "order-p1".into(),
+            amount: 1_000,
+            approved_at: "2026-11-23T00:00:00+00:00".into(),
+        };
+        assert_eq!(confirmed(approved), Confirmed::Approved { amount: 1_000, order_id: "order-p1".into() });
+    }
+
+    #[test]
+    fn a_lookup_keeps_the_order_id_the_key_was_charged_for() {
+        assert_eq!(looked_up(lookup("DONE")), LookedUp::Done { amount: 1_000, order_id: "order-p1".into() });
+        for cancelled in ["CANCELED", "PARTIAL_CANCELED"] {
+            assert_eq!(looked_up(lookup(cancelled)), LookedUp::Cancelled { order_id: "order-p1".into() });
+        }
+        assert!(matches!(looked_up(lookup("WAITING_FOR_DEPOSIT")), LookedUp::Unknown { .. }));
+        assert_eq!(looked_up(LookupOutcome::NotFound), LookedUp::NotFound);
+    }
+
+    #[test]
+    fn already_processed_is_never_an_approval() {
+        // Some confirm charged the key, maybe for another order: only a
+        // lookup (with its order id) can say whose charge it is.
+        assert!(matches!(confirmed(ConfirmOutcome::AlreadyProcessed), Confirmed::Unknown { .. }));
     }
 }

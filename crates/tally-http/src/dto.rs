@@ -187,16 +187,30 @@ pub struct CreatePaymentRequest {
     /// payment gateway; refused when the server has no gateway configured).
     #[schema(example = "wallet")]
     pub method: String,
-    /// Cashback credited when the payment is confirmed, `0..=amount`; 0 or
-    /// absent means none.
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
-    pub payback_amount: Option<JsonInteger>,
+    /// Never accepted (400 `malformed_request`, whatever its value, even
+    /// `null`): the payback is the merchant's policy (a product's
+    /// `payback_bps`, or the service's `--payback-bps`), never the
+    /// customer's choice. Read here only to refuse it with a clear detail
+    /// instead of a bare "unknown field".
+    #[serde(default, deserialize_with = "present")]
+    #[schema(ignore)]
+    pub payback_amount: Option<Present>,
     /// Pay this order of the caller's: the amount is its total. It must
     /// be `pending_payment` and inside its TTL.
     #[serde(default)]
     #[schema(format = Uuid)]
     pub order_id: Option<String>,
+}
+
+/// A field that was in the body, whatever its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Present;
+
+/// Deserializes any value, `null` included, as [`Present`]; with
+/// `#[serde(default)]`, an absent field stays `None`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Present>, D::Error> {
+    de::IgnoredAny::deserialize(deserializer)?;
+    Ok(Some(Present))
 }
 
 /// The body of `cancel`: none, or `{}`.
@@ -346,10 +360,20 @@ impl LedgerEntryBody {
 pub struct PaymentBody {
     #[schema(format = Uuid)]
     pub id: String,
-    /// `wait`, `done`, `failed` or `cancelled`.
+    /// `wait`, `done`, `failed` or `cancelled`; a gateway payment also shows
+    /// the states where the gateway has (or may have) been called and its
+    /// answer is not recorded yet: `confirming`, `cancelling` (a refund of a
+    /// done payment, whose payback reversal is already held), and
+    /// `refunding` (the gateway charged another amount than ours: the
+    /// payment fails, and its refund is owed and being sent; it ends
+    /// `failed` once the gateway gave the money back). The service finishes
+    /// these by itself; a client polls `GET /v1/payments/{id}`.
     pub status: String,
     pub amount: i64,
-    /// 0 when the payment has no payback.
+    /// The payback (cashback) this payment credits when it is confirmed
+    /// (and reverses when it is cancelled), set by the merchant's policy:
+    /// the rate of the order's products, or the service default. 0 when
+    /// none.
     pub payback_amount: i64,
     /// `wallet` or `gateway`.
     pub method: String,

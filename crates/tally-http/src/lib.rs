@@ -32,7 +32,16 @@
 //! - Amounts: an integer beyond `Amount::MAX` (also beyond `i64`/`u64`, or
 //!   written as `1e30`) is 422 `invalid_amount`; a fraction (`10.5`, `10.0`,
 //!   `1e3`) or a string is 400 `malformed_request`.
-//! - `payback_amount: 0` means no payback (responses show no payback as 0).
+//! - `payback_amount` in a payment request is 400 `malformed_request`
+//!   whatever its value (`0` and `null` included), with a detail that says
+//!   the payback is the merchant's policy, not an "unknown field": the
+//!   customer must learn why. Responses show no payback as 0.
+//! - A product's `payback_bps` and an event's `max_seats_per_token` out of
+//!   range are 400, like the event's other settings: they are rates and
+//!   counts the admin configures, not amounts.
+//! - A gateway payment shows its in-flight states as they are
+//!   (`confirming`, `cancelling`, `refunding`), since SPEC.md's four
+//!   statuses cannot say "the gateway has it".
 //! - A payment takes exactly one of `amount` and `order_id` (both or
 //!   neither: 400). `method: "gateway"` on a server without a gateway is 400.
 //! - Product, showtime and seat reads need no key ("any" in SPEC.md); an

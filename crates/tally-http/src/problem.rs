@@ -41,6 +41,8 @@ pub enum Code {
     SeatUnavailable,
     InvalidState,
     OrderExpired,
+    PaymentKeyInUse,
+    SeatLimitReached,
     PayloadTooLarge,
     UnsupportedMediaType,
     IdempotencyKeyReused,
@@ -68,6 +70,8 @@ impl Code {
             Code::SeatUnavailable => "seat_unavailable",
             Code::InvalidState => "invalid_state",
             Code::OrderExpired => "order_expired",
+            Code::PaymentKeyInUse => "payment_key_in_use",
+            Code::SeatLimitReached => "seat_limit_reached",
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
@@ -94,7 +98,9 @@ impl Code {
             | Code::OutOfStock
             | Code::SeatUnavailable
             | Code::InvalidState
-            | Code::OrderExpired => StatusCode::CONFLICT,
+            | Code::OrderExpired
+            | Code::PaymentKeyInUse
+            | Code::SeatLimitReached => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::IdempotencyKeyReused | Code::InvalidAmount => StatusCode::UNPROCESSABLE_ENTITY,
@@ -122,6 +128,8 @@ impl Code {
             Code::SeatUnavailable => "Seat unavailable",
             Code::InvalidState => "Invalid state",
             Code::OrderExpired => "Order expired",
+            Code::PaymentKeyInUse => "Payment key in use",
+            Code::SeatLimitReached => "Seat limit reached",
             Code::PayloadTooLarge => "Payload too large",
             Code::UnsupportedMediaType => "Unsupported media type",
             Code::IdempotencyKeyReused => "Idempotency-Key is already used",
@@ -293,6 +301,16 @@ impl From<Error> for ApiError {
                 OrderError::Expired(_) => ApiError::new(Code::OrderExpired, order.to_string()),
                 OrderError::InvalidState { .. } => ApiError::new(Code::InvalidState, order.to_string()),
             },
+            // Stored refusals like the other 409s: a retry with the same
+            // key replays them, a new key decides again.
+            Error::PaymentKeyInUse => ApiError::new(
+                Code::PaymentKeyInUse,
+                "this payment key was already used for another payment; a payment key pays one payment only",
+            ),
+            Error::SeatLimitReached => ApiError::new(
+                Code::SeatLimitReached,
+                "this queue token already holds the most seats its event allows across its live orders",
+            ),
             Error::Forbidden(reason) => ApiError::new(Code::Forbidden, reason),
             Error::NotFound => ApiError::not_found(),
             Error::InvalidInput(message) => ApiError::malformed(message),
@@ -365,7 +383,8 @@ mod tests {
         assert_eq!(code(invalid.into()), Code::InvalidState);
         assert_eq!(code(Error::Forbidden("no token")), Code::Forbidden);
         assert_eq!(code(AmountError::TooLarge.into()), Code::InvalidAmount);
-        for conflict in [Code::OutOfStock, Code::SeatUnavailable, Code::OrderExpired] {
+        assert_eq!(code(Error::SeatLimitReached), Code::SeatLimitReached);
+        for conflict in [Code::OutOfStock, Code::SeatUnavailable, Code::OrderExpired, Code::SeatLimitReached] {
             assert_eq!(conflict.status(), StatusCode::CONFLICT);
         }
         // A broken record is a 500, and a 500 is never stored under a key,
@@ -374,6 +393,18 @@ mod tests {
         assert_eq!(crate::keyed::render(StatusCode::OK, &broken), None);
         let refused = Err(StockError::OutOfStock { product, available: 0, wanted: 1 }.into());
         assert_eq!(crate::keyed::render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
+    }
+
+    #[test]
+    fn a_claimed_payment_key_is_a_stored_conflict() {
+        let error = ApiError::from(Error::PaymentKeyInUse);
+        assert_eq!((error.code, error.status()), (Code::PaymentKeyInUse, StatusCode::CONFLICT));
+        assert_eq!(error.problem().code, "payment_key_in_use");
+        // Stored like every business refusal, so a retry replays it.
+        let refused = Err(Error::PaymentKeyInUse);
+        assert_eq!(crate::keyed::render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
+        let refused = Err(Error::SeatLimitReached);
+        assert_eq!(crate::keyed::render(StatusCode::CREATED, &refused).map(|stored| stored.status), Some(409));
     }
 
     #[test]

@@ -296,6 +296,12 @@ fn wallet_of(workload: Workload, c: u64) -> usize {
     }
 }
 
+/// The payback a confirmed payment credited: the merchant's policy, which
+/// the load cannot know beforehand, so it reads what the server answered.
+fn payback_of(confirmed: &Reply) -> Result<i64, String> {
+    confirmed.body["payback_amount"].as_i64().ok_or_else(|| format!("no payback_amount in {}", confirmed.body))
+}
+
 fn record(local: &mut Observed, reply: &Reply) {
     local.latencies_us.push(u64::try_from(reply.elapsed.as_micros()).unwrap_or(u64::MAX));
     *local.statuses.entry(reply.status.as_u16()).or_default() += 1;
@@ -377,7 +383,10 @@ async fn one_step(
                     .await?;
                 record(local, &confirmed);
                 if confirmed.status == StatusCode::OK {
-                    *local.expected_delta.entry(wallet).or_default() -= amount;
+                    // The server's payback policy (`--payback-bps`) credits
+                    // part of it back; the payment says how much.
+                    let payback = payback_of(&confirmed)?;
+                    *local.expected_delta.entry(wallet).or_default() -= amount - payback;
                 }
             }
         }

@@ -51,6 +51,17 @@ pub struct ServeArgs {
     /// sweeper expires the order and gives them back.
     #[arg(long, env = "TALLY_ORDER_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub order_ttl_seconds: u64,
+    /// The merchant's default payback (cashback), in basis points (0 to
+    /// 10000, i.e. 100 %): of a payment for an amount, of an order's seats,
+    /// and of a product created without a rate of its own. Customers never
+    /// choose it (SPEC.md).
+    #[arg(
+        long,
+        env = "TALLY_PAYBACK_BPS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(tally_core::payment::PAYBACK_BPS_MAX))
+    )]
+    pub payback_bps: u32,
     /// Database connections in the pool.
     #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
@@ -66,8 +77,8 @@ pub struct ServeArgs {
     /// The gateway's secret key (HTTP Basic user name).
     #[arg(long, env = "TALLY_GATEWAY_SECRET_KEY", default_value = "test_sk")]
     pub gateway_secret_key: String,
-    /// How long a gateway payment may sit in `confirming` or `cancelling`
-    /// before the completer looks it up.
+    /// How long a gateway payment may sit in `confirming`, `cancelling` or
+    /// `refunding` before the completer looks it up (or re-sends the refund).
     #[arg(long, env = "TALLY_COMPLETER_AFTER_SECONDS", default_value_t = 60)]
     pub completer_after_seconds: u64,
 }
@@ -184,6 +195,7 @@ fn core_config(args: &ServeArgs) -> Config {
         idempotency: IdemConfig { ttl, lease: defaults.idempotency.lease },
         pause_after_gateway: Duration::from_millis(pause),
         order_ttl: Duration::from_secs(args.order_ttl_seconds),
+        payback_bps: args.payback_bps,
         ..defaults
     }
 }
@@ -278,10 +290,11 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
     served
 }
 
-/// Resolves gateway payments stuck in `confirming` or `cancelling` (a crash
-/// between the gateway's answer and our commit, a timeout), by lookup, in
-/// bounded batches, forever. Safe with several instances: each claims what
-/// it resolves.
+/// Resolves gateway payments stuck in `confirming`, `cancelling` or
+/// `refunding` (a crash between the gateway's answer and our commit, a
+/// timeout, a refund owed whose answer was unclear), by a lookup or a
+/// re-sent (idempotent) cancel, in bounded batches, forever. Safe with
+/// several instances: each claims what it resolves.
 async fn complete<S: Store, L: LockManager, G: Gateway>(app: Arc<Tally<S, L, SystemClock, G>>, after: Duration) {
     if !app.gateway().enabled() {
         return;
@@ -367,4 +380,37 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing the requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tally-serve").chain(args.iter().copied())).map(|cli| cli.serve)
+    }
+
+    #[test]
+    fn the_payback_policy_is_0_to_10000_basis_points_and_reaches_the_core() {
+        // The environment may set it on a developer's machine; only
+        // without it does the built-in default show.
+        if std::env::var_os("TALLY_PAYBACK_BPS").is_none() {
+            assert_eq!(core_config(&parse(&[]).unwrap()).payback_bps, 0);
+        }
+        let full = parse(&["--payback-bps", "10000"]).unwrap();
+        assert_eq!(core_config(&full).payback_bps, 10_000);
+        let some = parse(&["--payback-bps", "250"]).unwrap();
+        assert_eq!(core_config(&some).payback_bps, 250);
+        for bad in ["10001", "-1", "2.5", "lots"] {
+            assert!(parse(&["--payback-bps", bad]).is_err(), "{bad}");
+        }
+    }
 }

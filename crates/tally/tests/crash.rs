@@ -18,6 +18,8 @@ fn start_tally(database_url: &str, gateway_url: &str, port: u16, pause_ms: u64) 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", database_url])
         .args(["--gateway-url", gateway_url, "--completer-after-seconds", "1"])
+        // A payback policy of 10 %: its hold must survive the crash too.
+        .args(["--payback-bps", "1000"])
         .env("TALLY_ADMIN_KEY", ADMIN)
         .env("TALLY_TEST_PAUSE_AFTER_GATEWAY_MS", pause_ms.to_string())
         .env("RUST_LOG", "warn")
@@ -72,8 +74,9 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
         let mut first = start_tally(&database_url, &gateway_url, port, 30_000);
         let user = post(&http, format!("{base}/v1/users"), ADMIN, None, json!({"name": "crash"})).await;
         let key = user["api_key"].as_str().expect("api key").to_owned();
-        let body = json!({"amount": 4_200, "method": "gateway", "payback_amount": 420});
+        let body = json!({"amount": 4_200, "method": "gateway"});
         let payment = post(&http, format!("{base}/v1/payments"), &key, Some("create"), body).await;
+        assert_eq!(payment["payback_amount"], 420, "the merchant's 10 %");
         let id = payment["id"].as_str().expect("payment id").to_owned();
         let confirm = {
             let (http, url, key) = (http.clone(), format!("{base}/v1/payments/{id}/confirm"), key.clone());
@@ -102,11 +105,13 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
         let stuck = snapshot.payments.iter().find(|p| p.id.to_string() == id).expect("payment");
         assert_eq!(stuck.status.as_str(), "confirming");
         assert!(snapshot.transfers.is_empty(), "nothing was booked before the crash");
+        let wallet = snapshot.wallets.iter().find(|w| w.user == stuck.user).expect("wallet");
+        assert_eq!(wallet.payback_held.minor_units(), 420, "the payback's room is held, not credited");
 
         // Second life: the completer resolves it by lookup.
         let mut second = start_tally(&database_url, &gateway_url, port, 0);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
+        let got = loop {
             let got: Value = http
                 .get(format!("{base}/v1/payments/{id}"))
                 .bearer_auth(&key)
@@ -117,13 +122,24 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
                 .await
                 .expect("json");
             if got["status"] == "done" || Instant::now() > deadline {
-                break got["status"].clone();
+                break got;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        let wallet: Value = http
+            .get(format!("{base}/v1/wallet"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         second.kill().expect("stop tally");
         second.wait().expect("reap");
-        assert_eq!(status, "done", "the completer recorded the charge");
+        assert_eq!(got["status"], "done", "the completer recorded the charge");
+        assert_eq!(got["payback_amount"], 420);
+        assert_eq!(wallet["balance"], 420, "the payback was credited once");
         let stats = gateway.payment_stats("pk-crash");
         assert_eq!((stats.confirm_requests, stats.confirm_effects), (1, 1), "one confirm, ever");
         let snapshot = store.snapshot().await.expect("snapshot");

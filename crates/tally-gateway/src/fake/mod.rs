@@ -337,4 +337,28 @@ mod tests {
         assert_eq!((status, body["code"].as_str()), (400, Some(codes::ALREADY_PROCESSED_PAYMENT)));
         assert_eq!(gateway.payment_stats("pk").confirm_effects, 1);
     }
+
+    #[test]
+    fn a_key_charged_for_one_order_is_never_charged_again_for_another() {
+        // What a real gateway does when one payment key is confirmed for a
+        // second order (hole 1): refuse it, keep the first charge as it was,
+        // and keep answering lookups with the first order id.
+        let gateway = FakeGateway::new("sk");
+        let first = ConfirmBody { payment_key: "pk".into(), order_id: "order-1".into(), amount: 1_000 };
+        assert!(gateway.apply_confirm(&first).1);
+        for second in [
+            ConfirmBody { order_id: "order-2".into(), ..first.clone() },
+            ConfirmBody { order_id: "order-3".into(), amount: 1_001, ..first.clone() },
+        ] {
+            let ((status, body), took_effect) = gateway.apply_confirm(&second);
+            assert!(!took_effect);
+            assert_eq!((status, body["code"].as_str()), (400, Some(codes::ALREADY_PROCESSED_PAYMENT)));
+        }
+        let (status, body) = gateway.apply_lookup("pk");
+        assert_eq!(status, 200);
+        assert_eq!((body["orderId"].as_str(), body["totalAmount"].as_i64()), (Some("order-1"), Some(1_000)));
+        assert_eq!(body["status"].as_str(), Some(STATUS_DONE));
+        let stats = gateway.payment_stats("pk");
+        assert_eq!((stats.confirm_effects, stats.cancel_effects), (1, 0));
+    }
 }

@@ -32,6 +32,13 @@ pub struct CreateProductRequest {
     /// Units in stock, `0..=10^9`.
     #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_i64)]
     pub stock: JsonInteger,
+    /// The merchant's payback (cashback) on this product, in basis points of
+    /// what an order pays for it, rounded down: `0..=10000` (10000 = 100 %).
+    /// Absent: the service default (`--payback-bps`), fixed when the product
+    /// is created. A rate, not an amount: out of range is 400.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10_000)]
+    pub payback_bps: Option<u32>,
 }
 
 impl CreateProductRequest {
@@ -85,6 +92,12 @@ pub struct CreateEventRequest {
     /// How long a token stays active once promoted, `1..=86400`.
     #[schema(minimum = 1, maximum = 86_400)]
     pub token_ttl_seconds: u64,
+    /// Seats one queue token may hold across its live (pending or paid)
+    /// orders, `1..=1000`; absent: 4. More is 409 `seat_limit_reached`, so
+    /// that one active token cannot hoard a showtime.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000, default = 4)]
+    pub max_seats_per_token: Option<u32>,
     /// 1 to 100 showtimes.
     pub showtimes: Vec<NewShowtimeInput>,
 }
@@ -177,6 +190,9 @@ pub struct ProductBody {
     pub price: i64,
     /// Units available to order now (pending and paid orders hold the rest).
     pub stock: u64,
+    /// The payback on this product, in basis points of what an order pays
+    /// for it.
+    pub payback_bps: u32,
 }
 
 impl From<&Product> for ProductBody {
@@ -186,6 +202,7 @@ impl From<&Product> for ProductBody {
             name: product.name.clone(),
             price: product.price.minor_units(),
             stock: product.stock,
+            payback_bps: product.payback_bps,
         }
     }
 }
@@ -231,6 +248,8 @@ pub struct EventBody {
     pub name: String,
     pub active_limit: u32,
     pub token_ttl_seconds: u64,
+    /// Seats one queue token may hold across its live orders.
+    pub max_seats_per_token: u32,
     pub showtimes: Vec<ShowtimeCreatedBody>,
 }
 
@@ -241,6 +260,7 @@ impl From<&EventView> for EventBody {
             name: view.event.name.clone(),
             active_limit: view.event.active_limit,
             token_ttl_seconds: view.event.token_ttl.as_secs(),
+            max_seats_per_token: view.event.max_seats_per_token,
             showtimes: view
                 .showtimes
                 .iter()

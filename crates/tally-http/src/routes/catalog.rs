@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
+use tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT;
 use tally_core::gateway::Gateway;
 use tally_core::ids::UserId;
 use tally_core::store::{LockManager, Store};
@@ -47,7 +48,7 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
     request_body = CreateProductRequest,
     responses(
         (status = 201, description = "Created", body = ProductBody),
-        (status = 400, description = "`malformed_request` (also a name of 0 or over 200 characters)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_request` (also a name of 0 or over 200 characters, and a `payback_bps` outside 0 to 10000)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
@@ -62,7 +63,8 @@ pub async fn create_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
     body: JsonBody<CreateProductRequest>,
 ) -> Result<Response, ApiError> {
     let (price, stock) = body.value.values()?;
-    let command = Command::CreateProduct { name: body.value.name, price, stock };
+    // The rate's range is the core's to check (400, like the event's settings).
+    let command = Command::CreateProduct { name: body.value.name, price, stock, payback_bps: body.value.payback_bps };
     Ok(keyed::execute_unkeyed(&state.app, UserId::ADMIN, command, StatusCode::CREATED).await)
 }
 
@@ -131,7 +133,7 @@ pub async fn get_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
     request_body = CreateEventRequest,
     responses(
         (status = 201, description = "Created", body = EventBody),
-        (status = 400, description = "`malformed_request` (also: names and labels 1 to 200 characters, seat labels unique per showtime, 1 to 100 showtimes of 1 to 1000 seats, at most 10000 seats, `active_limit` 1 to 10000, `token_ttl_seconds` 1 to 86400, `starts_at` RFC 3339)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_request` (also: names and labels 1 to 200 characters, seat labels unique per showtime, 1 to 100 showtimes of 1 to 1000 seats, at most 10000 seats, `active_limit` 1 to 10000, `token_ttl_seconds` 1 to 86400, `max_seats_per_token` 1 to 1000, `starts_at` RFC 3339)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large` (the 64 KiB body limit bounds one request's seats)", body = Problem, content_type = "application/problem+json"),
@@ -151,6 +153,7 @@ pub async fn create_event<S: Store, L: LockManager, C: Clock, G: Gateway>(
         name: request.name,
         active_limit: request.active_limit,
         token_ttl: std::time::Duration::from_secs(request.token_ttl_seconds),
+        max_seats_per_token: request.max_seats_per_token.unwrap_or(MAX_SEATS_PER_TOKEN_DEFAULT),
         showtimes,
     };
     Ok(keyed::execute_unkeyed(&state.app, UserId::ADMIN, command, StatusCode::CREATED).await)

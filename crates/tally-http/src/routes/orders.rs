@@ -46,7 +46,7 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: seats without an active queue token of the caller for their event", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: a product or seat does not exist", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`out_of_stock`, `seat_unavailable`, `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`out_of_stock`, `seat_unavailable`, `seat_limit_reached` (the queue token would hold more than its event's `max_seats_per_token` seats across its live orders), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount` (a quantity outside 1 to 1000, or a total beyond 10^12), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),

@@ -17,7 +17,7 @@ use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 
 use crate::auth::CurrentUser;
-use crate::dto::{ConfirmRequest, CreatePaymentRequest, EmptyRequest, JsonInteger, PaymentBody};
+use crate::dto::{ConfirmRequest, CreatePaymentRequest, EmptyRequest, PaymentBody};
 use crate::extract::{KeyedJson, PaymentPath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
@@ -33,22 +33,25 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
 
 /// The command a create request asks for, or why it cannot be run.
 fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
+    // A shape error, so before any amount is looked at: whatever its value
+    // (even 0 or null), a customer does not choose its own cashback
+    // (OWASP API3, mass assignment).
+    if request.payback_amount.is_some() {
+        return Err(ApiError::malformed(
+            "payback_amount is not accepted: the payback is the merchant's policy (a product's payback_bps, \
+             or the service default), never the customer's choice",
+        ));
+    }
     let method = match request.method.as_str() {
         "wallet" => Method::Wallet,
         "gateway" => Method::Gateway,
         _ => return Err(ApiError::malformed("method must be \"wallet\" or \"gateway\"")),
     };
-    // The response shows "no payback" as 0, so a client echoing it back
-    // must be understood: 0 means none.
-    let payback = match request.payback_amount {
-        None | Some(JsonInteger::Exact(0)) => None,
-        Some(value) => Some(value.amount()?),
-    };
     match (request.amount, request.order_id.as_deref()) {
-        (Some(amount), None) => Ok(Command::CreatePayment { amount: amount.amount()?, payback, method }),
+        (Some(amount), None) => Ok(Command::CreatePayment { amount: amount.amount()?, method }),
         (None, Some(order)) => {
             let order = OrderId::parse(order).ok_or_else(|| ApiError::malformed("order_id must be a UUID"))?;
-            Ok(Command::CreateOrderPayment { order, payback, method })
+            Ok(Command::CreateOrderPayment { order, method })
         }
         (Some(_), Some(_)) => Err(ApiError::malformed("give `amount` or `order_id`, not both")),
         (None, None) => Err(ApiError::malformed("missing field `amount` (or `order_id`)")),
@@ -66,13 +69,13 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
     request_body = CreatePaymentRequest,
     responses(
         (status = 201, description = "Created in `wait` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request` (also both or neither of `amount` and `order_id`, and `gateway` on a server without one), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_request` (also both or neither of `amount` and `order_id`, `gateway` on a server without one, and any `payback_amount`: the payback is the merchant's policy), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`limit_exceeded` (per-payment), `order_expired`, `invalid_state` (the order is paid, cancelled, or has a charge in flight), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_amount` (also a payback above the amount), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -97,11 +100,11 @@ pub async fn create_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
     ),
     request_body(content = Option<ConfirmRequest>, description = "Wallet payment: no body, or `{}`. Gateway payment: `{payment_key}`"),
     responses(
-        (status = 200, description = "Now `done` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 200, description = "Now `done` (or replayed); a gateway payment may also answer `failed` (declined, or charged for another amount: then `refunding` until the refund went back)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`insufficient_balance`, `limit_exceeded`, `max_balance_exceeded`, `invalid_state`, `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_balance`, `limit_exceeded`, `max_balance_exceeded` (also: no room for the payback, checked before a gateway charge), `invalid_state`, `payment_key_in_use` (the gateway `payment_key` was already given for another payment, of any user: a key pays one payment, forever), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
@@ -134,7 +137,7 @@ pub async fn confirm_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
         (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_state`, `insufficient_balance` (payback already spent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`, `insufficient_balance` (the payback was already spent: checked before the gateway is asked for the refund, which is then not sent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),

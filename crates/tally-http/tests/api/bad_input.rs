@@ -67,7 +67,8 @@ async fn bad_payment_amounts_are_refused_and_create_nothing() {
         (json!({"amount": 0, "method": "wallet"}), 422, "invalid_amount"),
         (json!({"amount": -1, "method": "wallet"}), 422, "invalid_amount"),
         (json!({"amount": 1_000_000_000_001_i64, "method": "wallet"}), 422, "invalid_amount"),
-        (json!({"amount": 10, "method": "wallet", "payback_amount": -1}), 422, "invalid_amount"),
+        // Whatever its value, a payback is not the customer's to send.
+        (json!({"amount": 10, "method": "wallet", "payback_amount": -1}), 400, "malformed_request"),
         (json!({"amount": 10, "method": "wallet", "payback_amount": 1.5}), 400, "malformed_request"),
         (json!({"amount": 10.5, "method": "wallet"}), 400, "malformed_request"),
         (json!({"amount": "10", "method": "wallet"}), 400, "malformed_request"),

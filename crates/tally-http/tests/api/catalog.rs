@@ -15,7 +15,7 @@ async fn the_admin_creates_a_product_and_anyone_reads_it() {
     assert_eq!(response.content_type(), "application/json");
     let id = product["id"].as_str().unwrap();
     assert!(tally_core::ids::ProductId::parse(id).is_some());
-    assert_eq!(product, json!({"id": id, "name": "Ticket bundle", "price": 2500, "stock": 7}));
+    assert_eq!(product, json!({"id": id, "name": "Ticket bundle", "price": 2500, "stock": 7, "payback_bps": 0}));
     // No key needed to read it; a key that is not one is not even looked at.
     assert_eq!(app.product(id).await, product);
     let with_junk = app.call(Call::get(&format!("/v1/products/{id}")).bearer("not-a-key")).await;
@@ -33,7 +33,7 @@ async fn a_restock_is_keyed_and_happens_once() {
         Call::post(&format!("/v1/products/{id}/restock")).bearer(ADMIN_KEY).idem(key).json(body.to_owned())
     };
     let first = app.call(restock("r1", r#"{"quantity":5}"#)).await;
-    assert_eq!(first.assert_status(200), json!({"id": id, "name": "p", "price": 100, "stock": 7}));
+    assert_eq!(first.assert_status(200), json!({"id": id, "name": "p", "price": 100, "stock": 7, "payback_bps": 0}));
     let replayed = app.call(restock("r1", r#"{"quantity":5}"#)).await;
     assert_eq!((replayed.status, &replayed.body), (first.status, &first.body));
     assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
@@ -138,6 +138,7 @@ async fn the_admin_creates_an_event_and_anyone_reads_its_showtimes_and_seats() {
             "name": "Concert",
             "active_limit": 2,
             "token_ttl_seconds": 90,
+            "max_seats_per_token": 4,
             "showtimes": [
                 {"id": showtime(0), "starts_at": "2026-12-24T19:30:00.000Z", "seats": [
                     {"id": seat(0, 0), "label": "A1", "price": 5000, "status": "available"},

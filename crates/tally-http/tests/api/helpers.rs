@@ -1,6 +1,9 @@
 //! zero2prod-style helpers: `TestApp::spawn()` builds the router on the
 //! in-memory backend, and request methods named after the API drive it with
 //! `tower::ServiceExt::oneshot` (or a real listener, see `serve()`).
+//! `TestApp::spawn_with_gateway()` adds the fake payment gateway, served on a
+//! loopback port and reached through the real gateway client, so that a
+//! gateway payment goes through exactly what `tally serve` runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +16,12 @@ use serde_json::{Value, json};
 use tally_core::Tally;
 use tally_core::app::Config;
 use tally_core::check::Snapshot;
+use tally_core::gateway::{Gateway, NoGateway};
 use tally_core::ids::{SeqIds, UserId};
 use tally_core::store::LockKey;
 use tally_core::time::{ManualClock, Timestamp};
+use tally_gateway::fake::FakeGateway;
+use tally_gateway::{GatewayClient, GatewayConfig};
 use tally_http::{HttpConfig, Readiness};
 use tally_lock::Guard;
 use tally_mem::{Concurrency, MemLocks, MemStore};
@@ -25,14 +31,33 @@ use tower::ServiceExt;
 pub const START: Timestamp = Timestamp(20_780 * 86_400_000);
 pub const ADMIN_KEY: &str = "admin-secret-for-tests";
 
-pub type MemTally = Tally<MemStore, MemLocks<ManualClock>, ManualClock>;
+pub const GATEWAY_SECRET: &str = "test_sk_tally";
 
-pub struct TestApp {
+pub type MemTally<G = NoGateway> = Tally<MemStore, MemLocks<ManualClock>, ManualClock, G>;
+
+pub struct TestApp<G = NoGateway> {
     pub router: Router,
-    pub tally: Arc<MemTally>,
+    pub tally: Arc<MemTally<G>>,
     pub store: MemStore,
     pub locks: MemLocks<ManualClock>,
     pub clock: ManualClock,
+}
+
+/// A test app whose gateway payments go to a fake gateway: `fake` is the
+/// gateway's own books (its charges, and every call it received).
+pub struct GatewayApp {
+    pub app: TestApp<GatewayClient>,
+    pub fake: FakeGateway,
+    /// Where the fake listens: another client (another merchant) may use it.
+    pub gateway_url: String,
+}
+
+impl std::ops::Deref for GatewayApp {
+    type Target = TestApp<GatewayClient>;
+
+    fn deref(&self) -> &TestApp<GatewayClient> {
+        &self.app
+    }
 }
 
 /// A response, fully read.
@@ -147,6 +172,8 @@ pub struct Options {
     pub http: HttpConfig,
     pub readiness: Readiness,
     pub locks: tally_lock::Config,
+    /// The core's settings: the merchant's default payback, say.
+    pub config: Config,
 }
 
 impl Default for Options {
@@ -155,7 +182,15 @@ impl Default for Options {
             http: HttpConfig::new(ADMIN_KEY),
             readiness: Readiness::always(),
             locks: tally_lock::Config::default(),
+            config: Config::default(),
         }
+    }
+}
+
+impl Options {
+    /// The defaults, with the service's payback policy at `bps` basis points.
+    pub fn payback_bps(bps: u32) -> Options {
+        Options { config: Config { payback_bps: bps, ..Config::default() }, ..Options::default() }
     }
 }
 
@@ -165,16 +200,31 @@ impl TestApp {
     }
 
     pub fn spawn_with(options: Options) -> TestApp {
+        TestApp::build(options, NoGateway)
+    }
+
+    /// An app whose gateway is a fake gateway on a loopback port, reached
+    /// through the real client (and so through its mapping onto the core's
+    /// verdicts). The fake lives as long as the test's runtime.
+    pub async fn spawn_with_gateway(options: Options) -> GatewayApp {
+        let fake = FakeGateway::new(GATEWAY_SECRET);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(tally_gateway::fake::serve(listener, fake.clone(), std::future::pending()));
+        let client = GatewayClient::new(GatewayConfig::new(base_url.clone(), GATEWAY_SECRET)).unwrap();
+        GatewayApp { app: TestApp::build(options, client), fake, gateway_url: base_url }
+    }
+}
+
+impl<G: Gateway> TestApp<G> {
+    fn build(options: Options, gateway: G) -> TestApp<G> {
         let clock = ManualClock::new(START);
         let locks = MemLocks::new(clock.clone(), options.locks);
         let store = MemStore::new(Concurrency::Locked);
-        let tally = Arc::new(Tally::new(
-            store.clone(),
-            locks.clone(),
-            clock.clone(),
-            Arc::new(SeqIds::new(1)),
-            Config::default(),
-        ));
+        let tally = Arc::new(
+            Tally::new(store.clone(), locks.clone(), clock.clone(), Arc::new(SeqIds::new(1)), options.config)
+                .with_gateway(gateway),
+        );
         let router = tally_http::router(Arc::clone(&tally), options.http, options.readiness);
         TestApp { router, tally, store, locks, clock }
     }
@@ -214,11 +264,36 @@ impl TestApp {
         self.call(Call::post("/v1/payments").bearer(&user.key).idem(idem).json(body.to_string())).await
     }
 
-    /// Creates a wallet payment and returns its id.
-    pub async fn payment_of(&self, user: &TestUser, amount: i64, payback: i64) -> String {
-        let body = json!({ "amount": amount, "method": "wallet", "payback_amount": payback });
-        let response = self.create_payment(user, &format!("create-{amount}-{payback}-{}", uuid_like()), body).await;
+    /// Creates a wallet payment and returns its id. Its payback is the
+    /// service's policy (`Options::payback_bps`).
+    pub async fn payment_of(&self, user: &TestUser, amount: i64) -> String {
+        let body = json!({ "amount": amount, "method": "wallet" });
+        let response = self.create_payment(user, &format!("create-{amount}-{}", uuid_like()), body).await;
         response.assert_status(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a gateway payment of `amount` and returns its id.
+    pub async fn gateway_payment_of(&self, user: &TestUser, amount: i64) -> String {
+        let body = json!({ "amount": amount, "method": "gateway" });
+        let response = self.create_payment(user, &format!("create-gw-{amount}-{}", uuid_like()), body).await;
+        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /v1/payments/{id}` as its owner.
+    pub async fn payment(&self, user: &TestUser, payment: &str) -> Value {
+        self.call(Call::get(&format!("/v1/payments/{payment}")).bearer(&user.key)).await.assert_status(200)
+    }
+
+    /// Confirms a gateway payment with the gateway's `payment_key`.
+    pub async fn confirm_with_key(
+        &self,
+        user: &TestUser,
+        payment: &str,
+        payment_key: &str,
+        idem: &str,
+    ) -> TestResponse {
+        let body = json!({ "payment_key": payment_key }).to_string();
+        self.call(Call::post(&format!("/v1/payments/{payment}/confirm")).bearer(&user.key).idem(idem).json(body)).await
     }
 
     pub async fn confirm(&self, user: &TestUser, payment: &str, idem: &str) -> TestResponse {
@@ -296,10 +371,14 @@ impl TestEvent {
 }
 
 /// The catalogue and orders: what the inventory tests drive.
-impl TestApp {
+impl<G: Gateway> TestApp<G> {
     /// Creates a product as the admin; returns its id.
     pub async fn create_product(&self, name: &str, price: i64, stock: u64) -> String {
-        let body = json!({"name": name, "price": price, "stock": stock});
+        self.create_product_with(json!({"name": name, "price": price, "stock": stock})).await
+    }
+
+    /// Creates a product from `body` as the admin; returns its id.
+    pub async fn create_product_with(&self, body: Value) -> String {
         let response = self.call(Call::post("/v1/products").bearer(ADMIN_KEY).json(body.to_string())).await;
         response.assert_status(201)["id"].as_str().unwrap().to_owned()
     }

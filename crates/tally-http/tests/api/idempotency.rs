@@ -67,7 +67,7 @@ async fn the_same_key_with_another_request_is_refused_with_422() {
 async fn a_refusal_is_stored_and_replayed_even_after_the_state_changes() {
     let app = TestApp::spawn();
     let user = app.funded_user("f", 50).await;
-    let id = app.payment_of(&user, 80, 0).await;
+    let id = app.payment_of(&user, 80).await;
     let refused = app.confirm(&user, &id, "try").await;
     refused.assert_problem(409, "insufficient_balance");
     // Money arrives; the same key still answers what it answered.
@@ -98,7 +98,7 @@ async fn a_not_found_refusal_is_stored_too() {
 async fn keys_are_required_on_every_money_route() {
     let app = TestApp::spawn();
     let user = app.funded_user("m", 100).await;
-    let id = app.payment_of(&user, 10, 0).await;
+    let id = app.payment_of(&user, 10).await;
     let calls = [
         Call::post("/v1/wallet/top-ups").json(r#"{"amount":1}"#),
         Call::post("/v1/payments").json(r#"{"amount":1,"method":"wallet"}"#),

@@ -131,6 +131,44 @@ async fn the_openapi_document_covers_every_endpoint() {
     assert!(schemes.contains_key("user_key") && schemes.contains_key("admin_key"));
 }
 
+/// Issue 10's new refusals and fields are part of the documented contract.
+#[tokio::test]
+async fn the_openapi_document_shows_the_payment_key_seat_limit_and_payback_rules() {
+    let app = TestApp::spawn();
+    let doc: Value = app.call(Call::get("/openapi.json")).await.assert_status(200);
+    let conflict =
+        |path: &str| doc["paths"][path]["post"]["responses"]["409"]["description"].as_str().unwrap().to_owned();
+    assert!(
+        conflict("/v1/payments/{id}/confirm").contains("`payment_key_in_use`"),
+        "{}",
+        conflict("/v1/payments/{id}/confirm")
+    );
+    assert!(conflict("/v1/orders").contains("`seat_limit_reached`"), "{}", conflict("/v1/orders"));
+    let schemas = &doc["components"]["schemas"];
+    let status = schemas["PaymentBody"]["properties"]["status"]["description"].as_str().unwrap();
+    assert!(status.contains("`refunding`"), "{status}");
+    // A payback is not the customer's to send: not even documented as input.
+    assert!(
+        schemas["CreatePaymentRequest"]["properties"].get("payback_amount").is_none(),
+        "{}",
+        schemas["CreatePaymentRequest"]
+    );
+    let bad_request = doc["paths"]["/v1/payments"]["post"]["responses"]["400"]["description"].as_str().unwrap();
+    assert!(bad_request.contains("payback_amount"), "{bad_request}");
+    for (schema, field) in [
+        ("CreateProductRequest", "payback_bps"),
+        ("ProductBody", "payback_bps"),
+        ("CreateEventRequest", "max_seats_per_token"),
+        ("EventBody", "max_seats_per_token"),
+    ] {
+        assert!(schemas[schema]["properties"].get(field).is_some(), "{schema}.{field}: {}", schemas[schema]);
+    }
+    assert!(
+        schemas["CreateProductRequest"]["required"].as_array().unwrap().iter().all(|f| f != "payback_bps"),
+        "payback_bps is optional"
+    );
+}
+
 #[tokio::test]
 async fn swagger_ui_is_served_from_the_binary() {
     let app = TestApp::spawn();

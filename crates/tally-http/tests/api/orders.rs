@@ -390,7 +390,7 @@ async fn order_payment_bodies_take_exactly_one_of_amount_and_order_id() {
     let unknown = json!({"order_id": "00000000-0000-0000-0000-000000000009", "method": "wallet"});
     app.create_payment(&user, "unknown", unknown).await.assert_problem(404, "not_found");
     let payback = json!({"order_id": order, "method": "wallet", "payback_amount": 101});
-    app.create_payment(&user, "payback", payback).await.assert_problem(422, "invalid_amount");
+    app.create_payment(&user, "payback", payback).await.assert_problem(400, "malformed_request");
     assert!(app.snapshot().await.payments.is_empty());
 }
 
@@ -457,4 +457,85 @@ async fn concurrent_seat_orders_hold_a_seat_once() {
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409]);
     assert_eq!(app.seat_status(&event.showtimes[0].0, event.seat(0, 0)).await, "held");
     app.assert_invariants().await;
+}
+
+/// An event whose tokens may hold `max_seats_per_token` seats, with one
+/// showtime of `seats` seats at 100; returns the event's id and the seat ids.
+async fn event_with_seat_limit(app: &TestApp, max_seats_per_token: u32, seats: usize) -> (String, Vec<String>) {
+    let seats: Vec<Value> = (1..=seats).map(|n| json!({"label": format!("A{n}"), "price": 100})).collect();
+    let body = json!({
+        "name": "concert",
+        "active_limit": 1,
+        "token_ttl_seconds": 600,
+        "max_seats_per_token": max_seats_per_token,
+        "showtimes": [{"starts_at": "2026-12-24T19:30:00Z", "seats": seats}],
+    });
+    let event = app.call(Call::post("/v1/events").bearer(ADMIN_KEY).json(body.to_string())).await.assert_status(201);
+    assert_eq!(event["max_seats_per_token"], max_seats_per_token);
+    let seat_ids = event["showtimes"][0]["seats"].as_array().unwrap().iter();
+    (event["id"].as_str().unwrap().to_owned(), seat_ids.map(|s| s["id"].as_str().unwrap().to_owned()).collect())
+}
+
+async fn available_seats(app: &TestApp, event: &str) -> u64 {
+    let showtimes = app.call(Call::get(&format!("/v1/events/{event}/showtimes"))).await.assert_status(200);
+    showtimes["showtimes"][0]["available_seats"].as_u64().unwrap()
+}
+
+/// Issue 10's hole 7: one active token placing order after order could hold
+/// every seat of a showtime, so the K-token queue protected nothing.
+#[tokio::test]
+async fn one_queue_token_holds_at_most_its_events_seats_across_its_orders() {
+    let app = TestApp::spawn();
+    let (event, seats) = event_with_seat_limit(&app, 2, 5).await;
+    let user = app.funded_user("hoarder", 10_000).await;
+    let token = app.active_token(&user, &event).await;
+
+    // Two seats in one order: the token's limit, reached.
+    let first = app.order(&user, "first", json!({"seats": [seats[0], seats[1]]}), Some(&token)).await;
+    let first = first.assert_status(201)["id"].as_str().unwrap().to_owned();
+    // A third in a second order: refused, stored, nothing held.
+    let refused = app.order(&user, "second", json!({"seats": [seats[2]]}), Some(&token)).await;
+    refused.assert_problem(409, "seat_limit_reached");
+    let replayed = app.order(&user, "second", json!({"seats": [seats[2]]}), Some(&token)).await;
+    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    // Nor do several at once slip by.
+    app.order(&user, "third", json!({"seats": [seats[3], seats[4]]}), Some(&token))
+        .await
+        .assert_problem(409, "seat_limit_reached");
+    assert_eq!(available_seats(&app, &event).await, 3);
+    assert_eq!(app.snapshot().await.orders.len(), 1);
+
+    // Cancelling the first order gives its seats back to the token too.
+    app.cancel_order(&user, &first, "cancel-first").await.assert_status(200);
+    let again = app.order(&user, "again", json!({"seats": [seats[2]]}), Some(&token)).await;
+    assert_eq!(again.assert_status(201)["status"], "pending_payment");
+    let more = app.order(&user, "more", json!({"seats": [seats[3]]}), Some(&token)).await;
+    more.assert_status(201);
+    app.order(&user, "too-many", json!({"seats": [seats[4]]}), Some(&token))
+        .await
+        .assert_problem(409, "seat_limit_reached");
+    assert_eq!(available_seats(&app, &event).await, 3);
+    app.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn an_events_seat_limit_defaults_to_4_and_is_1_to_1000() {
+    let app = TestApp::spawn();
+    let event = app.create_event(1, &[6], 100).await;
+    let user = app.funded_user("u", 10_000).await;
+    let token = app.active_token(&user, &event.id).await;
+    let four: Vec<&str> = (0..4).map(|i| event.seat(0, i)).collect();
+    app.order(&user, "four", json!({"seats": four}), Some(&token)).await.assert_status(201);
+    app.order(&user, "fifth", json!({"seats": [event.seat(0, 4)]}), Some(&token))
+        .await
+        .assert_problem(409, "seat_limit_reached");
+    for bad in ["0", "1001", "-1", "null2"] {
+        let body = format!(
+            r#"{{"name":"e","active_limit":1,"token_ttl_seconds":60,"max_seats_per_token":{bad},"showtimes":[{{"starts_at":"2026-12-24T19:30:00Z","seats":[{{"label":"A1","price":1}}]}}]}}"#
+        );
+        app.call(Call::post("/v1/events").bearer(ADMIN_KEY).json(body)).await.assert_problem(400, "malformed_request");
+    }
+    assert_eq!(event_with_seat_limit(&app, 1_000, 1).await.1.len(), 1);
+    assert_eq!(app.snapshot().await.events.len(), 2);
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{Call, TestApp};
+use crate::helpers::{Call, Options, TestApp};
 
 #[tokio::test]
 async fn a_new_wallet_is_empty_and_unlimited() {
@@ -41,9 +41,10 @@ async fn a_top_up_answers_201_with_the_entry_and_the_new_balance() {
 
 #[tokio::test]
 async fn the_ledger_shows_signed_amounts_and_balances_after() {
-    let app = TestApp::spawn();
+    // The merchant pays back 1/15 of 300: 20.
+    let app = TestApp::spawn_with(Options::payback_bps(667));
     let user = app.funded_user("l", 1000).await;
-    let payment = app.payment_of(&user, 300, 20).await;
+    let payment = app.payment_of(&user, 300).await;
     app.confirm(&user, &payment, "c1").await.assert_status(200);
     app.cancel(&user, &payment, "x1").await.assert_status(200);
     let ledger = app.ledger(&user, "").await.assert_status(200);

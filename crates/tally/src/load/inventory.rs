@@ -20,6 +20,9 @@ const PRODUCTS: usize = 4;
 const SEATS: usize = 40;
 /// Queue tokens active at once; more clients than this wait in line.
 const ACTIVE_LIMIT: u32 = 20;
+/// Seats one token may hold across its live orders: a shopper who keeps
+/// ordering seats without paying meets `seat_limit_reached`.
+const SEATS_PER_TOKEN: u32 = 4;
 /// How long a promoted token stays active: short, so that tokens whose
 /// holders never pay come back to the line within a run.
 const TOKEN_TTL_SECONDS: u64 = 10;
@@ -77,6 +80,7 @@ impl Catalogue {
             "name": "load-event",
             "active_limit": ACTIVE_LIMIT,
             "token_ttl_seconds": TOKEN_TTL_SECONDS,
+            "max_seats_per_token": SEATS_PER_TOKEN,
             "showtimes": [{"starts_at": "2030-01-01T19:00:00Z", "seats": seats}],
         });
         let created = client.send(Method::POST, "/v1/events", admin_key, None, Some(body)).await?;
@@ -86,7 +90,8 @@ impl Catalogue {
         let event = created.body["id"].as_str().ok_or("no id in the event reply")?.to_owned();
         let showtime = created.body["showtimes"][0]["id"].as_str().ok_or("no showtime in the event reply")?.to_owned();
         println!(
-            "catalogue  {PRODUCTS} products x {stock} units, {SEATS} seats, queue of {ACTIVE_LIMIT} active for {TOKEN_TTL_SECONDS} s"
+            "catalogue  {PRODUCTS} products x {stock} units, {SEATS} seats, queue of {ACTIVE_LIMIT} active for {TOKEN_TTL_SECONDS} s, \
+             {SEATS_PER_TOKEN} seats per token"
         );
         Ok(Catalogue { admin_key: admin_key.to_owned(), products, stock, restock_units: clients, showtime, event })
     }
@@ -166,12 +171,13 @@ impl Shop<'_> {
         match (bits >> 32) % 10 {
             0..=5 => {
                 let paid = self.pay(&id, n, total, local).await?;
-                if paid && !seats.is_empty() {
+                if paid.is_some() && !seats.is_empty() {
                     // Paying used the token up: the next seats need a new turn.
                     shopper.token = None;
                 }
-                if paid && (bits >> 32) % 10 == 5 {
-                    self.cancel(&id, n, Some(total), local).await?;
+                if let (Some(payback), 5) = (paid, (bits >> 32) % 10) {
+                    // The refund gives the total back and takes the payback.
+                    self.cancel(&id, n, Some(total - payback), local).await?;
                 }
             }
             6 | 7 => self.cancel(&id, n, None, local).await?,
@@ -257,8 +263,9 @@ impl Shop<'_> {
         Ok(chosen)
     }
 
-    /// Pays an order from the wallet; whether it ended paid.
-    async fn pay(&self, order: &str, n: u64, total: i64, local: &mut Observed) -> Result<bool, String> {
+    /// Pays an order from the wallet; if it ended paid, the payback the
+    /// server's policy credited.
+    async fn pay(&self, order: &str, n: u64, total: i64, local: &mut Observed) -> Result<Option<i64>, String> {
         let body = json!({"order_id": order, "method": "wallet"});
         let created = self
             .client
@@ -267,7 +274,7 @@ impl Shop<'_> {
         record(local, &created);
         let Some(payment) = created.body["id"].as_str() else {
             *local.fates.entry("payment refused").or_default() += 1;
-            return Ok(false);
+            return Ok(None);
         };
         let path = format!("/v1/payments/{payment}/confirm");
         let confirmed = self
@@ -277,14 +284,16 @@ impl Shop<'_> {
         record(local, &confirmed);
         if confirmed.status != StatusCode::OK {
             *local.fates.entry("payment refused").or_default() += 1;
-            return Ok(false);
+            return Ok(None);
         }
-        *local.expected_delta.entry(self.wallet).or_default() -= total;
+        let payback = super::payback_of(&confirmed)?;
+        *local.expected_delta.entry(self.wallet).or_default() -= total - payback;
         *local.fates.entry("paid").or_default() += 1;
-        Ok(true)
+        Ok(Some(payback))
     }
 
-    /// Cancels an order; `refund` is the total a paid order gives back.
+    /// Cancels an order; `refund` is what a paid order gives back to the
+    /// wallet: its total, less the payback it reverses.
     async fn cancel(&self, order: &str, n: u64, refund: Option<i64>, local: &mut Observed) -> Result<(), String> {
         let path = format!("/v1/orders/{order}/cancel");
         let reply = self.client.send(Method::POST, &path, self.key, Some(&format!("x-{}-{n}", self.c)), None).await?;
