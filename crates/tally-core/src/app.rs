@@ -877,9 +877,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // Its payback is reversed first, in this transaction: refused
             // now (the cashback was spent) rather than after the card was
             // refunded.
+            //
+            // The reversal is the payment's, not the key's: the transition
+            // (done → cancelling) makes it happen once, whichever request or
+            // completer then finishes the cancel, and the key may be freed
+            // and re-admitted while the refund's outcome is unknown. The
+            // key's one effect is the refund, booked with its completion.
             (Method::Gateway, PaymentStatus::Done) => {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
-                let decision = decide::begin_cancel(&loaded, &wallet, booking, &mut next_id)?;
+                let phase = Booking { origin: None, ..booking.clone() };
+                let decision = decide::begin_cancel(&loaded, &wallet, &phase, &mut next_id)?;
                 self.persist(tx, &loaded, &wallet, &decision).await?;
                 Ok(Step::Call(decision.payment, Call::Cancel, answer))
             }
