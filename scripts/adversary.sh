@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Issue 10's reproductions, run through the live API the way an adversarial
+# customer would: starts `tally gateway-sim` and `tally serve` (its own private
+# PostgreSQL cluster in a temporary directory, or `STORE=memory`), then tries
+# each money hole and checks that the service answers what SPEC.md says.
+# Exits non-zero on the first answer that differs.
+#
+#   bash scripts/adversary.sh                # release build, PostgreSQL
+#   STORE=memory STRATEGY=atomic bash scripts/adversary.sh
+#
+# Holes 5 (a charge of the wrong amount) and 6 (a request stamped before the
+# wallet's window) need a tampering gateway or a skewed clock; the use-case,
+# shuttle, end-to-end and simulation suites cover them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+store=${STORE:-postgres}
+strategy=${STRATEGY:-pessimistic}
+port=${PORT:-18080}
+gateway_port=${GATEWAY_PORT:-19090}
+url="http://127.0.0.1:$port"
+gateway="http://127.0.0.1:$gateway_port"
+work=$(mktemp -d)
+admin="tly_adversary_admin"
+
+cargo build --release -p tally >/dev/null
+tally=target/release/tally
+
+cleanup() {
+  kill "${server_pid:-}" "${gateway_pid:-}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$tally" gateway-sim --listen "127.0.0.1:$gateway_port" >"$work/gateway.log" 2>&1 &
+gateway_pid=$!
+TALLY_ADMIN_KEY=$admin "$tally" serve --listen "127.0.0.1:$port" --store "$store" --strategy "$strategy" \
+  --data-dir "$work/data" --gateway-url "$gateway" --payback-bps 5000 >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 120); do
+  curl -fs "$url/readyz" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+curl -fs "$url/readyz" >/dev/null || { tail -n 30 "$work/server.log"; exit 1; }
+
+# json FIELD: reads a JSON body on stdin, prints one field (dotted path).
+json() { python3 -c 'import json,sys
+v=json.load(sys.stdin)
+for part in sys.argv[1].split("."): v=v[int(part)] if isinstance(v,list) else v[part]
+print(v)' "$1"; }
+
+n=0
+# call METHOD PATH KEY BODY [IDEMPOTENCY-KEY]: prints "STATUS BODY".
+call() {
+  local method=$1 path=$2 key=$3 body=${4:-} idem=${5:-}
+  n=$((n + 1))
+  local args=(-s -o "$work/body" -w '%{http_code}' -X "$method" "$url$path" -H "Authorization: Bearer $key")
+  [ -n "$body" ] && args+=(-H 'Content-Type: application/json' -d "$body")
+  if [ "$method" = POST ] && [ -n "$idem" ]; then args+=(-H "Idempotency-Key: $idem"); fi
+  local status
+  status=$(curl "${args[@]}")
+  echo "$status $(cat "$work/body")"
+}
+expect() { # expect WHAT STATUS [CODE] -- "STATUS BODY"
+  local what=$1 status=$2 code=$3 got=$4
+  local got_status=${got%% *} body=${got#* }
+  if [ "$got_status" != "$status" ] || { [ -n "$code" ] && [[ $body != *"\"code\":\"$code\""* ]]; }; then
+    echo "FAIL $what: expected $status ${code:-}, got $got"
+    exit 1
+  fi
+  echo "ok   $what -> $status ${code:-}"
+}
+user() { call POST /v1/users "$admin" "{\"name\":\"$1\"${2:+,\"limits\":$2}}" | cut -d' ' -f2- | json api_key; }
+pay() { # pay USER-KEY METHOD AMOUNT -> payment id
+  call POST /v1/payments "$1" "{\"amount\":$3,\"method\":\"$2\"}" "p-$RANDOM-$n" | cut -d' ' -f2- | json id
+}
+confirm() { call POST "/v1/payments/$2/confirm" "$1" "${3:-{\}}" "c-$RANDOM-$n"; }
+balance() { call GET /v1/wallet "$1" | cut -d' ' -f2- | json balance; }
+top_up() { expect "top up $2" 201 "" "$(call POST /v1/wallet/top-ups "$1" "{\"amount\":$2}" "t-$RANDOM-$n")"; }
+
+echo "== 1. a gateway payment key belongs to one payment"
+a=$(user alice) b=$(user bob)
+p1=$(pay "$a" gateway 1000)
+expect "P1 confirmed with K" 200 "" "$(confirm "$a" "$p1" '{"payment_key":"K-1"}')"
+p2=$(pay "$a" gateway 1000)
+expect "P2 (same user) confirmed with K" 409 payment_key_in_use "$(confirm "$a" "$p2" '{"payment_key":"K-1"}')"
+p3=$(pay "$b" gateway 1001)
+expect "P3 (another user, 1001) confirmed with K" 409 payment_key_in_use "$(confirm "$b" "$p3" '{"payment_key":"K-1"}')"
+lookup=$(curl -s -u test_sk: "$gateway/v1/payments/K-1" | json status)
+[ "$lookup" = DONE ] || { echo "FAIL P1's charge at the gateway is $lookup"; exit 1; }
+echo "ok   P1's charge is still DONE at the gateway; P2 and P3 wait"
+
+echo "== 2. no refusal after the card was refunded"
+c=$(user carol)
+top_up "$c" 100
+p=$(pay "$c" gateway 1000)
+expect "gateway payment 1000 (payback 500)" 200 "" "$(confirm "$c" "$p" '{"payment_key":"K-2"}')"
+[ "$(balance "$c")" = 600 ] || { echo "FAIL balance $(balance "$c") != 600"; exit 1; }
+spend=$(pay "$c" wallet 600)
+expect "spend the 600" 200 "" "$(confirm "$c" "$spend")"
+# 600 paid, 300 back: the 500 payback is not there to reverse.
+expect "cancel after spending the cashback" 409 insufficient_balance \
+  "$(call POST "/v1/payments/$p/cancel" "$c" "" "x-$RANDOM")"
+status=$(curl -s -u test_sk: "$gateway/v1/payments/K-2" | json status)
+[ "$status" = DONE ] || { echo "FAIL the card was refunded ($status) for a refused cancel"; exit 1; }
+echo "ok   the card was not refunded"
+top_up "$c" 200
+expect "cancel once the payback can be reversed" 200 "" "$(call POST "/v1/payments/$p/cancel" "$c" "" "y-$RANDOM")"
+[ "$(balance "$c")" = 0 ] || { echo "FAIL balance $(balance "$c") != 0"; exit 1; }
+status=$(curl -s -u test_sk: "$gateway/v1/payments/K-2" | json status)
+[ "$status" = CANCELED ] || { echo "FAIL the gateway says $status"; exit 1; }
+echo "ok   cancelled, refunded at the gateway, books exact"
+capped=$(user dave '{"max_balance":1200}')
+top_up "$capped" 1000
+p=$(pay "$capped" gateway 1000)
+expect "a payback the maximum cannot take" 409 max_balance_exceeded \
+  "$(confirm "$capped" "$p" '{"payment_key":"K-3"}')"
+code=$(curl -s -o /dev/null -w '%{http_code}' -u test_sk: "$gateway/v1/payments/K-3")
+[ "$code" = 404 ] || { echo "FAIL the gateway knows K-3 ($code): it was charged"; exit 1; }
+echo "ok   refused before anything was sent to the gateway"
+
+echo "== 3. the customer cannot choose its cashback"
+expect "payback_amount in the body" 400 malformed_request \
+  "$(call POST /v1/payments "$a" '{"amount":1000,"method":"wallet","payback_amount":1000}' "z-$RANDOM")"
+
+echo "== 7. one queue token cannot hoard a showtime"
+event=$(call POST /v1/events "$admin" '{"name":"gig","active_limit":5,"token_ttl_seconds":600,"max_seats_per_token":2,"showtimes":[{"starts_at":"2030-01-01T20:00:00Z","seats":[{"label":"A1","price":10},{"label":"A2","price":10},{"label":"A3","price":10}]}]}' | cut -d' ' -f2-)
+event_id=$(echo "$event" | json id)
+seat() { echo "$event" | json "showtimes.0.seats.$1.id"; }
+token=$(call POST "/v1/events/$event_id/queue" "$a" | cut -d' ' -f2- | json token)
+order() { curl -s -o "$work/body" -w '%{http_code}' -X POST "$url/v1/orders" -H "Authorization: Bearer $a" \
+  -H 'Content-Type: application/json' -H "Queue-Token: $token" -H "Idempotency-Key: o-$RANDOM-$1" \
+  -d "{\"seats\":[\"$1\"]}"; echo " $(cat "$work/body")"; }
+expect "seat 1" 201 "" "$(order "$(seat 0)")"
+expect "seat 2" 201 "" "$(order "$(seat 1)")"
+expect "seat 3 with the same token" 409 seat_limit_reached "$(order "$(seat 2)")"
+
+echo "== 8. the balance cap without a maximum"
+e=$(user erin)
+for i in $(seq 1 1000); do
+  status=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$url/v1/wallet/top-ups" -H "Authorization: Bearer $e" \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: cap-$i" -d '{"amount":1000000000000}')
+  [ "$status" = 201 ] || { echo "FAIL top-up $i answered $status"; exit 1; }
+done
+expect "one minor unit past 10^15" 409 max_balance_exceeded "$(call POST /v1/wallet/top-ups "$e" '{"amount":1}' cap-over)"
+
+echo "all reproductions behave as SPEC.md says ($store, $strategy)"
