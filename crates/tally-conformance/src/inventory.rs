@@ -178,7 +178,7 @@ async fn stock<S: Store, L: LockManager>(app: &App<S, L>, product: ProductId) ->
     (product.stock, product.stocked)
 }
 
-async fn holds<S: Store, L: LockManager>(app: &App<S, L>) {
+pub(crate) async fn holds<S: Store, L: LockManager>(app: &App<S, L>) {
     assert_holds(&app.snapshot().await.expect("snapshot"));
 }
 
@@ -243,7 +243,9 @@ pub(crate) async fn inventory_records_round_trip<S: Store, L: LockManager>(app: 
     assert!(snapshot.products.contains(&app.product(product.id).await.expect("product")));
     assert!(snapshot.events.contains(&Stored::event(app, view.event.id).await));
     assert!(snapshot.seats.contains(&Stored::seat(app, a2).await));
-    assert!(snapshot.tokens.contains(&token.token));
+    // The order booked two seats with the token: it counts them.
+    let booked = token.token.book_seats(2, tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT).expect("within the limit");
+    assert!(snapshot.tokens.contains(&booked), "the token round-trips with its seat count");
     let other = user(app, Limits::default(), 0).await;
     assert_eq!(app.order(other, created.id).await, Err(Error::NotFound), "another user's order is not found");
     holds(app).await;
@@ -330,7 +332,9 @@ pub(crate) async fn a_seat_is_held_then_sold_on_pay<S: Store, L: LockManager>(ap
     assert_eq!(Stored::seat(app, r1).await.status, SeatStatus::Sold(held.id));
     let paid = app.order(buyer, held.id).await.expect("order");
     assert_eq!((paid.status, paid.payment, paid.version), (OrderStatus::Paid, Some(payment.id), held.version + 1));
-    assert_eq!(balance(app, buyer).await, Money::new(4_300));
+    // Seats pay back at the service default (10 % of 700).
+    assert_eq!((payment.payback, paid.payback), (Money::new(70), Money::new(70)));
+    assert_eq!(balance(app, buyer).await, Money::new(4_300 + 70));
     assert_eq!(Stored::token(app, buyer_token.token.id).await.status, TokenStatus::Used, "paying used the token");
     holds(app).await;
 }
@@ -346,7 +350,7 @@ pub(crate) async fn cancelling_an_order_gives_everything_back<S: Store, L: LockM
     let created = order(app, buyer, &[(product.id, 2)], &[c1], Some(token)).await.expect("order");
     assert_eq!(created.total, amount(640));
     let payment = pay(app, buyer, created.id).await;
-    assert_eq!(balance(app, buyer).await, Money::new(360));
+    assert_eq!(balance(app, buyer).await, Money::new(360 + 40), "paid 640, the seat's 10 % back");
     assert_eq!(stock(app, product.id).await, (1, 3));
 
     let cancelled = cancel_order(app, buyer, created.id).await.expect("cancel the paid order");
@@ -584,11 +588,11 @@ pub(crate) async fn stale_inventory_writes<S: Store, L: LockManager>(app: &App<S
     holds(app).await;
 }
 
-type Write<'t> = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 't>>;
+pub(crate) type Write<'t> = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 't>>;
 
 /// Runs one write in its own transaction and commits it; the first error
 /// (from the write or the commit) is the result.
-async fn write<S: Store, L: LockManager, F>(app: &App<S, L>, body: F) -> Result<(), StoreError>
+pub(crate) async fn write<S: Store, L: LockManager, F>(app: &App<S, L>, body: F) -> Result<(), StoreError>
 where
     F: for<'t> FnOnce(&'t mut S::Tx) -> Write<'t>,
 {

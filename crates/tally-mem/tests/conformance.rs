@@ -10,12 +10,12 @@ use tally_conformance::{Profile, StaleWrite, run_all};
 fn locked_memory_store_conforms() {
     let app = locked();
     let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Unchecked }));
-    assert_eq!(ran.len(), 21);
+    assert_eq!(ran.len(), 24);
 }
 
 #[test]
 fn optimistic_memory_store_conforms() {
     let app = optimistic();
     let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Conflicts }));
-    assert_eq!(ran.len(), 21);
+    assert_eq!(ran.len(), 24);
 }

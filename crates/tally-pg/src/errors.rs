@@ -11,6 +11,9 @@ pub(crate) fn map(error: sqlx::Error) -> StoreError {
             // unique_violation on the idempotency key: two first requests raced
             // to insert; the loser decides again on what won.
             Some("23505") if db.constraint() == Some("idempotency_keys_pkey") => StoreError::Conflict,
+            // unique_violation on a gateway payment key: two payments raced to
+            // claim one key; the loser decides again, sees the claim, refuses.
+            Some("23505") if db.constraint() == Some("payments_gateway_payment_key_unique") => StoreError::Conflict,
             Some(code) if code.starts_with("23") => {
                 StoreError::Integrity(format!("{} ({})", db.message(), db.constraint().unwrap_or("-")))
             }

@@ -12,7 +12,11 @@
 //!   retries the use case a bounded number of times. Never around a foreign call.
 //! - [`Strategy::Atomic`]: plain loads; the wallet is changed by one
 //!   conditional `UPDATE … SET balance = balance + $delta WHERE <the decision's
-//!   guards>` and a payment by `UPDATE … WHERE status = $from`. A guard that no
+//!   guards>` and a payment by `UPDATE … WHERE status = $from`. The guards
+//!   restate `Wallet::apply` on the current row: never below zero, never
+//!   above the ceiling with every held payback counted (the wallet's maximum,
+//!   and the balance cap for every wallet), limits counted in the newest
+//!   spending window (a window never moves backwards). A guard that no
 //!   longer holds (0 rows) is a `Conflict`: the use case reloads and decides
 //!   again, and then refuses if it must. The ledger lines' balance-after and
 //!   position come from the row the update returned.
@@ -29,8 +33,9 @@
 //! version, an event and its tokens on their version.
 //!
 //! The schema's constraints stand behind all three. Database errors are mapped
-//! here, once, to `StoreError`: serialization failures and deadlocks to
-//! `Conflict`, lock and statement timeouts and pool exhaustion to
+//! here, once, to `StoreError`: serialization failures, deadlocks and a
+//! second claim of a unique key (an idempotency key, a gateway payment key)
+//! to `Conflict`, lock and statement timeouts and pool exhaustion to
 //! `Unavailable`, an I/O error during `COMMIT` to `Ambiguous`, violated checks
 //! to `Integrity`.
 

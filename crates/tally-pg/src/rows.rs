@@ -70,7 +70,7 @@ pub(crate) fn user(row: &PgRow) -> Result<User, StoreError> {
 }
 
 pub(crate) const WALLET_COLUMNS: &str = "user_id, balance, max_balance, per_payment_limit, daily_limit, monthly_limit, \
-     day, spent_day, month, spent_month, entry_count, version";
+     day, spent_day, month, spent_month, payback_held, entry_count, version";
 
 pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
     let money =
@@ -88,6 +88,7 @@ pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
         spent_day: Money::new(get(row, "spent_day")?),
         month: get(row, "month")?,
         spent_month: Money::new(get(row, "spent_month")?),
+        payback_held: Money::new(get(row, "payback_held")?),
         entry_count: u64_of(row, "entry_count")?,
         version: u64_of(row, "version")?,
     })
@@ -108,6 +109,7 @@ pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
         "failed" => PaymentStatus::Failed,
         "cancelling" => PaymentStatus::Cancelling,
         "cancelled" => PaymentStatus::Cancelled,
+        "refunding" => PaymentStatus::Refunding,
         _ => return Err(bad("payments.status")),
     };
     let method = match get::<String>(row, "method")?.as_str() {
@@ -235,7 +237,8 @@ pub(crate) fn idem(row: &PgRow) -> Result<IdemRecord, StoreError> {
     })
 }
 
-pub(crate) const PRODUCT_COLUMNS: &str = "id, name, price, stock, stocked, created_at_ms, updated_at_ms, version";
+pub(crate) const PRODUCT_COLUMNS: &str =
+    "id, name, price, stock, stocked, payback_bps, created_at_ms, updated_at_ms, version";
 
 pub(crate) fn product(row: &PgRow) -> Result<Product, StoreError> {
     Ok(Product {
@@ -244,14 +247,14 @@ pub(crate) fn product(row: &PgRow) -> Result<Product, StoreError> {
         price: amount(row, "price")?,
         stock: u64_of(row, "stock")?,
         stocked: u64_of(row, "stocked")?,
+        payback_bps: u32_of(row, "payback_bps")?,
         created_at: Timestamp(get(row, "created_at_ms")?),
         updated_at: Timestamp(get(row, "updated_at_ms")?),
         version: u64_of(row, "version")?,
     })
 }
 
-pub(crate) const EVENT_COLUMNS: &str =
-    "id, name, active_limit, token_ttl_ms, next_seq, head_seq, active_count, created_at_ms, version";
+pub(crate) const EVENT_COLUMNS: &str = "id, name, active_limit, token_ttl_ms, next_seq, head_seq, active_count, max_seats_per_token, created_at_ms, version";
 
 fn u32_of(row: &PgRow, column: &str) -> Result<u32, StoreError> {
     u32::try_from(get::<i32>(row, column)?).map_err(|_| bad(column))
@@ -266,6 +269,7 @@ pub(crate) fn event(row: &PgRow) -> Result<Event, StoreError> {
         next_seq: u64_of(row, "next_seq")?,
         head_seq: u64_of(row, "head_seq")?,
         active_count: u32_of(row, "active_count")?,
+        max_seats_per_token: u32_of(row, "max_seats_per_token")?,
         created_at: Timestamp(get(row, "created_at_ms")?),
         version: u64_of(row, "version")?,
     })
@@ -321,7 +325,7 @@ pub(crate) fn seat(row: &PgRow) -> Result<Seat, StoreError> {
 
 /// An order with its lines and seats, in the order they were written, in
 /// one statement (`FROM orders o`; a locking clause may follow).
-pub(crate) const ORDER_SELECT: &str = "SELECT o.id, o.user_id, o.status, o.total, o.payment_id, o.event_id, \
+pub(crate) const ORDER_SELECT: &str = "SELECT o.id, o.user_id, o.status, o.total, o.payback, o.payment_id, o.event_id, \
      o.token_id, o.expires_at_ms, o.created_at_ms, o.updated_at_ms, o.version, \
      ARRAY(SELECT l.product_id FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS line_products, \
      ARRAY(SELECT l.quantity FROM order_lines l WHERE l.order_id = o.id ORDER BY l.position) AS line_quantities, \
@@ -379,6 +383,7 @@ pub(crate) fn order(row: &PgRow) -> Result<Order, StoreError> {
         event: opt_id(row, "event_id")?.map(EventId),
         token: opt_id(row, "token_id")?.map(TokenId),
         total: amount(row, "total")?,
+        payback: Money::new(get(row, "payback")?),
         status: order_status(&get::<String>(row, "status")?)?,
         payment: opt_id(row, "payment_id")?.map(PaymentId),
         expires_at: Timestamp(get(row, "expires_at_ms")?),
@@ -389,7 +394,7 @@ pub(crate) fn order(row: &PgRow) -> Result<Order, StoreError> {
 }
 
 pub(crate) const TOKEN_COLUMNS: &str =
-    "id, event_id, user_id, seq, status, joined_at_ms, activated_at_ms, expires_at_ms, used_at_ms, version";
+    "id, event_id, user_id, seq, status, joined_at_ms, activated_at_ms, expires_at_ms, used_at_ms, seats_held, version";
 
 /// A token status's column value (the API folds `used` into `expired`; the
 /// schema keeps them apart).
@@ -420,6 +425,7 @@ pub(crate) fn token(row: &PgRow) -> Result<QueueToken, StoreError> {
         activated_at: opt_time(row, "activated_at_ms")?,
         expires_at: opt_time(row, "expires_at_ms")?,
         used_at: opt_time(row, "used_at_ms")?,
+        seats_held: u32_of(row, "seats_held")?,
         version: u64_of(row, "version")?,
     })
 }

@@ -77,8 +77,8 @@ impl PgTx {
     async fn insert_wallet(&mut self, wallet: &Wallet) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO wallets (user_id, balance, max_balance, per_payment_limit, daily_limit, monthly_limit, \
-             day, spent_day, month, spent_month, entry_count, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             day, spent_day, month, spent_month, entry_count, version, payback_held) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(uuid(wallet.user.0))
         .bind(wallet.balance.minor_units())
@@ -92,6 +92,7 @@ impl PgTx {
         .bind(wallet.spent_month.minor_units())
         .bind(version(wallet.entry_count))
         .bind(version(wallet.version))
+        .bind(wallet.payback_held.minor_units())
         .execute(&mut *self.tx)
         .await
         .map_err(errors::map)?;
@@ -103,7 +104,7 @@ impl PgTx {
     async fn update_wallet(&mut self, before: &Wallet, after: &Wallet) -> Result<(), StoreError> {
         let updated = sqlx::query(
             "UPDATE wallets SET balance = $2, day = $3, spent_day = $4, month = $5, spent_month = $6, \
-             entry_count = $7, version = $8 WHERE user_id = $1 AND version = $9",
+             entry_count = $7, version = $8, payback_held = $10 WHERE user_id = $1 AND version = $9",
         )
         .bind(uuid(after.user.0))
         .bind(after.balance.minor_units())
@@ -114,6 +115,7 @@ impl PgTx {
         .bind(version(after.entry_count))
         .bind(version(after.version))
         .bind(version(before.version))
+        .bind(after.payback_held.minor_units())
         .execute(&mut *self.tx)
         .await
         .map_err(errors::map)?;
@@ -122,6 +124,11 @@ impl PgTx {
 
     /// The atomic write of one wallet: its change as deltas, guarded by what
     /// the decision checked, then its ledger lines re-based on the result.
+    ///
+    /// The guards restate `Wallet::apply` on the current row: the balance
+    /// never below zero; the balance with every held payback never above the
+    /// ceiling (the wallet's maximum, never above `Money::BALANCE_LIMIT`);
+    /// the limits counted in the newest window, which never moves backwards.
     async fn apply_wallet_delta(&mut self, before: &Wallet, after: &Wallet) -> Result<(), StoreError> {
         let user = after.user;
         let lines: Vec<usize> = (0..self.deferred_transfers.len())
@@ -135,33 +142,42 @@ impl PgTx {
         let start = before.balance.minor_units();
         let lowest = balances.iter().copied().min().expect("non-empty");
         let highest = balances.iter().copied().max().expect("non-empty");
-        let paid_in = |same_window: bool, before: Money, after: Money| {
-            if same_window { after.minor_units() - before.minor_units() } else { after.minor_units() }
+        // What this decision paid in its window. The core moves a window
+        // only forwards, and restarts its count only when it moved.
+        let paid_in = |rolled: bool, before: Money, after: Money| {
+            if rolled { after.minor_units() } else { after.minor_units() - before.minor_units() }
         };
-        let paid_day = paid_in(after.day == before.day, before.spent_day, after.spent_day);
-        let paid_month = paid_in(after.month == before.month, before.spent_month, after.spent_month);
+        let paid_day = paid_in(after.day > before.day, before.spent_day, after.spent_day);
+        let paid_month = paid_in(after.month > before.month, before.spent_month, after.spent_month);
+        // The core changes a payback hold before any line it books (a confirm
+        // releases the hold, then credits the payback; taking a hold books
+        // nothing), so every point of the decision counts the hold as it ends.
+        let held = after.payback_held.minor_units() - before.payback_held.minor_units();
         let row = sqlx::query(
             "UPDATE wallets SET \
                 balance = balance + $2, \
-                spent_day = CASE WHEN $5 = 0 THEN spent_day WHEN day = $6 THEN spent_day + $5 ELSE $5 END, \
-                day = CASE WHEN $5 = 0 THEN day ELSE $6 END, \
-                spent_month = CASE WHEN $7 = 0 THEN spent_month WHEN month = $8 THEN spent_month + $7 ELSE $7 END, \
-                month = CASE WHEN $7 = 0 THEN month ELSE $8 END, \
+                payback_held = payback_held + $10, \
+                spent_day = CASE WHEN $5 = 0 THEN spent_day WHEN $6 > day THEN $5 ELSE spent_day + $5 END, \
+                day = CASE WHEN $5 = 0 THEN day ELSE GREATEST(day, $6) END, \
+                spent_month = CASE WHEN $7 = 0 THEN spent_month WHEN $8 > month THEN $7 ELSE spent_month + $7 END, \
+                month = CASE WHEN $7 = 0 THEN month ELSE GREATEST(month, $8) END, \
                 entry_count = entry_count + $9, \
                 version = version + 1 \
              WHERE user_id = $1 \
                AND balance >= $3 \
-               AND (max_balance IS NULL OR balance + $4 <= max_balance) \
+               AND payback_held + $10 >= 0 \
+               AND balance + $4 + payback_held + $10 <= LEAST(COALESCE(max_balance, $11), $11) \
                AND ($5 = 0 OR daily_limit IS NULL \
-                    OR (CASE WHEN day = $6 THEN spent_day ELSE 0 END) + $5 <= daily_limit) \
+                    OR (CASE WHEN $6 > day THEN 0 ELSE spent_day END) + $5 <= daily_limit) \
                AND ($7 = 0 OR monthly_limit IS NULL \
-                    OR (CASE WHEN month = $8 THEN spent_month ELSE 0 END) + $7 <= monthly_limit) \
+                    OR (CASE WHEN $8 > month THEN 0 ELSE spent_month END) + $7 <= monthly_limit) \
              RETURNING balance, entry_count",
         )
         .bind(uuid(user.0))
         .bind(after.balance.minor_units() - start)
-        // Every intermediate balance stays >= 0 and <= max: the guards are the
-        // decision's lowest and highest points, relative to where it started.
+        // Every intermediate balance stays >= 0 and under the ceiling: the
+        // guards are the decision's lowest and highest points, relative to
+        // where it started.
         .bind(start - lowest)
         .bind(highest - start)
         .bind(paid_day)
@@ -169,6 +185,8 @@ impl PgTx {
         .bind(paid_month)
         .bind(after.month)
         .bind(version(after.entry_count - before.entry_count))
+        .bind(held)
+        .bind(Money::BALANCE_LIMIT.minor_units())
         .fetch_optional(&mut *self.tx)
         .await
         .map_err(errors::map)?;
@@ -220,7 +238,7 @@ impl PgTx {
     async fn insert_order(&mut self, order: &Order) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO orders (id, user_id, status, total, payment_id, event_id, token_id, expires_at_ms, \
-             created_at_ms, updated_at_ms, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             created_at_ms, updated_at_ms, version, payback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(uuid(order.id.0))
         .bind(uuid(order.user.0))
@@ -233,6 +251,7 @@ impl PgTx {
         .bind(order.created_at.0)
         .bind(order.updated_at.0)
         .bind(version(order.version))
+        .bind(order.payback.minor_units())
         .execute(&mut *self.tx)
         .await
         .map_err(errors::map)?;
@@ -360,6 +379,19 @@ impl Tx for PgTx {
         row.as_ref().map(rows::payment).transpose()
     }
 
+    async fn payment_by_key(&mut self, key: &str) -> Result<Option<PaymentId>, StoreError> {
+        // A plain read under every strategy: a claim is never given up, so a
+        // committed one is final, and an uncommitted one makes our own claim
+        // wait on the unique index and then fail as a conflict.
+        let row = sqlx::query("SELECT id FROM payments WHERE gateway_payment_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(errors::map)?;
+        row.map(|row| Ok(PaymentId(sqlx::Row::try_get::<uuid::Uuid, _>(&row, "id").map_err(errors::map)?.as_u128())))
+            .transpose()
+    }
+
     async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
         let key = after.gateway.as_ref().map(|a| a.payment_key.clone());
         let started = after.gateway.as_ref().map(|a| a.started_at.0);
@@ -426,8 +458,8 @@ impl Tx for PgTx {
 
     async fn stuck_payments(&mut self, before: Timestamp, limit: usize) -> Result<Vec<Payment>, StoreError> {
         let sql = format!(
-            "SELECT {} FROM payments WHERE status IN ('confirming', 'cancelling') AND gateway_started_at_ms < $1 \
-             ORDER BY gateway_started_at_ms LIMIT $2",
+            "SELECT {} FROM payments WHERE status IN ('confirming', 'cancelling', 'refunding') \
+             AND gateway_started_at_ms < $1 ORDER BY gateway_started_at_ms LIMIT $2",
             rows::PAYMENT_COLUMNS
         );
         let found = sqlx::query(AssertSqlSafe(sql))
@@ -583,8 +615,8 @@ impl Tx for PgTx {
     async fn put_product(&mut self, before: Option<&Product>, after: &Product) -> Result<(), StoreError> {
         let Some(before) = before else {
             sqlx::query(
-                "INSERT INTO products (id, name, price, stock, stocked, created_at_ms, updated_at_ms, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO products (id, name, price, stock, stocked, created_at_ms, updated_at_ms, version, \
+                 payback_bps) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(uuid(after.id.0))
             .bind(&after.name)
@@ -594,12 +626,15 @@ impl Tx for PgTx {
             .bind(after.created_at.0)
             .bind(after.updated_at.0)
             .bind(version(after.version))
+            .bind(rows::i32_of(after.payback_bps)?)
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
             return Ok(());
         };
-        if (before.id, &before.name, before.price) != (after.id, &after.name, after.price) {
+        if (before.id, &before.name, before.price, before.payback_bps)
+            != (after.id, &after.name, after.price, after.payback_bps)
+        {
             return Err(StoreError::Integrity(format!("product {} changes only its stock", after.id)));
         }
         let done = if self.atomic() {
@@ -654,7 +689,7 @@ impl Tx for PgTx {
         let Some(before) = before else {
             sqlx::query(
                 "INSERT INTO events (id, name, active_limit, token_ttl_ms, next_seq, head_seq, active_count, \
-                 created_at_ms, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 created_at_ms, version, max_seats_per_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(uuid(after.id.0))
             .bind(&after.name)
@@ -665,13 +700,14 @@ impl Tx for PgTx {
             .bind(rows::i32_of(after.active_count)?)
             .bind(after.created_at.0)
             .bind(version(after.version))
+            .bind(rows::i32_of(after.max_seats_per_token)?)
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
             return Ok(());
         };
-        if (before.id, &before.name, before.active_limit, before.token_ttl)
-            != (after.id, &after.name, after.active_limit, after.token_ttl)
+        if (before.id, &before.name, before.active_limit, before.token_ttl, before.max_seats_per_token)
+            != (after.id, &after.name, after.active_limit, after.token_ttl, after.max_seats_per_token)
         {
             return Err(StoreError::Integrity(format!("event {} changes only its queue counters", after.id)));
         }
@@ -822,8 +858,9 @@ impl Tx for PgTx {
         let Some(before) = before else {
             return self.insert_order(after).await;
         };
-        let fixed =
-            |o: &Order| (o.id, o.user, o.lines.clone(), o.seats.clone(), o.event, o.token, o.total, o.expires_at);
+        let fixed = |o: &Order| {
+            (o.id, o.user, o.lines.clone(), o.seats.clone(), o.event, o.token, o.total, o.payback, o.expires_at)
+        };
         if fixed(before) != fixed(after) {
             return Err(StoreError::Integrity(format!("order {} changes only its status and payment", after.id)));
         }
@@ -879,7 +916,7 @@ impl Tx for PgTx {
         let Some(before) = before else {
             sqlx::query(
                 "INSERT INTO queue_tokens (id, event_id, user_id, seq, status, joined_at_ms, activated_at_ms, \
-                 expires_at_ms, used_at_ms, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 expires_at_ms, used_at_ms, version, seats_held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(uuid(after.id.0))
             .bind(uuid(after.event.0))
@@ -891,6 +928,7 @@ impl Tx for PgTx {
             .bind(after.expires_at.map(|t| t.0))
             .bind(after.used_at.map(|t| t.0))
             .bind(version(after.version))
+            .bind(rows::i32_of(after.seats_held)?)
             .execute(&mut *self.tx)
             .await
             .map_err(errors::map)?;
@@ -902,7 +940,7 @@ impl Tx for PgTx {
         }
         let done = sqlx::query(
             "UPDATE queue_tokens SET status = $2, activated_at_ms = $3, expires_at_ms = $4, used_at_ms = $5, \
-             version = $6 WHERE id = $1 AND version = $7",
+             version = $6, seats_held = $8 WHERE id = $1 AND version = $7",
         )
         .bind(uuid(after.id.0))
         .bind(rows::token_status_str(after.status))
@@ -911,6 +949,7 @@ impl Tx for PgTx {
         .bind(after.used_at.map(|t| t.0))
         .bind(version(after.version))
         .bind(version(before.version))
+        .bind(rows::i32_of(after.seats_held)?)
         .execute(&mut *self.tx)
         .await
         .map_err(errors::map)?;
