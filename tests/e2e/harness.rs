@@ -101,7 +101,15 @@ pub struct Reply {
     pub json: Value,
 }
 
+/// An app whose merchant pays no payback: the scenarios count money by the
+/// amounts they pay.
 pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
+    spawn_app_paying_back(strategy, pool, 0).await
+}
+
+/// An app whose merchant pays back `payback_bps` basis points of every
+/// payment (the service's `--payback-bps`).
+pub async fn spawn_app_paying_back(strategy: Strategy, pool: Pool, payback_bps: u32) -> TestApp {
     let url = fresh_database().await;
     let config = PgConfig {
         strategy,
@@ -111,7 +119,7 @@ pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
     };
     let store = PgStore::connect_lazy(&url, config).expect("store");
     // Many requests race on one row in these tests: give optimistic retries room.
-    let core = Config { attempts_max: 64, ..Config::default() };
+    let core = Config { attempts_max: 64, payback_bps, ..Config::default() };
     // A fake gateway of its own, and a client with a short timeout so the
     // fault tests see "unknown" quickly.
     let gateway = tally_gateway::FakeGateway::new("test_sk");
@@ -226,8 +234,9 @@ impl TestApp {
         created.json["id"].as_str().expect("payment id").to_owned()
     }
 
-    pub async fn create_gateway_payment(&self, key: &str, idem: &str, amount: i64, payback: i64) -> String {
-        let body = json!({"amount": amount, "method": "gateway", "payback_amount": payback});
+    /// A gateway payment of `amount`; its payback is the app's policy.
+    pub async fn create_gateway_payment(&self, key: &str, idem: &str, amount: i64) -> String {
+        let body = json!({"amount": amount, "method": "gateway"});
         let created = self.request(Method::POST, "/v1/payments", key, Some(idem), Some(body)).await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
         created.json["id"].as_str().expect("payment id").to_owned()

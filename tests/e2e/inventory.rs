@@ -90,7 +90,9 @@ async fn admin(app: &Shop, command: Command) -> Outcome {
 }
 
 async fn product(app: &Shop, price: i64, stock: u64) -> Product {
-    match admin(app, Command::CreateProduct { name: "widget".into(), price: amount(price), stock }).await {
+    // No payback: the scenarios here count money by the price.
+    let command = Command::CreateProduct { name: "widget".into(), price: amount(price), stock, payback_bps: Some(0) };
+    match admin(app, command).await {
         Outcome::Product(product) => product,
         other => panic!("create product answered {other:?}"),
     }
@@ -102,6 +104,7 @@ async fn event_with_one_seat(app: &Shop, active_limit: u32) -> (EventId, SeatId)
         name: "concert".into(),
         active_limit,
         token_ttl: Duration::from_secs(600),
+        max_seats_per_token: tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT,
         showtimes: vec![NewShowtime {
             starts_at: START.plus(Duration::from_secs(86_400)),
             seats: vec![NewSeat { label: "A1".into(), price: amount(5_000) }],
@@ -141,7 +144,7 @@ async fn order_payment(app: &Shop, user: UserId, order: OrderId) -> Payment {
 }
 
 async fn order_payment_by(app: &Shop, user: UserId, order: OrderId, method: Method) -> Payment {
-    let command = Command::CreateOrderPayment { order, payback: None, method };
+    let command = Command::CreateOrderPayment { order, method };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment,
         other => panic!("create order payment: {other:?}"),
@@ -327,6 +330,7 @@ async fn event_with_seats(app: &Shop, seats: usize) -> (EventId, Vec<SeatId>) {
         name: "concert".into(),
         active_limit: 1,
         token_ttl: Duration::from_secs(600),
+        max_seats_per_token: tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT,
         showtimes: vec![NewShowtime {
             starts_at: START.plus(Duration::from_secs(86_400)),
             seats: (0..seats).map(|i| NewSeat { label: format!("R{i:03}"), price: amount(50) }).collect(),

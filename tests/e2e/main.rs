@@ -7,6 +7,7 @@
 //! substring, `--exact`, `--test-threads N`, `--list`.
 
 mod harness;
+mod holes;
 mod inventory;
 mod scenarios;
 
@@ -62,6 +63,16 @@ fn main() {
         cancel_racing_expiry_gives_back_once,
         two_sweepers_expire_each_order_once,
         gateway_charge_in_flight_holds_off_expiry,
+        a_payment_key_pays_one_payment,
+        two_payments_racing_for_one_key_charge_once,
+        a_charge_for_another_order_is_neither_adopted_nor_cancelled,
+        a_spent_payback_refuses_the_cancel_before_the_refund,
+        a_payback_that_does_not_fit_refuses_the_confirm_before_the_charge,
+        a_wrong_amount_charge_is_refunded_until_it_lands,
+        a_token_holds_at_most_its_events_seats,
+        no_balance_passes_the_cap,
+        the_schema_refuses_a_balance_past_the_cap,
+        an_orders_payback_is_the_merchants_policy,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {
