@@ -98,7 +98,7 @@ pub fn confirm(
                 payment.amount,
                 Some(payment.id),
             ));
-            wallet = release_hold(payment, &wallet);
+            wallet = release_hold(payment, &wallet)?;
         }
     }
     movements.extend(payment.payback_amount().map(Movement::Payback));
@@ -108,12 +108,17 @@ pub fn confirm(
 }
 
 /// The wallet without the payback hold of a gateway payment leaving
-/// `confirming`.
-fn release_hold(payment: &Payment, wallet: &Wallet) -> Wallet {
+/// `confirming`. A wallet that does not hold it was read after another
+/// settlement of this payment released it, while the payment was read
+/// before (loads without row locks see each statement's latest commits): a
+/// stale read, decided again.
+fn release_hold(payment: &Payment, wallet: &Wallet) -> Result<Wallet, Error> {
     debug_assert_eq!(payment.status, PaymentStatus::Confirming);
     match payment.payback_amount() {
-        Some(payback) if !crate::mutant::active("payback_unheld") => wallet.release_payback(payback),
-        _ => wallet.clone(),
+        Some(payback) if !crate::mutant::active("payback_unheld") => {
+            wallet.release_payback(payback).ok_or(Error::Store(crate::store::StoreError::Conflict))
+        }
+        _ => Ok(wallet.clone()),
     }
 }
 
@@ -262,7 +267,7 @@ pub fn settle(
     let ours = crate::gateway::order_id(payment.id);
     let moved = |event: PaymentEvent| -> Result<Settled, Error> {
         let next = payment.transition(event, booking.at)?;
-        Ok(Settled::Booked(Decision { payment: next, wallet: release_hold(payment, wallet), transfers: Vec::new() }))
+        Ok(Settled::Booked(Decision { payment: next, wallet: release_hold(payment, wallet)?, transfers: Vec::new() }))
     };
     match verdict {
         Verdict::Confirm(Confirmed::Approved { amount, order_id })

@@ -149,12 +149,12 @@ impl Wallet {
 
     /// Gives up a hold taken by [`Wallet::hold_payback`]: the charge failed,
     /// or its payback is about to be credited (which then cannot be refused).
-    pub fn release_payback(&self, payback: Amount) -> Wallet {
-        let mut next = self.clone();
-        next.version = self.version + 1;
-        next.payback_held = self.payback_held.checked_sub(payback.money()).expect("bounded sums");
-        assert!(!next.payback_held.is_negative(), "wallet {} released a payback it never held", self.user);
-        next
+    /// `None` if the wallet holds less: it was read before the settlement that
+    /// released the hold committed (a store without row locks), and the
+    /// caller must decide again.
+    pub fn release_payback(&self, payback: Amount) -> Option<Wallet> {
+        let held = self.payback_held.checked_sub(payback.money()).filter(|held| !held.is_negative())?;
+        Some(Wallet { payback_held: held, version: self.version + 1, ..self.clone() })
     }
 
     /// The transition function: the wallet after `movement` at `now`, or why not.
@@ -327,7 +327,9 @@ mod tests {
         // A top-up cannot take the room the payback needs...
         assert_eq!(held.apply(Movement::TopUp(amount(1)), Timestamp(0)), Err(WalletError::MaxBalanceExceeded));
         // ...so crediting it once the card was charged always fits.
-        let credited = held.release_payback(amount(40)).apply(Movement::Payback(amount(40)), Timestamp(0)).unwrap();
+        let credited =
+            held.release_payback(amount(40)).unwrap().apply(Movement::Payback(amount(40)), Timestamp(0)).unwrap();
+        assert_eq!(credited.release_payback(amount(1)), None, "nothing left to release");
         assert_eq!((credited.balance, credited.payback_held), (Money::new(100), Money::ZERO));
     }
 
