@@ -21,6 +21,8 @@ gateway_port=${GATEWAY_PORT:-19090}
 url="http://127.0.0.1:$port"
 gateway="http://127.0.0.1:$gateway_port"
 work=$(mktemp -d)
+# The private cluster runs as `postgres` when we are root: it must enter here.
+chmod 755 "$work"
 admin="tly_adversary_admin"
 
 cargo build --release -p tally >/dev/null
