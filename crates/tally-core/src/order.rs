@@ -128,15 +128,19 @@ impl Order {
     /// What a reader sees: an unpaid order past its TTL is expired even
     /// before the sweeper wrote it so (a charge in flight keeps it pending).
     pub fn status_at(&self, now: Timestamp) -> OrderStatus {
-        if self.past_ttl(now) && self.status == OrderStatus::PendingPayment && self.payment.is_none() {
-            OrderStatus::Expired
-        } else {
-            self.status
-        }
+        if self.due_for_expiry(now) { OrderStatus::Expired } else { self.status }
     }
 
     pub fn past_ttl(&self, now: Timestamp) -> bool {
         now >= self.expires_at
+    }
+
+    /// Due for the expiry sweeper: unpaid, nothing paying, past its TTL. The
+    /// one copy of the rule; the stores' listings (the memory store's
+    /// filter, the SQL's `WHERE`) restate it, pinned by the conformance case
+    /// `the_sweeper_lists_unpaid_orders_past_their_ttl`.
+    pub fn due_for_expiry(&self, now: Timestamp) -> bool {
+        self.status == OrderStatus::PendingPayment && self.payment.is_none() && self.past_ttl(now)
     }
 
     /// Refuses paying an order that cannot be paid now: the error a payment

@@ -738,12 +738,8 @@ impl Tx for MemTx {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<OrderId>, StoreError>> + Send {
         let state = self.store.state();
-        let mut due: Vec<(Timestamp, OrderId)> = state
-            .orders
-            .values()
-            .filter(|o| o.status == OrderStatus::PendingPayment && o.payment.is_none() && o.expires_at <= now)
-            .map(|o| (o.expires_at, o.id))
-            .collect();
+        let mut due: Vec<(Timestamp, OrderId)> =
+            state.orders.values().filter(|o| o.due_for_expiry(now)).map(|o| (o.expires_at, o.id)).collect();
         due.sort_unstable();
         std::future::ready(Ok(due.into_iter().take(limit).map(|(_, id)| id).collect()))
     }

@@ -1,10 +1,5 @@
-//! Pure decisions over loaded state.
-//!
-//! Each function takes records as loaded and returns records as they must be
-//! written, plus the ledger transfers, or a refusal. They do no I/O and take
-//! no locks, so the same decision serves every backend, the model checkers and
-//! a future batcher that applies many payments to one hot wallet inside one
-//! database transaction (it folds these over the batch).
+//! Pure decisions for wallets and payments: top-ups, confirms, cancels and
+//! what a gateway verdict means for a payment.
 
 use crate::error::Error;
 use crate::ids::{PaymentId, TransferId};
@@ -229,13 +224,13 @@ pub enum Verdict {
 
 /// What to do with a gateway verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Settled {
+pub enum VerdictDecision {
     /// Write this decision (done, failed, refunding or cancelled, with its
     /// transfers). A `refunding` payment owes a refund: the caller sends the
     /// gateway cancel next (and the completer re-sends it until it lands).
     Booked(Decision),
     /// Someone else already recorded the outcome; nothing to write.
-    AlreadySettled(Payment),
+    AlreadyRecorded(Payment),
     /// Still unknown: the payment stays where it is, to be looked up again.
     Pending,
 }
@@ -247,14 +242,14 @@ pub enum Settled {
 /// A charge is ours only if the gateway names our payment as its order id
 /// (SPEC.md's payment-key binding): a charge under the same key for another
 /// order is somebody else's money, never adopted and never cancelled.
-pub fn settle(
+pub fn adopt_verdict(
     payment: &Payment,
     wallet: &Wallet,
     verdict: &Verdict,
     give_up_at: crate::time::Timestamp,
     booking: &Booking,
     next_id: &mut dyn FnMut() -> TransferId,
-) -> Result<Settled, Error> {
+) -> Result<VerdictDecision, Error> {
     use crate::gateway::{CancelResult, Confirmed, LookedUp};
     assert_eq!(payment.method, Method::Gateway, "only gateway payments have gateway verdicts");
     let expecting: &[PaymentStatus] = match verdict {
@@ -262,12 +257,16 @@ pub fn settle(
         Verdict::Cancel(_) => &[PaymentStatus::Cancelling, PaymentStatus::Refunding],
     };
     if !expecting.contains(&payment.status) {
-        return Ok(Settled::AlreadySettled(payment.clone()));
+        return Ok(VerdictDecision::AlreadyRecorded(payment.clone()));
     }
     let ours = crate::gateway::order_id(payment.id);
-    let moved = |event: PaymentEvent| -> Result<Settled, Error> {
+    let moved = |event: PaymentEvent| -> Result<VerdictDecision, Error> {
         let next = payment.transition(event, booking.at)?;
-        Ok(Settled::Booked(Decision { payment: next, wallet: release_hold(payment, wallet)?, transfers: Vec::new() }))
+        Ok(VerdictDecision::Booked(Decision {
+            payment: next,
+            wallet: release_hold(payment, wallet)?,
+            transfers: Vec::new(),
+        }))
     };
     match verdict {
         Verdict::Confirm(Confirmed::Approved { amount, order_id })
@@ -278,7 +277,7 @@ pub fn settle(
                 // took effect, and the money is not ours to refund.
                 moved(PaymentEvent::Fail)
             } else if *amount == payment.amount.minor_units() {
-                Ok(Settled::Booked(confirm(payment, wallet, booking, next_id)?))
+                Ok(VerdictDecision::Booked(confirm(payment, wallet, booking, next_id)?))
             } else if crate::mutant::active("refund_forgotten") {
                 moved(PaymentEvent::Fail)
             } else {
@@ -293,12 +292,14 @@ pub fn settle(
         Verdict::Lookup(LookedUp::NotFound) if booking.at >= give_up_at => moved(PaymentEvent::Fail),
         Verdict::Cancel(CancelResult::Cancelled) if payment.status == PaymentStatus::Refunding => {
             let next = payment.transition(PaymentEvent::Refunded, booking.at)?;
-            Ok(Settled::Booked(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() }))
+            Ok(VerdictDecision::Booked(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() }))
         }
-        Verdict::Cancel(CancelResult::Cancelled) => Ok(Settled::Booked(cancel(payment, wallet, booking, next_id)?)),
+        Verdict::Cancel(CancelResult::Cancelled) => {
+            Ok(VerdictDecision::Booked(cancel(payment, wallet, booking, next_id)?))
+        }
         Verdict::Confirm(Confirmed::Unknown { .. })
         | Verdict::Lookup(LookedUp::NotFound | LookedUp::Unknown { .. })
-        | Verdict::Cancel(CancelResult::Unknown { .. }) => Ok(Settled::Pending),
+        | Verdict::Cancel(CancelResult::Unknown { .. }) => Ok(VerdictDecision::Pending),
     }
 }
 
@@ -337,19 +338,19 @@ mod tests {
         Booking { op: OpId(1), origin: None, at: Timestamp(at) }
     }
 
-    fn settle_at(verdict: Verdict, at: i64) -> Settled {
+    fn verdict_at(verdict: Verdict, at: i64) -> VerdictDecision {
         let (payment, wallet) = confirming(500, 50);
         let mut n = 100;
-        settle(&payment, &wallet, &verdict, GIVE_UP, &booking(at), &mut || {
+        adopt_verdict(&payment, &wallet, &verdict, GIVE_UP, &booking(at), &mut || {
             n += 1;
             TransferId(n)
         })
         .unwrap()
     }
 
-    fn booked(settled: &Settled) -> (PaymentStatus, usize, Money) {
-        match settled {
-            Settled::Booked(decision) => {
+    fn booked(decided: &VerdictDecision) -> (PaymentStatus, usize, Money) {
+        match decided {
+            VerdictDecision::Booked(decision) => {
                 (decision.payment.status, decision.transfers.len(), decision.wallet.payback_held)
             }
             other => panic!("not booked: {other:?}"),
@@ -358,9 +359,9 @@ mod tests {
 
     #[test]
     fn approved_with_our_order_and_amount_is_done_charged_from_the_world_with_payback() {
-        let settled = settle_at(Verdict::Confirm(Confirmed::Approved { amount: 500, order_id: ours() }), 2);
-        assert_eq!(booked(&settled), (PaymentStatus::Done, 2, Money::ZERO));
-        let Settled::Booked(decision) = settled else { unreachable!() };
+        let decided = verdict_at(Verdict::Confirm(Confirmed::Approved { amount: 500, order_id: ours() }), 2);
+        assert_eq!(booked(&decided), (PaymentStatus::Done, 2, Money::ZERO));
+        let VerdictDecision::Booked(decision) = decided else { unreachable!() };
         assert_eq!((decision.transfers[0].debit, decision.transfers[0].credit), (Account::World, Account::Revenue));
         assert_eq!(decision.transfers[0].wallet, None);
         assert_eq!(decision.wallet.balance, Money::new(50));
@@ -369,18 +370,19 @@ mod tests {
     #[test]
     fn our_charge_of_another_amount_fails_the_payment_with_its_refund_owed() {
         // Seed 003's tampering check: the gateway charged 499, the order is 500.
-        let settled = settle_at(Verdict::Lookup(LookedUp::Done { amount: 499, order_id: ours() }), 2);
-        assert_eq!(booked(&settled), (PaymentStatus::Refunding, 0, Money::ZERO), "the hold is released");
+        let decided = verdict_at(Verdict::Lookup(LookedUp::Done { amount: 499, order_id: ours() }), 2);
+        assert_eq!(booked(&decided), (PaymentStatus::Refunding, 0, Money::ZERO), "the hold is released");
         // The refund landing ends it failed, with nothing booked.
-        let Settled::Booked(decision) = settled else { unreachable!() };
+        let VerdictDecision::Booked(decision) = decided else { unreachable!() };
         let landed = Verdict::Cancel(CancelResult::Cancelled);
-        let done = settle(&decision.payment, &decision.wallet, &landed, GIVE_UP, &booking(3), &mut || TransferId(9));
+        let done =
+            adopt_verdict(&decision.payment, &decision.wallet, &landed, GIVE_UP, &booking(3), &mut || TransferId(9));
         assert_eq!(booked(&done.unwrap()), (PaymentStatus::Failed, 0, Money::ZERO));
         // Unknown: it stays owed.
         let unclear = Verdict::Cancel(CancelResult::Unknown { reason: "t".into() });
         let pending =
-            settle(&decision.payment, &decision.wallet, &unclear, GIVE_UP, &booking(3), &mut || TransferId(9));
-        assert_eq!(pending, Ok(Settled::Pending));
+            adopt_verdict(&decision.payment, &decision.wallet, &unclear, GIVE_UP, &booking(3), &mut || TransferId(9));
+        assert_eq!(pending, Ok(VerdictDecision::Pending));
     }
 
     #[test]
@@ -392,21 +394,24 @@ mod tests {
             Verdict::Lookup(LookedUp::Done { amount: 501, order_id: "999".into() }),
             Verdict::Lookup(LookedUp::Cancelled { order_id: "999".into() }),
         ] {
-            assert_eq!(booked(&settle_at(verdict, 2)), (PaymentStatus::Failed, 0, Money::ZERO));
+            assert_eq!(booked(&verdict_at(verdict, 2)), (PaymentStatus::Failed, 0, Money::ZERO));
         }
     }
 
     #[test]
     fn decline_fails_unclear_stays_pending_not_found_fails_only_past_give_up() {
         assert_eq!(
-            booked(&settle_at(Verdict::Confirm(Confirmed::Declined { code: "X".into() }), 2)).0,
+            booked(&verdict_at(Verdict::Confirm(Confirmed::Declined { code: "X".into() }), 2)).0,
             PaymentStatus::Failed
         );
-        assert_eq!(settle_at(Verdict::Confirm(Confirmed::Unknown { reason: "t".into() }), 2), Settled::Pending);
-        assert_eq!(settle_at(Verdict::Lookup(LookedUp::Unknown { reason: "t".into() }), 2), Settled::Pending);
-        assert_eq!(settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0 - 1), Settled::Pending);
         assert_eq!(
-            booked(&settle_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0)),
+            verdict_at(Verdict::Confirm(Confirmed::Unknown { reason: "t".into() }), 2),
+            VerdictDecision::Pending
+        );
+        assert_eq!(verdict_at(Verdict::Lookup(LookedUp::Unknown { reason: "t".into() }), 2), VerdictDecision::Pending);
+        assert_eq!(verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0 - 1), VerdictDecision::Pending);
+        assert_eq!(
+            booked(&verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0)),
             (PaymentStatus::Failed, 0, Money::ZERO)
         );
     }
@@ -416,12 +421,12 @@ mod tests {
         let (payment, wallet) = confirming(500, 0);
         let done = payment.transition(PaymentEvent::Confirm, Timestamp(2)).unwrap();
         let verdict = Verdict::Lookup(LookedUp::Done { amount: 500, order_id: ours() });
-        let settled = settle(&done, &wallet, &verdict, GIVE_UP, &booking(3), &mut || TransferId(9)).unwrap();
-        assert_eq!(settled, Settled::AlreadySettled(done));
+        let decided = adopt_verdict(&done, &wallet, &verdict, GIVE_UP, &booking(3), &mut || TransferId(9)).unwrap();
+        assert_eq!(decided, VerdictDecision::AlreadyRecorded(done));
         let cancel = Verdict::Cancel(CancelResult::Cancelled);
         assert!(matches!(
-            settle(&payment, &wallet, &cancel, GIVE_UP, &booking(3), &mut || TransferId(9)),
-            Ok(Settled::AlreadySettled(_))
+            adopt_verdict(&payment, &wallet, &cancel, GIVE_UP, &booking(3), &mut || TransferId(9)),
+            Ok(VerdictDecision::AlreadyRecorded(_))
         ));
     }
 
@@ -457,7 +462,9 @@ mod tests {
             n += 1;
             TransferId(n)
         };
-        let Ok(Settled::Booked(done)) = settle(&payment, &wallet, &approved, GIVE_UP, &booking(2), &mut next_id) else {
+        let Ok(VerdictDecision::Booked(done)) =
+            adopt_verdict(&payment, &wallet, &approved, GIVE_UP, &booking(2), &mut next_id)
+        else {
             panic!("approved")
         };
         let spent = Wallet { balance: Money::ZERO, ..done.wallet.clone() };
@@ -471,8 +478,8 @@ mod tests {
         assert_eq!(cancelling.wallet.balance, Money::ZERO);
         // The refund landed: booked against the world, the wallet untouched.
         let landed = Verdict::Cancel(CancelResult::Cancelled);
-        let Ok(Settled::Booked(cancelled)) =
-            settle(&cancelling.payment, &cancelling.wallet, &landed, GIVE_UP, &booking(4), &mut next_id)
+        let Ok(VerdictDecision::Booked(cancelled)) =
+            adopt_verdict(&cancelling.payment, &cancelling.wallet, &landed, GIVE_UP, &booking(4), &mut next_id)
         else {
             panic!("cancelled")
         };

@@ -1,0 +1,122 @@
+//! The payment use cases' locked steps: a confirm's or a cancel's intent
+//! before the gateway is called, and writing a payment decision.
+
+use super::*;
+
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    /// Cancels a payment (and, through [`Tally::follow_order`], the order it
+    /// paid). A gateway payment's refund goes through the gateway.
+    pub(super) async fn cancel_payment(
+        &self,
+        tx: &mut S::Tx,
+        user: UserId,
+        loaded: Payment,
+        booking: &Booking,
+        locked: &LockSet,
+        answer: Answer,
+    ) -> Result<Step, Error> {
+        let ids = &self.ids;
+        let mut next_id = || TransferId(ids.next_id());
+        match (loaded.method, loaded.status) {
+            // Money went through the gateway: it must come back through it.
+            // Its payback is reversed first, in this transaction: refused
+            // now (the cashback was spent) rather than after the card was
+            // refunded.
+            //
+            // The reversal is the payment's, not the key's: the transition
+            // (done → cancelling) makes it happen once, whichever request or
+            // completer then finishes the cancel, and the key may be freed
+            // and re-admitted while the refund's outcome is unknown. The
+            // key's one effect is the refund, booked with its completion.
+            (Method::Gateway, PaymentStatus::Done) => {
+                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+                let phase = Booking { origin: None, ..booking.clone() };
+                let decision = decide::begin_cancel(&loaded, &wallet, &phase, &mut next_id)?;
+                self.persist(tx, &loaded, &wallet, &decision).await?;
+                Ok(Step::Call(decision.payment, Call::Cancel, answer))
+            }
+            // A cancel whose outcome is unknown: the gateway's cancel
+            // is idempotent, so asking again is safe.
+            (Method::Gateway, PaymentStatus::Cancelling) => Ok(Step::Call(loaded, Call::Cancel, answer)),
+            _ => {
+                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
+                let decision = decide::cancel(&loaded, &wallet, booking, &mut next_id)?;
+                self.persist(tx, &loaded, &wallet, &decision).await?;
+                let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
+                Ok(Step::Done(match (answer, order) {
+                    (Answer::Order, Some(order)) => Outcome::Order(self.order_view(order)),
+                    _ => Outcome::Payment(decision.payment),
+                }))
+            }
+        }
+    }
+
+    /// `wait → confirming` and commit: the permit to send the confirm once,
+    /// with the payment key claimed and the payback's room held. A payment
+    /// already confirming (another request is sending it, or one crashed
+    /// after sending it) is looked up instead; one owing a refund sends it.
+    pub(super) async fn begin_gateway_confirm(
+        &self,
+        tx: &mut S::Tx,
+        loaded: Payment,
+        payment_key: Option<&str>,
+        booking: &Booking,
+        locked: &LockSet,
+    ) -> Result<Step, Error> {
+        if let (PaymentStatus::Confirming | PaymentStatus::Refunding, Some(call)) =
+            (loaded.status, Call::to_resolve(loaded.status))
+        {
+            return Ok(Step::Call(loaded, call, Answer::Payment));
+        }
+        let Some(payment_key) = payment_key else {
+            return Err(Error::InvalidInput("a gateway payment is confirmed with its payment_key"));
+        };
+        // A key belongs to one payment, forever: another payment's key would
+        // make one card charge pay two payments (and its refund undo both).
+        let unbound = crate::mutant::active("payment_key_unbound");
+        if !unbound {
+            ensure_key_locked(locked, payment_key)?;
+            if tx.payment_by_key(payment_key).await?.is_some_and(|owner| owner != loaded.id) {
+                return Err(Error::PaymentKeyInUse);
+            }
+        }
+        let wallet = tx.wallet(loaded.user).await?.ok_or(Error::NotFound)?;
+        let (confirming, held) = decide::begin_confirm(&loaded, &wallet, payment_key, booking.at)?;
+        tx.put_payment(Some(&loaded), &confirming).await?;
+        if held != wallet {
+            tx.put_wallet(Some(&wallet), &held).await?;
+        }
+        // The order is marked as being paid before the charge is sent, so
+        // the sweeper cannot expire it while the money may be on its way.
+        self.follow_order(tx, &loaded, &confirming, booking.at, locked).await?;
+        Ok(Step::Call(confirming, Call::Confirm, Answer::Payment))
+    }
+
+    pub(super) async fn persist(
+        &self,
+        tx: &mut S::Tx,
+        loaded: &Payment,
+        wallet: &Wallet,
+        decision: &Decision,
+    ) -> Result<(), Error> {
+        tx.put_payment(Some(loaded), &decision.payment).await?;
+        // A gateway charge books transfers without touching the wallet.
+        if decision.wallet != *wallet {
+            tx.put_wallet(Some(wallet), &decision.wallet).await?;
+        }
+        if !decision.transfers.is_empty() {
+            tx.append_transfers(&decision.transfers).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A payment key is claimed under its lock (the peek that chose the locks
+/// saw the request's key, so this only fails on a bug).
+fn ensure_key_locked(locked: &LockSet, payment_key: &str) -> Result<(), Error> {
+    let key = LockKey::PaymentKey(payment_key.to_owned());
+    if locked.keys().binary_search(&key).is_err() {
+        return Err(Error::Store(StoreError::Integrity("payment key claimed without its lock".into())));
+    }
+    Ok(())
+}
