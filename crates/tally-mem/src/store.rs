@@ -8,7 +8,7 @@ use tally_core::check::Snapshot;
 use tally_core::idempotency::{IdemRecord, IdemScope};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, TransferId, UserId};
 use tally_core::ledger::Transfer;
-use tally_core::order::{Order, OrderStatus};
+use tally_core::order::Order;
 use tally_core::payment::{Payment, PaymentStatus};
 use tally_core::queue::{QueueToken, TokenStatus};
 use tally_core::store::{Store, StoreError, Tx, User};
