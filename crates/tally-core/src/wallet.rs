@@ -4,8 +4,10 @@
 //! [`Movement`] and returns the next wallet or the reason it is refused. The
 //! function is pure: the use cases load a wallet, ask `apply`, and hand the
 //! result to the store. A batch of payments on one hot wallet (a later
-//! optimisation) folds `apply` over the batch; there is no second copy of
-//! these rules anywhere.
+//! optimisation) folds `apply` over the batch. The atomic SQL strategy
+//! restates the window and ceiling rules in its conditional update; the
+//! conformance cases `spending_windows_never_move_backwards` and
+//! `the_ceiling_counts_held_paybacks_and_caps_every_balance` pin it to these.
 
 use crate::ids::UserId;
 use crate::money::{Amount, Money};

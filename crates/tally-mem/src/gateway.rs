@@ -1,4 +1,5 @@
-//! An in-memory payment gateway for the model checkers and the simulation.
+//! An in-memory payment gateway for the use-case, shuttle and end-to-end
+//! tests (the simulation runs the HTTP fake of `tally-gateway` instead).
 //!
 //! It behaves like the real one where it matters (seed 003): a second
 //! confirm of a payment key is refused "already processed", and it counts

@@ -5,8 +5,9 @@
 //! - `tally migrate` applies the schema.
 //! - `tally load` drives a running server and checks the outcome.
 //!
-//! The binary only wires things together; the logic lives in the library
-//! crates (`tally-core`'s use cases, `tally-http`'s router, the stores).
+//! The service's logic lives in the library crates (`tally-core`'s use
+//! cases, `tally-http`'s router, the stores); `serve` wires them. `load`, an
+//! HTTP client with its own checks, lives here too (`load.rs`).
 
 use std::process::ExitCode;
 
