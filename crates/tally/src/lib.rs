@@ -1,8 +1,8 @@
 //! The `tally` binary's library: the wiring of `tally serve` and
-//! `tally migrate`, the `tally load` tool, and the production clock and id
-//! generator. `main.rs` only parses the command line and calls in here, so
+//! `tally migrate`, and the production clock and id generator (`tally load`
+//! is the `tally-load` crate). `main.rs` only parses the command line and calls in here, so
 //! the end-to-end tests run exactly this wiring.
 
-pub mod load;
+pub use tally_load as load;
 pub mod runtime;
 pub mod serve;

@@ -6,8 +6,8 @@
 //! - `tally load` drives a running server and checks the outcome.
 //!
 //! The service's logic lives in the library crates (`tally-core`'s use
-//! cases, `tally-http`'s router, the stores); `serve` wires them. `load`, an
-//! HTTP client with its own checks, lives here too (`load.rs`).
+//! cases, `tally-http`'s router, the stores, `tally-load`'s clients); this
+//! binary only parses the command line and wires them.
 
 use std::process::ExitCode;
 

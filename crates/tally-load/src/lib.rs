@@ -1,4 +1,4 @@
-//! `tally load`: drives a running server with concurrent clients and checks
+//! `tally load` (the `tally-load` crate): drives a running server with concurrent clients and checks
 //! the result.
 //!
 //! Workloads (all through the public HTTP API, as real clients would):
