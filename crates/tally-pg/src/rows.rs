@@ -441,49 +441,26 @@ pub(crate) fn version(value: u64) -> i64 {
 
 /// Reads everything the checker needs on `conn` (inside the caller's snapshot).
 pub(crate) async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot, StoreError> {
-    let wallets = sqlx::query(AssertSqlSafe(format!("SELECT {WALLET_COLUMNS} FROM wallets ORDER BY user_id")))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let payments = sqlx::query(AssertSqlSafe(format!("SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY id")))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let transfers = sqlx::query(AssertSqlSafe(format!("SELECT {TRANSFER_COLUMNS} FROM transfers ORDER BY at_ms, id")))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let keys = sqlx::query(AssertSqlSafe(format!("SELECT {IDEM_COLUMNS} FROM idempotency_keys ORDER BY user_id, key")))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let all = |sql: String| sqlx::query(AssertSqlSafe(sql));
-    let products = all(format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let orders = all(format!("{ORDER_SELECT} ORDER BY o.id")).fetch_all(&mut *conn).await.map_err(errors::map)?;
-    let events = all(format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let seats = all(format!("SELECT {SEAT_COLUMNS} FROM seats ORDER BY id"))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
-    let tokens = all(format!("SELECT {TOKEN_COLUMNS} FROM queue_tokens ORDER BY id"))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(errors::map)?;
     Ok(Snapshot {
-        wallets: wallets.iter().map(wallet).collect::<Result<_, _>>()?,
-        payments: payments.iter().map(payment).collect::<Result<_, _>>()?,
-        transfers: transfers.iter().map(transfer).collect::<Result<_, _>>()?,
-        idempotency: keys.iter().map(idem).collect::<Result<_, _>>()?,
-        products: products.iter().map(product).collect::<Result<_, _>>()?,
-        orders: orders.iter().map(order).collect::<Result<_, _>>()?,
-        events: events.iter().map(event).collect::<Result<_, _>>()?,
-        seats: seats.iter().map(seat).collect::<Result<_, _>>()?,
-        tokens: tokens.iter().map(token).collect::<Result<_, _>>()?,
+        wallets: all(conn, format!("SELECT {WALLET_COLUMNS} FROM wallets ORDER BY user_id"), wallet).await?,
+        payments: all(conn, format!("SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY id"), payment).await?,
+        transfers: all(conn, format!("SELECT {TRANSFER_COLUMNS} FROM transfers ORDER BY at_ms, id"), transfer).await?,
+        idempotency: all(conn, format!("SELECT {IDEM_COLUMNS} FROM idempotency_keys ORDER BY user_id, key"), idem)
+            .await?,
+        products: all(conn, format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id"), product).await?,
+        orders: all(conn, format!("{ORDER_SELECT} ORDER BY o.id"), order).await?,
+        events: all(conn, format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"), event).await?,
+        seats: all(conn, format!("SELECT {SEAT_COLUMNS} FROM seats ORDER BY id"), seat).await?,
+        tokens: all(conn, format!("SELECT {TOKEN_COLUMNS} FROM queue_tokens ORDER BY id"), token).await?,
     })
+}
+
+/// Every row `sql` selects, decoded.
+async fn all<T>(
+    conn: &mut PgConnection,
+    sql: String,
+    decode: fn(&PgRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let found = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await.map_err(errors::map)?;
+    found.iter().map(decode).collect()
 }
