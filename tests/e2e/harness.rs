@@ -101,6 +101,38 @@ pub struct Reply {
     pub json: Value,
 }
 
+/// A store on a fresh database with `strategy`, on `pool`: what every
+/// harness here builds its app on.
+pub async fn fresh_store(strategy: Strategy, pool: &Pool) -> PgStore {
+    let url = fresh_database().await;
+    let config = PgConfig {
+        strategy,
+        max_connections: pool.max_connections,
+        acquire_timeout: pool.acquire_timeout,
+        ..PgConfig::default()
+    };
+    PgStore::connect_lazy(&url, config).expect("store")
+}
+
+/// 2026-11-23T00:00:00Z: the core-level scenarios start their manual clocks
+/// on a known day.
+pub const START: tally_core::time::Timestamp = tally_core::time::Timestamp(20_780 * 86_400_000);
+
+/// Runs `n` tasks at once; returns their results in task order.
+pub async fn at_once<T, F, Fut>(n: usize, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    let mut results = Vec::with_capacity(n);
+    for handle in handles {
+        results.push(handle.await.expect("task"));
+    }
+    results
+}
+
 /// An app whose merchant pays no payback: the scenarios count money by the
 /// amounts they pay.
 pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
@@ -110,14 +142,7 @@ pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
 /// An app whose merchant pays back `payback_bps` basis points of every
 /// payment (the service's `--payback-bps`).
 pub async fn spawn_app_paying_back(strategy: Strategy, pool: Pool, payback_bps: u32) -> TestApp {
-    let url = fresh_database().await;
-    let config = PgConfig {
-        strategy,
-        max_connections: pool.max_connections,
-        acquire_timeout: pool.acquire_timeout,
-        ..PgConfig::default()
-    };
-    let store = PgStore::connect_lazy(&url, config).expect("store");
+    let store = fresh_store(strategy, &pool).await;
     // Many requests race on one row in these tests: give optimistic retries room.
     let core = Config { attempts_max: 64, payback_bps, ..Config::default() };
     // A fake gateway of its own, and a client with a short timeout so the

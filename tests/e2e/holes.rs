@@ -21,17 +21,14 @@ use tally_core::order::{Order, OrderStatus};
 use tally_core::payment::{Method, Payment, PaymentStatus};
 use tally_core::queue::TokenStatus;
 use tally_core::store::{NoLocks, Store, StoreError, Tx};
-use tally_core::time::{ManualClock, Timestamp};
+use tally_core::time::ManualClock;
 use tally_core::wallet::{Limits, Wallet, WalletError};
 use tally_mem::MemGateway;
-use tally_pg::{PgConfig, PgStore, Strategy};
+use tally_pg::{PgStore, Strategy};
 
-use crate::harness::{Pool, fresh_database};
+use crate::harness::{Pool, START, at_once, fresh_store};
 
 type Bank = Tally<PgStore, NoLocks, ManualClock, MemGateway>;
-
-/// 2026-11-23T00:00:00Z.
-const START: Timestamp = Timestamp(20_780 * 86_400_000);
 
 /// The merchant's payback here: 10 % of every payment.
 const PAYBACK_BPS: u32 = 1_000;
@@ -39,15 +36,7 @@ const PAYBACK_BPS: u32 = 1_000;
 /// The core over a fresh database with `strategy`, paying 10 % back, and the
 /// in-memory gateway it confirms gateway payments with.
 async fn bank(strategy: Strategy) -> (Arc<Bank>, MemGateway) {
-    let url = fresh_database().await;
-    let pool = Pool::default();
-    let config = PgConfig {
-        strategy,
-        max_connections: pool.max_connections,
-        acquire_timeout: pool.acquire_timeout,
-        ..PgConfig::default()
-    };
-    let store = PgStore::connect_lazy(&url, config).expect("store");
+    let store = fresh_store(strategy, &Pool::default()).await;
     // Racing use cases retry their conflicts: give the optimistic ones room.
     let core = Config { attempts_max: 128, payback_bps: PAYBACK_BPS, ..Config::default() };
     let ids = Arc::new(SeqIds::new(u64::from(std::process::id())));
@@ -124,21 +113,6 @@ async fn booked(app: &Bank, payment: PaymentId) -> Vec<(TransferKind, i64)> {
 
 async fn holds(app: &Bank) {
     assert_holds(&app.snapshot().await.expect("snapshot"));
-}
-
-/// Runs `n` tasks at once; returns their results in task order.
-async fn at_once<T, F, Fut>(n: usize, task: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
-{
-    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
-    let mut results = Vec::with_capacity(n);
-    for handle in handles {
-        results.push(handle.await.expect("task"));
-    }
-    results
 }
 
 /// Hole 1: a gateway payment key pays one payment, forever. A key claimed by

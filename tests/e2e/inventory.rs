@@ -25,14 +25,11 @@ use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::Limits;
 use tally_gateway::fake::{LatencyFault, Trigger};
 use tally_gateway::{FakeGateway, GatewayClient, GatewayConfig};
-use tally_pg::{PgConfig, PgStore, Strategy};
+use tally_pg::{PgStore, Strategy};
 
-use crate::harness::{Pool, fresh_database};
+use crate::harness::{Pool, START, at_once, fresh_store};
 
 type Shop = Tally<PgStore, NoLocks, ManualClock, GatewayClient>;
-
-/// 2026-11-23T00:00:00Z.
-const START: Timestamp = Timestamp(20_780 * 86_400_000);
 
 /// The core over a fresh database with `strategy`, on the suite's pool size
 /// (`TALLY_TEST_MAX_CONNECTIONS`: CI runs everything again on one connection).
@@ -43,15 +40,7 @@ async fn shop(strategy: Strategy) -> Arc<Shop> {
 /// The same, and the fake payment gateway it confirms gateway payments with
 /// (served until the test's runtime ends).
 async fn shop_with_gateway(strategy: Strategy) -> (Arc<Shop>, FakeGateway) {
-    let url = fresh_database().await;
-    let pool = Pool::default();
-    let config = PgConfig {
-        strategy,
-        max_connections: pool.max_connections,
-        acquire_timeout: pool.acquire_timeout,
-        ..PgConfig::default()
-    };
-    let store = PgStore::connect_lazy(&url, config).expect("store");
+    let store = fresh_store(strategy, &Pool::default()).await;
     // Up to 100 use cases race on one row here: give optimistic retries room
     // (every failed attempt is someone else's success, so 100 always do).
     let core = Config { attempts_max: 128, ..Config::default() };
@@ -173,21 +162,6 @@ async fn stock(app: &Shop, id: ProductId) -> (u64, u64) {
 
 async fn snapshot(app: &Shop) -> Snapshot {
     app.snapshot().await.expect("snapshot")
-}
-
-/// Runs `n` tasks at once; returns their results in task order.
-async fn at_once<T, F, Fut>(n: usize, task: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
-{
-    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
-    let mut results = Vec::with_capacity(n);
-    for handle in handles {
-        results.push(handle.await.expect("task"));
-    }
-    results
 }
 
 fn out_of_stock(result: &Result<Order, Error>) -> bool {
