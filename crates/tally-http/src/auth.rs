@@ -9,28 +9,13 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use sha2::{Digest, Sha256};
 use tally_core::gateway::Gateway;
 use tally_core::store::{LockManager, Store, User};
 use tally_core::time::Clock;
 
+use crate::keys::hash_api_key;
 use crate::problem::{ApiError, Code};
 use crate::state::AppState;
-
-/// Prefix of every key this service issues, so a leaked key is recognisable
-/// (secret scanners) and never mistaken for another system's token.
-pub const API_KEY_PREFIX: &str = "tly_";
-
-/// The SHA-256 of a key: what the store keeps and looks keys up by.
-pub fn hash_api_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// A fresh random key: `tly_` and 32 random bytes in hex.
-pub fn new_api_key() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("{API_KEY_PREFIX}{}", hex::encode(bytes))
-}
 
 /// Equality whose running time does not depend on where the inputs differ,
 /// so response timing cannot reveal how much of a guess of the admin key's
@@ -103,18 +88,6 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> FromRequestParts<AppState<S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_prefixed_random_and_hash_to_sha256() {
-        let (a, b) = (new_api_key(), new_api_key());
-        assert_ne!(a, b);
-        assert!(a.starts_with(API_KEY_PREFIX));
-        assert_eq!(a.len(), API_KEY_PREFIX.len() + 64);
-        assert_eq!(
-            hex::encode(hash_api_key("abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 
     #[test]
     fn constant_time_eq_compares_every_byte() {

@@ -54,7 +54,7 @@ impl HttpConfig {
             retry_after_seconds: RETRY_AFTER_SECONDS_DEFAULT,
             ledger_page_default: LEDGER_PAGE_DEFAULT,
             metrics: Metrics::local(),
-            key_gen: Arc::new(crate::auth::new_api_key),
+            key_gen: Arc::new(crate::keys::new_api_key),
         }
     }
 }

@@ -97,6 +97,7 @@ mod config;
 pub mod dto;
 mod extract;
 mod keyed;
+mod keys;
 mod layers;
 mod metrics;
 pub mod openapi;
@@ -104,13 +105,13 @@ pub mod problem;
 mod routes;
 mod state;
 
-pub use auth::{API_KEY_PREFIX, hash_api_key, new_api_key};
 pub use config::{
     BODY_LIMIT_BYTES_DEFAULT, CONCURRENCY_LIMIT_DEFAULT, HttpConfig, KeyGen, LEDGER_PAGE_DEFAULT,
     REQUEST_TIMEOUT_DEFAULT, RETRY_AFTER_SECONDS_DEFAULT, Readiness, ReadyFuture,
 };
 pub use extract::{IDEMPOTENCY_KEY, fingerprint};
 pub use keyed::IDEMPOTENT_REPLAYED;
+pub use keys::{API_KEY_PREFIX, hash_api_key, new_api_key};
 pub use metrics::Metrics;
 pub use problem::{ApiError, Code, PROBLEM_CONTENT_TYPE, Problem};
 

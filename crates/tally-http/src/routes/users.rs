@@ -10,9 +10,10 @@ use tally_core::store::{LockManager, Store};
 use tally_core::time::Clock;
 use tally_core::wallet::Limits;
 
-use crate::auth::{Admin, hash_api_key};
+use crate::auth::Admin;
 use crate::dto::{CreateUserRequest, UserCreated};
 use crate::extract::JsonBody;
+use crate::keys::hash_api_key;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
