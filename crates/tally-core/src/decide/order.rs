@@ -37,7 +37,13 @@ pub struct Request {
     pub token: Option<TokenId>,
 }
 
-/// Checks an order request's shape before anything is loaded.
+// The refusals below name these bounds in words (an `InvalidInput` is a
+// static message): changing a bound fails the build until they are updated.
+const _: () = assert!(order::ORDER_ITEMS_MAX == 10 && order::ORDER_SEATS_MAX == 10);
+const _: () = assert!(order::LINE_QUANTITY_MAX == 1_000);
+
+/// Checks an order request's shape before anything is loaded. `tally-http`
+/// runs it too, before the request takes a key.
 pub fn request(items: &[(ProductId, u64)], seats: &[SeatId], token: Option<TokenId>) -> Result<Request, Error> {
     if items.is_empty() && seats.is_empty() {
         return Err(Error::InvalidInput("an order has at least one item or seat"));

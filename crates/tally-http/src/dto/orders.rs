@@ -11,7 +11,7 @@ use tally_core::app::{Command, EventView, NewSeat, NewShowtime, TokenView};
 use tally_core::catalog::{Product, STOCK_MAX, Seat, Showtime};
 use tally_core::ids::{ProductId, SeatId, TokenId};
 use tally_core::money::Amount;
-use tally_core::order::{LINE_QUANTITY_MAX, ORDER_ITEMS_MAX, ORDER_SEATS_MAX, Order};
+use tally_core::order::{LINE_QUANTITY_MAX, Order};
 use tally_core::time::{Timestamp, civil_from_days};
 use utoipa::ToSchema;
 
@@ -150,20 +150,13 @@ pub struct CreateOrderRequest {
 
 impl CreateOrderRequest {
     /// The order command, with `token` for its seats. Checked here so that
-    /// a bad request is refused before it takes a key or a lock; the core
-    /// checks the same bounds again (and refuses duplicates).
+    /// a bad request is refused before it takes a key or a lock: the JSON's
+    /// ids and quantities, then the core's one rule for an order's shape
+    /// (`decide::order::request`), which the core applies again.
     pub fn command(&self, token: Option<TokenId>) -> Result<Command, ApiError> {
         let items = self.items.as_deref().unwrap_or_default();
         let seats = self.seats.as_deref().unwrap_or_default();
-        if items.is_empty() && seats.is_empty() {
-            return Err(ApiError::malformed("an order needs at least one item or seat"));
-        }
-        if items.len() > ORDER_ITEMS_MAX || seats.len() > ORDER_SEATS_MAX {
-            return Err(ApiError::malformed(format!(
-                "an order has at most {ORDER_ITEMS_MAX} items and {ORDER_SEATS_MAX} seats"
-            )));
-        }
-        let items = items
+        let items: Vec<(ProductId, u64)> = items
             .iter()
             .map(|item| {
                 let product = ProductId::parse(&item.product_id)
@@ -171,10 +164,11 @@ impl CreateOrderRequest {
                 Ok((product, item.quantity.units("quantity", 1..=LINE_QUANTITY_MAX)?))
             })
             .collect::<Result<_, ApiError>>()?;
-        let seats = seats
+        let seats: Vec<SeatId> = seats
             .iter()
             .map(|seat| SeatId::parse(seat).ok_or_else(|| ApiError::malformed("a seat id must be a UUID")))
             .collect::<Result<_, ApiError>>()?;
+        tally_core::decide::order::request(&items, &seats, token).map_err(ApiError::from)?;
         Ok(Command::CreateOrder { items, seats, token })
     }
 }
