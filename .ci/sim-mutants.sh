@@ -28,7 +28,18 @@ mutants=(
   "expire_paid_order:the expiry sweeper does not re-check, under its lock, that the order is still unpaid"
   "seat_double_hold:a seat already held or sold can be held by another order"
   "queue_over_admit:a queue refresh promotes one token more than the free slots"
+  "payment_key_unbound:a confirm claims a gateway payment key another payment holds (issue 10, hole 1)"
+  "foreign_charge_adopted:a gateway answer about another order id is adopted as our charge (hole 1)"
+  "reversal_after_refund:a gateway cancel reverses the payback only after the card was refunded (hole 2)"
+  "payback_unheld:a gateway confirm does not hold the payback's room under max_balance before the charge (hole 2)"
+  "refund_forgotten:a charge of the wrong amount fails the payment without a durable refund (hole 5)"
+  "window_rollback:a payment stamped before the wallet's window rolls the window back (hole 6)"
+  "seat_hoarding:a token's live orders may hold more seats than max_seats_per_token (hole 7)"
 )
+# Not here: completer_gives_up and balance_uncapped. The simulation's
+# completer batches never hold a payment whose settlement fails once the
+# other fixes are in, and no workload balance comes near 10^15; the
+# use-case tests in .ci/mutants.sh pin both.
 
 survivors=0
 for entry in "${mutants[@]}"; do
@@ -39,9 +50,11 @@ for entry in "${mutants[@]}"; do
     echo "mutant $name ($what): NOT caught in $seeds seeds"
     survivors=$((survivors + 1))
   else
-    failed_seed=$(sed -nE 's/^FAILED: seed ([0-9]+)$/\1/p' "$log" | head -n 1)
-    invariant=$(sed -nE 's/^  violated invariant: (.*)$/\1/p' "$log" | head -n 1)
-    check=$(sed -nE 's/^    check: (.*)$/\1/p' "$log" | head -n 1)
+    # The first match of each, with sed quitting there: a `| head` would
+    # cut sed's output short, and pipefail would fail the script on it.
+    failed_seed=$(sed -nE '/^FAILED: seed [0-9]+$/{s/^FAILED: seed ([0-9]+)$/\1/p;q;}' "$log")
+    invariant=$(sed -nE '/^  violated invariant: /{s/^  violated invariant: (.*)$/\1/p;q;}' "$log")
+    check=$(sed -nE '/^    check: /{s/^    check: (.*)$/\1/p;q;}' "$log")
     if [ -z "$failed_seed" ]; then
       echo "mutant $name: the simulation failed without a violation (crash?)"
       tail -n 20 "$log"

@@ -1,7 +1,9 @@
-//! What the deployment sells: the plan's products (scarce stock) and its one
-//! event (one showtime of a few seats behind a small waiting queue), created
-//! directly in the database before any host starts — as an operator would
-//! have set them up — with deterministic ids from the run's sequence.
+//! What the deployment sells: the plan's products (scarce stock, each with
+//! the merchant's payback rate or the servers' default) and its one event
+//! (one showtime of a few seats behind a small waiting queue, with a limit of
+//! seats per queue token), created directly in the database before any host
+//! starts — as an operator would have set them up — with deterministic ids
+//! from the run's sequence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +14,8 @@ use tally_core::money::Amount;
 use tally_core::{Command, Executed, Outcome, Tally};
 use tally_mem::MemStore;
 
-use crate::clock::{EPOCH, SimClock};
-use crate::plan::Inventory;
+use crate::clock::SimClock;
+use crate::plan::{Adversary, Inventory};
 use crate::run::now_or_never;
 use crate::server;
 use crate::workload::TAG_SPACE;
@@ -24,6 +26,9 @@ pub struct CatalogueProduct {
     pub id: String,
     /// Its stock when the run began (restocks add to it).
     pub initial: u64,
+    /// Its payback rate in basis points, as the merchant set it (its own
+    /// or the servers' default): what the oracle holds payments to.
+    pub payback_bps: u32,
 }
 
 /// The ids the clients order by.
@@ -32,20 +37,31 @@ pub struct Catalogue {
     pub products: Vec<CatalogueProduct>,
     pub event: Option<String>,
     pub seats: Vec<String>,
+    /// The servers' default payback (payments of an amount, and seats).
+    pub payback_bps: u32,
+    /// The event's seats per queue token.
+    pub max_seats_per_token: u32,
 }
 
 fn price(units: u64) -> Amount {
     Amount::new(i64::try_from(units).expect("small") * TAG_SPACE).expect("a valid price")
 }
 
-/// Creates `inventory`'s products and event as the admin.
-pub fn create(memory: &MemStore, clock: &SimClock, ids: &Arc<SeqIds>, inventory: &Inventory) -> Catalogue {
+/// Creates `inventory`'s products and event as the admin, at the rates of
+/// `adversary`'s payback policy.
+pub fn create(
+    memory: &MemStore,
+    clock: &SimClock,
+    ids: &Arc<SeqIds>,
+    inventory: &Inventory,
+    adversary: &Adversary,
+) -> Catalogue {
     let setup = Tally::new(
         memory.clone(),
         tally_core::store::NoLocks,
         clock.clone(),
         Arc::clone(ids) as Arc<dyn IdGen>,
-        server::core_config(inventory.order_ttl),
+        server::core_config(inventory.order_ttl, adversary.payback_bps),
     );
     let run = |command: Command| match now_or_never(setup.execute(UserId::ADMIN, command, None)) {
         Ok(Executed::Fresh(outcome)) => outcome,
@@ -56,9 +72,15 @@ pub fn create(memory: &MemStore, clock: &SimClock, ids: &Arc<SeqIds>, inventory:
         .iter()
         .enumerate()
         .map(|(index, &(units, stock))| {
-            let command = Command::CreateProduct { name: format!("product {index}"), price: price(units), stock };
+            let payback_bps = adversary.product_bps.get(index).copied().flatten();
+            let command =
+                Command::CreateProduct { name: format!("product {index}"), price: price(units), stock, payback_bps };
             match run(command) {
-                Outcome::Product(product) => CatalogueProduct { id: product.id.to_string(), initial: stock },
+                Outcome::Product(product) => CatalogueProduct {
+                    id: product.id.to_string(),
+                    initial: stock,
+                    payback_bps: payback_bps.unwrap_or(adversary.payback_bps),
+                },
                 other => panic!("a product, not {other:?}"),
             }
         })
@@ -73,12 +95,15 @@ pub fn create(memory: &MemStore, clock: &SimClock, ids: &Arc<SeqIds>, inventory:
         name: "the concert".into(),
         active_limit: inventory.active_limit,
         token_ttl: inventory.token_ttl,
-        showtimes: vec![NewShowtime { starts_at: EPOCH.plus(Duration::from_secs(30 * 86_400)), seats }],
+        max_seats_per_token: inventory.max_seats_per_token,
+        showtimes: vec![NewShowtime { starts_at: clock.start().plus(Duration::from_secs(30 * 86_400)), seats }],
     };
     let Outcome::Event(view) = run(command) else { panic!("creating an event answers the event") };
     Catalogue {
         products,
         event: Some(view.event.id.to_string()),
         seats: view.showtimes.iter().flat_map(|(_, seats)| seats.iter().map(|s| s.id.to_string())).collect(),
+        payback_bps: adversary.payback_bps,
+        max_seats_per_token: inventory.max_seats_per_token,
     }
 }

@@ -1,11 +1,16 @@
 //! The simulated clock every server, lock manager and gateway reads.
 //!
-//! `now()` is the simulation's epoch plus turmoil's elapsed time (set by the
-//! driver before every step) plus a shared *offset* that the clock-advance
-//! fault moves forward, so idempotency leases and keys can expire in the
-//! middle of a flow while no simulated time passes on the network. `sleep`
-//! is the host runtime's tokio sleep, which turmoil drives in simulated
-//! time. Nothing here reads a wall clock.
+//! `now()` is the run's start (the simulation's epoch, or a moment just
+//! before a UTC midnight or month end on seeds that pay across one) plus
+//! turmoil's elapsed time (set by the driver before every step) plus a shared
+//! *offset* that the clock-advance fault moves forward, so idempotency leases
+//! and keys can expire in the middle of a flow while no simulated time passes
+//! on the network. A server's clock may also *lag* the database's by a fixed
+//! skew (the clock-skew fault): instances never agree on the time exactly,
+//! and a request stamped by a lagging instance can reach a wallet after one
+//! stamped later by another (issue 10, hole 6). `sleep` is the host
+//! runtime's tokio sleep, which turmoil drives in simulated time. Nothing
+//! here reads a wall clock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,19 +18,23 @@ use std::time::Duration;
 
 use tally_core::time::{Clock, Timestamp};
 
-/// 2026-11-23T00:00:00Z: every run starts here.
+/// 2026-11-23T00:00:00Z: every run starts here or, on boundary seeds, a
+/// few days later (see [`crate::plan::Calendar`]).
 pub const EPOCH: Timestamp = Timestamp(1_795_392_000_000);
 
 #[derive(Debug)]
 struct State {
+    start_ms: i64,
     elapsed_ms: AtomicI64,
     offset_ms: AtomicI64,
 }
 
-/// Cloning shares the same time.
+/// Cloning shares the same time (and the same lag).
 #[derive(Clone, Debug)]
 pub struct SimClock {
     state: Arc<State>,
+    /// How far this reader's clock runs behind the shared one.
+    behind_ms: i64,
 }
 
 impl Default for SimClock {
@@ -39,8 +48,28 @@ fn millis(duration: Duration) -> i64 {
 }
 
 impl SimClock {
+    /// A clock that starts at [`EPOCH`].
     pub fn new() -> SimClock {
-        SimClock { state: Arc::new(State { elapsed_ms: AtomicI64::new(0), offset_ms: AtomicI64::new(0) }) }
+        SimClock::starting_at(EPOCH)
+    }
+
+    /// A clock whose run begins at `start`.
+    pub fn starting_at(start: Timestamp) -> SimClock {
+        let state = State { start_ms: start.0, elapsed_ms: AtomicI64::new(0), offset_ms: AtomicI64::new(0) };
+        SimClock { state: Arc::new(state), behind_ms: 0 }
+    }
+
+    /// The same time, read `by` late: a server whose clock is skewed behind
+    /// the database's. Only behind, never ahead: a clock ahead would take
+    /// over idempotency leases early, which no lease design survives, while
+    /// a lagging one only stamps records a little in the past.
+    pub fn behind(&self, by: Duration) -> SimClock {
+        SimClock { state: Arc::clone(&self.state), behind_ms: millis(by) }
+    }
+
+    /// When the run began.
+    pub fn start(&self) -> Timestamp {
+        Timestamp(self.state.start_ms)
     }
 
     /// The driver's step: turmoil's elapsed simulated time.
@@ -66,7 +95,10 @@ impl SimClock {
 impl Clock for SimClock {
     fn now(&self) -> Timestamp {
         let state = &self.state;
-        Timestamp(EPOCH.0 + state.elapsed_ms.load(Ordering::Relaxed) + state.offset_ms.load(Ordering::Relaxed))
+        Timestamp(
+            state.start_ms + state.elapsed_ms.load(Ordering::Relaxed) + state.offset_ms.load(Ordering::Relaxed)
+                - self.behind_ms,
+        )
     }
 
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
@@ -78,5 +110,21 @@ impl Clock for SimClock {
                 timer.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lagging_reader_shares_the_time_and_reads_it_late() {
+        let clock = SimClock::starting_at(Timestamp(1_000));
+        let late = clock.behind(Duration::from_millis(300));
+        clock.set_elapsed(Duration::from_millis(50));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now(), Timestamp(2_050));
+        assert_eq!(late.now(), Timestamp(1_750));
+        assert_eq!(late.start(), Timestamp(1_000));
     }
 }

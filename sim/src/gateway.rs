@@ -6,7 +6,20 @@
 //! (`core_port`), so only the transport differs from `GatewayClient`: one
 //! request per connection, one timeout, never a retry. The gateway is then a
 //! host like any other — it can be slow, partitioned away or crashed — and
-//! the fake counts every confirm that reaches it.
+//! the fake counts every confirm that reaches it, while this client counts
+//! every confirm our servers *send* (in the journal, per order id and per
+//! payment key): a confirm lost on its way is still one sent.
+//!
+//! # Tampering
+//!
+//! The fake gateway charges exactly what it is asked. Seed 003's tampering
+//! case — the gateway charges our payment another amount — is injected here,
+//! on the wire: for the confirms the plan picks, the request carries the
+//! amount plus or minus one minor unit, while the reply is still classified
+//! against what the server asked. The server then sees what a tampering
+//! gateway would show it (an approval of another amount, looked up as a
+//! charge of ours for another amount) and owes a refund; the gateway's books
+//! show the wrong charge until it is refunded.
 
 use std::time::Duration;
 
@@ -24,6 +37,36 @@ pub const GATEWAY_HOST: &str = "gateway";
 /// The secret key the fake accepts.
 pub const SECRET_KEY: &str = "sim_sk";
 
+/// Which confirms are charged for another amount: a per-mille share,
+/// picked by the order id and the seed (so a confirm's fate does not depend
+/// on which server sends it or when).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tamper {
+    pub seed: u64,
+    pub per_mille: u64,
+}
+
+impl Tamper {
+    /// The amount the gateway is asked to charge for `order_id`.
+    pub fn charged(self, order_id: &str, amount: i64) -> i64 {
+        if self.per_mille == 0 {
+            return amount;
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ self.seed;
+        for byte in order_id.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if hash % 1000 >= self.per_mille {
+            amount
+        } else if (hash / 1000).is_multiple_of(2) || amount <= 1 {
+            amount + 1
+        } else {
+            amount - 1
+        }
+    }
+}
+
 /// One server incarnation's gateway client.
 #[derive(Clone, Debug)]
 pub struct SimGateway {
@@ -32,11 +75,18 @@ pub struct SimGateway {
     timeout: Duration,
     authorization: String,
     journal: Journal,
+    tamper: Tamper,
 }
 
 impl SimGateway {
-    pub fn new(host: &str, timeout: Duration, journal: Journal) -> SimGateway {
-        SimGateway { host: host.to_owned(), timeout, authorization: protocol::basic_authorization(SECRET_KEY), journal }
+    pub fn new(host: &str, timeout: Duration, journal: Journal, tamper: Tamper) -> SimGateway {
+        SimGateway {
+            host: host.to_owned(),
+            timeout,
+            authorization: protocol::basic_authorization(SECRET_KEY),
+            journal,
+            tamper,
+        }
     }
 
     async fn send(
@@ -68,9 +118,18 @@ impl Gateway for SimGateway {
             order_id: order_id.to_owned(),
             amount: amount.minor_units(),
         };
-        let body = serde_json::to_vec(&sent).expect("a confirm body serialises");
-        self.journal.confirm_sent(&self.host, payment_key);
-        self.journal.event(&self.host, format!("gateway confirm {payment_key} sent"));
+        let charged = self.tamper.charged(order_id, sent.amount);
+        let on_the_wire = ConfirmBody { amount: charged, ..sent.clone() };
+        let body = serde_json::to_vec(&on_the_wire).expect("a confirm body serialises");
+        self.journal.confirm_sent(&self.host, payment_key, order_id);
+        if charged == sent.amount {
+            self.journal.event(&self.host, format!("gateway confirm {payment_key} for {order_id} sent"));
+        } else {
+            self.journal.event(
+                &self.host,
+                format!("gateway confirm {payment_key} for {order_id} sent (tampered: {charged} for {})", sent.amount),
+            );
+        }
         let outcome = match self.send("POST", protocol::CONFIRM_PATH, Some(idempotency_key), Some(body)).await {
             Ok((status, body)) => protocol::classify_confirm(&sent, status, &body),
             Err(reason) => ConfirmOutcome::Unknown { reason },
@@ -110,5 +169,22 @@ impl Gateway for SimGateway {
             other => self.journal.event(&self.host, format!("gateway cancel {payment_key}: {other:?}")),
         }
         verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tamper;
+
+    #[test]
+    fn tampering_picks_its_share_of_orders_and_moves_the_amount_by_one() {
+        assert_eq!(Tamper { seed: 1, per_mille: 0 }.charged("order", 1_000), 1_000);
+        let tamper = Tamper { seed: 1, per_mille: 300 };
+        let moved: Vec<i64> =
+            (0..1_000).map(|n| tamper.charged(&format!("order-{n}"), 1_000)).filter(|&a| a != 1_000).collect();
+        assert!((200..400).contains(&moved.len()), "{} of 1000 tampered", moved.len());
+        assert!(moved.iter().all(|&a| a == 999 || a == 1_001));
+        // The same order, the same fate, whoever sends its confirm.
+        assert_eq!(tamper.charged("order-7", 1_000), tamper.charged("order-7", 1_000));
     }
 }

@@ -9,7 +9,10 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::collections::BTreeMap;
+
 use tally_core::ids::UserId;
+use tally_core::time::Timestamp;
 
 use crate::clock::SimClock;
 use crate::oracle::Violation;
@@ -35,6 +38,10 @@ pub enum Count {
     Gateway5xxAfterCommit,
     GatewayLostReplies,
     GatewayDroppedConnections,
+    GatewayTamperedCharges,
+    ForeignCharges,
+    SkewedServers,
+    BoundarySeeds,
     // coverage: interesting things that happened
     AttemptTimeouts,
     DuplicatesSent,
@@ -58,6 +65,18 @@ pub enum Count {
     ExpiryRaces,
     QueuePromotions,
     Forbidden403,
+    // coverage: the adversarial customer (issue 10)
+    KeyReuseRefused,
+    ForeignKeyFailed,
+    CashbackCancelRefused,
+    RefundsOwedResolved,
+    SeatLimitRefused,
+    MaxBalanceRefused,
+    LimitRefused,
+    PaybackAmountRefused,
+    PaymentsAcrossMidnight,
+    PaymentsAcrossMonthEnd,
+    StampedBehindWindow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +87,7 @@ pub enum Section {
 }
 
 impl Count {
-    pub const ALL: [Count; 37] = [
+    pub const ALL: [Count; 52] = [
         Count::Operations,
         Count::OperationsCompleted,
         Count::OperationsAbandoned,
@@ -85,6 +104,10 @@ impl Count {
         Count::Gateway5xxAfterCommit,
         Count::GatewayLostReplies,
         Count::GatewayDroppedConnections,
+        Count::GatewayTamperedCharges,
+        Count::ForeignCharges,
+        Count::SkewedServers,
+        Count::BoundarySeeds,
         Count::AttemptTimeouts,
         Count::DuplicatesSent,
         Count::DuplicateInFlight409,
@@ -106,6 +129,17 @@ impl Count {
         Count::ExpiryRaces,
         Count::QueuePromotions,
         Count::Forbidden403,
+        Count::KeyReuseRefused,
+        Count::ForeignKeyFailed,
+        Count::CashbackCancelRefused,
+        Count::RefundsOwedResolved,
+        Count::SeatLimitRefused,
+        Count::MaxBalanceRefused,
+        Count::LimitRefused,
+        Count::PaybackAmountRefused,
+        Count::PaymentsAcrossMidnight,
+        Count::PaymentsAcrossMonthEnd,
+        Count::StampedBehindWindow,
     ];
 
     pub const fn section(self) -> Section {
@@ -124,7 +158,11 @@ impl Count {
             | Count::Gateway5xx
             | Count::Gateway5xxAfterCommit
             | Count::GatewayLostReplies
-            | Count::GatewayDroppedConnections => Section::Fault,
+            | Count::GatewayDroppedConnections
+            | Count::GatewayTamperedCharges
+            | Count::ForeignCharges
+            | Count::SkewedServers
+            | Count::BoundarySeeds => Section::Fault,
             _ => Section::Coverage,
         }
     }
@@ -147,6 +185,10 @@ impl Count {
             Count::Gateway5xxAfterCommit => "gateway: 5xx after taking effect",
             Count::GatewayLostReplies => "gateway: replies lost after taking effect",
             Count::GatewayDroppedConnections => "gateway: connections dropped",
+            Count::GatewayTamperedCharges => "gateway: charges of another amount than asked (tampering)",
+            Count::ForeignCharges => "another merchant's charges under our clients' payment keys",
+            Count::SkewedServers => "server clocks lagging the database's",
+            Count::BoundarySeeds => "seeds started just before a UTC day, month or year end",
             Count::AttemptTimeouts => "client attempts timed out",
             Count::DuplicatesSent => "duplicates sent while the first was in flight",
             Count::DuplicateInFlight409 => "duplicate arrived in flight (409 idempotency_key_in_use)",
@@ -168,6 +210,19 @@ impl Count {
             Count::ExpiryRaces => "confirms sent to land just before their order's TTL",
             Count::QueuePromotions => "queue promotions observed (waiting, then active)",
             Count::Forbidden403 => "seat orders refused 403 (token not active)",
+            Count::KeyReuseRefused => "confirms with another payment's key refused (409 payment_key_in_use)",
+            Count::ForeignKeyFailed => "gateway payments failed: their key was charged for another order",
+            Count::CashbackCancelRefused => "cancels refused: cashback spent (409 insufficient_balance)",
+            Count::RefundsOwedResolved => "refunds owed (a charge of another amount) sent back and resolved",
+            Count::SeatLimitRefused => "seat orders refused seat_limit_reached (one token hoarding)",
+            Count::MaxBalanceRefused => "refused max_balance_exceeded (top-ups, payback holds)",
+            Count::LimitRefused => "payments refused limit_exceeded (per payment, daily, monthly)",
+            Count::PaybackAmountRefused => "requests naming their own payback_amount refused 400",
+            Count::PaymentsAcrossMidnight => "payments created before a UTC midnight and confirmed after",
+            Count::PaymentsAcrossMonthEnd => "payments created before a month end and confirmed after",
+            Count::StampedBehindWindow => {
+                "wallet payments stamped a day behind their wallet's window (a lagging server)"
+            }
         }
     }
 }
@@ -220,10 +275,19 @@ pub struct Exchange {
     pub kind: &'static str,
     /// The request's path (names the order or payment it acts on).
     pub path: String,
+    /// The request's body (names the payment key, the seats, any
+    /// `payback_amount` the client chose).
+    pub body: Option<Vec<u8>>,
+    /// The `Queue-Token` header, for seats.
+    pub queue_token: Option<String>,
     pub key: Option<String>,
     pub host: String,
     pub attempt: u32,
     pub duplicate: bool,
+    /// By the service's clock (not a lagging server's): when the attempt
+    /// was sent and when it ended.
+    pub sent_at: Timestamp,
+    pub ended_at: Timestamp,
     pub answer: Answer,
 }
 
@@ -237,6 +301,11 @@ struct Inner {
     /// Per server host, the payment keys whose confirm its current
     /// incarnation sent; read when the host crashes.
     confirms_sent: Vec<(String, String)>,
+    /// Every confirm our servers sent, per order id (our payment id) and
+    /// per payment key, whatever became of it: counted by the sender, so a
+    /// confirm lost on its way still counts.
+    confirms_by_order: BTreeMap<String, u64>,
+    confirms_by_key: BTreeMap<String, u64>,
 }
 
 /// Shared by every part of one run.
@@ -297,8 +366,18 @@ impl Journal {
         self.lock().monitor.push(violation);
     }
 
-    pub fn confirm_sent(&self, host: &str, payment_key: &str) {
-        self.lock().confirms_sent.push((host.to_owned(), payment_key.to_owned()));
+    /// A server is about to send a confirm of `payment_key` for `order_id`.
+    pub fn confirm_sent(&self, host: &str, payment_key: &str, order_id: &str) {
+        let mut inner = self.lock();
+        inner.confirms_sent.push((host.to_owned(), payment_key.to_owned()));
+        *inner.confirms_by_order.entry(order_id.to_owned()).or_default() += 1;
+        *inner.confirms_by_key.entry(payment_key.to_owned()).or_default() += 1;
+    }
+
+    /// Confirms our servers sent, per order id and per payment key.
+    pub fn confirms_sent_total(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let inner = self.lock();
+        (inner.confirms_by_order.clone(), inner.confirms_by_key.clone())
     }
 
     /// The payment keys `host` sent confirms for, forgetting them (the host crashed).

@@ -7,9 +7,17 @@
 //! `tally-gateway`'s fake; and client hosts that top up, pay, confirm and
 //! cancel, order scarce products and queued seats, and pay, cancel or
 //! abandon their orders, like real clients — timeouts, retries with the same
-//! `Idempotency-Key`, duplicates in flight, retries to another server.
-//! Faults are drawn per seed; after the run, the oracle judges the final
-//! store, the history and the gateway's books.
+//! `Idempotency-Key`, duplicates in flight, retries to another server — and
+//! like adversarial customers (issue 10): reusing payment keys across
+//! payments and users, spending their cashback before cancelling, living at
+//! their `max_balance` and tight limits, paying across a UTC midnight or
+//! month end, hoarding seats with one queue token, naming their own
+//! `payback_amount`. On some seeds another merchant charges some of those
+//! payment keys at the gateway first. Faults are drawn per seed (among them
+//! server clocks lagging the database's, and a gateway charging the wrong
+//! amount); after the run, the oracle judges the final store, the history,
+//! the confirms our servers sent and the gateway's books, per payment key and
+//! per order id.
 //!
 //! # Layout
 //!

@@ -9,7 +9,13 @@
 
 use std::time::Duration;
 
+use tally_core::money::Money;
+use tally_core::time::Timestamp;
+use tally_core::wallet::Limits;
+
+use crate::clock::EPOCH;
 use crate::rng::SimRng;
+use crate::workload::TAG_SPACE;
 
 /// Which faults a seed may draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -186,6 +192,9 @@ pub struct Inventory {
     /// the expiry job (SPEC.md invariant 7). Such seeds use a 1 s order TTL
     /// and a database that is never instant.
     pub races_expiry: bool,
+    /// The event's `max_seats_per_token`: mostly below the showtime's seats,
+    /// so that one token placing order after order meets it (issue 10, hole 7).
+    pub max_seats_per_token: u32,
 }
 
 /// Seeds (per mille) whose clients race the order TTL.
@@ -198,17 +207,215 @@ impl Inventory {
         let order_ttl = Duration::from_secs(*rng.pick(&[2, 3, 5, 8, 12, 20]));
         let orders_via_gateway = rng.chance(500);
         let races_expiry = rng.chance(RACING_PER_MILLE);
+        let active_limit = *rng.pick(&[1, 1, 2, 3]);
+        let token_ttl = Duration::from_secs(*rng.pick(&[1, 2, 3, 6]));
+        // Drawn after everything above, so those stay what they were.
+        let max_seats_per_token = *rng.pick(&[1, 1, 2, 2, 4]);
+        let mut seats: Vec<u64> = seats;
+        if max_seats_per_token < 4 && rng.chance(500) {
+            // Room to hoard: more seats than one token may hold.
+            seats.extend((0..2).map(|_| rng.range(1, 3)));
+        }
         Inventory {
             products,
             seats,
             // Mostly one active token: with two users per four clients, a
             // larger limit would never make anybody wait.
-            active_limit: *rng.pick(&[1, 1, 2, 3]),
-            token_ttl: Duration::from_secs(*rng.pick(&[1, 2, 3, 6])),
+            active_limit,
+            token_ttl,
             order_ttl: if races_expiry { Duration::from_secs(1) } else { order_ttl },
             orders_via_gateway,
             races_expiry,
+            max_seats_per_token,
         }
+    }
+}
+
+/// A UTC calendar boundary a seed's run starts just before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    /// A midnight inside a month: the daily windows roll.
+    Day,
+    /// 2026-12-01T00:00Z: the daily and the monthly windows roll.
+    Month,
+    /// 2027-01-01T00:00Z: the year rolls too.
+    Year,
+}
+
+/// When a seed's clock starts. Most seeds start at [`EPOCH`] (a midnight,
+/// so a run of a few simulated seconds never crosses one); a boundary seed
+/// starts a little before a UTC day, month or year end, so that payments,
+/// their confirms and the spending windows straddle it (issue 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Calendar {
+    pub start: Timestamp,
+    /// The boundary the run starts before, and when it falls.
+    pub boundary: Option<(Boundary, Timestamp)>,
+}
+
+/// Seeds (per mille) that start just before a UTC boundary.
+pub const BOUNDARY_PER_MILLE: u64 = 300;
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Calendar {
+    fn draw(rng: &mut SimRng) -> Calendar {
+        if !rng.chance(BOUNDARY_PER_MILLE) {
+            return Calendar { start: EPOCH, boundary: None };
+        }
+        let (boundary, days) = match rng.below(20) {
+            // EPOCH is 2026-11-23: midnights up to the 29th's end stay in November.
+            0..10 => (Boundary::Day, i64::try_from(rng.range(1, 6)).expect("small")),
+            10..17 => (Boundary::Month, 8),
+            _ => (Boundary::Year, 39),
+        };
+        let at = Timestamp(EPOCH.0 + days * DAY_MS);
+        // Before the boundary by less than a workload takes, so that the
+        // clients pay on both sides of it.
+        let lead = i64::try_from(rng.range(50, 1_500)).expect("small");
+        Calendar { start: Timestamp(at.0 - lead), boundary: Some((boundary, at)) }
+    }
+}
+
+/// What one client does besides the ordinary workload: the adversarial
+/// customer of issue 10. Each habit is on or off per client and seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Habits {
+    /// Confirms gateway payments with payment keys already used: its own
+    /// earlier payments' keys, and a small pool of keys every reusing client
+    /// (of every user) and another merchant share.
+    pub reuse_keys: bool,
+    /// Spends the cashback of a done gateway payment, then cancels it.
+    pub spend_cashback: bool,
+    /// Tops the wallet up to just under its `max_balance`, then pays through
+    /// the gateway with a payback that may not fit.
+    pub fill_to_max: bool,
+    /// Books seat after seat with one active queue token.
+    pub hoard_seats: bool,
+    /// Now and then names its own `payback_amount` (answered 400).
+    pub choose_payback: bool,
+    /// On a boundary seed: pays from the wallet right as the day rolls, on
+    /// its own server, while the other client of its user does on another
+    /// (whose clock may lag).
+    pub pay_at_midnight: bool,
+}
+
+/// The money rules one seed tests and how its customers attack them: the
+/// merchant's payback policy, the wallets' limits, the calendar, another
+/// merchant charging shared payment keys, and each client's habits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adversary {
+    /// The servers' default payback in basis points (`Config::payback_bps`).
+    pub payback_bps: u32,
+    /// Per product (as [`Inventory::products`]): its own rate, or `None`
+    /// for the servers' default.
+    pub product_bps: Vec<Option<u32>>,
+    /// Per user: tight limits on some seeds (amounts in whole units of
+    /// [`TAG_SPACE`], as the workload's), none on others.
+    pub limits: Vec<Limits>,
+    pub calendar: Calendar,
+    /// Per client.
+    pub habits: Vec<Habits>,
+    /// When another merchant's checkout charges a payment key at the
+    /// gateway (the shared pool's, or one a client is about to use): a
+    /// charge under one of our keys that is not ours.
+    pub foreign_charges: Vec<Duration>,
+}
+
+/// Shared payment keys: `pk-shared-0` up to this (exclusive).
+pub const SHARED_KEYS: u64 = 3;
+
+impl Adversary {
+    fn draw(rng: &mut SimRng, clients: usize, users: usize, products: usize) -> Adversary {
+        let payback_bps = *rng.pick(&[0, 100, 500, 1_000, 2_500, 5_000]);
+        let product_bps =
+            (0..products).map(|_| rng.chance(500).then(|| *rng.pick(&[0, 300, 1_000, 2_000, 5_000, 10_000]))).collect();
+        let units = |rng: &mut SimRng, low: u64, high: u64| {
+            Some(Money::new(i64::try_from(rng.range(low, high)).expect("small") * TAG_SPACE))
+        };
+        let calendar = Calendar::draw(rng);
+        // A boundary seed's wallets always have limits, mostly a daily one
+        // that a few payments fill: spending windows are what a boundary tests.
+        let boundary = calendar.boundary.is_some();
+        let tight = boundary || rng.chance(600);
+        let limits = (0..users)
+            .map(|_| {
+                if !tight {
+                    return Limits::default();
+                }
+                let daily = match boundary {
+                    true if rng.chance(900) => units(rng, 6, 16),
+                    false if rng.chance(600) => units(rng, 8, 25),
+                    _ => None,
+                };
+                let monthly = match daily {
+                    Some(daily) if rng.chance(500) => {
+                        let extra = i64::try_from(rng.range(0, 15)).expect("small") * TAG_SPACE;
+                        Some(Money::new(daily.minor_units() + extra))
+                    }
+                    _ => None,
+                };
+                Limits {
+                    max_balance: if rng.chance(700) { units(rng, 25, 60) } else { None },
+                    per_payment: if rng.chance(300) { units(rng, 6, 12) } else { None },
+                    daily,
+                    monthly,
+                }
+            })
+            .collect();
+        let habits = (0..clients)
+            .map(|_| Habits {
+                reuse_keys: rng.chance(500),
+                spend_cashback: rng.chance(500),
+                fill_to_max: rng.chance(600),
+                hoard_seats: rng.chance(600),
+                choose_payback: rng.chance(300),
+                pay_at_midnight: boundary && rng.chance(800),
+            })
+            .collect();
+        let foreign_charges =
+            if rng.chance(400) { (0..rng.range(1, 4)).map(|_| rng.millis(0, 600)).collect() } else { Vec::new() };
+        Adversary { payback_bps, product_bps, limits, calendar, habits, foreign_charges }
+    }
+}
+
+/// Faults of the time and the gateway's honesty, drawn on a stream of
+/// their own so that the older fault draws stay what they were.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MoneyFaults {
+    /// Per server: how far its clock lags the database's (the first
+    /// server's never does).
+    pub skew: Vec<Duration>,
+    /// Confirms (per mille) the gateway charges for another amount than
+    /// asked: seed 003's tampering, which leaves a refund owed.
+    pub tamper_per_mille: u64,
+}
+
+impl MoneyFaults {
+    fn draw(rng: &mut SimRng, profile: Profile, hosts: usize, calendar: &Calendar) -> MoneyFaults {
+        // Lagging clocks matter most where the calendar rolls: more often
+        // on boundary seeds.
+        let skew_chance = if calendar.boundary.is_some() { 800 } else { 300 };
+        let mut on = |swarm: u64, light: u64| match profile {
+            Profile::None => false,
+            Profile::Light => rng.chance(light),
+            Profile::Heavy => true,
+            Profile::Swarm => rng.chance(swarm),
+        };
+        let (skewed, tampering) = (on(skew_chance, 200), on(500, 200));
+        // At most half a second: a lag adds to the clock advances (16 s at
+        // most) that must stay within the gateway give-up (20 s) less a
+        // confirm's longest flight.
+        let least = if calendar.boundary.is_some() { 100 } else { 0 };
+        let skew = (0..hosts)
+            .map(|index| match index {
+                0 => Duration::ZERO,
+                _ if skewed => rng.millis(least, 500),
+                _ => Duration::ZERO,
+            })
+            .collect();
+        let tamper_per_mille = if tampering { *rng.pick(&[50, 150, 300]) } else { 0 };
+        MoneyFaults { skew, tamper_per_mille }
     }
 }
 
@@ -227,6 +434,8 @@ pub struct Plan {
     pub gateway: GatewayFaults,
     pub client: ClientBehaviour,
     pub inventory: Inventory,
+    pub adversary: Adversary,
+    pub money_faults: MoneyFaults,
     /// Sorted by time.
     pub actions: Vec<(Duration, Action)>,
 }
@@ -358,6 +567,8 @@ impl Plan {
         // A payment can race the sweeper only while its transaction takes
         // time: a racing seed's database is never instant.
         let db_latency_max_ms = if inventory.races_expiry { db_latency_max_ms.max(3) } else { db_latency_max_ms };
+        let adversary = Adversary::draw(&mut root.fork(6), clients, users, inventory.products.len());
+        let money_faults = MoneyFaults::draw(&mut root.fork(7), profile, options.hosts, &adversary.calendar);
         Plan {
             seed,
             options: options.clone(),
@@ -369,6 +580,8 @@ impl Plan {
             gateway,
             client,
             inventory,
+            adversary,
+            money_faults,
             actions,
         }
     }
@@ -376,7 +589,7 @@ impl Plan {
     /// One line for the report and the replay header.
     pub fn summary(&self) -> String {
         format!(
-            "net {}..{}ms, db ≤{}ms, commits {:?}, gateway {:?}, clients {:?}, {:?}, {} actions",
+            "net {}..{}ms, db ≤{}ms, commits {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
             self.net_latency.0.as_millis(),
             self.net_latency.1.as_millis(),
             self.db_latency_max_ms,
@@ -384,6 +597,8 @@ impl Plan {
             self.gateway,
             self.client,
             self.inventory,
+            self.adversary,
+            self.money_faults,
             self.actions.len()
         )
     }

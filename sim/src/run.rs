@@ -7,8 +7,9 @@
 //! lock table), the id sequence, the clock, the fake gateway's books and the
 //! journal. Inside a host: one process — for a server, the use cases, the
 //! router, the gateway client, the completer and reaper and every request
-//! in flight; for the gateway host, its HTTP server; for a client, its
-//! workload.
+//! in flight, reading the clock through its own lag (the clock-skew fault);
+//! for the gateway host, its HTTP server; for a client, its workload; for
+//! the other merchant (`elsewhere`, on some seeds), its few charges.
 //!
 //! # Phases
 //!
@@ -39,15 +40,15 @@ use tally_gateway::fake::{ErrorFault, FaultPlan, FaultRule, LatencyFault, Trigge
 use tally_mem::{CommitFault, Concurrency, MemLocks, MemStore};
 
 use crate::catalogue;
-use crate::clock::{EPOCH, SimClock};
-use crate::gateway::{GATEWAY_HOST, SECRET_KEY};
+use crate::clock::SimClock;
+use crate::gateway::{GATEWAY_HOST, SECRET_KEY, Tamper};
 use crate::journal::{Count, Counts, Journal};
 use crate::oracle::{self, Evidence, Violation};
 use crate::plan::{self, Action, GATEWAY_PROBABILITIES, LOSS_RATES, Options, Plan, timing};
 use crate::rng::SimRng;
 use crate::server::{self, Deployment};
 use crate::store::SimStore;
-use crate::workload::{self, ClientSpec};
+use crate::workload::{self, ClientSpec, ElsewhereSpec};
 
 /// The longest simulated time a workload may take before the run is judged
 /// stuck (every client's retries are bounded far below it).
@@ -82,7 +83,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     align_task_ids();
     let plan = Plan::draw(seed, options);
     let root = SimRng::new(seed);
-    let clock = SimClock::new();
+    let clock = SimClock::starting_at(plan.adversary.calendar.start);
     let journal = Journal::new(clock.clone());
     journal.event("sim", format!("seed {seed}: {}", plan.summary()));
 
@@ -90,8 +91,8 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     let memory = MemStore::new(Concurrency::Locked);
     let ids: Arc<SeqIds> = Arc::new(SeqIds::new(seed));
     // Before any fault is installed: setup is not under test.
-    let users = create_users(&memory, &clock, &ids, plan.users, plan.inventory.order_ttl);
-    let catalogue = Arc::new(catalogue::create(&memory, &clock, &ids, &plan.inventory));
+    let users = create_users(&memory, &clock, &ids, &plan);
+    let catalogue = Arc::new(catalogue::create(&memory, &clock, &ids, &plan.inventory, &plan.adversary));
     let commit_faults_on = Arc::new(AtomicBool::new(plan.commit_faults.is_some()));
     if let Some((ambiguous, lost)) = plan.commit_faults {
         let mut rng = root.fork(3);
@@ -126,11 +127,13 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         ids,
         journal: journal.clone(),
         order_ttl: plan.inventory.order_ttl,
+        payback_bps: plan.adversary.payback_bps,
+        tamper: Tamper { seed, per_mille: plan.money_faults.tamper_per_mille },
     };
     let mut builder = turmoil::Builder::new();
     builder
         .rng_seed(seed)
-        .epoch(UNIX_EPOCH + Duration::from_millis(u64::try_from(EPOCH.0).expect("after 1970")))
+        .epoch(UNIX_EPOCH + Duration::from_millis(u64::try_from(clock.start().0).expect("after 1970")))
         .simulation_duration(WORKLOAD_LIMIT + Duration::from_secs(600))
         .tick_duration(options.tick)
         .min_message_latency(plan.net_latency.0)
@@ -155,7 +158,12 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         let deployment = deployment.clone();
         let name = plan::server_name(index);
         let host = name.clone();
-        sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone()));
+        let behind = plan.money_faults.skew.get(index).copied().unwrap_or_default();
+        if !behind.is_zero() {
+            journal.count(Count::SkewedServers, 1);
+            journal.event("sim", format!("{name}'s clock lags {}ms", behind.as_millis()));
+        }
+        sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone(), behind));
     }
     for (index, ops) in plan.ops_per_client.iter().enumerate() {
         let (user, api_key) = users[index % users.len()].clone();
@@ -172,8 +180,25 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             catalogue: Arc::clone(&catalogue),
             orders_via_gateway: plan.inventory.orders_via_gateway,
             racer: plan.inventory.races_expiry,
+            habits: plan.adversary.habits[index],
+            max_balance: plan.adversary.limits[index % users.len()].max_balance.map(|m| m.minor_units()),
+            boundary: plan.adversary.calendar.boundary.map(|(_, at)| at),
         };
         sim.client(plan::client_name(index).as_str(), workload::client(spec));
+    }
+    let charges = foreign_charges(&plan, &root);
+    let mut foreign_confirms: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (_, key, _) in &charges {
+        *foreign_confirms.entry(key.clone()).or_default() += 1;
+    }
+    let elsewhere = !charges.is_empty();
+    if elsewhere {
+        let spec = ElsewhereSpec { charges, journal: journal.clone() };
+        sim.client(ELSEWHERE_HOST, workload::elsewhere(spec));
+    }
+    if let Some((boundary, at)) = plan.adversary.calendar.boundary {
+        journal.count(Count::BoundarySeeds, 1);
+        journal.event("sim", format!("the clock starts {}ms before a {boundary:?} boundary", at.0 - clock.start().0));
     }
 
     let mut driver = Driver {
@@ -224,6 +249,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         .map(plan::server_name)
         .chain(std::iter::once(GATEWAY_HOST.to_owned()))
         .chain((0..plan.ops_per_client.len()).map(plan::client_name))
+        .chain(elsewhere.then(|| ELSEWHERE_HOST.to_owned()))
         .collect();
     for (index, a) in hosts.iter().enumerate() {
         for b in &hosts[index + 1..] {
@@ -268,6 +294,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     let snapshot = now_or_never(memory.snapshot()).expect("the in-memory snapshot never fails");
     let exchanges = journal.exchanges();
     violations.extend(journal.monitor_violations());
+    let (confirms_by_order, confirms_by_key) = journal.confirms_sent_total();
     if finished {
         violations.extend(oracle::judge(&Evidence {
             snapshot: &snapshot,
@@ -275,6 +302,16 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             gateway: &gateway,
             catalogue: &catalogue,
             now: clock.now(),
+            confirms_by_order: &confirms_by_order,
+            confirms_by_key: &confirms_by_key,
+            foreign_confirms: &foreign_confirms,
+            skew_max_ms: plan
+                .money_faults
+                .skew
+                .iter()
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .max()
+                .unwrap_or(0),
         }));
     }
     let (known, violations): (Vec<Violation>, Vec<Violation>) =
@@ -286,6 +323,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         journal.event("oracle", format!("VIOLATION {violation}"));
     }
     count_gateway_faults(&journal, &gateway.stats());
+    count_money_paths(&journal, &snapshot, &gateway);
     let events = journal.events();
     let keep = if keep_events { events.len() } else { TAIL };
     SeedOutcome {
@@ -392,7 +430,7 @@ impl Driver<'_> {
 
     fn has_stuck_payments(&self) -> bool {
         let snapshot = now_or_never(self.memory.snapshot()).expect("the in-memory snapshot never fails");
-        snapshot.payments.iter().any(|p| matches!(p.status, PaymentStatus::Confirming | PaymentStatus::Cancelling))
+        snapshot.payments.iter().any(|p| p.status.in_flight())
     }
 
     /// Coverage: did this crash land between a gateway confirm the host sent
@@ -413,30 +451,118 @@ impl Driver<'_> {
 }
 
 /// The users, created directly in the database before the run (their API
-/// keys are deterministic).
+/// keys are deterministic), with the plan's limits.
 fn create_users(
     memory: &MemStore,
     clock: &SimClock,
     ids: &Arc<SeqIds>,
-    count: usize,
-    order_ttl: Duration,
+    plan: &Plan,
 ) -> Vec<(tally_core::ids::UserId, String)> {
     let setup = Tally::new(
         memory.clone(),
         tally_core::store::NoLocks,
         clock.clone(),
         Arc::clone(ids) as Arc<dyn tally_core::ids::IdGen>,
-        server::core_config(order_ttl),
+        server::core_config(plan.inventory.order_ttl, plan.adversary.payback_bps),
     );
-    (0..count)
+    (0..plan.users)
         .map(|index| {
             let api_key = format!("tly_sim_user_{index}");
             let hash = tally_http::hash_api_key(&api_key);
-            let user = now_or_never(setup.create_user(&format!("user {index}"), Limits::default(), hash))
+            let limits: Limits = plan.adversary.limits.get(index).copied().unwrap_or_default();
+            let user = now_or_never(setup.create_user(&format!("user {index}"), limits, hash))
                 .expect("creating a user in memory succeeds");
             (user.id, api_key)
         })
         .collect()
+}
+
+/// The other merchant's host.
+pub const ELSEWHERE_HOST: &str = "elsewhere";
+
+/// What the other merchant charges, and when: a key of the shared pool, or
+/// the key a client's gateway payment of some operation would be given
+/// (`pk-{tag}`), for an amount of whole units (never one of our tagged
+/// amounts, though an order's total may match).
+fn foreign_charges(plan: &Plan, root: &SimRng) -> Vec<(Duration, String, i64)> {
+    let mut rng = root.fork(8);
+    let clients = plan.ops_per_client.len();
+    plan.adversary
+        .foreign_charges
+        .iter()
+        .map(|at| {
+            let key = if rng.chance(500) {
+                workload::shared_key(rng.below(plan::SHARED_KEYS))
+            } else {
+                let client = rng.index(clients);
+                let op = rng.range(1, plan.ops_per_client[client].max(2) as u64 - 1);
+                format!("pk-{}", client as u64 * 1000 + op)
+            };
+            let amount = i64::try_from(rng.range(1, 12)).expect("small") * workload::TAG_SPACE;
+            (*at, key, amount)
+        })
+        .collect()
+}
+
+/// Coverage of the money paths, from the final books: charges of another
+/// amount (and the refunds they owed, resolved), other merchants' charges
+/// (and our payments they failed), payments across a day or month end.
+fn count_money_paths(journal: &Journal, snapshot: &tally_core::check::Snapshot, gateway: &FakeGateway) {
+    use tally_core::time::Timestamp;
+    let payments: std::collections::BTreeMap<String, &tally_core::payment::Payment> =
+        snapshot.payments.iter().map(|p| (tally_core::gateway::order_id(p.id), p)).collect();
+    for payment_key in gateway.stats().payments.keys() {
+        let Some(charge) = gateway.payment(payment_key) else { continue };
+        if charge.order_id.starts_with(workload::FOREIGN_ORDER_PREFIX) {
+            journal.count(Count::ForeignCharges, 1);
+            let failed_by_it = snapshot.payments.iter().any(|p| {
+                p.status == PaymentStatus::Failed && p.gateway.as_ref().is_some_and(|a| &a.payment_key == payment_key)
+            });
+            if failed_by_it {
+                journal.count(Count::ForeignKeyFailed, 1);
+            }
+        } else if let Some(ours) = payments.get(&charge.order_id)
+            && charge.total_amount != ours.amount.minor_units()
+        {
+            journal.count(Count::GatewayTamperedCharges, 1);
+            if ours.status == PaymentStatus::Failed && charge.status == tally_gateway::protocol::STATUS_CANCELED {
+                journal.count(Count::RefundsOwedResolved, 1);
+            }
+        }
+    }
+    // A payment's charge is booked when it is confirmed.
+    let charged: std::collections::BTreeMap<tally_core::ids::PaymentId, Timestamp> = snapshot
+        .transfers
+        .iter()
+        .filter(|t| t.kind == tally_core::ledger::TransferKind::Payment)
+        .filter_map(|t| Some((t.payment?, t.at)))
+        .collect();
+    // Per wallet, in ledger order: a payment stamped on an earlier day than
+    // one booked before it (the window must not move back for it).
+    let mut paid: Vec<&tally_core::ledger::Transfer> = snapshot
+        .transfers
+        .iter()
+        .filter(|t| t.kind == tally_core::ledger::TransferKind::Payment && t.wallet.is_some())
+        .collect();
+    paid.sort_by_key(|t| t.wallet.map(|w| (w.user, w.seq)));
+    let mut newest: std::collections::BTreeMap<tally_core::ids::UserId, i64> = std::collections::BTreeMap::new();
+    for transfer in paid {
+        let user = transfer.wallet.expect("filtered").user;
+        let day = newest.entry(user).or_insert(i64::MIN);
+        if transfer.at.day() < *day {
+            journal.count(Count::StampedBehindWindow, 1);
+        }
+        *day = (*day).max(transfer.at.day());
+    }
+    for payment in &snapshot.payments {
+        let Some(at) = charged.get(&payment.id) else { continue };
+        if at.day() != payment.created_at.day() {
+            journal.count(Count::PaymentsAcrossMidnight, 1);
+        }
+        if at.month() != payment.created_at.month() {
+            journal.count(Count::PaymentsAcrossMonthEnd, 1);
+        }
+    }
 }
 
 fn fake_gateway(plan: &Plan, clock: &SimClock) -> FakeGateway {

@@ -17,7 +17,7 @@ use tally_http::{HttpConfig, Readiness};
 use tally_mem::MemLocks;
 
 use crate::clock::SimClock;
-use crate::gateway::SimGateway;
+use crate::gateway::{SimGateway, Tamper};
 use crate::journal::{Count, Journal};
 use crate::net::{PORT, SimListener};
 use crate::plan::timing;
@@ -36,6 +36,10 @@ pub struct Deployment {
     pub journal: Journal,
     /// The seed's `Config::order_ttl`.
     pub order_ttl: std::time::Duration,
+    /// The seed's `Config::payback_bps` (the merchant's default payback).
+    pub payback_bps: u32,
+    /// Which confirms the gateway charges for another amount.
+    pub tamper: Tamper,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -45,30 +49,32 @@ impl std::fmt::Debug for Deployment {
 }
 
 /// The use cases' configuration in the simulation (see [`timing`]), with
-/// the seed's order TTL.
-pub fn core_config(order_ttl: std::time::Duration) -> Config {
+/// the seed's order TTL and default payback.
+pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
     Config {
         idempotency: IdemConfig { ttl: timing::KEY_TTL, lease: timing::LEASE },
         lock_wait: timing::LOCK_WAIT,
         gateway_give_up_after: timing::GATEWAY_GIVE_UP,
         order_ttl,
+        payback_bps,
         ..Config::default()
     }
 }
 
 type App = Tally<SimStore, MemLocks<SimClock>, SimClock, SimGateway>;
 
-/// The host's software: runs until the host crashes.
-pub async fn serve(deployment: Deployment, name: String) -> turmoil::Result {
+/// The host's software: runs until the host crashes. `behind`: how far
+/// this host's clock lags the database's (the clock-skew fault).
+pub async fn serve(deployment: Deployment, name: String, behind: std::time::Duration) -> turmoil::Result {
     let journal = deployment.journal.clone();
-    let gateway = SimGateway::new(&name, timing::GATEWAY_TIMEOUT, journal.clone());
+    let gateway = SimGateway::new(&name, timing::GATEWAY_TIMEOUT, journal.clone(), deployment.tamper);
     let app: Arc<App> = Arc::new(
         Tally::new(
             deployment.store,
             deployment.locks,
-            deployment.clock,
+            deployment.clock.behind(behind),
             deployment.ids,
-            core_config(deployment.order_ttl),
+            core_config(deployment.order_ttl, deployment.payback_bps),
         )
         .with_gateway(gateway),
     );

@@ -13,8 +13,13 @@
 //! The monitor checks one rule on every committed idempotency write: an
 //! admission may replace a record only once that record's lease (in flight)
 //! or life (completed) is over (SPEC.md: the same key while the first
-//! request is in flight → 409). It also counts lease takeovers and
-//! transactions abandoned mid-flight.
+//! request is in flight → 409). And one on every commit the database refuses
+//! as a conflict: it must not be a gateway payment key claimed twice. The
+//! database's unique constraint on payment keys is the backstop for backends
+//! without the lock manager; here every claim is checked under the key's
+//! lock, so the use case must refuse a claimed key itself (409
+//! `payment_key_in_use`) before the constraint ever fires. It also counts
+//! lease takeovers and transactions abandoned mid-flight.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -38,6 +43,9 @@ use crate::oracle::Violation;
 use crate::rng::SimRng;
 
 struct Db {
+    /// The database itself, for the monitor's look at what a refused commit
+    /// collided with.
+    memory: MemStore,
     latency_max_ms: u64,
     rng: Mutex<SimRng>,
     journal: Journal,
@@ -70,7 +78,8 @@ impl std::fmt::Debug for SimStore {
 
 impl SimStore {
     pub fn new(inner: MemStore, latency_max_ms: u64, rng: SimRng, journal: Journal, clock: SimClock) -> SimStore {
-        SimStore { inner, db: Arc::new(Db { latency_max_ms, rng: Mutex::new(rng), journal, clock }) }
+        let memory = inner.clone();
+        SimStore { inner, db: Arc::new(Db { memory, latency_max_ms, rng: Mutex::new(rng), journal, clock }) }
     }
 
     /// The store without latency or monitoring (setup and the final check).
@@ -83,7 +92,13 @@ impl Store for SimStore {
     type Tx = SimTx;
 
     async fn begin(&self) -> Result<SimTx, StoreError> {
-        let mut tx = SimTx { inner: None, db: Arc::clone(&self.db), idem_writes: Vec::new(), suspended: false };
+        let mut tx = SimTx {
+            inner: None,
+            db: Arc::clone(&self.db),
+            idem_writes: Vec::new(),
+            key_claims: Vec::new(),
+            suspended: false,
+        };
         tx.pause().await;
         tx.inner = Some(self.inner.begin().await?);
         Ok(tx)
@@ -100,6 +115,8 @@ pub struct SimTx {
     db: Arc<Db>,
     /// Idempotency records this transaction writes, as loaded and as written.
     idem_writes: Vec<(Option<IdemRecord>, IdemRecord)>,
+    /// Gateway payment keys this transaction claims, and for which payment.
+    key_claims: Vec<(PaymentId, String)>,
     /// Set while waiting on a round trip: a drop then means the caller's
     /// future was dropped mid-flight (a cancelled request or a crash).
     suspended: bool,
@@ -165,6 +182,33 @@ impl SimTx {
     }
 }
 
+impl SimTx {
+    /// The monitor, for a commit the database refused: did a claim of a
+    /// payment key that another payment holds reach it?
+    fn check_key_claims(&self) {
+        if self.key_claims.is_empty() {
+            return;
+        }
+        let Ok(snapshot) = crate::run::now_or_never(self.db.memory.snapshot()) else { return };
+        for (payment, key) in &self.key_claims {
+            let holder = snapshot
+                .payments
+                .iter()
+                .find(|p| p.id != *payment && p.gateway.as_ref().is_some_and(|a| &a.payment_key == key));
+            if let Some(holder) = holder {
+                self.db.journal.monitor_violation(Violation::new(
+                    crate::oracle::INV_KEY_BOUND,
+                    "a claimed payment key is refused by the use case, never by the database's unique constraint",
+                    format!(
+                        "payment {payment} tried to claim {key}, which payment {} holds: the commit reached the unique constraint",
+                        holder.id
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 impl Tx for SimTx {
     async fn user(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
         self.pause().await;
@@ -196,9 +240,19 @@ impl Tx for SimTx {
         self.tx().payment(id).await
     }
 
+    async fn payment_by_key(&mut self, key: &str) -> Result<Option<PaymentId>, StoreError> {
+        self.pause().await;
+        self.tx().payment_by_key(key).await
+    }
+
     async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
         self.pause().await;
-        self.tx().put_payment(before, after).await
+        self.tx().put_payment(before, after).await?;
+        let had = before.and_then(|b| b.gateway.as_ref()).map(|a| a.payment_key.as_str());
+        if let Some(attempt) = after.gateway.as_ref().filter(|a| Some(a.payment_key.as_str()) != had) {
+            self.key_claims.push((after.id, attempt.payment_key.clone()));
+        }
+        Ok(())
     }
 
     async fn stuck_payments(&mut self, before: Timestamp, limit: usize) -> Result<Vec<Payment>, StoreError> {
@@ -344,6 +398,9 @@ impl Tx for SimTx {
         let result = inner.commit().await;
         if matches!(result, Ok(()) | Err(StoreError::Ambiguous)) {
             self.check_admissions();
+        }
+        if result == Err(StoreError::Conflict) {
+            self.check_key_claims();
         }
         // The reply's way back: a caller cancelled (or crashed) here never
         // learns that its commit happened.

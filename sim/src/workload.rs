@@ -16,14 +16,28 @@
 //! cancel them, read them, restock (with the admin key), and leave the rest
 //! unpaid to lapse past the seed's order TTL.
 //!
+//! # The adversarial customer (issue 10)
+//!
+//! Each client has the seed's [`Habits`]: it may confirm gateway payments
+//! with keys already used (its own earlier payments', or a pool every such
+//! client — of every user — and another merchant share); spend the cashback
+//! of a done gateway payment and then cancel it (read the wallet, pay out
+//! nearly all of it, cancel); top the wallet up to just under its
+//! `max_balance` and then pay through the gateway with a payback that may not
+//! fit; book seat after seat with one queue token; and name its own
+//! `payback_amount` (which must be refused 400). A scheme's steps are a
+//! *script* the client follows before drawing anything else.
+//!
 //! # Amount tags
 //!
 //! Every money amount a client sends ends in a tag (`client * 1000 + op`)
 //! below [`TAG_SPACE`], unique within the run. The oracle reads it back from
 //! the ledger: two top-ups with one tag are one request taking effect twice.
 //! A payment for an order has the order's total as its amount (prices are
-//! whole multiples of [`TAG_SPACE`]), so it carries its tag as its payback.
+//! whole multiples of [`TAG_SPACE`]) and carries no tag: the oracle counts
+//! an order's payments against the keys that asked for one.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +48,7 @@ use crate::catalogue::Catalogue;
 use crate::clock::SimClock;
 use crate::journal::{Answer, Count, Exchange, Journal};
 use crate::net::{self, Failure, Reply};
-use crate::plan::{ClientBehaviour, server_name, timing};
+use crate::plan::{ClientBehaviour, Habits, SHARED_KEYS, server_name, timing};
 use crate::rng::SimRng;
 
 /// Amounts are `units * TAG_SPACE + tag`.
@@ -52,6 +66,8 @@ pub struct Known {
     pub status: String,
     /// The order it pays (index into `ClientState::orders`).
     pub order: Option<usize>,
+    /// The payback the server set (the merchant's policy).
+    pub payback: i64,
 }
 
 /// An order the client created.
@@ -61,6 +77,8 @@ pub struct KnownOrder {
     pub status: String,
     /// When it expires unpaid, by the service's clock.
     pub expires_at: Option<Timestamp>,
+    /// The seats it booked.
+    pub seats: Vec<String>,
 }
 
 /// The client's queue token.
@@ -89,6 +107,29 @@ pub struct ClientState {
     pub racer: bool,
     /// The service's clock, as a client with a synchronised clock reads it.
     pub clock: SimClock,
+    pub habits: Habits,
+    /// The user's `max_balance`, if it has one.
+    pub max_balance: Option<i64>,
+    /// The balance the client last read.
+    pub balance: Option<i64>,
+    /// A scheme's next steps, taken in order before anything is drawn: an
+    /// operation kind and, for a confirm or a cancel, the payment it is for.
+    pub script: VecDeque<(&'static str, Option<usize>)>,
+    /// The payment the step being built is for (from the script).
+    pub aim: Option<usize>,
+    /// The step being built is the key reuser's opening: reuse a key.
+    pub reusing: bool,
+    /// The UTC boundary the run starts before, if any (by the service's clock).
+    pub boundary: Option<Timestamp>,
+}
+
+/// A scheme of the adversarial customer, started by reading the wallet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Spend the cashback of this done gateway payment, then cancel it.
+    SpendCashback(usize),
+    /// Top up to just under `max_balance`, then pay through the gateway.
+    FillToMax,
 }
 
 /// How often a client takes the natural next step instead of a random one.
@@ -120,6 +161,12 @@ pub struct Planned {
     pub delay: Duration,
     /// A confirm timed to land just before its order's TTL.
     pub races: bool,
+    /// The scheme this wallet read starts.
+    pub scheme: Option<Scheme>,
+    /// A step of a script: a payment it creates is confirmed next.
+    pub scripted: bool,
+    /// For seats: the ones asked for.
+    pub seats: Vec<String>,
 }
 
 /// One row of the operation table.
@@ -150,6 +197,9 @@ fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
         queue_token: None,
         delay: Duration::ZERO,
         races: false,
+        scheme: None,
+        scripted: false,
+        seats: Vec::new(),
     }
 }
 
@@ -168,6 +218,9 @@ fn get(kind: &'static str, path: String) -> Planned {
         queue_token: None,
         delay: Duration::ZERO,
         races: false,
+        scheme: None,
+        scripted: false,
+        seats: Vec::new(),
     }
 }
 
@@ -179,23 +232,127 @@ fn build_top_up(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> 
     Some(post("top-up", "/v1/wallet/top-ups".into(), serde_json::json!({ "amount": tagged(rng, 40, tag) })))
 }
 
-fn build_payment(gateway: bool, rng: &mut SimRng, tag: i64) -> Planned {
+/// A payment key for a new gateway payment: its own, or — for a client
+/// that reuses keys, half the time (always in its opening) — one already
+/// used: by one of its own payments, or from the pool every reusing client
+/// and another merchant share.
+fn payment_key(state: &ClientState, rng: &mut SimRng, tag: i64) -> String {
+    if state.habits.reuse_keys && (state.reusing || rng.chance(500)) {
+        let mut used: Vec<String> =
+            state.payments.iter().filter(|p| p.gateway).map(|p| p.payment_key.clone()).collect();
+        // The opening's second payment: mostly the first one's key.
+        if let (true, Some(newest)) = (state.reusing && rng.chance(700), used.last()) {
+            return newest.clone();
+        }
+        used.extend((0..SHARED_KEYS).map(shared_key));
+        return rng.pick(&used).clone();
+    }
+    format!("pk-{tag}")
+}
+
+/// A payment key of the pool reusing clients and another merchant share.
+pub fn shared_key(index: u64) -> String {
+    format!("pk-shared-{index}")
+}
+
+/// A customer naming its own cashback, now and then (400: it is the
+/// merchant's policy).
+fn choose_payback(state: &ClientState, rng: &mut SimRng, body: &mut serde_json::Value, amount: i64) {
+    if state.habits.choose_payback && rng.chance(150) {
+        body["payback_amount"] = serde_json::json!(amount);
+    }
+}
+
+fn build_payment(state: &ClientState, gateway: bool, rng: &mut SimRng, tag: i64) -> Planned {
     let amount = tagged(rng, 12, tag);
     let mut body = serde_json::json!({ "amount": amount, "method": if gateway { "gateway" } else { "wallet" } });
-    if rng.chance(300) {
-        body["payback_amount"] = serde_json::json!(amount / 10);
-    }
+    choose_payback(state, rng, &mut body, amount);
     let mut planned = post(if gateway { "pay-gateway" } else { "pay-wallet" }, "/v1/payments".into(), body);
-    planned.payment_key = gateway.then(|| format!("pk-{tag}"));
+    planned.payment_key = gateway.then(|| payment_key(state, rng, tag));
     planned
 }
 
-fn build_pay_wallet(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
-    Some(build_payment(false, rng, tag))
+fn build_pay_wallet(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+    Some(build_payment(state, false, rng, tag))
 }
 
-fn build_pay_gateway(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
-    Some(build_payment(true, rng, tag))
+fn build_pay_gateway(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+    Some(build_payment(state, true, rng, tag))
+}
+
+/// A gateway payment larger than the wallet is likely to hold: its
+/// cashback then outweighs whatever the wallet has left after spending
+/// everything (which earns its own cashback), so cancelling it must be
+/// refused. The cashback opening's first step.
+fn build_pay_big(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+    let mut planned = build_payment(state, true, rng, tag);
+    let amount = i64::try_from(rng.range(30, 80)).expect("small") * TAG_SPACE + tag;
+    planned.body = Some(json(&serde_json::json!({ "amount": amount, "method": "gateway" })));
+    Some(planned)
+}
+
+/// A wallet payment of a good part of a daily limit, made just before a
+/// UTC boundary to be confirmed just after it (see `build_confirm`).
+fn build_midnight_pay(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+    let amount = i64::try_from(rng.range(4, 10)).expect("small") * TAG_SPACE + tag;
+    Some(post("pay-wallet", "/v1/payments".into(), serde_json::json!({ "amount": amount, "method": "wallet" })))
+}
+
+/// Reads the wallet; a scheme's first step.
+fn read_wallet(scheme: Option<Scheme>) -> Planned {
+    let mut planned = get("read-wallet", "/v1/wallet".into());
+    // A read changes nothing: retried like any idempotent request.
+    planned.idempotent = true;
+    planned.scheme = scheme;
+    planned
+}
+
+fn build_read_wallet(_: &ClientState, _: &mut SimRng, _: i64) -> Option<Planned> {
+    Some(read_wallet(None))
+}
+
+/// Starts spending the cashback of a done gateway payment with a payback,
+/// to cancel that payment once the money is gone: mostly the newest (the
+/// one an opening just paid), sometimes any.
+fn build_cashback(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+    if !state.habits.spend_cashback {
+        return None;
+    }
+    let done: Vec<usize> = (0..state.payments.len())
+        .filter(|&i| {
+            let p = &state.payments[i];
+            p.gateway && p.status == "done" && p.payback > 0
+        })
+        .collect();
+    let newest = done.last().copied()?;
+    let target = if rng.chance(700) { newest } else { *rng.pick(&done) };
+    Some(read_wallet(Some(Scheme::SpendCashback(target))))
+}
+
+/// Starts filling the wallet to just under its `max_balance`.
+fn build_near_max(state: &ClientState, _: &mut SimRng, _: i64) -> Option<Planned> {
+    (state.habits.fill_to_max && state.max_balance.is_some()).then(|| read_wallet(Some(Scheme::FillToMax)))
+}
+
+/// The largest tagged amount up to `room` (zero whole units allowed).
+fn tagged_up_to(room: i64, tag: i64) -> Option<i64> {
+    let units = room.checked_sub(tag)?.div_euclid(TAG_SPACE);
+    let amount = units * TAG_SPACE + tag;
+    (units >= 0 && amount > 0).then_some(amount)
+}
+
+/// Pays nearly the whole balance out of the wallet (a scripted step: the
+/// payment is confirmed next).
+fn build_spend(state: &ClientState, _: &mut SimRng, tag: i64) -> Option<Planned> {
+    let amount = tagged_up_to(state.balance?, tag)?;
+    Some(post("pay-wallet", "/v1/payments".into(), serde_json::json!({ "amount": amount, "method": "wallet" })))
+}
+
+/// Tops the wallet up to just under its maximum: less than one whole unit
+/// of room is left, which a payback may not fit in.
+fn build_fill(state: &ClientState, _: &mut SimRng, tag: i64) -> Option<Planned> {
+    let amount = tagged_up_to(state.max_balance? - state.balance?, tag)?;
+    Some(post("top-up", "/v1/wallet/top-ups".into(), serde_json::json!({ "amount": amount })))
 }
 
 /// A payment to act on: mostly one still waiting, sometimes any.
@@ -212,12 +369,25 @@ fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
 }
 
 fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
-    let index = choose(state, rng)?;
+    let index = match state.aim {
+        Some(aim) => aim,
+        None => choose(state, rng)?,
+    };
     let known = &state.payments[index];
     let body =
         if known.gateway { serde_json::json!({ "payment_key": known.payment_key }) } else { serde_json::json!({}) };
     let mut planned = post("confirm", format!("/v1/payments/{}/confirm", known.id), body);
     planned.payment = Some(index);
+    if let (true, Some(boundary)) = (state.habits.pay_at_midnight && !known.gateway, state.boundary) {
+        // Land within the first few hundred milliseconds of the new day:
+        // the other client of this user does too, on another server, whose
+        // clock may still say yesterday.
+        let left = boundary.0 - state.clock.now().0;
+        if left > 0 {
+            let after = i64::try_from(rng.range(0, 400)).expect("small");
+            planned.delay = Duration::from_millis(u64::try_from(left + after).expect("positive"));
+        }
+    }
     let order = known.order.map(|i| &state.orders[i]).filter(|o| o.status == "pending_payment");
     if let (true, Some(expires_at)) = (state.racer, order.and_then(|o| o.expires_at)) {
         // The last-moment payer: land just before the TTL.
@@ -236,7 +406,10 @@ const RACE_WAIT_MAX_MS: i64 = 1_500;
 
 fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     // Any payment, also one already cancelled: cancelling twice must refund once.
-    let index = (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))?;
+    let index = match state.aim {
+        Some(aim) => aim,
+        None => (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))?,
+    };
     let mut planned =
         post("cancel", format!("/v1/payments/{}/cancel", state.payments[index].id), serde_json::json!({}));
     planned.payment = Some(index);
@@ -310,13 +483,22 @@ fn build_poll_token(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Pla
 }
 
 /// Seats with the client's token: mostly an active one, sometimes one that
-/// is waiting or over (a 403).
+/// is waiting or over (a 403). A hoarder asks for seats its live orders do
+/// not hold yet, to book past the token's limit.
 fn build_order_seats(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let token = state.token.as_ref()?;
-    let seats = &state.catalogue.seats;
-    if seats.is_empty() || (token.status != "active" && !rng.chance(250)) {
+    let all = &state.catalogue.seats;
+    if all.is_empty() || (token.status != "active" && !rng.chance(250)) {
         return None;
     }
+    let mine: Vec<&String> = state
+        .orders
+        .iter()
+        .filter(|o| o.status == "pending_payment" || o.status == "paid")
+        .flat_map(|o| o.seats.iter())
+        .collect();
+    let free: Vec<String> = all.iter().filter(|s| !mine.contains(s)).cloned().collect();
+    let seats = if state.habits.hoard_seats && !free.is_empty() { &free } else { all };
     let first = rng.index(seats.len());
     let mut chosen = vec![seats[first].clone()];
     if seats.len() > 1 && rng.chance(250) {
@@ -324,6 +506,7 @@ fn build_order_seats(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Pl
     }
     let mut planned = post("order-seats", "/v1/orders".into(), serde_json::json!({ "seats": chosen }));
     planned.queue_token = Some(token.id.clone());
+    planned.seats = chosen;
     Some(planned)
 }
 
@@ -355,14 +538,14 @@ fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Pl
         choose_order(state, rng, &["pending_payment"])?
     };
     let gateway = state.orders_via_gateway && rng.chance(400);
-    // The amount is the order's total; the payback carries the tag.
-    let body = serde_json::json!({
+    // The amount is the order's total, the payback the merchant's policy.
+    let mut body = serde_json::json!({
         "order_id": state.orders[index].id,
         "method": if gateway { "gateway" } else { "wallet" },
-        "payback_amount": tag,
     });
+    choose_payback(state, rng, &mut body, 1);
     let mut planned = post("pay-order", "/v1/payments".into(), body);
-    planned.payment_key = gateway.then(|| format!("pk-{tag}"));
+    planned.payment_key = gateway.then(|| payment_key(state, rng, tag));
     planned.order = Some(index);
     Some(planned)
 }
@@ -403,6 +586,11 @@ fn body_field(reply: &Reply, field: &str) -> Option<String> {
     value.get(field).and_then(|v| v.as_str()).map(str::to_owned)
 }
 
+fn body_integer(reply: &Reply, field: &str) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    value.get(field).and_then(serde_json::Value::as_i64)
+}
+
 fn learn_nothing(_: &mut ClientState, _: &Planned, _: &Reply) {}
 
 fn learn_payment(state: &mut ClientState, planned: &Planned, reply: &Reply) {
@@ -413,8 +601,23 @@ fn learn_payment(state: &mut ClientState, planned: &Planned, reply: &Reply) {
         payment_key: planned.payment_key.clone().unwrap_or_default(),
         status,
         order: planned.order,
+        payback: body_integer(reply, "payback_amount").unwrap_or(0),
     });
-    state.follow = Some("confirm");
+    if planned.scripted {
+        // A scheme's payment is confirmed at once.
+        state.script.push_front(("confirm", Some(state.payments.len() - 1)));
+    } else {
+        state.follow = Some("confirm");
+    }
+}
+
+fn learn_wallet(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+    state.balance = body_integer(reply, "balance");
+    match planned.scheme {
+        Some(Scheme::SpendCashback(payment)) => state.script = [("spend", None), ("cancel", Some(payment))].into(),
+        Some(Scheme::FillToMax) => state.script = [("fill", None), ("pay-gateway", None)].into(),
+        None => {}
+    }
 }
 
 fn learn_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
@@ -432,11 +635,16 @@ fn learn_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     }
 }
 
-fn learn_order(state: &mut ClientState, _: &Planned, reply: &Reply) {
+fn learn_order(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     if let (Some(id), Some(status)) = (body_field(reply, "id"), body_field(reply, "status")) {
         let expires_at = body_field(reply, "expires_at").and_then(|at| tally_http::dto::parse_rfc3339(&at));
-        state.orders.push(KnownOrder { id, status, expires_at });
-        state.follow = Some("pay-order");
+        state.orders.push(KnownOrder { id, status, expires_at, seats: planned.seats.clone() });
+        if planned.kind == "order-seats" && state.habits.hoard_seats {
+            // Another order with the same token, before paying anything.
+            state.script.push_back(("order-seats", None));
+        } else {
+            state.follow = Some("pay-order");
+        }
     }
 }
 
@@ -452,12 +660,52 @@ fn learn_token(state: &mut ClientState, _: &Planned, reply: &Reply) {
     if was_waiting && status == "active" {
         state.noted.push(Count::QueuePromotions);
     }
-    state.follow = match status.as_str() {
-        "waiting" => Some("poll-token"),
-        "active" => Some("order-seats"),
-        _ => None,
-    };
+    let hoarding = state.habits.hoard_seats;
+    match status.as_str() {
+        // A hoarder waits its turn, then books at once.
+        "waiting" if hoarding => state.script.push_back(("poll-token", None)),
+        "active" if hoarding => state.script.push_back(("order-seats", None)),
+        "waiting" => state.follow = Some("poll-token"),
+        "active" => state.follow = Some("order-seats"),
+        _ => state.follow = None,
+    }
     state.token = Some(KnownToken { id, status });
+}
+
+/// How often a client with a habit opens with it (its first operation
+/// after the top-up): a scheme takes four to six operations, and a client
+/// has seven or eight, so one drawn later would rarely finish.
+pub const OPENING_PER_MILLE: u64 = 600;
+
+/// The steps of an opening scheme, one of the client's habits: pay through
+/// the gateway and confirm, then spend the cashback and cancel (`cashback`
+/// reads the wallet and scripts the rest); fill the wallet to just under its
+/// maximum and pay with a payback (`near-max`); pay twice through the
+/// gateway, the second time with the first payment's key; join the queue and
+/// book seat after seat (the token's answer scripts the bookings).
+fn opening(state: &ClientState, rng: &mut SimRng) -> VecDeque<(&'static str, Option<usize>)> {
+    let habits = state.habits;
+    if habits.pay_at_midnight {
+        // Two wallet payments, each confirmed as the day rolls.
+        return [("midnight-pay", None), ("midnight-pay", None)].into();
+    }
+    let mut schemes: Vec<&[&'static str]> = Vec::new();
+    if habits.spend_cashback {
+        schemes.push(&["pay-big", "cashback"]);
+    }
+    if habits.fill_to_max && state.max_balance.is_some() {
+        schemes.push(&["near-max"]);
+    }
+    if habits.reuse_keys {
+        schemes.push(&["pay-gateway", "pay-gateway"]);
+    }
+    if habits.hoard_seats && state.catalogue.event.is_some() {
+        schemes.push(&["join-queue"]);
+    }
+    if schemes.is_empty() {
+        return VecDeque::new();
+    }
+    rng.pick(&schemes).iter().map(|name| (*name, None)).collect()
 }
 
 /// Every kind of operation the clients perform, with its weight.
@@ -476,6 +724,14 @@ pub const OPS: &[OpKind] = &[
     OpKind { name: "cancel-order", weight: 1, build: build_cancel_order, learn: learn_order_status },
     OpKind { name: "read-order", weight: 1, build: build_read_order, learn: learn_order_status },
     OpKind { name: "restock", weight: 1, build: build_restock, learn: learn_nothing },
+    OpKind { name: "read-wallet", weight: 1, build: build_read_wallet, learn: learn_wallet },
+    OpKind { name: "cashback", weight: 3, build: build_cashback, learn: learn_wallet },
+    OpKind { name: "near-max", weight: 2, build: build_near_max, learn: learn_wallet },
+    // Script steps only (weight 0: never drawn).
+    OpKind { name: "spend", weight: 0, build: build_spend, learn: learn_payment },
+    OpKind { name: "pay-big", weight: 0, build: build_pay_big, learn: learn_payment },
+    OpKind { name: "midnight-pay", weight: 0, build: build_midnight_pay, learn: learn_payment },
+    OpKind { name: "fill", weight: 0, build: build_fill, learn: learn_nothing },
 ];
 
 /// Draws the next operation: the first one funds the wallet; then, half the
@@ -485,6 +741,26 @@ fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&
     if op == 0 {
         let kind = &OPS[0];
         return (kind, (kind.build)(state, rng, tag).expect("a top-up is always possible"));
+    }
+    if op == 1 && !state.racer && (state.habits.pay_at_midnight || rng.chance(OPENING_PER_MILLE)) {
+        state.script = opening(state, rng);
+    }
+    // A scheme in progress goes on; a step that cannot be built ends it.
+    if let Some((name, aim)) = state.script.pop_front() {
+        let kind = OPS.iter().find(|k| k.name == name).expect("scripts name operation kinds");
+        state.aim = aim;
+        // The opening's second gateway payment is the key reuser's.
+        state.reusing = name == "pay-gateway" && state.payments.iter().any(|p| p.gateway);
+        let built = (kind.build)(state, rng, tag);
+        state.aim = None;
+        state.reusing = false;
+        match built {
+            Some(mut planned) => {
+                planned.scripted = true;
+                return (kind, planned);
+            }
+            None => state.script.clear(),
+        }
     }
     if let Some(name) = state.follow.take()
         && (state.racer || rng.chance(FOLLOW_PER_MILLE))
@@ -531,6 +807,11 @@ pub struct ClientSpec {
     pub catalogue: Arc<Catalogue>,
     pub orders_via_gateway: bool,
     pub racer: bool,
+    pub habits: Habits,
+    /// The user's `max_balance`, if it has one.
+    pub max_balance: Option<i64>,
+    /// The UTC boundary the run starts before, if any.
+    pub boundary: Option<Timestamp>,
 }
 
 fn is_code(reply: &Reply, code: &str) -> bool {
@@ -578,6 +859,7 @@ async fn send(
     headers.extend(planned.queue_token.as_deref().map(|token| ("queue-token", token)));
     let request = net::request(planned.method, &host, &planned.path, &headers, planned.body.clone());
     spec.journal.count(Count::Requests, 1);
+    let sent_at = spec.clock.now();
     let result = net::exchange(&host, request, spec.behaviour.attempt_timeout).await;
     let who = crate::plan::client_name(spec.index);
     let label = format!(
@@ -620,10 +902,14 @@ async fn send(
         op,
         kind: planned.kind,
         path: planned.path.clone(),
+        body: planned.body.clone(),
+        queue_token: planned.queue_token.clone(),
         key: key.map(str::to_owned),
         host,
         attempt,
         duplicate,
+        sent_at,
+        ended_at: spec.clock.now(),
         answer,
     });
     result
@@ -686,10 +972,16 @@ fn count_answer(journal: &Journal, planned: &Planned, reply: &Reply) {
             Some(Count::OrdersPaid)
         }
         403 if planned.kind == "order-seats" => Some(Count::Forbidden403),
+        400 if planned.body.as_ref().is_some_and(|b| names_payback(b)) => Some(Count::PaybackAmountRefused),
         409 => match body_field(reply, "code").as_deref() {
             Some("out_of_stock") => Some(Count::OutOfStock),
             Some("seat_unavailable") => Some(Count::SeatUnavailable),
             Some("order_expired") => Some(Count::OrderExpired),
+            Some("payment_key_in_use") => Some(Count::KeyReuseRefused),
+            Some("insufficient_balance") if planned.kind == "cancel" => Some(Count::CashbackCancelRefused),
+            Some("seat_limit_reached") => Some(Count::SeatLimitRefused),
+            Some("max_balance_exceeded") => Some(Count::MaxBalanceRefused),
+            Some("limit_exceeded") => Some(Count::LimitRefused),
             _ => None,
         },
         _ => None,
@@ -697,6 +989,11 @@ fn count_answer(journal: &Journal, planned: &Planned, reply: &Reply) {
     if let Some(count) = count {
         journal.count(count, 1);
     }
+}
+
+/// Whether a request body names its own `payback_amount`.
+pub fn names_payback(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("payback_amount").is_some())
 }
 
 /// The client host's software.
@@ -707,6 +1004,9 @@ pub async fn client(spec: ClientSpec) -> turmoil::Result {
         orders_via_gateway: spec.orders_via_gateway,
         racer: spec.racer,
         clock: spec.clock.clone(),
+        habits: spec.habits,
+        max_balance: spec.max_balance,
+        boundary: spec.boundary,
         ..ClientState::default()
     };
     let mut duplicates = Vec::new();
@@ -749,6 +1049,43 @@ pub async fn client(spec: ClientSpec) -> turmoil::Result {
     }
     for duplicate in duplicates {
         let _ = duplicate.await;
+    }
+    Ok(())
+}
+
+/// Order ids of another merchant's charges start with this.
+pub const FOREIGN_ORDER_PREFIX: &str = "elsewhere-";
+
+/// Another merchant's checkout on the same gateway: it charges payment keys
+/// our clients use (the shared pool, or one a client is about to use) for
+/// orders of its own. A charge under one of our keys that is not ours must
+/// never be adopted by our payment, nor refunded by us.
+#[derive(Clone, Debug)]
+pub struct ElsewhereSpec {
+    /// When, which key, how much.
+    pub charges: Vec<(Duration, String, i64)>,
+    pub journal: Journal,
+}
+
+/// The other merchant's host: one confirm per charge, straight to the gateway.
+pub async fn elsewhere(spec: ElsewhereSpec) -> turmoil::Result {
+    use tally_gateway::protocol::{self, ConfirmBody, IDEMPOTENCY_KEY_HEADER};
+    let authorization = protocol::basic_authorization(crate::gateway::SECRET_KEY);
+    let mut waited = Duration::ZERO;
+    for (index, (at, payment_key, amount)) in spec.charges.iter().enumerate() {
+        tokio::time::sleep(at.saturating_sub(waited)).await;
+        waited = waited.max(*at);
+        let order_id = format!("{FOREIGN_ORDER_PREFIX}{index}");
+        let body = ConfirmBody { payment_key: payment_key.clone(), order_id: order_id.clone(), amount: *amount };
+        let body = serde_json::to_vec(&body).expect("a confirm body serialises");
+        let headers = [("authorization", authorization.as_str()), (IDEMPOTENCY_KEY_HEADER, order_id.as_str())];
+        let gateway = crate::gateway::GATEWAY_HOST;
+        let request = net::request("POST", gateway, protocol::CONFIRM_PATH, &headers, Some(body));
+        let answer = match net::exchange(gateway, request, Duration::from_secs(1)).await {
+            Ok(reply) => format!("{}", reply.status),
+            Err(failure) => failure.to_string(),
+        };
+        spec.journal.event("elsewhere", format!("charged {payment_key} for {order_id} ({amount}): {answer}"));
     }
     Ok(())
 }

@@ -112,6 +112,37 @@ fn inventory_seeds_keep_every_promise() {
     }
 }
 
+/// Issue 10's adversarial customer end to end: these seeds reuse payment
+/// keys (their own and a pool shared across users and with another
+/// merchant, who charges some of them first), spend their cashback and then
+/// cancel, run at their `max_balance` and tight limits, pay across a UTC
+/// midnight on servers whose clocks lag, hoard seats with one token, name
+/// their own `payback_amount`, and meet a gateway that charges the wrong
+/// amount. The oracle finds nothing, and every one of those paths was taken.
+#[test]
+fn adversarial_seeds_keep_every_promise() {
+    let mut total = tally_sim::journal::Counts::default();
+    for seed in [0, 2, 12, 102] {
+        let outcome = run_seed(seed, &options(Profile::Swarm));
+        assert_clean(&outcome);
+        total.merge(&outcome.counts);
+    }
+    for reached in [
+        Count::KeyReuseRefused,
+        Count::ForeignKeyFailed,
+        Count::CashbackCancelRefused,
+        Count::RefundsOwedResolved,
+        Count::SeatLimitRefused,
+        Count::MaxBalanceRefused,
+        Count::LimitRefused,
+        Count::PaybackAmountRefused,
+        Count::PaymentsAcrossMidnight,
+        Count::StampedBehindWindow,
+    ] {
+        assert!(total.get(reached) > 0, "never reached: {}", reached.name());
+    }
+}
+
 /// Invariant 1's recovery side, seed 1: a confirm that never reached the
 /// gateway used to stay `confirming` forever (each completer claim restarted
 /// the clock the give-up counted from). The give-up now counts from when the
