@@ -9,13 +9,11 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use tally_core::gateway::Gateway;
-use tally_core::store::{LockManager, Store, User};
-use tally_core::time::Clock;
+use tally_core::store::User;
 
 use crate::keys::hash_api_key;
 use crate::problem::{ApiError, Code};
-use crate::state::AppState;
+use crate::state::{AppState, Backend};
 
 /// Equality whose running time does not depend on where the inputs differ,
 /// so response timing cannot reveal how much of a guess of the admin key's
@@ -47,10 +45,10 @@ fn unknown_key() -> ApiError {
 #[derive(Clone, Debug)]
 pub struct CurrentUser(pub User);
 
-impl<S: Store, L: LockManager, C: Clock, G: Gateway> FromRequestParts<AppState<S, L, C, G>> for CurrentUser {
+impl<B: Backend> FromRequestParts<AppState<B>> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<B>) -> Result<Self, ApiError> {
         let hash = hash_api_key(bearer(parts)?);
         if constant_time_eq(&hash, &state.shared.admin_key_hash) {
             // The admin has no wallet or payments: a known key, but not one
@@ -68,10 +66,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> FromRequestParts<AppState<S
 #[derive(Clone, Copy, Debug)]
 pub struct Admin;
 
-impl<S: Store, L: LockManager, C: Clock, G: Gateway> FromRequestParts<AppState<S, L, C, G>> for Admin {
+impl<B: Backend> FromRequestParts<AppState<B>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<B>) -> Result<Self, ApiError> {
         let hash = hash_api_key(bearer(parts)?);
         if constant_time_eq(&hash, &state.shared.admin_key_hash) {
             return Ok(Admin);

@@ -18,18 +18,15 @@ use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use tally_core::gateway::Gateway;
 use tally_core::idempotency::{Fingerprint, IdemKey};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, ShowtimeId, TokenId};
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::dto::{
     ConfirmRequest, CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest,
     CreateUserRequest, EmptyRequest, RestockRequest, TopUpRequest,
 };
 use crate::problem::{ApiError, Code};
-use crate::state::AppState;
+use crate::state::{AppState, Backend};
 
 /// The header that makes a POST safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -62,10 +59,10 @@ pub struct JsonBody<T> {
     pub raw: Bytes,
 }
 
-impl<T: RequestBody, S: Store, L: LockManager, C: Clock, G: Gateway> FromRequest<AppState<S, L, C, G>> for JsonBody<T> {
+impl<T: RequestBody, B: Backend> FromRequest<AppState<B>> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState<B>) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         read_json(&parts.headers, body, state.shared.body_limit_bytes).await
     }
@@ -127,20 +124,19 @@ pub struct KeyedJson<T> {
     pub value: T,
 }
 
-impl<T: RequestBody, S: Store, L: LockManager, C: Clock, G: Gateway> FromRequest<AppState<S, L, C, G>>
-    for KeyedJson<T>
-{
+impl<T: RequestBody, B: Backend> FromRequest<AppState<B>> for KeyedJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &AppState<S, L, C, G>) -> Result<Self, ApiError> {
-        let (parts, body) = request.into_parts();
-        let key = idempotency_key(&parts.headers)?;
-        let body: JsonBody<T> = read_json(&parts.headers, body, state.shared.body_limit_bytes).await?;
-        let path = match parts.extensions.get::<OriginalUri>() {
+    async fn from_request(request: Request, state: &AppState<B>) -> Result<Self, ApiError> {
+        // The key is checked first (400), then the body as for `JsonBody`.
+        let key = idempotency_key(request.headers())?;
+        let method = request.method().clone();
+        let path = match request.extensions().get::<OriginalUri>() {
             Some(OriginalUri(uri)) => uri.path().to_owned(),
-            None => parts.uri.path().to_owned(),
+            None => request.uri().path().to_owned(),
         };
-        Ok(KeyedJson { key, fingerprint: fingerprint(parts.method.as_str(), &path, &body.raw), value: body.value })
+        let body = JsonBody::<T>::from_request(request, state).await?;
+        Ok(KeyedJson { key, fingerprint: fingerprint(method.as_str(), &path, &body.raw), value: body.value })
     }
 }
 

@@ -9,17 +9,15 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tally_core::Error;
 use tally_core::app::{Command, Executed, Keyed, Outcome};
-use tally_core::gateway::Gateway;
 use tally_core::idempotency::StoredResponse;
 use tally_core::ids::UserId;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
-use tally_core::{Error, Tally};
 
 use crate::dto::outcome_json;
 use crate::extract::KeyedJson;
 use crate::problem::{ApiError, PROBLEM_CONTENT_TYPE};
+use crate::state::{AppState, Backend};
 
 /// Marks a response as the replay of a stored one (Stripe's header name).
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -52,13 +50,13 @@ fn render_success(success: StatusCode, outcome: &Outcome) -> StoredResponse {
 
 /// Runs an unkeyed `command` for `user` (admin commands use
 /// [`UserId::ADMIN`]); answers with the same bytes a keyed run would store.
-pub async fn execute_unkeyed<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    app: &Tally<S, L, C, G>,
+pub async fn execute_unkeyed<B: Backend>(
+    state: &AppState<B>,
     user: UserId,
     command: Command,
     success: StatusCode,
 ) -> Response {
-    match app.execute(user, command, None).await {
+    match state.app.execute(user, command, None).await {
         Ok(Executed::Fresh(outcome)) => send(render_success(success, &outcome), false),
         // Without a key there is nothing to replay.
         Ok(Executed::Replayed(stored)) => send(stored, true),
@@ -68,8 +66,8 @@ pub async fn execute_unkeyed<S: Store, L: LockManager, C: Clock, G: Gateway>(
 
 /// Runs `command` for `user` at most once per key; answers with the fresh
 /// result or the stored one.
-pub async fn execute<S: Store, L: LockManager, C: Clock, G: Gateway, T>(
-    app: &std::sync::Arc<Tally<S, L, C, G>>,
+pub async fn execute<B: Backend, T>(
+    state: &AppState<B>,
     user: UserId,
     command: Command,
     request: &KeyedJson<T>,
@@ -78,8 +76,8 @@ pub async fn execute<S: Store, L: LockManager, C: Clock, G: Gateway, T>(
     let render_for_endpoint = move |result: &Result<Outcome, Error>| render(success, result);
     let keyed = Keyed { key: request.key.clone(), fingerprint: request.fingerprint, render: &render_for_endpoint };
     #[cfg(tally_mutants)]
-    let mut forget = mutant::ForgetOnDrop::arm(app, user, &request.key);
-    let executed = app.execute(user, command, Some(keyed)).await;
+    let mut forget = mutant::ForgetOnDrop::<B>::arm(&state.app, user, &request.key);
+    let executed = state.app.execute(user, command, Some(keyed)).await;
     #[cfg(tally_mutants)]
     forget.disarm();
     match executed {
@@ -111,22 +109,20 @@ fn send(stored: StoredResponse, replayed: bool) -> Response {
 mod mutant {
     use std::sync::Arc;
 
-    use tally_core::Tally;
-    use tally_core::gateway::Gateway;
     use tally_core::idempotency::IdemKey;
     use tally_core::ids::UserId;
-    use tally_core::store::{LockManager, Store};
-    use tally_core::time::Clock;
+
+    use crate::state::{App, Backend};
 
     /// `release_key_on_disconnect`: when the client goes away before its
     /// answer (the handler's future is dropped), the key is forgotten "so
     /// that the retry is not stuck" — and the retry runs the request again.
-    pub(super) struct ForgetOnDrop<S: Store, L: LockManager, C: Clock, G: Gateway> {
-        armed: Option<(Arc<Tally<S, L, C, G>>, UserId, IdemKey)>,
+    pub(super) struct ForgetOnDrop<B: Backend> {
+        armed: Option<(Arc<App<B>>, UserId, IdemKey)>,
     }
 
-    impl<S: Store, L: LockManager, C: Clock, G: Gateway> ForgetOnDrop<S, L, C, G> {
-        pub(super) fn arm(app: &Arc<Tally<S, L, C, G>>, user: UserId, key: &IdemKey) -> Self {
+    impl<B: Backend> ForgetOnDrop<B> {
+        pub(super) fn arm(app: &Arc<App<B>>, user: UserId, key: &IdemKey) -> Self {
             let active = tally_core::mutant::active("release_key_on_disconnect");
             ForgetOnDrop { armed: active.then(|| (Arc::clone(app), user, key.clone())) }
         }
@@ -136,7 +132,7 @@ mod mutant {
         }
     }
 
-    impl<S: Store, L: LockManager, C: Clock, G: Gateway> Drop for ForgetOnDrop<S, L, C, G> {
+    impl<B: Backend> Drop for ForgetOnDrop<B> {
         fn drop(&mut self) {
             let Some((app, user, key)) = self.armed.take() else { return };
             // A process that is shutting down (or crashed) forgets nothing.

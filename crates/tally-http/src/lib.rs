@@ -21,6 +21,9 @@
 //! - `dto`: request and response bodies; amounts are parsed here.
 //! - `auth`: API keys, their hashes, the user and admin extractors.
 //! - `layers`: request id, tracing, metrics, timeout, panics, load shedding.
+//! - `state`: [`AppState`](state::AppState) and the `Backend` trait, the one
+//!   type parameter of handlers and extractors.
+//! - `responses`: the problem+json responses routes share in the OpenAPI document.
 //! - `metrics`, `openapi`, `config`.
 //!
 //! # Decisions where SPEC.md leaves room
@@ -102,6 +105,7 @@ mod layers;
 mod metrics;
 pub mod openapi;
 pub mod problem;
+mod responses;
 mod routes;
 mod state;
 
@@ -135,7 +139,7 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
         config.request_timeout,
         app.config().idempotency.lease,
     );
-    let state = AppState {
+    let state: AppState<Tally<S, L, C, G>> = AppState {
         app,
         shared: Arc::new(Shared {
             admin_key_hash: hash_api_key(&config.admin_key),

@@ -14,10 +14,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
 use tally_core::catalog::MAX_SEATS_PER_TOKEN_DEFAULT;
-use tally_core::gateway::Gateway;
 use tally_core::ids::UserId;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::auth::Admin;
 use crate::dto::{
@@ -27,16 +24,17 @@ use crate::dto::{
 use crate::extract::{EventPath, JsonBody, KeyedJson, ProductPath, ShowtimePath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::state::AppState;
+use crate::responses::{AdminErrors, JsonBodyErrors, KeyErrors, MediaTypeError, NotFound, ReadErrors};
+use crate::state::{AppState, Backend};
 
-pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
-        .route("/v1/products", post(create_product::<S, L, C, G>))
-        .route("/v1/products/{id}", get(get_product::<S, L, C, G>))
-        .route("/v1/products/{id}/restock", post(restock::<S, L, C, G>))
-        .route("/v1/events", post(create_event::<S, L, C, G>))
-        .route("/v1/events/{id}/showtimes", get(showtimes::<S, L, C, G>))
-        .route("/v1/showtimes/{id}/seats", get(seats::<S, L, C, G>))
+        .route("/v1/products", post(create_product::<B>))
+        .route("/v1/products/{id}", get(get_product::<B>))
+        .route("/v1/products/{id}/restock", post(restock::<B>))
+        .route("/v1/events", post(create_event::<B>))
+        .route("/v1/events/{id}/showtimes", get(showtimes::<B>))
+        .route("/v1/showtimes/{id}/seats", get(seats::<B>))
 }
 
 /// Create a product with its initial stock.
@@ -49,23 +47,19 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
     responses(
         (status = 201, description = "Created", body = ProductBody),
         (status = 400, description = "`malformed_request` (also a name of 0 or over 200 characters, and a `payback_bps` outside 0 to 10000)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount`: a price or stock out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        AdminErrors, JsonBodyErrors,
     )
 )]
-pub async fn create_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn create_product<B: Backend>(
+    State(state): State<AppState<B>>,
     _admin: Admin,
     body: JsonBody<CreateProductRequest>,
 ) -> Result<Response, ApiError> {
     let (price, stock) = body.value.values()?;
     // The rate's range is the core's to check (400, like the event's settings).
     let command = Command::CreateProduct { name: body.value.name, price, stock, payback_bps: body.value.payback_bps };
-    Ok(keyed::execute_unkeyed(&state.app, UserId::ADMIN, command, StatusCode::CREATED).await)
+    Ok(keyed::execute_unkeyed(&state, UserId::ADMIN, command, StatusCode::CREATED).await)
 }
 
 /// Add stock to a product.
@@ -81,26 +75,20 @@ pub async fn create_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
     request_body = RestockRequest,
     responses(
         (status = 200, description = "Restocked (or replayed)", body = ProductBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount` (also a restock past 10^9 units ever stocked), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        KeyErrors, AdminErrors, NotFound, JsonBodyErrors,
     )
 )]
-pub async fn restock<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn restock<B: Backend>(
+    State(state): State<AppState<B>>,
     _admin: Admin,
     ProductPath(product): ProductPath,
     request: KeyedJson<RestockRequest>,
 ) -> Result<Response, ApiError> {
     let quantity = request.value.quantity.units("quantity", 1..=tally_core::catalog::STOCK_MAX)?;
     let command = Command::Restock { product, quantity };
-    Ok(keyed::execute(&state.app, UserId::ADMIN, command, &request, StatusCode::OK).await)
+    Ok(keyed::execute(&state, UserId::ADMIN, command, &request, StatusCode::OK).await)
 }
 
 /// A product and its stock. No key needed.
@@ -111,12 +99,11 @@ pub async fn restock<S: Store, L: LockManager, C: Clock, G: Gateway>(
     params(("id" = String, Path, format = Uuid, description = "The product")),
     responses(
         (status = 200, description = "The product", body = ProductBody),
-        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        ReadErrors,
     )
 )]
-pub async fn get_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn get_product<B: Backend>(
+    State(state): State<AppState<B>>,
     ProductPath(product): ProductPath,
 ) -> Result<Json<ProductBody>, ApiError> {
     let product = state.app.product(product).await?;
@@ -134,16 +121,13 @@ pub async fn get_product<S: Store, L: LockManager, C: Clock, G: Gateway>(
     responses(
         (status = 201, description = "Created", body = EventBody),
         (status = 400, description = "`malformed_request` (also: names and labels 1 to 200 characters, seat labels unique per showtime, 1 to 100 showtimes of 1 to 1000 seats, at most 10000 seats, `active_limit` 1 to 10000, `token_ttl_seconds` 1 to 86400, `max_seats_per_token` 1 to 1000, `starts_at` RFC 3339)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: not the admin key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large` (the 64 KiB body limit bounds one request's seats)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount`: a seat price out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        AdminErrors, MediaTypeError,
     )
 )]
-pub async fn create_event<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn create_event<B: Backend>(
+    State(state): State<AppState<B>>,
     _admin: Admin,
     body: JsonBody<CreateEventRequest>,
 ) -> Result<Response, ApiError> {
@@ -156,7 +140,7 @@ pub async fn create_event<S: Store, L: LockManager, C: Clock, G: Gateway>(
         max_seats_per_token: request.max_seats_per_token.unwrap_or(MAX_SEATS_PER_TOKEN_DEFAULT),
         showtimes,
     };
-    Ok(keyed::execute_unkeyed(&state.app, UserId::ADMIN, command, StatusCode::CREATED).await)
+    Ok(keyed::execute_unkeyed(&state, UserId::ADMIN, command, StatusCode::CREATED).await)
 }
 
 /// An event's showtimes, each with how many seats are still available. No key needed.
@@ -167,12 +151,11 @@ pub async fn create_event<S: Store, L: LockManager, C: Clock, G: Gateway>(
     params(("id" = String, Path, format = Uuid, description = "The event")),
     responses(
         (status = 200, description = "The showtimes", body = ShowtimesBody),
-        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        ReadErrors,
     )
 )]
-pub async fn showtimes<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn showtimes<B: Backend>(
+    State(state): State<AppState<B>>,
     EventPath(event): EventPath,
 ) -> Result<Json<ShowtimesBody>, ApiError> {
     let views = state.app.showtimes(event).await?;
@@ -188,12 +171,11 @@ pub async fn showtimes<S: Store, L: LockManager, C: Clock, G: Gateway>(
     params(("id" = String, Path, format = Uuid, description = "The showtime")),
     responses(
         (status = 200, description = "The seats", body = SeatsBody),
-        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        ReadErrors,
     )
 )]
-pub async fn seats<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn seats<B: Backend>(
+    State(state): State<AppState<B>>,
     ShowtimePath(showtime): ShowtimePath,
 ) -> Result<Json<SeatsBody>, ApiError> {
     let seats = state.app.seats(showtime).await?;

@@ -8,22 +8,20 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tally_core::gateway::Gateway;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::dto::StatusBody;
-use crate::problem::{ApiError, Code, Problem};
-use crate::state::AppState;
+use crate::problem::{ApiError, Code};
+use crate::responses::Unavailable;
+use crate::state::{AppState, Backend};
 
 /// Prometheus' text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S, L, C, G>))
-        .route("/metrics", get(metrics::<S, L, C, G>))
+        .route("/readyz", get(readyz::<B>))
+        .route("/metrics", get(metrics::<B>))
 }
 
 /// Liveness: the process answers.
@@ -39,12 +37,10 @@ pub async fn healthz() -> Json<StatusBody> {
     tag = "operations",
     responses(
         (status = 200, body = StatusBody),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
-pub async fn readyz<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
-) -> Result<Json<StatusBody>, ApiError> {
+pub async fn readyz<B: Backend>(State(state): State<AppState<B>>) -> Result<Json<StatusBody>, ApiError> {
     if state.shared.readiness.check().await {
         Ok(Json(StatusBody { status: "ready".into() }))
     } else {
@@ -59,9 +55,7 @@ pub async fn readyz<S: Store, L: LockManager, C: Clock, G: Gateway>(
     tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
-pub async fn metrics<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
-) -> Response {
+pub async fn metrics<B: Backend>(State(state): State<AppState<B>>) -> Response {
     let mut response = state.shared.metrics.render().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
     response

@@ -10,22 +10,20 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
-use tally_core::gateway::Gateway;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::auth::CurrentUser;
 use crate::dto::{CreateOrderRequest, EmptyRequest, OrderBody};
 use crate::extract::{KeyedJson, OrderPath, QueueTokenHeader};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::state::AppState;
+use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, UserErrors};
+use crate::state::{AppState, Backend};
 
-pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
-        .route("/v1/orders", post(create_order::<S, L, C, G>))
-        .route("/v1/orders/{id}", get(get_order::<S, L, C, G>))
-        .route("/v1/orders/{id}/cancel", post(cancel_order::<S, L, C, G>))
+        .route("/v1/orders", post(create_order::<B>))
+        .route("/v1/orders/{id}", get(get_order::<B>))
+        .route("/v1/orders/{id}/cancel", post(cancel_order::<B>))
 }
 
 /// Reserve products and seats, all or none. Seats need an active queue
@@ -43,24 +41,21 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
     responses(
         (status = 201, description = "Reserved, `pending_payment` until `expires_at` (or replayed)", body = OrderBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 400, description = "`malformed_request` (also: no items and no seats, over 10 of either, a product or seat twice, ids not UUIDs, seats of two events), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: seats without an active queue token of the caller for their event", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: a product or seat does not exist", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`out_of_stock`, `seat_unavailable`, `seat_limit_reached` (the queue token would hold more than its event's `max_seats_per_token` seats across its live orders), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount` (a quantity outside 1 to 1000, or a total beyond 10^12), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors, JsonBodyErrors,
     )
 )]
-pub async fn create_order<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn create_order<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     QueueTokenHeader(token): QueueTokenHeader,
     request: KeyedJson<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
     let command = request.value.command(token)?;
-    Ok(keyed::execute(&state.app, user.id, command, &request, StatusCode::CREATED).await)
+    Ok(keyed::execute(&state, user.id, command, &request, StatusCode::CREATED).await)
 }
 
 /// One of the caller's orders, as it stands now (an unpaid order past its
@@ -73,13 +68,12 @@ pub async fn create_order<S: Store, L: LockManager, C: Clock, G: Gateway>(
     params(("id" = String, Path, format = Uuid, description = "The order")),
     responses(
         (status = 200, description = "The order", body = OrderBody),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors,
     )
 )]
-pub async fn get_order<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn get_order<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     OrderPath(order): OrderPath,
 ) -> Result<Json<OrderBody>, ApiError> {
@@ -101,20 +95,16 @@ pub async fn get_order<S: Store, L: LockManager, C: Clock, G: Gateway>(
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 200, description = "Now `cancelled` (or replayed)", body = OrderBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state` (already cancelled or expired, or a gateway charge in flight), `order_expired`, `insufficient_balance` (the payback was already spent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        KeyErrors, UserErrors, MediaTypeError, KeyReused,
     )
 )]
-pub async fn cancel_order<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn cancel_order<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     OrderPath(order): OrderPath,
     request: KeyedJson<EmptyRequest>,
 ) -> Response {
-    keyed::execute(&state.app, user.id, Command::CancelOrder { order }, &request, StatusCode::OK).await
+    keyed::execute(&state, user.id, Command::CancelOrder { order }, &request, StatusCode::OK).await
 }

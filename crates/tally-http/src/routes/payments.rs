@@ -10,25 +10,23 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
-use tally_core::gateway::Gateway;
 use tally_core::ids::OrderId;
 use tally_core::payment::Method;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::auth::CurrentUser;
 use crate::dto::{ConfirmRequest, CreatePaymentRequest, EmptyRequest, PaymentBody};
 use crate::extract::{KeyedJson, PaymentPath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::state::AppState;
+use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, NotFound, UserErrors};
+use crate::state::{AppState, Backend};
 
-pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
-        .route("/v1/payments", post(create_payment::<S, L, C, G>))
-        .route("/v1/payments/{id}", get(get_payment::<S, L, C, G>))
-        .route("/v1/payments/{id}/confirm", post(confirm_payment::<S, L, C, G>))
-        .route("/v1/payments/{id}/cancel", post(cancel_payment::<S, L, C, G>))
+        .route("/v1/payments", post(create_payment::<B>))
+        .route("/v1/payments/{id}", get(get_payment::<B>))
+        .route("/v1/payments/{id}/confirm", post(confirm_payment::<B>))
+        .route("/v1/payments/{id}/cancel", post(cancel_payment::<B>))
 }
 
 /// The command a create request asks for, or why it cannot be run.
@@ -70,22 +68,19 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
     responses(
         (status = 201, description = "Created in `wait` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 400, description = "`malformed_request` (also both or neither of `amount` and `order_id`, `gateway` on a server without one, and any `payback_amount`: the payback is the merchant's policy), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`limit_exceeded` (per-payment), `order_expired`, `invalid_state` (the order is paid, cancelled, or has a charge in flight), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors, JsonBodyErrors,
     )
 )]
-pub async fn create_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn create_payment<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     request: KeyedJson<CreatePaymentRequest>,
 ) -> Result<Response, ApiError> {
     let command = create_command(&request.value)?;
-    Ok(keyed::execute(&state.app, user.id, command, &request, StatusCode::CREATED).await)
+    Ok(keyed::execute(&state, user.id, command, &request, StatusCode::CREATED).await)
 }
 
 /// Confirm a waiting payment: the wallet is charged (and the payback credited).
@@ -101,23 +96,19 @@ pub async fn create_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
     request_body(content = Option<ConfirmRequest>, description = "Wallet payment: no body, or `{}`. Gateway payment: `{payment_key}`"),
     responses(
         (status = 200, description = "Now `done` (or replayed); a gateway payment may also answer `failed` (declined, or charged for another amount: then `refunding` until the refund went back)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_balance`, `limit_exceeded`, `max_balance_exceeded` (also: no room for the payback, checked before a gateway charge), `invalid_state`, `payment_key_in_use` (the gateway `payment_key` was already given for another payment, of any user: a key pays one payment, forever), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        KeyErrors, UserErrors, MediaTypeError, KeyReused,
     )
 )]
-pub async fn confirm_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn confirm_payment<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     PaymentPath(payment): PaymentPath,
     request: KeyedJson<ConfirmRequest>,
 ) -> Response {
     let command = Command::ConfirmPayment { payment, payment_key: request.value.payment_key.clone() };
-    keyed::execute(&state.app, user.id, command, &request, StatusCode::OK).await
+    keyed::execute(&state, user.id, command, &request, StatusCode::OK).await
 }
 
 /// Cancel a payment: a waiting one simply ends; a done one is refunded and
@@ -134,23 +125,18 @@ pub async fn confirm_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 200, description = "Now `cancelled` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state`, `insufficient_balance` (the payback was already spent: checked before the gateway is asked for the refund, which is then not sent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        KeyErrors, UserErrors, NotFound, MediaTypeError, KeyReused,
     )
 )]
-pub async fn cancel_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn cancel_payment<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     PaymentPath(payment): PaymentPath,
     request: KeyedJson<EmptyRequest>,
 ) -> Response {
     let command = Command::CancelPayment { payment };
-    keyed::execute(&state.app, user.id, command, &request, StatusCode::OK).await
+    keyed::execute(&state, user.id, command, &request, StatusCode::OK).await
 }
 
 /// One of the caller's payments.
@@ -162,13 +148,12 @@ pub async fn cancel_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
     params(("id" = String, Path, format = Uuid, description = "The payment")),
     responses(
         (status = 200, description = "The payment", body = PaymentBody),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors,
     )
 )]
-pub async fn get_payment<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn get_payment<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     PaymentPath(payment): PaymentPath,
 ) -> Result<Json<PaymentBody>, ApiError> {

@@ -11,21 +11,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
-use tally_core::gateway::Gateway;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::auth::CurrentUser;
 use crate::dto::{EmptyRequest, TokenBody};
 use crate::extract::{EventPath, JsonBody, TokenPath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::state::AppState;
+use crate::responses::{MediaTypeError, UserErrors};
+use crate::state::{AppState, Backend};
 
-pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
-        .route("/v1/events/{id}/queue", post(join_queue::<S, L, C, G>))
-        .route("/v1/queue/{token}", get(queue_token::<S, L, C, G>))
+        .route("/v1/events/{id}/queue", post(join_queue::<B>))
+        .route("/v1/queue/{token}", get(queue_token::<B>))
 }
 
 /// Join the event's waiting queue. A caller who already has a live (waiting
@@ -40,20 +38,18 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
     responses(
         (status = 201, description = "The caller's token: `active` at once if a slot is free, else `waiting` with its position", body = TokenBody),
         (status = 400, description = "`malformed_request`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: the admin key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such event", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors, MediaTypeError,
     )
 )]
-pub async fn join_queue<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn join_queue<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     EventPath(event): EventPath,
     _body: JsonBody<EmptyRequest>,
 ) -> Response {
-    keyed::execute_unkeyed(&state.app, user.id, Command::JoinQueue { event }, StatusCode::CREATED).await
+    keyed::execute_unkeyed(&state, user.id, Command::JoinQueue { event }, StatusCode::CREATED).await
 }
 
 /// The caller's token as it stands now: reading it also moves the queue (a
@@ -66,13 +62,12 @@ pub async fn join_queue<S: Store, L: LockManager, C: Clock, G: Gateway>(
     params(("token" = String, Path, format = Uuid, description = "The token")),
     responses(
         (status = 200, description = "The token", body = TokenBody),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such token, or not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors,
     )
 )]
-pub async fn queue_token<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn queue_token<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     TokenPath(token): TokenPath,
 ) -> Result<Json<TokenBody>, ApiError> {

@@ -8,22 +8,20 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tally_core::app::Command;
-use tally_core::gateway::Gateway;
-use tally_core::store::{LockManager, Store};
-use tally_core::time::Clock;
 
 use crate::auth::CurrentUser;
 use crate::dto::{LedgerBody, LedgerQuery, TopUpBody, TopUpRequest, WalletBody};
 use crate::extract::KeyedJson;
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::state::AppState;
+use crate::responses::{JsonBodyErrors, KeyErrors, UserErrors};
+use crate::state::{AppState, Backend};
 
-pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppState<S, L, C, G>> {
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
-        .route("/v1/wallet", get(get_wallet::<S, L, C, G>))
-        .route("/v1/wallet/top-ups", post(top_up::<S, L, C, G>))
-        .route("/v1/wallet/ledger", get(ledger::<S, L, C, G>))
+        .route("/v1/wallet", get(get_wallet::<B>))
+        .route("/v1/wallet/top-ups", post(top_up::<B>))
+        .route("/v1/wallet/ledger", get(ledger::<B>))
 }
 
 /// The caller's balance, limits and spending in the current windows.
@@ -34,12 +32,11 @@ pub fn routes<S: Store, L: LockManager, C: Clock, G: Gateway>() -> Router<AppSta
     security(("user_key" = [])),
     responses(
         (status = 200, description = "The wallet", body = WalletBody),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors,
     )
 )]
-pub async fn get_wallet<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn get_wallet<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
 ) -> Result<Json<WalletBody>, ApiError> {
     let view = state.app.wallet(user.id).await?;
@@ -56,23 +53,19 @@ pub async fn get_wallet<S: Store, L: LockManager, C: Clock, G: Gateway>(
     request_body = TopUpRequest,
     responses(
         (status = 201, description = "Booked (or replayed)", body = TopUpBody, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same key"))),
-        (status = 400, description = "`malformed_request`, `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`max_balance_exceeded`, `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        KeyErrors, UserErrors, JsonBodyErrors,
     )
 )]
-pub async fn top_up<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn top_up<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     request: KeyedJson<TopUpRequest>,
 ) -> Result<Response, ApiError> {
     let amount = request.value.amount.amount()?;
     let command = Command::TopUp { amount };
-    Ok(keyed::execute(&state.app, user.id, command, &request, StatusCode::CREATED).await)
+    Ok(keyed::execute(&state, user.id, command, &request, StatusCode::CREATED).await)
 }
 
 /// The caller's ledger, oldest first, one page at a time.
@@ -85,12 +78,11 @@ pub async fn top_up<S: Store, L: LockManager, C: Clock, G: Gateway>(
     responses(
         (status = 200, description = "One page of entries", body = LedgerBody),
         (status = 400, description = "`malformed_request`: bad `limit` or `after`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        UserErrors,
     )
 )]
-pub async fn ledger<S: Store, L: LockManager, C: Clock, G: Gateway>(
-    State(state): State<AppState<S, L, C, G>>,
+pub async fn ledger<B: Backend>(
+    State(state): State<AppState<B>>,
     CurrentUser(user): CurrentUser,
     query: Result<Query<LedgerQuery>, QueryRejection>,
 ) -> Result<Json<LedgerBody>, ApiError> {
