@@ -1,188 +1,14 @@
-//! The clients: what they ask for (a table of operation kinds) and how they
-//! ask (like real clients: a timeout per attempt, retries with the same
-//! `Idempotency-Key` on a new connection, sometimes to another server,
-//! sometimes a deliberate duplicate while the first is still in flight).
-//!
-//! # The operation table
-//!
-//! [`OPS`] lists every kind of operation with a weight, a `build` that turns
-//! the client's state into a request (or declines, when the client has
-//! nothing to act on yet), and a `learn` that updates the state from a
-//! success. Besides money (top-ups, payments, confirms, cancels), clients
-//! order the seed's scarce products (one or two lines, the same two products
-//! listed in either order by different clients), join the event's queue and
-//! poll their token, order seats with it (sometimes with a token that is not
-//! active: a 403), pay orders (wallet, and gateway when the seed allows),
-//! cancel them, read them, restock (with the admin key), and leave the rest
-//! unpaid to lapse past the seed's order TTL.
-//!
-//! # The adversarial customer (issue 10)
-//!
-//! Each client has the seed's [`Habits`]: it may confirm gateway payments
-//! with keys already used (its own earlier payments', or a pool every such
-//! client — of every user — and another merchant share); spend the cashback
-//! of a done gateway payment and then cancel it (read the wallet, pay out
-//! nearly all of it, cancel); top the wallet up to just under its
-//! `max_balance` and then pay through the gateway with a payback that may not
-//! fit; book seat after seat with one queue token; and name its own
-//! `payback_amount` (which must be refused 400). A scheme's steps are a
-//! *script* the client follows before drawing anything else.
-//!
-//! # Amount tags
-//!
-//! Every money amount a client sends ends in a tag (`client * 1000 + op`)
-//! below [`TAG_SPACE`], unique within the run. The oracle reads it back from
-//! the ledger: two top-ups with one tag are one request taking effect twice.
-//! A payment for an order has the order's total as its amount (prices are
-//! whole multiples of [`TAG_SPACE`]) and carries no tag: the oracle counts
-//! an order's payments against the keys that asked for one.
+//! The operation table: each kind's request builder and what a client learns
+//! from its success, the adversarial customer's schemes and scripts (issue
+//! 10), and the choice of a client's next step.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
+use super::*;
 
-use tally_core::ids::UserId;
-use tally_core::time::{Clock, Timestamp};
-
-use crate::catalogue::Catalogue;
-use crate::clock::SimClock;
-use crate::journal::{Answer, Count, Exchange, Journal};
-use crate::net::{self, Failure, Reply};
-use crate::plan::{ClientBehaviour, Habits, SHARED_KEYS, server_name, timing};
-use crate::rng::SimRng;
-
-/// Amounts are `units * TAG_SPACE + tag`.
-pub const TAG_SPACE: i64 = 100_000;
-
-/// How many units one restock adds.
-pub const RESTOCK_QUANTITY: u64 = 1;
-
-/// A payment the client created.
-#[derive(Clone, Debug)]
-pub struct Known {
-    pub id: String,
-    pub gateway: bool,
-    pub payment_key: String,
-    pub status: String,
-    /// The order it pays (index into `ClientState::orders`).
-    pub order: Option<usize>,
-    /// The payback the server set (the merchant's policy).
-    pub payback: i64,
-}
-
-/// An order the client created.
-#[derive(Clone, Debug)]
-pub struct KnownOrder {
-    pub id: String,
-    pub status: String,
-    /// When it expires unpaid, by the service's clock.
-    pub expires_at: Option<Timestamp>,
-    /// The seats it booked.
-    pub seats: Vec<String>,
-}
-
-/// The client's queue token.
-#[derive(Clone, Debug)]
-pub struct KnownToken {
-    pub id: String,
-    pub status: String,
-}
-
-/// What one client knows.
-#[derive(Clone, Debug, Default)]
-pub struct ClientState {
-    pub payments: Vec<Known>,
-    pub orders: Vec<KnownOrder>,
-    pub token: Option<KnownToken>,
-    pub catalogue: Arc<Catalogue>,
-    /// Whether this seed pays some orders through the gateway.
-    pub orders_via_gateway: bool,
-    /// What the client observed since the loop last looked, for the counters.
-    pub noted: Vec<Count>,
-    /// The natural next step after the last success (pay the order just
-    /// made, confirm the payment just created, poll a waiting token, book
-    /// seats with an active one): taken at [`FOLLOW_PER_MILLE`].
-    pub follow: Option<&'static str>,
-    /// Pays at the last moment, racing the order TTL (see [`Inventory::races_expiry`](crate::plan::Inventory)).
-    pub racer: bool,
-    /// The service's clock, as a client with a synchronised clock reads it.
-    pub clock: SimClock,
-    pub habits: Habits,
-    /// The user's `max_balance`, if it has one.
-    pub max_balance: Option<i64>,
-    /// The balance the client last read.
-    pub balance: Option<i64>,
-    /// A scheme's next steps, taken in order before anything is drawn: an
-    /// operation kind and, for a confirm or a cancel, the payment it is for.
-    pub script: VecDeque<(&'static str, Option<usize>)>,
-    /// The payment the step being built is for (from the script).
-    pub aim: Option<usize>,
-    /// The step being built is the key reuser's opening: reuse a key.
-    pub reusing: bool,
-    /// The UTC boundary the run starts before, if any (by the service's clock).
-    pub boundary: Option<Timestamp>,
-}
-
-/// A scheme of the adversarial customer, started by reading the wallet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// Spend the cashback of this done gateway payment, then cancel it.
-    SpendCashback(usize),
-    /// Top up to just under `max_balance`, then pay through the gateway.
-    FillToMax,
-}
-
-/// How often a client takes the natural next step instead of a random one.
-pub const FOLLOW_PER_MILLE: u64 = 500;
-
-/// A request an operation wants sent.
-#[derive(Clone, Debug)]
-pub struct Planned {
-    pub kind: &'static str,
-    pub method: &'static str,
-    pub path: String,
-    pub body: Option<Vec<u8>>,
-    /// Money and inventory moves carry an `Idempotency-Key` and are retried.
-    pub keyed: bool,
-    /// Retried without a key: the request is idempotent by itself (joining a queue).
-    pub idempotent: bool,
-    /// Sent with the admin key instead of the client's.
-    pub admin: bool,
-    /// The payment (index into `ClientState::payments`) this acts on.
-    pub payment: Option<usize>,
-    /// The order (index into `ClientState::orders`) this acts on.
-    pub order: Option<usize>,
-    /// For a new gateway payment: its payment key.
-    pub payment_key: Option<String>,
-    /// The `Queue-Token` header, for seats.
-    pub queue_token: Option<String>,
-    /// Waits this long before sending (a client polling its place in line,
-    /// or paying at the last moment).
-    pub delay: Duration,
-    /// A confirm timed to land just before its order's TTL.
-    pub races: bool,
-    /// The scheme this wallet read starts.
-    pub scheme: Option<Scheme>,
-    /// A step of a script: a payment it creates is confirmed next.
-    pub scripted: bool,
-    /// For seats: the ones asked for.
-    pub seats: Vec<String>,
-}
-
-/// One row of the operation table.
-#[derive(Debug)]
-pub struct OpKind {
-    pub name: &'static str,
-    pub weight: u64,
-    pub build: fn(&ClientState, &mut SimRng, i64) -> Option<Planned>,
-    pub learn: fn(&mut ClientState, &Planned, &Reply),
-}
-
-fn json(value: &serde_json::Value) -> Vec<u8> {
+pub(super) fn json(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON values serialise")
 }
 
-fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
+pub(super) fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
     Planned {
         kind,
         method: "POST",
@@ -203,7 +29,7 @@ fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
     }
 }
 
-fn get(kind: &'static str, path: String) -> Planned {
+pub(super) fn get(kind: &'static str, path: String) -> Planned {
     Planned {
         kind,
         method: "GET",
@@ -224,11 +50,11 @@ fn get(kind: &'static str, path: String) -> Planned {
     }
 }
 
-fn tagged(rng: &mut SimRng, max_units: u64, tag: i64) -> i64 {
+pub(super) fn tagged(rng: &mut SimRng, max_units: u64, tag: i64) -> i64 {
     i64::try_from(rng.range(1, max_units)).expect("small") * TAG_SPACE + tag
 }
 
-fn build_top_up(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_top_up(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     Some(post("top-up", "/v1/wallet/top-ups".into(), serde_json::json!({ "amount": tagged(rng, 40, tag) })))
 }
 
@@ -236,7 +62,7 @@ fn build_top_up(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> 
 /// that reuses keys, half the time (always in its opening) — one already
 /// used: by one of its own payments, or from the pool every reusing client
 /// and another merchant share.
-fn payment_key(state: &ClientState, rng: &mut SimRng, tag: i64) -> String {
+pub(super) fn payment_key(state: &ClientState, rng: &mut SimRng, tag: i64) -> String {
     if state.habits.reuse_keys && (state.reusing || rng.chance(500)) {
         let mut used: Vec<String> =
             state.payments.iter().filter(|p| p.gateway).map(|p| p.payment_key.clone()).collect();
@@ -257,13 +83,13 @@ pub fn shared_key(index: u64) -> String {
 
 /// A customer naming its own cashback, now and then (400: it is the
 /// merchant's policy).
-fn choose_payback(state: &ClientState, rng: &mut SimRng, body: &mut serde_json::Value, amount: i64) {
+pub(super) fn choose_payback(state: &ClientState, rng: &mut SimRng, body: &mut serde_json::Value, amount: i64) {
     if state.habits.choose_payback && rng.chance(150) {
         body["payback_amount"] = serde_json::json!(amount);
     }
 }
 
-fn build_payment(state: &ClientState, gateway: bool, rng: &mut SimRng, tag: i64) -> Planned {
+pub(super) fn build_payment(state: &ClientState, gateway: bool, rng: &mut SimRng, tag: i64) -> Planned {
     let amount = tagged(rng, 12, tag);
     let mut body = serde_json::json!({ "amount": amount, "method": if gateway { "gateway" } else { "wallet" } });
     choose_payback(state, rng, &mut body, amount);
@@ -272,11 +98,11 @@ fn build_payment(state: &ClientState, gateway: bool, rng: &mut SimRng, tag: i64)
     planned
 }
 
-fn build_pay_wallet(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_pay_wallet(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     Some(build_payment(state, false, rng, tag))
 }
 
-fn build_pay_gateway(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_pay_gateway(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     Some(build_payment(state, true, rng, tag))
 }
 
@@ -284,7 +110,7 @@ fn build_pay_gateway(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<
 /// cashback then outweighs whatever the wallet has left after spending
 /// everything (which earns its own cashback), so cancelling it must be
 /// refused. The cashback opening's first step.
-fn build_pay_big(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_pay_big(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     let mut planned = build_payment(state, true, rng, tag);
     let amount = i64::try_from(rng.range(30, 80)).expect("small") * TAG_SPACE + tag;
     planned.body = Some(json(&serde_json::json!({ "amount": amount, "method": "gateway" })));
@@ -293,13 +119,13 @@ fn build_pay_big(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Plan
 
 /// A wallet payment of a good part of a daily limit, made just before a
 /// UTC boundary to be confirmed just after it (see `build_confirm`).
-fn build_midnight_pay(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_midnight_pay(_: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     let amount = i64::try_from(rng.range(4, 10)).expect("small") * TAG_SPACE + tag;
     Some(post("pay-wallet", "/v1/payments".into(), serde_json::json!({ "amount": amount, "method": "wallet" })))
 }
 
 /// Reads the wallet; a scheme's first step.
-fn read_wallet(scheme: Option<Scheme>) -> Planned {
+pub(super) fn read_wallet(scheme: Option<Scheme>) -> Planned {
     let mut planned = get("read-wallet", "/v1/wallet".into());
     // A read changes nothing: retried like any idempotent request.
     planned.idempotent = true;
@@ -307,14 +133,14 @@ fn read_wallet(scheme: Option<Scheme>) -> Planned {
     planned
 }
 
-fn build_read_wallet(_: &ClientState, _: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_read_wallet(_: &ClientState, _: &mut SimRng, _: i64) -> Option<Planned> {
     Some(read_wallet(None))
 }
 
 /// Starts spending the cashback of a done gateway payment with a payback,
 /// to cancel that payment once the money is gone: mostly the newest (the
 /// one an opening just paid), sometimes any.
-fn build_cashback(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_cashback(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     if !state.habits.spend_cashback {
         return None;
     }
@@ -330,12 +156,12 @@ fn build_cashback(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Plann
 }
 
 /// Starts filling the wallet to just under its `max_balance`.
-fn build_near_max(state: &ClientState, _: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_near_max(state: &ClientState, _: &mut SimRng, _: i64) -> Option<Planned> {
     (state.habits.fill_to_max && state.max_balance.is_some()).then(|| read_wallet(Some(Scheme::FillToMax)))
 }
 
 /// The largest tagged amount up to `room` (zero whole units allowed).
-fn tagged_up_to(room: i64, tag: i64) -> Option<i64> {
+pub(super) fn tagged_up_to(room: i64, tag: i64) -> Option<i64> {
     let units = room.checked_sub(tag)?.div_euclid(TAG_SPACE);
     let amount = units * TAG_SPACE + tag;
     (units >= 0 && amount > 0).then_some(amount)
@@ -343,20 +169,20 @@ fn tagged_up_to(room: i64, tag: i64) -> Option<i64> {
 
 /// Pays nearly the whole balance out of the wallet (a scripted step: the
 /// payment is confirmed next).
-fn build_spend(state: &ClientState, _: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_spend(state: &ClientState, _: &mut SimRng, tag: i64) -> Option<Planned> {
     let amount = tagged_up_to(state.balance?, tag)?;
     Some(post("pay-wallet", "/v1/payments".into(), serde_json::json!({ "amount": amount, "method": "wallet" })))
 }
 
 /// Tops the wallet up to just under its maximum: less than one whole unit
 /// of room is left, which a payback may not fit in.
-fn build_fill(state: &ClientState, _: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_fill(state: &ClientState, _: &mut SimRng, tag: i64) -> Option<Planned> {
     let amount = tagged_up_to(state.max_balance? - state.balance?, tag)?;
     Some(post("top-up", "/v1/wallet/top-ups".into(), serde_json::json!({ "amount": amount })))
 }
 
 /// A payment to act on: mostly one still waiting, sometimes any.
-fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
+pub(super) fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
     let newest = state.payments.len().checked_sub(1);
     if newest.is_some_and(|i| state.payments[i].status == "wait") && rng.chance(600) {
         return newest;
@@ -368,7 +194,7 @@ fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
     (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))
 }
 
-fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = match state.aim {
         Some(aim) => aim,
         None => choose(state, rng)?,
@@ -402,9 +228,9 @@ fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planne
 }
 
 /// The longest a last-moment payer waits for an order's TTL.
-const RACE_WAIT_MAX_MS: i64 = 1_500;
+pub(super) const RACE_WAIT_MAX_MS: i64 = 1_500;
 
-fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     // Any payment, also one already cancelled: cancelling twice must refund once.
     let index = match state.aim {
         Some(aim) => aim,
@@ -416,7 +242,7 @@ fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned
     Some(planned)
 }
 
-fn build_read(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_read(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))?;
     let mut planned = get("read-payment", format!("/v1/payments/{}", state.payments[index].id));
     planned.payment = Some(index);
@@ -426,7 +252,7 @@ fn build_read(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> 
 /// One or two lines of scarce products. Two lines are the same two products
 /// in either order, so two clients may ask for them in opposite orders: the
 /// service must lock them in one global order.
-fn build_order_products(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_order_products(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let products = &state.catalogue.products;
     if products.is_empty() {
         return None;
@@ -454,7 +280,7 @@ fn build_order_products(state: &ClientState, rng: &mut SimRng, _: i64) -> Option
     Some(planned)
 }
 
-fn build_join_queue(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_join_queue(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let event = state.catalogue.event.as_ref()?;
     // Joining again while the token is live answers that token: now and then.
     let live = state.token.as_ref().is_some_and(|t| t.status == "waiting" || t.status == "active");
@@ -469,7 +295,7 @@ fn build_join_queue(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Pla
 
 /// Polls the token: while it waits, after a pause (a client polling its
 /// place in line every few hundred milliseconds); now and then otherwise.
-fn build_poll_token(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_poll_token(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let token = state.token.as_ref()?;
     let waiting = token.status == "waiting";
     if !waiting && !rng.chance(100) {
@@ -485,7 +311,7 @@ fn build_poll_token(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Pla
 /// Seats with the client's token: mostly an active one, sometimes one that
 /// is waiting or over (a 403). A hoarder asks for seats its live orders do
 /// not hold yet, to book past the token's limit.
-fn build_order_seats(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_order_seats(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let token = state.token.as_ref()?;
     let all = &state.catalogue.seats;
     if all.is_empty() || (token.status != "active" && !rng.chance(250)) {
@@ -511,7 +337,7 @@ fn build_order_seats(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Pl
 }
 
 /// An order to act on: mostly one in `wanted`, sometimes any.
-fn choose_order(state: &ClientState, rng: &mut SimRng, wanted: &[&str]) -> Option<usize> {
+pub(super) fn choose_order(state: &ClientState, rng: &mut SimRng, wanted: &[&str]) -> Option<usize> {
     let fitting: Vec<usize> =
         (0..state.orders.len()).filter(|&i| wanted.contains(&state.orders[i].status.as_str())).collect();
     if !fitting.is_empty() && rng.chance(850) {
@@ -520,7 +346,7 @@ fn choose_order(state: &ClientState, rng: &mut SimRng, wanted: &[&str]) -> Optio
     (!state.orders.is_empty() && rng.chance(300)).then(|| rng.index(state.orders.len()))
 }
 
-fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
+pub(super) fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     // Mostly an order with no payment waiting yet; sometimes a second
     // payment for it, or an order that is over.
     let unpaid: Vec<usize> = (0..state.orders.len())
@@ -550,7 +376,7 @@ fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Pl
     Some(planned)
 }
 
-fn build_cancel_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_cancel_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = choose_order(state, rng, &["pending_payment", "paid"])?;
     let mut planned =
         post("cancel-order", format!("/v1/orders/{}/cancel", state.orders[index].id), serde_json::json!({}));
@@ -558,7 +384,7 @@ fn build_cancel_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<P
     Some(planned)
 }
 
-fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = (!state.orders.is_empty()).then(|| rng.index(state.orders.len()))?;
     let mut planned = get("read-order", format!("/v1/orders/{}", state.orders[index].id));
     planned.order = Some(index);
@@ -566,7 +392,7 @@ fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Pla
 }
 
 /// The admin restocks a product by one unit (keyed, retried like any move).
-fn build_restock(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+pub(super) fn build_restock(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let products = &state.catalogue.products;
     if products.is_empty() {
         return None;
@@ -581,19 +407,19 @@ fn build_restock(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planne
     Some(planned)
 }
 
-fn body_field(reply: &Reply, field: &str) -> Option<String> {
+pub(super) fn body_field(reply: &Reply, field: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
     value.get(field).and_then(|v| v.as_str()).map(str::to_owned)
 }
 
-fn body_integer(reply: &Reply, field: &str) -> Option<i64> {
+pub(super) fn body_integer(reply: &Reply, field: &str) -> Option<i64> {
     let value: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
     value.get(field).and_then(serde_json::Value::as_i64)
 }
 
-fn learn_nothing(_: &mut ClientState, _: &Planned, _: &Reply) {}
+pub(super) fn learn_nothing(_: &mut ClientState, _: &Planned, _: &Reply) {}
 
-fn learn_payment(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+pub(super) fn learn_payment(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     let (Some(id), Some(status)) = (body_field(reply, "id"), body_field(reply, "status")) else { return };
     state.payments.push(Known {
         id,
@@ -611,7 +437,7 @@ fn learn_payment(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     }
 }
 
-fn learn_wallet(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+pub(super) fn learn_wallet(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     state.balance = body_integer(reply, "balance");
     match planned.scheme {
         Some(Scheme::SpendCashback(payment)) => state.script = [("spend", None), ("cancel", Some(payment))].into(),
@@ -620,7 +446,7 @@ fn learn_wallet(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     }
 }
 
-fn learn_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+pub(super) fn learn_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     if let (Some(index), Some(status)) = (planned.payment, body_field(reply, "status")) {
         // A payment's fate moves its order.
         let order_status = match status.as_str() {
@@ -635,7 +461,7 @@ fn learn_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     }
 }
 
-fn learn_order(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+pub(super) fn learn_order(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     if let (Some(id), Some(status)) = (body_field(reply, "id"), body_field(reply, "status")) {
         let expires_at = body_field(reply, "expires_at").and_then(|at| tally_http::dto::parse_rfc3339(&at));
         state.orders.push(KnownOrder { id, status, expires_at, seats: planned.seats.clone() });
@@ -648,13 +474,13 @@ fn learn_order(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     }
 }
 
-fn learn_order_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
+pub(super) fn learn_order_status(state: &mut ClientState, planned: &Planned, reply: &Reply) {
     if let (Some(index), Some(status)) = (planned.order, body_field(reply, "status")) {
         state.orders[index].status = status;
     }
 }
 
-fn learn_token(state: &mut ClientState, _: &Planned, reply: &Reply) {
+pub(super) fn learn_token(state: &mut ClientState, _: &Planned, reply: &Reply) {
     let (Some(id), Some(status)) = (body_field(reply, "token"), body_field(reply, "status")) else { return };
     let was_waiting = state.token.as_ref().is_some_and(|t| t.id == id && t.status == "waiting");
     if was_waiting && status == "active" {
@@ -683,7 +509,7 @@ pub const OPENING_PER_MILLE: u64 = 600;
 /// maximum and pay with a payback (`near-max`); pay twice through the
 /// gateway, the second time with the first payment's key; join the queue and
 /// book seat after seat (the token's answer scripts the bookings).
-fn opening(state: &ClientState, rng: &mut SimRng) -> VecDeque<(&'static str, Option<usize>)> {
+pub(super) fn opening(state: &ClientState, rng: &mut SimRng) -> VecDeque<(&'static str, Option<usize>)> {
     let habits = state.habits;
     if habits.pay_at_midnight {
         // Two wallet payments, each confirmed as the day rolls.
@@ -737,7 +563,7 @@ pub const OPS: &[OpKind] = &[
 /// Draws the next operation: the first one funds the wallet; then, half the
 /// time, the natural next step after the last success; otherwise a kind by
 /// weight, drawn again while it has nothing to act on.
-fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&'static OpKind, Planned) {
+pub(super) fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&'static OpKind, Planned) {
     if op == 0 {
         let kind = &OPS[0];
         return (kind, (kind.build)(state, rng, tag).expect("a top-up is always possible"));
@@ -790,302 +616,4 @@ fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&
             return (kind, planned);
         }
     }
-}
-
-/// One client host's inputs.
-#[derive(Clone, Debug)]
-pub struct ClientSpec {
-    pub index: usize,
-    pub user: UserId,
-    pub api_key: String,
-    pub ops: usize,
-    pub servers: usize,
-    pub behaviour: ClientBehaviour,
-    pub rng: SimRng,
-    pub journal: Journal,
-    pub clock: SimClock,
-    pub catalogue: Arc<Catalogue>,
-    pub orders_via_gateway: bool,
-    pub racer: bool,
-    pub habits: Habits,
-    /// The user's `max_balance`, if it has one.
-    pub max_balance: Option<i64>,
-    /// The UTC boundary the run starts before, if any.
-    pub boundary: Option<Timestamp>,
-}
-
-fn is_code(reply: &Reply, code: &str) -> bool {
-    reply.status >= 400 && body_field(reply, "code").as_deref() == Some(code)
-}
-
-fn is_in_use(reply: &Reply) -> bool {
-    reply.status == 409 && is_code(reply, "idempotency_key_in_use")
-}
-
-/// An answer the client stops at: a success or a refusal it cannot change
-/// by asking again.
-fn is_final(reply: &Reply) -> bool {
-    match reply.status {
-        200..=299 => true,
-        409 if is_in_use(reply) => false,
-        429 => false,
-        400..=499 => true,
-        _ => false,
-    }
-}
-
-struct Attempt<'a> {
-    spec: &'a ClientSpec,
-    planned: &'a Planned,
-    op: usize,
-    key: Option<&'a str>,
-}
-
-/// Sends one attempt and records it.
-async fn send(
-    spec: &ClientSpec,
-    planned: &Planned,
-    op: usize,
-    key: Option<&str>,
-    server: usize,
-    attempt: u32,
-    duplicate: bool,
-) -> Result<Reply, Failure> {
-    let host = server_name(server);
-    let bearer = format!("Bearer {}", if planned.admin { crate::server::ADMIN_KEY } else { spec.api_key.as_str() });
-    let request_id = format!("c{}-o{op}-a{attempt}{}", spec.index + 1, if duplicate { "d" } else { "" });
-    let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", request_id.as_str())];
-    headers.extend(key.map(|key| ("idempotency-key", key)));
-    headers.extend(planned.queue_token.as_deref().map(|token| ("queue-token", token)));
-    let request = net::request(planned.method, &host, &planned.path, &headers, planned.body.clone());
-    spec.journal.count(Count::Requests, 1);
-    let sent_at = spec.clock.now();
-    let result = net::exchange(&host, request, spec.behaviour.attempt_timeout).await;
-    let who = crate::plan::client_name(spec.index);
-    let label = format!(
-        "{} {} → {host} [{}{}]",
-        planned.method,
-        planned.path,
-        key.unwrap_or("-"),
-        if duplicate { " dup".to_owned() } else { format!(" #{attempt}") }
-    );
-    let answer = match &result {
-        Ok(reply) => {
-            if reply.replayed {
-                spec.journal.count(Count::ReplaysServed, 1);
-                if reply.status >= 400 {
-                    spec.journal.count(Count::RefusalsReplayed, 1);
-                }
-            }
-            if is_in_use(reply) {
-                spec.journal.count(Count::DuplicateInFlight409, 1);
-            }
-            let body = String::from_utf8_lossy(&reply.body);
-            let shown: String = body.chars().take(160).collect();
-            spec.journal.event(
-                &who,
-                format!("{label}: {}{} {shown}", reply.status, if reply.replayed { " (replayed)" } else { "" }),
-            );
-            Answer::Reply { status: reply.status, body: reply.body.clone(), replayed: reply.replayed }
-        }
-        Err(failure) => {
-            if *failure == Failure::TimedOut {
-                spec.journal.count(Count::AttemptTimeouts, 1);
-            }
-            spec.journal.event(&who, format!("{label}: no answer ({failure})"));
-            Answer::Failed(failure.to_string())
-        }
-    };
-    spec.journal.exchange(Exchange {
-        client: spec.index,
-        user: spec.user,
-        op,
-        kind: planned.kind,
-        path: planned.path.clone(),
-        body: planned.body.clone(),
-        queue_token: planned.queue_token.clone(),
-        key: key.map(str::to_owned),
-        host,
-        attempt,
-        duplicate,
-        sent_at,
-        ended_at: spec.clock.now(),
-        answer,
-    });
-    result
-}
-
-/// Runs one operation to a final answer or until the client gives up.
-async fn perform(
-    attempt: Attempt<'_>,
-    rng: &mut SimRng,
-    duplicates: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Option<Reply> {
-    let Attempt { spec, planned, op, key } = attempt;
-    let home = spec.index % spec.servers;
-    let mut server = home;
-    let started = spec.clock.now();
-    let attempts = if planned.keyed || planned.idempotent { spec.behaviour.attempts } else { 1 };
-    for number in 1..=attempts {
-        if number > 1 {
-            let age = u64::try_from(spec.clock.now().0 - started.0).unwrap_or(0);
-            if Duration::from_millis(age) > timing::KEY_AGE_MAX {
-                break;
-            }
-            if spec.servers > 1 && rng.chance(spec.behaviour.switch_per_mille) {
-                server = (server + 1 + rng.index(spec.servers - 1)) % spec.servers;
-                spec.journal.count(Count::RetriesToAnotherHost, 1);
-            }
-        }
-        if number == 1 && planned.keyed && rng.chance(spec.behaviour.duplicate_per_mille) {
-            spec.journal.count(Count::DuplicatesSent, 1);
-            let (spec, planned, key) = (spec.clone(), planned.clone(), key.map(str::to_owned));
-            let delay = rng.millis(0, 20);
-            let target = rng.index(spec.servers);
-            duplicates.push(tokio::task::spawn_local(async move {
-                tokio::time::sleep(delay).await;
-                let _ = send(&spec, &planned, op, key.as_deref(), target, 1, true).await;
-            }));
-        }
-        if let Ok(reply) = send(spec, planned, op, key, server, number, false).await
-            && is_final(&reply)
-        {
-            return Some(reply);
-        }
-        // Exponential backoff, capped, with jitter.
-        let base = spec.behaviour.backoff.saturating_mul(1 << (number - 1).min(4)).min(Duration::from_secs(2));
-        let jitter = rng.millis(0, u64::try_from(base.as_millis()).unwrap_or(0) / 2);
-        tokio::time::sleep(base + jitter).await;
-    }
-    None
-}
-
-/// Coverage: what an operation's final answer shows about orders.
-fn count_answer(journal: &Journal, planned: &Planned, reply: &Reply) {
-    let order = matches!(planned.kind, "order-products" | "order-seats");
-    let count = match reply.status {
-        201 if order => Some(Count::OrdersCreated),
-        200 if planned.kind == "confirm"
-            && body_field(reply, "order_id").is_some()
-            && body_field(reply, "status").as_deref() == Some("done") =>
-        {
-            Some(Count::OrdersPaid)
-        }
-        403 if planned.kind == "order-seats" => Some(Count::Forbidden403),
-        400 if planned.body.as_ref().is_some_and(|b| names_payback(b)) => Some(Count::PaybackAmountRefused),
-        409 => match body_field(reply, "code").as_deref() {
-            Some("out_of_stock") => Some(Count::OutOfStock),
-            Some("seat_unavailable") => Some(Count::SeatUnavailable),
-            Some("order_expired") => Some(Count::OrderExpired),
-            Some("payment_key_in_use") => Some(Count::KeyReuseRefused),
-            Some("insufficient_balance") if planned.kind == "cancel" => Some(Count::CashbackCancelRefused),
-            Some("seat_limit_reached") => Some(Count::SeatLimitRefused),
-            Some("max_balance_exceeded") => Some(Count::MaxBalanceRefused),
-            Some("limit_exceeded") => Some(Count::LimitRefused),
-            _ => None,
-        },
-        _ => None,
-    };
-    if let Some(count) = count {
-        journal.count(count, 1);
-    }
-}
-
-/// Whether a request body names its own `payback_amount`.
-pub fn names_payback(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("payback_amount").is_some())
-}
-
-/// The client host's software.
-pub async fn client(spec: ClientSpec) -> turmoil::Result {
-    let mut rng = spec.rng.clone();
-    let mut state = ClientState {
-        catalogue: Arc::clone(&spec.catalogue),
-        orders_via_gateway: spec.orders_via_gateway,
-        racer: spec.racer,
-        clock: spec.clock.clone(),
-        habits: spec.habits,
-        max_balance: spec.max_balance,
-        boundary: spec.boundary,
-        ..ClientState::default()
-    };
-    let mut duplicates = Vec::new();
-    for op in 0..spec.ops {
-        let think = rng.millis(0, spec.behaviour.think_max_ms);
-        tokio::time::sleep(think).await;
-        let tag = i64::try_from(spec.index * 1000 + op).expect("small");
-        let (kind, planned) = next_op(&mut state, &mut rng, op, tag);
-        if planned.races {
-            spec.journal.count(Count::ExpiryRaces, 1);
-            spec.journal.event(
-                &crate::plan::client_name(spec.index),
-                format!("paying at the last moment: confirm sent {}ms after deciding to", planned.delay.as_millis()),
-            );
-        }
-        if !planned.delay.is_zero() {
-            tokio::time::sleep(planned.delay).await;
-        }
-        let key = planned.keyed.then(|| format!("c{}-o{op}", spec.index + 1));
-        spec.journal.count(Count::Operations, 1);
-        let attempt = Attempt { spec: &spec, planned: &planned, op, key: key.as_deref() };
-        match perform(attempt, &mut rng, &mut duplicates).await {
-            Some(reply) => {
-                spec.journal.count(Count::OperationsCompleted, 1);
-                count_answer(&spec.journal, &planned, &reply);
-                if (200..300).contains(&reply.status) {
-                    (kind.learn)(&mut state, &planned, &reply);
-                } else if let Some(index) = planned.order.filter(|_| is_code(&reply, "order_expired")) {
-                    state.orders[index].status = "expired".to_owned();
-                }
-                for count in state.noted.drain(..) {
-                    spec.journal.count(count, 1);
-                }
-            }
-            None => {
-                spec.journal.count(Count::OperationsAbandoned, 1);
-                spec.journal.event(&crate::plan::client_name(spec.index), format!("gave up on {}", planned.kind));
-            }
-        }
-    }
-    for duplicate in duplicates {
-        let _ = duplicate.await;
-    }
-    Ok(())
-}
-
-/// Order ids of another merchant's charges start with this.
-pub const FOREIGN_ORDER_PREFIX: &str = "elsewhere-";
-
-/// Another merchant's checkout on the same gateway: it charges payment keys
-/// our clients use (the shared pool, or one a client is about to use) for
-/// orders of its own. A charge under one of our keys that is not ours must
-/// never be adopted by our payment, nor refunded by us.
-#[derive(Clone, Debug)]
-pub struct ElsewhereSpec {
-    /// When, which key, how much.
-    pub charges: Vec<(Duration, String, i64)>,
-    pub journal: Journal,
-}
-
-/// The other merchant's host: one confirm per charge, straight to the gateway.
-pub async fn elsewhere(spec: ElsewhereSpec) -> turmoil::Result {
-    use tally_gateway::protocol::{self, ConfirmBody, IDEMPOTENCY_KEY_HEADER};
-    let authorization = protocol::basic_authorization(crate::gateway::SECRET_KEY);
-    let mut waited = Duration::ZERO;
-    for (index, (at, payment_key, amount)) in spec.charges.iter().enumerate() {
-        tokio::time::sleep(at.saturating_sub(waited)).await;
-        waited = waited.max(*at);
-        let order_id = format!("{FOREIGN_ORDER_PREFIX}{index}");
-        let body = ConfirmBody { payment_key: payment_key.clone(), order_id: order_id.clone(), amount: *amount };
-        let body = serde_json::to_vec(&body).expect("a confirm body serialises");
-        let headers = [("authorization", authorization.as_str()), (IDEMPOTENCY_KEY_HEADER, order_id.as_str())];
-        let gateway = crate::gateway::GATEWAY_HOST;
-        let request = net::request("POST", gateway, protocol::CONFIRM_PATH, &headers, Some(body));
-        let answer = match net::exchange(gateway, request, Duration::from_secs(1)).await {
-            Ok(reply) => format!("{}", reply.status),
-            Err(failure) => failure.to_string(),
-        };
-        spec.journal.event("elsewhere", format!("charged {payment_key} for {order_id} ({amount}): {answer}"));
-    }
-    Ok(())
 }

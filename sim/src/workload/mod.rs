@@ -1,0 +1,195 @@
+//! The clients: what they ask for (a table of operation kinds) and how they
+//! ask (like real clients: a timeout per attempt, retries with the same
+//! `Idempotency-Key` on a new connection, sometimes to another server,
+//! sometimes a deliberate duplicate while the first is still in flight).
+//!
+//! # The operation table
+//!
+//! [`OPS`] lists every kind of operation with a weight, a `build` that turns
+//! the client's state into a request (or declines, when the client has
+//! nothing to act on yet), and a `learn` that updates the state from a
+//! success. Besides money (top-ups, payments, confirms, cancels), clients
+//! order the seed's scarce products (one or two lines, the same two products
+//! listed in either order by different clients), join the event's queue and
+//! poll their token, order seats with it (sometimes with a token that is not
+//! active: a 403), pay orders (wallet, and gateway when the seed allows),
+//! cancel them, read them, restock (with the admin key), and leave the rest
+//! unpaid to lapse past the seed's order TTL.
+//!
+//! # The adversarial customer (issue 10)
+//!
+//! Each client has the seed's [`Habits`]: it may confirm gateway payments
+//! with keys already used (its own earlier payments', or a pool every such
+//! client — of every user — and another merchant share); spend the cashback
+//! of a done gateway payment and then cancel it (read the wallet, pay out
+//! nearly all of it, cancel); top the wallet up to just under its
+//! `max_balance` and then pay through the gateway with a payback that may not
+//! fit; book seat after seat with one queue token; and name its own
+//! `payback_amount` (which must be refused 400). A scheme's steps are a
+//! *script* the client follows before drawing anything else.
+//!
+//! # Amount tags
+//!
+//! Every money amount a client sends ends in a tag (`client * 1000 + op`)
+//! below [`TAG_SPACE`], unique within the run. The oracle reads it back from
+//! the ledger: two top-ups with one tag are one request taking effect twice.
+//! A payment for an order has the order's total as its amount (prices are
+//! whole multiples of [`TAG_SPACE`]) and carries no tag: the oracle counts
+//! an order's payments against the keys that asked for one.
+//!
+//! # Layout
+//!
+//! - this module: the client's state, the request an operation plans
+//!   ([`Planned`]) and the operation table's row type ([`OpKind`]);
+//! - `ops`: the operation table itself ([`OPS`]) — every kind's request
+//!   builder and what a client learns from its success, the adversarial
+//!   schemes' scripted steps, and how a client picks its next step;
+//! - `client`: how a client sends (attempts, retries with the same key,
+//!   duplicates), counts answers in the journal, and the other merchant.
+
+mod client;
+mod ops;
+
+pub use self::client::{ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, client, elsewhere, names_payback};
+pub use self::ops::{OPENING_PER_MILLE, OPS, shared_key};
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_core::ids::UserId;
+use tally_core::time::{Clock, Timestamp};
+
+use crate::catalogue::Catalogue;
+use crate::clock::SimClock;
+use crate::journal::{Answer, Count, Exchange, Journal};
+use crate::net::{self, Failure, Reply};
+use crate::plan::{ClientBehaviour, Habits, SHARED_KEYS, server_name, timing};
+use crate::rng::SimRng;
+
+/// Amounts are `units * TAG_SPACE + tag`.
+pub const TAG_SPACE: i64 = 100_000;
+
+/// How many units one restock adds.
+pub const RESTOCK_QUANTITY: u64 = 1;
+
+/// A payment the client created.
+#[derive(Clone, Debug)]
+pub struct Known {
+    pub id: String,
+    pub gateway: bool,
+    pub payment_key: String,
+    pub status: String,
+    /// The order it pays (index into `ClientState::orders`).
+    pub order: Option<usize>,
+    /// The payback the server set (the merchant's policy).
+    pub payback: i64,
+}
+
+/// An order the client created.
+#[derive(Clone, Debug)]
+pub struct KnownOrder {
+    pub id: String,
+    pub status: String,
+    /// When it expires unpaid, by the service's clock.
+    pub expires_at: Option<Timestamp>,
+    /// The seats it booked.
+    pub seats: Vec<String>,
+}
+
+/// The client's queue token.
+#[derive(Clone, Debug)]
+pub struct KnownToken {
+    pub id: String,
+    pub status: String,
+}
+
+/// What one client knows.
+#[derive(Clone, Debug, Default)]
+pub struct ClientState {
+    pub payments: Vec<Known>,
+    pub orders: Vec<KnownOrder>,
+    pub token: Option<KnownToken>,
+    pub catalogue: Arc<Catalogue>,
+    /// Whether this seed pays some orders through the gateway.
+    pub orders_via_gateway: bool,
+    /// What the client observed since the loop last looked, for the counters.
+    pub noted: Vec<Count>,
+    /// The natural next step after the last success (pay the order just
+    /// made, confirm the payment just created, poll a waiting token, book
+    /// seats with an active one): taken at [`FOLLOW_PER_MILLE`].
+    pub follow: Option<&'static str>,
+    /// Pays at the last moment, racing the order TTL (see [`Inventory::races_expiry`](crate::plan::Inventory)).
+    pub racer: bool,
+    /// The service's clock, as a client with a synchronised clock reads it.
+    pub clock: SimClock,
+    pub habits: Habits,
+    /// The user's `max_balance`, if it has one.
+    pub max_balance: Option<i64>,
+    /// The balance the client last read.
+    pub balance: Option<i64>,
+    /// A scheme's next steps, taken in order before anything is drawn: an
+    /// operation kind and, for a confirm or a cancel, the payment it is for.
+    pub script: VecDeque<(&'static str, Option<usize>)>,
+    /// The payment the step being built is for (from the script).
+    pub aim: Option<usize>,
+    /// The step being built is the key reuser's opening: reuse a key.
+    pub reusing: bool,
+    /// The UTC boundary the run starts before, if any (by the service's clock).
+    pub boundary: Option<Timestamp>,
+}
+
+/// A scheme of the adversarial customer, started by reading the wallet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Spend the cashback of this done gateway payment, then cancel it.
+    SpendCashback(usize),
+    /// Top up to just under `max_balance`, then pay through the gateway.
+    FillToMax,
+}
+
+/// How often a client takes the natural next step instead of a random one.
+pub const FOLLOW_PER_MILLE: u64 = 500;
+
+/// A request an operation wants sent.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub kind: &'static str,
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<Vec<u8>>,
+    /// Money and inventory moves carry an `Idempotency-Key` and are retried.
+    pub keyed: bool,
+    /// Retried without a key: the request is idempotent by itself (joining a queue).
+    pub idempotent: bool,
+    /// Sent with the admin key instead of the client's.
+    pub admin: bool,
+    /// The payment (index into `ClientState::payments`) this acts on.
+    pub payment: Option<usize>,
+    /// The order (index into `ClientState::orders`) this acts on.
+    pub order: Option<usize>,
+    /// For a new gateway payment: its payment key.
+    pub payment_key: Option<String>,
+    /// The `Queue-Token` header, for seats.
+    pub queue_token: Option<String>,
+    /// Waits this long before sending (a client polling its place in line,
+    /// or paying at the last moment).
+    pub delay: Duration,
+    /// A confirm timed to land just before its order's TTL.
+    pub races: bool,
+    /// The scheme this wallet read starts.
+    pub scheme: Option<Scheme>,
+    /// A step of a script: a payment it creates is confirmed next.
+    pub scripted: bool,
+    /// For seats: the ones asked for.
+    pub seats: Vec<String>,
+}
+
+/// One row of the operation table.
+#[derive(Debug)]
+pub struct OpKind {
+    pub name: &'static str,
+    pub weight: u64,
+    pub build: fn(&ClientState, &mut SimRng, i64) -> Option<Planned>,
+    pub learn: fn(&mut ClientState, &Planned, &Reply),
+}
