@@ -55,6 +55,10 @@ async fn post(http: &reqwest::Client, url: String, key: &str, idem: Option<&str>
     request.send().await.expect("request").json().await.expect("json")
 }
 
+async fn get(http: &reqwest::Client, url: String, key: &str) -> Value {
+    http.get(url).bearer_auth(key).send().await.expect("get").json().await.expect("json")
+}
+
 #[test]
 fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_confirm() {
     let cluster = tally_cluster::Cluster::start(tally_cluster::ClusterConfig::throwaway().fast_unsafe())
@@ -112,29 +116,13 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
         let mut second = start_tally(&database_url, &gateway_url, port, 0);
         let deadline = Instant::now() + Duration::from_secs(30);
         let got = loop {
-            let got: Value = http
-                .get(format!("{base}/v1/payments/{id}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .expect("get")
-                .json()
-                .await
-                .expect("json");
+            let got = get(&http, format!("{base}/v1/payments/{id}"), &key).await;
             if got["status"] == "done" || Instant::now() > deadline {
                 break got;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let wallet: Value = http
-            .get(format!("{base}/v1/wallet"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let wallet = get(&http, format!("{base}/v1/wallet"), &key).await;
         second.kill().expect("stop tally");
         second.wait().expect("reap");
         assert_eq!(got["status"], "done", "the completer recorded the charge");

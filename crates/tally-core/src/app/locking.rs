@@ -48,24 +48,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             | Command::CreateProduct { .. }
             | Command::CreateEvent { .. } => Vec::new(),
             Command::ConfirmPayment { payment, payment_key } => {
-                let mut keys = vec![LockKey::Payment(*payment), LockKey::Wallet(user)];
+                let mut keys = self.payment_keys(user, *payment).await?;
                 keys.extend(payment_key.clone().map(LockKey::PaymentKey));
-                let mut tx = self.store.peek().await?;
-                let peeked = tx.payment(*payment).await;
-                tx.rollback().await;
-                let order = peeked?.filter(|p| p.user == user).and_then(|p| p.order);
-                keys.extend(self.order_keys_of(order).await?);
                 keys
             }
-            Command::CancelPayment { payment } => {
-                let mut keys = vec![LockKey::Payment(*payment), LockKey::Wallet(user)];
-                let mut tx = self.store.peek().await?;
-                let peeked = tx.payment(*payment).await;
-                tx.rollback().await;
-                let order = peeked?.filter(|p| p.user == user).and_then(|p| p.order);
-                keys.extend(self.order_keys_of(order).await?);
-                keys
-            }
+            Command::CancelPayment { payment } => self.payment_keys(user, *payment).await?,
             Command::Restock { product, .. } => vec![LockKey::Product(*product)],
             Command::JoinQueue { event } => vec![LockKey::Queue(*event)],
             Command::QueueStatus { token } => {
@@ -107,6 +94,18 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
             }
         })
+    }
+
+    /// What a confirm or a cancel of `payment` moves: the payment, its
+    /// owner's wallet, and the order it pays (peeked, unlocked).
+    async fn payment_keys(&self, user: UserId, payment: PaymentId) -> Result<Vec<LockKey>, Error> {
+        let mut keys = vec![LockKey::Payment(payment), LockKey::Wallet(user)];
+        let mut tx = self.store.peek().await?;
+        let peeked = tx.payment(payment).await;
+        tx.rollback().await;
+        let order = peeked?.filter(|p| p.user == user).and_then(|p| p.order);
+        keys.extend(self.order_keys_of(order).await?);
+        Ok(keys)
     }
 
     /// The keys of the order `order` names (peeked, unlocked).
