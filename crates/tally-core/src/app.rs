@@ -225,6 +225,7 @@ pub struct LedgerPage {
 struct Held<'r> {
     scope: IdemScope,
     lease: LeaseToken,
+    fingerprint: Fingerprint,
     render: &'r Render,
 }
 
@@ -233,6 +234,8 @@ enum Step {
     Done(Outcome),
     /// Committed the intent; now call the gateway about this payment.
     Call(Payment, Call, Answer),
+    /// The key already answers, or is busy: nothing ran.
+    Answered(Admission),
 }
 
 /// What recording a gateway verdict left to do.

@@ -1,18 +1,23 @@
 //! Idempotency records (SPEC.md "Idempotency"; the IETF Idempotency-Key draft;
 //! Stripe; brandur's rocket-rides).
 //!
-//! A keyed request goes through two phases:
+//! A keyed request is **admitted, run and answered in one transaction**:
+//! it looks up `(user, key)` ([`admit`]); no record (or an expired one) →
+//! it runs, and writes the record *completed*, with the stored response, in
+//! the transaction that writes the effect. A completed record with the same
+//! fingerprint → replay; another fingerprint → reused; a live in-flight
+//! record → in use. So the key and its effect commit together or not at
+//! all: a crash, an abandoned request or an ambiguous commit leaves either
+//! both or neither, and a retry replays or runs exactly once. Two racing
+//! first requests both run, and the store lets one commit (the key is
+//! unique); the other decides again and replays.
 //!
-//! 1. **Admission** ([`admit`]): in its own short transaction, the request looks
-//!    up `(user, key)`. No record (or an expired one) → it inserts an
-//!    *in-flight* record carrying a fresh lease token and proceeds. A completed
-//!    record with the same fingerprint → replay. Another fingerprint → reused.
-//!    A live in-flight record → in use.
-//! 2. **Completion**: the effect and the completed record (with the stored
-//!    response) are written in **one** transaction, which first checks the
-//!    record is still in flight under this request's lease. So a crash, an
-//!    ambiguous commit, or a lease takeover can never leave an effect without
-//!    its record, or a record that lets the effect run twice.
+//! Only a gateway payment commits its record *in flight* (with a lease
+//! token) before its effect: the intent is committed before the gateway is
+//! called, and the key must say "in use" meanwhile. The verdict's
+//! transaction completes it, after checking the record is still in flight
+//! under this request's lease; past the lease a new request may take the
+//! key over, and the stalled one is fenced off by its token.
 //!
 //! The core does not know HTTP: a stored response is an opaque status and body
 //! that the HTTP layer renders and replays byte for byte.

@@ -198,11 +198,11 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
         let user = user_with(&app, Limits::default(), 1_000).await;
         let id = new_payment(&app, user, 400, 40).await;
         let pay = Command::ConfirmPayment { payment: id, payment_key: None };
-        // Admission commits cleanly; the effect's commit is ambiguous.
+        // The request's one commit (admission, effect and answer) is ambiguous.
         let mut commits = 0;
         app.store().set_commit_faults(Some(Box::new(move || {
             commits += 1;
-            if commits == 2 { CommitFault::Ambiguous } else { CommitFault::None }
+            if commits == 1 { CommitFault::Ambiguous } else { CommitFault::None }
         })));
         let first = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
         assert_eq!(first, Err(Error::Store(StoreError::Ambiguous)));
@@ -216,17 +216,51 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
     });
 }
 
+/// Issue 12: admission, effect and the stored answer share one commit, and
+/// a replay commits nothing.
+#[test]
+fn a_keyed_request_commits_once_and_its_replay_never() {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let id = new_payment(&app, user, 400, 40).await;
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = commits.clone();
+        app.store().set_commit_faults(Some(Box::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            CommitFault::None
+        })));
+        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
+        let first = app.execute(user, pay.clone(), Some(keyed("pay-once", &pay))).await;
+        assert!(matches!(first, Ok(Executed::Fresh(_))), "{first:?}");
+        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1, "one commit per keyed request");
+        let replay = app.execute(user, pay.clone(), Some(keyed("pay-once", &pay))).await;
+        assert!(matches!(replay, Ok(Executed::Replayed(_))), "{replay:?}");
+        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1, "a replay writes nothing");
+        // A refusal is stored under its key: one more commit, for the answer.
+        let again = Command::ConfirmPayment { payment: id, payment_key: None };
+        let refused = app.execute(user, again.clone(), Some(keyed("pay-twice", &again))).await;
+        assert!(matches!(refused, Err(Error::Transition(_))), "{refused:?}");
+        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        app.store().set_commit_faults(None);
+        let replayed = app.execute(user, again.clone(), Some(keyed("pay-twice", &again))).await;
+        assert!(matches!(replayed, Ok(Executed::Replayed(ref r)) if r.status == 409), "{replayed:?}");
+        assert_eq!(balance(&app, user).await, Money::new(600 + 40), "charged once, paid back once");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
 #[test]
 fn a_failed_effect_frees_the_key_for_a_retry() {
     let app = locked();
     block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         let top_up = Command::TopUp { amount: amount(5) };
-        // Admission commits; the effect's commit is lost before it arrives.
+        // The request's one commit is lost before it arrives.
         let mut commits = 0;
         app.store().set_commit_faults(Some(Box::new(move || {
             commits += 1;
-            if commits == 2 { CommitFault::Lost } else { CommitFault::None }
+            if commits == 1 { CommitFault::Lost } else { CommitFault::None }
         })));
         let lost = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
         assert!(matches!(lost, Err(Error::Store(StoreError::Unavailable(_)))), "{lost:?}");

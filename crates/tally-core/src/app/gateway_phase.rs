@@ -149,7 +149,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             _ => Outcome::Payment(payment),
         };
         if let (Some(held), Some(record)) = (held, record) {
-            self.complete(tx, held, &record, &outcome, op).await?;
+            self.complete(tx, held, Some(&record), &record, &outcome, op).await?;
         }
         Ok(Recorded::Final(outcome))
     }

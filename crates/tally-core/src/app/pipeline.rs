@@ -7,28 +7,39 @@ use super::*;
 
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Runs a mutating use case for `user`, at most once per idempotency key.
+    ///
+    /// A keyed request is admitted, run and completed in **one** transaction
+    /// (see [`crate::idempotency`]): the key's record is written only with
+    /// the effect it answers for. Only a gateway payment's key is committed
+    /// in flight, with its intent, before the gateway is called.
     pub async fn execute(&self, user: UserId, command: Command, keyed: Option<Keyed<'_>>) -> Result<Executed, Error> {
         let Some(keyed) = keyed else {
-            return self.run(user, &command, None).await.map(Executed::Fresh);
+            return self.run(user, &command, None).await;
         };
         let scope = IdemScope { user, key: keyed.key };
-        let lease = LeaseToken(self.ids.next_id());
-        match self.admit(&scope, keyed.fingerprint, lease).await? {
-            Admission::Start(_) => {}
-            Admission::Replay(response) => return Ok(Executed::Replayed(response)),
-            Admission::InUse => return Err(Error::IdempotencyKeyInUse),
-            Admission::Reused => return Err(Error::IdempotencyKeyReused),
+        // A duplicate of a request this instance is running is told at once
+        // (409), not queued behind it. A probe, released at once: correctness
+        // comes from the store, which lets one of two racing admissions commit.
+        match self.locks.acquire(&LockSet::new([LockKey::Idempotency(scope.clone())]), Duration::ZERO).await {
+            Ok(probe) => drop(probe),
+            Err(crate::store::LockError::Timeout) => return Err(Error::IdempotencyKeyInUse),
+            Err(error) => return Err(error.into()),
         }
-        let held = Held { scope, lease, render: keyed.render };
+        let lease = LeaseToken(self.ids.next_id());
+        let held = Held { scope, lease, fingerprint: keyed.fingerprint, render: keyed.render };
         match self.run(user, &command, Some(&held)).await {
-            Ok(outcome) => Ok(Executed::Fresh(outcome)),
+            Ok(executed) => Ok(executed),
+            // The key answers for another request: nothing ran, nothing to close.
+            Err(error @ (Error::IdempotencyKeyInUse | Error::IdempotencyKeyReused)) => Err(error),
             Err(error) => {
                 let stored = self.close_key(&held, &error).await;
                 if error.is_refusal() && !stored {
                     // The refusal could not be stored under the key (its
-                    // commit failed): answering it now would let a retry run
-                    // the request again and answer differently. Say "retry"
-                    // instead; the retry meets the key in flight or free.
+                    // commit failed, or another instance answered the key
+                    // meanwhile): answering it now would let a retry run the
+                    // request again and answer differently. Say "retry"
+                    // instead; the retry meets the key in flight, free or
+                    // answered.
                     return Err(Error::Busy("the answer could not be recorded; retry"));
                 }
                 Err(error)
@@ -36,59 +47,39 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
     }
 
-    /// Phase 1 of a keyed request: claim the key, or learn why not. Two
-    /// first requests racing without locks both try to insert; the loser's
-    /// commit conflicts (unique key) and it decides again on what won.
-    pub(super) async fn admit(
+    /// Admission, inside the request's transaction: what the key says about
+    /// this request, and the record it is stored under now (if any). Under
+    /// the pessimistic strategy a record another transaction holds is a key
+    /// in flight, answered at once.
+    pub(super) async fn admit_in(
         &self,
-        scope: &IdemScope,
-        fingerprint: Fingerprint,
-        lease: LeaseToken,
-    ) -> Result<Admission, Error> {
-        let keys = LockSet::new([LockKey::Idempotency(scope.clone())]);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Never wait for the key: whoever holds it is running a request
-            // with it (its admission, its effect or its settlement), so this
-            // one is a duplicate in flight and is told so at once.
-            let _guard = match self.locks.acquire(&keys, Duration::ZERO).await {
-                Ok(guard) => guard,
-                Err(crate::store::LockError::Timeout) => return Ok(Admission::InUse),
-                Err(error) => return Err(error.into()),
-            };
-            let mut tx = self.store.begin().await?;
-            let existing = match tx.idempotency_no_wait(scope).await {
-                Ok(existing) => existing,
-                Err(StoreError::Busy) => {
-                    tx.rollback().await;
-                    return Ok(Admission::InUse);
-                }
-                Err(error) => return Err(error.into()),
-            };
-            let now = self.clock.now();
-            let admission =
-                idempotency::admit(existing.as_ref(), scope, fingerprint, lease, self.config.idempotency, now);
-            let Admission::Start(record) = &admission else {
-                tx.rollback().await;
-                return Ok(admission);
-            };
-            let written = match tx.put_idempotency(existing.as_ref(), record).await {
-                Ok(()) => tx.commit().await,
-                Err(error) => Err(error),
-            };
-            match written {
-                Ok(()) => return Ok(admission),
-                Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
-                Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
-            }
-        }
+        tx: &mut S::Tx,
+        held: &Held<'_>,
+    ) -> Result<(Option<IdemRecord>, Admission), Error> {
+        let existing = match tx.idempotency_no_wait(&held.scope).await {
+            Ok(existing) => existing,
+            Err(StoreError::Busy) => return Ok((None, Admission::InUse)),
+            Err(error) => return Err(error.into()),
+        };
+        let now = self.clock.now();
+        let admission = idempotency::admit(
+            existing.as_ref(),
+            &held.scope,
+            held.fingerprint,
+            held.lease,
+            self.config.idempotency,
+            now,
+        );
+        Ok((existing, admission))
     }
 
-    /// After a keyed request failed: store a refusal as its answer, or free the
-    /// key so the client can retry. Only while the record is still ours and in
-    /// flight — after an ambiguous commit it may already be completed, and then
-    /// it must stay so. If this fails too, the lease expiry frees the key.
+    /// After a keyed request failed: store a refusal as its answer, or free
+    /// the key so the client can retry. A key this request committed in
+    /// flight (a gateway payment's) is completed or freed only while it is
+    /// still ours — after an ambiguous commit it may already be completed,
+    /// and then it must stay so. A key the request never wrote is admitted
+    /// again here, and a refusal stored under it. If this fails, a refusal
+    /// is not answered (see `execute`) and the lease expiry frees the key.
     /// Returns whether a refusal was stored (always true for other errors).
     pub(super) async fn close_key(&self, held: &Held<'_>, error: &Error) -> bool {
         if *error == Error::LeaseLost {
@@ -103,14 +94,32 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let Ok(mut tx) = self.store.begin().await else {
             return !refusal;
         };
-        let Ok(Some(record)) = tx.idempotency(&held.scope).await else {
+        let Ok(existing) = tx.idempotency(&held.scope).await else {
             return !refusal;
         };
-        let written = match response.and_then(|r| record.complete(held.lease, r, None)) {
-            Some(completed) => tx.put_idempotency(Some(&record), &completed).await,
-            None if record.held_by(held.lease) => tx.delete_idempotency(&record).await,
-            // Taken over: the key now answers for another request.
-            None => return !refusal,
+        let written = match (existing.as_ref().filter(|r| r.held_by(held.lease)), response) {
+            (Some(record), Some(response)) => {
+                let completed = record.complete(held.lease, response, None).expect("held by this lease");
+                tx.put_idempotency(Some(record), &completed).await
+            }
+            (Some(record), None) => tx.delete_idempotency(record).await,
+            // Never written, nothing to free.
+            (None, None) => return true,
+            (None, Some(response)) => {
+                let now = self.clock.now();
+                let admission = idempotency::admit(
+                    existing.as_ref(),
+                    &held.scope,
+                    held.fingerprint,
+                    held.lease,
+                    self.config.idempotency,
+                    now,
+                );
+                // Answered or taken meanwhile (by another instance): not ours to answer.
+                let Admission::Start(fresh) = admission else { return false };
+                let completed = fresh.complete(held.lease, response, None).expect("a fresh admission is held");
+                tx.put_idempotency(existing.as_ref(), &completed).await
+            }
         };
         match written {
             Ok(()) => tx.commit().await.is_ok() || !refusal,
@@ -127,7 +136,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         user: UserId,
         command: &Command,
         mut held: Option<&Held<'_>>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Executed, Error> {
         let mut attempt = 0;
         let step = loop {
             attempt += 1;
@@ -139,6 +148,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
             let mut tx = self.store.begin().await?;
             let step = match self.run_in(&mut tx, user, command, held, &keys).await {
+                // Read, wrote nothing: no commit to pay for.
+                Ok(step @ Step::Answered(_)) => {
+                    tx.rollback().await;
+                    break step;
+                }
                 Ok(step) => step,
                 Err(error) => {
                     tx.rollback().await;
@@ -173,8 +187,13 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
         };
         match step {
-            Step::Done(outcome) => Ok(outcome),
-            Step::Call(payment, call, answer) => self.call_and_record(&payment, call, held, answer).await,
+            Step::Done(outcome) => Ok(Executed::Fresh(outcome)),
+            Step::Call(payment, call, answer) => {
+                self.call_and_record(&payment, call, held, answer).await.map(Executed::Fresh)
+            }
+            Step::Answered(Admission::Replay(response)) => Ok(Executed::Replayed(response)),
+            Step::Answered(Admission::Reused) => Err(Error::IdempotencyKeyReused),
+            Step::Answered(Admission::InUse | Admission::Start(_)) => Err(Error::IdempotencyKeyInUse),
         }
     }
 
@@ -188,13 +207,25 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     ) -> Result<Step, Error> {
         let now = self.clock.now();
         // Loads follow the lock order: the idempotency record first.
-        let record = self.held_record(tx, held).await?;
+        let (existing, record) = match held {
+            None => (None, None),
+            Some(held) => match self.admit_in(tx, held).await? {
+                (existing, Admission::Start(record)) => (existing, Some(record)),
+                (_, answered) => return Ok(Step::Answered(answered)),
+            },
+        };
         let op = OpId(self.ids.next_id());
         let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
         let booking = Booking { op, origin, at: now };
         let step = self.apply(tx, user, command, &booking, locked).await?;
-        if let (Step::Done(outcome), Some(held), Some(record)) = (&step, held, &record) {
-            self.complete(tx, held, record, outcome, op).await?;
+        if let (Some(held), Some(record)) = (held, &record) {
+            match &step {
+                Step::Done(outcome) => self.complete(tx, held, existing.as_ref(), record, outcome, op).await?,
+                // The gateway is called after this commit: the key goes in
+                // flight with the intent, and phase 3 completes it.
+                Step::Call(..) => tx.put_idempotency(existing.as_ref(), record).await?,
+                Step::Answered(_) => unreachable!("apply answers no admission"),
+            }
         }
         Ok(step)
     }
@@ -213,20 +244,26 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     /// Stores the response under the key, in the effect's transaction.
+    /// `record` is the key's in-flight record; `stored` is what the store
+    /// holds under the key now (`record` itself once it was committed, an
+    /// expired record or nothing when it was admitted in this transaction).
     pub(super) async fn complete(
         &self,
         tx: &mut S::Tx,
         held: &Held<'_>,
+        stored: Option<&IdemRecord>,
         record: &IdemRecord,
         outcome: &Outcome,
         op: OpId,
     ) -> Result<(), Error> {
-        match (held.render)(&Ok(outcome.clone())) {
-            Some(response) => {
+        match ((held.render)(&Ok(outcome.clone())), stored) {
+            (Some(response), _) => {
                 let completed = record.complete(held.lease, response, Some(op)).expect("lease checked above");
-                tx.put_idempotency(Some(record), &completed).await?;
+                tx.put_idempotency(stored, &completed).await?;
             }
-            None => tx.delete_idempotency(record).await?,
+            // Nothing to answer with: free the key if it was ours in the store.
+            (None, Some(stored)) if stored.held_by(held.lease) => tx.delete_idempotency(stored).await?,
+            (None, _) => {}
         }
         Ok(())
     }

@@ -78,12 +78,12 @@ async fn an_unreachable_store_answers_503_and_frees_the_key() {
 async fn an_ambiguous_commit_answers_503_and_the_retry_replays_instead_of_charging_twice() {
     let app = TestApp::spawn();
     let user = app.create_user("a").await;
-    // The admission commits normally; the effect's commit is applied but
-    // reported as failed.
+    // The request's one commit (admission, effect and answer) is applied
+    // but reported as failed.
     let commits = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = Arc::clone(&commits);
     app.store.set_commit_faults(Some(Box::new(move || {
-        if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+        if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
             CommitFault::Ambiguous
         } else {
             CommitFault::None

@@ -214,7 +214,7 @@ async fn a_duplicate_of_a_running_request_is_told_it_is_in_flight_then_replays()
 }
 
 #[tokio::test]
-async fn a_timed_out_request_keeps_its_key_until_the_lease_ends_then_runs_once() {
+async fn a_timed_out_request_did_nothing_and_its_retry_runs_once() {
     let mut options = Options::default();
     options.http.request_timeout = Duration::from_millis(200);
     let app = TestApp::spawn_with(options);
@@ -224,17 +224,14 @@ async fn a_timed_out_request_keeps_its_key_until_the_lease_ends_then_runs_once()
     timed_out.assert_problem(503, "unavailable");
     assert_eq!(timed_out.header("retry-after"), Some("1"));
     drop(guard);
-    // The abandoned attempt still holds the key (its lease has not ended):
-    // in use, whatever the body, and not stored.
-    app.top_up(&user, "k", 10).await.assert_problem(409, "idempotency_key_in_use");
-    app.top_up(&user, "k", 11).await.assert_problem(409, "idempotency_key_in_use");
+    // The key is written only with the effect, in one commit: the abandoned
+    // attempt wrote neither, so the key is free and the retry runs, once.
     assert_eq!(app.balance(&user).await, 0, "the timed-out request did nothing");
-    // After the lease, the key is taken over and the top-up runs, once.
-    app.clock.advance(Duration::from_secs(61));
     let retried = app.top_up(&user, "k", 10).await;
     retried.assert_status(201);
     assert_eq!(retried.header("idempotent-replayed"), None);
     assert_eq!(app.top_up(&user, "k", 10).await.header("idempotent-replayed"), Some("true"));
+    app.top_up(&user, "k", 11).await.assert_problem(422, "idempotency_key_reused");
     assert_eq!(app.balance(&user).await, 10);
     app.assert_invariants().await;
 }
