@@ -52,8 +52,7 @@ async fn a_payment_key_pays_one_payment_only() {
 
     // A stored refusal: the same key replays it byte for byte.
     let replayed = app.confirm_with_key(&user, &p2, "pk_K", "confirm-p2").await;
-    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&refused);
     assert_eq!(
         problem["detail"],
         "this payment key was already used for another payment; a payment key pays one payment only"
