@@ -261,6 +261,15 @@ impl<G: Gateway> TestApp<G> {
         self.create_user_with(json!({ "name": name })).await
     }
 
+    /// One user per name, created in order.
+    pub async fn create_users<const N: usize>(&self, names: [&str; N]) -> [TestUser; N] {
+        let mut users = Vec::with_capacity(N);
+        for name in names {
+            users.push(self.create_user(name).await);
+        }
+        users.try_into().expect("one user per name")
+    }
+
     pub async fn create_user_with(&self, body: Value) -> TestUser {
         let response = self.call(Call::post("/v1/users").bearer(ADMIN_KEY).json(body.to_string())).await;
         let user = response.assert_status(201);

@@ -127,8 +127,7 @@ async fn out_of_stock_is_a_stored_refusal_that_changes_nothing() {
 async fn a_held_seat_is_unavailable_to_anyone_else() {
     let app = TestApp::spawn();
     let event = app.create_event(2, &[2], 5000).await;
-    let first = app.create_user("first").await;
-    let second = app.create_user("second").await;
+    let [first, second] = app.create_users(["first", "second"]).await;
     let first_token = app.active_token(&first, &event.id).await;
     let second_token = app.active_token(&second, &event.id).await;
     let seat = event.seat(0, 0).to_owned();
@@ -231,9 +230,7 @@ async fn seats_need_the_callers_active_token_for_their_event() {
     let app = TestApp::spawn();
     let event = app.create_event(1, &[2], 1000).await;
     let elsewhere = app.create_event(5, &[1], 1000).await;
-    let user = app.create_user("u").await;
-    let other = app.create_user("other").await;
-    let latecomer = app.create_user("late").await;
+    let [user, other, latecomer] = app.create_users(["u", "other", "late"]).await;
     let others_token = app.active_token(&other, &event.id).await;
     let waiting = app.join_queue(&latecomer, &event.id).await.assert_status(201);
     assert_eq!(waiting["status"], "waiting");
@@ -386,6 +383,22 @@ async fn order_payment_bodies_take_exactly_one_of_amount_and_order_id() {
     assert!(app.snapshot().await.payments.is_empty());
 }
 
+/// Sends every call at once and returns their statuses, sorted; each 409
+/// must be the problem `conflict`.
+async fn race(app: &TestApp, calls: impl Iterator<Item = Call>, conflict: &str) -> Vec<u16> {
+    let racers: Vec<_> = calls.map(|call| tokio::spawn(call_router(app.router.clone(), call))).collect();
+    let mut statuses = Vec::new();
+    for racer in racers {
+        let response = racer.await.unwrap();
+        if response.status == StatusCode::CONFLICT {
+            response.assert_problem(409, conflict);
+        }
+        statuses.push(response.status.as_u16());
+    }
+    statuses.sort_unstable();
+    statuses
+}
+
 /// Racers for the last units: exactly as many win as there are units.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_orders_never_oversell() {
@@ -396,22 +409,8 @@ async fn concurrent_orders_never_oversell() {
         users.push(app.create_user(&format!("racer-{i}")).await);
     }
     let body = json!({"items": [{"product_id": product, "quantity": 1}]}).to_string();
-    let racers: Vec<_> = users
-        .iter()
-        .map(|user| {
-            let call = Call::post("/v1/orders").bearer(&user.key).idem("race").json(body.clone());
-            tokio::spawn(call_router(app.router.clone(), call))
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for racer in racers {
-        let response = racer.await.unwrap();
-        if response.status == StatusCode::CONFLICT {
-            response.assert_problem(409, "out_of_stock");
-        }
-        statuses.push(response.status.as_u16());
-    }
-    statuses.sort_unstable();
+    let calls = users.iter().map(|user| Call::post("/v1/orders").bearer(&user.key).idem("race").json(body.clone()));
+    let statuses = race(&app, calls, "out_of_stock").await;
     assert_eq!(statuses, [201, 201, 201, 409, 409, 409, 409, 409]);
     assert_eq!(app.stock(&product).await, 0);
     app.assert_invariants().await;
@@ -429,23 +428,10 @@ async fn concurrent_seat_orders_hold_a_seat_once() {
         racers.push((user, token));
     }
     let body = json!({"seats": [event.seat(0, 0)]}).to_string();
-    let racers: Vec<_> = racers
-        .iter()
-        .map(|(user, token)| {
-            let call =
-                Call::post("/v1/orders").bearer(&user.key).idem("seat").header("queue-token", token).json(body.clone());
-            tokio::spawn(call_router(app.router.clone(), call))
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for racer in racers {
-        let response = racer.await.unwrap();
-        if response.status == StatusCode::CONFLICT {
-            response.assert_problem(409, "seat_unavailable");
-        }
-        statuses.push(response.status.as_u16());
-    }
-    statuses.sort_unstable();
+    let calls = racers.iter().map(|(user, token)| {
+        Call::post("/v1/orders").bearer(&user.key).idem("seat").header("queue-token", token).json(body.clone())
+    });
+    let statuses = race(&app, calls, "seat_unavailable").await;
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409]);
     assert_eq!(app.seat_status(&event.showtimes[0].0, event.seat(0, 0)).await, "held");
     app.assert_invariants().await;
