@@ -8,6 +8,10 @@
 //!   is simply "not found", like an unknown one.
 //! - [`QueueTokenHeader`]: the `Queue-Token` header of an order with seats.
 //!
+//! Each header and path extractor also documents itself for the OpenAPI
+//! document ([`IntoParams`]), so a route's `params(...)` names the
+//! extractors it takes instead of spelling their parameters out again.
+//!
 //! Checks run in the order a client can act on them: the key header first
 //! (400), then the body's size (413), media type (415) and shape (400).
 
@@ -20,6 +24,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tally_core::idempotency::{Fingerprint, IdemKey};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, ShowtimeId, TokenId};
+use utoipa::IntoParams;
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
 
 use crate::dto::{
     ConfirmRequest, CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest,
@@ -140,6 +148,43 @@ impl<T: RequestBody, B: Backend> FromRequest<AppState<B>> for KeyedJson<T> {
     }
 }
 
+/// The `Idempotency-Key` header, for the OpenAPI document: [`KeyedJson`]
+/// reads it, but a body extractor cannot list a header among a route's
+/// parameters.
+pub struct IdempotencyKeyHeader;
+
+impl IntoParams for IdempotencyKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API \
+                           description)";
+        vec![string_parameter(IDEMPOTENCY_KEY_NAME, ParameterIn::Header, true, None, description)]
+    }
+}
+
+/// The header's name as the OpenAPI document spells it.
+const IDEMPOTENCY_KEY_NAME: &str = "Idempotency-Key";
+
+/// One string parameter of a route, as utoipa writes a `String` (required)
+/// or an `Option<String>` (not required, and may be `null`).
+fn string_parameter(
+    name: &str,
+    location: ParameterIn,
+    required: bool,
+    format: Option<KnownFormat>,
+    description: &str,
+) -> Parameter {
+    let schema_type =
+        if required { SchemaType::new(Type::String) } else { [Type::String, Type::Null].into_iter().collect() };
+    let schema = ObjectBuilder::new().schema_type(schema_type).format(format.map(SchemaFormat::KnownFormat));
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(location)
+        .description(Some(description))
+        .required(if required { Required::True } else { Required::False })
+        .schema(Some(schema))
+        .build()
+}
+
 /// The `Idempotency-Key` header. The IETF draft makes it a structured-field
 /// string, sent quoted (`"abc"`); Stripe-style clients send it bare (`abc`).
 /// Both name the same key.
@@ -203,9 +248,11 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Fingerprint {
 }
 
 /// The `{id}` of a route as a typed id. Not a UUID → 404, as for any
-/// unknown object: a path names something, and this names nothing.
-macro_rules! path_id {
-    ($(#[$doc:meta])* $name:ident($id:ty)) => {
+/// unknown object: a path names something, and this names nothing. Each
+/// is declared with the name of its path segment and its description in
+/// the OpenAPI document.
+macro_rules! path_ids {
+    ($($(#[$doc:meta])* $name:ident($id:ty) as $param:literal: $description:literal;)+) => {$(
         $(#[$doc])*
         #[derive(Clone, Copy, Debug)]
         pub struct $name(pub $id);
@@ -219,33 +266,29 @@ macro_rules! path_id {
                 <$id>::parse(&id).map($name).ok_or_else(ApiError::not_found)
             }
         }
-    };
+
+        impl IntoParams for $name {
+            fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+                vec![string_parameter($param, ParameterIn::Path, true, Some(KnownFormat::Uuid), $description)]
+            }
+        }
+    )+};
 }
 
-path_id!(
+path_ids! {
     /// `{id}` of a payment route.
-    PaymentPath(PaymentId)
-);
-path_id!(
+    PaymentPath(PaymentId) as "id": "The payment";
     /// `{id}` of a product route.
-    ProductPath(ProductId)
-);
-path_id!(
+    ProductPath(ProductId) as "id": "The product";
     /// `{id}` of an event route.
-    EventPath(EventId)
-);
-path_id!(
+    EventPath(EventId) as "id": "The event";
     /// `{id}` of a showtime route.
-    ShowtimePath(ShowtimeId)
-);
-path_id!(
+    ShowtimePath(ShowtimeId) as "id": "The showtime";
     /// `{id}` of an order route.
-    OrderPath(OrderId)
-);
-path_id!(
+    OrderPath(OrderId) as "id": "The order";
     /// `{token}` of a queue route.
-    TokenPath(TokenId)
-);
+    TokenPath(TokenId) as "token": "The token";
+}
 
 /// The header that carries an active queue token when an order books seats.
 pub const QUEUE_TOKEN: &str = "queue-token";
@@ -267,6 +310,14 @@ impl<St: Send + Sync> FromRequestParts<St> for QueueTokenHeader {
         token
             .map(|token| QueueTokenHeader(Some(token)))
             .ok_or_else(|| ApiError::malformed("the Queue-Token header must be one token (a UUID)"))
+    }
+}
+
+impl IntoParams for QueueTokenHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let description = "Required for seats: the caller's active token for their event (`POST /v1/events/{id}/queue`). \
+                           Not part of the request fingerprint";
+        vec![string_parameter("Queue-Token", ParameterIn::Header, false, Some(KnownFormat::Uuid), description)]
     }
 }
 

@@ -7,7 +7,10 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::problem::Problem;
-use crate::routes::{catalog, ops, orders, payments, queue, users, wallet};
+// Each path's tag is the name its module is listed under in `paths(...)`
+// (utoipa's default), so a module's routes share their tag without each
+// naming it; two modules go by the tag's longer name here.
+use crate::routes::{catalog as catalogue, ops as operations, orders, payments, queue, users, wallet};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -36,22 +39,22 @@ use crate::routes::{catalog, ops, orders, payments, queue, users, wallet};
         payments::get_payment,
         payments::confirm_payment,
         payments::cancel_payment,
-        catalog::create_product,
-        catalog::get_product,
-        catalog::restock,
-        catalog::create_event,
-        catalog::showtimes,
-        catalog::seats,
+        catalogue::create_product,
+        catalogue::get_product,
+        catalogue::restock,
+        catalogue::create_event,
+        catalogue::showtimes,
+        catalogue::seats,
         queue::join_queue,
         queue::queue_token,
         orders::create_order,
         orders::get_order,
         orders::cancel_order,
-        ops::healthz,
-        ops::readyz,
-        ops::metrics,
-        ops::openapi_json,
-        ops::docs,
+        operations::healthz,
+        operations::readyz,
+        operations::metrics,
+        operations::openapi_json,
+        operations::docs,
     ),
     components(schemas(
         Problem,

@@ -21,7 +21,7 @@ use crate::dto::{
     CreateEventRequest, CreateProductRequest, EventBody, ProductBody, RestockRequest, SeatBody, SeatsBody,
     ShowtimeBody, ShowtimesBody,
 };
-use crate::extract::{EventPath, JsonBody, KeyedJson, ProductPath, ShowtimePath};
+use crate::extract::{EventPath, IdempotencyKeyHeader, JsonBody, KeyedJson, ProductPath, ShowtimePath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{AdminErrors, JsonBodyErrors, KeyErrors, MediaTypeError, NotFound, ReadErrors};
@@ -41,7 +41,6 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 #[utoipa::path(
     post,
     path = "/v1/products",
-    tag = "catalogue",
     security(("admin_key" = [])),
     request_body = CreateProductRequest,
     responses(
@@ -66,12 +65,8 @@ pub async fn create_product<B: Backend>(
 #[utoipa::path(
     post,
     path = "/v1/products/{id}/restock",
-    tag = "catalogue",
     security(("admin_key" = [])),
-    params(
-        ("id" = String, Path, format = Uuid, description = "The product"),
-        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the admin, kept 24 h (see the API description)"),
-    ),
+    params(ProductPath, IdempotencyKeyHeader),
     request_body = RestockRequest,
     responses(
         (status = 200, description = "Restocked (or replayed)", body = ProductBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
@@ -95,8 +90,7 @@ pub async fn restock<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/products/{id}",
-    tag = "catalogue",
-    params(("id" = String, Path, format = Uuid, description = "The product")),
+    params(ProductPath),
     responses(
         (status = 200, description = "The product", body = ProductBody),
         ReadErrors,
@@ -115,7 +109,6 @@ pub async fn get_product<B: Backend>(
 #[utoipa::path(
     post,
     path = "/v1/events",
-    tag = "catalogue",
     security(("admin_key" = [])),
     request_body = CreateEventRequest,
     responses(
@@ -147,8 +140,7 @@ pub async fn create_event<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/events/{id}/showtimes",
-    tag = "catalogue",
-    params(("id" = String, Path, format = Uuid, description = "The event")),
+    params(EventPath),
     responses(
         (status = 200, description = "The showtimes", body = ShowtimesBody),
         ReadErrors,
@@ -167,8 +159,7 @@ pub async fn showtimes<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/showtimes/{id}/seats",
-    tag = "catalogue",
-    params(("id" = String, Path, format = Uuid, description = "The showtime")),
+    params(ShowtimePath),
     responses(
         (status = 200, description = "The seats", body = SeatsBody),
         ReadErrors,

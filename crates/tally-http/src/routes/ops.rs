@@ -25,7 +25,7 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = StatusBody)))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = StatusBody)))]
 pub async fn healthz() -> Json<StatusBody> {
     Json(StatusBody { status: "ok".into() })
 }
@@ -34,7 +34,6 @@ pub async fn healthz() -> Json<StatusBody> {
 #[utoipa::path(
     get,
     path = "/readyz",
-    tag = "operations",
     responses(
         (status = 200, body = StatusBody),
         Unavailable,
@@ -52,7 +51,6 @@ pub async fn readyz<B: Backend>(State(state): State<AppState<B>>) -> Result<Json
 #[utoipa::path(
     get,
     path = "/metrics",
-    tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics<B: Backend>(State(state): State<AppState<B>>) -> Response {
@@ -62,11 +60,11 @@ pub async fn metrics<B: Backend>(State(state): State<AppState<B>>) -> Response {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
 #[allow(dead_code)] // documents a route the Swagger UI router serves
 fn openapi_json() {}
 
 /// Swagger UI for this document (redirects to `/docs/`).
-#[utoipa::path(get, path = "/docs", tag = "operations", responses((status = 303, description = "Redirect to `/docs/`, the Swagger UI page")))]
+#[utoipa::path(get, path = "/docs", responses((status = 303, description = "Redirect to `/docs/`, the Swagger UI page")))]
 #[allow(dead_code)] // documents a route the Swagger UI router serves
 fn docs() {}

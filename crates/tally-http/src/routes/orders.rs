@@ -13,7 +13,7 @@ use tally_core::app::Command;
 
 use crate::auth::CurrentUser;
 use crate::dto::{CreateOrderRequest, EmptyRequest, OrderBody};
-use crate::extract::{KeyedJson, OrderPath, QueueTokenHeader};
+use crate::extract::{IdempotencyKeyHeader, KeyedJson, OrderPath, QueueTokenHeader};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, UserErrors};
@@ -31,12 +31,8 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 #[utoipa::path(
     post,
     path = "/v1/orders",
-    tag = "orders",
     security(("user_key" = [])),
-    params(
-        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
-        ("Queue-Token" = Option<String>, Header, format = Uuid, description = "Required for seats: the caller's active token for their event (`POST /v1/events/{id}/queue`). Not part of the request fingerprint"),
-    ),
+    params(IdempotencyKeyHeader, QueueTokenHeader),
     request_body = CreateOrderRequest,
     responses(
         (status = 201, description = "Reserved, `pending_payment` until `expires_at` (or replayed)", body = OrderBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
@@ -63,9 +59,8 @@ pub async fn create_order<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/orders/{id}",
-    tag = "orders",
     security(("user_key" = [])),
-    params(("id" = String, Path, format = Uuid, description = "The order")),
+    params(OrderPath),
     responses(
         (status = 200, description = "The order", body = OrderBody),
         (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
@@ -86,12 +81,8 @@ pub async fn get_order<B: Backend>(
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/cancel",
-    tag = "orders",
     security(("user_key" = [])),
-    params(
-        ("id" = String, Path, format = Uuid, description = "The order"),
-        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
-    ),
+    params(OrderPath, IdempotencyKeyHeader),
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 200, description = "Now `cancelled` (or replayed)", body = OrderBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),

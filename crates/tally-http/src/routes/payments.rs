@@ -15,7 +15,7 @@ use tally_core::payment::Method;
 
 use crate::auth::CurrentUser;
 use crate::dto::{ConfirmRequest, CreatePaymentRequest, EmptyRequest, PaymentBody};
-use crate::extract::{KeyedJson, PaymentPath};
+use crate::extract::{IdempotencyKeyHeader, KeyedJson, PaymentPath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, NotFound, UserErrors};
@@ -61,9 +61,8 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
 #[utoipa::path(
     post,
     path = "/v1/payments",
-    tag = "payments",
     security(("user_key" = [])),
-    params(("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)")),
+    params(IdempotencyKeyHeader),
     request_body = CreatePaymentRequest,
     responses(
         (status = 201, description = "Created in `wait` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
@@ -87,12 +86,8 @@ pub async fn create_payment<B: Backend>(
 #[utoipa::path(
     post,
     path = "/v1/payments/{id}/confirm",
-    tag = "payments",
     security(("user_key" = [])),
-    params(
-        ("id" = String, Path, format = Uuid, description = "The payment"),
-        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
-    ),
+    params(PaymentPath, IdempotencyKeyHeader),
     request_body(content = Option<ConfirmRequest>, description = "Wallet payment: no body, or `{}`. Gateway payment: `{payment_key}`"),
     responses(
         (status = 200, description = "Now `done` (or replayed); a gateway payment may also answer `failed` (declined, or charged for another amount: then `refunding` until the refund went back)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
@@ -116,12 +111,8 @@ pub async fn confirm_payment<B: Backend>(
 #[utoipa::path(
     post,
     path = "/v1/payments/{id}/cancel",
-    tag = "payments",
     security(("user_key" = [])),
-    params(
-        ("id" = String, Path, format = Uuid, description = "The payment"),
-        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)"),
-    ),
+    params(PaymentPath, IdempotencyKeyHeader),
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 200, description = "Now `cancelled` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
@@ -143,9 +134,8 @@ pub async fn cancel_payment<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/payments/{id}",
-    tag = "payments",
     security(("user_key" = [])),
-    params(("id" = String, Path, format = Uuid, description = "The payment")),
+    params(PaymentPath),
     responses(
         (status = 200, description = "The payment", body = PaymentBody),
         (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),

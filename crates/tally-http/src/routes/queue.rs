@@ -31,9 +31,8 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 #[utoipa::path(
     post,
     path = "/v1/events/{id}/queue",
-    tag = "queue",
     security(("user_key" = [])),
-    params(("id" = String, Path, format = Uuid, description = "The event")),
+    params(EventPath),
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 201, description = "The caller's token: `active` at once if a slot is free, else `waiting` with its position", body = TokenBody),
@@ -57,9 +56,8 @@ pub async fn join_queue<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/queue/{token}",
-    tag = "queue",
     security(("user_key" = [])),
-    params(("token" = String, Path, format = Uuid, description = "The token")),
+    params(TokenPath),
     responses(
         (status = 200, description = "The token", body = TokenBody),
         (status = 404, description = "`not_found`: no such token, or not yours", body = Problem, content_type = "application/problem+json"),

@@ -23,7 +23,6 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 #[utoipa::path(
     post,
     path = "/v1/users",
-    tag = "users",
     security(("admin_key" = [])),
     request_body = CreateUserRequest,
     responses(

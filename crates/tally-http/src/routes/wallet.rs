@@ -11,7 +11,7 @@ use tally_core::app::Command;
 
 use crate::auth::CurrentUser;
 use crate::dto::{LedgerBody, LedgerQuery, TopUpBody, TopUpRequest, WalletBody};
-use crate::extract::KeyedJson;
+use crate::extract::{IdempotencyKeyHeader, KeyedJson};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{JsonBodyErrors, KeyErrors, UserErrors};
@@ -28,7 +28,6 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 #[utoipa::path(
     get,
     path = "/v1/wallet",
-    tag = "wallet",
     security(("user_key" = [])),
     responses(
         (status = 200, description = "The wallet", body = WalletBody),
@@ -47,9 +46,8 @@ pub async fn get_wallet<B: Backend>(
 #[utoipa::path(
     post,
     path = "/v1/wallet/top-ups",
-    tag = "wallet",
     security(("user_key" = [])),
-    params(("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API description)")),
+    params(IdempotencyKeyHeader),
     request_body = TopUpRequest,
     responses(
         (status = 201, description = "Booked (or replayed)", body = TopUpBody, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same key"))),
@@ -72,7 +70,6 @@ pub async fn top_up<B: Backend>(
 #[utoipa::path(
     get,
     path = "/v1/wallet/ledger",
-    tag = "wallet",
     security(("user_key" = [])),
     params(LedgerQuery),
     responses(

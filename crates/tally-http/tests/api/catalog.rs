@@ -29,25 +29,18 @@ async fn the_admin_creates_a_product_and_anyone_reads_it() {
 async fn a_restock_is_keyed_and_happens_once() {
     let app = TestApp::spawn();
     let id = app.create_product("p", 100, 2).await;
-    let restock = |key: &str, body: &str| {
-        Call::post(&format!("/v1/products/{id}/restock")).bearer(ADMIN_KEY).idem(key).json(body.to_owned())
-    };
+    let restock = |key: &str, body: &str| Call::restock(&id, key).json(body.to_owned());
     let first = app.call(restock("r1", r#"{"quantity":5}"#)).await;
     assert_eq!(first.assert_status(200), json!({"id": id, "name": "p", "price": 100, "stock": 7, "payback_bps": 0}));
     let replayed = app.call(restock("r1", r#"{"quantity":5}"#)).await;
-    assert_eq!((replayed.status, &replayed.body), (first.status, &first.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&first);
     assert_eq!(app.stock(&id).await, 7, "restocked once");
     app.call(restock("r1", r#"{"quantity":6}"#)).await.assert_problem(422, "idempotency_key_reused");
     app.call(Call::post(&format!("/v1/products/{id}/restock")).bearer(ADMIN_KEY).json(r#"{"quantity":5}"#))
         .await
         .assert_problem(400, "idempotency_key_missing");
     let unknown = "00000000-0000-0000-0000-000000000009";
-    app.call(
-        Call::post(&format!("/v1/products/{unknown}/restock")).bearer(ADMIN_KEY).idem("r2").json(r#"{"quantity":1}"#),
-    )
-    .await
-    .assert_problem(404, "not_found");
+    app.call(Call::restock(unknown, "r2").json(r#"{"quantity":1}"#)).await.assert_problem(404, "not_found");
     assert_eq!(app.stock(&id).await, 7);
     app.assert_invariants().await;
 }
@@ -56,8 +49,7 @@ async fn a_restock_is_keyed_and_happens_once() {
 async fn a_restock_past_the_stock_ceiling_is_a_stored_invalid_amount() {
     let app = TestApp::spawn();
     let id = app.create_product("full", 1, 1_000_000_000).await;
-    let call =
-        || Call::post(&format!("/v1/products/{id}/restock")).bearer(ADMIN_KEY).idem("over").json(r#"{"quantity":1}"#);
+    let call = || Call::restock(&id, "over").json(r#"{"quantity":1}"#);
     let refused = app.call(call()).await;
     refused.assert_problem(422, "invalid_amount");
     let replayed = app.call(call()).await;
@@ -89,9 +81,7 @@ async fn bad_product_input_gets_its_code_and_changes_nothing() {
     }
     let id = app.create_product("p", 10, 3).await;
     for body in [r#"{"quantity":0}"#, r#"{"quantity":-2}"#, r#"{"quantity":1000000001}"#] {
-        app.call(Call::post(&format!("/v1/products/{id}/restock")).bearer(ADMIN_KEY).idem(body).json(body))
-            .await
-            .assert_problem(422, "invalid_amount");
+        app.call(Call::restock(&id, body).json(body)).await.assert_problem(422, "invalid_amount");
     }
     assert_eq!(app.snapshot().await.products.len(), 1, "only the good one");
     assert_eq!(app.stock(&id).await, 3);

@@ -28,8 +28,7 @@ fn stats(app: &GatewayApp, key: &str) -> PaymentStats {
 #[tokio::test]
 async fn a_payment_key_pays_one_payment_only() {
     let app = TestApp::spawn_with_gateway(Options::default()).await;
-    let user = app.create_user("u").await;
-    let other = app.create_user("o").await;
+    let [user, other] = app.create_users(["u", "o"]).await;
 
     // P1 is confirmed with K: the card is charged once, for P1.
     let p1 = app.gateway_payment_of(&user, 1_000).await;
@@ -52,8 +51,7 @@ async fn a_payment_key_pays_one_payment_only() {
 
     // A stored refusal: the same key replays it byte for byte.
     let replayed = app.confirm_with_key(&user, &p2, "pk_K", "confirm-p2").await;
-    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&refused);
     assert_eq!(
         problem["detail"],
         "this payment key was already used for another payment; a payment key pays one payment only"

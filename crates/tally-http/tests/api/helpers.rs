@@ -106,6 +106,20 @@ impl TestResponse {
         assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.body));
         self.json()
     }
+
+    /// Asserts a 201 and returns the id of what it created.
+    #[track_caller]
+    pub fn assert_created(&self) -> String {
+        self.assert_status(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Asserts that this is the replay of `first`: its status and body byte
+    /// for byte, marked `Idempotent-Replayed: true`.
+    #[track_caller]
+    pub fn assert_replay_of(&self, first: &TestResponse) {
+        assert_eq!((self.status, &self.body), (first.status, &first.body), "byte for byte");
+        assert_eq!(self.header("idempotent-replayed"), Some("true"));
+    }
 }
 
 /// A user created through the API.
@@ -134,6 +148,16 @@ impl Call {
 
     pub fn post(path: &str) -> Call {
         Call::new(Method::POST, path)
+    }
+
+    /// `POST /v1/payments/{payment}/confirm` as `user`, without a body yet.
+    pub fn confirm(user: &TestUser, payment: &str, idem: &str) -> Call {
+        Call::post(&format!("/v1/payments/{payment}/confirm")).bearer(&user.key).idem(idem)
+    }
+
+    /// `POST /v1/products/{product}/restock` as the admin, without a body yet.
+    pub fn restock(product: &str, idem: &str) -> Call {
+        Call::post(&format!("/v1/products/{product}/restock")).bearer(ADMIN_KEY).idem(idem)
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Call {
@@ -237,6 +261,15 @@ impl<G: Gateway> TestApp<G> {
         self.create_user_with(json!({ "name": name })).await
     }
 
+    /// One user per name, created in order.
+    pub async fn create_users<const N: usize>(&self, names: [&str; N]) -> [TestUser; N] {
+        let mut users = Vec::with_capacity(N);
+        for name in names {
+            users.push(self.create_user(name).await);
+        }
+        users.try_into().expect("one user per name")
+    }
+
     pub async fn create_user_with(&self, body: Value) -> TestUser {
         let response = self.call(Call::post("/v1/users").bearer(ADMIN_KEY).json(body.to_string())).await;
         let user = response.assert_status(201);
@@ -268,15 +301,13 @@ impl<G: Gateway> TestApp<G> {
     /// service's policy (`Options::payback_bps`).
     pub async fn payment_of(&self, user: &TestUser, amount: i64) -> String {
         let body = json!({ "amount": amount, "method": "wallet" });
-        let response = self.create_payment(user, &format!("create-{amount}-{}", uuid_like()), body).await;
-        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+        self.create_payment(user, &format!("create-{amount}-{}", uuid_like()), body).await.assert_created()
     }
 
     /// Creates a gateway payment of `amount` and returns its id.
     pub async fn gateway_payment_of(&self, user: &TestUser, amount: i64) -> String {
         let body = json!({ "amount": amount, "method": "gateway" });
-        let response = self.create_payment(user, &format!("create-gw-{amount}-{}", uuid_like()), body).await;
-        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+        self.create_payment(user, &format!("create-gw-{amount}-{}", uuid_like()), body).await.assert_created()
     }
 
     /// `GET /v1/payments/{id}` as its owner.
@@ -293,11 +324,11 @@ impl<G: Gateway> TestApp<G> {
         idem: &str,
     ) -> TestResponse {
         let body = json!({ "payment_key": payment_key }).to_string();
-        self.call(Call::post(&format!("/v1/payments/{payment}/confirm")).bearer(&user.key).idem(idem).json(body)).await
+        self.call(Call::confirm(user, payment, idem).json(body)).await
     }
 
     pub async fn confirm(&self, user: &TestUser, payment: &str, idem: &str) -> TestResponse {
-        self.call(Call::post(&format!("/v1/payments/{payment}/confirm")).bearer(&user.key).idem(idem).json("{}")).await
+        self.call(Call::confirm(user, payment, idem).json("{}")).await
     }
 
     pub async fn cancel(&self, user: &TestUser, payment: &str, idem: &str) -> TestResponse {
@@ -379,8 +410,7 @@ impl<G: Gateway> TestApp<G> {
 
     /// Creates a product from `body` as the admin; returns its id.
     pub async fn create_product_with(&self, body: Value) -> String {
-        let response = self.call(Call::post("/v1/products").bearer(ADMIN_KEY).json(body.to_string())).await;
-        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+        self.call(Call::post("/v1/products").bearer(ADMIN_KEY).json(body.to_string())).await.assert_created()
     }
 
     /// `GET /v1/products/{id}`, unauthenticated.
@@ -447,8 +477,7 @@ impl<G: Gateway> TestApp<G> {
     /// An order of `quantity` units of `product`; returns its id.
     pub async fn order_of(&self, user: &TestUser, product: &str, quantity: u64) -> String {
         let body = json!({"items": [{"product_id": product, "quantity": quantity}]});
-        let response = self.order(user, &format!("order-{}", uuid_like()), body, None).await;
-        response.assert_status(201)["id"].as_str().unwrap().to_owned()
+        self.order(user, &format!("order-{}", uuid_like()), body, None).await.assert_created()
     }
 
     pub async fn get_order(&self, user: &TestUser, order: &str) -> TestResponse {
@@ -462,8 +491,7 @@ impl<G: Gateway> TestApp<G> {
 
     /// Creates and confirms a wallet payment for `order`; returns the payment.
     pub async fn pay_order(&self, user: &TestUser, order: &str) -> Value {
-        let created = self.pay_order_create(user, order, &format!("pay-{}", uuid_like())).await;
-        let id = created.assert_status(201)["id"].as_str().unwrap().to_owned();
+        let id = self.pay_order_create(user, order, &format!("pay-{}", uuid_like())).await.assert_created();
         self.confirm(user, &id, &format!("confirm-{}", uuid_like())).await.assert_status(200)
     }
 
@@ -486,6 +514,11 @@ impl<G: Gateway> TestApp<G> {
         let statuses = self.seat_statuses(showtime).await;
         statuses.into_iter().find(|(id, _)| id == seat).expect("the seat is listed").1
     }
+}
+
+/// The body of a wallet no money has moved through yet, with `limits`.
+pub fn fresh_wallet(limits: Value) -> Value {
+    json!({"balance": 0, "limits": limits, "spent_today": 0, "spent_this_month": 0})
 }
 
 /// A unique suffix for idempotency keys within one test.

@@ -151,8 +151,7 @@ async fn a_quoted_key_is_the_same_key_as_the_bare_one() {
 #[tokio::test]
 async fn keys_are_scoped_to_their_user() {
     let app = TestApp::spawn();
-    let alice = app.create_user("alice").await;
-    let bob = app.create_user("bob").await;
+    let [alice, bob] = app.create_users(["alice", "bob"]).await;
     let a = app.top_up(&alice, "shared-key", 10).await;
     let b = app.top_up(&bob, "shared-key", 10).await;
     a.assert_status(201);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, Call, TestApp, call_router};
+use crate::helpers::{ADMIN_KEY, Call, TestApp, TestEvent, TestUser, call_router};
 
 #[tokio::test]
 async fn an_order_reserves_products_and_seats_and_reads_back() {
@@ -43,17 +43,29 @@ async fn an_order_reserves_products_and_seats_and_reads_back() {
     app.assert_invariants().await;
 }
 
+/// Orders `quantity` of `product` and `seat` of `event` with a fresh active
+/// queue token of `user`'s; returns the order's id.
+async fn order_with_seat(
+    app: &TestApp,
+    user: &TestUser,
+    event: &TestEvent,
+    seat: &str,
+    product: &str,
+    quantity: u64,
+) -> String {
+    let token = app.active_token(user, &event.id).await;
+    let body = json!({"items": [{"product_id": product, "quantity": quantity}], "seats": [seat]});
+    app.order(user, "o", body, Some(&token)).await.assert_created()
+}
+
 #[tokio::test]
 async fn paying_an_order_charges_its_total_once_and_sells_it() {
     let app = TestApp::spawn();
     let product = app.create_product("poster", 1500, 5).await;
     let event = app.create_event(2, &[2], 12_000).await;
     let user = app.funded_user("buyer", 100_000).await;
-    let token = app.active_token(&user, &event.id).await;
     let seat = event.seat(0, 1).to_owned();
-    let body = json!({"items": [{"product_id": product, "quantity": 1}], "seats": [seat]});
-    let order = app.order(&user, "o", body, Some(&token)).await.assert_status(201);
-    let order = order["id"].as_str().unwrap().to_owned();
+    let order = order_with_seat(&app, &user, &event, &seat, &product, 1).await;
     let created = app.pay_order_create(&user, &order, "pay").await.assert_status(201);
     let payment = created["id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -70,8 +82,7 @@ async fn paying_an_order_charges_its_total_once_and_sells_it() {
     assert_eq!(app.stock(&product).await, 4, "taken at order time, kept when paid");
     // The order is paid: another payment for it is refused, and moves nothing.
     app.pay_order_create(&user, &order, "pay-again").await.assert_problem(409, "invalid_state");
-    let fetched = app.call(Call::get(&format!("/v1/payments/{payment}")).bearer(&user.key)).await;
-    assert_eq!(fetched.assert_status(200), confirmed);
+    assert_eq!(app.payment(&user, &payment).await, confirmed);
     assert_eq!(app.balance(&user).await, 100_000 - 13_500);
     app.assert_invariants().await;
 }
@@ -82,13 +93,12 @@ async fn two_payments_for_one_order_charge_once() {
     let product = app.create_product("p", 700, 5).await;
     let user = app.funded_user("u", 10_000).await;
     let order = app.order_of(&user, &product, 1).await;
-    let first = app.pay_order_create(&user, &order, "a").await.assert_status(201)["id"].as_str().unwrap().to_owned();
-    let second = app.pay_order_create(&user, &order, "b").await.assert_status(201)["id"].as_str().unwrap().to_owned();
+    let first = app.pay_order_create(&user, &order, "a").await.assert_created();
+    let second = app.pay_order_create(&user, &order, "b").await.assert_created();
     app.confirm(&user, &first, "ca").await.assert_status(200);
     app.confirm(&user, &second, "cb").await.assert_problem(409, "invalid_state");
     assert_eq!(app.balance(&user).await, 10_000 - 700);
-    let second = app.call(Call::get(&format!("/v1/payments/{second}")).bearer(&user.key)).await.assert_status(200);
-    assert_eq!(second["status"], "wait", "the refused confirm changed nothing");
+    assert_eq!(app.payment(&user, &second).await["status"], "wait", "the refused confirm changed nothing");
     app.assert_invariants().await;
 }
 
@@ -103,14 +113,9 @@ async fn out_of_stock_is_a_stored_refusal_that_changes_nothing() {
     assert_eq!(problem["title"], "Out of stock");
     assert_eq!(app.stock(&product).await, 1);
     // Stock arrives; the same key still answers what it answered.
-    app.call(
-        Call::post(&format!("/v1/products/{product}/restock")).bearer(ADMIN_KEY).idem("r").json(r#"{"quantity":4}"#),
-    )
-    .await
-    .assert_status(200);
+    app.call(Call::restock(&product, "r").json(r#"{"quantity":4}"#)).await.assert_status(200);
     let replayed = app.order(&user, "want-2", body.clone(), None).await;
-    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&refused);
     assert_eq!(app.stock(&product).await, 5);
     app.order(&user, "want-2-again", body, None).await.assert_status(201);
     assert_eq!(app.stock(&product).await, 3);
@@ -122,8 +127,7 @@ async fn out_of_stock_is_a_stored_refusal_that_changes_nothing() {
 async fn a_held_seat_is_unavailable_to_anyone_else() {
     let app = TestApp::spawn();
     let event = app.create_event(2, &[2], 5000).await;
-    let first = app.create_user("first").await;
-    let second = app.create_user("second").await;
+    let [first, second] = app.create_users(["first", "second"]).await;
     let first_token = app.active_token(&first, &event.id).await;
     let second_token = app.active_token(&second, &event.id).await;
     let seat = event.seat(0, 0).to_owned();
@@ -134,8 +138,7 @@ async fn a_held_seat_is_unavailable_to_anyone_else() {
     refused.assert_problem(409, "seat_unavailable");
     assert_eq!(app.seat_status(&event.showtimes[0].0, &other).await, "available");
     let replayed = app.order(&second, "mine-too", json!({"seats": [other, seat]}), Some(&second_token)).await;
-    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&refused);
     assert_eq!(app.snapshot().await.orders.len(), 1);
     app.assert_invariants().await;
 }
@@ -146,14 +149,10 @@ async fn an_unpaid_order_expires_and_its_stock_and_seats_come_back() {
     let product = app.create_product("p", 100, 5).await;
     let event = app.create_event(1, &[1], 900).await;
     let user = app.funded_user("slow", 10_000).await;
-    let token = app.active_token(&user, &event.id).await;
     let seat = event.seat(0, 0).to_owned();
-    let body = json!({"items": [{"product_id": product, "quantity": 3}], "seats": [seat]});
-    let order = app.order(&user, "o", body, Some(&token)).await.assert_status(201);
-    let order = order["id"].as_str().unwrap().to_owned();
+    let order = order_with_seat(&app, &user, &event, &seat, &product, 3).await;
     // A payment created in time, confirmed too late.
-    let payment =
-        app.pay_order_create(&user, &order, "in-time").await.assert_status(201)["id"].as_str().unwrap().to_owned();
+    let payment = app.pay_order_create(&user, &order, "in-time").await.assert_created();
     app.clock.advance(Duration::from_secs(299));
     assert_eq!(app.get_order(&user, &order).await.assert_status(200)["status"], "pending_payment");
     app.clock.advance(Duration::from_secs(1));
@@ -163,8 +162,7 @@ async fn an_unpaid_order_expires_and_its_stock_and_seats_come_back() {
     let refused = app.confirm(&user, &payment, "confirm").await;
     refused.assert_problem(409, "order_expired");
     let replayed = app.confirm(&user, &payment, "confirm").await;
-    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&refused);
     app.cancel_order(&user, &order, "cancel").await.assert_problem(409, "order_expired");
     assert_eq!(app.balance(&user).await, 10_000, "never charged");
     assert_eq!(app.stock(&product).await, 2, "held until the sweeper writes the expiry");
@@ -189,8 +187,7 @@ async fn cancelling_a_pending_order_gives_everything_back_once() {
     assert_eq!(cancelled["id"], order.as_str());
     assert_eq!(app.stock(&product).await, 5);
     let replayed = app.cancel_order(&user, &order, "cancel").await;
-    assert_eq!((replayed.status, &replayed.body), (response.status, &response.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&response);
     // A new key: the order is already cancelled.
     app.cancel_order(&user, &order, "cancel-again").await.assert_problem(409, "invalid_state");
     app.pay_order_create(&user, &order, "pay").await.assert_problem(409, "invalid_state");
@@ -204,11 +201,8 @@ async fn cancelling_a_paid_order_refunds_it_and_gives_stock_and_seats_back() {
     let product = app.create_product("p", 2000, 3).await;
     let event = app.create_event(1, &[1], 8000).await;
     let user = app.funded_user("u", 50_000).await;
-    let token = app.active_token(&user, &event.id).await;
     let seat = event.seat(0, 0).to_owned();
-    let body = json!({"items": [{"product_id": product, "quantity": 2}], "seats": [seat]});
-    let order = app.order(&user, "o", body, Some(&token)).await.assert_status(201);
-    let order = order["id"].as_str().unwrap().to_owned();
+    let order = order_with_seat(&app, &user, &event, &seat, &product, 2).await;
     let payment = app.pay_order(&user, &order).await;
     assert_eq!(app.balance(&user).await, 50_000 - 12_000);
     let cancelled = app.cancel_order(&user, &order, "cancel").await.assert_status(200);
@@ -219,9 +213,7 @@ async fn cancelling_a_paid_order_refunds_it_and_gives_stock_and_seats_back() {
     assert_eq!(app.balance(&user).await, 50_000, "refunded");
     assert_eq!(app.stock(&product).await, 3);
     assert_eq!(app.seat_status(&event.showtimes[0].0, &seat).await, "available");
-    let payment =
-        app.call(Call::get(&format!("/v1/payments/{}", payment["id"].as_str().unwrap())).bearer(&user.key)).await;
-    assert_eq!(payment.assert_status(200)["status"], "cancelled");
+    assert_eq!(app.payment(&user, payment["id"].as_str().unwrap()).await["status"], "cancelled");
     let kinds: Vec<String> = app.ledger(&user, "").await.assert_status(200)["entries"]
         .as_array()
         .unwrap()
@@ -238,9 +230,7 @@ async fn seats_need_the_callers_active_token_for_their_event() {
     let app = TestApp::spawn();
     let event = app.create_event(1, &[2], 1000).await;
     let elsewhere = app.create_event(5, &[1], 1000).await;
-    let user = app.create_user("u").await;
-    let other = app.create_user("other").await;
-    let latecomer = app.create_user("late").await;
+    let [user, other, latecomer] = app.create_users(["u", "other", "late"]).await;
     let others_token = app.active_token(&other, &event.id).await;
     let waiting = app.join_queue(&latecomer, &event.id).await.assert_status(201);
     assert_eq!(waiting["status"], "waiting");
@@ -302,8 +292,7 @@ async fn a_keyed_order_is_created_once_and_replayed() {
     first.assert_status(201);
     app.clock.advance(Duration::from_secs(10));
     let again = app.order(&user, "once", body, None).await;
-    assert_eq!((again.status, &again.body), (first.status, &first.body), "byte for byte");
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    again.assert_replay_of(&first);
     assert_eq!(first.header("idempotent-replayed"), None);
     assert_eq!(app.stock(&product).await, 7, "reserved once");
     assert_eq!(app.snapshot().await.orders.len(), 1);
@@ -394,6 +383,22 @@ async fn order_payment_bodies_take_exactly_one_of_amount_and_order_id() {
     assert!(app.snapshot().await.payments.is_empty());
 }
 
+/// Sends every call at once and returns their statuses, sorted; each 409
+/// must be the problem `conflict`.
+async fn race(app: &TestApp, calls: impl Iterator<Item = Call>, conflict: &str) -> Vec<u16> {
+    let racers: Vec<_> = calls.map(|call| tokio::spawn(call_router(app.router.clone(), call))).collect();
+    let mut statuses = Vec::new();
+    for racer in racers {
+        let response = racer.await.unwrap();
+        if response.status == StatusCode::CONFLICT {
+            response.assert_problem(409, conflict);
+        }
+        statuses.push(response.status.as_u16());
+    }
+    statuses.sort_unstable();
+    statuses
+}
+
 /// Racers for the last units: exactly as many win as there are units.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_orders_never_oversell() {
@@ -404,22 +409,8 @@ async fn concurrent_orders_never_oversell() {
         users.push(app.create_user(&format!("racer-{i}")).await);
     }
     let body = json!({"items": [{"product_id": product, "quantity": 1}]}).to_string();
-    let racers: Vec<_> = users
-        .iter()
-        .map(|user| {
-            let call = Call::post("/v1/orders").bearer(&user.key).idem("race").json(body.clone());
-            tokio::spawn(call_router(app.router.clone(), call))
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for racer in racers {
-        let response = racer.await.unwrap();
-        if response.status == StatusCode::CONFLICT {
-            response.assert_problem(409, "out_of_stock");
-        }
-        statuses.push(response.status.as_u16());
-    }
-    statuses.sort_unstable();
+    let calls = users.iter().map(|user| Call::post("/v1/orders").bearer(&user.key).idem("race").json(body.clone()));
+    let statuses = race(&app, calls, "out_of_stock").await;
     assert_eq!(statuses, [201, 201, 201, 409, 409, 409, 409, 409]);
     assert_eq!(app.stock(&product).await, 0);
     app.assert_invariants().await;
@@ -437,23 +428,10 @@ async fn concurrent_seat_orders_hold_a_seat_once() {
         racers.push((user, token));
     }
     let body = json!({"seats": [event.seat(0, 0)]}).to_string();
-    let racers: Vec<_> = racers
-        .iter()
-        .map(|(user, token)| {
-            let call =
-                Call::post("/v1/orders").bearer(&user.key).idem("seat").header("queue-token", token).json(body.clone());
-            tokio::spawn(call_router(app.router.clone(), call))
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for racer in racers {
-        let response = racer.await.unwrap();
-        if response.status == StatusCode::CONFLICT {
-            response.assert_problem(409, "seat_unavailable");
-        }
-        statuses.push(response.status.as_u16());
-    }
-    statuses.sort_unstable();
+    let calls = racers.iter().map(|(user, token)| {
+        Call::post("/v1/orders").bearer(&user.key).idem("seat").header("queue-token", token).json(body.clone())
+    });
+    let statuses = race(&app, calls, "seat_unavailable").await;
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409]);
     assert_eq!(app.seat_status(&event.showtimes[0].0, event.seat(0, 0)).await, "held");
     app.assert_invariants().await;
@@ -492,13 +470,12 @@ async fn one_queue_token_holds_at_most_its_events_seats_across_its_orders() {
 
     // Two seats in one order: the token's limit, reached.
     let first = app.order(&user, "first", json!({"seats": [seats[0], seats[1]]}), Some(&token)).await;
-    let first = first.assert_status(201)["id"].as_str().unwrap().to_owned();
+    let first = first.assert_created();
     // A third in a second order: refused, stored, nothing held.
     let refused = app.order(&user, "second", json!({"seats": [seats[2]]}), Some(&token)).await;
     refused.assert_problem(409, "seat_limit_reached");
     let replayed = app.order(&user, "second", json!({"seats": [seats[2]]}), Some(&token)).await;
-    assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    replayed.assert_replay_of(&refused);
     // Nor do several at once slip by.
     app.order(&user, "third", json!({"seats": [seats[3], seats[4]]}), Some(&token))
         .await

@@ -33,8 +33,7 @@ async fn confirming_charges_the_wallet_and_credits_the_payback() {
     assert_eq!(wallet["balance"], 640);
     assert_eq!(wallet["spent_today"], 400);
     assert_eq!(wallet["spent_this_month"], 400);
-    let fetched = app.call(Call::get(&format!("/v1/payments/{id}")).bearer(&user.key)).await;
-    assert_eq!(fetched.assert_status(200), payment);
+    assert_eq!(app.payment(&user, &id).await, payment);
     app.assert_invariants().await;
 }
 
@@ -46,25 +45,17 @@ async fn confirm_accepts_no_body_or_an_empty_object_and_nothing_else() {
     let b = app.payment_of(&user, 1).await;
     let c = app.payment_of(&user, 1).await;
     // No body at all, no content type.
-    app.call(Call::post(&format!("/v1/payments/{a}/confirm")).bearer(&user.key).idem("a")).await.assert_status(200);
+    app.call(Call::confirm(&user, &a, "a")).await.assert_status(200);
     // `{}` as JSON.
     app.confirm(&user, &b, "b").await.assert_status(200);
     // A gateway field on a wallet payment is not part of this body.
-    app.call(
-        Call::post(&format!("/v1/payments/{c}/confirm")).bearer(&user.key).idem("c").json(r#"{"payment_key":"pk_1"}"#),
-    )
-    .await
-    .assert_problem(400, "malformed_request");
+    app.call(Call::confirm(&user, &c, "c").json(r#"{"payment_key":"pk_1"}"#))
+        .await
+        .assert_problem(400, "malformed_request");
     // `{}` in a non-JSON content type.
-    app.call(
-        Call::post(&format!("/v1/payments/{c}/confirm"))
-            .bearer(&user.key)
-            .idem("c2")
-            .header("content-type", "text/plain")
-            .raw("{}"),
-    )
-    .await
-    .assert_problem(415, "unsupported_media_type");
+    app.call(Call::confirm(&user, &c, "c2").header("content-type", "text/plain").raw("{}"))
+        .await
+        .assert_problem(415, "unsupported_media_type");
     assert_eq!(app.balance(&user).await, 998);
 }
 

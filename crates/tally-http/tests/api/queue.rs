@@ -51,8 +51,7 @@ async fn the_second_joiner_waits_and_is_promoted_when_the_first_pays() {
 async fn an_active_token_past_its_ttl_expires_and_frees_its_slot() {
     let app = TestApp::spawn();
     let event = app.create_event(1, &[1], 1000).await;
-    let first = app.create_user("first").await;
-    let second = app.create_user("second").await;
+    let [first, second] = app.create_users(["first", "second"]).await;
     let first_token = app.active_token(&first, &event.id).await;
     let waiting = app.join_queue(&second, &event.id).await.assert_status(201);
     let second_token = waiting["token"].as_str().unwrap().to_owned();
@@ -78,8 +77,7 @@ async fn an_active_token_past_its_ttl_expires_and_frees_its_slot() {
 async fn tokens_are_their_owners_alone() {
     let app = TestApp::spawn();
     let event = app.create_event(1, &[1], 1000).await;
-    let owner = app.create_user("owner").await;
-    let other = app.create_user("other").await;
+    let [owner, other] = app.create_users(["owner", "other"]).await;
     let token = app.active_token(&owner, &event.id).await;
     app.queue_token(&other, &token).await.assert_problem(404, "not_found");
     for unknown in ["00000000-0000-0000-0000-000000000009", "x"] {
