@@ -65,7 +65,7 @@ async fn top_up(app: &Bank, user: UserId, n: i64) -> Result<(), Error> {
 }
 
 async fn new_payment(app: &Bank, user: UserId, n: i64, method: Method) -> Payment {
-    match app.execute(user, Command::CreatePayment { amount: amount(n), method }, None).await {
+    match app.execute(user, Command::CreatePayment { amount: amount(n), method, confirm: false }, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment,
         other => panic!("create payment answered {other:?}"),
     }
@@ -503,9 +503,15 @@ pub async fn an_orders_payback_is_the_merchants_policy(strategy: Strategy) {
     assert_eq!((created.total, created.payback), (amount(3_000), Money::new(75)), "2.5 % of 3000");
     let stored = stored_order(&app, created.id).await;
     assert_eq!(stored, created, "an order round-trips with its payback");
-    let payment =
-        paid(app.execute(user, Command::CreateOrderPayment { order: created.id, method: Method::Wallet }, None).await)
-            .expect("order payment");
+    let payment = paid(
+        app.execute(
+            user,
+            Command::CreateOrderPayment { order: created.id, method: Method::Wallet, confirm: false },
+            None,
+        )
+        .await,
+    )
+    .expect("order payment");
     assert_eq!(payment.payback, Money::new(75));
     confirm(&app, user, payment.id, None).await.expect("pay");
     assert_eq!(wallet(&app, user).await.balance, Money::new(10_000 - 3_000 + 75));

@@ -133,7 +133,7 @@ async fn order_payment(app: &Shop, user: UserId, order: OrderId) -> Payment {
 }
 
 async fn order_payment_by(app: &Shop, user: UserId, order: OrderId, method: Method) -> Payment {
-    let command = Command::CreateOrderPayment { order, method };
+    let command = Command::CreateOrderPayment { order, method, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment,
         other => panic!("create order payment: {other:?}"),

@@ -9,6 +9,7 @@
 mod harness;
 mod holes;
 mod inventory;
+mod one_step;
 mod scenarios;
 
 use std::future::Future;
@@ -73,6 +74,8 @@ fn main() {
         no_balance_passes_the_cap,
         the_schema_refuses_a_balance_past_the_cap,
         an_orders_payback_is_the_merchants_policy,
+        one_step_payments_spend_the_last_funds_exactly,
+        one_step_payments_under_one_key_charge_once,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {

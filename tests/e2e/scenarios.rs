@@ -31,9 +31,12 @@ pub use crate::inventory::{
     stock_one_two_buyers_one_order, ten_bookings_one_seat, two_sweepers_expire_each_order_once,
     unpaid_order_expires_and_stock_returns,
 };
+pub use crate::one_step::{
+    one_step_payments_spend_the_last_funds_exactly, one_step_payments_under_one_key_charge_once,
+};
 
 /// Runs `n` requests at once; returns the replies in request order.
-async fn concurrently<F, Fut>(app: &Arc<TestApp>, n: usize, request: F) -> Vec<Reply>
+pub(crate) async fn concurrently<F, Fut>(app: &Arc<TestApp>, n: usize, request: F) -> Vec<Reply>
 where
     F: Fn(Arc<TestApp>, usize) -> Fut,
     Fut: Future<Output = Reply> + Send + 'static,
@@ -50,7 +53,7 @@ fn code(reply: &Reply) -> &str {
     reply.json["code"].as_str().unwrap_or("")
 }
 
-fn count(replies: &[Reply], status: StatusCode, problem: Option<&str>) -> usize {
+pub(crate) fn count(replies: &[Reply], status: StatusCode, problem: Option<&str>) -> usize {
     replies.iter().filter(|r| r.status == status && problem.is_none_or(|c| code(r) == c)).count()
 }
 

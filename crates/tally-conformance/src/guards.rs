@@ -31,7 +31,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Creates a wallet payment of `n` at the clock's now.
 async fn create<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, n: i64) -> Payment {
-    let command = Command::CreatePayment { amount: amount(n), method: Method::Wallet };
+    let command = Command::CreatePayment { amount: amount(n), method: Method::Wallet, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment,
         other => panic!("create payment answered {other:?}"),

@@ -101,7 +101,7 @@ async fn order_payment<S: Store, L: LockManager>(
     user: UserId,
     order: OrderId,
 ) -> Result<Payment, Error> {
-    let command = Command::CreateOrderPayment { order, method: Method::Wallet };
+    let command = Command::CreateOrderPayment { order, method: Method::Wallet, confirm: false };
     match app.execute(user, command, None).await? {
         Executed::Fresh(Outcome::Payment(payment)) => Ok(payment),
         other => panic!("create order payment answered {other:?}"),

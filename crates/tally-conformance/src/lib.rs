@@ -210,7 +210,7 @@ async fn payment_lifecycle_round_trips_every_field<S: Store, L: LockManager>(
 ) {
     let id = user(app, Limits::default(), 1_000).await;
     // The merchant's 10 % payback: 40.
-    let create = Command::CreatePayment { amount: amount(400), method: Method::Wallet };
+    let create = Command::CreatePayment { amount: amount(400), method: Method::Wallet, confirm: false };
     let Ok(Executed::Fresh(Outcome::Payment(created))) = app.execute(id, create, None).await else {
         panic!("create payment")
     };
@@ -367,7 +367,7 @@ async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager
     _: Profile,
 ) {
     let id = user(app, Limits::default(), 500).await;
-    let create = Command::CreatePayment { amount: amount(100), method: Method::Wallet };
+    let create = Command::CreatePayment { amount: amount(100), method: Method::Wallet, confirm: false };
     let Ok(Executed::Fresh(Outcome::Payment(payment))) = app.execute(id, create, None).await else { panic!("create") };
     app.execute(id, Command::ConfirmPayment { payment: payment.id, payment_key: None }, None).await.expect("confirm");
     let snapshot = app.snapshot().await.expect("snapshot");

@@ -94,10 +94,13 @@ pub enum Command {
         amount: Amount,
     },
     /// The payback is the merchant's policy ([`Config::payback_bps`]),
-    /// never the customer's choice.
+    /// never the customer's choice. `confirm`: a wallet payment created and
+    /// confirmed in one step (Stripe's `confirm=true`), in one transaction:
+    /// it is `done`, or refused and not created at all.
     CreatePayment {
         amount: Amount,
         method: Method,
+        confirm: bool,
     },
     /// `payment_key`: the gateway's key for a gateway payment (none for a wallet one).
     ConfirmPayment {
@@ -107,10 +110,12 @@ pub enum Command {
     CancelPayment {
         payment: PaymentId,
     },
-    /// A payment for an order: the amount is the order's total.
+    /// A payment for an order: the amount is the order's total. `confirm`
+    /// as for [`Command::CreatePayment`]: the order is `paid` at once.
     CreateOrderPayment {
         order: OrderId,
         method: Method,
+        confirm: bool,
     },
     /// Admin. `payback_bps`: the product's payback rate (none: the service
     /// default).

@@ -200,6 +200,11 @@ pub struct CreatePaymentRequest {
     #[serde(default)]
     #[schema(format = Uuid)]
     pub order_id: Option<String>,
+    /// `true`: create and confirm in one step, in one transaction (wallet
+    /// payments only, like Stripe's `confirm=true`): answered 201 `done`,
+    /// or refused (409) with nothing created.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// A field that was in the body, whatever its value.

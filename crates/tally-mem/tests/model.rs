@@ -194,7 +194,7 @@ fn command(op: &Op, ids: &[PaymentId]) -> Command {
     match *op {
         Op::TopUp { amount, .. } => Command::TopUp { amount: Amount::new(amount).unwrap() },
         Op::Create { amount, .. } => {
-            Command::CreatePayment { amount: Amount::new(amount).unwrap(), method: Method::Wallet }
+            Command::CreatePayment { amount: Amount::new(amount).unwrap(), method: Method::Wallet, confirm: false }
         }
         Op::Confirm { payment, .. } => {
             Command::ConfirmPayment { payment: ids.get(payment).copied().unwrap_or(missing), payment_key: None }

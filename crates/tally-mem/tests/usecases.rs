@@ -96,7 +96,8 @@ fn refusals_change_nothing() {
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         let refused = app.execute(user, Command::TopUp { amount: amount(801) }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
-        let too_big = Command::CreatePayment { amount: amount(501), method: tally_core::payment::Method::Wallet };
+        let too_big =
+            Command::CreatePayment { amount: amount(501), method: tally_core::payment::Method::Wallet, confirm: false };
         assert_eq!(
             app.execute(user, too_big, None).await,
             Err(Error::Wallet(WalletError::LimitExceeded(LimitKind::PerPayment)))

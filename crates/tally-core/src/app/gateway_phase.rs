@@ -135,7 +135,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                     (current, order)
                 }
                 VerdictDecision::Booked(decision) => {
-                    self.persist(tx, &loaded, &wallet, &decision).await?;
+                    self.persist(tx, Some(&loaded), &wallet, &decision).await?;
                     let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
                     (decision.payment, order)
                 }

@@ -43,10 +43,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Command::TopUp { .. } => vec![LockKey::Wallet(user)],
             // New records have fresh ids nobody else can name yet; the
             // payment of an order only reads the order (confirm re-checks).
-            Command::CreatePayment { .. }
-            | Command::CreateOrderPayment { .. }
+            Command::CreatePayment { confirm: false, .. }
+            | Command::CreateOrderPayment { confirm: false, .. }
             | Command::CreateProduct { .. }
             | Command::CreateEvent { .. } => Vec::new(),
+            // Confirmed at once: what a confirm moves, less the new payment.
+            Command::CreatePayment { confirm: true, .. } => vec![LockKey::Wallet(user)],
+            Command::CreateOrderPayment { order, confirm: true, .. } => {
+                let mut keys = vec![LockKey::Wallet(user)];
+                keys.extend(self.order_keys_of(Some(*order)).await?);
+                keys
+            }
             Command::ConfirmPayment { payment, payment_key } => {
                 let mut keys = self.payment_keys(user, *payment).await?;
                 keys.extend(payment_key.clone().map(LockKey::PaymentKey));

@@ -87,17 +87,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         Ok(())
     }
 
-    pub(super) async fn create_order_payment(
+    /// A new payment of `order`'s total (not yet stored).
+    pub(super) async fn order_payment(
         &self,
         tx: &mut S::Tx,
         user: UserId,
         order: OrderId,
         method: Method,
         booking: &Booking,
-    ) -> Result<Step, Error> {
-        if method == Method::Gateway && !self.gateway.enabled() {
-            return Err(Error::InvalidInput("gateway payments are not configured on this server"));
-        }
+    ) -> Result<Payment, Error> {
         let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
         let order = tx.order(order).await?.filter(|o| o.user == user).ok_or(Error::NotFound)?;
         order.payable(booking.at)?;
@@ -107,8 +105,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let payback = Amount::new(order.payback.minor_units()).ok();
         let mut payment = Payment::new(PaymentId(self.ids.next_id()), user, order.total, payback, method, booking.at)?;
         payment.order = Some(order.id);
-        tx.put_payment(None, &payment).await?;
-        Ok(Step::Done(Outcome::Payment(payment)))
+        Ok(payment)
     }
 
     pub(super) async fn create_order(

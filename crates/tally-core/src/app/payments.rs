@@ -1,9 +1,61 @@
-//! The payment use cases' locked steps: a confirm's or a cancel's intent
-//! before the gateway is called, and writing a payment decision.
+//! The payment use cases' locked steps: a new payment (created, or created
+//! and confirmed in one step), a wallet confirm, a confirm's or a cancel's
+//! intent before the gateway is called, and writing a payment decision.
 
 use super::*;
 
+/// A one-step confirm is for wallet payments: a gateway payment is confirmed
+/// with the payment key its checkout gives the client, later.
+pub(super) fn check_method(method: Method, confirm: bool, gateway_enabled: bool) -> Result<(), Error> {
+    match method {
+        Method::Gateway if !gateway_enabled => {
+            Err(Error::InvalidInput("gateway payments are not configured on this server"))
+        }
+        Method::Gateway if confirm => Err(Error::InvalidInput(
+            "confirm: true is for wallet payments; a gateway payment is confirmed with its payment_key",
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    /// Stores a new payment in `wait`, or (`confirm`) confirms it first and
+    /// stores it `done`: one insert, and a refused confirm creates nothing.
+    pub(super) async fn created_payment(
+        &self,
+        tx: &mut S::Tx,
+        payment: Payment,
+        confirm: bool,
+        booking: &Booking,
+        locked: &LockSet,
+    ) -> Result<Step, Error> {
+        if !confirm {
+            tx.put_payment(None, &payment).await?;
+            return Ok(Step::Done(Outcome::Payment(payment)));
+        }
+        debug_assert_eq!(payment.method, Method::Wallet, "check_method admits wallet payments only");
+        self.confirm_wallet_payment(tx, None, &payment, booking, locked).await
+    }
+
+    /// Confirms a wallet payment (`wait → done`) and moves its order.
+    /// `stored`: the payment as the store holds it (none for a new one).
+    pub(super) async fn confirm_wallet_payment(
+        &self,
+        tx: &mut S::Tx,
+        stored: Option<&Payment>,
+        payment: &Payment,
+        booking: &Booking,
+        locked: &LockSet,
+    ) -> Result<Step, Error> {
+        let ids = &self.ids;
+        let mut next_id = || TransferId(ids.next_id());
+        let wallet = tx.wallet(payment.user).await?.ok_or(Error::NotFound)?;
+        let decision = decide::confirm(payment, &wallet, booking, &mut next_id)?;
+        self.persist(tx, stored, &wallet, &decision).await?;
+        self.follow_order(tx, payment, &decision.payment, booking.at, locked).await?;
+        Ok(Step::Done(Outcome::Payment(decision.payment)))
+    }
+
     /// Cancels a payment (and, through [`Tally::follow_order`], the order it
     /// paid). A gateway payment's refund goes through the gateway.
     pub(super) async fn cancel_payment(
@@ -32,7 +84,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 let phase = Booking { origin: None, ..booking.clone() };
                 let decision = decide::begin_cancel(&loaded, &wallet, &phase, &mut next_id)?;
-                self.persist(tx, &loaded, &wallet, &decision).await?;
+                self.persist(tx, Some(&loaded), &wallet, &decision).await?;
                 Ok(Step::Call(decision.payment, Call::Cancel, answer))
             }
             // A cancel whose outcome is unknown: the gateway's cancel
@@ -41,7 +93,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             _ => {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 let decision = decide::cancel(&loaded, &wallet, booking, &mut next_id)?;
-                self.persist(tx, &loaded, &wallet, &decision).await?;
+                self.persist(tx, Some(&loaded), &wallet, &decision).await?;
                 let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
                 Ok(Step::Done(match (answer, order) {
                     (Answer::Order, Some(order)) => Outcome::Order(self.order_view(order)),
@@ -92,14 +144,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         Ok(Step::Call(confirming, Call::Confirm, Answer::Payment))
     }
 
+    /// Writes a payment decision. `stored`: the payment as the store holds
+    /// it (none for one created in this transaction).
     pub(super) async fn persist(
         &self,
         tx: &mut S::Tx,
-        loaded: &Payment,
+        stored: Option<&Payment>,
         wallet: &Wallet,
         decision: &Decision,
     ) -> Result<(), Error> {
-        tx.put_payment(Some(loaded), &decision.payment).await?;
+        tx.put_payment(stored, &decision.payment).await?;
         // A gateway charge books transfers without touching the wallet.
         if decision.wallet != *wallet {
             tx.put_wallet(Some(wallet), &decision.wallet).await?;

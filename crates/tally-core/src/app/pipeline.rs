@@ -3,6 +3,7 @@
 //! commit, retried on conflicts), the key's completion, and what happens to
 //! the key when the request fails.
 
+use super::payments::check_method;
 use super::*;
 
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
@@ -286,10 +287,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 tx.append_transfers(std::slice::from_ref(&transfer)).await?;
                 Ok(Step::Done(Outcome::TopUp { transfer, balance: next.balance }))
             }
-            Command::CreatePayment { amount, method } => {
-                if *method == Method::Gateway && !self.gateway.enabled() {
-                    return Err(Error::InvalidInput("gateway payments are not configured on this server"));
-                }
+            Command::CreatePayment { amount, method, confirm } => {
+                check_method(*method, *confirm, self.gateway.enabled())?;
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 // Refuse early what confirm would refuse anyway; confirm checks again.
                 if *method == Method::Wallet && wallet.limits.per_payment.is_some_and(|limit| amount.money() > limit) {
@@ -297,8 +296,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
                 let payback = Amount::new(payment::payback_of(*amount, self.config.payback_bps).minor_units()).ok();
                 let payment = Payment::new(PaymentId(self.ids.next_id()), user, *amount, payback, *method, booking.at)?;
-                tx.put_payment(None, &payment).await?;
-                Ok(Step::Done(Outcome::Payment(payment)))
+                self.created_payment(tx, payment, *confirm, booking, locked).await
             }
             Command::ConfirmPayment { payment, payment_key } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
@@ -308,18 +306,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 if payment_key.is_some() {
                     return Err(Error::InvalidInput("a wallet payment takes no payment_key"));
                 }
-                let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
-                let decision = decide::confirm(&loaded, &wallet, booking, &mut next_id)?;
-                self.persist(tx, &loaded, &wallet, &decision).await?;
-                self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
-                Ok(Step::Done(Outcome::Payment(decision.payment)))
+                self.confirm_wallet_payment(tx, Some(&loaded), &loaded, booking, locked).await
             }
             Command::CancelPayment { payment } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
                 self.cancel_payment(tx, user, loaded, booking, locked, Answer::Payment).await
             }
-            Command::CreateOrderPayment { order, method } => {
-                self.create_order_payment(tx, user, *order, *method, booking).await
+            Command::CreateOrderPayment { order, method, confirm } => {
+                check_method(*method, *confirm, self.gateway.enabled())?;
+                let payment = self.order_payment(tx, user, *order, *method, booking).await?;
+                self.created_payment(tx, payment, *confirm, booking, locked).await
             }
             Command::CreateProduct { name, price, stock, payback_bps } => {
                 self.create_product(tx, name, *price, *stock, *payback_bps, booking).await

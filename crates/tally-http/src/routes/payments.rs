@@ -45,11 +45,12 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
         "gateway" => Method::Gateway,
         _ => return Err(ApiError::malformed("method must be \"wallet\" or \"gateway\"")),
     };
+    let confirm = request.confirm;
     match (request.amount, request.order_id.as_deref()) {
-        (Some(amount), None) => Ok(Command::CreatePayment { amount: amount.amount()?, method }),
+        (Some(amount), None) => Ok(Command::CreatePayment { amount: amount.amount()?, method, confirm }),
         (None, Some(order)) => {
             let order = OrderId::parse(order).ok_or_else(|| ApiError::malformed("order_id must be a UUID"))?;
-            Ok(Command::CreateOrderPayment { order, method })
+            Ok(Command::CreateOrderPayment { order, method, confirm })
         }
         (Some(_), Some(_)) => Err(ApiError::malformed("give `amount` or `order_id`, not both")),
         (None, None) => Err(ApiError::malformed("missing field `amount` (or `order_id`)")),
@@ -57,7 +58,8 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
 }
 
 /// Create a payment in `wait`, of an amount or for one of the caller's
-/// orders. Nothing moves until it is confirmed.
+/// orders. Nothing moves until it is confirmed — or, with `confirm: true`
+/// (wallet payments), create and confirm it in one step: `done` at once.
 #[utoipa::path(
     post,
     path = "/v1/payments",
@@ -65,10 +67,10 @@ fn create_command(request: &CreatePaymentRequest) -> Result<Command, ApiError> {
     params(IdempotencyKeyHeader),
     request_body = CreatePaymentRequest,
     responses(
-        (status = 201, description = "Created in `wait` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 400, description = "`malformed_request` (also both or neither of `amount` and `order_id`, `gateway` on a server without one, and any `payback_amount`: the payback is the merchant's policy), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created in `wait`, or `done` with `confirm: true` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "`malformed_request` (also both or neither of `amount` and `order_id`, `gateway` on a server without one, `confirm: true` with `gateway`, and any `payback_amount`: the payback is the merchant's policy), `idempotency_key_missing`, `idempotency_key_invalid`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`limit_exceeded` (per-payment), `order_expired`, `invalid_state` (the order is paid, cancelled, or has a charge in flight), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`limit_exceeded` (per-payment; with `confirm: true` also daily and monthly), `insufficient_balance` and `max_balance_exceeded` (with `confirm: true`), `order_expired`, `invalid_state` (the order is paid, cancelled, or has a charge in flight), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         UserErrors, JsonBodyErrors,
     )

@@ -137,7 +137,7 @@ pub async fn new_payment<L: LockManager, G: Gateway>(
     payback: i64,
 ) -> PaymentId {
     assert_policy(app.config(), minor_units, payback);
-    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Wallet };
+    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Wallet, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create payment: {other:?}"),
@@ -152,7 +152,7 @@ fn assert_policy(config: &Config, minor_units: i64, payback: i64) {
 
 pub async fn new_gateway_payment(app: &GatewayTally, user: UserId, minor_units: i64, payback: i64) -> PaymentId {
     assert_policy(app.config(), minor_units, payback);
-    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Gateway };
+    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Gateway, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create gateway payment: {other:?}"),
@@ -254,7 +254,7 @@ pub async fn new_order<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId
 
 /// A wallet payment of the whole order.
 pub async fn order_payment<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, order: OrderId) -> PaymentId {
-    let command = Command::CreateOrderPayment { order, method: Method::Wallet };
+    let command = Command::CreateOrderPayment { order, method: Method::Wallet, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create order payment: {other:?}"),

@@ -108,7 +108,7 @@ pub(super) fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, Mem
         let user = user_with(&app, Limits::default(), 0).await;
         let product = new_product(&app, 300, 1).await;
         let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
-        let command = Command::CreateOrderPayment { order: order.id, method: Method::Gateway };
+        let command = Command::CreateOrderPayment { order: order.id, method: Method::Gateway, confirm: false };
         let pay = match app.execute(user, command, None).await {
             Ok(Executed::Fresh(Outcome::Payment(p))) => p.id,
             other => panic!("{other:?}"),
