@@ -6,6 +6,9 @@
 //! The admin key is compared in constant time; user keys are found by hash
 //! through the store's index, which leaks nothing about the key itself.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -36,6 +39,47 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(key)
 }
 
+/// Most API keys a router remembers (a user is about 100 bytes here).
+pub const KNOWN_USERS_MAX: usize = 100_000;
+
+/// Users already found by their key's hash. A user and its key never change
+/// (there is no rename, rotation or deletion), so a key found once is not
+/// looked up again: one read and its transaction less on every request.
+/// Unknown keys are never remembered (a user created later, on any instance,
+/// is found by the next lookup). Bounded: when full it is emptied and refills
+/// from lookups, so a flood of distinct valid keys cannot grow it.
+#[derive(Debug, Default)]
+pub struct KnownUsers {
+    users: Mutex<HashMap<[u8; 32], User>>,
+}
+
+impl KnownUsers {
+    fn get(&self, hash: &[u8; 32]) -> Option<User> {
+        self.users.lock().expect("known users lock").get(hash).cloned()
+    }
+
+    fn remember(&self, hash: [u8; 32], user: &User) {
+        let mut users = self.users.lock().expect("known users lock");
+        if users.len() >= KNOWN_USERS_MAX {
+            users.clear();
+        }
+        users.insert(hash, user.clone());
+        debug_assert!(users.len() <= KNOWN_USERS_MAX);
+    }
+}
+
+/// The user whose key hashes to `hash`, if any: remembered, or looked up.
+async fn user_of<B: Backend>(state: &AppState<B>, hash: [u8; 32]) -> Result<Option<User>, ApiError> {
+    if let Some(user) = state.shared.known_users.get(&hash) {
+        return Ok(Some(user));
+    }
+    let user = state.app.authenticate(hash).await?;
+    if let Some(user) = &user {
+        state.shared.known_users.remember(hash, user);
+    }
+    Ok(user)
+}
+
 fn unknown_key() -> ApiError {
     ApiError::new(Code::Unauthorized, "unknown API key")
 }
@@ -55,7 +99,7 @@ impl<B: Backend> FromRequestParts<AppState<B>> for CurrentUser {
             // that may act on user routes.
             return Err(ApiError::new(Code::Forbidden, "the admin key cannot act as a user"));
         }
-        match state.app.authenticate(hash).await? {
+        match user_of(state, hash).await? {
             Some(user) => Ok(CurrentUser(user)),
             None => Err(unknown_key()),
         }
@@ -76,7 +120,7 @@ impl<B: Backend> FromRequestParts<AppState<B>> for Admin {
         }
         // A user's key is known but not allowed here (403); anything else
         // is not a key at all (401).
-        match state.app.authenticate(hash).await? {
+        match user_of(state, hash).await? {
             Some(_) => Err(ApiError::new(Code::Forbidden, "this endpoint requires the admin key")),
             None => Err(unknown_key()),
         }
@@ -94,5 +138,27 @@ mod tests {
         assert!(constant_time_eq(&a, &b));
         b[31] ^= 1;
         assert!(!constant_time_eq(&a, &b));
+    }
+
+    #[test]
+    fn known_users_stay_within_their_bound() {
+        let known = KnownUsers::default();
+        let user = |i: usize| User {
+            id: tally_core::ids::UserId(i as u128),
+            name: "u".into(),
+            key_hash: [0; 32],
+            created_at: tally_core::time::Timestamp(0),
+        };
+        let hash = |i: usize| {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            h
+        };
+        for i in 0..=KNOWN_USERS_MAX {
+            known.remember(hash(i), &user(i));
+        }
+        assert_eq!(known.users.lock().unwrap().len(), 1, "emptied when full, then the newest");
+        assert_eq!(known.get(&hash(KNOWN_USERS_MAX)).map(|u| u.id), Some(user(KNOWN_USERS_MAX).id));
+        assert_eq!(known.get(&hash(0)), None);
     }
 }

@@ -148,6 +148,7 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
             readiness,
             metrics: config.metrics.clone(),
             key_gen: config.key_gen.clone(),
+            known_users: crate::auth::KnownUsers::default(),
         }),
     };
     let permits = Arc::new(Semaphore::new(config.concurrency_limit));

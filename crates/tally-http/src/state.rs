@@ -42,6 +42,7 @@ pub struct Shared {
     pub readiness: Readiness,
     pub metrics: Metrics,
     pub key_gen: KeyGen,
+    pub known_users: crate::auth::KnownUsers,
 }
 
 impl std::fmt::Debug for Shared {
