@@ -5,6 +5,7 @@
 # means a proof that cannot fail; this script then exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source .ci/mutant-judge.sh
 
 export RUSTFLAGS="--cfg shuttle --cfg tally_mutants"
 export CARGO_TARGET_DIR=target/shuttle-mutants
@@ -29,31 +30,15 @@ mutants=(
   "seat_hoarding:a token's live orders may hold more seats than max_seats_per_token (hole 7)"
 )
 
-survivors=0
-# judge "entry" command…: runs the command with TALLY_MUTANT set to the
-# entry's name and requires it to fail with at least one failing test.
-judge() {
-  local name=${1%%:*} what=${1#*:} log
-  shift
-  log=$(mktemp)
-  if TALLY_MUTANT=$name "$@" >"$log" 2>&1; then
-    echo "mutant $name ($what): NOT caught"
-    survivors=$((survivors + 1))
-  else
-    caught_by=$(grep -E '^test .* FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | paste -sd, -)
-    if [ -z "$caught_by" ]; then
-      echo "mutant $name: the suite failed without a failing test (build error?)"
-      tail -n 20 "$log"
-      survivors=$((survivors + 1))
-    else
-      echo "mutant $name ($what): caught by $caught_by"
-    fi
-  fi
-  rm -f "$log"
+# failing_tests LOG: "by" the tests that failed, if any did.
+failing_tests() {
+  local failed
+  failed=$(grep -E '^test .* FAILED$' "$1" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | paste -sd, -)
+  if [ -n "$failed" ]; then echo "by $failed"; fi
 }
 
 for entry in "${mutants[@]}"; do
-  judge "$entry" cargo test -p tally-mem --release --test shuttle -- --test-threads=2
+  judge_mutant "$entry" failing_tests cargo test -p tally-mem --release --test shuttle -- --test-threads=2
 done
 
 # The holes that are not races are pinned by the sequential use-case tests.
@@ -67,12 +52,8 @@ usecase_mutants=(
 )
 RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants cargo test -p tally-mem --test usecases --no-run
 for entry in "${usecase_mutants[@]}"; do
-  judge "$entry" env RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants \
+  judge_mutant "$entry" failing_tests env RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants \
     cargo test -p tally-mem --test usecases
 done
 
-if [ "$survivors" -ne 0 ]; then
-  echo "$survivors mutant(s) survived"
-  exit 1
-fi
-echo "all $(( ${#mutants[@]} + ${#usecase_mutants[@]} )) use-case mutants caught"
+mutant_verdict $(( ${#mutants[@]} + ${#usecase_mutants[@]} )) "use-case mutants"

@@ -8,6 +8,7 @@
 # and after how many seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source .ci/mutant-judge.sh
 
 export RUSTFLAGS="--cfg tally_mutants"
 export CARGO_TARGET_DIR=target/sim-mutants
@@ -41,33 +42,23 @@ mutants=(
 # other fixes are in, and no workload balance comes near 10^15; the
 # use-case tests in .ci/mutants.sh pin both.
 
-survivors=0
-for entry in "${mutants[@]}"; do
-  name=${entry%%:*}
-  what=${entry#*:}
-  log=$(mktemp)
-  if TALLY_MUTANT=$name "$sim" --seeds "$seeds" >"$log" 2>&1; then
-    echo "mutant $name ($what): NOT caught in $seeds seeds"
-    survivors=$((survivors + 1))
-  else
-    # The first match of each, with sed quitting there: a `| head` would
-    # cut sed's output short, and pipefail would fail the script on it.
-    failed_seed=$(sed -nE '/^FAILED: seed [0-9]+$/{s/^FAILED: seed ([0-9]+)$/\1/p;q;}' "$log")
-    invariant=$(sed -nE '/^  violated invariant: /{s/^  violated invariant: (.*)$/\1/p;q;}' "$log")
-    check=$(sed -nE '/^    check: /{s/^    check: (.*)$/\1/p;q;}' "$log")
-    if [ -z "$failed_seed" ]; then
-      echo "mutant $name: the simulation failed without a violation (crash?)"
-      tail -n 20 "$log"
-      survivors=$((survivors + 1))
-    else
-      echo "mutant $name ($what): caught at seed $failed_seed ($((failed_seed + 1)) seeds) by [$invariant] ($check)"
-    fi
+# first_violation LOG: the seed that failed first, and which invariant and
+# check caught it, if one did.
+first_violation() {
+  local failed_seed invariant check
+  # The first match of each, with sed quitting there: a `| head` would cut
+  # sed's output short, and pipefail would fail the script on it.
+  failed_seed=$(sed -nE '/^FAILED: seed [0-9]+$/{s/^FAILED: seed ([0-9]+)$/\1/p;q;}' "$1")
+  invariant=$(sed -nE '/^  violated invariant: /{s/^  violated invariant: (.*)$/\1/p;q;}' "$1")
+  check=$(sed -nE '/^    check: /{s/^    check: (.*)$/\1/p;q;}' "$1")
+  if [ -n "$failed_seed" ]; then
+    echo "at seed $failed_seed ($((failed_seed + 1)) seeds) by [$invariant] ($check)"
   fi
-  rm -f "$log"
+}
+
+MUTANT_BUDGET="in $seeds seeds"
+for entry in "${mutants[@]}"; do
+  judge_mutant "$entry" first_violation "$sim" --seeds "$seeds"
 done
 
-if [ "$survivors" -ne 0 ]; then
-  echo "$survivors mutant(s) survived the simulation"
-  exit 1
-fi
-echo "all ${#mutants[@]} mutants caught by the simulation"
+mutant_verdict ${#mutants[@]} "mutants (by the simulation)"

@@ -11,7 +11,10 @@ use sqlx::Connection;
 use tally::runtime::{SystemClock, UuidIds};
 use tally_core::app::{Config, Tally};
 use tally_core::check::Snapshot;
-use tally_core::store::{NoLocks, Store};
+use tally_core::ids::{OrderId, TokenId};
+use tally_core::order::Order;
+use tally_core::queue::QueueToken;
+use tally_core::store::{NoLocks, Store, Tx};
 use tally_http::{HttpConfig, Readiness};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
@@ -290,4 +293,21 @@ impl TestApp {
     pub async fn assert_invariants(&self) {
         tally_core::check::assert_holds(&self.snapshot().await);
     }
+}
+
+/// The order as stored (not as a reader sees it now), read in a transaction
+/// that writes nothing.
+pub async fn stored_order(store: &PgStore, id: OrderId) -> Order {
+    let mut tx = store.begin().await.expect("begin");
+    let order = tx.order(id).await;
+    tx.rollback().await;
+    order.expect("load").expect("the order exists")
+}
+
+/// The queue token as stored, read in a transaction that writes nothing.
+pub async fn stored_token(store: &PgStore, id: TokenId) -> QueueToken {
+    let mut tx = store.begin().await.expect("begin");
+    let token = tx.token(id).await;
+    tx.rollback().await;
+    token.expect("load token").expect("the token exists")
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tally_core::Error;
 use tally_core::app::{Command, Config, Executed, NewSeat, NewShowtime, Outcome, Tally};
 use tally_core::check::assert_holds;
-use tally_core::ids::{EventId, OrderId, PaymentId, SeatId, SeqIds, TokenId, UserId};
+use tally_core::ids::{EventId, PaymentId, SeatId, SeqIds, TokenId, UserId};
 use tally_core::ledger::TransferKind;
 use tally_core::money::{Amount, Money};
 use tally_core::order::{Order, OrderStatus};
@@ -26,7 +26,7 @@ use tally_core::wallet::{Limits, Wallet, WalletError};
 use tally_mem::MemGateway;
 use tally_pg::{PgStore, Strategy};
 
-use crate::harness::{Pool, START, at_once, fresh_store};
+use crate::harness::{Pool, START, at_once, fresh_store, stored_order, stored_token};
 
 type Bank = Tally<PgStore, NoLocks, ManualClock, MemGateway>;
 
@@ -354,10 +354,7 @@ async fn book(app: &Bank, user: UserId, seats: Vec<SeatId>, token: TokenId) -> R
 }
 
 async fn seats_held(app: &Bank, token: TokenId) -> u32 {
-    let mut tx = app.store().begin().await.expect("begin");
-    let found = tx.token(token).await;
-    tx.rollback().await;
-    found.expect("load token").expect("the token exists").seats_held
+    stored_token(app.store(), token).await.seats_held
 }
 
 /// Hole 7: one active queue token holds at most its event's
@@ -501,7 +498,7 @@ pub async fn an_orders_payback_is_the_merchants_policy(strategy: Strategy) {
         other => panic!("create order answered {other:?}"),
     };
     assert_eq!((created.total, created.payback), (amount(3_000), Money::new(75)), "2.5 % of 3000");
-    let stored = stored_order(&app, created.id).await;
+    let stored = stored_order(app.store(), created.id).await;
     assert_eq!(stored, created, "an order round-trips with its payback");
     let payment = paid(
         app.execute(
@@ -516,11 +513,4 @@ pub async fn an_orders_payback_is_the_merchants_policy(strategy: Strategy) {
     confirm(&app, user, payment.id, None).await.expect("pay");
     assert_eq!(wallet(&app, user).await.balance, Money::new(10_000 - 3_000 + 75));
     holds(&app).await;
-}
-
-async fn stored_order(app: &Bank, id: OrderId) -> Order {
-    let mut tx = app.store().begin().await.expect("begin");
-    let order = tx.order(id).await;
-    tx.rollback().await;
-    order.expect("load").expect("the order exists")
 }

@@ -20,14 +20,14 @@ use tally_core::money::{Amount, Money};
 use tally_core::order::{Order, OrderError, OrderStatus};
 use tally_core::payment::{Method, Payment, PaymentStatus};
 use tally_core::queue::TokenStatus;
-use tally_core::store::{NoLocks, Store, Tx};
+use tally_core::store::NoLocks;
 use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::Limits;
 use tally_gateway::fake::{LatencyFault, Trigger};
 use tally_gateway::{FakeGateway, GatewayClient, GatewayConfig};
 use tally_pg::{PgStore, Strategy};
 
-use crate::harness::{Pool, START, at_once, fresh_store};
+use crate::harness::{Pool, START, at_once, fresh_store, stored_order};
 
 type Shop = Tally<PgStore, NoLocks, ManualClock, GatewayClient>;
 
@@ -147,14 +147,6 @@ async fn confirm(app: &Shop, user: UserId, payment: PaymentId) -> Result<Payment
     }
 }
 
-/// The order as stored (not as a reader sees it now).
-async fn stored_order(app: &Shop, id: OrderId) -> Order {
-    let mut tx = app.store().begin().await.expect("begin");
-    let order = tx.order(id).await;
-    tx.rollback().await;
-    order.expect("load").expect("the order exists")
-}
-
 async fn stock(app: &Shop, id: ProductId) -> (u64, u64) {
     let product = app.product(id).await.expect("product");
     (product.stock, product.stocked)
@@ -162,6 +154,13 @@ async fn stock(app: &Shop, id: ProductId) -> (u64, u64) {
 
 async fn snapshot(app: &Shop) -> Snapshot {
     app.snapshot().await.expect("snapshot")
+}
+
+/// The store holds exactly `orders` orders, and every invariant.
+async fn holds_with_orders(app: &Shop, orders: usize) {
+    let snapshot = snapshot(app).await;
+    assert_eq!(snapshot.orders.len(), orders);
+    assert_holds(&snapshot);
 }
 
 fn out_of_stock(result: &Result<Order, Error>) -> bool {
@@ -182,9 +181,7 @@ pub async fn stock_one_two_buyers_one_order(strategy: Strategy) {
     let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert_eq!(refused, [&Error::Stock(StockError::OutOfStock { product: item.id, available: 0, wanted: 1 })]);
     assert_eq!(stock(&app, item.id).await, (0, 1));
-    let snapshot = snapshot(&app).await;
-    assert_eq!(snapshot.orders.len(), 1);
-    assert_holds(&snapshot);
+    holds_with_orders(&app, 1).await;
 }
 
 /// Invariant 5: ten units, a hundred buyers at once → exactly ten orders,
@@ -268,9 +265,7 @@ pub async fn crossed_two_product_orders_never_deadlock(strategy: Strategy) {
     assert!(errors.is_empty(), "{} error(s), e.g. {:?}", errors.len(), errors.first());
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|o| o.total == amount(300))));
     assert_eq!((stock(&app, a.id).await, stock(&app, b.id).await), ((40, 100), (40, 100)));
-    let snapshot = snapshot(&app).await;
-    assert_eq!(snapshot.orders.len(), 60);
-    assert_holds(&snapshot);
+    holds_with_orders(&app, 60).await;
 }
 
 /// Seed 004's scheduled job (invariants 5 and 7): an unpaid order expires
@@ -285,10 +280,10 @@ pub async fn unpaid_order_expires_and_stock_returns(strategy: Strategy) {
     assert_eq!(stock(&app, item.id).await, (2, 5));
     app.clock().set(Timestamp(created.expires_at.0 - 1));
     assert_eq!(app.expire_orders(100).await, Ok(0), "not before its TTL");
-    assert_eq!(stored_order(&app, created.id).await, created);
+    assert_eq!(stored_order(app.store(), created.id).await, created);
     app.clock().set(created.expires_at);
     assert_eq!(app.expire_orders(100).await, Ok(1));
-    let expired = stored_order(&app, created.id).await;
+    let expired = stored_order(app.store(), created.id).await;
     assert_eq!((expired.status, expired.version), (OrderStatus::Expired, created.version + 1));
     assert_eq!(stock(&app, item.id).await, (5, 5), "stock back");
     assert_eq!(app.expire_orders(100).await, Ok(0), "expired once");
@@ -379,7 +374,7 @@ pub async fn confirm_racing_expiry_ends_one_way(strategy: Strategy) {
             async move { confirm(&app, buyer, payment.id).await }
         };
         let (confirmed, expirations) = race_the_sweeper(&app, round, created.expires_at, confirming).await;
-        let stored = stored_order(&app, created.id).await;
+        let stored = stored_order(app.store(), created.id).await;
         let snapshot = snapshot(&app).await;
         let charges = snapshot
             .transfers
@@ -432,7 +427,7 @@ pub async fn cancel_racing_expiry_gives_back_once(strategy: Strategy) {
             async move { app.execute(buyer, Command::CancelOrder { order: created.id }, None).await }
         };
         let (result, expirations) = race_the_sweeper(&app, round, created.expires_at, cancelling).await;
-        let stored = stored_order(&app, created.id).await;
+        let stored = stored_order(app.store(), created.id).await;
         match &result {
             Ok(_) => {
                 assert_eq!((stored.status, expirations), (OrderStatus::Cancelled, 0), "round {round}");
@@ -513,13 +508,13 @@ pub async fn gateway_charge_in_flight_holds_off_expiry(strategy: Strategy) {
     });
     // The intent commits before the call: the order names its paying payment.
     let asked = Instant::now();
-    while stored_order(&app, created.id).await.payment != Some(payment.id) {
+    while stored_order(app.store(), created.id).await.payment != Some(payment.id) {
         assert!(asked.elapsed() < Duration::from_secs(10), "the confirm never began");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     app.clock().set(created.expires_at.plus(Duration::from_secs(1)));
     assert_eq!(app.expire_orders(10).await, Ok(0), "a charge in flight holds the order");
-    let waiting = stored_order(&app, created.id).await;
+    let waiting = stored_order(app.store(), created.id).await;
     assert_eq!((waiting.status, waiting.payment), (OrderStatus::PendingPayment, Some(payment.id)));
     assert_eq!(app.order(buyer, created.id).await.expect("order").status, OrderStatus::PendingPayment);
     assert_eq!(stock(&app, item.id).await, (0, 1), "the stock stays reserved");
@@ -528,7 +523,7 @@ pub async fn gateway_charge_in_flight_holds_off_expiry(strategy: Strategy) {
         matches!(&confirmed, Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Done),
         "{confirmed:?}"
     );
-    let paid = stored_order(&app, created.id).await;
+    let paid = stored_order(app.store(), created.id).await;
     assert_eq!((paid.status, paid.payment), (OrderStatus::Paid, Some(payment.id)), "paid after its TTL");
     assert_eq!(app.expire_orders(10).await, Ok(0));
     assert_eq!(stock(&app, item.id).await, (0, 1));

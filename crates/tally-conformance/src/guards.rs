@@ -21,7 +21,7 @@ use tally_core::store::{LockManager, Store, StoreError, Tx};
 use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::{LimitKind, Limits, Wallet, WalletError};
 
-use crate::inventory::write;
+use crate::inventory::{read, write};
 use crate::{Profile, StaleWrite, amount, balance, fresh_id, user};
 
 type App<S, L> = tally_core::app::Tally<S, L, ManualClock>;
@@ -41,10 +41,7 @@ async fn create<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, n: i64)
 /// Pays `n` from the wallet at the clock's now: a payment, confirmed.
 async fn pay<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, n: i64) -> Result<Payment, Error> {
     let payment = create(app, user, n).await;
-    match app.execute(user, Command::ConfirmPayment { payment: payment.id, payment_key: None }, None).await? {
-        Executed::Fresh(Outcome::Payment(payment)) => Ok(payment),
-        other => panic!("confirm answered {other:?}"),
-    }
+    execute!(app, user, Command::ConfirmPayment { payment: payment.id, payment_key: None } => Payment, "confirm")
 }
 
 async fn top_up<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, n: i64) -> Result<(), Error> {
@@ -53,23 +50,17 @@ async fn top_up<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, n: i64)
 
 /// The wallet as stored, read in a transaction that writes nothing.
 async fn stored<S: Store, L: LockManager>(app: &App<S, L>, user: UserId) -> Wallet {
-    let mut tx = app.store().begin().await.expect("begin");
-    let wallet = tx.wallet(user).await;
-    tx.rollback().await;
-    wallet.expect("load wallet").expect("the wallet exists")
+    read(app, |tx| Box::pin(tx.wallet(user))).await.expect("load wallet").expect("the wallet exists")
 }
 
 async fn stored_payment<S: Store, L: LockManager>(app: &App<S, L>, id: PaymentId) -> Option<Payment> {
-    let mut tx = app.store().begin().await.expect("begin");
-    let payment = tx.payment(id).await;
-    tx.rollback().await;
-    payment.expect("load payment")
+    read(app, |tx| Box::pin(tx.payment(id))).await.expect("load payment")
 }
 
-/// Commits the confirm of `payment` decided at `at` on `wallet` (a stale
-/// read, as a request that read the clock and the wallet before it got to
-/// write), with its ledger lines.
-async fn commit_stale_confirm<S: Store, L: LockManager>(
+/// Commits the confirm of `payment` decided at `at` on `wallet`, with its
+/// ledger lines. The wallet may be a stale read, as a request's that read
+/// the clock and the wallet before it got to write.
+async fn commit_confirm<S: Store, L: LockManager>(
     app: &App<S, L>,
     payment: &Payment,
     wallet: &Wallet,
@@ -77,7 +68,7 @@ async fn commit_stale_confirm<S: Store, L: LockManager>(
 ) -> Result<(), StoreError> {
     let booking = Booking { op: OpId(fresh_id()), origin: None, at };
     let decision = decide::confirm(payment, wallet, &booking, &mut || TransferId(fresh_id()))
-        .expect("the stale read allows the payment");
+        .expect("the read allows the payment");
     let (payment, wallet) = (payment.clone(), wallet.clone());
     write(app, |tx| {
         Box::pin(async move {
@@ -175,10 +166,10 @@ async fn window_rule<S: Store, L: LockManager>(
     let now = stored(app, id).await;
     assert_eq!(counted(&now), (window(later), Money::new(50)));
     // 30 + 60 fits the older window as read; 50 + 60 does not fit the newer.
-    let result = commit_stale_confirm(app, &too_much, &stale, earlier).await;
+    let result = commit_confirm(app, &too_much, &stale, earlier).await;
     assert_eq!(result, Err(StoreError::Conflict), "{kind:?}: a stale payment beyond the newest window's limit");
     assert_eq!(stored(app, id).await, now, "refused, nothing written");
-    let result = commit_stale_confirm(app, &fits, &stale, earlier).await;
+    let result = commit_confirm(app, &fits, &stale, earlier).await;
     match profile.stale_write {
         StaleWrite::Conflicts => {
             assert_eq!(result, Err(StoreError::Conflict));
@@ -244,20 +235,7 @@ pub(crate) async fn the_ceiling_counts_held_paybacks_and_caps_every_balance<S: S
     // The charge lands: the hold is released and the payback credited, which
     // fits by construction (70 + 30 = 100).
     let wallet = stored(app, id).await;
-    let booking = Booking { op: OpId(fresh_id()), origin: None, at: app.now() };
-    let decision =
-        decide::confirm(&confirming, &wallet, &booking, &mut || TransferId(fresh_id())).expect("a held payback fits");
-    let (loaded_payment, loaded_wallet) = (confirming.clone(), wallet.clone());
-    let done = decision.clone();
-    write(app, |tx| {
-        Box::pin(async move {
-            tx.put_payment(Some(&loaded_payment), &done.payment).await?;
-            tx.put_wallet(Some(&loaded_wallet), &done.wallet).await?;
-            tx.append_transfers(&done.transfers).await
-        })
-    })
-    .await
-    .expect("credit the held payback");
+    commit_confirm(app, &confirming, &wallet, app.now()).await.expect("credit the held payback");
     let credited = stored(app, id).await;
     assert_eq!((credited.balance, credited.payback_held), (Money::new(100), Money::ZERO));
     assert_eq!(stored_payment(app, payment.id).await.map(|p| p.status), Some(PaymentStatus::Done));

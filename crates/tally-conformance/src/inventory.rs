@@ -76,10 +76,7 @@ fn seat<'v>(view: &'v EventView, label: &str) -> &'v Seat {
 }
 
 async fn join<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, event: EventId) -> TokenView {
-    match app.execute(user, Command::JoinQueue { event }, None).await {
-        Ok(Executed::Fresh(Outcome::Token(view))) => view,
-        other => panic!("join queue: {other:?}"),
-    }
+    execute!(app, user, Command::JoinQueue { event } => Token, "join queue").expect("join queue")
 }
 
 async fn order<S: Store, L: LockManager>(
@@ -90,10 +87,56 @@ async fn order<S: Store, L: LockManager>(
     token: Option<TokenId>,
 ) -> Result<Order, Error> {
     let command = Command::CreateOrder { items: items.to_vec(), seats: seats.to_vec(), token };
-    match app.execute(user, command, None).await? {
-        Executed::Fresh(Outcome::Order(order)) => Ok(order),
-        other => panic!("create order answered {other:?}"),
-    }
+    execute!(app, user, command => Order, "create order")
+}
+
+/// Joins `event`'s queue (or gets the live token) and orders with the token.
+async fn order_in_queue<S: Store, L: LockManager>(
+    app: &App<S, L>,
+    user: UserId,
+    event: EventId,
+    items: &[(ProductId, u64)],
+    seats: &[SeatId],
+) -> Result<Order, Error> {
+    let token = join(app, user, event).await.token.id;
+    order(app, user, items, seats, Some(token)).await
+}
+
+/// A buyer with 1,000 in the wallet and an unpaid order, made in the queue,
+/// for some units of a new product and the one seat of a new event.
+struct ProductAndSeat {
+    product: ProductId,
+    seat: SeatId,
+    buyer: UserId,
+    order: Order,
+}
+
+/// Orders `units` of a new product (`price`, `stock`) and the seat `label`
+/// of a new event (`seat_price`).
+async fn order_product_and_seat<S: Store, L: LockManager>(
+    app: &App<S, L>,
+    (price, stock, units): (i64, u64, u64),
+    (label, seat_price): (&str, i64),
+) -> ProductAndSeat {
+    let product = new_product(app, price, stock).await.id;
+    let view = new_event(app, 1, &[label], seat_price).await;
+    let seat = seat(&view, label).id;
+    let buyer = user(app, Limits::default(), 1_000).await;
+    let order = order_in_queue(app, buyer, view.event.id, &[(product, units)], &[seat]).await.expect("order");
+    ProductAndSeat { product, seat, buyer, order }
+}
+
+/// A buyer with `balance` in the wallet and an unpaid order for one unit of
+/// a new product (`price`, `stock`).
+async fn order_one_unit<S: Store, L: LockManager>(
+    app: &App<S, L>,
+    (price, stock): (i64, u64),
+    balance: i64,
+) -> (ProductId, UserId, Order) {
+    let product = new_product(app, price, stock).await.id;
+    let buyer = user(app, Limits::default(), balance).await;
+    let order = order(app, buyer, &[(product, 1)], &[], None).await.expect("order");
+    (product, buyer, order)
 }
 
 async fn order_payment<S: Store, L: LockManager>(
@@ -102,10 +145,7 @@ async fn order_payment<S: Store, L: LockManager>(
     order: OrderId,
 ) -> Result<Payment, Error> {
     let command = Command::CreateOrderPayment { order, method: Method::Wallet, confirm: false };
-    match app.execute(user, command, None).await? {
-        Executed::Fresh(Outcome::Payment(payment)) => Ok(payment),
-        other => panic!("create order payment answered {other:?}"),
-    }
+    execute!(app, user, command => Payment, "create order payment")
 }
 
 async fn confirm<S: Store, L: LockManager>(
@@ -113,10 +153,7 @@ async fn confirm<S: Store, L: LockManager>(
     user: UserId,
     payment: PaymentId,
 ) -> Result<Payment, Error> {
-    match app.execute(user, Command::ConfirmPayment { payment, payment_key: None }, None).await? {
-        Executed::Fresh(Outcome::Payment(payment)) => Ok(payment),
-        other => panic!("confirm answered {other:?}"),
-    }
+    execute!(app, user, Command::ConfirmPayment { payment, payment_key: None } => Payment, "confirm")
 }
 
 /// Pays an order from the wallet: a payment for it, confirmed.
@@ -126,10 +163,7 @@ async fn pay<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, order: Ord
 }
 
 async fn cancel_order<S: Store, L: LockManager>(app: &App<S, L>, user: UserId, order: OrderId) -> Result<Order, Error> {
-    match app.execute(user, Command::CancelOrder { order }, None).await? {
-        Executed::Fresh(Outcome::Order(order)) => Ok(order),
-        other => panic!("cancel order answered {other:?}"),
-    }
+    execute!(app, user, Command::CancelOrder { order } => Order, "cancel order")
 }
 
 /// Records as stored (not as a reader sees them now), read in a transaction
@@ -138,38 +172,24 @@ struct Stored;
 
 impl Stored {
     async fn order<S: Store, L: LockManager>(app: &App<S, L>, id: OrderId) -> Order {
-        let mut tx = app.store().begin().await.expect("begin");
-        let order = tx.order(id).await;
-        tx.rollback().await;
-        order.expect("load order").expect("the order exists")
+        read(app, |tx| Box::pin(tx.order(id))).await.expect("load order").expect("the order exists")
     }
 
     async fn seat<S: Store, L: LockManager>(app: &App<S, L>, id: SeatId) -> Seat {
-        let mut tx = app.store().begin().await.expect("begin");
-        let seat = tx.seat(id).await;
-        tx.rollback().await;
-        seat.expect("load seat").expect("the seat exists")
+        read(app, |tx| Box::pin(tx.seat(id))).await.expect("load seat").expect("the seat exists")
     }
 
     async fn event<S: Store, L: LockManager>(app: &App<S, L>, id: EventId) -> Event {
-        let mut tx = app.store().begin().await.expect("begin");
-        let event = tx.event(id).await;
-        tx.rollback().await;
-        event.expect("load event").expect("the event exists")
+        read(app, |tx| Box::pin(tx.event(id))).await.expect("load event").expect("the event exists")
     }
 
     async fn token<S: Store, L: LockManager>(app: &App<S, L>, id: TokenId) -> QueueToken {
-        let mut tx = app.store().begin().await.expect("begin");
-        let token = tx.token(id).await;
-        tx.rollback().await;
-        token.expect("load token").expect("the token exists")
+        read(app, |tx| Box::pin(tx.token(id))).await.expect("load token").expect("the token exists")
     }
 
     async fn expired_orders<S: Store, L: LockManager>(app: &App<S, L>, limit: usize) -> Vec<OrderId> {
-        let mut tx = app.store().begin().await.expect("begin");
-        let found = tx.expired_orders(app.now(), limit).await;
-        tx.rollback().await;
-        found.expect("list expired orders")
+        let now = app.now();
+        read(app, |tx| Box::pin(tx.expired_orders(now, limit))).await.expect("list expired orders")
     }
 }
 
@@ -263,10 +283,8 @@ pub(crate) async fn an_order_reserves_everything_or_nothing<S: Store, L: LockMan
     let view = new_event(app, 2, &["S1"], 500).await;
     let s1 = seat(&view, "S1").id;
     let holder = user(app, Limits::default(), 0).await;
-    let token = join(app, holder, view.event.id).await.token.id;
-    let held = order(app, holder, &[], &[s1], Some(token)).await.expect("hold the seat");
-    let token = join(app, buyer, view.event.id).await.token.id;
-    let refused = order(app, buyer, &[(a.id, 1)], &[s1], Some(token)).await;
+    let held = order_in_queue(app, holder, view.event.id, &[], &[s1]).await.expect("hold the seat");
+    let refused = order_in_queue(app, buyer, view.event.id, &[(a.id, 1)], &[s1]).await;
     assert!(
         matches!(refused, Err(Error::Seat(SeatUnavailable { seat, status: SeatStatus::Held(by), .. })) if seat == s1 && by == held.id),
         "{refused:?}"
@@ -342,23 +360,19 @@ pub(crate) async fn a_seat_is_held_then_sold_on_pay<S: Store, L: LockManager>(ap
 /// Cancelling a paid order refunds it and gives its stock and seats back;
 /// cancelling an unpaid one gives them back and moves no money.
 pub(crate) async fn cancelling_an_order_gives_everything_back<S: Store, L: LockManager>(app: &App<S, L>, _: Profile) {
-    let product = new_product(app, 120, 3).await;
-    let view = new_event(app, 1, &["C1"], 400).await;
-    let c1 = seat(&view, "C1").id;
-    let buyer = user(app, Limits::default(), 1_000).await;
-    let token = join(app, buyer, view.event.id).await.token.id;
-    let created = order(app, buyer, &[(product.id, 2)], &[c1], Some(token)).await.expect("order");
+    let ProductAndSeat { product, seat: c1, buyer, order: created } =
+        order_product_and_seat(app, (120, 3, 2), ("C1", 400)).await;
     assert_eq!(created.total, amount(640));
     let payment = pay(app, buyer, created.id).await;
     assert_eq!(balance(app, buyer).await, Money::new(360 + 40), "paid 640, the seat's 10 % back");
-    assert_eq!(stock(app, product.id).await, (1, 3));
+    assert_eq!(stock(app, product).await, (1, 3));
 
     let cancelled = cancel_order(app, buyer, created.id).await.expect("cancel the paid order");
     assert_eq!((cancelled.status, cancelled.payment), (OrderStatus::Cancelled, Some(payment.id)));
     assert_eq!(Stored::order(app, created.id).await, cancelled);
     assert_eq!(balance(app, buyer).await, Money::new(1_000), "refunded");
     assert_eq!(app.payment(buyer, payment.id).await.expect("payment").status, PaymentStatus::Cancelled);
-    assert_eq!(stock(app, product.id).await, (3, 3), "stock back");
+    assert_eq!(stock(app, product).await, (3, 3), "stock back");
     assert_eq!(Stored::seat(app, c1).await.status, SeatStatus::Available, "seat back");
     assert!(matches!(
         cancel_order(app, buyer, created.id).await,
@@ -367,10 +381,10 @@ pub(crate) async fn cancelling_an_order_gives_everything_back<S: Store, L: LockM
     let other = user(app, Limits::default(), 0).await;
     assert_eq!(cancel_order(app, other, created.id).await, Err(Error::NotFound));
 
-    let unpaid = order(app, buyer, &[(product.id, 1)], &[], None).await.expect("order");
-    assert_eq!(stock(app, product.id).await, (2, 3));
+    let unpaid = order(app, buyer, &[(product, 1)], &[], None).await.expect("order");
+    assert_eq!(stock(app, product).await, (2, 3));
     assert_eq!(cancel_order(app, buyer, unpaid.id).await.expect("cancel").status, OrderStatus::Cancelled);
-    assert_eq!(stock(app, product.id).await, (3, 3));
+    assert_eq!(stock(app, product).await, (3, 3));
     assert_eq!(balance(app, buyer).await, Money::new(1_000), "no money moved");
     holds(app).await;
 }
@@ -378,18 +392,14 @@ pub(crate) async fn cancelling_an_order_gives_everything_back<S: Store, L: LockM
 /// Seed 004's scheduled job: an unpaid order past its TTL expires and gives
 /// its stock and seats back — not a moment before.
 pub(crate) async fn unpaid_orders_expire_and_give_back<S: Store, L: LockManager>(app: &App<S, L>, _: Profile) {
-    let product = new_product(app, 90, 4).await;
-    let view = new_event(app, 1, &["E1"], 300).await;
-    let e1 = seat(&view, "E1").id;
-    let buyer = user(app, Limits::default(), 1_000).await;
-    let token = join(app, buyer, view.event.id).await.token.id;
-    let created = order(app, buyer, &[(product.id, 3)], &[e1], Some(token)).await.expect("order");
-    assert_eq!(stock(app, product.id).await, (1, 4));
+    let ProductAndSeat { product, seat: e1, buyer, order: created } =
+        order_product_and_seat(app, (90, 4, 3), ("E1", 300)).await;
+    assert_eq!(stock(app, product).await, (1, 4));
 
     app.clock().advance(app.config().order_ttl - Duration::from_millis(1));
     app.expire_orders(1_000).await.expect("sweep");
     assert_eq!(Stored::order(app, created.id).await, created, "a millisecond before its TTL ends, untouched");
-    assert_eq!(stock(app, product.id).await, (1, 4));
+    assert_eq!(stock(app, product).await, (1, 4));
 
     app.clock().advance(Duration::from_millis(1));
     assert_eq!(app.now(), created.expires_at);
@@ -403,7 +413,7 @@ pub(crate) async fn unpaid_orders_expire_and_give_back<S: Store, L: LockManager>
     assert!(swept >= 1, "swept {swept}");
     let expired = Stored::order(app, created.id).await;
     assert_eq!((expired.status, expired.payment, expired.version), (OrderStatus::Expired, None, created.version + 1));
-    assert_eq!(stock(app, product.id).await, (4, 4), "stock back");
+    assert_eq!(stock(app, product).await, (4, 4), "stock back");
     assert_eq!(Stored::seat(app, e1).await.status, SeatStatus::Available, "seat back");
     assert_eq!(order_payment(app, buyer, created.id).await, Err(Error::Order(OrderError::Expired(created.id))));
     assert_eq!(cancel_order(app, buyer, created.id).await, Err(Error::Order(OrderError::Expired(created.id))));
@@ -492,9 +502,7 @@ pub(crate) async fn the_queue_admits_k_and_promotes_in_order<S: Store, L: LockMa
 /// SPEC.md invariant 7: an order is paid once. A second payment created
 /// while it was unpaid is refused at confirm, and charges nothing.
 pub(crate) async fn a_paid_order_cannot_be_paid_again<S: Store, L: LockManager>(app: &App<S, L>, _: Profile) {
-    let product = new_product(app, 500, 2).await;
-    let buyer = user(app, Limits::default(), 5_000).await;
-    let created = order(app, buyer, &[(product.id, 1)], &[], None).await.expect("order");
+    let (_, buyer, created) = order_one_unit(app, (500, 2), 5_000).await;
     let one = order_payment(app, buyer, created.id).await.expect("first payment");
     let two = order_payment(app, buyer, created.id).await.expect("second payment");
     confirm(app, buyer, one.id).await.expect("the first pays");
@@ -518,9 +526,7 @@ pub(crate) async fn a_paid_order_cannot_be_paid_again<S: Store, L: LockManager>(
 /// SPEC.md invariant 7: a payment confirmed after its order's TTL is refused
 /// with `order_expired` and charges nothing; once swept, the order is over.
 pub(crate) async fn a_payment_after_the_ttl_is_refused<S: Store, L: LockManager>(app: &App<S, L>, _: Profile) {
-    let product = new_product(app, 80, 1).await;
-    let buyer = user(app, Limits::default(), 1_000).await;
-    let created = order(app, buyer, &[(product.id, 1)], &[], None).await.expect("order");
+    let (product, buyer, created) = order_one_unit(app, (80, 1), 1_000).await;
     let payment = order_payment(app, buyer, created.id).await.expect("payment, in time");
     app.clock().advance(app.config().order_ttl);
     assert_eq!(confirm(app, buyer, payment.id).await, Err(Error::Order(OrderError::Expired(created.id))));
@@ -529,7 +535,7 @@ pub(crate) async fn a_payment_after_the_ttl_is_refused<S: Store, L: LockManager>
     assert_eq!(Stored::order(app, created.id).await, created, "the refusal wrote nothing");
     app.expire_orders(1_000).await.expect("sweep");
     assert_eq!(Stored::order(app, created.id).await.status, OrderStatus::Expired);
-    assert_eq!(stock(app, product.id).await, (1, 1));
+    assert_eq!(stock(app, product).await, (1, 1));
     assert_eq!(
         confirm(app, buyer, payment.id).await,
         Err(Error::Order(OrderError::Expired(created.id))),
@@ -586,6 +592,20 @@ pub(crate) async fn stale_inventory_writes<S: Store, L: LockManager>(app: &App<S
     assert_eq!(result, Err(StoreError::Conflict), "queue counters are never written over");
     assert_eq!(Stored::event(app, view.event.id).await.next_seq, 2);
     holds(app).await;
+}
+
+/// What [`read`] runs: loads from one transaction.
+pub(crate) type Read<'t, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 't>>;
+
+/// Runs `body` in a transaction that writes nothing, then rolls it back.
+pub(crate) async fn read<S: Store, L: LockManager, T, F>(app: &App<S, L>, body: F) -> T
+where
+    F: for<'t> FnOnce(&'t mut S::Tx) -> Read<'t, T>,
+{
+    let mut tx = app.store().begin().await.expect("begin");
+    let found = body(&mut tx).await;
+    tx.rollback().await;
+    found
 }
 
 pub(crate) type Write<'t> = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 't>>;

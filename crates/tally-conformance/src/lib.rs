@@ -9,6 +9,19 @@
 //! Cases share one store: each makes its own users, so they never see each
 //! other's records, and the invariant checker runs over everything at the end.
 
+/// Runs `$command` for `$user`, unkeyed: the record of the
+/// `Outcome::$variant` it must answer, or the error it answered (`$what`
+/// names the command if it answers anything else).
+macro_rules! execute {
+    ($app:expr, $user:expr, $command:expr => $variant:ident, $what:literal) => {
+        match $app.execute($user, $command, None).await {
+            Ok(tally_core::app::Executed::Fresh(tally_core::app::Outcome::$variant(record))) => Ok(record),
+            Err(error) => Err(error),
+            Ok(other) => panic!("{} answered {other:?}", $what),
+        }
+    };
+}
+
 mod guards;
 mod inventory;
 

@@ -9,6 +9,10 @@
 //!
 //! # Layout
 //!
+//! - [`book`]: the gateway's payments and the rule that charges a payment
+//!   key once, kept by both fakes (this crate's and `tally-mem`'s), and the
+//!   error [`codes`]. Plain data with no dependency: all that builds without
+//!   the default `http` feature, which `tally-mem` turns off.
 //! - [`outcome`]: [`ConfirmOutcome`], [`LookupOutcome`], [`CancelOutcome`],
 //!   plain data for the core's gateway trait.
 //! - [`protocol`]: paths, bodies, credentials and the `classify_*` functions
@@ -26,12 +30,23 @@
 //! caller looks the payment up (now, or from a reconciler later) and adopts
 //! what the gateway says; it never sends the confirm again blind.
 
+pub mod book;
+pub mod codes;
+
+#[cfg(feature = "http")]
 pub mod client;
+#[cfg(feature = "http")]
 pub mod core_port;
+#[cfg(feature = "http")]
 pub mod fake;
+#[cfg(feature = "http")]
 pub mod outcome;
+#[cfg(feature = "http")]
 pub mod protocol;
 
+#[cfg(feature = "http")]
 pub use client::{GatewayClient, GatewayConfig, GatewayError};
+#[cfg(feature = "http")]
 pub use fake::FakeGateway;
+#[cfg(feature = "http")]
 pub use outcome::{CancelOutcome, ConfirmOutcome, LookupOutcome};

@@ -158,6 +158,12 @@ impl Client {
         self.send_with(method, path, key, idem, &[], body).await
     }
 
+    /// `POST /v1/wallet/top-ups` of `amount` to `key`'s wallet, under the
+    /// idempotency key `idem`.
+    async fn top_up(&self, key: &str, idem: &str, amount: i64) -> Result<Reply, String> {
+        self.send(reqwest::Method::POST, "/v1/wallet/top-ups", key, Some(idem), Some(json!({"amount": amount}))).await
+    }
+
     async fn send_with(
         &self,
         method: reqwest::Method,
@@ -206,15 +212,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
             return Err(format!("creating a user: {} {}", created.status, created.body));
         }
         let key = created.body["api_key"].as_str().ok_or("no api_key in the user reply")?.to_owned();
-        let funded = client
-            .send(
-                reqwest::Method::POST,
-                "/v1/wallet/top-ups",
-                &key,
-                Some(&format!("fund-{i}")),
-                Some(json!({"amount": initial})),
-            )
-            .await?;
+        let funded = client.top_up(&key, &format!("fund-{i}"), initial).await?;
         if funded.status != StatusCode::CREATED {
             return Err(format!("funding a wallet: {} {}", funded.status, funded.body));
         }
@@ -325,15 +323,7 @@ async fn one_step(
         Workload::Duplicates => {
             // Every client sends round n's request; only one may take effect.
             let amount = DUPLICATE_AMOUNT;
-            let reply = client
-                .send(
-                    reqwest::Method::POST,
-                    "/v1/wallet/top-ups",
-                    key,
-                    Some(&format!("dup-round-{n}")),
-                    Some(json!({"amount": amount})),
-                )
-                .await?;
+            let reply = client.top_up(key, &format!("dup-round-{n}"), amount).await?;
             record(local, &reply);
             if reply.status == StatusCode::CREATED {
                 local.acknowledged_rounds.insert(n);
@@ -347,15 +337,7 @@ async fn one_step(
             // Alternate: a top-up, then a payment created and confirmed.
             let amount = i64::try_from(1 + (c * 7 + n * 13) % 100).expect("small");
             if n.is_multiple_of(2) {
-                let reply = client
-                    .send(
-                        reqwest::Method::POST,
-                        "/v1/wallet/top-ups",
-                        key,
-                        Some(&format!("t-{c}-{n}")),
-                        Some(json!({"amount": amount})),
-                    )
-                    .await?;
+                let reply = client.top_up(key, &format!("t-{c}-{n}"), amount).await?;
                 record(local, &reply);
                 if reply.status == StatusCode::CREATED {
                     *local.expected_delta.entry(wallet).or_default() += amount;

@@ -284,10 +284,16 @@ mod tests {
         Wake::Thread { shard: 0 }
     }
 
+    /// A fresh state (four waiters per key at most) and `N` owners of it.
+    fn with_owners<K: Ord, const N: usize>() -> (State<K>, [Owner; N]) {
+        let mut state = State::new(4);
+        let owners = std::array::from_fn(|_| state.new_owner());
+        (state, owners)
+    }
+
     #[test]
     fn hand_off_goes_to_the_oldest_waiter_with_a_larger_fence() {
-        let mut state = State::new(4);
-        let (a, b, c) = (state.new_owner(), state.new_owner(), state.new_owner());
+        let (mut state, [a, b, c]) = with_owners();
         let fence_a = state.try_take(&"k", a).unwrap();
         assert_eq!(state.try_take(&"k", b), None);
         state.enqueue(&"k", b, thread_wake()).unwrap();
@@ -308,8 +314,7 @@ mod tests {
 
     #[test]
     fn cancel_after_grant_passes_the_key_on() {
-        let mut state = State::new(4);
-        let (a, b, c) = (state.new_owner(), state.new_owner(), state.new_owner());
+        let (mut state, [a, b, c]) = with_owners();
         state.try_take(&1, a).unwrap();
         state.enqueue(&1, b, thread_wake()).unwrap();
         state.enqueue(&1, c, thread_wake()).unwrap();
@@ -324,8 +329,7 @@ mod tests {
 
     #[test]
     fn cancel_while_queued_only_leaves_the_queue() {
-        let mut state = State::new(4);
-        let (a, b) = (state.new_owner(), state.new_owner());
+        let (mut state, [a, b]) = with_owners();
         let fence = state.try_take(&1, a).unwrap();
         state.enqueue(&1, b, thread_wake()).unwrap();
         assert!(state.cancel(&1, b).is_none());
@@ -337,8 +341,7 @@ mod tests {
 
     #[test]
     fn try_take_all_is_all_or_nothing() {
-        let mut state = State::new(4);
-        let (a, b) = (state.new_owner(), state.new_owner());
+        let (mut state, [a, b]) = with_owners();
         state.try_take(&2, a).unwrap();
         assert_eq!(state.try_take_all(&[1, 2, 3], b), None);
         assert_eq!(state.holder_fence(&1), None);
@@ -351,8 +354,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "does not hold the key")]
     fn release_by_a_stranger_is_a_bug() {
-        let mut state = State::new(4);
-        let (a, b) = (state.new_owner(), state.new_owner());
+        let (mut state, [a, b]) = with_owners();
         state.try_take(&1, a).unwrap();
         let _ = state.release(&1, b);
     }

@@ -363,16 +363,20 @@ impl<K: Ord> Drop for AsyncWait<'_, K> {
     }
 }
 
-/// When a blocking acquisition stops waiting (production: a real instant).
-#[cfg(not(any(loom, shuttle)))]
+/// When a blocking acquisition stops waiting: never, or (production) at a
+/// real instant, or (model checkers: no clock) by a give-up decision after
+/// one unlocked gap, see [`LockTable::acquire`].
 #[derive(Debug, Clone, Copy)]
 enum Deadline {
     Never,
+    #[cfg(not(any(loom, shuttle)))]
     At(std::time::Instant),
+    #[cfg(any(loom, shuttle))]
+    GiveUp,
 }
 
-#[cfg(not(any(loom, shuttle)))]
 impl Deadline {
+    #[cfg(not(any(loom, shuttle)))]
     fn after(timeout: Option<Duration>) -> Self {
         // A deadline too far away to represent is never reached.
         match timeout.and_then(|timeout| std::time::Instant::now().checked_add(timeout)) {
@@ -381,17 +385,26 @@ impl Deadline {
         }
     }
 
+    #[cfg(any(loom, shuttle))]
+    fn after(timeout: Option<Duration>) -> Self {
+        match timeout {
+            None => Deadline::Never,
+            Some(_) => Deadline::GiveUp,
+        }
+    }
+
     /// Sleeps on `condvar`, unlocking `guard` meanwhile, until notified (or
     /// spuriously woken) or the deadline passes. Returns the relocked guard
     /// and whether the deadline has passed.
     fn wait<'a, T>(
         self,
-        _mutex: &'a Mutex<T>,
+        #[cfg_attr(not(any(loom, shuttle)), allow(unused_variables))] mutex: &'a Mutex<T>,
         condvar: &Condvar,
         guard: MutexGuard<'a, T>,
     ) -> (MutexGuard<'a, T>, bool) {
         match self {
             Deadline::Never => (condvar.wait(guard).expect(POISONED), false),
+            #[cfg(not(any(loom, shuttle)))]
             Deadline::At(at) => {
                 let now = std::time::Instant::now();
                 let left = at.saturating_duration_since(now);
@@ -401,37 +414,7 @@ impl Deadline {
                 let (guard, _) = condvar.wait_timeout(guard, left).expect(POISONED);
                 (guard, std::time::Instant::now() >= at)
             }
-        }
-    }
-}
-
-/// When a blocking acquisition stops waiting (model checkers: no clock; a
-/// timeout is a give-up decision after one unlocked gap, see
-/// [`LockTable::acquire`]).
-#[cfg(any(loom, shuttle))]
-#[derive(Debug, Clone, Copy)]
-enum Deadline {
-    Never,
-    GiveUp,
-}
-
-#[cfg(any(loom, shuttle))]
-impl Deadline {
-    fn after(timeout: Option<Duration>) -> Self {
-        match timeout {
-            None => Deadline::Never,
-            Some(_) => Deadline::GiveUp,
-        }
-    }
-
-    fn wait<'a, T>(
-        self,
-        mutex: &'a Mutex<T>,
-        condvar: &Condvar,
-        guard: MutexGuard<'a, T>,
-    ) -> (MutexGuard<'a, T>, bool) {
-        match self {
-            Deadline::Never => (condvar.wait(guard).expect(POISONED), false),
+            #[cfg(any(loom, shuttle))]
             Deadline::GiveUp => {
                 // Let every other thread act in the gap (the checker explores
                 // all of it), then decide: the timer has fired.

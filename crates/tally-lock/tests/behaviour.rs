@@ -8,7 +8,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tally_lock::{Config, DEFAULT_MAX_WAITERS_PER_KEY, Guard, LockError, LockTable};
@@ -21,12 +21,72 @@ fn table<K: Ord + Clone + std::fmt::Debug + Send + Sync + 'static>() -> LockTabl
     LockTable::new(Config::default())
 }
 
+/// A fresh table in which `keys` are held by the guard returned with it.
+fn held<K: Ord + Clone + std::fmt::Debug + Send + Sync + 'static, const N: usize>(
+    keys: [K; N],
+) -> (LockTable<K>, Guard<K>) {
+    let table = table();
+    let holder = table.acquire(keys, None).unwrap();
+    (table, holder)
+}
+
 /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let start = Instant::now();
     while !condition() {
         assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
         thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Runs `take(table)` on a thread of its own, returning once it waits on
+/// `key` as the key's `nth` waiter.
+fn spawn_waiter<K, T>(
+    table: &LockTable<K>,
+    key: K,
+    nth: usize,
+    take: impl FnOnce(LockTable<K>) -> T + Send + 'static,
+) -> JoinHandle<T>
+where
+    K: Ord + Clone + std::fmt::Debug + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let table2 = table.clone();
+    let handle = thread::spawn(move || take(table2));
+    wait_until(&format!("waiter {nth} is queued"), || table.waiters(&key) == nth);
+    handle
+}
+
+/// Runs `body(index)` on `threads` threads at once; returns when all are
+/// done (a panic in one fails the test).
+fn on_threads(threads: usize, body: impl Fn(usize) + Sync) {
+    thread::scope(|scope| {
+        for index in 0..threads {
+            let body = &body;
+            scope.spawn(move || body(index));
+        }
+    });
+}
+
+/// `counter += 1` as two steps with a yield between them: two holders that
+/// overlap lose an update.
+fn racy_increment(counter: &AtomicUsize) {
+    let seen = counter.load(Ordering::Relaxed);
+    thread::yield_now();
+    counter.store(seen + 1, Ordering::Relaxed);
+}
+
+/// Asserts that whoever calls it is alone between `enter` and `leave`.
+#[derive(Default)]
+struct Exclusive(AtomicUsize);
+
+impl Exclusive {
+    fn enter(&self) {
+        assert_eq!(self.0.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+    }
+
+    fn leave(&self) {
+        assert_eq!(self.0.fetch_sub(1, Ordering::SeqCst), 1);
     }
 }
 
@@ -75,6 +135,26 @@ fn poll_once<F: Future>(future: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(waker))
 }
 
+/// Polls a lock wait once, which must then be queued, and keeps it for
+/// later polls.
+fn queued<F: Future>(wait: F, waker: &Waker) -> Pin<Box<F>> {
+    let mut wait = Box::pin(wait);
+    assert!(poll_once(wait.as_mut(), waker).is_pending(), "the wait is queued");
+    wait
+}
+
+/// Polls a lock wait that must have been handed its keys: `why` says why.
+fn granted<K, F>(wait: Pin<&mut F>, waker: &Waker, why: &str) -> Guard<K>
+where
+    K: Ord + Clone + std::fmt::Debug + Send + Sync + 'static,
+    F: Future<Output = Result<Guard<K>, LockError>>,
+{
+    match poll_once(wait, waker) {
+        Poll::Ready(Ok(guard)) => guard,
+        other => panic!("{why}: {:?}", other.map(|result| result.map(drop))),
+    }
+}
+
 /// A give-up signal the test fires by hand (a stand-in for a timer).
 #[derive(Clone, Default)]
 struct Trigger(Arc<Mutex<(bool, Option<Waker>)>>);
@@ -113,28 +193,15 @@ fn threads_never_hold_a_key_together() {
     const THREADS: usize = 8;
     const ROUNDS: usize = 1000;
     let table = table::<&'static str>();
-    // Incremented non-atomically (separate load and store with a yield in
-    // between): any overlap of two holders loses updates.
-    let counter = Arc::new(AtomicUsize::new(0));
-    let inside = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let (table, counter, inside) = (table.clone(), counter.clone(), inside.clone());
-            thread::spawn(move || {
-                for _ in 0..ROUNDS {
-                    let _guard = table.acquire(["payment"], None).unwrap();
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
-                    let seen = counter.load(Ordering::Relaxed);
-                    thread::yield_now();
-                    counter.store(seen + 1, Ordering::Relaxed);
-                    assert_eq!(inside.fetch_sub(1, Ordering::SeqCst), 1);
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let (counter, inside) = (AtomicUsize::new(0), Exclusive::default());
+    on_threads(THREADS, |_| {
+        for _ in 0..ROUNDS {
+            let _guard = table.acquire(["payment"], None).unwrap();
+            inside.enter();
+            racy_increment(&counter);
+            inside.leave();
+        }
+    });
     assert_eq!(counter.load(Ordering::SeqCst), THREADS * ROUNDS);
     assert!(table.is_idle());
 }
@@ -144,27 +211,17 @@ fn mixed_sync_and_async_takers_are_exclusive() {
     const THREADS: usize = 4;
     const ROUNDS: usize = 500;
     let table = table::<u32>();
-    let counter = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|index| {
-            let (table, counter) = (table.clone(), counter.clone());
-            thread::spawn(move || {
-                for _ in 0..ROUNDS {
-                    let _guard = if index % 2 == 0 {
-                        table.acquire([7], None).unwrap()
-                    } else {
-                        block_on(table.acquire_async([7], std::future::pending())).unwrap()
-                    };
-                    let seen = counter.load(Ordering::Relaxed);
-                    thread::yield_now();
-                    counter.store(seen + 1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let counter = AtomicUsize::new(0);
+    on_threads(THREADS, |index| {
+        for _ in 0..ROUNDS {
+            let _guard = if index % 2 == 0 {
+                table.acquire([7], None).unwrap()
+            } else {
+                block_on(table.acquire_async([7], std::future::pending())).unwrap()
+            };
+            racy_increment(&counter);
+        }
+    });
     assert_eq!(counter.load(Ordering::SeqCst), THREADS * ROUNDS);
     assert!(table.is_idle());
 }
@@ -178,17 +235,17 @@ fn waiters_are_granted_in_arrival_order() {
     let table = table::<&'static str>();
     let order = Arc::new(Mutex::new(Vec::new()));
     let holder = table.acquire(["k"], None).unwrap();
-    let mut handles = Vec::new();
-    for index in 0..WAITERS {
-        let (table2, order) = (table.clone(), order.clone());
-        handles.push(thread::spawn(move || {
-            let _guard = table2.acquire(["k"], None).unwrap();
-            order.lock().unwrap().push(index);
-        }));
-        // Force the arrival order: the next waiter starts only once this one
-        // is queued.
-        wait_until("the waiter is queued", || table.waiters(&"k") == index + 1);
-    }
+    // Force the arrival order: the next waiter starts only once this one is
+    // queued.
+    let handles: Vec<_> = (0..WAITERS)
+        .map(|index| {
+            let order = order.clone();
+            spawn_waiter(&table, "k", index + 1, move |table| {
+                let _guard = table.acquire(["k"], None).unwrap();
+                order.lock().unwrap().push(index);
+            })
+        })
+        .collect();
     drop(holder);
     for handle in handles {
         handle.join().unwrap();
@@ -199,12 +256,10 @@ fn waiters_are_granted_in_arrival_order() {
 
 #[test]
 fn release_hands_the_key_to_the_head_waiter_before_it_runs() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
+    let (table, holder) = held([1]);
     let counting = Arc::new(CountingWaker::default());
     let waker = Waker::from(counting.clone());
-    let mut waiting = pin!(table.acquire_async([1], std::future::pending()));
-    assert!(poll_once(waiting.as_mut(), &waker).is_pending());
+    let mut waiting = queued(table.acquire_async([1], std::future::pending()), &waker);
     let first_fence = holder.fence(&1).unwrap();
     drop(holder);
     // Granted under the mutex at release time: the key is already held by the
@@ -213,9 +268,7 @@ fn release_hands_the_key_to_the_head_waiter_before_it_runs() {
     let handed = table.holder_fence(&1).unwrap();
     assert!(handed > first_fence);
     assert_eq!(table.try_acquire([1]).unwrap_err(), LockError::Timeout);
-    let Poll::Ready(Ok(guard)) = poll_once(waiting.as_mut(), &waker) else {
-        panic!("the waiter was handed the key");
-    };
+    let guard = granted(waiting.as_mut(), &waker, "the waiter was handed the key");
     assert_eq!(guard.fence(&1), Some(handed));
     drop(guard);
     assert!(table.is_idle());
@@ -223,11 +276,9 @@ fn release_hands_the_key_to_the_head_waiter_before_it_runs() {
 
 #[test]
 fn async_wait_uses_the_latest_waker() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
+    let (table, holder) = held([1]);
     let (old, new) = (Arc::new(CountingWaker::default()), Arc::new(CountingWaker::default()));
-    let mut waiting = pin!(table.acquire_async([1], std::future::pending()));
-    assert!(poll_once(waiting.as_mut(), &Waker::from(old.clone())).is_pending());
+    let mut waiting = queued(table.acquire_async([1], std::future::pending()), &Waker::from(old.clone()));
     assert!(poll_once(waiting.as_mut(), &Waker::from(new.clone())).is_pending());
     drop(holder);
     assert_eq!((old.count(), new.count()), (0, 1));
@@ -243,12 +294,7 @@ fn queue_full_at_the_bound_fails_at_once() {
     let table = LockTable::new(Config { max_waiters_per_key: BOUND });
     let holder = table.acquire(["k"], None).unwrap();
     let handles: Vec<_> = (0..BOUND)
-        .map(|index| {
-            let table2 = table.clone();
-            let handle = thread::spawn(move || table2.acquire(["k"], None).map(drop));
-            wait_until("the waiter is queued", || table.waiters(&"k") == index + 1);
-            handle
-        })
+        .map(|index| spawn_waiter(&table, "k", index + 1, |table| table.acquire(["k"], None).map(drop)))
         .collect();
 
     let start = Instant::now();
@@ -292,8 +338,7 @@ fn default_config_bound() {
 #[test]
 fn timeout_returns_timeout_and_leaves_no_trace() {
     const TIMEOUT: Duration = Duration::from_millis(50);
-    let table = table::<&'static str>();
-    let holder = table.acquire(["k"], None).unwrap();
+    let (table, holder) = held(["k"]);
     let fence = holder.fence(&"k");
     let start = Instant::now();
     assert_eq!(table.acquire(["k"], Some(TIMEOUT)).unwrap_err(), LockError::Timeout);
@@ -306,8 +351,7 @@ fn timeout_returns_timeout_and_leaves_no_trace() {
 
 #[test]
 fn timeout_of_a_multi_key_acquisition_releases_the_keys_it_took() {
-    let table = table::<&'static str>();
-    let holder = table.acquire(["b"], None).unwrap();
+    let (table, holder) = held(["b"]);
     let err = table.acquire(["c", "a", "b"], Some(Duration::from_millis(20)));
     assert_eq!(err.unwrap_err(), LockError::Timeout);
     assert_eq!(table.holder_fence(&"a"), None);
@@ -328,11 +372,8 @@ fn zero_timeout_still_takes_a_free_key() {
 
 #[test]
 fn huge_timeout_waits_like_none() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
-    let table2 = table.clone();
-    let handle = thread::spawn(move || table2.acquire([1], Some(Duration::MAX)).map(drop));
-    wait_until("the waiter is queued", || table.waiters(&1) == 1);
+    let (table, holder) = held([1]);
+    let handle = spawn_waiter(&table, 1, 1, |table| table.acquire([1], Some(Duration::MAX)).map(drop));
     drop(holder);
     handle.join().unwrap().unwrap();
     assert!(table.is_idle());
@@ -340,14 +381,9 @@ fn huge_timeout_waits_like_none() {
 
 #[test]
 fn a_timed_out_waiter_does_not_block_those_behind_it() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
-    let table2 = table.clone();
-    let impatient = thread::spawn(move || table2.acquire([1], Some(Duration::from_millis(30))));
-    wait_until("the impatient waiter is queued", || table.waiters(&1) == 1);
-    let table3 = table.clone();
-    let patient = thread::spawn(move || table3.acquire([1], None).map(|guard| guard.fence(&1)));
-    wait_until("both are queued", || table.waiters(&1) == 2);
+    let (table, holder) = held([1]);
+    let impatient = spawn_waiter(&table, 1, 1, |table| table.acquire([1], Some(Duration::from_millis(30))));
+    let patient = spawn_waiter(&table, 1, 2, |table| table.acquire([1], None).map(|guard| guard.fence(&1)));
     assert_eq!(impatient.join().unwrap().unwrap_err(), LockError::Timeout);
     assert_eq!(table.waiters(&1), 1);
     drop(holder);
@@ -357,13 +393,11 @@ fn a_timed_out_waiter_does_not_block_those_behind_it() {
 
 #[test]
 fn give_up_future_cancels_the_wait() {
-    let table = table::<u8>();
-    let holder = table.acquire([1, 2], None).unwrap();
+    let (table, holder) = held([1, 2]);
     let trigger = Trigger::default();
     let counting = Arc::new(CountingWaker::default());
     let waker = Waker::from(counting.clone());
-    let mut waiting = pin!(table.acquire_async([0, 1, 2], trigger.clone().fired()));
-    assert!(poll_once(waiting.as_mut(), &waker).is_pending());
+    let mut waiting = queued(table.acquire_async([0, 1, 2], trigger.clone().fired()), &waker);
     // It took key 0 and queued for key 1.
     assert!(table.holder_fence(&0).is_some());
     assert_eq!(table.waiters(&1), 1);
@@ -379,17 +413,13 @@ fn give_up_future_cancels_the_wait() {
 
 #[test]
 fn a_grant_seen_before_the_give_up_signal_is_kept() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
+    let (table, holder) = held([1]);
     let trigger = Trigger::default();
-    let mut waiting = pin!(table.acquire_async([1], trigger.clone().fired()));
-    assert!(poll_once(waiting.as_mut(), Waker::noop()).is_pending());
+    let mut waiting = queued(table.acquire_async([1], trigger.clone().fired()), Waker::noop());
     drop(holder);
     trigger.fire();
     // The wait looks at the grant before the give-up signal.
-    let Poll::Ready(Ok(guard)) = poll_once(waiting.as_mut(), Waker::noop()) else {
-        panic!("a grant that raced the give-up is kept");
-    };
+    let guard = granted(waiting.as_mut(), Waker::noop(), "a grant that raced the give-up is kept");
     drop(guard);
     assert!(table.is_idle());
 }
@@ -413,11 +443,9 @@ fn give_up_after_a_hand_off_passes_the_key_on() {
             Poll::Ready(())
         })
     };
-    let mut first = pin!(table.acquire_async([1], release_then_fire));
-    assert!(poll_once(first.as_mut(), Waker::noop()).is_pending());
+    let mut first = queued(table.acquire_async([1], release_then_fire), Waker::noop());
     let counting = Arc::new(CountingWaker::default());
-    let mut second = pin!(table.acquire_async([1], std::future::pending()));
-    assert!(poll_once(second.as_mut(), &Waker::from(counting.clone())).is_pending());
+    let mut second = queued(table.acquire_async([1], std::future::pending()), &Waker::from(counting.clone()));
     assert_eq!(table.waiters(&1), 2);
 
     let Poll::Ready(Err(LockError::Timeout)) = poll_once(first.as_mut(), Waker::noop()) else {
@@ -427,20 +455,16 @@ fn give_up_after_a_hand_off_passes_the_key_on() {
     // The grant `first` received while giving up went on to `second`.
     assert_eq!(counting.count(), 1);
     assert_eq!(table.waiters(&1), 0);
-    let Poll::Ready(Ok(guard)) = poll_once(second.as_mut(), Waker::noop()) else {
-        panic!("the second waiter was handed the key");
-    };
+    let guard = granted(second.as_mut(), Waker::noop(), "the second waiter was handed the key");
     drop(guard);
     assert!(table.is_idle());
 }
 
 #[test]
 fn dropping_an_async_wait_leaves_no_waiter() {
-    let table = table::<&'static str>();
-    let holder = table.acquire(["k"], None).unwrap();
+    let (table, holder) = held(["k"]);
     {
-        let mut waiting = pin!(table.acquire_async(["a", "k"], std::future::pending()));
-        assert!(poll_once(waiting.as_mut(), Waker::noop()).is_pending());
+        let _waiting = queued(table.acquire_async(["a", "k"], std::future::pending()), Waker::noop());
         assert_eq!(table.waiters(&"k"), 1);
         assert!(table.holder_fence(&"a").is_some());
     } // dropped mid-wait
@@ -456,13 +480,9 @@ fn dropping_an_async_wait_leaves_no_waiter() {
 
 #[test]
 fn dropping_an_async_wait_after_its_hand_off_passes_the_key_on() {
-    let table = table::<&'static str>();
-    let holder = table.acquire(["k"], None).unwrap();
-    let mut dropped = Box::pin(table.acquire_async(["k"], std::future::pending()));
-    assert!(poll_once(dropped.as_mut(), Waker::noop()).is_pending());
-    let table2 = table.clone();
-    let behind = thread::spawn(move || table2.acquire(["k"], None).map(|guard| guard.fence(&"k")));
-    wait_until("the thread queues behind", || table.waiters(&"k") == 2);
+    let (table, holder) = held(["k"]);
+    let dropped = queued(table.acquire_async(["k"], std::future::pending()), Waker::noop());
+    let behind = spawn_waiter(&table, "k", 2, |table| table.acquire(["k"], None).map(|guard| guard.fence(&"k")));
 
     drop(holder); // hands "k" to the future, which never looks again
     assert_eq!(table.waiters(&"k"), 1);
@@ -473,12 +493,10 @@ fn dropping_an_async_wait_after_its_hand_off_passes_the_key_on() {
 
 #[test]
 fn async_waiter_is_woken_by_a_release_on_another_thread() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
-    let table2 = table.clone();
-    let waiter =
-        thread::spawn(move || block_on(table2.acquire_async([1], std::future::pending())).map(|guard| guard.fence(&1)));
-    wait_until("the task is queued", || table.waiters(&1) == 1);
+    let (table, holder) = held([1]);
+    let waiter = spawn_waiter(&table, 1, 1, |table| {
+        block_on(table.acquire_async([1], std::future::pending())).map(|guard| guard.fence(&1))
+    });
     drop(holder);
     assert!(waiter.join().unwrap().unwrap().is_some());
     assert!(table.is_idle());
@@ -510,22 +528,14 @@ fn fences_strictly_increase_in_grant_order_under_contention() {
     const THREADS: usize = 4;
     const ROUNDS: usize = 200;
     let table = table::<u8>();
-    let grants = Arc::new(Mutex::new(Vec::new()));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let (table, grants) = (table.clone(), grants.clone());
-            thread::spawn(move || {
-                for _ in 0..ROUNDS {
-                    let guard = table.acquire([9], None).unwrap();
-                    // Recorded while holding: the vector is in grant order.
-                    grants.lock().unwrap().push(guard.fence(&9).unwrap());
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let grants = Mutex::new(Vec::new());
+    on_threads(THREADS, |_| {
+        for _ in 0..ROUNDS {
+            let guard = table.acquire([9], None).unwrap();
+            // Recorded while holding: the vector is in grant order.
+            grants.lock().unwrap().push(guard.fence(&9).unwrap());
+        }
+    });
     let grants = grants.lock().unwrap();
     assert_eq!(grants.len(), THREADS * ROUNDS);
     assert!(grants.windows(2).all(|pair| pair[0] < pair[1]));
@@ -554,30 +564,21 @@ fn keys_are_sorted_and_deduplicated() {
 fn opposite_order_takers_never_deadlock() {
     const ROUNDS: usize = 2000;
     let table = table::<&'static str>();
-    let inside = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = [["a", "b"], ["b", "a"], ["b", "a"]]
-        .into_iter()
-        .enumerate()
-        .map(|(index, keys)| {
-            let (table, inside) = (table.clone(), inside.clone());
-            thread::spawn(move || {
-                for _ in 0..ROUNDS {
-                    let guard = if index == 2 {
-                        block_on(table.acquire_async(keys, std::future::pending())).unwrap()
-                    } else {
-                        table.acquire(keys, None).unwrap()
-                    };
-                    assert_eq!(guard.keys(), &["a", "b"]);
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
-                    thread::yield_now();
-                    assert_eq!(inside.fetch_sub(1, Ordering::SeqCst), 1);
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let inside = Exclusive::default();
+    let takers = [["a", "b"], ["b", "a"], ["b", "a"]];
+    on_threads(takers.len(), |index| {
+        for _ in 0..ROUNDS {
+            let guard = if index == 2 {
+                block_on(table.acquire_async(takers[index], std::future::pending())).unwrap()
+            } else {
+                table.acquire(takers[index], None).unwrap()
+            };
+            assert_eq!(guard.keys(), &["a", "b"]);
+            inside.enter();
+            thread::yield_now();
+            inside.leave();
+        }
+    });
     assert!(table.is_idle());
 }
 
@@ -599,10 +600,8 @@ fn overlapping_key_sets_exclude_each_other_only_where_they_overlap() {
 
 #[test]
 fn try_acquire_never_jumps_a_queue() {
-    let table = table::<u8>();
-    let holder = table.acquire([1], None).unwrap();
-    let mut waiting = pin!(table.acquire_async([1], std::future::pending()));
-    assert!(poll_once(waiting.as_mut(), Waker::noop()).is_pending());
+    let (table, holder) = held([1]);
+    let mut waiting = queued(table.acquire_async([1], std::future::pending()), Waker::noop());
     assert_eq!(table.try_acquire([1]).unwrap_err(), LockError::Timeout);
     drop(holder);
     // Handed to the queued waiter, not free for the newcomer.

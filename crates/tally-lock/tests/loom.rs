@@ -14,7 +14,7 @@
 #![cfg(loom)]
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering::SeqCst;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -67,12 +67,68 @@ impl Seen {
         self.0.lock().unwrap().insert(outcome);
     }
 
+    /// Notes whether an acquisition that may give up was `granted` or
+    /// `timed_out`; any other end fails the model.
+    fn note_wait(&self, result: Result<(), LockError>, granted: &'static str, timed_out: &'static str) {
+        match result {
+            Ok(()) => self.note(granted),
+            Err(LockError::Timeout) => self.note(timed_out),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
     fn assert_exactly(&self, expected: &[&'static str]) {
         let seen: Vec<_> = self.0.lock().unwrap().iter().copied().collect();
         let mut expected = expected.to_vec();
         expected.sort_unstable();
         assert_eq!(seen, expected, "outcomes reached across all executions");
     }
+}
+
+/// [`model`], noting outcomes in a [`Seen`]: across all executions, exactly
+/// the `expected` ones must be reached.
+fn model_reaching(name: &str, expected: &[&'static str], body: impl Fn(&Seen) + Sync + Send + 'static) {
+    let seen = std::sync::Arc::new(Seen::default());
+    model(name, {
+        let seen = seen.clone();
+        move || body(&seen)
+    });
+    seen.assert_exactly(expected);
+}
+
+/// Runs `take` on a new thread with its own handle on `table`.
+fn spawn_with<T: Send + 'static>(
+    table: &LockTable<&'static str>,
+    take: impl FnOnce(LockTable<&'static str>) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let table = table.clone();
+    thread::spawn(move || take(table))
+}
+
+/// A thread that waits for "k" as long as it takes, then releases it.
+fn spawn_patient(table: &LockTable<&'static str>) -> thread::JoinHandle<Result<(), LockError>> {
+    spawn_with(table, |table| table.acquire(["k"], None).map(drop))
+}
+
+/// The race the give-up models share: with "k" held, `rival` and then a
+/// patient waiter start on threads of their own, and "k" is released at every
+/// point relative to them. Whatever the rival does, the patient waiter is
+/// served and the table ends idle. Returns what the rival returned.
+fn race_a_release<T: Send + 'static>(rival: impl FnOnce(LockTable<&'static str>) -> T + Send + 'static) -> T {
+    let table = new_table();
+    let holder = table.acquire(["k"], None).unwrap();
+    let rival = spawn_with(&table, rival);
+    let patient = spawn_patient(&table);
+    drop(holder);
+    let rival = rival.join().unwrap();
+    patient.join().unwrap().unwrap();
+    assert!(table.is_idle());
+    rival
+}
+
+/// Polls `future` once, with a waker that does nothing.
+fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
 }
 
 /// Takes `keys` and checks, with an atomic "inside" count, that nobody else
@@ -136,11 +192,7 @@ fn no_lost_wakeup_on_release() {
     model("no_lost_wakeup_on_release", || {
         let table = new_table();
         let holder = table.acquire(["k"], None).unwrap();
-        let spawn = || {
-            let table = table.clone();
-            thread::spawn(move || table.acquire(["k"], None).map(drop))
-        };
-        let (first, second) = (spawn(), spawn());
+        let (first, second) = (spawn_patient(&table), spawn_patient(&table));
         // Released at every possible point relative to the waiters queueing;
         // the second grant is a hand-off from one waiter to the other.
         drop(holder);
@@ -152,106 +204,44 @@ fn no_lost_wakeup_on_release() {
 
 #[test]
 fn timeout_racing_release_loses_no_grant() {
-    let seen = std::sync::Arc::new(Seen::default());
-    model("timeout_racing_release_loses_no_grant", {
-        let seen = seen.clone();
-        move || {
-            let table = new_table();
-            let holder = table.acquire(["k"], None).unwrap();
-            let impatient = {
-                let table = table.clone();
-                thread::spawn(move || table.acquire(["k"], TIMEOUT).map(drop))
-            };
-            let patient = {
-                let table = table.clone();
-                thread::spawn(move || table.acquire(["k"], None).map(drop))
-            };
-            drop(holder);
-            match impatient.join().unwrap() {
-                Ok(()) => seen.note("impatient granted"),
-                Err(LockError::Timeout) => seen.note("impatient timed out"),
-                Err(other) => panic!("unexpected {other:?}"),
-            }
-            // Whatever the impatient waiter did, the patient one is served.
-            patient.join().unwrap().unwrap();
-            assert!(table.is_idle());
-        }
+    let outcomes = ["impatient granted", "impatient timed out"];
+    model_reaching("timeout_racing_release_loses_no_grant", &outcomes, move |seen| {
+        // Whatever the impatient waiter does, the patient one is served.
+        let impatient = race_a_release(|table| table.acquire(["k"], TIMEOUT).map(drop));
+        seen.note_wait(impatient, outcomes[0], outcomes[1]);
     });
-    seen.assert_exactly(&["impatient granted", "impatient timed out"]);
 }
 
 #[test]
 fn dropped_async_wait_racing_release_loses_no_grant() {
-    let seen = std::sync::Arc::new(Seen::default());
-    model("dropped_async_wait_racing_release_loses_no_grant", {
-        let seen = seen.clone();
-        move || {
-            let table = new_table();
-            let holder = table.acquire(["k"], None).unwrap();
-            let dropper = {
-                let table = table.clone();
-                thread::spawn(move || {
-                    let mut future = pin!(table.acquire_async(["k"], std::future::pending()));
-                    let mut cx = Context::from_waker(Waker::noop());
-                    // Polled once, then dropped: if it queued, the drop
-                    // withdraws it, passing on a grant that arrived meanwhile.
-                    match future.as_mut().poll(&mut cx) {
-                        Poll::Ready(guard) => drop(guard.unwrap()),
-                        Poll::Pending => {}
-                    }
-                    table.waiters(&"k") // observed before the drop
-                })
-            };
-            let patient = {
-                let table = table.clone();
-                thread::spawn(move || table.acquire(["k"], None).map(drop))
-            };
-            drop(holder);
-            let _ = dropper.join().unwrap();
-            patient.join().unwrap().unwrap();
-            assert!(table.is_idle());
-            seen.note("done");
-        }
+    model_reaching("dropped_async_wait_racing_release_loses_no_grant", &["done"], |seen| {
+        race_a_release(|table| {
+            let mut future = pin!(table.acquire_async(["k"], std::future::pending()));
+            // Polled once, then dropped: if it queued, the drop withdraws
+            // it, passing on a grant that arrived meanwhile.
+            if let Poll::Ready(guard) = poll_once(future.as_mut()) {
+                drop(guard.unwrap());
+            }
+            table.waiters(&"k") // observed before the drop
+        });
+        seen.note("done");
     });
-    seen.assert_exactly(&["done"]);
 }
 
 #[test]
 fn async_give_up_racing_release_loses_no_grant() {
-    let seen = std::sync::Arc::new(Seen::default());
-    model("async_give_up_racing_release_loses_no_grant", {
-        let seen = seen.clone();
-        move || {
-            let table = new_table();
-            let holder = table.acquire(["k"], None).unwrap();
-            let quitter = {
-                let table = table.clone();
-                thread::spawn(move || {
-                    // The give-up signal is already due: the wait queues (if
-                    // the key is busy) and withdraws within the same poll.
-                    let mut future = pin!(table.acquire_async(["k"], std::future::ready(())));
-                    let mut cx = Context::from_waker(Waker::noop());
-                    match future.as_mut().poll(&mut cx) {
-                        Poll::Ready(result) => result.map(drop),
-                        Poll::Pending => panic!("a due give-up signal ends the wait"),
-                    }
-                })
-            };
-            let patient = {
-                let table = table.clone();
-                thread::spawn(move || table.acquire(["k"], None).map(drop))
-            };
-            drop(holder);
-            match quitter.join().unwrap() {
-                Ok(()) => seen.note("quitter granted"),
-                Err(LockError::Timeout) => seen.note("quitter gave up"),
-                Err(other) => panic!("unexpected {other:?}"),
+    let outcomes = ["quitter granted", "quitter gave up"];
+    model_reaching("async_give_up_racing_release_loses_no_grant", &outcomes, move |seen| {
+        let quitter = race_a_release(|table| {
+            // The give-up signal is already due: the wait queues (if the key
+            // is busy) and withdraws within the same poll.
+            match poll_once(pin!(table.acquire_async(["k"], std::future::ready(())))) {
+                Poll::Ready(result) => result.map(drop),
+                Poll::Pending => panic!("a due give-up signal ends the wait"),
             }
-            patient.join().unwrap().unwrap();
-            assert!(table.is_idle());
-        }
+        });
+        seen.note_wait(quitter, outcomes[0], outcomes[1]);
     });
-    seen.assert_exactly(&["quitter gave up", "quitter granted"]);
 }
 
 #[test]
@@ -305,33 +295,22 @@ fn opposite_order_takers_never_deadlock() {
 
 #[test]
 fn timeout_while_holding_a_prefix_releases_it() {
-    let seen = std::sync::Arc::new(Seen::default());
-    model("timeout_while_holding_a_prefix_releases_it", {
-        let seen = seen.clone();
-        move || {
-            let table = new_table();
-            // Two nested acquisitions, "b" then "a": against the global order
-            // on purpose, to build a cycle that only the other side's timeout
-            // can break.
-            let nested = {
-                let table = table.clone();
-                thread::spawn(move || {
-                    let b = table.acquire(["b"], None).unwrap();
-                    let a = table.acquire(["a"], None).unwrap();
-                    drop((a, b));
-                })
-            };
-            // Takes "a", may then wait for "b" and time out: it must release
-            // "a" on the way out, or `nested` waits forever (loom: deadlock).
-            let result = table.acquire(["a", "b"], TIMEOUT).map(drop);
-            nested.join().unwrap();
-            match result {
-                Ok(()) => seen.note("granted"),
-                Err(LockError::Timeout) => seen.note("timed out"),
-                Err(other) => panic!("unexpected {other:?}"),
-            }
-            assert!(table.is_idle());
-        }
+    let outcomes = ["granted", "timed out"];
+    model_reaching("timeout_while_holding_a_prefix_releases_it", &outcomes, move |seen| {
+        let table = new_table();
+        // Two nested acquisitions, "b" then "a": against the global order on
+        // purpose, to build a cycle that only the other side's timeout can
+        // break.
+        let nested = spawn_with(&table, |table| {
+            let b = table.acquire(["b"], None).unwrap();
+            let a = table.acquire(["a"], None).unwrap();
+            drop((a, b));
+        });
+        // Takes "a", may then wait for "b" and time out: it must release "a"
+        // on the way out, or `nested` waits forever (loom: deadlock).
+        let result = table.acquire(["a", "b"], TIMEOUT).map(drop);
+        nested.join().unwrap();
+        seen.note_wait(result, outcomes[0], outcomes[1]);
+        assert!(table.is_idle());
     });
-    seen.assert_exactly(&["granted", "timed out"]);
 }

@@ -1,30 +1,29 @@
 //! An in-memory payment gateway for the use-case, shuttle and end-to-end
 //! tests (the simulation runs the HTTP fake of `tally-gateway` instead).
 //!
-//! It behaves like the real one where it matters (seed 003): a second
-//! confirm of a payment key is refused "already processed", and it counts
-//! every confirm it receives, so a proof can assert that a payment was sent
-//! to the gateway at most once. Faults are queued per call kind: a reply
-//! lost after the charge took effect, a call that fails before taking effect.
+//! It behaves like the real one where it matters (seed 003): its payments
+//! are a `tally-gateway` [`Book`], the one implementation of the rule that a
+//! second confirm of a payment key is refused "already processed", the one
+//! the HTTP fake keeps too. It counts every confirm it receives, so a proof
+//! can assert that a payment was sent to the gateway at most once. Faults are
+//! queued per call kind: a reply lost after the charge took effect, a call
+//! that fails before taking effect (before the book is asked, as the HTTP
+//! fake's faults are).
+//!
+//! The book is plain data; the lock around it is `tally_lock::sync`'s, so
+//! shuttle sees every access.
 
 use std::collections::BTreeMap;
 
 use tally_core::gateway::{CancelResult, Confirmed, Gateway, LookedUp};
 use tally_core::money::Amount;
+use tally_gateway::book::{Book, CancelRefusal, Charge, ConfirmRefusal};
 use tally_lock::sync::{Arc, Mutex};
-
-/// One charge the gateway holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Charge {
-    pub amount: i64,
-    pub order_id: String,
-    pub cancelled: bool,
-}
 
 #[derive(Debug, Default)]
 struct State {
-    /// Charged payments: key → (amount, order id, cancelled).
-    charged: BTreeMap<String, Charge>,
+    /// Charged payments (unstamped: nobody reads when).
+    book: Book<()>,
     /// The next this-many confirms charge one minor unit less than asked
     /// (seed 003's tampered amount).
     short_charges: u32,
@@ -69,9 +68,9 @@ impl MemGateway {
 
     /// Charges `payment_key` for `order_id` as if some other merchant's
     /// checkout (or another payment) had confirmed it.
+    /// Like any confirm, it charges nothing if the key was charged before.
     pub fn charge_elsewhere(&self, payment_key: &str, order_id: &str, amount: i64) {
-        let charge = Charge { amount, order_id: order_id.to_owned(), cancelled: false };
-        self.state().charged.insert(payment_key.to_owned(), charge);
+        let _already_processed = self.state().book.confirm(payment_key, order_id, amount, || ()).is_err();
     }
 
     pub fn fail_cancels(&self, n: u32) {
@@ -89,12 +88,12 @@ impl MemGateway {
 
     /// Was `payment_key` charged, for how much, and is it cancelled?
     pub fn charge(&self, payment_key: &str) -> Option<(i64, bool)> {
-        self.state().charged.get(payment_key).map(|c| (c.amount, c.cancelled))
+        self.state().book.charge(payment_key).map(|c| (c.amount, c.is_cancelled()))
     }
 
     /// Every charge the gateway holds, by payment key.
-    pub fn charges(&self) -> BTreeMap<String, Charge> {
-        self.state().charged.clone()
+    pub fn charges(&self) -> BTreeMap<String, Charge<()>> {
+        self.state().book.charges().clone()
     }
 }
 
@@ -106,26 +105,27 @@ impl Gateway for MemGateway {
         amount: Amount,
         _: &str,
     ) -> impl Future<Output = Confirmed> + Send {
-        let mut state = self.state();
+        let mut guard = self.state();
+        let state = &mut *guard;
         *state.confirms_received.entry(payment_key.to_owned()).or_default() += 1;
-        let verdict = if state.charged.contains_key(payment_key) {
-            Confirmed::Unknown { reason: "ALREADY_PROCESSED_PAYMENT".into() }
-        } else if state.fail_confirms > 0 {
+        if state.fail_confirms > 0 {
             state.fail_confirms -= 1;
-            Confirmed::Unknown { reason: "injected: 503 before taking effect".into() }
-        } else {
-            let mut charged = amount.minor_units();
-            if state.short_charges > 0 && charged > 1 {
-                state.short_charges -= 1;
-                charged -= 1;
-            }
-            let charge = Charge { amount: charged, order_id: order_id.to_owned(), cancelled: false };
-            state.charged.insert(payment_key.to_owned(), charge);
-            if state.lose_confirm_replies > 0 {
-                state.lose_confirm_replies -= 1;
-                Confirmed::Unknown { reason: "injected: reply lost after the charge".into() }
-            } else {
-                Confirmed::Approved { amount: charged, order_id: order_id.to_owned() }
+            return std::future::ready(Confirmed::Unknown { reason: "injected: 503 before taking effect".into() });
+        }
+        let short = state.short_charges > 0 && amount.minor_units() > 1;
+        let verdict = match state.book.confirm(payment_key, order_id, amount.minor_units() - i64::from(short), || ()) {
+            // Some confirm charged the key, maybe for another order: only a
+            // lookup can say whose charge it is.
+            Err(refusal @ ConfirmRefusal::AlreadyProcessed) => Confirmed::Unknown { reason: refusal.code().into() },
+            Err(refusal) => Confirmed::Declined { code: refusal.code().into() },
+            Ok(charge) => {
+                state.short_charges -= u32::from(short);
+                if state.lose_confirm_replies > 0 {
+                    state.lose_confirm_replies -= 1;
+                    Confirmed::Unknown { reason: "injected: reply lost after the charge".into() }
+                } else {
+                    Confirmed::Approved { amount: charge.amount, order_id: charge.order_id.clone() }
+                }
             }
         };
         std::future::ready(verdict)
@@ -137,8 +137,8 @@ impl Gateway for MemGateway {
             state.fail_lookups -= 1;
             LookedUp::Unknown { reason: "injected: lookup failed".into() }
         } else {
-            match state.charged.get(payment_key) {
-                Some(c) if !c.cancelled => LookedUp::Done { amount: c.amount, order_id: c.order_id.clone() },
+            match state.book.charge(payment_key) {
+                Some(c) if !c.is_cancelled() => LookedUp::Done { amount: c.amount, order_id: c.order_id.clone() },
                 Some(c) => LookedUp::Cancelled { order_id: c.order_id.clone() },
                 None => LookedUp::NotFound,
             }
@@ -152,12 +152,10 @@ impl Gateway for MemGateway {
             state.fail_cancels -= 1;
             return std::future::ready(CancelResult::Unknown { reason: "injected: cancel failed".into() });
         }
-        let verdict = match state.charged.get_mut(payment_key) {
-            Some(Charge { cancelled, .. }) => {
-                *cancelled = true;
-                CancelResult::Cancelled
-            }
-            None => CancelResult::Unknown { reason: "no such payment".into() },
+        let verdict = match state.book.cancel(payment_key, ()) {
+            // Cancelled now or before: either way the money went back.
+            Ok(_) | Err(CancelRefusal::AlreadyCancelled) => CancelResult::Cancelled,
+            Err(CancelRefusal::NotFound) => CancelResult::Unknown { reason: "no such payment".into() },
         };
         std::future::ready(verdict)
     }

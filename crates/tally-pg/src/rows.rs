@@ -59,6 +59,14 @@ fn u64_of(row: &PgRow, column: &str) -> Result<u64, StoreError> {
 
 pub(crate) const USER_COLUMNS: &str = "id, name, key_hash, created_at_ms";
 
+/// The one of `variants` that `text_of` writes as the text in `column`
+/// (`table.column`): each enum's column values are written once, by the
+/// function that writes them.
+fn parse<T: Copy>(row: &PgRow, column: &str, variants: &[T], text_of: fn(T) -> &'static str) -> Result<T, StoreError> {
+    let text = get::<String>(row, column.rsplit('.').next().unwrap_or(column))?;
+    variants.iter().copied().find(|variant| text_of(*variant) == text).ok_or_else(|| bad(column))
+}
+
 pub(crate) fn user(row: &PgRow) -> Result<User, StoreError> {
     let hash: Vec<u8> = get(row, "key_hash")?;
     Ok(User {
@@ -102,21 +110,10 @@ pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
 }
 
 pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
-    let status = match get::<String>(row, "status")?.as_str() {
-        "wait" => PaymentStatus::Wait,
-        "confirming" => PaymentStatus::Confirming,
-        "done" => PaymentStatus::Done,
-        "failed" => PaymentStatus::Failed,
-        "cancelling" => PaymentStatus::Cancelling,
-        "cancelled" => PaymentStatus::Cancelled,
-        "refunding" => PaymentStatus::Refunding,
-        _ => return Err(bad("payments.status")),
-    };
-    let method = match get::<String>(row, "method")?.as_str() {
-        "wallet" => Method::Wallet,
-        "gateway" => Method::Gateway,
-        _ => return Err(bad("payments.method")),
-    };
+    use PaymentStatus::{Cancelled, Cancelling, Confirming, Done, Failed, Refunding, Wait};
+    let statuses = [Wait, Confirming, Done, Failed, Cancelling, Cancelled, Refunding];
+    let status = parse(row, "payments.status", &statuses, status_str)?;
+    let method = parse(row, "payments.method", &[Method::Wallet, Method::Gateway], Method::as_str)?;
     let gateway = match get::<Option<String>>(row, "gateway_payment_key")? {
         Some(payment_key) => Some(GatewayAttempt {
             payment_key,
@@ -164,14 +161,8 @@ pub(crate) fn transfer(row: &PgRow) -> Result<Transfer, StoreError> {
             _ => return Err(bad(column)),
         })
     };
-    let kind = match get::<String>(row, "kind")?.as_str() {
-        "top_up" => TransferKind::TopUp,
-        "payment" => TransferKind::Payment,
-        "refund" => TransferKind::Refund,
-        "payback" => TransferKind::Payback,
-        "payback_reversal" => TransferKind::PaybackReversal,
-        _ => return Err(bad("transfers.kind")),
-    };
+    use TransferKind::{Payback, PaybackReversal, Payment, Refund, TopUp};
+    let kind = parse(row, "transfers.kind", &[TopUp, Payment, Refund, Payback, PaybackReversal], TransferKind::as_str)?;
     let wallet = match wallet_user {
         Some(user) => Some(WalletSide {
             user,
@@ -334,17 +325,8 @@ pub(crate) const ORDER_SELECT: &str = "SELECT o.id, o.user_id, o.status, o.total
      ARRAY(SELECT s.price FROM order_seats s WHERE s.order_id = o.id ORDER BY s.position) AS seat_prices \
      FROM orders o";
 
-pub(crate) fn order_status(text: &str) -> Result<OrderStatus, StoreError> {
-    Ok(match text {
-        "pending_payment" => OrderStatus::PendingPayment,
-        "paid" => OrderStatus::Paid,
-        "cancelled" => OrderStatus::Cancelled,
-        "expired" => OrderStatus::Expired,
-        _ => return Err(bad("orders.status")),
-    })
-}
-
 pub(crate) fn order(row: &PgRow) -> Result<Order, StoreError> {
+    use OrderStatus::{Cancelled, Expired, Paid, PendingPayment};
     let products: Vec<Uuid> = get(row, "line_products")?;
     let quantities: Vec<i64> = get(row, "line_quantities")?;
     let prices: Vec<i64> = get(row, "line_prices")?;
@@ -384,7 +366,7 @@ pub(crate) fn order(row: &PgRow) -> Result<Order, StoreError> {
         token: opt_id(row, "token_id")?.map(TokenId),
         total: amount(row, "total")?,
         payback: Money::new(get(row, "payback")?),
-        status: order_status(&get::<String>(row, "status")?)?,
+        status: parse(row, "orders.status", &[PendingPayment, Paid, Cancelled, Expired], OrderStatus::as_str)?,
         payment: opt_id(row, "payment_id")?.map(PaymentId),
         expires_at: Timestamp(get(row, "expires_at_ms")?),
         created_at: Timestamp(get(row, "created_at_ms")?),
@@ -408,13 +390,8 @@ pub(crate) fn token_status_str(status: TokenStatus) -> &'static str {
 }
 
 pub(crate) fn token(row: &PgRow) -> Result<QueueToken, StoreError> {
-    let status = match get::<String>(row, "status")?.as_str() {
-        "waiting" => TokenStatus::Waiting,
-        "active" => TokenStatus::Active,
-        "expired" => TokenStatus::Expired,
-        "used" => TokenStatus::Used,
-        _ => return Err(bad("queue_tokens.status")),
-    };
+    use TokenStatus::{Active, Expired, Used, Waiting};
+    let status = parse(row, "queue_tokens.status", &[Waiting, Active, Expired, Used], token_status_str)?;
     Ok(QueueToken {
         id: TokenId(id(row, "id")?),
         event: EventId(id(row, "event_id")?),

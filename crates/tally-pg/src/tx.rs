@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
-use sqlx::{Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use tally_core::catalog::{Event, Product, Seat, Showtime};
 use tally_core::idempotency::{IdemRecord, IdemScope};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, UserId};
@@ -48,7 +48,7 @@ use tally_core::store::{StoreError, Tx, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
 
-use crate::{PgConfig, Strategy, errors};
+use crate::{PgConfig, Strategy, errors, rows};
 
 /// A transaction. Under the atomic strategy, wallet updates and their ledger
 /// lines wait in `deferred` until `commit` (see the `wallets::atomic` module).
@@ -148,6 +148,20 @@ impl PgTx {
     async fn fetch_optional<T>(&mut self, statement: Statement, decode: Decode<T>) -> Result<Option<T>, StoreError> {
         let row = statement.fetch_optional(&mut *self.tx).await.map_err(errors::map)?;
         row.as_ref().map(decode).transpose()
+    }
+
+    /// Loads the row of `table` whose `id` is `id`, with `columns`, under
+    /// `lock` (the strategy's locking clause, or nothing), and decodes it.
+    async fn fetch_by_id<T>(
+        &mut self,
+        table: &str,
+        columns: &str,
+        lock: &str,
+        id: u128,
+        decode: Decode<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = format!("SELECT {columns} FROM {table} WHERE id = $1{lock}");
+        self.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(rows::uuid(id)), decode).await
     }
 
     /// Loads every row and decodes each.

@@ -25,19 +25,22 @@
 //!   `GET`/`POST`/`DELETE /__faults` (a [`FaultConfig`]); `POST /__register
 //!   {paymentKey, amount}`; `POST /__decline {paymentKey}`.
 //!
-//! Every check and state change of one request happens under one lock, so at
-//! most one confirm per key can ever take effect, however many race.
+//! The payments and the rule that charges a key once are the [`Book`]'s;
+//! this module adds the wire format and the counters. Every check and state
+//! change of one request happens under one lock, so at most one confirm per
+//! key can ever take effect, however many race.
 
 pub mod faults;
 mod server;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::book::{Book, CancelRefusal, Charge, ConfirmRefusal};
 use crate::protocol::{self, ConfirmBody, ErrorBody, PaymentBody, STATUS_CANCELED, STATUS_DONE, codes};
 pub use faults::{
     Endpoint, Endpoints, ErrorFault, FaultConfig, FaultCounters, FaultPlan, FaultRule, LatencyFault, Trigger,
@@ -83,37 +86,29 @@ pub struct FakeGateway {
 
 struct Inner {
     expected_authorization: String,
-    book: Mutex<Book>,
+    ledger: Mutex<Ledger>,
     faults: Arc<FaultPlan>,
     clock: Clock,
     lost_reply_hold: Duration,
 }
 
+/// The payments (stamped with RFC 3339 strings) and the counters, under one
+/// lock.
 #[derive(Default)]
-struct Book {
-    registered: HashMap<String, i64>,
-    declined: HashSet<String>,
-    payments: HashMap<String, Payment>,
+struct Ledger {
+    book: Book<String>,
     stats: GatewayStats,
 }
 
-struct Payment {
-    order_id: String,
-    amount: i64,
-    approved_at: String,
-    canceled_at: Option<String>,
-}
-
-impl Payment {
-    fn body(&self, payment_key: &str) -> PaymentBody {
-        PaymentBody {
-            payment_key: payment_key.to_owned(),
-            order_id: self.order_id.clone(),
-            status: if self.canceled_at.is_some() { STATUS_CANCELED } else { STATUS_DONE }.to_owned(),
-            total_amount: self.amount,
-            approved_at: Some(self.approved_at.clone()),
-            canceled_at: self.canceled_at.clone(),
-        }
+/// A charge as the gateway's replies describe it.
+fn body(payment_key: &str, charge: &Charge<String>) -> PaymentBody {
+    PaymentBody {
+        payment_key: payment_key.to_owned(),
+        order_id: charge.order_id.clone(),
+        status: if charge.is_cancelled() { STATUS_CANCELED } else { STATUS_DONE }.to_owned(),
+        total_amount: charge.amount,
+        approved_at: Some(charge.approved_at.clone()),
+        canceled_at: charge.canceled_at.clone(),
     }
 }
 
@@ -139,7 +134,7 @@ impl FakeGateway {
         Self {
             inner: Arc::new(Inner {
                 expected_authorization: protocol::basic_authorization(secret_key),
-                book: Mutex::new(Book::default()),
+                ledger: Mutex::new(Ledger::default()),
                 faults,
                 clock,
                 lost_reply_hold: Duration::from_secs(300),
@@ -155,29 +150,29 @@ impl FakeGateway {
     /// Fix the amount the customer authorised for `payment_key`: a confirm
     /// with another amount is then refused (`INVALID_REQUEST`).
     pub fn register(&self, payment_key: &str, amount: i64) {
-        self.book().registered.insert(payment_key.to_owned(), amount);
+        self.ledger().book.register(payment_key, amount);
     }
 
     /// Make every confirm of `payment_key` fail with `REJECT_CARD_PAYMENT`.
     pub fn decline(&self, payment_key: &str) {
-        self.book().declined.insert(payment_key.to_owned());
+        self.ledger().book.decline(payment_key);
     }
 
     /// A snapshot of all counters.
     pub fn stats(&self) -> GatewayStats {
-        let mut stats = self.book().stats.clone();
+        let mut stats = self.ledger().stats.clone();
         stats.faults = self.inner.faults.counters();
         stats
     }
 
     /// The counters of one payment key (zeros if it was never named).
     pub fn payment_stats(&self, payment_key: &str) -> PaymentStats {
-        self.book().stats.payments.get(payment_key).cloned().unwrap_or_default()
+        self.ledger().stats.payments.get(payment_key).cloned().unwrap_or_default()
     }
 
     /// The payment as a lookup would return it, without faults or counting.
     pub fn payment(&self, payment_key: &str) -> Option<PaymentBody> {
-        self.book().payments.get(payment_key).map(|p| p.body(payment_key))
+        self.ledger().book.charge(payment_key).map(|c| body(payment_key, c))
     }
 
     // ---- the gateway's behaviour, used by the server ----
@@ -185,64 +180,56 @@ impl FakeGateway {
     pub(crate) fn authorized(&self, authorization: Option<&str>) -> bool {
         let ok = authorization == Some(self.inner.expected_authorization.as_str());
         if !ok {
-            self.book().stats.unauthorized += 1;
+            self.ledger().stats.unauthorized += 1;
         }
         ok
     }
 
     pub(crate) fn note_malformed(&self) {
-        self.book().stats.malformed += 1;
+        self.ledger().stats.malformed += 1;
     }
 
     pub(crate) fn note_confirm_arrival(&self, payment_key: &str, idempotency_key: Option<&str>) {
-        let mut book = self.book();
-        let stats = book.stats.payments.entry(payment_key.to_owned()).or_default();
+        let mut ledger = self.ledger();
+        let stats = ledger.stats.payments.entry(payment_key.to_owned()).or_default();
         stats.confirm_requests += 1;
         stats.idempotency_keys.extend(idempotency_key.map(str::to_owned));
     }
 
     pub(crate) fn note_cancel_arrival(&self, payment_key: &str, idempotency_key: Option<&str>) {
-        let mut book = self.book();
-        let stats = book.stats.payments.entry(payment_key.to_owned()).or_default();
+        let mut ledger = self.ledger();
+        let stats = ledger.stats.payments.entry(payment_key.to_owned()).or_default();
         stats.cancel_requests += 1;
         stats.idempotency_keys.extend(idempotency_key.map(str::to_owned));
     }
 
     /// Apply one confirm. The bool says whether it took effect.
     pub(crate) fn apply_confirm(&self, request: &ConfirmBody) -> (Reply, bool) {
-        let mut book = self.book();
+        let mut ledger = self.ledger();
         let key = request.payment_key.as_str();
-        // Checked before anything else: a charged key stays charged, and the
-        // answer to every later confirm is the same non-idempotent refusal.
-        if book.payments.contains_key(key) {
-            return (error(400, codes::ALREADY_PROCESSED_PAYMENT, "이미 처리된 결제 입니다."), false);
-        }
-        if book.declined.contains(key) {
-            return (error(400, codes::REJECT_CARD_PAYMENT, "the card issuer declined the payment"), false);
-        }
-        if let Some(&registered) = book.registered.get(key)
-            && registered != request.amount
-        {
-            let message = format!("amount {} differs from the authorised amount {registered}", request.amount);
-            return (error(400, codes::INVALID_REQUEST, &message), false);
-        }
-        let payment = Payment {
-            order_id: request.order_id.clone(),
-            amount: request.amount,
-            approved_at: (self.inner.clock)(),
-            canceled_at: None,
+        let charged = ledger.book.confirm(key, &request.order_id, request.amount, || (self.inner.clock)());
+        let body = match charged {
+            Ok(charge) => body(key, charge),
+            Err(refusal) => {
+                let message = match refusal {
+                    ConfirmRefusal::AlreadyProcessed => "이미 처리된 결제 입니다.".to_owned(),
+                    ConfirmRefusal::Declined => "the card issuer declined the payment".to_owned(),
+                    ConfirmRefusal::AmountDiffers { authorised } => {
+                        format!("amount {} differs from the authorised amount {authorised}", request.amount)
+                    }
+                };
+                return (error(400, refusal.code(), &message), false);
+            }
         };
-        let body = payment.body(key);
-        book.payments.insert(key.to_owned(), payment);
-        book.stats.payments.entry(key.to_owned()).or_default().confirm_effects += 1;
+        ledger.stats.payments.entry(key.to_owned()).or_default().confirm_effects += 1;
         ((200, to_json(&body)), true)
     }
 
     pub(crate) fn apply_lookup(&self, payment_key: &str) -> Reply {
-        let mut book = self.book();
-        book.stats.payments.entry(payment_key.to_owned()).or_default().lookups += 1;
-        match book.payments.get(payment_key) {
-            Some(payment) => (200, to_json(&payment.body(payment_key))),
+        let mut ledger = self.ledger();
+        ledger.stats.payments.entry(payment_key.to_owned()).or_default().lookups += 1;
+        match ledger.book.charge(payment_key) {
+            Some(charge) => (200, to_json(&body(payment_key, charge))),
             None => not_found(),
         }
     }
@@ -250,16 +237,15 @@ impl FakeGateway {
     /// Apply one cancel. The bool says whether it took effect.
     pub(crate) fn apply_cancel(&self, payment_key: &str) -> (Reply, bool) {
         let now = (self.inner.clock)();
-        let mut book = self.book();
-        let Some(payment) = book.payments.get_mut(payment_key) else {
-            return (not_found(), false);
+        let mut ledger = self.ledger();
+        let body = match ledger.book.cancel(payment_key, now) {
+            Ok(charge) => body(payment_key, charge),
+            Err(CancelRefusal::NotFound) => return (not_found(), false),
+            Err(CancelRefusal::AlreadyCancelled) => {
+                return (error(400, codes::ALREADY_CANCELED_PAYMENT, "the payment is already cancelled"), false);
+            }
         };
-        if payment.canceled_at.is_some() {
-            return (error(400, codes::ALREADY_CANCELED_PAYMENT, "the payment is already cancelled"), false);
-        }
-        payment.canceled_at = Some(now);
-        let body = payment.body(payment_key);
-        book.stats.payments.entry(payment_key.to_owned()).or_default().cancel_effects += 1;
+        ledger.stats.payments.entry(payment_key.to_owned()).or_default().cancel_effects += 1;
         ((200, to_json(&body)), true)
     }
 
@@ -267,10 +253,10 @@ impl FakeGateway {
         self.inner.lost_reply_hold
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // Never held across an await; a poisoned lock only means a panic in
-        // a test thread, and the book itself is always consistent.
-        self.inner.book.lock().unwrap_or_else(PoisonError::into_inner)
+        // a test thread, and the ledger itself is always consistent.
+        self.inner.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tally_gateway::fake::{self, FakeGateway};
@@ -68,23 +69,29 @@ pub fn client(base_url: &str, secret: &str, connect_timeout: Duration, request_t
 
 /// Serve `gateway` with [`fake::serve`] (a real TCP listener that can refuse).
 pub async fn start(gateway: FakeGateway) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(fake::serve(listener, gateway.clone(), async move {
-        let _ = stopped.await;
-    }));
-    Running { gateway, addr, stop: Some(stop), task: Some(task) }
+    start_with(gateway, |listener, gateway, stopped| tokio::spawn(fake::serve(listener, gateway, stopped))).await
 }
 
 /// Serve `gateway` with [`fake::serve_on`] (the generic-listener path).
 pub async fn start_generic(gateway: FakeGateway) -> Running {
+    start_with(gateway, |listener, gateway, stopped| tokio::spawn(fake::serve_on(listener, gateway, stopped))).await
+}
+
+/// What a server is stopped by: the `Running` handle's stop signal.
+type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Binds a local port and starts `serve` on it, until the handle stops it.
+async fn start_with(
+    gateway: FakeGateway,
+    serve: impl FnOnce(TcpListener, FakeGateway, Stopped) -> JoinHandle<io::Result<()>>,
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(fake::serve_on(listener, gateway.clone(), async move {
+    let stopped: Stopped = Box::pin(async move {
         let _ = stopped.await;
-    }));
+    });
+    let task = serve(listener, gateway.clone(), stopped);
     Running { gateway, addr, stop: Some(stop), task: Some(task) }
 }
 

@@ -15,8 +15,7 @@ use super::{PgTx, unchanged};
 use crate::rows::{self, uuid, version};
 
 pub(super) async fn product(tx: &mut PgTx, id: ProductId) -> Result<Option<Product>, StoreError> {
-    let sql = format!("SELECT {} FROM products WHERE id = $1{}", rows::PRODUCT_COLUMNS, tx.for_no_key_update());
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::product).await
+    tx.fetch_by_id("products", rows::PRODUCT_COLUMNS, tx.for_no_key_update(), id.0, rows::product).await
 }
 
 pub(super) async fn put_product(tx: &mut PgTx, before: Option<&Product>, after: &Product) -> Result<(), StoreError> {
@@ -80,8 +79,7 @@ pub(super) async fn put_product(tx: &mut PgTx, before: Option<&Product>, after: 
 pub(super) async fn event(tx: &mut PgTx, id: EventId) -> Result<Option<Event>, StoreError> {
     // The event row guards its queue: under the pessimistic strategy this
     // lock is what serialises every change to its tokens.
-    let sql = format!("SELECT {} FROM events WHERE id = $1{}", rows::EVENT_COLUMNS, tx.for_no_key_update());
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::event).await
+    tx.fetch_by_id("events", rows::EVENT_COLUMNS, tx.for_no_key_update(), id.0, rows::event).await
 }
 
 pub(super) async fn put_event(tx: &mut PgTx, before: Option<&Event>, after: &Event) -> Result<(), StoreError> {
@@ -138,8 +136,7 @@ pub(super) async fn insert_showtime(tx: &mut PgTx, showtime: &Showtime) -> Resul
 }
 
 pub(super) async fn showtime(tx: &mut PgTx, id: ShowtimeId) -> Result<Option<Showtime>, StoreError> {
-    let sql = format!("SELECT {} FROM showtimes WHERE id = $1", rows::SHOWTIME_COLUMNS);
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::showtime).await
+    tx.fetch_by_id("showtimes", rows::SHOWTIME_COLUMNS, "", id.0, rows::showtime).await
 }
 
 pub(super) async fn showtimes(tx: &mut PgTx, event: EventId) -> Result<Vec<Showtime>, StoreError> {
@@ -154,8 +151,7 @@ pub(super) async fn seats(tx: &mut PgTx, showtime: ShowtimeId) -> Result<Vec<Sea
 }
 
 pub(super) async fn seat(tx: &mut PgTx, id: SeatId) -> Result<Option<Seat>, StoreError> {
-    let sql = format!("SELECT {} FROM seats WHERE id = $1{}", rows::SEAT_COLUMNS, tx.for_no_key_update());
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::seat).await
+    tx.fetch_by_id("seats", rows::SEAT_COLUMNS, tx.for_no_key_update(), id.0, rows::seat).await
 }
 
 pub(super) async fn put_seat(tx: &mut PgTx, before: Option<&Seat>, after: &Seat) -> Result<(), StoreError> {

@@ -12,8 +12,7 @@ use crate::errors;
 use crate::rows::{self, uuid, version};
 
 pub(super) async fn payment(tx: &mut PgTx, id: PaymentId) -> Result<Option<Payment>, StoreError> {
-    let sql = format!("SELECT {} FROM payments WHERE id = $1{}", rows::PAYMENT_COLUMNS, tx.for_update());
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::payment).await
+    tx.fetch_by_id("payments", rows::PAYMENT_COLUMNS, tx.for_update(), id.0, rows::payment).await
 }
 
 pub(super) async fn by_key(tx: &mut PgTx, key: &str) -> Result<Option<PaymentId>, StoreError> {

@@ -14,8 +14,7 @@ use crate::rows::{self, uuid, version};
 
 pub(super) async fn token(tx: &mut PgTx, id: TokenId) -> Result<Option<QueueToken>, StoreError> {
     // A plain read under every strategy: the event row guards its tokens.
-    let sql = format!("SELECT {} FROM queue_tokens WHERE id = $1", rows::TOKEN_COLUMNS);
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::token).await
+    tx.fetch_by_id("queue_tokens", rows::TOKEN_COLUMNS, "", id.0, rows::token).await
 }
 
 pub(super) async fn put(tx: &mut PgTx, before: Option<&QueueToken>, after: &QueueToken) -> Result<(), StoreError> {

@@ -10,8 +10,7 @@ use super::PgTx;
 use crate::rows::{self, uuid};
 
 pub(super) async fn user(tx: &mut PgTx, id: UserId) -> Result<Option<User>, StoreError> {
-    let sql = format!("SELECT {} FROM users WHERE id = $1", rows::USER_COLUMNS);
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::user).await
+    tx.fetch_by_id("users", rows::USER_COLUMNS, "", id.0, rows::user).await
 }
 
 pub(super) async fn by_key_hash(tx: &mut PgTx, key_hash: [u8; 32]) -> Result<Option<User>, StoreError> {

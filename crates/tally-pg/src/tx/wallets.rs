@@ -13,7 +13,7 @@ use tally_core::money::Money;
 use tally_core::store::StoreError;
 use tally_core::wallet::Wallet;
 
-use super::PgTx;
+use super::{PgTx, Statement};
 use crate::rows::{self, uuid, version};
 
 fn limit_value(limit: Option<Money>) -> Option<i64> {
@@ -41,26 +41,35 @@ pub(super) async fn put(tx: &mut PgTx, before: Option<&Wallet>, after: &Wallet) 
     }
 }
 
-async fn insert(tx: &mut PgTx, wallet: &Wallet) -> Result<(), StoreError> {
-    tx.insert(
-        sqlx::query(
-            "INSERT INTO wallets (user_id, balance, max_balance, per_payment_limit, daily_limit, monthly_limit, \
-             day, spent_day, month, spent_month, entry_count, version, payback_held) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
+/// Binds the user id (`$1`) and what a wallet's movements change (`$2` to
+/// `$9`: balance, day, spent_day, month, spent_month, entry_count, version,
+/// payback_held), which the insert and the update write alike.
+fn bind_state(statement: Statement, wallet: &Wallet) -> Statement {
+    statement
         .bind(uuid(wallet.user.0))
         .bind(wallet.balance.minor_units())
-        .bind(limit_value(wallet.limits.max_balance))
-        .bind(limit_value(wallet.limits.per_payment))
-        .bind(limit_value(wallet.limits.daily))
-        .bind(limit_value(wallet.limits.monthly))
         .bind(wallet.day)
         .bind(wallet.spent_day.minor_units())
         .bind(wallet.month)
         .bind(wallet.spent_month.minor_units())
         .bind(version(wallet.entry_count))
         .bind(version(wallet.version))
-        .bind(wallet.payback_held.minor_units()),
+        .bind(wallet.payback_held.minor_units())
+}
+
+async fn insert(tx: &mut PgTx, wallet: &Wallet) -> Result<(), StoreError> {
+    let statement = sqlx::query(
+        "INSERT INTO wallets (user_id, balance, day, spent_day, month, spent_month, entry_count, version, \
+         payback_held, max_balance, per_payment_limit, daily_limit, monthly_limit) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    );
+    let limits = &wallet.limits;
+    tx.insert(
+        bind_state(statement, wallet)
+            .bind(limit_value(limits.max_balance))
+            .bind(limit_value(limits.per_payment))
+            .bind(limit_value(limits.daily))
+            .bind(limit_value(limits.monthly)),
     )
     .await
 }
@@ -68,21 +77,9 @@ async fn insert(tx: &mut PgTx, wallet: &Wallet) -> Result<(), StoreError> {
 /// The pessimistic and optimistic write: the decided row, if the row is
 /// still the one that was loaded.
 async fn update(tx: &mut PgTx, before: &Wallet, after: &Wallet) -> Result<(), StoreError> {
-    tx.guarded_update(
-        sqlx::query(
-            "UPDATE wallets SET balance = $2, day = $3, spent_day = $4, month = $5, spent_month = $6, \
-             entry_count = $7, version = $8, payback_held = $10 WHERE user_id = $1 AND version = $9",
-        )
-        .bind(uuid(after.user.0))
-        .bind(after.balance.minor_units())
-        .bind(after.day)
-        .bind(after.spent_day.minor_units())
-        .bind(after.month)
-        .bind(after.spent_month.minor_units())
-        .bind(version(after.entry_count))
-        .bind(version(after.version))
-        .bind(version(before.version))
-        .bind(after.payback_held.minor_units()),
-    )
-    .await
+    let statement = sqlx::query(
+        "UPDATE wallets SET balance = $2, day = $3, spent_day = $4, month = $5, spent_month = $6, \
+         entry_count = $7, version = $8, payback_held = $9 WHERE user_id = $1 AND version = $10",
+    );
+    tx.guarded_update(bind_state(statement, after).bind(version(before.version))).await
 }
