@@ -10,7 +10,7 @@ use tally_core::payment::PaymentStatus;
 use tally_pg::Strategy;
 
 use crate::harness::{Pool, Reply, TestApp, spawn_app};
-use crate::scenarios::{concurrently, count};
+use crate::scenarios::{assert_one_effect, concurrently, count};
 
 async fn pay_now(app: &TestApp, key: &str, idem: &str, amount: i64) -> Reply {
     let body = json!({"amount": amount, "method": "wallet", "confirm": true});
@@ -51,12 +51,7 @@ pub async fn one_step_payments_under_one_key_charge_once(strategy: Strategy) {
         async move { pay_now(&app, &key, "pay-now-once", 100).await }
     })
     .await;
-    let created: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
-    let fresh = created.iter().filter(|r| !r.headers.contains_key("idempotent-replayed")).count();
-    assert_eq!(fresh, 1, "exactly one fresh execution");
-    assert!(created.iter().all(|r| r.bytes == created[0].bytes), "every replay is byte for byte");
-    let in_use = count(&replies, StatusCode::CONFLICT, Some("idempotency_key_in_use"));
-    assert_eq!(created.len() + in_use, 50, "nothing else is answered");
+    assert_one_effect(&replies);
     assert_eq!(app.balance(&key).await, 900);
     assert_eq!(app.snapshot().await.payments.len(), 1);
     app.assert_invariants().await;

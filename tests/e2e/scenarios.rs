@@ -167,6 +167,20 @@ pub async fn daily_limit_exact_under_concurrency(strategy: Strategy) {
     app.assert_invariants().await;
 }
 
+/// Invariant 2 over concurrent replies to one keyed request: exactly one
+/// fresh 201, every other 201 a byte-for-byte replay of it, and nothing but
+/// those and 409 in use. Returns the 201s.
+pub(crate) fn assert_one_effect(replies: &[Reply]) -> Vec<&Reply> {
+    let created: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
+    assert!(!created.is_empty(), "the first request succeeds");
+    let fresh = created.iter().filter(|r| !r.headers.contains_key("idempotent-replayed")).count();
+    assert_eq!(fresh, 1, "exactly one fresh execution");
+    assert!(created.iter().all(|r| r.bytes == created[0].bytes), "every replay is byte for byte");
+    let in_use = count(replies, StatusCode::CONFLICT, Some("idempotency_key_in_use"));
+    assert_eq!(created.len() + in_use, replies.len(), "nothing else is answered");
+    created
+}
+
 /// 1000 concurrent identical requests with one Idempotency-Key → one effect;
 /// every other answer is the same response replayed, or 409 in use.
 pub async fn one_key_one_effect(strategy: Strategy) {
@@ -177,13 +191,7 @@ pub async fn one_key_one_effect(strategy: Strategy) {
         async move { app.top_up(&key, "the-one-key", 4_242).await }
     })
     .await;
-    let created: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
-    assert!(!created.is_empty(), "the first request succeeds");
-    let fresh = created.iter().filter(|r| !r.headers.contains_key("idempotent-replayed")).count();
-    assert_eq!(fresh, 1, "exactly one fresh execution");
-    assert!(created.iter().all(|r| r.bytes == created[0].bytes), "every replay is byte for byte");
-    let in_use = count(&replies, StatusCode::CONFLICT, Some("idempotency_key_in_use"));
-    assert_eq!(created.len() + in_use, 1000, "nothing else is answered");
+    let created = assert_one_effect(&replies);
     assert_eq!(app.balance(&key).await, 4_242);
     // After completion every retry replays.
     let again = app.top_up(&key, "the-one-key", 4_242).await;

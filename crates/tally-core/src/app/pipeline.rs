@@ -62,16 +62,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Err(StoreError::Busy) => return Ok((None, Admission::InUse)),
             Err(error) => return Err(error.into()),
         };
-        let now = self.clock.now();
-        let admission = idempotency::admit(
-            existing.as_ref(),
-            &held.scope,
-            held.fingerprint,
-            held.lease,
-            self.config.idempotency,
-            now,
-        );
+        let admission = self.admission(held, existing.as_ref());
         Ok((existing, admission))
+    }
+
+    /// What the key, holding `existing`, says about this request now.
+    fn admission(&self, held: &Held<'_>, existing: Option<&IdemRecord>) -> Admission {
+        let now = self.clock.now();
+        idempotency::admit(existing, &held.scope, held.fingerprint, held.lease, self.config.idempotency, now)
     }
 
     /// After a keyed request failed: store a refusal as its answer, or free
@@ -107,17 +105,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // Never written, nothing to free.
             (None, None) => return true,
             (None, Some(response)) => {
-                let now = self.clock.now();
-                let admission = idempotency::admit(
-                    existing.as_ref(),
-                    &held.scope,
-                    held.fingerprint,
-                    held.lease,
-                    self.config.idempotency,
-                    now,
-                );
                 // Answered or taken meanwhile (by another instance): not ours to answer.
-                let Admission::Start(fresh) = admission else { return false };
+                let Admission::Start(fresh) = self.admission(held, existing.as_ref()) else { return false };
                 let completed = fresh.complete(held.lease, response, None).expect("a fresh admission is held");
                 tx.put_idempotency(existing.as_ref(), &completed).await
             }

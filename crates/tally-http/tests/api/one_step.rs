@@ -32,11 +32,10 @@ async fn a_refused_one_step_payment_creates_nothing() {
     let over_balance = json!({"amount": 6_000, "method": "wallet", "confirm": true});
     app.create_payment(&user, "a", over_balance).await.assert_problem(409, "insufficient_balance");
     let over_limit = json!({"amount": 10_001, "method": "wallet", "confirm": true});
-    app.create_payment(&user, "b", over_limit.clone()).await.assert_problem(409, "limit_exceeded");
+    let refused = app.create_payment(&user, "b", over_limit.clone()).await;
+    refused.assert_problem(409, "limit_exceeded");
     // The refusal is the key's answer, replayed.
-    let replayed = app.create_payment(&user, "b", over_limit).await;
-    replayed.assert_problem(409, "limit_exceeded");
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    app.create_payment(&user, "b", over_limit).await.assert_replay_of(&refused);
     assert!(app.snapshot().await.payments.is_empty(), "no payment was created");
     assert_eq!(app.balance(&user).await, 5_000);
     app.assert_invariants().await;
