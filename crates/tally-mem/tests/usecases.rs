@@ -9,7 +9,7 @@ use common::*;
 use tally_core::Error;
 use tally_core::app::{Command, Executed, Outcome};
 use tally_core::check::{Invariant, assert_holds, check};
-use tally_core::ids::PaymentId;
+use tally_core::ids::{PaymentId, UserId};
 use tally_core::ledger::TransferKind;
 use tally_core::money::Money;
 use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
@@ -46,11 +46,21 @@ fn fault_nth_commit(store: &MemStore, nth: u32, fault: CommitFault) {
 
 /// A user with an empty wallet and a gateway payment of 500 (payback 50),
 /// not confirmed yet.
-fn gateway_payment() -> (std::sync::Arc<GatewayTally>, MemGateway, tally_core::ids::UserId, PaymentId) {
+fn gateway_payment() -> (std::sync::Arc<GatewayTally>, MemGateway, UserId, PaymentId) {
     let (app, gateway) = with_gateway();
     let user = block_on(user_with(&app, Limits::default(), 0));
     let id = block_on(new_gateway_payment(&app, user, 500, 50));
     (app, gateway, user, id)
+}
+
+/// Runs `test` on a fresh locked app, with a user (default limits) whose
+/// wallet holds `balance`.
+fn with_user<F: Future<Output = ()>>(balance: i64, test: impl FnOnce(std::sync::Arc<LockedTally>, UserId) -> F) {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), balance).await;
+        test(app, user).await;
+    });
 }
 
 /// A minute later, the completer's pass over what is stuck for 60 s.
@@ -61,9 +71,7 @@ fn complete_a_minute_later(app: &GatewayTally) -> Result<usize, Error> {
 
 #[test]
 fn top_up_books_one_transfer_with_the_balance_after() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         let Ok(Executed::Fresh(Outcome::TopUp { transfer, balance })) =
             app.execute(user, Command::TopUp { amount: amount(150) }, None).await
         else {
@@ -79,9 +87,7 @@ fn top_up_books_one_transfer_with_the_balance_after() {
 
 #[test]
 fn payment_lifecycle_with_payback_moves_exact_money() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 300, 30).await;
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
         assert_eq!(balance(&app, user).await, Money::new(1_000), "creating a payment moves nothing");
@@ -105,9 +111,7 @@ fn payment_lifecycle_with_payback_moves_exact_money() {
 
 #[test]
 fn ledger_pages_by_cursor() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         for i in 1..=5 {
             app.execute(user, Command::TopUp { amount: amount(i) }, None).await.unwrap();
         }
@@ -168,9 +172,7 @@ fn another_users_payment_is_not_found() {
 
 #[test]
 fn second_confirm_and_second_cancel_are_refused() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 100).await;
+    with_user(100, |app, user| async move {
         let id = new_payment(&app, user, 100, 10).await;
         app.execute(user, confirm(id), None).await.unwrap();
         let again = app.execute(user, confirm(id), None).await;
@@ -191,9 +193,7 @@ fn second_confirm_and_second_cancel_are_refused() {
 
 #[test]
 fn idempotency_replays_refuses_reuse_and_stores_refusals() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         let top_up = Command::TopUp { amount: amount(100) };
         let Ok(Executed::Fresh(first)) = app.execute(user, top_up.clone(), Some(keyed("a", &top_up))).await else {
             panic!()
@@ -231,9 +231,7 @@ fn idempotency_replays_refuses_reuse_and_stores_refusals() {
 
 #[test]
 fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 400, 40).await;
         let pay = confirm(id);
         // Admission commits cleanly; the effect's commit is ambiguous.
@@ -252,9 +250,7 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
 
 #[test]
 fn a_failed_effect_frees_the_key_for_a_retry() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         let top_up = Command::TopUp { amount: amount(5) };
         // Admission commits; the effect's commit is lost before it arrives.
         fault_nth_commit(app.store(), 2, CommitFault::Lost);
@@ -292,9 +288,7 @@ fn optimistic_store_refuses_a_stale_write_and_applies_nothing() {
 
 #[test]
 fn store_refuses_a_negative_balance_like_a_check_constraint() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 10).await;
+    with_user(10, |app, user| async move {
         let mut tx = app.store().begin().await.unwrap();
         let wallet = tx.wallet(user).await.unwrap().unwrap();
         let mut broken = wallet.clone();
@@ -309,9 +303,7 @@ fn store_refuses_a_negative_balance_like_a_check_constraint() {
 
 #[test]
 fn checker_names_each_broken_invariant() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 100, 10).await;
         let pay = confirm(id);
         app.execute(user, pay.clone(), Some(keyed("k", &pay))).await.unwrap();
@@ -502,9 +494,7 @@ fn a_statement_hook_sees_each_statement_and_its_failure_applies_nothing() {
             Box::pin(std::future::ready(fault.map_or(Ok(()), Err)))
         }
     }
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 10).await;
+    with_user(10, |app, user| async move {
         let seen = std::sync::Arc::default();
         let watched = std::sync::Arc::clone(&seen);
         let hooked = app.store().with_statement_hook(std::sync::Arc::new(move || {
