@@ -16,9 +16,8 @@ use tally_mem::MemStore;
 
 use crate::clock::SimClock;
 use crate::plan::{Adversary, Inventory};
-use crate::run::now_or_never;
 use crate::server;
-use crate::workload::TAG_SPACE;
+use crate::shared::{TAG_SPACE, now_or_never};
 
 /// A product as the clients and the oracle know it.
 #[derive(Clone, Debug, PartialEq, Eq)]

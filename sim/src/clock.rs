@@ -19,7 +19,7 @@ use std::time::Duration;
 use tally_core::time::{Clock, Timestamp};
 
 /// 2026-11-23T00:00:00Z: every run starts here or, on boundary seeds, a
-/// few days later (see [`crate::plan::Calendar`]).
+/// few days later (see `plan::Calendar`).
 pub const EPOCH: Timestamp = Timestamp(1_795_392_000_000);
 
 #[derive(Debug)]

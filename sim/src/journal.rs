@@ -15,7 +15,7 @@ use tally_core::ids::UserId;
 use tally_core::time::Timestamp;
 
 use crate::clock::SimClock;
-use crate::oracle::Violation;
+use crate::shared::Violation;
 
 /// Everything the report counts, per seed and summed over seeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -33,6 +33,32 @@
 //! - [`journal`]: the event log (its hash is the determinism check), history, counters.
 //! - [`clock`], [`rng`]: simulated time and seeded randomness — the only ones used.
 //! - [`report`]: the summary over many seeds.
+//! - [`shared`]: what every layer names: invariants and [`shared::Violation`],
+//!   the tag space of amounts, `now_or_never`.
+//!
+//! # Layering
+//!
+//! Modules import only from layers below their own (`use crate::…`), so no
+//! two modules import each other, directly or around a ring:
+//!
+//! 1. [`shared`], [`rng`], [`net`], [`clock`]: import no sibling;
+//! 2. [`journal`]: on `clock` and `shared`;
+//! 3. [`gateway`] (on `journal`, `net`) and [`store`] (on `clock`,
+//!    `journal`, `rng`, `shared`);
+//! 4. [`plan`]: on `clock`, `rng`, `shared` and `gateway`'s host name;
+//! 5. [`server`]: wires `gateway`, `journal`, `plan` and the store it is
+//!    given into a host;
+//! 6. [`catalogue`]: set up through `server`'s configuration;
+//! 7. [`workload`]: the clients, on the catalogue, `plan`, `net`, `journal`,
+//!    `server`'s admin key and `gateway`'s host;
+//! 8. [`oracle`]: on `catalogue`, `journal` and the workload's conventions
+//!    (it judges what the clients did);
+//! 9. [`run`]: one seed, from everything above (it hands `store`'s watched
+//!    handle to the servers); [`report`]: over outcomes.
+//!
+//! A leaf never imports back: `shared` holds what a lower layer would
+//! otherwise take from a higher one (the oracle's [`shared::Violation`], the
+//! workload's tag space, the driver's `now_or_never`).
 
 pub mod catalogue;
 pub mod clock;
@@ -45,6 +71,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod workload;
 

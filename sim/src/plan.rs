@@ -15,7 +15,7 @@ use tally_core::wallet::Limits;
 
 use crate::clock::EPOCH;
 use crate::rng::SimRng;
-use crate::workload::TAG_SPACE;
+use crate::shared::{self, TAG_SPACE, Violation};
 
 /// Which faults a seed may draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,13 +70,13 @@ pub enum KnownIssue {
 }
 
 impl KnownIssue {
-    pub fn matches(self, violation: &crate::oracle::Violation) -> bool {
+    pub fn matches(self, violation: &Violation) -> bool {
         match self {
             KnownIssue::StuckConfirming => {
-                violation.invariant == crate::oracle::INV_RECOVERED && violation.detail.contains("still confirming")
+                violation.invariant == shared::INV_RECOVERED && violation.detail.contains("still confirming")
             }
             KnownIssue::UnstoredRefusal => {
-                violation.invariant == crate::oracle::INV_IDEMPOTENCY
+                violation.invariant == shared::INV_IDEMPOTENCY
                     && violation.check == "all answers for one key agree"
                     && violation.detail.contains(": answered 409 ")
                     && violation.detail.contains(" and later 20")
@@ -175,7 +175,7 @@ pub struct GatewayFaults {
 /// order TTL short enough that unpaid orders lapse mid-flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inventory {
-    /// Per product: its price (whole units of [`TAG_SPACE`](crate::workload::TAG_SPACE)) and its stock.
+    /// Per product: its price (whole units of [`TAG_SPACE`]) and its stock.
     pub products: Vec<(u64, u64)>,
     /// The one showtime's seats: their prices (whole units).
     pub seats: Vec<u64>,

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::journal::{Count, Counts, Section};
-use crate::oracle::Violation;
 use crate::run::SeedOutcome;
+use crate::shared::Violation;
 
 /// Sums over seeds.
 #[derive(Clone, Debug, Default)]

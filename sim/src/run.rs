@@ -47,7 +47,8 @@ use crate::oracle::{self, Evidence, Violation};
 use crate::plan::{self, Action, GATEWAY_PROBABILITIES, LOSS_RATES, Options, Plan, timing};
 use crate::rng::SimRng;
 use crate::server::{self, Deployment};
-use crate::store::SimStore;
+use crate::shared::now_or_never;
+use crate::store;
 use crate::workload::{self, ClientSpec, ElsewhereSpec};
 
 /// The longest simulated time a workload may take before the run is judged
@@ -116,7 +117,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             }
         })));
     }
-    let store = SimStore::new(memory.clone(), plan.db_latency_max_ms, root.fork(4), journal.clone(), clock.clone());
+    let store = store::watched(&memory, plan.db_latency_max_ms, root.fork(4), journal.clone(), clock.clone());
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
     let gateway = fake_gateway(&plan, &clock);
 
@@ -498,7 +499,7 @@ fn foreign_charges(plan: &Plan, root: &SimRng) -> Vec<(Duration, String, i64)> {
                 let op = rng.range(1, plan.ops_per_client[client].max(2) as u64 - 1);
                 format!("pk-{}", client as u64 * 1000 + op)
             };
-            let amount = i64::try_from(rng.range(1, 12)).expect("small") * workload::TAG_SPACE;
+            let amount = i64::try_from(rng.range(1, 12)).expect("small") * crate::shared::TAG_SPACE;
             (*at, key, amount)
         })
         .collect()
@@ -626,15 +627,4 @@ fn align_task_ids() {
             }
         }
     });
-}
-
-/// Polls a future that is known to complete without waiting (the in-memory
-/// store outside any runtime).
-pub fn now_or_never<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut context) {
-        std::task::Poll::Ready(output) => output,
-        std::task::Poll::Pending => panic!("a future expected to be ready was pending"),
-    }
 }

@@ -14,14 +14,13 @@ use tally_core::app::Config;
 use tally_core::idempotency::IdemConfig;
 use tally_core::ids::IdGen;
 use tally_http::{HttpConfig, Readiness};
-use tally_mem::MemLocks;
+use tally_mem::{MemLocks, MemStore};
 
 use crate::clock::SimClock;
 use crate::gateway::{SimGateway, Tamper};
 use crate::journal::{Count, Journal};
 use crate::net::{PORT, SimListener};
 use crate::plan::timing;
-use crate::store::SimStore;
 
 /// The admin key of every simulated server (clients use it to restock).
 pub const ADMIN_KEY: &str = "tly_sim_admin";
@@ -29,7 +28,7 @@ pub const ADMIN_KEY: &str = "tly_sim_admin";
 /// What every server incarnation is built from; survives crashes.
 #[derive(Clone)]
 pub struct Deployment {
-    pub store: SimStore,
+    pub store: MemStore,
     pub locks: MemLocks<SimClock>,
     pub clock: SimClock,
     pub ids: Arc<dyn IdGen>,
@@ -61,7 +60,7 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
     }
 }
 
-type App = Tally<SimStore, MemLocks<SimClock>, SimClock, SimGateway>;
+type App = Tally<MemStore, MemLocks<SimClock>, SimClock, SimGateway>;
 
 /// The host's software: runs until the host crashes. `behind`: how far
 /// this host's clock lags the database's (the clock-skew fault).

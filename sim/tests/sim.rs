@@ -2,7 +2,7 @@
 //! asserts exact outcomes; none can pass by doing nothing (each one also
 //! checks that the runs did the work it is about).
 
-use tally_sim::journal::Count;
+use tally_sim::journal::{Count, Counts};
 use tally_sim::plan::{KnownIssue, Options, Plan, Profile};
 use tally_sim::run::{SeedOutcome, run_seed};
 
@@ -22,6 +22,20 @@ fn assert_clean(outcome: &SeedOutcome) {
         outcome.violations,
         outcome.events.join("\n")
     );
+}
+
+/// Runs each seed with its options, requires every one clean, and requires
+/// each of `reached` to have happened in at least one of them.
+fn assert_clean_and_reached(runs: impl IntoIterator<Item = (u64, Options)>, reached: &[Count]) {
+    let mut total = Counts::default();
+    for (seed, options) in runs {
+        let outcome = run_seed(seed, &options);
+        assert_clean(&outcome);
+        total.merge(&outcome.counts);
+    }
+    for &count in reached {
+        assert!(total.get(count) > 0, "never reached: {}", count.name());
+    }
 }
 
 /// Liveness and durability with nothing injected: every operation of a
@@ -66,25 +80,20 @@ fn a_seed_replays_exactly() {
 /// aside), while the faults and the interesting paths were really reached.
 #[test]
 fn faulty_seeds_keep_every_promise() {
-    let mut total = tally_sim::journal::Counts::default();
-    for (profile, seeds) in [(Profile::Heavy, 0..6), (Profile::Swarm, 100..106)] {
-        for seed in seeds {
-            let outcome = run_seed(seed, &accepting_known(profile));
-            assert_clean(&outcome);
-            total.merge(&outcome.counts);
-        }
-    }
-    for reached in [
-        Count::HostCrashes,
-        Count::Partitions,
-        Count::AmbiguousCommits,
-        Count::AttemptTimeouts,
-        Count::ReplaysServed,
-        Count::DuplicateInFlight409,
-        Count::GatewayOutcomeUnknown,
-    ] {
-        assert!(total.get(reached) > 0, "never reached: {}", reached.name());
-    }
+    let heavy = (0..6).map(|seed| (seed, accepting_known(Profile::Heavy)));
+    let swarm = (100..106).map(|seed| (seed, accepting_known(Profile::Swarm)));
+    assert_clean_and_reached(
+        heavy.chain(swarm),
+        &[
+            Count::HostCrashes,
+            Count::Partitions,
+            Count::AmbiguousCommits,
+            Count::AttemptTimeouts,
+            Count::ReplaysServed,
+            Count::DuplicateInFlight409,
+            Count::GatewayOutcomeUnknown,
+        ],
+    );
 }
 
 /// Invariants 5–8 end to end: swarm seeds order scarce stock and queued
@@ -92,24 +101,19 @@ fn faulty_seeds_keep_every_promise() {
 /// oracle finds nothing, and every path was really taken.
 #[test]
 fn inventory_seeds_keep_every_promise() {
-    let mut total = tally_sim::journal::Counts::default();
     let swarm = options(Profile::Swarm);
     let racing = (212..).filter(|&seed| Plan::draw(seed, &swarm).inventory.races_expiry).take(2);
-    for seed in (200..212).chain(racing) {
-        let outcome = run_seed(seed, &swarm);
-        assert_clean(&outcome);
-        total.merge(&outcome.counts);
-    }
-    for reached in [
-        Count::OrdersCreated,
-        Count::OrdersPaid,
-        Count::OutOfStock,
-        Count::SeatUnavailable,
-        Count::OrdersSwept,
-        Count::ExpiryRaces,
-    ] {
-        assert!(total.get(reached) > 0, "never reached: {}", reached.name());
-    }
+    assert_clean_and_reached(
+        (200..212).chain(racing).map(|seed| (seed, swarm.clone())),
+        &[
+            Count::OrdersCreated,
+            Count::OrdersPaid,
+            Count::OutOfStock,
+            Count::SeatUnavailable,
+            Count::OrdersSwept,
+            Count::ExpiryRaces,
+        ],
+    );
 }
 
 /// Issue 10's adversarial customer end to end: these seeds reuse payment
@@ -121,26 +125,21 @@ fn inventory_seeds_keep_every_promise() {
 /// amount. The oracle finds nothing, and every one of those paths was taken.
 #[test]
 fn adversarial_seeds_keep_every_promise() {
-    let mut total = tally_sim::journal::Counts::default();
-    for seed in [0, 2, 12, 102] {
-        let outcome = run_seed(seed, &options(Profile::Swarm));
-        assert_clean(&outcome);
-        total.merge(&outcome.counts);
-    }
-    for reached in [
-        Count::KeyReuseRefused,
-        Count::ForeignKeyFailed,
-        Count::CashbackCancelRefused,
-        Count::RefundsOwedResolved,
-        Count::SeatLimitRefused,
-        Count::MaxBalanceRefused,
-        Count::LimitRefused,
-        Count::PaybackAmountRefused,
-        Count::PaymentsAcrossMidnight,
-        Count::StampedBehindWindow,
-    ] {
-        assert!(total.get(reached) > 0, "never reached: {}", reached.name());
-    }
+    assert_clean_and_reached(
+        [0, 2, 12, 102].map(|seed| (seed, options(Profile::Swarm))),
+        &[
+            Count::KeyReuseRefused,
+            Count::ForeignKeyFailed,
+            Count::CashbackCancelRefused,
+            Count::RefundsOwedResolved,
+            Count::SeatLimitRefused,
+            Count::MaxBalanceRefused,
+            Count::LimitRefused,
+            Count::PaybackAmountRefused,
+            Count::PaymentsAcrossMidnight,
+            Count::StampedBehindWindow,
+        ],
+    );
 }
 
 /// Invariant 1's recovery side, seed 1: a confirm that never reached the

@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::catalog::{Event, Product, Seat, SeatStatus};
 use crate::idempotency::{IdemRecord, IdemScope, IdemState};
-use crate::ids::{EventId, OpId, OrderId, PaymentId, ProductId, SeatId, UserId};
+use crate::ids::{EventId, OpId, PaymentId, ProductId, SeatId, UserId};
 use crate::ledger::{Account, Transfer, TransferKind};
 use crate::money::Money;
 use crate::order::{Order, OrderStatus};
@@ -108,18 +108,34 @@ pub fn assert_holds(snapshot: &Snapshot) {
     }
 }
 
-fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
-    let inv = Invariant::ChargedAtMostOnce;
-    let mut by_payment: BTreeMap<PaymentId, Vec<&Transfer>> = BTreeMap::new();
-    for transfer in &snapshot.transfers {
-        if let Some(payment) = transfer.payment {
-            by_payment.entry(payment).or_default().push(transfer);
+/// `items` grouped by the record each names, if it names one, once every
+/// named record that is not `known` is reported ("`items` name unknown
+/// `record` …").
+fn grouped_by<'a, T, K: Ord + Copy + fmt::Display>(
+    items: &'a [T],
+    names: impl Fn(&T) -> Option<K>,
+    known: impl Iterator<Item = K>,
+    (items_are, record): (&str, &str),
+    inv: Invariant,
+    report: &mut impl FnMut(Invariant, String),
+) -> BTreeMap<K, Vec<&'a T>> {
+    let mut grouped: BTreeMap<K, Vec<&T>> = BTreeMap::new();
+    for item in items {
+        if let Some(key) = names(item) {
+            grouped.entry(key).or_default().push(item);
         }
     }
-    let known: BTreeSet<PaymentId> = snapshot.payments.iter().map(|p| p.id).collect();
-    for id in by_payment.keys().filter(|id| !known.contains(id)) {
-        report(inv, format!("transfers name unknown payment {id}"));
+    let known: BTreeSet<K> = known.collect();
+    for key in grouped.keys().filter(|key| !known.contains(key)) {
+        report(inv, format!("{items_are} name unknown {record} {key}"));
     }
+    grouped
+}
+
+fn check_payments(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
+    let inv = Invariant::ChargedAtMostOnce;
+    let known = snapshot.payments.iter().map(|p| p.id);
+    let by_payment = grouped_by(&snapshot.transfers, |t| t.payment, known, ("transfers", "payment"), inv, report);
     // A gateway payment key belongs to one payment, forever: one card charge
     // can never pay (or be refunded for) two payments.
     let mut by_key: BTreeMap<&str, PaymentId> = BTreeMap::new();
@@ -476,16 +492,8 @@ fn check_token_seats(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, Str
 
 fn check_orders(snapshot: &Snapshot, report: &mut impl FnMut(Invariant, String)) {
     let inv = Invariant::OrderMatchesPayment;
-    let mut by_order: BTreeMap<OrderId, Vec<&Payment>> = BTreeMap::new();
-    for payment in &snapshot.payments {
-        if let Some(order) = payment.order {
-            by_order.entry(order).or_default().push(payment);
-        }
-    }
-    let known: BTreeSet<OrderId> = snapshot.orders.iter().map(|o| o.id).collect();
-    for order in by_order.keys().filter(|id| !known.contains(id)) {
-        report(inv, format!("payments name unknown order {order}"));
-    }
+    let known = snapshot.orders.iter().map(|o| o.id);
+    let by_order = grouped_by(&snapshot.payments, |p| p.order, known, ("payments", "order"), inv, report);
     for order in &snapshot.orders {
         let payments = by_order.get(&order.id).map(Vec::as_slice).unwrap_or_default();
         // Charged and not refunded: done, or on its way back (cancelling).

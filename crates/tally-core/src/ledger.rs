@@ -110,17 +110,14 @@ impl Booking {
         payment: Option<PaymentId>,
     ) -> Transfer {
         assert!(!matches!(debit, Account::Wallet(_)) && !matches!(credit, Account::Wallet(_)));
-        self.transfer(id, kind, debit, credit, amount, payment)
+        self.transfer(id, (kind, debit, credit, amount), payment)
     }
 
     /// The transfer with this booking's execution, origin and time; no wallet side yet.
     fn transfer(
         &self,
         id: TransferId,
-        kind: TransferKind,
-        debit: Account,
-        credit: Account,
-        amount: Amount,
+        (kind, debit, credit, amount): (TransferKind, Account, Account, Amount),
         payment: Option<PaymentId>,
     ) -> Transfer {
         Transfer {
@@ -150,7 +147,7 @@ impl Booking {
     ) -> Transfer {
         debug_assert_eq!(wallet_after.user, user);
         let wallet = Account::Wallet(user);
-        let (kind, debit, credit, amount) = match movement {
+        let leg = match movement {
             Movement::TopUp(a) => (TransferKind::TopUp, Account::World, wallet, a),
             Movement::Pay(a) => (TransferKind::Payment, wallet, Account::Revenue, a),
             Movement::Refund(a) => (TransferKind::Refund, Account::Revenue, wallet, a),
@@ -158,6 +155,6 @@ impl Booking {
             Movement::PaybackReversal(a) => (TransferKind::PaybackReversal, wallet, Account::CashbackPool, a),
         };
         let side = WalletSide { user, balance_after: wallet_after.balance, seq: wallet_after.entry_count };
-        Transfer { wallet: Some(side), ..self.transfer(id, kind, debit, credit, amount, payment) }
+        Transfer { wallet: Some(side), ..self.transfer(id, leg, payment) }
     }
 }

@@ -29,4 +29,4 @@ mod store;
 
 pub use gateway::MemGateway;
 pub use locks::MemLocks;
-pub use store::{CommitFault, Concurrency, FaultHook, MemStore, MemTx};
+pub use store::{CommitFault, Concurrency, FaultHook, HookFuture, MemStore, MemTx, Statement, StatementHook, TxHook};

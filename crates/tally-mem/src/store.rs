@@ -1,7 +1,8 @@
 //! The in-memory store: [`MemStore`], the committed state it shares between
 //! clones, the buffered [`Write`] a transaction records, and how a write is
 //! applied to the state. Its transaction is in [`tx`]; the checks a commit
-//! must pass before anything is applied are in [`constraints`].
+//! must pass before anything is applied are in [`constraints`]; what may run
+//! before each statement, in [`hook`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,8 +20,10 @@ use tally_core::wallet::Wallet;
 use tally_lock::sync::{Arc, Mutex, MutexGuard};
 
 mod constraints;
+mod hook;
 mod tx;
 
+pub use hook::{HookFuture, Statement, StatementHook, TxHook};
 pub use tx::MemTx;
 
 /// How the store handles concurrent writers (see the crate docs).
@@ -85,11 +88,17 @@ struct Shared {
 #[derive(Clone)]
 pub struct MemStore {
     shared: Arc<Shared>,
+    /// This handle's statement hook: the handle's transactions run it, other
+    /// handles on the same database do not.
+    hook: Option<StatementHook>,
 }
 
 impl fmt::Debug for MemStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemStore").field("mode", &self.shared.mode).finish_non_exhaustive()
+        f.debug_struct("MemStore")
+            .field("mode", &self.shared.mode)
+            .field("hooked", &self.hook.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +106,14 @@ impl MemStore {
     pub fn new(mode: Concurrency) -> MemStore {
         MemStore {
             shared: Arc::new(Shared { state: Mutex::new(State::default()), mode, commit_faults: Mutex::new(None) }),
+            hook: None,
         }
+    }
+
+    /// Another handle on the same database whose transactions run `hook`
+    /// before every statement and after their commit (see [`TxHook`]).
+    pub fn with_statement_hook(&self, hook: StatementHook) -> MemStore {
+        MemStore { shared: Arc::clone(&self.shared), hook: Some(hook) }
     }
 
     pub fn mode(&self) -> Concurrency {
@@ -135,8 +151,8 @@ impl MemStore {
 impl Store for MemStore {
     type Tx = MemTx;
 
-    fn begin(&self) -> impl Future<Output = Result<MemTx, StoreError>> + Send {
-        std::future::ready(Ok(MemTx::begin(self.clone())))
+    async fn begin(&self) -> Result<MemTx, StoreError> {
+        MemTx::begin(self.clone()).await
     }
 
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {

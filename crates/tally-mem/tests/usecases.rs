@@ -9,20 +9,69 @@ use common::*;
 use tally_core::Error;
 use tally_core::app::{Command, Executed, Outcome};
 use tally_core::check::{Invariant, assert_holds, check};
-use tally_core::ids::PaymentId;
+use tally_core::ids::{PaymentId, UserId};
 use tally_core::ledger::TransferKind;
 use tally_core::money::Money;
 use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
 use tally_core::store::{Store, StoreError, Tx};
 use tally_core::time::Clock;
 use tally_core::wallet::{LimitKind, Limits, WalletError};
-use tally_mem::CommitFault;
+use tally_mem::{CommitFault, HookFuture, MemGateway, MemStore, Statement, TxHook};
+
+/// A wallet confirm of `payment`.
+fn confirm(payment: PaymentId) -> Command {
+    Command::ConfirmPayment { payment, payment_key: None }
+}
+
+/// A gateway confirm of `payment` with `key`.
+fn confirm_with(payment: PaymentId, key: &str) -> Command {
+    Command::ConfirmPayment { payment, payment_key: Some(key.into()) }
+}
+
+/// The invariant checker passes on the store as it is now.
+async fn holds<L: tally_core::store::LockManager, G: tally_core::gateway::Gateway>(
+    app: &tally_core::app::Tally<MemStore, L, tally_core::time::ManualClock, G>,
+) {
+    assert_holds(&app.snapshot().await.unwrap());
+}
+
+/// The `nth` commit from now on gets `fault`; the others commit cleanly.
+fn fault_nth_commit(store: &MemStore, nth: u32, fault: CommitFault) {
+    let mut commits = 0;
+    store.set_commit_faults(Some(Box::new(move || {
+        commits += 1;
+        if commits == nth { fault } else { CommitFault::None }
+    })));
+}
+
+/// A user with an empty wallet and a gateway payment of 500 (payback 50),
+/// not confirmed yet.
+fn gateway_payment() -> (std::sync::Arc<GatewayTally>, MemGateway, UserId, PaymentId) {
+    let (app, gateway) = with_gateway();
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let id = block_on(new_gateway_payment(&app, user, 500, 50));
+    (app, gateway, user, id)
+}
+
+/// Runs `test` on a fresh locked app, with a user (default limits) whose
+/// wallet holds `balance`.
+fn with_user<F: Future<Output = ()>>(balance: i64, test: impl FnOnce(std::sync::Arc<LockedTally>, UserId) -> F) {
+    let app = locked();
+    block_on(async {
+        let user = user_with(&app, Limits::default(), balance).await;
+        test(app, user).await;
+    });
+}
+
+/// A minute later, the completer's pass over what is stuck for 60 s.
+fn complete_a_minute_later(app: &GatewayTally) -> Result<usize, Error> {
+    app.clock().advance(Duration::from_secs(61));
+    block_on(app.resolve_stuck(Duration::from_secs(60), 16))
+}
 
 #[test]
 fn top_up_books_one_transfer_with_the_balance_after() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         let Ok(Executed::Fresh(Outcome::TopUp { transfer, balance })) =
             app.execute(user, Command::TopUp { amount: amount(150) }, None).await
         else {
@@ -32,20 +81,18 @@ fn top_up_books_one_transfer_with_the_balance_after() {
         assert_eq!(transfer.kind, TransferKind::TopUp);
         assert_eq!(transfer.wallet.unwrap().balance_after, Money::new(150));
         assert_eq!(transfer.wallet.unwrap().seq, 1);
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
 #[test]
 fn payment_lifecycle_with_payback_moves_exact_money() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 300, 30).await;
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
         assert_eq!(balance(&app, user).await, Money::new(1_000), "creating a payment moves nothing");
 
-        app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await.unwrap();
+        app.execute(user, confirm(id), None).await.unwrap();
         assert_eq!(balance(&app, user).await, Money::new(1_000 - 300 + 30));
         app.execute(user, Command::CancelPayment { payment: id }, None).await.unwrap();
         assert_eq!(balance(&app, user).await, Money::new(1_000));
@@ -58,15 +105,13 @@ fn payment_lifecycle_with_payback_moves_exact_money() {
         let after: Vec<_> = page.entries.iter().map(|t| t.wallet.unwrap().balance_after.minor_units()).collect();
         assert_eq!(after, [1_000, 700, 730, 1_030, 1_000]);
         assert_eq!(page.next, None);
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
 #[test]
 fn ledger_pages_by_cursor() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         for i in 1..=5 {
             app.execute(user, Command::TopUp { amount: amount(i) }, None).await.unwrap();
         }
@@ -92,7 +137,7 @@ fn refusals_change_nothing() {
         let id = new_payment(&app, user, 300, 30).await;
         let before = app.snapshot().await.unwrap();
 
-        let refused = app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await;
+        let refused = app.execute(user, confirm(id), None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         let refused = app.execute(user, Command::TopUp { amount: amount(801) }, None).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
@@ -120,10 +165,7 @@ fn another_users_payment_is_not_found() {
         let other = user_with(&app, Limits::default(), 100).await;
         let id = new_payment(&app, owner, 50, 5).await;
         assert_eq!(app.payment(other, id).await, Err(Error::NotFound));
-        assert_eq!(
-            app.execute(other, Command::ConfirmPayment { payment: id, payment_key: None }, None).await,
-            Err(Error::NotFound)
-        );
+        assert_eq!(app.execute(other, confirm(id), None).await, Err(Error::NotFound));
         assert_eq!(app.execute(other, Command::CancelPayment { payment: id }, None).await, Err(Error::NotFound));
         assert_eq!(payment(&app, owner, id).await.status, PaymentStatus::Wait);
     });
@@ -131,12 +173,10 @@ fn another_users_payment_is_not_found() {
 
 #[test]
 fn second_confirm_and_second_cancel_are_refused() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 100).await;
+    with_user(100, |app, user| async move {
         let id = new_payment(&app, user, 100, 10).await;
-        app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await.unwrap();
-        let again = app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None).await;
+        app.execute(user, confirm(id), None).await.unwrap();
+        let again = app.execute(user, confirm(id), None).await;
         assert_eq!(
             again,
             Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, event: PaymentEvent::Confirm }))
@@ -148,15 +188,13 @@ fn second_confirm_and_second_cancel_are_refused() {
             Err(Error::Transition(InvalidTransition { from: PaymentStatus::Cancelled, event: PaymentEvent::Cancel }))
         );
         assert_eq!(balance(&app, user).await, Money::new(100));
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
 #[test]
 fn idempotency_replays_refuses_reuse_and_stores_refusals() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         let top_up = Command::TopUp { amount: amount(100) };
         let Ok(Executed::Fresh(first)) = app.execute(user, top_up.clone(), Some(keyed("a", &top_up))).await else {
             panic!()
@@ -169,7 +207,7 @@ fn idempotency_replays_refuses_reuse_and_stores_refusals() {
 
         // A business refusal is stored and replayed, even once it would succeed.
         let id = new_payment(&app, user, 500, 50).await;
-        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
+        let pay = confirm(id);
         let refused = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         app.execute(user, Command::TopUp { amount: amount(1_000) }, None).await.unwrap();
@@ -188,23 +226,17 @@ fn idempotency_replays_refuses_reuse_and_stores_refusals() {
         app.clock().advance(app.config().idempotency.ttl + Duration::from_secs(1));
         assert!(matches!(app.execute(user, other.clone(), Some(keyed("a", &other))).await, Ok(Executed::Fresh(_))));
         assert_eq!(balance(&app, user).await, Money::new(100 + 1_000 + 101));
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
 #[test]
 fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 400, 40).await;
-        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
+        let pay = confirm(id);
         // The request's one commit (admission, effect and answer) is ambiguous.
-        let mut commits = 0;
-        app.store().set_commit_faults(Some(Box::new(move || {
-            commits += 1;
-            if commits == 1 { CommitFault::Ambiguous } else { CommitFault::None }
-        })));
+        fault_nth_commit(app.store(), 1, CommitFault::Ambiguous);
         let first = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
         assert_eq!(first, Err(Error::Store(StoreError::Ambiguous)));
         app.store().set_commit_faults(None);
@@ -213,7 +245,7 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
         let retry = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
         assert!(matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 201), "{retry:?}");
         assert_eq!(balance(&app, user).await, Money::new(600 + 40), "charged once, paid back once");
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
@@ -221,48 +253,40 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
 /// a replay commits nothing.
 #[test]
 fn a_keyed_request_commits_once_and_its_replay_never() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 400, 40).await;
         let commits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counter = commits.clone();
+        let committed = move || commits.load(std::sync::atomic::Ordering::SeqCst);
         app.store().set_commit_faults(Some(Box::new(move || {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             CommitFault::None
         })));
-        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
+        let pay = confirm(id);
         let first = app.execute(user, pay.clone(), Some(keyed("pay-once", &pay))).await;
         assert!(matches!(first, Ok(Executed::Fresh(_))), "{first:?}");
-        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1, "one commit per keyed request");
+        assert_eq!(committed(), 1, "one commit per keyed request");
         let replay = app.execute(user, pay.clone(), Some(keyed("pay-once", &pay))).await;
         assert!(matches!(replay, Ok(Executed::Replayed(_))), "{replay:?}");
-        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1, "a replay writes nothing");
+        assert_eq!(committed(), 1, "a replay writes nothing");
         // A refusal is stored under its key: one more commit, for the answer.
-        let again = Command::ConfirmPayment { payment: id, payment_key: None };
-        let refused = app.execute(user, again.clone(), Some(keyed("pay-twice", &again))).await;
+        let refused = app.execute(user, pay.clone(), Some(keyed("pay-twice", &pay))).await;
         assert!(matches!(refused, Err(Error::Transition(_))), "{refused:?}");
-        assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(committed(), 2);
         app.store().set_commit_faults(None);
-        let replayed = app.execute(user, again.clone(), Some(keyed("pay-twice", &again))).await;
+        let replayed = app.execute(user, pay.clone(), Some(keyed("pay-twice", &pay))).await;
         assert!(matches!(replayed, Ok(Executed::Replayed(ref r)) if r.status == 409), "{replayed:?}");
         assert_eq!(balance(&app, user).await, Money::new(600 + 40), "charged once, paid back once");
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
 #[test]
 fn a_failed_effect_frees_the_key_for_a_retry() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
+    with_user(0, |app, user| async move {
         let top_up = Command::TopUp { amount: amount(5) };
         // The request's one commit is lost before it arrives.
-        let mut commits = 0;
-        app.store().set_commit_faults(Some(Box::new(move || {
-            commits += 1;
-            if commits == 1 { CommitFault::Lost } else { CommitFault::None }
-        })));
+        fault_nth_commit(app.store(), 1, CommitFault::Lost);
         let lost = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
         assert!(matches!(lost, Err(Error::Store(StoreError::Unavailable(_)))), "{lost:?}");
         assert_eq!(balance(&app, user).await, Money::ZERO);
@@ -270,7 +294,7 @@ fn a_failed_effect_frees_the_key_for_a_retry() {
         let retry = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
         assert!(matches!(retry, Ok(Executed::Fresh(_))), "{retry:?}");
         assert_eq!(balance(&app, user).await, Money::new(5));
-        assert_holds(&app.snapshot().await.unwrap());
+        holds(&app).await;
     });
 }
 
@@ -297,9 +321,7 @@ fn optimistic_store_refuses_a_stale_write_and_applies_nothing() {
 
 #[test]
 fn store_refuses_a_negative_balance_like_a_check_constraint() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 10).await;
+    with_user(10, |app, user| async move {
         let mut tx = app.store().begin().await.unwrap();
         let wallet = tx.wallet(user).await.unwrap().unwrap();
         let mut broken = wallet.clone();
@@ -314,11 +336,9 @@ fn store_refuses_a_negative_balance_like_a_check_constraint() {
 
 #[test]
 fn checker_names_each_broken_invariant() {
-    let app = locked();
-    block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
+    with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 100, 10).await;
-        let pay = Command::ConfirmPayment { payment: id, payment_key: None };
+        let pay = confirm(id);
         app.execute(user, pay.clone(), Some(keyed("k", &pay))).await.unwrap();
         let good = app.snapshot().await.unwrap();
         assert!(check(&good).is_empty());
@@ -366,23 +386,19 @@ fn checker_names_each_broken_invariant() {
 /// forever. Found by the simulation (seed 1).
 #[test]
 fn completer_claims_do_not_postpone_giving_up_on_a_lost_confirm() {
-    let (app, gateway) = with_gateway();
+    let (app, gateway, user, id) = gateway_payment();
     gateway.fail_confirms(1);
-    let user = block_on(user_with(&app, Limits::default(), 0));
-    let id = block_on(new_gateway_payment(&app, user, 500, 50));
-    let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-lost".into()) };
-    assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
+    assert_eq!(block_on(app.execute(user, confirm_with(id, "pk-lost"), None)), Err(Error::OutcomePending));
     // Claims every 60 s, as `tally serve` runs the completer; give-up is 120 s.
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        app.clock().advance(Duration::from_secs(61));
-        let _ = block_on(app.resolve_stuck(Duration::from_secs(60), 16));
+        let _ = complete_a_minute_later(&app);
         statuses.push(block_on(payment(&app, user, id)).status);
     }
     assert_eq!(statuses[0], PaymentStatus::Confirming, "not before the deadline");
     assert_eq!(*statuses.last().unwrap(), PaymentStatus::Failed, "{statuses:?}");
     assert_eq!(gateway.confirms_received("pk-lost"), 1, "the one confirm, never sent again");
-    assert_holds(&block_on(app.snapshot()).unwrap());
+    block_on(holds(&app));
 }
 
 /// Hole 5 (invariant 1 and the gateway's books): the gateway charged our
@@ -391,19 +407,15 @@ fn completer_claims_do_not_postpone_giving_up_on_a_lost_confirm() {
 /// completer gets it through, and only then is the payment `failed`.
 #[test]
 fn a_wrong_charge_is_refunded_even_when_the_refunds_answer_is_lost() {
-    let (app, gateway) = with_gateway();
-    let user = block_on(user_with(&app, Limits::default(), 0));
-    let id = block_on(new_gateway_payment(&app, user, 500, 50));
+    let (app, gateway, user, id) = gateway_payment();
     gateway.short_charges(1);
     // The cancel sent right after the verdict is lost on the way.
     gateway.fail_cancels(1);
-    let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-short".into()) };
-    assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
+    assert_eq!(block_on(app.execute(user, confirm_with(id, "pk-short"), None)), Err(Error::OutcomePending));
     assert_eq!(block_on(payment(&app, user, id)).status, PaymentStatus::Refunding);
     assert_eq!(gateway.charge("pk-short"), Some((499, false)), "the refund is still owed");
-    assert_holds(&block_on(app.snapshot()).unwrap());
-    app.clock().advance(Duration::from_secs(61));
-    assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(1));
+    block_on(holds(&app));
+    assert_eq!(complete_a_minute_later(&app), Ok(1));
     assert_eq!(block_on(payment(&app, user, id)).status, PaymentStatus::Failed);
     assert_eq!(gateway.charge("pk-short"), Some((499, true)), "refunded to the card");
     let snapshot = block_on(app.snapshot()).unwrap();
@@ -418,16 +430,13 @@ fn a_wrong_charge_is_refunded_even_when_the_refunds_answer_is_lost() {
 /// — our payment fails — and not cancelled: it is not our money.
 #[test]
 fn a_charge_for_another_order_id_is_neither_adopted_nor_refunded() {
-    let (app, gateway) = with_gateway();
-    let user = block_on(user_with(&app, Limits::default(), 0));
-    let id = block_on(new_gateway_payment(&app, user, 500, 50));
+    let (app, gateway, user, id) = gateway_payment();
     gateway.charge_elsewhere("pk-foreign", "somebody-else", 500);
-    let confirm = Command::ConfirmPayment { payment: id, payment_key: Some("pk-foreign".into()) };
-    let failed = block_on(app.execute(user, confirm, None));
+    let failed = block_on(app.execute(user, confirm_with(id, "pk-foreign"), None));
     assert!(matches!(failed, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Failed));
     assert_eq!(gateway.charge("pk-foreign"), Some((500, false)), "never cancelled: not ours");
     assert_eq!(block_on(balance(&app, user)), Money::ZERO);
-    assert_holds(&block_on(app.snapshot()).unwrap());
+    block_on(holds(&app));
 }
 
 /// Hole 4: one stuck payment that cannot be settled now must not starve the
@@ -441,26 +450,19 @@ fn one_failing_stuck_payment_does_not_starve_the_completers_batch() {
     gateway.lose_confirm_replies(2);
     gateway.fail_lookups(2);
     for (id, key) in [(first, "pk-a"), (second, "pk-b")] {
-        let confirm = Command::ConfirmPayment { payment: id, payment_key: Some(key.into()) };
-        assert_eq!(block_on(app.execute(user, confirm, None)), Err(Error::OutcomePending));
+        assert_eq!(block_on(app.execute(user, confirm_with(id, key), None)), Err(Error::OutcomePending));
     }
-    app.clock().advance(Duration::from_secs(61));
     // The completer claims both (one commit), then the first settlement's
     // commit is lost: it fails, and the second must still be settled.
-    let mut commits = 0;
-    app.store().set_commit_faults(Some(Box::new(move || {
-        commits += 1;
-        if commits == 2 { CommitFault::Lost } else { CommitFault::None }
-    })));
-    let pass = block_on(app.resolve_stuck(Duration::from_secs(60), 16));
+    fault_nth_commit(app.store(), 2, CommitFault::Lost);
+    let pass = complete_a_minute_later(&app);
     app.store().set_commit_faults(None);
     assert!(matches!(pass, Err(Error::Store(StoreError::Unavailable(_)))), "the failure is reported: {pass:?}");
     let statuses = [block_on(payment(&app, user, first)).status, block_on(payment(&app, user, second)).status];
     assert!(statuses.contains(&PaymentStatus::Done), "the other payment was settled in the same pass: {statuses:?}");
-    app.clock().advance(Duration::from_secs(61));
-    assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(1));
+    assert_eq!(complete_a_minute_later(&app), Ok(1));
     assert_eq!(block_on(balance(&app, user)), Money::new(50 + 70));
-    assert_holds(&block_on(app.snapshot()).unwrap());
+    block_on(holds(&app));
 }
 
 /// Hole 6: an instance whose clock is behind (or a request stamped before it
@@ -478,7 +480,7 @@ fn a_payment_stamped_before_the_wallets_window_counts_in_the_newest_window() {
     let user = block_on(user_with(&app, limits, 1_000));
     let pay = |amount_paid: i64| {
         let id = block_on(new_payment(&app, user, amount_paid, amount_paid / 10));
-        block_on(app.execute(user, Command::ConfirmPayment { payment: id, payment_key: None }, None))
+        block_on(app.execute(user, confirm(id), None))
     };
     app.clock().set(tally_core::time::Timestamp(last_second + 2_000)); // December 1st
     assert!(pay(100).is_ok());
@@ -493,7 +495,7 @@ fn a_payment_stamped_before_the_wallets_window_counts_in_the_newest_window() {
     );
     let view = block_on(app.wallet(user)).unwrap();
     assert_eq!((view.spent_today, view.spent_this_month), (Money::new(150), Money::new(150)));
-    assert_holds(&block_on(app.snapshot()).unwrap());
+    block_on(holds(&app));
 }
 
 /// Hole 8: without a maximum of its own, a wallet still stops at the cap.
@@ -507,5 +509,41 @@ fn the_balance_cap_holds_without_a_maximum() {
     }
     assert_eq!(block_on(balance(&app, user)), Money::BALANCE_LIMIT);
     assert_eq!(top_up(1), Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
-    assert_holds(&block_on(app.snapshot()).unwrap());
+    block_on(holds(&app));
+}
+
+/// The statement hook sees every statement of a hooked handle's
+/// transactions, by name, and a statement it fails does nothing: a failed
+/// commit applies nothing. Other handles on the database are not hooked.
+#[test]
+fn a_statement_hook_sees_each_statement_and_its_failure_applies_nothing() {
+    struct Watch {
+        seen: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    }
+    impl TxHook for Watch {
+        fn before(&mut self, statement: Statement<'_>) -> HookFuture<'_, Result<(), StoreError>> {
+            self.seen.lock().unwrap().push(statement.name());
+            let fault = matches!(statement, Statement::Commit).then(|| StoreError::Unavailable("injected".into()));
+            Box::pin(std::future::ready(fault.map_or(Ok(()), Err)))
+        }
+    }
+    with_user(10, |app, user| async move {
+        let seen = std::sync::Arc::default();
+        let watched = std::sync::Arc::clone(&seen);
+        let hooked = app.store().with_statement_hook(std::sync::Arc::new(move || {
+            Box::new(Watch { seen: std::sync::Arc::clone(&watched) }) as Box<dyn TxHook>
+        }));
+        let mut tx = hooked.begin().await.unwrap();
+        let wallet = tx.wallet(user).await.unwrap().unwrap();
+        let mut more = wallet.clone();
+        more.version += 1;
+        more.balance = Money::new(11);
+        tx.put_wallet(Some(&wallet), &more).await.unwrap();
+        assert_eq!(tx.commit().await, Err(StoreError::Unavailable("injected".into())));
+        assert_eq!(*seen.lock().unwrap(), ["begin", "wallet", "put_wallet", "commit"]);
+        assert_eq!(balance(&app, user).await, Money::new(10), "the failed commit applied nothing");
+        let mut unhooked = app.store().begin().await.unwrap();
+        assert_eq!(unhooked.wallet(user).await.unwrap(), Some(wallet));
+        assert_eq!(seen.lock().unwrap().len(), 4, "the app's own handle is not hooked");
+    });
 }

@@ -12,7 +12,7 @@
 //!
 //! # Layout
 //!
-//! - this module: the invariants' names, [`Violation`], [`Evidence`],
+//! - this module: [`Evidence`],
 //!   [`judge`] (which runs every check), the core checker over the final
 //!   store, the history checks on server errors, durability and what is
 //!   left in flight, and the helpers that read the history;
@@ -34,7 +34,6 @@ use self::idempotency::*;
 use self::orders::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use tally_core::check::{self, Snapshot};
 use tally_core::idempotency::{IdemScope, IdemState};
@@ -49,43 +48,12 @@ use tally_gateway::protocol::{STATUS_CANCELED, STATUS_DONE};
 
 use crate::catalogue::Catalogue;
 use crate::journal::{Answer, Exchange};
-use crate::workload::{FOREIGN_ORDER_PREFIX, RESTOCK_QUANTITY, TAG_SPACE, names_payback};
-
-pub const INV_CHARGED_ONCE: &str = "1. a payment is charged at most once (a gateway confirm is sent at most once)";
-pub const INV_IDEMPOTENCY: &str = "2. one idempotency key has at most one effect; a replay returns the first response";
-pub const INV_DURABLE: &str = "durability: an acknowledged success survives every crash";
-pub const INV_RECOVERED: &str = "recovery: nothing is left half-done once the completer has run";
-pub const INV_ORDERS: &str = "7. an order is paid exactly when it has one done payment, never both paid and expired";
-pub const INV_SEATS: &str = "6. a seat is held or sold by at most one order at a time";
-pub const INV_NO_500: &str = "no request ends in 500 (a constraint fired or a handler panicked)";
-pub const INV_DETERMINISM: &str = "determinism: a seed fully determines the run";
-pub const INV_LIVENESS: &str = "liveness: every client finishes within the simulation's time limit";
-pub const INV_KEY_BOUND: &str =
-    "a gateway payment key belongs to one payment, forever (a charge is adopted only for its order id)";
-pub const INV_PAYBACK: &str = "the payback is the merchant's policy, never the customer's choice";
-pub const INV_SEAT_LIMIT: &str = "one queue token holds at most its event's max_seats_per_token seats";
-
-/// One broken promise.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The invariant, as SPEC.md numbers or names it.
-    pub invariant: String,
-    /// Which check saw it.
-    pub check: &'static str,
-    pub detail: String,
-}
-
-impl Violation {
-    pub fn new(invariant: &str, check: &'static str, detail: String) -> Violation {
-        Violation { invariant: invariant.to_owned(), check, detail }
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {}: {}", self.invariant, self.check, self.detail)
-    }
-}
+use crate::shared::TAG_SPACE;
+pub use crate::shared::{
+    INV_CHARGED_ONCE, INV_DETERMINISM, INV_DURABLE, INV_IDEMPOTENCY, INV_KEY_BOUND, INV_LIVENESS, INV_NO_500,
+    INV_ORDERS, INV_PAYBACK, INV_RECOVERED, INV_SEAT_LIMIT, INV_SEATS, Violation,
+};
+use crate::workload::{FOREIGN_ORDER_PREFIX, RESTOCK_QUANTITY, names_payback};
 
 /// What the oracle reads.
 #[derive(Debug)]

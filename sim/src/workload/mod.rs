@@ -67,8 +67,7 @@ use crate::net::{self, Failure, Reply};
 use crate::plan::{ClientBehaviour, Habits, SHARED_KEYS, server_name, timing};
 use crate::rng::SimRng;
 
-/// Amounts are `units * TAG_SPACE + tag`.
-pub const TAG_SPACE: i64 = 100_000;
+pub use crate::shared::TAG_SPACE;
 
 /// How many units one restock adds.
 pub const RESTOCK_QUANTITY: u64 = 1;

@@ -8,13 +8,15 @@ pub(super) fn json(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON values serialise")
 }
 
-pub(super) fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
+/// A request with nothing special about it: no admin key, about no known
+/// payment or order, sent at once.
+fn request(kind: &'static str, method: &'static str, path: String, body: Option<Vec<u8>>) -> Planned {
     Planned {
         kind,
-        method: "POST",
+        method,
         path,
-        body: Some(json(&body)),
-        keyed: true,
+        keyed: body.is_some(),
+        body,
         idempotent: false,
         admin: false,
         payment: None,
@@ -29,24 +31,32 @@ pub(super) fn post(kind: &'static str, path: String, body: serde_json::Value) ->
     }
 }
 
+/// A keyed POST.
+pub(super) fn post(kind: &'static str, path: String, body: serde_json::Value) -> Planned {
+    request(kind, "POST", path, Some(json(&body)))
+}
+
+/// An unkeyed GET.
 pub(super) fn get(kind: &'static str, path: String) -> Planned {
-    Planned {
-        kind,
-        method: "GET",
-        path,
-        body: None,
-        keyed: false,
-        idempotent: false,
-        admin: false,
-        payment: None,
-        order: None,
-        payment_key: None,
-        queue_token: None,
-        delay: Duration::ZERO,
-        races: false,
-        scheme: None,
-        scripted: false,
-        seats: Vec::new(),
+    request(kind, "GET", path, None)
+}
+
+/// One of `len` known things, at random; `None` when there are none.
+fn any(rng: &mut SimRng, len: usize) -> Option<usize> {
+    (len > 0).then(|| rng.index(len))
+}
+
+impl Planned {
+    /// The request acts on the client's `index`th payment.
+    fn on_payment(mut self, index: usize) -> Planned {
+        self.payment = Some(index);
+        self
+    }
+
+    /// The request acts on the client's `index`th order.
+    fn on_order(mut self, index: usize) -> Planned {
+        self.order = Some(index);
+        self
     }
 }
 
@@ -191,7 +201,7 @@ pub(super) fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
     if !waiting.is_empty() && rng.chance(750) {
         return Some(*rng.pick(&waiting));
     }
-    (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))
+    any(rng, state.payments.len())
 }
 
 pub(super) fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
@@ -234,19 +244,15 @@ pub(super) fn build_cancel(state: &ClientState, rng: &mut SimRng, _: i64) -> Opt
     // Any payment, also one already cancelled: cancelling twice must refund once.
     let index = match state.aim {
         Some(aim) => aim,
-        None => (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))?,
+        None => any(rng, state.payments.len())?,
     };
-    let mut planned =
-        post("cancel", format!("/v1/payments/{}/cancel", state.payments[index].id), serde_json::json!({}));
-    planned.payment = Some(index);
-    Some(planned)
+    let path = format!("/v1/payments/{}/cancel", state.payments[index].id);
+    Some(post("cancel", path, serde_json::json!({})).on_payment(index))
 }
 
 pub(super) fn build_read(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
-    let index = (!state.payments.is_empty()).then(|| rng.index(state.payments.len()))?;
-    let mut planned = get("read-payment", format!("/v1/payments/{}", state.payments[index].id));
-    planned.payment = Some(index);
-    Some(planned)
+    let index = any(rng, state.payments.len())?;
+    Some(get("read-payment", format!("/v1/payments/{}", state.payments[index].id)).on_payment(index))
 }
 
 /// One or two lines of scarce products. Two lines are the same two products
@@ -378,17 +384,13 @@ pub(super) fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -
 
 pub(super) fn build_cancel_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = choose_order(state, rng, &["pending_payment", "paid"])?;
-    let mut planned =
-        post("cancel-order", format!("/v1/orders/{}/cancel", state.orders[index].id), serde_json::json!({}));
-    planned.order = Some(index);
-    Some(planned)
+    let path = format!("/v1/orders/{}/cancel", state.orders[index].id);
+    Some(post("cancel-order", path, serde_json::json!({})).on_order(index))
 }
 
 pub(super) fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
-    let index = (!state.orders.is_empty()).then(|| rng.index(state.orders.len()))?;
-    let mut planned = get("read-order", format!("/v1/orders/{}", state.orders[index].id));
-    planned.order = Some(index);
-    Some(planned)
+    let index = any(rng, state.orders.len())?;
+    Some(get("read-order", format!("/v1/orders/{}", state.orders[index].id)).on_order(index))
 }
 
 /// The admin restocks a product by one unit (keyed, retried like any move).

@@ -1,7 +1,8 @@
 //! A transaction over the in-memory store: [`MemTx`] buffers its writes,
 //! answers reads from the committed state overlaid with those writes, and at
 //! commit validates them (see [`super::constraints`]), draws the commit fault
-//! and applies them under the state mutex.
+//! and applies them under the state mutex. Every statement first runs the
+//! handle's statement hook, if it has one (see [`super::hook`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,18 +19,21 @@ use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
 
 use super::constraints::validate;
-use super::{CommitFault, MemStore, Write, apply};
+use super::hook::{Statement, TxHook};
+use super::{CommitFault, MemStore, State, Write, apply};
 
 /// A transaction: reads go to the committed state overlaid with the
 /// transaction's own writes; writes wait in `writes` until commit.
 pub struct MemTx {
     store: MemStore,
     writes: Vec<Write>,
+    /// The statement hook's for this transaction, if the handle has one.
+    hook: Option<Box<dyn TxHook>>,
 }
 
 impl fmt::Debug for MemTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemTx").field("writes", &self.writes.len()).finish()
+        f.debug_struct("MemTx").field("writes", &self.writes.len()).finish_non_exhaustive()
     }
 }
 
@@ -37,10 +41,72 @@ impl fmt::Debug for MemTx {
 /// use case writes, low enough to catch a runaway loop.
 const TX_WRITES_MAX: usize = 1_024;
 
+/// A versioned record that a transaction reads by key and writes as
+/// `before → after`, the same way for every kind.
+trait Record: Clone {
+    type Key: Ord + Copy;
+    fn key(&self) -> Self::Key;
+    fn version(&self) -> u64;
+    /// The buffered write of `after` over version `before`.
+    fn write(before: Option<u64>, after: Self) -> Write;
+    /// The record `write` writes, if it writes one of this kind.
+    fn written(write: &Write) -> Option<&Self>;
+    /// The committed records of this kind.
+    fn committed(state: &State) -> &BTreeMap<Self::Key, Self>;
+}
+
+macro_rules! record {
+    ($($record:ty: $variant:ident in $table:ident by $key:ident: $key_type:ty;)*) => {$(
+        impl Record for $record {
+            type Key = $key_type;
+            fn key(&self) -> $key_type {
+                self.$key
+            }
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn write(before: Option<u64>, after: Self) -> Write {
+                Write::$variant { before, after }
+            }
+            fn written(write: &Write) -> Option<&Self> {
+                match write {
+                    Write::$variant { after, .. } => Some(after),
+                    _ => None,
+                }
+            }
+            fn committed(state: &State) -> &BTreeMap<$key_type, Self> {
+                &state.$table
+            }
+        }
+    )*};
+}
+
+record! {
+    Wallet: Wallet in wallets by user: UserId;
+    Payment: Payment in payments by id: PaymentId;
+    Product: Product in products by id: ProductId;
+    Event: Event in events by id: EventId;
+    Seat: Seat in seats by id: SeatId;
+    Order: Order in orders by id: OrderId;
+    QueueToken: Token in tokens by id: TokenId;
+}
+
 impl MemTx {
-    /// A fresh transaction on `store`, with nothing written yet.
-    pub(super) fn begin(store: MemStore) -> MemTx {
-        MemTx { store, writes: Vec::new() }
+    /// A fresh transaction on `store`, with nothing written yet, once its
+    /// hook (if any) let it begin.
+    pub(super) async fn begin(store: MemStore) -> Result<MemTx, StoreError> {
+        let hook = store.hook.as_ref().map(|make| make());
+        let mut tx = MemTx { store, writes: Vec::new(), hook };
+        tx.statement(Statement::Begin).await?;
+        Ok(tx)
+    }
+
+    /// Runs the hook before `statement`.
+    async fn statement(&mut self, statement: Statement<'_>) -> Result<(), StoreError> {
+        match self.hook.as_mut() {
+            Some(hook) => hook.before(statement).await,
+            None => Ok(()),
+        }
     }
 
     fn push(&mut self, write: Write) {
@@ -48,45 +114,154 @@ impl MemTx {
         self.writes.push(write);
     }
 
-    fn own_wallet(&self, user: UserId) -> Option<&Wallet> {
-        self.writes.iter().rev().find_map(|w| match w {
-            Write::Wallet { after, .. } if after.user == user => Some(after),
-            _ => None,
-        })
+    /// The record as this transaction sees it: its own newest write, else
+    /// the committed one.
+    fn get<R: Record>(&self, key: R::Key) -> Option<R> {
+        let own = self.writes.iter().rev().filter_map(R::written).find(|r| r.key() == key).cloned();
+        own.or_else(|| R::committed(&self.store.state()).get(&key).cloned())
     }
 
-    fn own_payment(&self, id: PaymentId) -> Option<&Payment> {
-        self.writes.iter().rev().find_map(|w| match w {
-            Write::Payment { after, .. } if after.id == id => Some(after),
-            _ => None,
-        })
+    fn put<R: Record>(&mut self, before: Option<&R>, after: &R) {
+        debug_assert!(before.is_none_or(|b| b.key() == after.key() && b.version() < after.version()));
+        self.push(R::write(before.map(R::version), after.clone()));
     }
 
-    /// `Some(None)`: deleted in this transaction.
-    fn own_idempotency(&self, scope: &IdemScope) -> Option<Option<&IdemRecord>> {
-        self.writes.iter().rev().find_map(|w| match w {
+    fn user_now(&self, id: UserId) -> Option<User> {
+        let own = self.writes.iter().find_map(|w| match w {
+            Write::User(u) if u.id == id => Some(u.clone()),
+            _ => None,
+        });
+        own.or_else(|| self.store.state().users.get(&id).cloned())
+    }
+
+    fn user_by_key_hash_now(&self, key_hash: [u8; 32]) -> Option<User> {
+        let state = self.store.state();
+        state.users_by_key.get(&key_hash).and_then(|id| state.users.get(id)).cloned()
+    }
+
+    fn insert_user_now(&mut self, user: &User) {
+        self.push(Write::User(user.clone()));
+    }
+
+    fn payment_by_key_now(&self, key: &str) -> Option<PaymentId> {
+        let claimed_by = |p: &Payment| p.gateway.as_ref().is_some_and(|a| a.payment_key == key);
+        let own = self.writes.iter().rev().find_map(|w| match w {
+            Write::Payment { after, .. } if claimed_by(after) => Some(after.id),
+            _ => None,
+        });
+        own.or_else(|| self.store.state().payments.values().find(|p| claimed_by(p)).map(|p| p.id))
+    }
+
+    fn stuck_payments_now(&self, before: Timestamp, limit: usize) -> Vec<Payment> {
+        let state = self.store.state();
+        let mut stuck: Vec<Payment> = state
+            .payments
+            .values()
+            .filter(|p| p.status.in_flight())
+            .filter(|p| p.gateway.as_ref().is_some_and(|a| a.started_at < before))
+            .cloned()
+            .collect();
+        stuck.sort_by_key(|p| p.gateway.as_ref().map(|a| a.started_at));
+        stuck.truncate(limit);
+        stuck
+    }
+
+    fn append_transfers_now(&mut self, transfers: &[Transfer]) {
+        self.push(Write::Transfers(transfers.to_vec()));
+    }
+
+    fn wallet_ledger_now(&self, user: UserId, after_seq: u64, limit: usize) -> Vec<Transfer> {
+        let state = self.store.state();
+        state
+            .wallet_ledgers
+            .get(&user)
+            .map(|indices| {
+                indices
+                    .iter()
+                    .map(|index| &state.transfers[*index])
+                    .filter(|t| t.wallet.is_some_and(|side| side.seq > after_seq))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn idempotency_now(&self, scope: &IdemScope) -> Option<IdemRecord> {
+        // `Some(None)`: deleted in this transaction.
+        let own = self.writes.iter().rev().find_map(|w| match w {
             Write::Idempotency { after, .. } if &after.scope == scope => Some(Some(after)),
             Write::DeleteIdempotency { scope: deleted, .. } if deleted == scope => Some(None),
             _ => None,
-        })
+        });
+        match own {
+            Some(own) => own.cloned(),
+            None => self.store.state().idempotency.get(scope).cloned(),
+        }
     }
 
-    fn own<T: Clone>(&self, find: impl Fn(&Write) -> Option<&T>) -> Option<T> {
-        self.writes.iter().rev().find_map(find).cloned()
+    fn put_idempotency_now(&mut self, before: Option<&IdemRecord>, after: &IdemRecord) {
+        self.push(Write::Idempotency { before: before.map(|r| r.version), after: after.clone() });
     }
 
-    fn own_order(&self, id: OrderId) -> Option<Order> {
-        self.own(|w| match w {
-            Write::Order { after, .. } if after.id == id => Some(after),
+    fn delete_idempotency_now(&mut self, before: &IdemRecord) {
+        self.push(Write::DeleteIdempotency { before: before.version, scope: before.scope.clone() });
+    }
+
+    fn reap_idempotency_now(&mut self, now: Timestamp, limit: usize) -> usize {
+        let state = self.store.state();
+        let mut expired: Vec<&IdemRecord> = state.idempotency.values().filter(|r| r.expires_at <= now).collect();
+        expired.sort_by_key(|r| r.expires_at);
+        let doomed: Vec<(u64, IdemScope)> = expired.iter().take(limit).map(|r| (r.version, r.scope.clone())).collect();
+        drop(state);
+        let count = doomed.len();
+        for (before, scope) in doomed {
+            self.push(Write::DeleteIdempotency { before, scope });
+        }
+        count
+    }
+
+    fn insert_showtime_now(&mut self, showtime: &Showtime) {
+        self.push(Write::Showtime(showtime.clone()));
+    }
+
+    fn showtime_now(&self, id: ShowtimeId) -> Option<Showtime> {
+        let own = self.writes.iter().rev().find_map(|w| match w {
+            Write::Showtime(showtime) if showtime.id == id => Some(showtime.clone()),
             _ => None,
-        })
+        });
+        own.or_else(|| self.store.state().showtimes.get(&id).cloned())
     }
 
-    fn own_token(&self, id: TokenId) -> Option<QueueToken> {
-        self.own(|w| match w {
-            Write::Token { after, .. } if after.id == id => Some(after),
-            _ => None,
-        })
+    fn showtimes_now(&self, event: EventId) -> Vec<Showtime> {
+        let mut found: Vec<Showtime> =
+            self.store.state().showtimes.values().filter(|s| s.event == event).cloned().collect();
+        found.sort_by_key(|s| (s.starts_at, s.id));
+        found
+    }
+
+    fn seats_now(&self, showtime: ShowtimeId) -> Vec<Seat> {
+        let state = self.store.state();
+        let mut found: Vec<Seat> = state
+            .showtime_seats
+            .get(&showtime)
+            .map(|ids| ids.iter().map(|id| state.seats[id].clone()).collect())
+            .unwrap_or_default();
+        found.sort_by(|a, b| (&a.label, a.id).cmp(&(&b.label, b.id)));
+        found
+    }
+
+    fn put_seat_now(&mut self, before: Option<&Seat>, after: &Seat) {
+        debug_assert!(before.is_some() || after.status == SeatStatus::Available);
+        self.put(before, after);
+    }
+
+    fn expired_orders_now(&self, now: Timestamp, limit: usize) -> Vec<OrderId> {
+        let state = self.store.state();
+        let mut due: Vec<(Timestamp, OrderId)> =
+            state.orders.values().filter(|o| o.due_for_expiry(now)).map(|o| (o.expires_at, o.id)).collect();
+        due.sort_unstable();
+        due.into_iter().take(limit).map(|(_, id)| id).collect()
     }
 
     /// An event's tokens as this transaction sees them, in line order.
@@ -109,6 +284,14 @@ impl MemTx {
         tokens.into_values().collect()
     }
 
+    fn tokens_now(&self, event: EventId, status: TokenStatus, limit: usize) -> Vec<QueueToken> {
+        self.event_tokens(event).into_iter().filter(|t| t.status == status).take(limit).collect()
+    }
+
+    fn user_token_now(&self, event: EventId, user: UserId) -> Option<QueueToken> {
+        self.event_tokens(event).into_iter().rev().find(|t| t.user == user)
+    }
+
     fn commit_now(self) -> Result<(), StoreError> {
         let mode = self.store.shared.mode;
         let mut state = self.store.state();
@@ -128,312 +311,68 @@ impl MemTx {
     }
 }
 
-impl Tx for MemTx {
-    fn user(&mut self, id: UserId) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
-        let own = self.writes.iter().find_map(|w| match w {
-            Write::User(u) if u.id == id => Some(u.clone()),
-            _ => None,
-        });
-        let found = own.or_else(|| self.store.state().users.get(&id).cloned());
-        std::future::ready(Ok(found))
-    }
-
-    fn user_by_key_hash(
-        &mut self,
-        key_hash: [u8; 32],
-    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send {
-        let state = self.store.state();
-        let found = state.users_by_key.get(&key_hash).and_then(|id| state.users.get(id)).cloned();
-        std::future::ready(Ok(found))
-    }
-
-    fn insert_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::User(user.clone()));
-        std::future::ready(Ok(()))
-    }
-
-    fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send {
-        let found = match self.own_wallet(user) {
-            Some(own) => Some(own.clone()),
-            None => self.store.state().wallets.get(&user).cloned(),
-        };
-        std::future::ready(Ok(found))
-    }
-
-    fn put_wallet(
-        &mut self,
-        before: Option<&Wallet>,
-        after: &Wallet,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.user == after.user && b.version < after.version));
-        self.push(Write::Wallet { before: before.map(|w| w.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send {
-        let found = match self.own_payment(id) {
-            Some(own) => Some(own.clone()),
-            None => self.store.state().payments.get(&id).cloned(),
-        };
-        std::future::ready(Ok(found))
-    }
-
-    fn payment_by_key(&mut self, key: &str) -> impl Future<Output = Result<Option<PaymentId>, StoreError>> + Send {
-        let claimed_by = |p: &Payment| p.gateway.as_ref().is_some_and(|a| a.payment_key == key);
-        let own = self.writes.iter().rev().find_map(|w| match w {
-            Write::Payment { after, .. } if claimed_by(after) => Some(after.id),
-            _ => None,
-        });
-        let found = own.or_else(|| self.store.state().payments.values().find(|p| claimed_by(p)).map(|p| p.id));
-        std::future::ready(Ok(found))
-    }
-
-    fn put_payment(
-        &mut self,
-        before: Option<&Payment>,
-        after: &Payment,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        self.push(Write::Payment { before: before.map(|p| p.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn stuck_payments(
-        &mut self,
-        before: Timestamp,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send {
-        let state = self.store.state();
-        let mut stuck: Vec<Payment> = state
-            .payments
-            .values()
-            .filter(|p| p.status.in_flight())
-            .filter(|p| p.gateway.as_ref().is_some_and(|a| a.started_at < before))
-            .cloned()
-            .collect();
-        stuck.sort_by_key(|p| p.gateway.as_ref().map(|a| a.started_at));
-        stuck.truncate(limit);
-        std::future::ready(Ok(stuck))
-    }
-
-    fn append_transfers(&mut self, transfers: &[Transfer]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::Transfers(transfers.to_vec()));
-        std::future::ready(Ok(()))
-    }
-
-    fn wallet_ledger(
-        &mut self,
-        user: UserId,
-        after_seq: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<Transfer>, StoreError>> + Send {
-        let state = self.store.state();
-        let entries = state
-            .wallet_ledgers
-            .get(&user)
-            .map(|indices| {
-                indices
-                    .iter()
-                    .map(|index| &state.transfers[*index])
-                    .filter(|t| t.wallet.is_some_and(|side| side.seq > after_seq))
-                    .take(limit)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        std::future::ready(Ok(entries))
-    }
-
-    fn idempotency(
-        &mut self,
-        scope: &IdemScope,
-    ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
-        let found = match self.own_idempotency(scope) {
-            Some(own) => own.cloned(),
-            None => self.store.state().idempotency.get(scope).cloned(),
-        };
-        std::future::ready(Ok(found))
-    }
-
-    fn put_idempotency(
-        &mut self,
-        before: Option<&IdemRecord>,
-        after: &IdemRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::Idempotency { before: before.map(|r| r.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::DeleteIdempotency { before: before.version, scope: before.scope.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn reap_idempotency(
-        &mut self,
-        now: Timestamp,
-        limit: usize,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        let state = self.store.state();
-        let mut expired: Vec<&IdemRecord> = state.idempotency.values().filter(|r| r.expires_at <= now).collect();
-        expired.sort_by_key(|r| r.expires_at);
-        let doomed: Vec<(u64, IdemScope)> = expired.iter().take(limit).map(|r| (r.version, r.scope.clone())).collect();
-        drop(state);
-        let count = doomed.len();
-        for (before, scope) in doomed {
-            self.push(Write::DeleteIdempotency { before, scope });
+/// The `Tx` methods, each a statement: the hook first (`read` or `write`
+/// by the method's name, or the statement given after `as`), then the
+/// method's body on the transaction.
+macro_rules! statements {
+    ($($kind:ident $name:ident($($arg:ident: $type:ty),*) -> $out:ty $(as $statement:expr)? => $body:ident;)*) => {$(
+        async fn $name(&mut self, $($arg: $type),*) -> Result<$out, StoreError> {
+            self.statement(statements!(@statement $kind $name $($statement)?)).await?;
+            Ok(self.$body($($arg),*))
         }
-        std::future::ready(Ok(count))
+    )*};
+    (@statement read $name:ident) => { Statement::Read(stringify!($name)) };
+    (@statement write $name:ident) => { Statement::Write(stringify!($name)) };
+    (@statement write $name:ident $statement:expr) => { $statement };
+}
+
+impl Tx for MemTx {
+    statements! {
+        read user(id: UserId) -> Option<User> => user_now;
+        read user_by_key_hash(key_hash: [u8; 32]) -> Option<User> => user_by_key_hash_now;
+        write insert_user(user: &User) -> () => insert_user_now;
+        read wallet(user: UserId) -> Option<Wallet> => get;
+        write put_wallet(before: Option<&Wallet>, after: &Wallet) -> () => put;
+        read payment(id: PaymentId) -> Option<Payment> => get;
+        read payment_by_key(key: &str) -> Option<PaymentId> => payment_by_key_now;
+        write put_payment(before: Option<&Payment>, after: &Payment) -> ()
+            as Statement::PutPayment { before, after } => put;
+        read stuck_payments(before: Timestamp, limit: usize) -> Vec<Payment> => stuck_payments_now;
+        write append_transfers(transfers: &[Transfer]) -> () => append_transfers_now;
+        read wallet_ledger(user: UserId, after_seq: u64, limit: usize) -> Vec<Transfer> => wallet_ledger_now;
+        read idempotency(scope: &IdemScope) -> Option<IdemRecord> => idempotency_now;
+        write put_idempotency(before: Option<&IdemRecord>, after: &IdemRecord) -> ()
+            as Statement::PutIdempotency { before, after } => put_idempotency_now;
+        write delete_idempotency(before: &IdemRecord) -> () => delete_idempotency_now;
+        write reap_idempotency(now: Timestamp, limit: usize) -> usize => reap_idempotency_now;
+        read product(id: ProductId) -> Option<Product> => get;
+        write put_product(before: Option<&Product>, after: &Product) -> () => put;
+        read event(id: EventId) -> Option<Event> => get;
+        write put_event(before: Option<&Event>, after: &Event) -> () => put;
+        write insert_showtime(showtime: &Showtime) -> () => insert_showtime_now;
+        read showtime(id: ShowtimeId) -> Option<Showtime> => showtime_now;
+        read showtimes(event: EventId) -> Vec<Showtime> => showtimes_now;
+        read seats(showtime: ShowtimeId) -> Vec<Seat> => seats_now;
+        read seat(id: SeatId) -> Option<Seat> => get;
+        write put_seat(before: Option<&Seat>, after: &Seat) -> () => put_seat_now;
+        read order(id: OrderId) -> Option<Order> => get;
+        write put_order(before: Option<&Order>, after: &Order) -> () => put;
+        read expired_orders(now: Timestamp, limit: usize) -> Vec<OrderId> => expired_orders_now;
+        read token(id: TokenId) -> Option<QueueToken> => get;
+        write put_token(before: Option<&QueueToken>, after: &QueueToken) -> () => put;
+        read tokens(event: EventId, status: TokenStatus, limit: usize) -> Vec<QueueToken> => tokens_now;
+        read user_token(event: EventId, user: UserId) -> Option<QueueToken> => user_token_now;
     }
 
-    fn product(&mut self, id: ProductId) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send {
-        let own = self.own(|w| match w {
-            Write::Product { after, .. } if after.id == id => Some(after),
-            _ => None,
-        });
-        std::future::ready(Ok(own.or_else(|| self.store.state().products.get(&id).cloned())))
+    async fn commit(mut self) -> Result<(), StoreError> {
+        self.statement(Statement::Commit).await?;
+        let hook = self.hook.take();
+        let result = self.commit_now();
+        if let Some(mut hook) = hook {
+            hook.committed(&result).await;
+        }
+        result
     }
 
-    fn put_product(
-        &mut self,
-        before: Option<&Product>,
-        after: &Product,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        self.push(Write::Product { before: before.map(|p| p.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn event(&mut self, id: EventId) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send {
-        let own = self.own(|w| match w {
-            Write::Event { after, .. } if after.id == id => Some(after),
-            _ => None,
-        });
-        std::future::ready(Ok(own.or_else(|| self.store.state().events.get(&id).cloned())))
-    }
-
-    fn put_event(
-        &mut self,
-        before: Option<&Event>,
-        after: &Event,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        self.push(Write::Event { before: before.map(|e| e.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn insert_showtime(&mut self, showtime: &Showtime) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.push(Write::Showtime(showtime.clone()));
-        std::future::ready(Ok(()))
-    }
-
-    fn showtime(&mut self, id: ShowtimeId) -> impl Future<Output = Result<Option<Showtime>, StoreError>> + Send {
-        let own = self.own(|w| match w {
-            Write::Showtime(showtime) if showtime.id == id => Some(showtime),
-            _ => None,
-        });
-        std::future::ready(Ok(own.or_else(|| self.store.state().showtimes.get(&id).cloned())))
-    }
-
-    fn showtimes(&mut self, event: EventId) -> impl Future<Output = Result<Vec<Showtime>, StoreError>> + Send {
-        let mut found: Vec<Showtime> =
-            self.store.state().showtimes.values().filter(|s| s.event == event).cloned().collect();
-        found.sort_by_key(|s| (s.starts_at, s.id));
-        std::future::ready(Ok(found))
-    }
-
-    fn seats(&mut self, showtime: ShowtimeId) -> impl Future<Output = Result<Vec<Seat>, StoreError>> + Send {
-        let state = self.store.state();
-        let mut found: Vec<Seat> = state
-            .showtime_seats
-            .get(&showtime)
-            .map(|ids| ids.iter().map(|id| state.seats[id].clone()).collect())
-            .unwrap_or_default();
-        found.sort_by(|a, b| (&a.label, a.id).cmp(&(&b.label, b.id)));
-        std::future::ready(Ok(found))
-    }
-
-    fn seat(&mut self, id: SeatId) -> impl Future<Output = Result<Option<Seat>, StoreError>> + Send {
-        let own = self.own(|w| match w {
-            Write::Seat { after, .. } if after.id == id => Some(after),
-            _ => None,
-        });
-        std::future::ready(Ok(own.or_else(|| self.store.state().seats.get(&id).cloned())))
-    }
-
-    fn put_seat(&mut self, before: Option<&Seat>, after: &Seat) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        debug_assert!(before.is_some() || after.status == SeatStatus::Available);
-        self.push(Write::Seat { before: before.map(|s| s.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn order(&mut self, id: OrderId) -> impl Future<Output = Result<Option<Order>, StoreError>> + Send {
-        let own = self.own_order(id);
-        std::future::ready(Ok(own.or_else(|| self.store.state().orders.get(&id).cloned())))
-    }
-
-    fn put_order(
-        &mut self,
-        before: Option<&Order>,
-        after: &Order,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        self.push(Write::Order { before: before.map(|o| o.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn expired_orders(
-        &mut self,
-        now: Timestamp,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<OrderId>, StoreError>> + Send {
-        let state = self.store.state();
-        let mut due: Vec<(Timestamp, OrderId)> =
-            state.orders.values().filter(|o| o.due_for_expiry(now)).map(|o| (o.expires_at, o.id)).collect();
-        due.sort_unstable();
-        std::future::ready(Ok(due.into_iter().take(limit).map(|(_, id)| id).collect()))
-    }
-
-    fn token(&mut self, id: TokenId) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send {
-        let own = self.own_token(id);
-        std::future::ready(Ok(own.or_else(|| self.store.state().tokens.get(&id).cloned())))
-    }
-
-    fn put_token(
-        &mut self,
-        before: Option<&QueueToken>,
-        after: &QueueToken,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        debug_assert!(before.is_none_or(|b| b.id == after.id && b.version < after.version));
-        self.push(Write::Token { before: before.map(|t| t.version), after: after.clone() });
-        std::future::ready(Ok(()))
-    }
-
-    fn tokens(
-        &mut self,
-        event: EventId,
-        status: TokenStatus,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<QueueToken>, StoreError>> + Send {
-        let found = self.event_tokens(event).into_iter().filter(|t| t.status == status).take(limit).collect();
-        std::future::ready(Ok(found))
-    }
-
-    fn user_token(
-        &mut self,
-        event: EventId,
-        user: UserId,
-    ) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send {
-        let found = self.event_tokens(event).into_iter().rev().find(|t| t.user == user);
-        std::future::ready(Ok(found))
-    }
-
-    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.commit_now())
-    }
-
-    fn rollback(self) -> impl Future<Output = ()> + Send {
-        std::future::ready(())
-    }
+    async fn rollback(self) {}
 }
