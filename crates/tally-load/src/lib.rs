@@ -24,7 +24,8 @@
 //!
 //! `hot` and `spread` pay in two requests (create, confirm) or, with
 //! `--one-step`, in one (`payments`). Every wallet workload also prints its
-//! money movements per second.
+//! money movements per second, the unit `--raw <pattern>` (`raw`, the raw-SQL
+//! baseline of the same database) prints too, so one script can compare them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use tokio::sync::Mutex;
 
 mod inventory;
 mod payments;
+pub mod raw;
 mod summary;
 
 use inventory::{Catalogue, Placed, Shop, Shopper, verify_inventory};
@@ -67,8 +69,8 @@ pub struct LoadArgs {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// The admin key (to create the load's users).
-    #[arg(long, env = "TALLY_ADMIN_KEY", required = true)]
+    /// The admin key (to create the load's users; not needed with `--raw`).
+    #[arg(long, env = "TALLY_ADMIN_KEY", required_unless_present = "raw")]
     pub admin_key: Option<String>,
     #[arg(long, value_enum, default_value = "hot")]
     pub workload: Workload,
@@ -81,13 +83,19 @@ pub struct LoadArgs {
     /// ... or until this many requests were sent in all (default 2000).
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Also run the invariant checker on this database at the end.
+    /// Also run the invariant checker on this database at the end (with
+    /// `--raw`: the database the baseline runs in).
     #[arg(long, env = "TALLY_LOAD_DATABASE_URL")]
     pub database_url: Option<String>,
     /// `hot` and `spread`: pay in one request (`"confirm": true`) instead
     /// of create, then confirm.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     pub one_step: bool,
+    /// Run a raw-SQL payment pattern of pg-limits.md on `--database-url`
+    /// (in its own schema, `raw_baseline`) instead of an HTTP workload: the
+    /// baseline Tally is compared with.
+    #[arg(long, value_enum, requires = "database_url")]
+    pub raw: Option<raw::Pattern>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -225,6 +233,10 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
         (_, Some(n)) => n,
         (None, None) => 2_000,
     };
+    if let Some(pattern) = args.raw {
+        let url = args.database_url.as_deref().ok_or("--raw needs --database-url")?;
+        return raw::run(pattern, url, args.clients, args.duration, budget).await;
+    }
     if args.one_step && !matches!(args.workload, Workload::Hot | Workload::Spread) {
         return Err("--one-step is for the hot and spread workloads".into());
     }
