@@ -21,20 +21,28 @@
 //! its ledger; for `inventory`, also that no product was oversold and no seat
 //! is held or sold by two orders), and, given `--database-url`, runs the
 //! core's invariant checker (all eight invariants) on the database itself.
+//!
+//! `hot` and `spread` pay in two requests (create, confirm) or, with
+//! `--one-step`, in one (`payments`). Every wallet workload also prints its
+//! money movements per second, the unit `--raw <pattern>` (`raw`, the raw-SQL
+//! baseline of the same database) prints too, so one script can compare them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 mod inventory;
+mod payments;
+pub mod raw;
+mod summary;
 
 use inventory::{Catalogue, Placed, Shop, Shopper, verify_inventory};
+use payments::Flow;
 
 /// What one client may send at most; bounds a run that has no duration.
 const REQUESTS_PER_CLIENT_MAX: u64 = 1_000_000;
@@ -42,6 +50,11 @@ const REQUESTS_PER_CLIENT_MAX: u64 = 1_000_000;
 const DUPLICATE_AMOUNT: i64 = 7;
 /// A client waits at most this long for one response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent clients at most: each is a task and a connection (the issue
+/// sweeps up to 256).
+pub const CLIENTS_MAX: u64 = 1_024;
+/// The longest run.
+pub const DURATION_MAX: Duration = Duration::from_secs(3_600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -56,9 +69,9 @@ pub struct LoadArgs {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// The admin key (to create the load's users).
-    #[arg(long, env = "TALLY_ADMIN_KEY")]
-    pub admin_key: String,
+    /// The admin key (to create the load's users; not needed with `--raw`).
+    #[arg(long, env = "TALLY_ADMIN_KEY", required_unless_present = "raw")]
+    pub admin_key: Option<String>,
     #[arg(long, value_enum, default_value = "hot")]
     pub workload: Workload,
     /// Concurrent clients.
@@ -70,9 +83,19 @@ pub struct LoadArgs {
     /// ... or until this many requests were sent in all (default 2000).
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Also run the invariant checker on this database at the end.
+    /// Also run the invariant checker on this database at the end (with
+    /// `--raw`: the database the baseline runs in).
     #[arg(long, env = "TALLY_LOAD_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// `hot` and `spread`: pay in one request (`"confirm": true`) instead
+    /// of create, then confirm.
+    #[arg(long, conflicts_with = "raw")]
+    pub one_step: bool,
+    /// Run a raw-SQL payment pattern of pg-limits.md on `--database-url`
+    /// (in its own schema, `raw_baseline`) instead of an HTTP workload: the
+    /// baseline Tally is compared with.
+    #[arg(long, value_enum, requires = "database_url")]
+    pub raw: Option<raw::Pattern>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -107,6 +130,9 @@ struct Observed {
     restocked_unknown: BTreeMap<usize, u64>,
     /// Inventory: every order some client saw created, with its owner's wallet.
     placed: Vec<(usize, Placed)>,
+    /// Hot and spread: acknowledged top-ups and confirmed payments (a
+    /// duplicates round counts once, from `acknowledged_rounds`).
+    movements: u64,
 }
 
 impl Observed {
@@ -132,6 +158,13 @@ impl Observed {
             *self.restocked_unknown.entry(product).or_default() += units;
         }
         self.placed.extend(local.placed);
+        self.movements += local.movements;
+    }
+
+    /// Money movements: acknowledged top-ups and confirmed payments, each
+    /// once, however many clients saw it acknowledged.
+    fn movements(&self) -> u64 {
+        self.movements + u64::try_from(self.acknowledged_rounds.len()).expect("fits")
     }
 }
 
@@ -195,7 +228,26 @@ impl Client {
 
 /// Runs the load and prints the report; `Ok(false)` when a check failed.
 pub async fn run(args: LoadArgs) -> Result<bool, String> {
-    assert!(args.clients >= 1, "at least one client");
+    if !(1..=CLIENTS_MAX).contains(&args.clients) {
+        return Err(format!("--clients must be 1 to {CLIENTS_MAX}"));
+    }
+    if args.duration.is_some_and(|d| d > DURATION_MAX) {
+        return Err(format!("--duration must be at most {} s", DURATION_MAX.as_secs()));
+    }
+    let budget = match (args.duration, args.requests) {
+        (Some(_), None) => u64::MAX,
+        (_, Some(n)) => n,
+        (None, None) => 2_000,
+    };
+    if let Some(pattern) = args.raw {
+        let url = args.database_url.as_deref().ok_or("--raw needs --database-url")?;
+        return raw::run(pattern, url, args.clients, args.duration, budget).await;
+    }
+    if args.one_step && !matches!(args.workload, Workload::Hot | Workload::Spread) {
+        return Err("--one-step is for the hot and spread workloads".into());
+    }
+    let flow = if args.one_step { Flow::OneStep } else { Flow::TwoStep };
+    let admin_key = args.admin_key.as_deref().ok_or("--admin-key (or TALLY_ADMIN_KEY) is required")?;
     let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(|e| e.to_string())?;
     let client = Arc::new(Client { http, base: args.url.trim_end_matches('/').to_owned() });
     let wallets = match args.workload {
@@ -206,7 +258,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let mut keys = Vec::new();
     for i in 0..wallets {
         let created = client
-            .send(reqwest::Method::POST, "/v1/users", &args.admin_key, None, Some(json!({"name": format!("load-{i}")})))
+            .send(reqwest::Method::POST, "/v1/users", admin_key, None, Some(json!({"name": format!("load-{i}")})))
             .await?;
         if created.status != StatusCode::CREATED {
             return Err(format!("creating a user: {} {}", created.status, created.body));
@@ -219,16 +271,12 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
         keys.push(key);
     }
     let catalogue = match args.workload {
-        Workload::Inventory => Some(Arc::new(Catalogue::create(&client, &args.admin_key, args.clients).await?)),
+        Workload::Inventory => Some(Arc::new(Catalogue::create(&client, admin_key, args.clients).await?)),
         _ => None,
     };
     let keys = Arc::new(keys);
     let observed = Arc::new(Mutex::new(Observed::default()));
-    let budget = Arc::new(AtomicU64::new(match (args.duration, args.requests) {
-        (Some(_), None) => u64::MAX,
-        (_, Some(n)) => n,
-        (None, None) => 2_000,
-    }));
+    let budget = Arc::new(AtomicU64::new(budget));
     let deadline = args.duration.map(|d| Instant::now() + d);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -255,7 +303,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
                         let shop = Shop { client: &client, catalogue, key: &key, c, wallet };
                         shop.step(sent, &mut shopper, &mut local).await
                     }
-                    None => one_step(&client, workload, &key, c, sent, &mut local).await,
+                    None => wallet_step(&client, workload, flow, &key, c, sent, &mut local).await,
                 };
                 if let Err(error) = step {
                     eprintln!("client {c}: {error}");
@@ -310,9 +358,10 @@ fn record(local: &mut Observed, reply: &Reply) {
     }
 }
 
-async fn one_step(
+async fn wallet_step(
     client: &Client,
     workload: Workload,
+    flow: Flow,
     key: &str,
     c: u64,
     n: u64,
@@ -333,66 +382,22 @@ async fn one_step(
             }
         }
         Workload::Inventory => unreachable!("inventory clients shop"),
-        Workload::Hot | Workload::Spread => {
-            // Alternate: a top-up, then a payment created and confirmed.
-            let amount = i64::try_from(1 + (c * 7 + n * 13) % 100).expect("small");
-            if n.is_multiple_of(2) {
-                let reply = client.top_up(key, &format!("t-{c}-{n}"), amount).await?;
-                record(local, &reply);
-                if reply.status == StatusCode::CREATED {
-                    *local.expected_delta.entry(wallet).or_default() += amount;
-                }
-            } else {
-                let created = client
-                    .send(
-                        reqwest::Method::POST,
-                        "/v1/payments",
-                        key,
-                        Some(&format!("p-{c}-{n}")),
-                        Some(json!({"amount": amount, "method": "wallet"})),
-                    )
-                    .await?;
-                record(local, &created);
-                let Some(id) = created.body["id"].as_str() else { return Ok(()) };
-                let confirmed = client
-                    .send(
-                        reqwest::Method::POST,
-                        &format!("/v1/payments/{id}/confirm"),
-                        key,
-                        Some(&format!("c-{c}-{n}")),
-                        Some(json!({})),
-                    )
-                    .await?;
-                record(local, &confirmed);
-                if confirmed.status == StatusCode::OK {
-                    // The server's payback policy (`--payback-bps`) credits
-                    // part of it back; the payment says how much.
-                    let payback = payback_of(&confirmed)?;
-                    *local.expected_delta.entry(wallet).or_default() -= amount - payback;
-                }
-            }
-        }
+        Workload::Hot | Workload::Spread => payments::step(client, flow, key, wallet, c, n, local).await?,
     }
     Ok(())
 }
 
 fn report(args: &LoadArgs, observed: &Observed, elapsed: Duration) {
-    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    let mut histogram = summary::histogram();
     for us in &observed.latencies_us {
-        histogram.record((*us).max(1)).expect("in range");
+        summary::record_latency(&mut histogram, Duration::from_micros(*us));
     }
     let count = observed.latencies_us.len() as u64;
-    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
-    // Integer arithmetic throughout: microseconds shown as milliseconds with two decimals.
-    let ms = |us: u64| format!("{}.{:02}", us / 1000, (us % 1000) / 10);
-    println!("workload   {:?}, {} clients, {} ms", args.workload, args.clients, elapsed_ms);
-    println!("requests   {count}  ({} req/s)", count * 1000 / elapsed_ms);
-    println!(
-        "latency    p50 {} ms   p99 {} ms   max {} ms",
-        ms(histogram.value_at_quantile(0.5)),
-        ms(histogram.value_at_quantile(0.99)),
-        ms(histogram.max())
-    );
+    let elapsed_ms = summary::elapsed_ms(elapsed);
+    let flow = if args.one_step { ", one-step" } else { "" };
+    println!("workload   {:?}{flow}, {} clients, {} ms", args.workload, args.clients, elapsed_ms);
+    println!("requests   {count}  ({} req/s)", summary::per_second(count, elapsed_ms));
+    println!("{}", summary::latency_line(&histogram));
     let statuses: Vec<String> = observed.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
     println!("statuses   {}", statuses.join(", "));
     if !observed.codes.is_empty() {
@@ -402,6 +407,8 @@ fn report(args: &LoadArgs, observed: &Observed, elapsed: Duration) {
     if args.workload == Workload::Inventory {
         let fates: Vec<String> = observed.fates.iter().map(|(fate, n)| format!("{fate}: {n}")).collect();
         println!("orders     {}", fates.join(", "));
+    } else {
+        println!("{}", summary::movements_line(observed.movements(), elapsed_ms));
     }
 }
 
@@ -472,4 +479,27 @@ async fn verify_database(args: &LoadArgs) -> Result<bool, String> {
         println!("invariants VIOLATED: {violation}");
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicates_round_is_one_movement_however_many_saw_it() {
+        let mut total = Observed::default();
+        for client in 0..3 {
+            let mut local = Observed { movements: client, ..Observed::default() };
+            // Every client saw rounds 1 and 2 acknowledged (one fresh, the rest replays).
+            local.acknowledged_rounds.extend([1, 2]);
+            total.absorb(local);
+        }
+        assert_eq!(total.movements(), 3 + 2);
+    }
+
+    #[test]
+    fn runs_are_bounded() {
+        assert!(parse_duration("2h").unwrap() > DURATION_MAX);
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+    }
 }

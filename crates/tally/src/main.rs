@@ -3,7 +3,8 @@
 //! - `tally serve` runs the HTTP API, on PostgreSQL (its own private cluster
 //!   by default, or `--database-url`) or on the in-memory store.
 //! - `tally migrate` applies the schema.
-//! - `tally load` drives a running server and checks the outcome.
+//! - `tally load` drives a running server and checks the outcome, or runs
+//!   the raw-SQL baseline it is compared with (`--raw`).
 //!
 //! The service's logic lives in the library crates (`tally-core`'s use
 //! cases, `tally-http`'s router, the stores, `tally-load`'s clients); this
@@ -27,7 +28,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(serve::MigrateArgs),
-    /// Drive a running server with concurrent clients, then check the invariants.
+    /// Drive a running server with concurrent clients, then check the invariants
+    /// (or, with `--raw`, run a raw-SQL payment pattern as the baseline).
     Load(load::LoadArgs),
     /// Run the fake payment gateway (a second confirm of a key answers ALREADY_PROCESSED_PAYMENT).
     GatewaySim(serve::GatewaySimArgs),

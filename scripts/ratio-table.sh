@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Issue 12's table, from one run on one private PostgreSQL cluster: the raw-SQL
+# payment patterns of pg-limits.md (`tally load --raw`), then default
+# `tally serve` driven by `tally load` (one-step and two-step payments), each
+# with --database-url so the invariant checker runs. Prints the Markdown table
+# (pattern | raw SQL tx/s | Tally movements/s | ratio) with p99s, then every
+# run's line.
+#
+#   bash scripts/ratio-table.sh [clients] [duration]     (defaults: 16 15s)
+#   TALLY_BATCH_MAX=64 bash scripts/ratio-table.sh       (passes --batch-max 64 to serve)
+#
+# The raw patterns run first, against the service's own (idle) database, in
+# their own schema `raw_baseline`, which `tally load --raw` drops afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+clients=${1:-16}
+duration=${2:-15s}
+cargo build --release -p tally >/dev/null
+bin=${CARGO_TARGET_DIR:-target}/release/tally
+work=$(mktemp -d)
+# Under root the cluster runs as the `postgres` user, who must reach its data dir.
+chmod 755 "$work"
+server=
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+port=18650
+export TALLY_ADMIN_KEY=tly_ratio_admin
+serve_args=(serve --listen "127.0.0.1:$port" --data-dir "$work/cluster")
+# Group commit is being built on another branch: pass its knob only when asked,
+# so the script runs on a serve that does not know the flag yet.
+if [ -n "${TALLY_BATCH_MAX:-}" ]; then
+  serve_args+=(--batch-max "$TALLY_BATCH_MAX")
+fi
+"$bin" "${serve_args[@]}" >"$work/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 120); do
+  grep -q "tally listening" "$work/serve.log" && break
+  sleep 0.5
+done
+if ! grep -q "tally listening" "$work/serve.log"; then
+  echo "tally serve did not start:" >&2
+  cat "$work/serve.log" >&2
+  exit 1
+fi
+database=$(sed -n 's/^database: //p' "$work/serve.log")
+
+# One run: its output kept in $work/<name>.out; fails the script's verdict
+# column, not the script, when a check fails.
+run() {
+  local name=$1
+  shift
+  "$bin" load "$@" --clients "$clients" --duration "$duration" --database-url "$database" \
+    >"$work/$name.out" 2>&1 || true
+  if [ "$(verdict "$name")" != "PASS" ]; then
+    echo "--- $name did not pass:" >&2
+    cat "$work/$name.out" >&2
+  fi
+}
+movements() { sed -n 's/^movements .*(\([0-9]*\) movements\/s)/\1/p' "$work/$1.out"; }
+p99() { sed -n 's/^latency .*p99 \([0-9.]*\) ms.*/\1/p' "$work/$1.out"; }
+verdict() { sed -n 's/^verdict *//p' "$work/$1.out"; }
+ratio() { awk -v t="$1" -v r="$2" 'BEGIN { if (r > 0) printf "%.2f×", t / r; else print "n/a" }'; }
+
+run raw-c --raw c
+run raw-b2 --raw b2
+run raw-a --raw a
+run spread-1 --url "http://127.0.0.1:$port" --workload spread --one-step
+run hot-1 --url "http://127.0.0.1:$port" --workload hot --one-step
+run spread-2 --url "http://127.0.0.1:$port" --workload spread
+run hot-2 --url "http://127.0.0.1:$port" --workload hot
+kill -TERM "$server"
+wait "$server" || true
+server=
+
+c=$(movements raw-c) b2=$(movements raw-b2) a=$(movements raw-a)
+echo "$clients clients, $duration each, one private PostgreSQL cluster, default \`tally serve\`${TALLY_BATCH_MAX:+ --batch-max $TALLY_BATCH_MAX}."
+echo
+echo "| pattern | raw SQL (tx/s) | Tally (movements/s) | ratio | p99 ms raw / Tally |"
+echo "|---|---|---|---|---|"
+for flow in 1 2; do
+  label=$([ $flow = 1 ] && echo "one-step" || echo "two-step")
+  s=$(movements spread-$flow) h=$(movements hot-$flow)
+  echo "| spread over many wallets, $label (raw: c) | $c | $s | **$(ratio "$s" "$c")** | $(p99 raw-c) / $(p99 spread-$flow) |"
+  echo "| one hot wallet, $label (raw: b2 / a) | $b2 / $a | $h | **$(ratio "$h" "$b2") / $(ratio "$h" "$a")** | $(p99 raw-b2) / $(p99 raw-a) / $(p99 hot-$flow) |"
+done
+echo
+echo "| run | movements/s | p50 ms | p99 ms | max ms | verdict |"
+echo "|---|---|---|---|---|---|"
+for name in raw-c raw-b2 raw-a spread-1 hot-1 spread-2 hot-2; do
+  read -r p50 p99 max < <(sed -n 's/^latency *p50 \([0-9.]*\) ms *p99 \([0-9.]*\) ms *max \([0-9.]*\) ms/\1 \2 \3/p' "$work/$name.out") || true
+  echo "| $name | $(movements $name) | $p50 | $p99 | $max | $(verdict $name) |"
+done
