@@ -53,8 +53,7 @@ async fn an_active_token_past_its_ttl_expires_and_frees_its_slot() {
     let event = app.create_event(1, &[1], 1000).await;
     let [first, second] = app.create_users(["first", "second"]).await;
     let first_token = app.active_token(&first, &event.id).await;
-    let waiting = app.join_queue(&second, &event.id).await.assert_status(201);
-    let second_token = waiting["token"].as_str().unwrap().to_owned();
+    let second_token = app.waiting_token(&second, &event.id).await;
     app.clock.advance(Duration::from_secs(59));
     assert_eq!(app.queue_token(&first, &first_token).await.assert_status(200)["status"], "active");
     app.clock.advance(Duration::from_secs(1));
