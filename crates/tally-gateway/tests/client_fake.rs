@@ -104,8 +104,7 @@ async fn cancel_once_then_already_cancelled() {
     );
     // A cancelled payment was charged first: confirming it again is "already processed".
     assert_eq!(client.confirm("pk_cancel", "order-5", 7_000, "k-5").await, ConfirmOutcome::AlreadyProcessed);
-    let stats = fake.gateway.payment_stats("pk_cancel");
-    assert_eq!((stats.cancel_requests, stats.cancel_effects), (2, 1));
+    assert_eq!(fake.cancels("pk_cancel"), (2, 1), "requests, effects");
 }
 
 #[tokio::test]
@@ -198,8 +197,7 @@ async fn one_hundred_concurrent_confirms_charge_once() {
         }
     }
     assert_eq!((approved, already), (1, 99));
-    let stats = fake.gateway.payment_stats("pk_race");
-    assert_eq!((stats.confirm_requests, stats.confirm_effects), (100, 1));
+    assert_eq!(fake.confirms("pk_race"), (100, 1), "requests, effects");
     fake.stop().await;
 }
 

@@ -40,8 +40,7 @@ async fn latency_past_the_client_timeout_is_unknown_and_the_charge_lands_later()
     assert_eq!(client.lookup("pk_slow").await, LookupOutcome::NotFound);
     let later = lookup_until_found(&client, "pk_slow", Duration::from_secs(5)).await;
     assert_eq!(later, LookupOutcome::Done { amount: 2_000, order_id: "order-slow".into(), status: "DONE".into() });
-    let stats = fake.gateway.payment_stats("pk_slow");
-    assert_eq!((stats.confirm_requests, stats.confirm_effects), (1, 1));
+    assert_eq!(fake.confirms("pk_slow"), (1, 1), "requests, effects");
     assert_eq!(fake.gateway.stats().faults.latency, 1);
 }
 
@@ -70,8 +69,7 @@ async fn a_reply_lost_after_commit_is_unknown_and_the_lookup_shows_the_charge() 
     // Re-sending the confirm blind (what Tally must never do) cannot charge
     // twice here, but it would fail a payment that succeeded.
     assert_eq!(client.confirm("pk_lost", "order-lost", 4_000, "k-lost").await, ConfirmOutcome::AlreadyProcessed);
-    let stats = fake.gateway.payment_stats("pk_lost");
-    assert_eq!((stats.confirm_requests, stats.confirm_effects), (2, 1));
+    assert_eq!(fake.confirms("pk_lost"), (2, 1), "requests, effects");
 }
 
 #[tokio::test]

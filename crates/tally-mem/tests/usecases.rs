@@ -44,6 +44,34 @@ fn fault_nth_commit(store: &MemStore, nth: u32, fault: CommitFault) {
     })));
 }
 
+/// Counts the commits from now on (each commits cleanly); the returned
+/// function reads the count.
+fn count_commits(store: &MemStore) -> impl Fn() -> u32 + use<> {
+    let commits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = commits.clone();
+    store.set_commit_faults(Some(Box::new(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CommitFault::None
+    })));
+    move || commits.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Executes `command` for `user` under the idempotency key `key`.
+async fn execute_keyed(app: &LockedTally, user: UserId, key: &str, command: &Command) -> Result<Executed, Error> {
+    app.execute(user, command.clone(), Some(keyed(key, command))).await
+}
+
+/// With commit faults off, the keyed confirm `pay` under `key` replays its
+/// stored answer (`status`), and the wallet (1 000, with `new_payment`'s 400
+/// at 40 payback) was charged and paid back exactly once.
+async fn retry_replays_and_charged_once(app: &LockedTally, user: UserId, key: &str, pay: &Command, status: u16) {
+    app.store().set_commit_faults(None);
+    let retry = execute_keyed(app, user, key, pay).await;
+    assert!(matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == status), "{retry:?}");
+    assert_eq!(balance(app, user).await, Money::new(600 + 40), "charged once, paid back once");
+    holds(app).await;
+}
+
 /// A user with an empty wallet and a gateway payment of 500 (payback 50),
 /// not confirmed yet.
 fn gateway_payment() -> (std::sync::Arc<GatewayTally>, MemGateway, UserId, PaymentId) {
@@ -196,35 +224,30 @@ fn second_confirm_and_second_cancel_are_refused() {
 fn idempotency_replays_refuses_reuse_and_stores_refusals() {
     with_user(0, |app, user| async move {
         let top_up = Command::TopUp { amount: amount(100) };
-        let Ok(Executed::Fresh(first)) = app.execute(user, top_up.clone(), Some(keyed("a", &top_up))).await else {
-            panic!()
-        };
-        let replay = app.execute(user, top_up.clone(), Some(keyed("a", &top_up))).await;
+        let Ok(Executed::Fresh(first)) = execute_keyed(&app, user, "a", &top_up).await else { panic!() };
+        let replay = execute_keyed(&app, user, "a", &top_up).await;
         assert_eq!(replay, Ok(Executed::Replayed(render(&Ok(first)).unwrap())));
 
         let other = Command::TopUp { amount: amount(101) };
-        assert_eq!(app.execute(user, other.clone(), Some(keyed("a", &other))).await, Err(Error::IdempotencyKeyReused));
+        assert_eq!(execute_keyed(&app, user, "a", &other).await, Err(Error::IdempotencyKeyReused));
 
         // A business refusal is stored and replayed, even once it would succeed.
         let id = new_payment(&app, user, 500, 50).await;
         let pay = confirm(id);
-        let refused = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
+        let refused = execute_keyed(&app, user, "b", &pay).await;
         assert_eq!(refused, Err(Error::Wallet(WalletError::InsufficientBalance)));
         app.execute(user, Command::TopUp { amount: amount(1_000) }, None).await.unwrap();
-        let replay = app.execute(user, pay.clone(), Some(keyed("b", &pay))).await;
+        let replay = execute_keyed(&app, user, "b", &pay).await;
         assert_eq!(replay, Ok(Executed::Replayed(render(&refused.map(|_| unreachable!())).unwrap())));
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
 
         // Keys are scoped to their user.
         let stranger = user_with(&app, Limits::default(), 0).await;
-        assert!(matches!(
-            app.execute(stranger, top_up.clone(), Some(keyed("a", &top_up))).await,
-            Ok(Executed::Fresh(_))
-        ));
+        assert!(matches!(execute_keyed(&app, stranger, "a", &top_up).await, Ok(Executed::Fresh(_))));
 
         // After the TTL the key is forgotten.
         app.clock().advance(app.config().idempotency.ttl + Duration::from_secs(1));
-        assert!(matches!(app.execute(user, other.clone(), Some(keyed("a", &other))).await, Ok(Executed::Fresh(_))));
+        assert!(matches!(execute_keyed(&app, user, "a", &other).await, Ok(Executed::Fresh(_))));
         assert_eq!(balance(&app, user).await, Money::new(100 + 1_000 + 101));
         holds(&app).await;
     });
@@ -237,15 +260,11 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
         let pay = confirm(id);
         // The request's one commit (admission, effect and answer) is ambiguous.
         fault_nth_commit(app.store(), 1, CommitFault::Ambiguous);
-        let first = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
+        let first = execute_keyed(&app, user, "pay-1", &pay).await;
         assert_eq!(first, Err(Error::Store(StoreError::Ambiguous)));
-        app.store().set_commit_faults(None);
         // The client cannot know; it retries with the same key and gets the
         // answer of the execution that did happen.
-        let retry = app.execute(user, pay.clone(), Some(keyed("pay-1", &pay))).await;
-        assert!(matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 201), "{retry:?}");
-        assert_eq!(balance(&app, user).await, Money::new(600 + 40), "charged once, paid back once");
-        holds(&app).await;
+        retry_replays_and_charged_once(&app, user, "pay-1", &pay, 201).await;
     });
 }
 
@@ -255,29 +274,19 @@ fn ambiguous_commit_then_retry_replays_instead_of_charging_twice() {
 fn a_keyed_request_commits_once_and_its_replay_never() {
     with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 400, 40).await;
-        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counter = commits.clone();
-        let committed = move || commits.load(std::sync::atomic::Ordering::SeqCst);
-        app.store().set_commit_faults(Some(Box::new(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            CommitFault::None
-        })));
+        let committed = count_commits(app.store());
         let pay = confirm(id);
-        let first = app.execute(user, pay.clone(), Some(keyed("pay-once", &pay))).await;
+        let first = execute_keyed(&app, user, "pay-once", &pay).await;
         assert!(matches!(first, Ok(Executed::Fresh(_))), "{first:?}");
         assert_eq!(committed(), 1, "one commit per keyed request");
-        let replay = app.execute(user, pay.clone(), Some(keyed("pay-once", &pay))).await;
+        let replay = execute_keyed(&app, user, "pay-once", &pay).await;
         assert!(matches!(replay, Ok(Executed::Replayed(_))), "{replay:?}");
         assert_eq!(committed(), 1, "a replay writes nothing");
         // A refusal is stored under its key: one more commit, for the answer.
-        let refused = app.execute(user, pay.clone(), Some(keyed("pay-twice", &pay))).await;
+        let refused = execute_keyed(&app, user, "pay-twice", &pay).await;
         assert!(matches!(refused, Err(Error::Transition(_))), "{refused:?}");
         assert_eq!(committed(), 2);
-        app.store().set_commit_faults(None);
-        let replayed = app.execute(user, pay.clone(), Some(keyed("pay-twice", &pay))).await;
-        assert!(matches!(replayed, Ok(Executed::Replayed(ref r)) if r.status == 409), "{replayed:?}");
-        assert_eq!(balance(&app, user).await, Money::new(600 + 40), "charged once, paid back once");
-        holds(&app).await;
+        retry_replays_and_charged_once(&app, user, "pay-twice", &pay, 409).await;
     });
 }
 
@@ -287,11 +296,11 @@ fn a_failed_effect_frees_the_key_for_a_retry() {
         let top_up = Command::TopUp { amount: amount(5) };
         // The request's one commit is lost before it arrives.
         fault_nth_commit(app.store(), 1, CommitFault::Lost);
-        let lost = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
+        let lost = execute_keyed(&app, user, "k", &top_up).await;
         assert!(matches!(lost, Err(Error::Store(StoreError::Unavailable(_)))), "{lost:?}");
         assert_eq!(balance(&app, user).await, Money::ZERO);
         // Not stored: the key is free, and the retry runs.
-        let retry = app.execute(user, top_up.clone(), Some(keyed("k", &top_up))).await;
+        let retry = execute_keyed(&app, user, "k", &top_up).await;
         assert!(matches!(retry, Ok(Executed::Fresh(_))), "{retry:?}");
         assert_eq!(balance(&app, user).await, Money::new(5));
         holds(&app).await;
@@ -339,7 +348,7 @@ fn checker_names_each_broken_invariant() {
     with_user(1_000, |app, user| async move {
         let id = new_payment(&app, user, 100, 10).await;
         let pay = confirm(id);
-        app.execute(user, pay.clone(), Some(keyed("k", &pay))).await.unwrap();
+        execute_keyed(&app, user, "k", &pay).await.unwrap();
         let good = app.snapshot().await.unwrap();
         assert!(check(&good).is_empty());
 

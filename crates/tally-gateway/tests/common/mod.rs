@@ -38,6 +38,18 @@ impl Running {
         self.client_with(Duration::from_secs(2), Duration::from_secs(10))
     }
 
+    /// The confirms the fake counted for `payment_key`: `(requests, effects)`.
+    pub fn confirms(&self, payment_key: &str) -> (u64, u64) {
+        let stats = self.gateway.payment_stats(payment_key);
+        (stats.confirm_requests, stats.confirm_effects)
+    }
+
+    /// The cancels the fake counted for `payment_key`: `(requests, effects)`.
+    pub fn cancels(&self, payment_key: &str) -> (u64, u64) {
+        let stats = self.gateway.payment_stats(payment_key);
+        (stats.cancel_requests, stats.cancel_effects)
+    }
+
     /// Stop the server and check it stopped cleanly.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -118,8 +118,7 @@ async fn a_cancel_that_cannot_reverse_the_payback_is_refused_before_the_refund()
     assert_eq!(app.balance(&user).await, 600);
 
     // Spend all of it, payback included.
-    let spend = app.payment_of(&user, 600).await;
-    app.confirm(&user, &spend, "spend").await.assert_status(200);
+    app.done_payment_of(&user, 600).await;
     assert_eq!(app.balance(&user).await, 0);
 
     // Cancelling would have to take the 500 back: refused, and the gateway

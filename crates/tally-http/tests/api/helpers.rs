@@ -304,6 +304,13 @@ impl<G: Gateway> TestApp<G> {
         self.create_payment(user, &format!("create-{amount}-{}", uuid_like()), body).await.assert_created()
     }
 
+    /// Creates and confirms a wallet payment of `amount`; returns its id.
+    pub async fn done_payment_of(&self, user: &TestUser, amount: i64) -> String {
+        let id = self.payment_of(user, amount).await;
+        self.confirm(user, &id, &format!("confirm-{amount}-{}", uuid_like())).await.assert_status(200);
+        id
+    }
+
     /// Creates a gateway payment of `amount` and returns its id.
     pub async fn gateway_payment_of(&self, user: &TestUser, amount: i64) -> String {
         let body = json!({ "amount": amount, "method": "gateway" });
@@ -456,8 +463,17 @@ impl<G: Gateway> TestApp<G> {
 
     /// Joins and returns the token, which must be active at once.
     pub async fn active_token(&self, user: &TestUser, event: &str) -> String {
+        self.joined_token(user, event, "active").await
+    }
+
+    /// Joins and returns the token, which must have to wait.
+    pub async fn waiting_token(&self, user: &TestUser, event: &str) -> String {
+        self.joined_token(user, event, "waiting").await
+    }
+
+    async fn joined_token(&self, user: &TestUser, event: &str, status: &str) -> String {
         let token = self.join_queue(user, event).await.assert_status(201);
-        assert_eq!(token["status"], "active", "{token}");
+        assert_eq!(token["status"], status, "{token}");
         token["token"].as_str().unwrap().to_owned()
     }
 

@@ -43,29 +43,62 @@ async fn an_order_reserves_products_and_seats_and_reads_back() {
     app.assert_invariants().await;
 }
 
-/// Orders `quantity` of `product` and `seat` of `event` with a fresh active
-/// queue token of `user`'s; returns the order's id.
-async fn order_with_seat(
-    app: &TestApp,
-    user: &TestUser,
-    event: &TestEvent,
-    seat: &str,
-    product: &str,
-    quantity: u64,
-) -> String {
-    let token = app.active_token(user, &event.id).await;
-    let body = json!({"items": [{"product_id": product, "quantity": quantity}], "seats": [seat]});
-    app.order(user, "o", body, Some(&token)).await.assert_created()
+/// A fresh app with a product and a user: what most order tests start from.
+struct Shop {
+    app: TestApp,
+    product: String,
+    user: TestUser,
+}
+
+impl Shop {
+    /// `product` is (name, price, stock), `buyer` (name, balance); a buyer
+    /// with no balance has never topped up.
+    async fn open(product: (&str, i64, u64), buyer: (&str, i64)) -> Shop {
+        let app = TestApp::spawn();
+        let product = app.create_product(product.0, product.1, product.2).await;
+        let user = match buyer.1 {
+            0 => app.create_user(buyer.0).await,
+            balance => app.funded_user(buyer.0, balance).await,
+        };
+        Shop { app, product, user }
+    }
+}
+
+/// A [`Shop`] whose user holds a pending order of its product and one seat,
+/// taken with a fresh active queue token of theirs.
+struct SeatOrder {
+    app: TestApp,
+    product: String,
+    event: TestEvent,
+    user: TestUser,
+    seat: String,
+    order: String,
+}
+
+impl SeatOrder {
+    /// `event` is (active limit, seats of its one showtime, seat price); the
+    /// order is of `quantity` units and the showtime's seat number `seat`.
+    async fn place(
+        product: (&str, i64, u64),
+        event: (u32, usize, i64),
+        buyer: (&str, i64),
+        seat: usize,
+        quantity: u64,
+    ) -> SeatOrder {
+        let Shop { app, product, user } = Shop::open(product, buyer).await;
+        let event = app.create_event(event.0, &[event.1], event.2).await;
+        let seat = event.seat(0, seat).to_owned();
+        let token = app.active_token(&user, &event.id).await;
+        let body = json!({"items": [{"product_id": product, "quantity": quantity}], "seats": [seat]});
+        let order = app.order(&user, "o", body, Some(&token)).await.assert_created();
+        SeatOrder { app, product, event, user, seat, order }
+    }
 }
 
 #[tokio::test]
 async fn paying_an_order_charges_its_total_once_and_sells_it() {
-    let app = TestApp::spawn();
-    let product = app.create_product("poster", 1500, 5).await;
-    let event = app.create_event(2, &[2], 12_000).await;
-    let user = app.funded_user("buyer", 100_000).await;
-    let seat = event.seat(0, 1).to_owned();
-    let order = order_with_seat(&app, &user, &event, &seat, &product, 1).await;
+    let SeatOrder { app, product, event, user, seat, order } =
+        SeatOrder::place(("poster", 1500, 5), (2, 2, 12_000), ("buyer", 100_000), 1, 1).await;
     let created = app.pay_order_create(&user, &order, "pay").await.assert_status(201);
     let payment = created["id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -89,9 +122,7 @@ async fn paying_an_order_charges_its_total_once_and_sells_it() {
 
 #[tokio::test]
 async fn two_payments_for_one_order_charge_once() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 700, 5).await;
-    let user = app.funded_user("u", 10_000).await;
+    let Shop { app, product, user } = Shop::open(("p", 700, 5), ("u", 10_000)).await;
     let order = app.order_of(&user, &product, 1).await;
     let first = app.pay_order_create(&user, &order, "a").await.assert_created();
     let second = app.pay_order_create(&user, &order, "b").await.assert_created();
@@ -104,9 +135,7 @@ async fn two_payments_for_one_order_charge_once() {
 
 #[tokio::test]
 async fn out_of_stock_is_a_stored_refusal_that_changes_nothing() {
-    let app = TestApp::spawn();
-    let product = app.create_product("scarce", 100, 1).await;
-    let user = app.create_user("u").await;
+    let Shop { app, product, user } = Shop::open(("scarce", 100, 1), ("u", 0)).await;
     let body = json!({"items": [{"product_id": product, "quantity": 2}]});
     let refused = app.order(&user, "want-2", body.clone(), None).await;
     let problem = refused.assert_problem(409, "out_of_stock");
@@ -145,12 +174,8 @@ async fn a_held_seat_is_unavailable_to_anyone_else() {
 
 #[tokio::test]
 async fn an_unpaid_order_expires_and_its_stock_and_seats_come_back() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 100, 5).await;
-    let event = app.create_event(1, &[1], 900).await;
-    let user = app.funded_user("slow", 10_000).await;
-    let seat = event.seat(0, 0).to_owned();
-    let order = order_with_seat(&app, &user, &event, &seat, &product, 3).await;
+    let SeatOrder { app, product, event, user, seat, order } =
+        SeatOrder::place(("p", 100, 5), (1, 1, 900), ("slow", 10_000), 0, 3).await;
     // A payment created in time, confirmed too late.
     let payment = app.pay_order_create(&user, &order, "in-time").await.assert_created();
     app.clock.advance(Duration::from_secs(299));
@@ -176,9 +201,7 @@ async fn an_unpaid_order_expires_and_its_stock_and_seats_come_back() {
 
 #[tokio::test]
 async fn cancelling_a_pending_order_gives_everything_back_once() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 100, 5).await;
-    let user = app.create_user("u").await;
+    let Shop { app, product, user } = Shop::open(("p", 100, 5), ("u", 0)).await;
     let order = app.order_of(&user, &product, 4).await;
     assert_eq!(app.stock(&product).await, 1);
     let response = app.cancel_order(&user, &order, "cancel").await;
@@ -197,12 +220,8 @@ async fn cancelling_a_pending_order_gives_everything_back_once() {
 
 #[tokio::test]
 async fn cancelling_a_paid_order_refunds_it_and_gives_stock_and_seats_back() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 2000, 3).await;
-    let event = app.create_event(1, &[1], 8000).await;
-    let user = app.funded_user("u", 50_000).await;
-    let seat = event.seat(0, 0).to_owned();
-    let order = order_with_seat(&app, &user, &event, &seat, &product, 2).await;
+    let SeatOrder { app, product, event, user, seat, order } =
+        SeatOrder::place(("p", 2000, 3), (1, 1, 8000), ("u", 50_000), 0, 2).await;
     let payment = app.pay_order(&user, &order).await;
     assert_eq!(app.balance(&user).await, 50_000 - 12_000);
     let cancelled = app.cancel_order(&user, &order, "cancel").await.assert_status(200);
@@ -232,9 +251,7 @@ async fn seats_need_the_callers_active_token_for_their_event() {
     let elsewhere = app.create_event(5, &[1], 1000).await;
     let [user, other, latecomer] = app.create_users(["u", "other", "late"]).await;
     let others_token = app.active_token(&other, &event.id).await;
-    let waiting = app.join_queue(&latecomer, &event.id).await.assert_status(201);
-    assert_eq!(waiting["status"], "waiting");
-    let waiting = waiting["token"].as_str().unwrap().to_owned();
+    let waiting = app.waiting_token(&latecomer, &event.id).await;
     let elsewhere_token = app.active_token(&user, &elsewhere.id).await;
     let seat = json!({"seats": [event.seat(0, 0)]});
     // No token; another user's; another event's; a waiting one.
@@ -262,9 +279,7 @@ async fn seats_need_the_callers_active_token_for_their_event() {
 
 #[tokio::test]
 async fn another_users_order_is_not_found() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 100, 5).await;
-    let owner = app.funded_user("owner", 1000).await;
+    let Shop { app, product, user: owner } = Shop::open(("p", 100, 5), ("owner", 1000)).await;
     let thief = app.funded_user("thief", 1000).await;
     let order = app.order_of(&owner, &product, 1).await;
     app.get_order(&thief, &order).await.assert_problem(404, "not_found");
@@ -284,9 +299,7 @@ async fn another_users_order_is_not_found() {
 
 #[tokio::test]
 async fn a_keyed_order_is_created_once_and_replayed() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 250, 10).await;
-    let user = app.create_user("u").await;
+    let Shop { app, product, user } = Shop::open(("p", 250, 10), ("u", 0)).await;
     let body = json!({"items": [{"product_id": product, "quantity": 3}]});
     let first = app.order(&user, "once", body.clone(), None).await;
     first.assert_status(201);
@@ -313,9 +326,7 @@ async fn a_keyed_order_is_created_once_and_replayed() {
 
 #[tokio::test]
 async fn bad_order_input_gets_its_code_and_changes_nothing() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 100, 1000).await;
-    let user = app.create_user("u").await;
+    let Shop { app, product, user } = Shop::open(("p", 100, 1000), ("u", 0)).await;
     let item = |quantity: &str| format!(r#"{{"items":[{{"product_id":"{product}","quantity":{quantity}}}]}}"#);
     let many_items: Vec<Value> =
         (0..11).map(|i| json!({"product_id": format!("00000000-0000-0000-0000-{i:012}"), "quantity": 1})).collect();
@@ -362,9 +373,7 @@ async fn bad_order_input_gets_its_code_and_changes_nothing() {
 
 #[tokio::test]
 async fn order_payment_bodies_take_exactly_one_of_amount_and_order_id() {
-    let app = TestApp::spawn();
-    let product = app.create_product("p", 100, 5).await;
-    let user = app.funded_user("u", 1000).await;
+    let Shop { app, product, user } = Shop::open(("p", 100, 5), ("u", 1000)).await;
     let order = app.order_of(&user, &product, 1).await;
     let cases = [
         json!({"order_id": order, "amount": 100, "method": "wallet"}),

@@ -63,8 +63,7 @@ async fn confirm_accepts_no_body_or_an_empty_object_and_nothing_else() {
 async fn cancelling_a_done_payment_refunds_it_and_reverses_the_payback() {
     let app = TestApp::spawn_with(Options::payback_bps(1_000));
     let user = app.funded_user("r", 1000).await;
-    let id = app.payment_of(&user, 400).await;
-    app.confirm(&user, &id, "c").await.assert_status(200);
+    let id = app.done_payment_of(&user, 400).await;
     let cancelled = app.cancel(&user, &id, "x").await.assert_status(200);
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(app.balance(&user).await, 1000);

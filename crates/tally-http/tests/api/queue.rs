@@ -4,7 +4,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{ADMIN_KEY, Call, TestApp};
+use crate::helpers::{ADMIN_KEY, Call, TestApp, TestEvent, TestUser};
+
+/// A fresh app with an event of one active slot and one seat, and a user
+/// per name; the first has joined and holds the slot's token.
+async fn one_slot_event(names: [&str; 2]) -> (TestApp, TestEvent, [TestUser; 2], String) {
+    let app = TestApp::spawn();
+    let event = app.create_event(1, &[1], 1000).await;
+    let users = app.create_users(names).await;
+    let token = app.active_token(&users[0], &event.id).await;
+    (app, event, users, token)
+}
 
 #[tokio::test]
 async fn the_second_joiner_waits_and_is_promoted_when_the_first_pays() {
@@ -49,12 +59,8 @@ async fn the_second_joiner_waits_and_is_promoted_when_the_first_pays() {
 
 #[tokio::test]
 async fn an_active_token_past_its_ttl_expires_and_frees_its_slot() {
-    let app = TestApp::spawn();
-    let event = app.create_event(1, &[1], 1000).await;
-    let [first, second] = app.create_users(["first", "second"]).await;
-    let first_token = app.active_token(&first, &event.id).await;
-    let waiting = app.join_queue(&second, &event.id).await.assert_status(201);
-    let second_token = waiting["token"].as_str().unwrap().to_owned();
+    let (app, event, [first, second], first_token) = one_slot_event(["first", "second"]).await;
+    let second_token = app.waiting_token(&second, &event.id).await;
     app.clock.advance(Duration::from_secs(59));
     assert_eq!(app.queue_token(&first, &first_token).await.assert_status(200)["status"], "active");
     app.clock.advance(Duration::from_secs(1));
@@ -75,10 +81,7 @@ async fn an_active_token_past_its_ttl_expires_and_frees_its_slot() {
 
 #[tokio::test]
 async fn tokens_are_their_owners_alone() {
-    let app = TestApp::spawn();
-    let event = app.create_event(1, &[1], 1000).await;
-    let [owner, other] = app.create_users(["owner", "other"]).await;
-    let token = app.active_token(&owner, &event.id).await;
+    let (app, event, [owner, other], token) = one_slot_event(["owner", "other"]).await;
     app.queue_token(&other, &token).await.assert_problem(404, "not_found");
     for unknown in ["00000000-0000-0000-0000-000000000009", "x"] {
         app.queue_token(&owner, unknown).await.assert_problem(404, "not_found");

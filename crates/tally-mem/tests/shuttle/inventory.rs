@@ -2,6 +2,9 @@
 //! orders in opposite orders, a confirm or a cancel racing the expiry sweeper,
 //! one seat booked by N, queue admission, and a token's seat limit.
 
+use tally_core::ids::ProductId;
+use tally_core::order::Order;
+
 use super::*;
 
 fn is_out_of_stock(result: &Result<Executed, Error>) -> bool {
@@ -77,18 +80,27 @@ pub(super) fn opposite_orders<L: LockManager>(app: Arc<Tally<MemStore, L, Manual
     });
 }
 
+/// A user with 1 000 in their wallet, a product of `units` units at `price`,
+/// the user's pending order of all of them, and a wallet payment of it, not
+/// confirmed yet.
+async fn pending_order_payment<L: LockManager>(
+    app: &Tally<MemStore, L, ManualClock>,
+    price: i64,
+    units: u64,
+) -> (UserId, ProductId, Order, PaymentId) {
+    let user = user_with(app, Limits::default(), 1_000).await;
+    let product = new_product(app, price, units).await;
+    let order = new_order(app, user, order_of(&[(product, units)], &[], None)).await;
+    let pay = order_payment(app, user, order.id).await;
+    (user, product, order, pay)
+}
+
 /// Seed 004's scheduled job racing the payment: the clock crosses the TTL
 /// while a confirm and the sweeper run. Either the order is paid (stock
 /// consumed, one charge, the sweeper expired nothing) or it expired (stock
 /// back, no money moved, the confirm refused as expired) — never both.
 pub(super) fn confirm_vs_sweeper<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
-    let (user, product, order, pay) = block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
-        let product = new_product(&app, 300, 1).await;
-        let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
-        let pay = order_payment(&app, user, order.id).await;
-        (user, product, order, pay)
-    });
+    let (user, product, order, pay) = block_on(pending_order_payment(&app, 300, 1));
     let (confirmed, swept) = confirm_racing_sweep(&app, user, confirm(pay), order.expires_at);
     block_on(async {
         let now = app.order(user, order.id).await.unwrap();
@@ -116,13 +128,7 @@ pub(super) fn confirm_vs_sweeper<L: LockManager>(app: Arc<Tally<MemStore, L, Man
 /// wallet is whole — whether it cancelled a pending order (the confirm is
 /// then refused) or refunded a paid one.
 pub(super) fn cancel_vs_confirm<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
-    let (user, product, order, pay) = block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
-        let product = new_product(&app, 400, 2).await;
-        let order = new_order(&app, user, order_of(&[(product, 2)], &[], None)).await;
-        let pay = order_payment(&app, user, order.id).await;
-        (user, product, order, pay)
-    });
+    let (user, product, order, pay) = block_on(pending_order_payment(&app, 400, 2));
     let confirming = {
         let app = app.clone();
         thread::spawn(move || block_on(app.execute(user, confirm(pay), None)))
