@@ -8,6 +8,7 @@
 #   WORKLOADS=inventory bash scripts/load-table.sh 32 10s   (one workload; unpaid orders expire after 5 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serve.sh
 
 clients=${1:-16}
 duration=${2:-10s}
@@ -25,19 +26,8 @@ port=18600
 for strategy in pessimistic optimistic atomic; do
   port=$((port + 1))
   export TALLY_ADMIN_KEY="tly_load_admin_$strategy"
-  "$bin" serve --strategy "$strategy" --listen "127.0.0.1:$port" --data-dir "$work/$strategy" \
-    --order-ttl-seconds "${ORDER_TTL_SECONDS:-5}" \
-    >"$work/$strategy.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 120); do
-    grep -q "tally listening" "$work/$strategy.log" && break
-    sleep 0.5
-  done
-  if ! grep -q "tally listening" "$work/$strategy.log"; then
-    echo "tally serve --strategy $strategy did not start:" >&2
-    cat "$work/$strategy.log" >&2
-    exit 1
-  fi
+  start_serve "$work/$strategy.log" serve --strategy "$strategy" --listen "127.0.0.1:$port" \
+    --data-dir "$work/$strategy" --order-ttl-seconds "${ORDER_TTL_SECONDS:-5}"
   database=$(sed -n 's/^database: //p' "$work/$strategy.log")
   for workload in $workloads; do
     out=$("$bin" load --url "http://127.0.0.1:$port" --workload "$workload" --clients "$clients" \

@@ -13,6 +13,7 @@
 # their own schema `raw_baseline`, which `tally load --raw` drops afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serve.sh
 
 clients=${1:-16}
 duration=${2:-15s}
@@ -32,17 +33,7 @@ serve_args=(serve --listen "127.0.0.1:$port" --data-dir "$work/cluster")
 if [ -n "${TALLY_BATCH_MAX:-}" ]; then
   serve_args+=(--batch-max "$TALLY_BATCH_MAX")
 fi
-"$bin" "${serve_args[@]}" >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 120); do
-  grep -q "tally listening" "$work/serve.log" && break
-  sleep 0.5
-done
-if ! grep -q "tally listening" "$work/serve.log"; then
-  echo "tally serve did not start:" >&2
-  cat "$work/serve.log" >&2
-  exit 1
-fi
+start_serve "$work/serve.log" "${serve_args[@]}"
 database=$(sed -n 's/^database: //p' "$work/serve.log")
 
 # One run: its output kept in $work/<name>.out; fails the script's verdict

@@ -14,6 +14,7 @@
 # and subtracted, pro rata to each endpoint's wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serve.sh
 
 requests=${1:-200}
 strategies=${STRATEGIES:-pessimistic optimistic atomic}
@@ -29,15 +30,7 @@ server=
 trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 start_server() { # strategy port
-  "$bin" serve --strategy "$1" --listen "127.0.0.1:$2" --data-dir "$work/$1" >"$work/$1.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 120); do
-    grep -q "tally listening" "$work/$1.log" && return 0
-    sleep 0.5
-  done
-  echo "tally serve --strategy $1 did not start:" >&2
-  cat "$work/$1.log" >&2
-  exit 1
+  start_serve "$work/$1.log" serve --strategy "$1" --listen "127.0.0.1:$2" --data-dir "$work/$1"
 }
 
 stop_server() {
