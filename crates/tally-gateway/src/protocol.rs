@@ -121,7 +121,7 @@ pub fn classify_confirm(sent: &ConfirmBody, status: u16, body: &[u8]) -> Confirm
         // as ours. A status other than DONE (a virtual account waiting for its
         // deposit, say) is not a charge either.
         200..=299 => match serde_json::from_slice::<PaymentBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
+            Err(e) => unknown(unparseable(status, &e)),
             Ok(p) if p.payment_key != sent.payment_key || p.order_id != sent.order_id => unknown(format!(
                 "the gateway answered {status} about another payment (key {:?}, order {:?})",
                 p.payment_key, p.order_id
@@ -142,7 +142,7 @@ pub fn classify_confirm(sent: &ConfirmBody, status: u16, body: &[u8]) -> Confirm
         400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
             // Something answered 4xx without the gateway's error shape (a
             // proxy, a load balancer): we do not know who refused what.
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
+            Err(e) => unknown(unparseable(status, &e)),
             // The payment was processed before; by whom and how, only a
             // lookup can say. Neither a success nor a failure.
             // A cancelled payment was charged first, so it counts as processed.
@@ -167,11 +167,8 @@ pub fn classify_confirm(sent: &ConfirmBody, status: u16, body: &[u8]) -> Confirm
 pub fn classify_lookup(payment_key: &str, status: u16, body: &[u8]) -> LookupOutcome {
     let unknown = |reason: String| LookupOutcome::Unknown { reason };
     match status {
-        200..=299 => match serde_json::from_slice::<PaymentBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            Ok(p) if p.payment_key != payment_key => {
-                unknown(format!("the gateway answered about another payment ({:?})", p.payment_key))
-            }
+        200..=299 => match payment_asked(payment_key, status, body) {
+            Err(reason) => unknown(reason),
             Ok(p) => LookupOutcome::Done { amount: p.total_amount, order_id: p.order_id, status: p.status },
         },
         // Only the gateway's own "no such payment" counts: a bare 404 from a
@@ -179,7 +176,7 @@ pub fn classify_lookup(payment_key: &str, status: u16, body: &[u8]) -> LookupOut
         400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
             Ok(e) if e.code == codes::NOT_FOUND_PAYMENT => LookupOutcome::NotFound,
             Ok(e) => unknown(format!("the gateway answered {status} {}: {}", e.code, e.message)),
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
+            Err(e) => unknown(unparseable(status, &e)),
         },
         _ => unknown(format!("the gateway answered {status}")),
     }
@@ -189,18 +186,15 @@ pub fn classify_lookup(payment_key: &str, status: u16, body: &[u8]) -> LookupOut
 pub fn classify_cancel(payment_key: &str, status: u16, body: &[u8]) -> CancelOutcome {
     let unknown = |reason: String| CancelOutcome::Unknown { reason };
     match status {
-        200..=299 => match serde_json::from_slice::<PaymentBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            Ok(p) if p.payment_key != payment_key => {
-                unknown(format!("the gateway answered about another payment ({:?})", p.payment_key))
-            }
+        200..=299 => match payment_asked(payment_key, status, body) {
+            Err(reason) => unknown(reason),
             Ok(p) if p.status == STATUS_CANCELED => CancelOutcome::Cancelled,
             // We only ask for full refunds; a partial one (or anything else)
             // is not what we asked for, so do not pretend it is.
             Ok(p) => unknown(format!("the gateway answered {status} with payment status {:?}", p.status)),
         },
         400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
+            Err(e) => unknown(unparseable(status, &e)),
             Ok(e) if e.code == codes::ALREADY_CANCELED_PAYMENT => CancelOutcome::AlreadyCancelled,
             Ok(e) if e.code == codes::NOT_FOUND_PAYMENT => CancelOutcome::NotFound,
             Ok(e) if is_indeterminate(status, &e.code) => {
@@ -210,6 +204,20 @@ pub fn classify_cancel(payment_key: &str, status: u16, body: &[u8]) -> CancelOut
         },
         _ => unknown(format!("the gateway answered {status}")),
     }
+}
+
+/// The payment a 2xx reply to a call about `payment_key` describes, or why
+/// it is not that payment's description.
+fn payment_asked(payment_key: &str, status: u16, body: &[u8]) -> Result<PaymentBody, String> {
+    let payment = serde_json::from_slice::<PaymentBody>(body).map_err(|e| unparseable(status, &e))?;
+    if payment.payment_key != payment_key {
+        return Err(format!("the gateway answered about another payment ({:?})", payment.payment_key));
+    }
+    Ok(payment)
+}
+
+fn unparseable(status: u16, error: &serde_json::Error) -> String {
+    format!("the gateway answered {status} with an unparseable body: {error}")
 }
 
 /// 408 (the server gave up reading), 409 (a request under the same key is in
