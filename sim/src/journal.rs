@@ -17,9 +17,23 @@ use tally_core::time::Timestamp;
 use crate::clock::SimClock;
 use crate::shared::Violation;
 
-/// Everything the report counts, per seed and summed over seeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Count {
+/// Declares [`Count`] and [`Count::ALL`], every count in declaration order.
+macro_rules! counts {
+    ($($variant:ident,)*) => {
+        /// Everything the report counts, per seed and summed over seeds.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Count {
+            $($variant,)*
+        }
+
+        impl Count {
+            /// Every count, in the order declared (the report's order).
+            pub const ALL: [Count; [$(Count::$variant),*].len()] = [$(Count::$variant),*];
+        }
+    };
+}
+
+counts! {
     // volume
     Operations,
     OperationsCompleted,
@@ -87,61 +101,6 @@ pub enum Section {
 }
 
 impl Count {
-    pub const ALL: [Count; 52] = [
-        Count::Operations,
-        Count::OperationsCompleted,
-        Count::OperationsAbandoned,
-        Count::Requests,
-        Count::Partitions,
-        Count::HostCrashes,
-        Count::HostRestarts,
-        Count::MessageLossWindows,
-        Count::ClockAdvances,
-        Count::AmbiguousCommits,
-        Count::LostCommits,
-        Count::GatewayLatency,
-        Count::Gateway5xx,
-        Count::Gateway5xxAfterCommit,
-        Count::GatewayLostReplies,
-        Count::GatewayDroppedConnections,
-        Count::GatewayTamperedCharges,
-        Count::ForeignCharges,
-        Count::SkewedServers,
-        Count::BoundarySeeds,
-        Count::AttemptTimeouts,
-        Count::DuplicatesSent,
-        Count::DuplicateInFlight409,
-        Count::ReplaysServed,
-        Count::RefusalsReplayed,
-        Count::RetriesToAnotherHost,
-        Count::LeaseTakeovers,
-        Count::TransactionsAbandoned,
-        Count::CrashBetweenGatewayAndCommit,
-        Count::GatewayOutcomeUnknown,
-        Count::CompleterResolved,
-        Count::KeysReaped,
-        Count::OrdersCreated,
-        Count::OrdersPaid,
-        Count::OutOfStock,
-        Count::SeatUnavailable,
-        Count::OrderExpired,
-        Count::OrdersSwept,
-        Count::ExpiryRaces,
-        Count::QueuePromotions,
-        Count::Forbidden403,
-        Count::KeyReuseRefused,
-        Count::ForeignKeyFailed,
-        Count::CashbackCancelRefused,
-        Count::RefundsOwedResolved,
-        Count::SeatLimitRefused,
-        Count::MaxBalanceRefused,
-        Count::LimitRefused,
-        Count::PaybackAmountRefused,
-        Count::PaymentsAcrossMidnight,
-        Count::PaymentsAcrossMonthEnd,
-        Count::StampedBehindWindow,
-    ];
-
     pub const fn section(self) -> Section {
         match self {
             Count::Operations | Count::OperationsCompleted | Count::OperationsAbandoned | Count::Requests => {

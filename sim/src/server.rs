@@ -97,14 +97,9 @@ pub async fn serve(deployment: Deployment, name: String, behind: std::time::Dura
 async fn complete(app: Arc<App>, journal: Journal, name: String) {
     loop {
         tokio::time::sleep(timing::COMPLETER_EVERY).await;
-        match app.resolve_stuck(timing::COMPLETER_AFTER, 32).await {
-            Ok(0) => {}
-            Ok(resolved) => {
-                journal.count(Count::CompleterResolved, resolved as u64);
-                journal.event(&name, format!("completer resolved {resolved} payment(s)"));
-            }
-            Err(error) => journal.event(&name, format!("completer failed: {error}")),
-        }
+        let resolved = app.resolve_stuck(timing::COMPLETER_AFTER, 32).await;
+        let done = |n| format!("completer resolved {n} payment(s)");
+        journal_pass(&journal, &name, "completer", Count::CompleterResolved, resolved, done);
     }
 }
 
@@ -112,14 +107,9 @@ async fn complete(app: Arc<App>, journal: Journal, name: String) {
 async fn reap(app: Arc<App>, journal: Journal, name: String) {
     loop {
         tokio::time::sleep(timing::REAPER_EVERY).await;
-        match app.reap_idempotency(1_000).await {
-            Ok(0) => {}
-            Ok(reaped) => {
-                journal.count(Count::KeysReaped, reaped as u64);
-                journal.event(&name, format!("reaped {reaped} expired key(s)"));
-            }
-            Err(error) => journal.event(&name, format!("reaper failed: {error}")),
-        }
+        let reaped = app.reap_idempotency(1_000).await;
+        let done = |n| format!("reaped {n} expired key(s)");
+        journal_pass(&journal, &name, "reaper", Count::KeysReaped, reaped, done);
     }
 }
 
@@ -132,21 +122,33 @@ async fn sweep(app: Arc<App>, journal: Journal, name: String) {
     loop {
         tick.tick().await;
         loop {
-            match app.expire_orders(timing::SWEEP_BATCH).await {
-                Ok(expired) => {
-                    if expired > 0 {
-                        journal.count(Count::OrdersSwept, expired as u64);
-                        journal.event(&name, format!("sweeper expired {expired} order(s)"));
-                    }
-                    if expired < timing::SWEEP_BATCH {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    journal.event(&name, format!("sweeper failed: {error}"));
-                    break;
-                }
+            let expired = app.expire_orders(timing::SWEEP_BATCH).await;
+            let full = matches!(expired, Ok(n) if n >= timing::SWEEP_BATCH);
+            let done = |n| format!("sweeper expired {n} order(s)");
+            journal_pass(&journal, &name, "sweeper", Count::OrdersSwept, expired, done);
+            if !full {
+                break;
             }
         }
+    }
+}
+
+/// Counts and journals what one pass of a background duty did (nothing
+/// when it found nothing to do), or that it failed.
+fn journal_pass(
+    journal: &Journal,
+    name: &str,
+    duty: &str,
+    count: Count,
+    pass: Result<usize, tally_core::Error>,
+    done: impl FnOnce(usize) -> String,
+) {
+    match pass {
+        Ok(0) => {}
+        Ok(n) => {
+            journal.count(count, n as u64);
+            journal.event(name, done(n));
+        }
+        Err(error) => journal.event(name, format!("{duty} failed: {error}")),
     }
 }

@@ -399,3 +399,15 @@ fn conflicts_exhausted(error: Error) -> Error {
         other => other,
     }
 }
+
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    /// Whether a locked transaction's `attempt` that failed with `error` is
+    /// tried again: a conflict is, a bounded number of times; anything else,
+    /// or the last conflict, fails the request.
+    fn retry_or_fail(&self, attempt: u32, error: Error) -> Result<(), Error> {
+        if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
+            return Ok(());
+        }
+        Err(conflicts_exhausted(error))
+    }
+}

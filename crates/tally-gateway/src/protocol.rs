@@ -114,48 +114,99 @@ pub fn check_idempotency_key(key: &str) -> Result<(), String> {
 /// Classify the reply to a confirm of `sent`.
 pub fn classify_confirm(sent: &ConfirmBody, status: u16, body: &[u8]) -> ConfirmOutcome {
     let unknown = |reason: String| ConfirmOutcome::Unknown { reason };
+    // A 2xx is only a success if it describes the payment we asked about.
+    // Toss scopes idempotency keys without the body, so a key reused by
+    // mistake replays *another* payment's approval: that must not count
+    // as ours. A status other than DONE (a virtual account waiting for its
+    // deposit, say) is not a charge either.
+    let paid = |p: PaymentBody| match p {
+        p if p.payment_key != sent.payment_key || p.order_id != sent.order_id => unknown(format!(
+            "the gateway answered {status} about another payment (key {:?}, order {:?})",
+            p.payment_key, p.order_id
+        )),
+        p if p.status != STATUS_DONE => {
+            unknown(format!("the gateway answered {status} with payment status {:?}", p.status))
+        }
+        p if p.total_amount != sent.amount => {
+            unknown(format!("the gateway approved {} where {} was asked", p.total_amount, sent.amount))
+        }
+        PaymentBody { approved_at: None, .. } => unknown(format!("the gateway answered {status} without approvedAt")),
+        PaymentBody { payment_key, order_id, total_amount, approved_at: Some(approved_at), .. } => {
+            ConfirmOutcome::Approved { payment_key, order_id, amount: total_amount, approved_at }
+        }
+    };
+    let refused = |e: ErrorBody| match e {
+        // The payment was processed before; by whom and how, only a
+        // lookup can say. Neither a success nor a failure.
+        // A cancelled payment was charged first, so it counts as processed.
+        e if e.code == codes::ALREADY_PROCESSED_PAYMENT || e.code == codes::ALREADY_CANCELED_PAYMENT => {
+            ConfirmOutcome::AlreadyProcessed
+        }
+        e if is_indeterminate(status, &e.code) => unknown(answered(status, &e)),
+        // Any other 4xx with a code is the gateway refusing the request:
+        // a decline, an amount mismatch, bad credentials. By the
+        // gateway's contract a refused request charged nothing.
+        ErrorBody { code, message } => ConfirmOutcome::Declined { code, message },
+    };
+    classify(status, body, unknown, paid, refused)
+}
+
+/// Classify the reply to a lookup of `payment_key`.
+pub fn classify_lookup(payment_key: &str, status: u16, body: &[u8]) -> LookupOutcome {
+    let unknown = |reason: String| LookupOutcome::Unknown { reason };
+    let paid = |p: PaymentBody| match another_payment(payment_key, &p) {
+        Some(reason) => unknown(reason),
+        None => LookupOutcome::Done { amount: p.total_amount, order_id: p.order_id, status: p.status },
+    };
+    // Only the gateway's own "no such payment" counts: a bare 404 from a
+    // misrouted base URL must never read as "never charged".
+    let refused = |e: ErrorBody| match e {
+        e if e.code == codes::NOT_FOUND_PAYMENT => LookupOutcome::NotFound,
+        e => unknown(answered(status, &e)),
+    };
+    classify(status, body, unknown, paid, refused)
+}
+
+/// Classify the reply to a cancel of `payment_key`.
+pub fn classify_cancel(payment_key: &str, status: u16, body: &[u8]) -> CancelOutcome {
+    let unknown = |reason: String| CancelOutcome::Unknown { reason };
+    let paid = |p: PaymentBody| match another_payment(payment_key, &p) {
+        Some(reason) => unknown(reason),
+        None if p.status == STATUS_CANCELED => CancelOutcome::Cancelled,
+        // We only ask for full refunds; a partial one (or anything else)
+        // is not what we asked for, so do not pretend it is.
+        None => unknown(format!("the gateway answered {status} with payment status {:?}", p.status)),
+    };
+    let refused = |e: ErrorBody| match e {
+        e if e.code == codes::ALREADY_CANCELED_PAYMENT => CancelOutcome::AlreadyCancelled,
+        e if e.code == codes::NOT_FOUND_PAYMENT => CancelOutcome::NotFound,
+        e if is_indeterminate(status, &e.code) => unknown(answered(status, &e)),
+        ErrorBody { code, message } => CancelOutcome::Refused { code, message },
+    };
+    classify(status, body, unknown, paid, refused)
+}
+
+/// What every classification shares: a 2xx is read as a payment (`paid`
+/// judges it), a 4xx as the gateway's error (`refused` judges it); a body
+/// that does not parse, and any other status, say nothing (`unknown`).
+fn classify<T>(
+    status: u16,
+    body: &[u8],
+    unknown: impl FnOnce(String) -> T,
+    paid: impl FnOnce(PaymentBody) -> T,
+    refused: impl FnOnce(ErrorBody) -> T,
+) -> T {
+    let unparseable = |e: serde_json::Error| format!("the gateway answered {status} with an unparseable body: {e}");
     match status {
-        // A 2xx is only a success if it describes the payment we asked about.
-        // Toss scopes idempotency keys without the body, so a key reused by
-        // mistake replays *another* payment's approval: that must not count
-        // as ours. A status other than DONE (a virtual account waiting for its
-        // deposit, say) is not a charge either.
         200..=299 => match serde_json::from_slice::<PaymentBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            Ok(p) if p.payment_key != sent.payment_key || p.order_id != sent.order_id => unknown(format!(
-                "the gateway answered {status} about another payment (key {:?}, order {:?})",
-                p.payment_key, p.order_id
-            )),
-            Ok(p) if p.status != STATUS_DONE => {
-                unknown(format!("the gateway answered {status} with payment status {:?}", p.status))
-            }
-            Ok(p) if p.total_amount != sent.amount => {
-                unknown(format!("the gateway approved {} where {} was asked", p.total_amount, sent.amount))
-            }
-            Ok(PaymentBody { approved_at: None, .. }) => {
-                unknown(format!("the gateway answered {status} without approvedAt"))
-            }
-            Ok(PaymentBody { payment_key, order_id, total_amount, approved_at: Some(approved_at), .. }) => {
-                ConfirmOutcome::Approved { payment_key, order_id, amount: total_amount, approved_at }
-            }
+            Ok(payment) => paid(payment),
+            Err(e) => unknown(unparseable(e)),
         },
+        // Something that answers 4xx without the gateway's error shape (a
+        // proxy, a load balancer): we do not know who refused what.
         400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
-            // Something answered 4xx without the gateway's error shape (a
-            // proxy, a load balancer): we do not know who refused what.
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            // The payment was processed before; by whom and how, only a
-            // lookup can say. Neither a success nor a failure.
-            // A cancelled payment was charged first, so it counts as processed.
-            Ok(e) if e.code == codes::ALREADY_PROCESSED_PAYMENT || e.code == codes::ALREADY_CANCELED_PAYMENT => {
-                ConfirmOutcome::AlreadyProcessed
-            }
-            Ok(e) if is_indeterminate(status, &e.code) => {
-                unknown(format!("the gateway answered {status} {}: {}", e.code, e.message))
-            }
-            // Any other 4xx with a code is the gateway refusing the request:
-            // a decline, an amount mismatch, bad credentials. By the
-            // gateway's contract a refused request charged nothing.
-            Ok(ErrorBody { code, message }) => ConfirmOutcome::Declined { code, message },
+            Ok(error) => refused(error),
+            Err(e) => unknown(unparseable(e)),
         },
         // A 5xx may come after the charge was recorded; 1xx and 3xx are not
         // answers this API gives. Either way we cannot tell.
@@ -163,53 +214,16 @@ pub fn classify_confirm(sent: &ConfirmBody, status: u16, body: &[u8]) -> Confirm
     }
 }
 
-/// Classify the reply to a lookup of `payment_key`.
-pub fn classify_lookup(payment_key: &str, status: u16, body: &[u8]) -> LookupOutcome {
-    let unknown = |reason: String| LookupOutcome::Unknown { reason };
-    match status {
-        200..=299 => match serde_json::from_slice::<PaymentBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            Ok(p) if p.payment_key != payment_key => {
-                unknown(format!("the gateway answered about another payment ({:?})", p.payment_key))
-            }
-            Ok(p) => LookupOutcome::Done { amount: p.total_amount, order_id: p.order_id, status: p.status },
-        },
-        // Only the gateway's own "no such payment" counts: a bare 404 from a
-        // misrouted base URL must never read as "never charged".
-        400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(e) if e.code == codes::NOT_FOUND_PAYMENT => LookupOutcome::NotFound,
-            Ok(e) => unknown(format!("the gateway answered {status} {}: {}", e.code, e.message)),
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-        },
-        _ => unknown(format!("the gateway answered {status}")),
-    }
+/// Why a 2xx reply about `payment_key` does not describe that payment, if
+/// it does not.
+fn another_payment(payment_key: &str, payment: &PaymentBody) -> Option<String> {
+    (payment.payment_key != payment_key)
+        .then(|| format!("the gateway answered about another payment ({:?})", payment.payment_key))
 }
 
-/// Classify the reply to a cancel of `payment_key`.
-pub fn classify_cancel(payment_key: &str, status: u16, body: &[u8]) -> CancelOutcome {
-    let unknown = |reason: String| CancelOutcome::Unknown { reason };
-    match status {
-        200..=299 => match serde_json::from_slice::<PaymentBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            Ok(p) if p.payment_key != payment_key => {
-                unknown(format!("the gateway answered about another payment ({:?})", p.payment_key))
-            }
-            Ok(p) if p.status == STATUS_CANCELED => CancelOutcome::Cancelled,
-            // We only ask for full refunds; a partial one (or anything else)
-            // is not what we asked for, so do not pretend it is.
-            Ok(p) => unknown(format!("the gateway answered {status} with payment status {:?}", p.status)),
-        },
-        400..=499 => match serde_json::from_slice::<ErrorBody>(body) {
-            Err(e) => unknown(format!("the gateway answered {status} with an unparseable body: {e}")),
-            Ok(e) if e.code == codes::ALREADY_CANCELED_PAYMENT => CancelOutcome::AlreadyCancelled,
-            Ok(e) if e.code == codes::NOT_FOUND_PAYMENT => CancelOutcome::NotFound,
-            Ok(e) if is_indeterminate(status, &e.code) => {
-                unknown(format!("the gateway answered {status} {}: {}", e.code, e.message))
-            }
-            Ok(ErrorBody { code, message }) => CancelOutcome::Refused { code, message },
-        },
-        _ => unknown(format!("the gateway answered {status}")),
-    }
+/// A 4xx whose code says nothing final.
+fn answered(status: u16, error: &ErrorBody) -> String {
+    format!("the gateway answered {status} {}: {}", error.code, error.message)
 }
 
 /// 408 (the server gave up reading), 409 (a request under the same key is in

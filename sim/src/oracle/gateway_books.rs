@@ -10,24 +10,20 @@ use super::*;
 /// count, less the other merchant's): a confirm lost on its way, or one sent
 /// with a key another payment claimed, is caught by the sender's count.
 pub(super) fn one_gateway_confirm_per_payment(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
-    for (order_id, sent) in evidence.confirms_by_order {
-        if *sent > 1 {
-            found.push(Violation::new(
-                INV_CHARGED_ONCE,
-                "at most one gateway confirm sent per payment (our servers' count)",
-                format!("our servers sent {sent} confirms for payment {order_id}"),
-            ));
-        }
-    }
-    for (payment_key, sent) in evidence.confirms_by_key {
-        if *sent > 1 {
-            found.push(Violation::new(
-                INV_KEY_BOUND,
-                "at most one gateway confirm sent per payment key (our servers' count)",
-                format!("our servers sent {sent} confirms with payment key {payment_key}"),
-            ));
-        }
-    }
+    more_than_once(
+        found,
+        INV_CHARGED_ONCE,
+        "at most one gateway confirm sent per payment (our servers' count)",
+        evidence.confirms_by_order,
+        |order_id, sent| format!("our servers sent {sent} confirms for payment {order_id}"),
+    );
+    more_than_once(
+        found,
+        INV_KEY_BOUND,
+        "at most one gateway confirm sent per payment key (our servers' count)",
+        evidence.confirms_by_key,
+        |payment_key, sent| format!("our servers sent {sent} confirms with payment key {payment_key}"),
+    );
     for (payment_key, stats) in evidence.gateway.stats().payments {
         let foreign = evidence.foreign_confirms.get(&payment_key).copied().unwrap_or(0);
         let ours = stats.confirm_requests.saturating_sub(foreign);

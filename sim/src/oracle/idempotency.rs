@@ -29,42 +29,33 @@ pub(super) fn responses_for_a_key_agree(evidence: &Evidence<'_>, found: &mut Vec
     }
 }
 
+/// The check that counts effects by the tags their amounts carry.
+const TAGGED_ONCE: &str = "each request takes effect at most once (amount tags)";
+
 pub(super) fn one_effect_per_key(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
     let tag_key = |amount: i64| {
         let tag = amount % TAG_SPACE;
         format!("c{}-o{}", tag / 1000 + 1, tag % 1000)
     };
-    let mut top_ups: BTreeMap<(UserId, i64), usize> = BTreeMap::new();
+    let mut top_ups: BTreeMap<(UserId, i64), u64> = BTreeMap::new();
     for transfer in &evidence.snapshot.transfers {
         if let (TransferKind::TopUp, Some(side)) = (transfer.kind, transfer.wallet) {
             *top_ups.entry((side.user, transfer.amount.minor_units())).or_default() += 1;
         }
     }
-    for ((user, amount), count) in top_ups {
-        if count > 1 {
-            found.push(Violation::new(
-                INV_IDEMPOTENCY,
-                "each request takes effect at most once (amount tags)",
-                format!("top-up {:?} of {amount} booked {count} times on wallet {user}", tag_key(amount)),
-            ));
-        }
-    }
+    more_than_once(found, INV_IDEMPOTENCY, TAGGED_ONCE, top_ups, |(user, amount), count| {
+        format!("top-up {:?} of {amount} booked {count} times on wallet {user}", tag_key(amount))
+    });
     // A payment of an amount carries its tag in the amount; one for an
     // order (its amount is the order's total) is judged by
     // `order_payments_once_per_key`.
-    let mut payments: BTreeMap<(UserId, i64), usize> = BTreeMap::new();
+    let mut payments: BTreeMap<(UserId, i64), u64> = BTreeMap::new();
     for payment in evidence.snapshot.payments.iter().filter(|p| p.order.is_none()) {
         *payments.entry((payment.user, payment.amount.minor_units())).or_default() += 1;
     }
-    for ((user, tagged), count) in payments {
-        if count > 1 {
-            found.push(Violation::new(
-                INV_IDEMPOTENCY,
-                "each request takes effect at most once (amount tags)",
-                format!("payment request {:?} ({tagged}) created {count} payments for user {user}", tag_key(tagged)),
-            ));
-        }
-    }
+    more_than_once(found, INV_IDEMPOTENCY, TAGGED_ONCE, payments, |(user, tagged), count| {
+        format!("payment request {:?} ({tagged}) created {count} payments for user {user}", tag_key(tagged))
+    });
 }
 
 /// An order's payments carry no tag (their amount is the order's total, their

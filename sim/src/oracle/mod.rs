@@ -33,6 +33,7 @@ use self::gateway_books::*;
 use self::idempotency::*;
 use self::orders::*;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use tally_core::check::{self, Snapshot};
@@ -200,6 +201,23 @@ fn acknowledged_successes_are_durable(evidence: &Evidence<'_>, found: &mut Vec<V
 /// was busy, the server could not answer, or the request was refused before
 /// it ran (400, 401, 403: none is stored — a seat order refused 403 while its
 /// token was waiting may succeed with the same key once it is active).
+/// One violation of `invariant` (as `check` judges it) for each key that
+/// `counts` counted more than once, told by `tell`.
+fn more_than_once<K, N: Borrow<u64>>(
+    found: &mut Vec<Violation>,
+    invariant: &str,
+    check: &'static str,
+    counts: impl IntoIterator<Item = (K, N)>,
+    tell: impl Fn(K, u64) -> String,
+) {
+    for (key, count) in counts {
+        let count = *count.borrow();
+        if count > 1 {
+            found.push(Violation::new(invariant, check, tell(key, count)));
+        }
+    }
+}
+
 fn is_transient(status: u16, body: &[u8]) -> bool {
     status >= 500
         || status == 429

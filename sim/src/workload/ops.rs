@@ -260,10 +260,7 @@ pub(super) fn build_read(state: &ClientState, rng: &mut SimRng, _: i64) -> Optio
 /// service must lock them in one global order.
 pub(super) fn build_order_products(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let products = &state.catalogue.products;
-    if products.is_empty() {
-        return None;
-    }
-    let first = rng.index(products.len());
+    let first = any(rng, products.len())?;
     let mut chosen = vec![first];
     if products.len() > 1 && rng.chance(500) {
         chosen.push((first + 1 + rng.index(products.len() - 1)) % products.len());
@@ -396,10 +393,7 @@ pub(super) fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) ->
 /// The admin restocks a product by one unit (keyed, retried like any move).
 pub(super) fn build_restock(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let products = &state.catalogue.products;
-    if products.is_empty() {
-        return None;
-    }
-    let product = &products[rng.index(products.len())];
+    let product = &products[any(rng, products.len())?];
     let mut planned = post(
         "restock",
         format!("/v1/products/{}/restock", product.id),

@@ -91,18 +91,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 Ok(recorded) => recorded,
                 Err(error) => {
                     tx.rollback().await;
-                    if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
-                        continue;
-                    }
-                    return Err(conflicts_exhausted(error));
+                    self.retry_or_fail(attempt, error)?;
+                    continue;
                 }
             };
             let committed = tx.commit().await;
             drop(guard);
             match committed {
                 Ok(()) => return Ok(recorded),
-                Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
-                Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
+                Err(error) => self.retry_or_fail(attempt, Error::Store(error))?,
             }
         }
     }

@@ -75,16 +75,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             _ => None,
         };
         let released = decide::order::release(order, &products, &seats, token.as_ref(), now)?;
-        for (before, after) in &released.products {
-            tx.put_product(Some(before), after).await?;
-        }
-        for (before, after) in &released.seats {
-            tx.put_seat(Some(before), after).await?;
-        }
-        if let Some((before, after)) = &released.token {
-            tx.put_token(Some(before), after).await?;
-        }
-        Ok(())
+        put_holdings(tx, &released).await
     }
 
     /// A new payment of `order`'s total (not yet stored).
@@ -153,15 +144,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let policy = Policy { order_ttl: self.config.order_ttl, payback_bps: self.config.payback_bps };
         let id = OrderId(self.ids.next_id());
         let created = decide::order::create(id, user, &request, loaded, policy, booking.at)?;
-        for (before, after) in &created.products {
-            tx.put_product(Some(before), after).await?;
-        }
-        for (before, after) in &created.seats {
-            tx.put_seat(Some(before), after).await?;
-        }
-        if let Some((before, after)) = &created.token {
-            tx.put_token(Some(before), after).await?;
-        }
+        put_holdings(tx, &created.reserved).await?;
         tx.put_order(None, &created.order).await?;
         Ok(Step::Done(Outcome::Order(created.order)))
     }
@@ -211,4 +194,19 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         tx.rollback().await;
         Ok(self.order_view(order?.filter(|o| o.user == user).ok_or(Error::NotFound)?))
     }
+}
+
+/// Writes what an order reserved or gave back, in the global order:
+/// products, seats, then the token.
+async fn put_holdings<T: Tx>(tx: &mut T, holdings: &decide::order::Holdings) -> Result<(), Error> {
+    for (before, after) in &holdings.products {
+        tx.put_product(Some(before), after).await?;
+    }
+    for (before, after) in &holdings.seats {
+        tx.put_seat(Some(before), after).await?;
+    }
+    if let Some((before, after)) = &holdings.token {
+        tx.put_token(Some(before), after).await?;
+    }
+    Ok(())
 }

@@ -146,10 +146,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 Ok(step) => step,
                 Err(error) => {
                     tx.rollback().await;
-                    if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
-                        continue;
-                    }
-                    return Err(conflicts_exhausted(error));
+                    self.retry_or_fail(attempt, error)?;
+                    continue;
                 }
             };
             // Mutant: the decision was made under one acquisition of the locks
@@ -164,7 +162,6 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             drop(guard);
             match committed {
                 Ok(()) => break step,
-                Err(StoreError::Conflict) if attempt < self.config.attempts_max => continue,
                 // Mutant: an ambiguous commit retried like a conflict, and
                 // without its idempotency record (which that commit completed).
                 Err(StoreError::Ambiguous)
@@ -173,7 +170,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                     held = None;
                     continue;
                 }
-                Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
+                Err(error) => self.retry_or_fail(attempt, Error::Store(error))?,
             }
         };
         match step {

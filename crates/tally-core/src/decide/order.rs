@@ -77,14 +77,11 @@ pub fn seats_event(seats: &[Seat]) -> Result<Option<EventId>, Error> {
     Ok(Some(first.event))
 }
 
-/// What a new order writes: itself, and each record it reserves, as loaded
-/// and as it must be written.
+/// What a new order writes: itself, and the records it reserves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Created {
     pub order: Order,
-    pub products: Vec<(Product, Product)>,
-    pub seats: Vec<(Seat, Seat)>,
-    pub token: Option<(QueueToken, QueueToken)>,
+    pub reserved: Holdings,
 }
 
 /// The records a new order needs, as loaded (`None`: no such record): its
@@ -178,13 +175,14 @@ pub fn create(
         version: 0,
     };
     debug_assert!(order.payback <= order.total.money(), "a payback never exceeds what is paid");
-    Ok(Created { order, products, seats, token })
+    Ok(Created { order, reserved: Holdings { products, seats, token } })
 }
 
-/// What an order gives back: its units, its seats and its token's count,
-/// each as loaded and as it must be written.
+/// What an order reserves (when it is created) or gives back (when it is
+/// cancelled or expired): its units, its seats and its token's count, each
+/// as loaded and as it must be written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Released {
+pub struct Holdings {
     pub products: Vec<(Product, Product)>,
     pub seats: Vec<(Seat, Seat)>,
     pub token: Option<(QueueToken, QueueToken)>,
@@ -199,9 +197,9 @@ pub fn release(
     seats: &[Seat],
     token: Option<&QueueToken>,
     now: Timestamp,
-) -> Result<Released, Error> {
+) -> Result<Holdings, Error> {
     assert_eq!((products.len(), seats.len()), (order.lines.len(), order.seats.len()), "the order's records");
-    let mut released = Released::default();
+    let mut released = Holdings::default();
     for (line, loaded) in order.lines.iter().zip(products) {
         let back = loaded.apply(StockEvent::Release(line.quantity), now).map_err(|_| stale())?;
         released.products.push((loaded.clone(), back));
@@ -353,7 +351,7 @@ mod tests {
         assert_eq!(created.order.total, Amount::new(250 + 80).unwrap());
         assert_eq!(created.order.payback, Money::new(4), "5 % of 80, none on the first product");
         assert_eq!(created.order.expires_at, NOW.plus(POLICY.order_ttl));
-        assert_eq!(created.products.iter().map(|(_, after)| after.stock).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(created.reserved.products.iter().map(|(_, after)| after.stock).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]
@@ -382,7 +380,7 @@ mod tests {
     fn seats_need_the_callers_active_token_and_respect_its_limit() {
         let seats = [seat(1, 9), seat(2, 9)];
         let created = with_seats(&seats, &event(4), Some(&token(2))).unwrap();
-        assert_eq!(created.token.as_ref().map(|(_, after)| after.seats_held), Some(4));
+        assert_eq!(created.reserved.token.as_ref().map(|(_, after)| after.seats_held), Some(4));
         assert_eq!(created.order.payback, Money::new(10), "the default rate on two seats of 50");
         assert_eq!(with_seats(&seats, &event(4), Some(&token(3))), Err(Error::SeatLimitReached));
         assert!(matches!(with_seats(&seats, &event(4), None), Err(Error::Forbidden(_))));
@@ -403,7 +401,11 @@ mod tests {
         let loaded =
             Loaded { products: &some_products, seats: &some_seats, event: Some(&event(4)), token: Some(&token(0)) };
         let created = create(OrderId(1), USER, &request, loaded, POLICY, NOW).unwrap();
-        let (taken, held, booked) = (&created.products[0].1, &created.seats[0].1, &created.token.as_ref().unwrap().1);
+        let (taken, held, booked) = (
+            &created.reserved.products[0].1,
+            &created.reserved.seats[0].1,
+            &created.reserved.token.as_ref().unwrap().1,
+        );
         let released =
             release(&created.order, std::slice::from_ref(taken), std::slice::from_ref(held), Some(booked), NOW)
                 .unwrap();
