@@ -8,7 +8,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// paid). A gateway payment's refund goes through the gateway.
     pub(super) async fn cancel_payment(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         loaded: Payment,
         booking: &Booking,
@@ -57,7 +57,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// after sending it) is looked up instead; one owing a refund sends it.
     pub(super) async fn begin_gateway_confirm(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         loaded: Payment,
         payment_key: Option<&str>,
         booking: &Booking,
@@ -94,7 +94,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn persist(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         loaded: &Payment,
         wallet: &Wallet,
         decision: &Decision,

@@ -12,7 +12,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// (see [`crate::idempotency`]): the key's record is written only with
     /// the effect it answers for. Only a gateway payment's key is committed
     /// in flight, with its intent, before the gateway is called.
-    pub async fn execute(&self, user: UserId, command: Command, keyed: Option<Keyed<'_>>) -> Result<Executed, Error> {
+    pub async fn execute(
+        &self,
+        user: UserId,
+        command: Command,
+        keyed: Option<Keyed<'static>>,
+    ) -> Result<Executed, Error> {
         let Some(keyed) = keyed else {
             return self.run(user, &command, None).await;
         };
@@ -27,7 +32,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         let lease = LeaseToken(self.ids.next_id());
         let held = Held { scope, lease, fingerprint: keyed.fingerprint, render: keyed.render };
-        match self.run(user, &command, Some(&held)).await {
+        // Group commit (`batch`) when it is on and the command batches;
+        // otherwise, or when the batch sends it back, alone.
+        let result = match self.execute_batched(user, &command, &held).await {
+            Some(batch::Batched::Closed(result)) => return result,
+            Some(batch::Batched::Ran(result)) => result,
+            None => self.run(user, &command, Some(&held)).await,
+        };
+        match result {
             Ok(executed) => Ok(executed),
             // The key answers for another request: nothing ran, nothing to close.
             Err(error @ (Error::IdempotencyKeyInUse | Error::IdempotencyKeyReused)) => Err(error),
@@ -53,7 +65,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// in flight, answered at once.
     pub(super) async fn admit_in(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         held: &Held<'_>,
     ) -> Result<(Option<IdemRecord>, Admission), Error> {
         let existing = match tx.idempotency_no_wait(&held.scope).await {
@@ -186,6 +198,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 Err(error) => return Err(conflicts_exhausted(Error::Store(error))),
             }
         };
+        self.finish(step, held).await
+    }
+
+    /// After the locked phase committed (alone or in a batch): the answer,
+    /// or the gateway call and its verdict.
+    pub(super) async fn finish(&self, step: Step, held: Option<&Held<'_>>) -> Result<Executed, Error> {
         match step {
             Step::Done(outcome) => Ok(Executed::Fresh(outcome)),
             Step::Call(payment, call, answer) => {
@@ -199,7 +217,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn run_in(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         command: &Command,
         held: Option<&Held<'_>>,
@@ -233,7 +251,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// The request's in-flight idempotency record, if it is still ours.
     pub(super) async fn held_record(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         held: Option<&Held<'_>>,
     ) -> Result<Option<IdemRecord>, Error> {
         let Some(held) = held else { return Ok(None) };
@@ -249,7 +267,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// expired record or nothing when it was admitted in this transaction).
     pub(super) async fn complete(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         held: &Held<'_>,
         stored: Option<&IdemRecord>,
         record: &IdemRecord,
@@ -270,7 +288,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn apply(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         command: &Command,
         booking: &Booking,
