@@ -44,6 +44,8 @@ pub const BATCH_MAX_LIMIT: usize = 256;
 const QUEUE_MAX: usize = 4 * BATCH_MAX_LIMIT;
 
 /// How a batch ended for one request.
+// One per request, moved once: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Reply {
     /// Its locked phase committed (or, with an error, did not run or did not
     /// commit); the request continues as after `run`'s commit.
@@ -160,6 +162,7 @@ impl Slot {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // as `Reply`
 enum Woken {
     Reply(Reply),
     Lead,
@@ -250,16 +253,17 @@ impl Drop for Leading<'_> {
 }
 
 impl Batcher {
-    /// Queues `entry`; true if it must lead (no batch is running).
-    fn push(&self, entry: Entry) -> Result<bool, Entry> {
+    /// Queues `entry`: `Some(true)` if it must lead (no batch is running),
+    /// `None` if the queue is full (the request runs alone).
+    fn push(&self, entry: Entry) -> Option<bool> {
         let mut queue = locked(&self.queue);
         if queue.waiting.len() >= QUEUE_MAX {
-            return Err(entry);
+            return None;
         }
         queue.waiting.push_back(entry);
         let lead = !queue.leading;
         queue.leading = true;
-        Ok(lead)
+        Some(lead)
     }
 
     /// The next batch: up to `max` live queued requests, oldest first.
@@ -332,7 +336,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             render: held.render,
             slot: Arc::clone(&slot),
         };
-        let lead = self.batcher.push(entry).ok()?;
+        let lead = self.batcher.push(entry)?;
         let reply = if lead {
             self.lead(&slot).await
         } else {
