@@ -28,6 +28,8 @@ mutants=(
   "reversal_after_refund:a gateway cancel reverses the payback only after the card was refunded (hole 2)"
   "payback_unheld:a gateway confirm does not hold the payback's room under max_balance before the charge (hole 2)"
   "seat_hoarding:a token's live orders may hold more seats than max_seats_per_token (hole 7)"
+  "batch_stale_balance:a group commit serves a request the record as first loaded, not as the batch left it (issue 12)"
+  "batch_answers_before_commit:a group commit answers its requests before its commit's outcome is known (issue 12)"
 )
 
 # failing_tests LOG: "by" the tests that failed, if any did.

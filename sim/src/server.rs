@@ -56,6 +56,8 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
         gateway_give_up_after: timing::GATEWAY_GIVE_UP,
         order_ttl,
         payback_bps,
+        // As `tally serve` runs by default: group commit on.
+        batch_max: 64,
         ..Config::default()
     }
 }

@@ -38,7 +38,12 @@ const PAYBACK_BPS: u32 = 1_000;
 async fn bank(strategy: Strategy) -> (Arc<Bank>, MemGateway) {
     let store = fresh_store(strategy, &Pool::default()).await;
     // Racing use cases retry their conflicts: give the optimistic ones room.
-    let core = Config { attempts_max: 128, payback_bps: PAYBACK_BPS, ..Config::default() };
+    let core = Config {
+        attempts_max: 128,
+        payback_bps: PAYBACK_BPS,
+        batch_max: super::harness::batch_max(),
+        ..Config::default()
+    };
     let ids = Arc::new(SeqIds::new(u64::from(std::process::id())));
     let gateway = MemGateway::new();
     let app = Tally::new(store, NoLocks, ManualClock::new(START), ids, core).with_gateway(gateway.clone());

@@ -272,7 +272,11 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
     let clock = ManualClock::new(Timestamp(20_780 * 86_400_000));
     // The suite moves a payback with every payment: it runs on the merchant
     // policy it was written for.
-    let config = Config { payback_bps: tally_conformance::PAYBACK_BPS, ..Config::default() };
+    let config = Config {
+        payback_bps: tally_conformance::PAYBACK_BPS,
+        batch_max: super::harness::batch_max(),
+        ..Config::default()
+    };
     let app = Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), config);
     let stale_write = match strategy {
         Strategy::Atomic => StaleWrite::Rebases,

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod batch;
 mod catalog;
 mod gateway_phase;
 mod locking;
@@ -25,6 +26,7 @@ mod pipeline;
 mod queue;
 mod sweeper;
 
+pub use batch::BATCH_MAX_LIMIT;
 pub use catalog::{EventView, NewSeat, NewShowtime, QueueSettings, ShowtimeView};
 pub use queue::TokenView;
 
@@ -66,6 +68,10 @@ pub struct Config {
     /// The merchant's default payback, in basis points: of a payment for an
     /// amount, of an order's seats, and of a product created without a rate.
     pub payback_bps: u32,
+    /// Group commit: at most this many keyed requests share one transaction
+    /// (`batch`). 0 or 1: off, every request commits alone. At most
+    /// [`BATCH_MAX_LIMIT`].
+    pub batch_max: usize,
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             pause_after_gateway: Duration::ZERO,
             order_ttl: Duration::from_secs(300),
             payback_bps: 0,
+            batch_max: 1,
         }
     }
 }
@@ -260,6 +267,7 @@ pub struct Tally<S, L, C, G = NoGateway> {
     gateway: G,
     ids: Arc<dyn IdGen>,
     config: Config,
+    batcher: batch::Batcher,
 }
 
 impl<S, L, C, G> std::fmt::Debug for Tally<S, L, C, G> {
@@ -274,13 +282,14 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C, NoGateway> {
         assert!(config.attempts_max >= 1, "a use case runs at least once");
         assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
         assert!(config.payback_bps <= crate::payment::PAYBACK_BPS_MAX, "a payback rate is at most 100 %");
-        Tally { store, locks, clock, gateway: NoGateway, ids, config }
+        assert!(config.batch_max <= BATCH_MAX_LIMIT, "a batch holds at most {BATCH_MAX_LIMIT} requests");
+        Tally { store, locks, clock, gateway: NoGateway, ids, config, batcher: batch::Batcher::default() }
     }
 
     /// The same use cases, confirming gateway payments through `gateway`.
     pub fn with_gateway<G: Gateway>(self, gateway: G) -> Tally<S, L, C, G> {
-        let Tally { store, locks, clock, ids, config, .. } = self;
-        Tally { store, locks, clock, gateway, ids, config }
+        let Tally { store, locks, clock, ids, config, batcher, .. } = self;
+        Tally { store, locks, clock, gateway, ids, config, batcher }
     }
 }
 

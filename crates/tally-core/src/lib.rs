@@ -16,6 +16,7 @@
 //! - [`decide`]: pure decisions over loaded records (load → **decide** → persist).
 //! - [`store`]: the traits backends implement, and the global lock order.
 //! - [`app`]: the use cases, generic over those traits.
+//! - [`overlay`]: the transaction a group commit's requests share.
 //! - [`check`]: the invariant checker every test and tool shares.
 
 pub mod app;
@@ -30,6 +31,7 @@ pub mod ledger;
 pub mod money;
 pub mod mutant;
 pub mod order;
+pub mod overlay;
 pub mod payment;
 pub mod queue;
 pub mod store;

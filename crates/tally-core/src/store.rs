@@ -248,6 +248,9 @@ pub enum LockKey {
     Queue(EventId),
 }
 
+/// A group commit never locks more than this many keys at once.
+pub const BATCH_LOCK_SET_SIZE_MAX: usize = 1_024;
+
 /// A sorted, de-duplicated set of lock keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockSet(Vec<LockKey>);
@@ -263,6 +266,16 @@ impl LockSet {
         keys.sort();
         keys.dedup();
         assert!(keys.len() <= LOCK_SET_SIZE_MAX, "lock set of {} keys", keys.len());
+        LockSet(keys)
+    }
+
+    /// The union of a group commit's lock sets (see `app::batch`): larger
+    /// than one use case's, bounded by [`BATCH_LOCK_SET_SIZE_MAX`].
+    pub fn for_batch(keys: impl IntoIterator<Item = LockKey>) -> LockSet {
+        let mut keys: Vec<LockKey> = keys.into_iter().collect();
+        keys.sort();
+        keys.dedup();
+        assert!(keys.len() <= BATCH_LOCK_SET_SIZE_MAX, "batch lock set of {} keys", keys.len());
         LockSet(keys)
     }
 

@@ -44,6 +44,22 @@ pub fn render(success: StatusCode, result: &Result<Outcome, Error>) -> Option<St
     }
 }
 
+/// The renderer of an endpoint's success status, as the `'static` function
+/// a request queued for a group commit carries.
+fn render_for(success: StatusCode) -> &'static tally_core::app::Render {
+    fn created(result: &Result<Outcome, Error>) -> Option<StoredResponse> {
+        render(StatusCode::CREATED, result)
+    }
+    fn ok(result: &Result<Outcome, Error>) -> Option<StoredResponse> {
+        render(StatusCode::OK, result)
+    }
+    match success {
+        StatusCode::CREATED => &created,
+        StatusCode::OK => &ok,
+        other => unreachable!("no keyed endpoint answers {other}"),
+    }
+}
+
 fn render_success(success: StatusCode, outcome: &Outcome) -> StoredResponse {
     StoredResponse { status: success.as_u16(), content_type: JSON_CONTENT_TYPE.to_owned(), body: outcome_json(outcome) }
 }
@@ -73,11 +89,22 @@ pub async fn execute<B: Backend, T>(
     request: &KeyedJson<T>,
     success: StatusCode,
 ) -> Response {
-    let render_for_endpoint = move |result: &Result<Outcome, Error>| render(success, result);
-    let keyed = Keyed { key: request.key.clone(), fingerprint: request.fingerprint, render: &render_for_endpoint };
+    let keyed = Keyed { key: request.key.clone(), fingerprint: request.fingerprint, render: render_for(success) };
     #[cfg(tally_mutants)]
     let mut forget = mutant::ForgetOnDrop::<B>::arm(&state.app, user, &request.key);
-    let executed = state.app.execute(user, command, Some(keyed)).await;
+    // The request runs in a task of its own: if this handler is dropped (the
+    // request timeout answers 503, the client goes away), the request still
+    // finishes and stores its answer under its key, so the retry replays it.
+    // A leader of a group commit (`tally_core::app::batch`) is never cut off
+    // halfway through the batch it runs for others.
+    let app = std::sync::Arc::clone(&state.app);
+    let executed = match tokio::spawn(async move { app.execute(user, command, Some(keyed)).await }).await {
+        Ok(executed) => executed,
+        // A panic stays a panic (the panic layer answers it).
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(Error::Busy("shutting down")),
+    };
     #[cfg(tally_mutants)]
     forget.disarm();
     match executed {

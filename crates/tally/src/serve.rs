@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// `refunding` before the completer looks it up (or re-sends the refund).
     #[arg(long, env = "TALLY_COMPLETER_AFTER_SECONDS", default_value_t = 60)]
     pub completer_after_seconds: u64,
+    /// Group commit: keyed requests that are ready together share one
+    /// transaction, up to this many (1: off, every request commits alone).
+    #[arg(
+        long,
+        env = "TALLY_BATCH_MAX",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_MAX_LIMIT as u64)
+    )]
+    pub batch_max: u64,
 }
 
 /// `tally gateway-sim`: the fake payment gateway, for trying gateway payments
@@ -196,6 +205,7 @@ fn core_config(args: &ServeArgs) -> Config {
         pause_after_gateway: Duration::from_millis(pause),
         order_ttl: Duration::from_secs(args.order_ttl_seconds),
         payback_bps: args.payback_bps,
+        batch_max: usize::try_from(args.batch_max).expect("at most BATCH_MAX_LIMIT"),
         ..defaults
     }
 }

@@ -46,7 +46,7 @@ pub struct QueueSettings {
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     pub(super) async fn create_product(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         name: &str,
         price: Amount,
         stock: u64,
@@ -65,7 +65,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn restock(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         product: ProductId,
         quantity: u64,
         booking: &Booking,
@@ -78,7 +78,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn create_event(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         name: &str,
         settings: QueueSettings,
         showtimes: &[NewShowtime],

@@ -107,7 +107,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn record_verdict_in(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         payment: PaymentId,
         user: UserId,
         verdict: &Verdict,

@@ -22,7 +22,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// seats back. Returns the order as written (or as loaded, unmoved).
     pub(super) async fn follow_order(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         before: &Payment,
         after: &Payment,
         now: Timestamp,
@@ -49,7 +49,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     /// An order's seats, in its order (each must exist: the order holds it).
-    async fn seats_of(&self, tx: &mut S::Tx, order: &Order) -> Result<Vec<Seat>, Error> {
+    async fn seats_of(&self, tx: &mut impl Tx, order: &Order) -> Result<Vec<Seat>, Error> {
         let mut seats = Vec::with_capacity(order.seats.len());
         for seat in &order.seats {
             seats.push(tx.seat(seat.seat).await?.ok_or(StoreError::Integrity(format!("seat {} gone", seat.seat)))?);
@@ -60,7 +60,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Gives an order's stock, seats and token count back
     /// ([`decide::order::release`]), loading in the global order: products,
     /// seats, then the event row that guards its tokens.
-    pub(super) async fn release(&self, tx: &mut S::Tx, order: &Order, now: Timestamp) -> Result<(), Error> {
+    pub(super) async fn release(&self, tx: &mut impl Tx, order: &Order, now: Timestamp) -> Result<(), Error> {
         let mut products: Vec<Product> = Vec::with_capacity(order.lines.len());
         for line in &order.lines {
             let gone = || StoreError::Integrity(format!("product {} gone", line.product));
@@ -81,7 +81,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// A new payment of `order`'s total (not yet stored).
     pub(super) async fn order_payment(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         order: OrderId,
         method: Method,
@@ -101,7 +101,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn create_order(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         request: decide::order::Request,
         booking: &Booking,
@@ -151,7 +151,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn cancel_order(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         order: OrderId,
         booking: &Booking,

@@ -23,7 +23,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// stores it `done`: one insert, and a refused confirm creates nothing.
     pub(super) async fn created_payment(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         payment: Payment,
         confirm: bool,
         booking: &Booking,
@@ -41,7 +41,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// `stored`: the payment as the store holds it (none for a new one).
     pub(super) async fn confirm_wallet_payment(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         stored: Option<&Payment>,
         payment: &Payment,
         booking: &Booking,
@@ -60,7 +60,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// paid). A gateway payment's refund goes through the gateway.
     pub(super) async fn cancel_payment(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         loaded: Payment,
         booking: &Booking,
@@ -109,7 +109,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// after sending it) is looked up instead; one owing a refund sends it.
     pub(super) async fn begin_gateway_confirm(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         loaded: Payment,
         payment_key: Option<&str>,
         booking: &Booking,
@@ -148,7 +148,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// it (none for one created in this transaction).
     pub(super) async fn persist(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         stored: Option<&Payment>,
         wallet: &Wallet,
         decision: &Decision,

@@ -13,7 +13,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// (see [`crate::idempotency`]): the key's record is written only with
     /// the effect it answers for. Only a gateway payment's key is committed
     /// in flight, with its intent, before the gateway is called.
-    pub async fn execute(&self, user: UserId, command: Command, keyed: Option<Keyed<'_>>) -> Result<Executed, Error> {
+    pub async fn execute(
+        &self,
+        user: UserId,
+        command: Command,
+        keyed: Option<Keyed<'static>>,
+    ) -> Result<Executed, Error> {
         let Some(keyed) = keyed else {
             return self.run(user, &command, None).await;
         };
@@ -28,7 +33,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         let lease = LeaseToken(self.ids.next_id());
         let held = Held { scope, lease, fingerprint: keyed.fingerprint, render: keyed.render };
-        match self.run(user, &command, Some(&held)).await {
+        // Group commit (`batch`) when it is on and the command batches;
+        // otherwise, or when the batch sends it back, alone.
+        let result = match self.execute_batched(user, &command, &held).await {
+            Some(batch::Batched::Closed(result)) => return result,
+            Some(batch::Batched::Ran(result)) => result,
+            None => self.run(user, &command, Some(&held)).await,
+        };
+        match result {
             Ok(executed) => Ok(executed),
             // The key answers for another request: nothing ran, nothing to close.
             Err(error @ (Error::IdempotencyKeyInUse | Error::IdempotencyKeyReused)) => Err(error),
@@ -54,7 +66,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// in flight, answered at once.
     pub(super) async fn admit_in(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         held: &Held<'_>,
     ) -> Result<(Option<IdemRecord>, Admission), Error> {
         let existing = match tx.idempotency_no_wait(&held.scope).await {
@@ -64,6 +76,22 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         };
         let admission = self.admission(held, existing.as_ref());
         Ok((existing, admission))
+    }
+
+    /// Stores a refusal in `tx` as the answer of a key this request never
+    /// wrote: admitted afresh and completed at once. `Ok(false)`: the key was
+    /// answered or taken meanwhile (by another instance), not ours to answer.
+    pub(super) async fn store_refusal(
+        &self,
+        tx: &mut impl Tx,
+        held: &Held<'_>,
+        existing: Option<&IdemRecord>,
+        response: StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let Admission::Start(fresh) = self.admission(held, existing) else { return Ok(false) };
+        let completed = fresh.complete(held.lease, response, None).expect("a fresh admission is held");
+        tx.put_idempotency(existing, &completed).await?;
+        Ok(true)
     }
 
     /// What the key, holding `existing`, says about this request now.
@@ -104,12 +132,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             (Some(record), None) => tx.delete_idempotency(record).await,
             // Never written, nothing to free.
             (None, None) => return true,
-            (None, Some(response)) => {
-                // Answered or taken meanwhile (by another instance): not ours to answer.
-                let Admission::Start(fresh) = self.admission(held, existing.as_ref()) else { return false };
-                let completed = fresh.complete(held.lease, response, None).expect("a fresh admission is held");
-                tx.put_idempotency(existing.as_ref(), &completed).await
-            }
+            (None, Some(response)) => match self.store_refusal(&mut tx, held, existing.as_ref(), response).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return false,
+                Err(error) => Err(error),
+            },
         };
         match written {
             Ok(()) => tx.commit().await.is_ok() || !refusal,
@@ -173,6 +200,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 Err(error) => self.retry_or_fail(attempt, Error::Store(error))?,
             }
         };
+        self.finish(step, held).await
+    }
+
+    /// After the locked phase committed (alone or in a batch): the answer,
+    /// or the gateway call and its verdict.
+    pub(super) async fn finish(&self, step: Step, held: Option<&Held<'_>>) -> Result<Executed, Error> {
         match step {
             Step::Done(outcome) => Ok(Executed::Fresh(outcome)),
             Step::Call(payment, call, answer) => {
@@ -186,7 +219,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn run_in(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         command: &Command,
         held: Option<&Held<'_>>,
@@ -220,7 +253,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// The request's in-flight idempotency record, if it is still ours.
     pub(super) async fn held_record(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         held: Option<&Held<'_>>,
     ) -> Result<Option<IdemRecord>, Error> {
         let Some(held) = held else { return Ok(None) };
@@ -236,7 +269,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// expired record or nothing when it was admitted in this transaction).
     pub(super) async fn complete(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         held: &Held<'_>,
         stored: Option<&IdemRecord>,
         record: &IdemRecord,
@@ -257,7 +290,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn apply(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         command: &Command,
         booking: &Booking,

@@ -23,7 +23,7 @@ const ACTIVE_LOAD_MAX: usize = catalog::ACTIVE_LIMIT_MAX as usize;
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     pub(super) async fn join_queue(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         event: EventId,
         booking: &Booking,
@@ -51,7 +51,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     pub(super) async fn queue_status(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         user: UserId,
         token: TokenId,
         booking: &Booking,
@@ -73,7 +73,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Returns the tokens as written and the event.
     pub(super) async fn refresh_queue(
         &self,
-        tx: &mut S::Tx,
+        tx: &mut impl Tx,
         event: &Event,
         joining: Option<(TokenId, UserId)>,
         used: Option<TokenId>,
@@ -126,7 +126,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// The order was paid: its queue token is used up and its slot goes to
     /// the next in line. A token that already expired (or was used by
     /// another order) has no slot to give.
-    pub(super) async fn use_token(&self, tx: &mut S::Tx, order: &Order, now: Timestamp) -> Result<(), Error> {
+    pub(super) async fn use_token(&self, tx: &mut impl Tx, order: &Order, now: Timestamp) -> Result<(), Error> {
         let (Some(token), Some(event)) = (order.token, order.event) else { return Ok(()) };
         let loaded = tx.event(event).await?.ok_or(StoreError::Integrity(format!("event {event} gone")))?;
         let usable = tx.token(token).await?.is_some_and(|t| t.usable(now));

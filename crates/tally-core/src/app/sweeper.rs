@@ -43,7 +43,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         Ok(expired)
     }
 
-    async fn expire_in(&self, tx: &mut S::Tx, id: OrderId, now: Timestamp, locked: &LockSet) -> Result<bool, Error> {
+    async fn expire_in(&self, tx: &mut impl Tx, id: OrderId, now: Timestamp, locked: &LockSet) -> Result<bool, Error> {
         let Some(order) = tx.order_skip_locked(id).await? else { return Ok(false) };
         ensure_locked(locked, order_keys(&order))?;
         // Re-checked under the lock: the listing was an unlocked read, and a

@@ -38,8 +38,10 @@ impl fmt::Debug for MemTx {
 }
 
 /// Largest number of writes one transaction may buffer: far above what any
-/// use case writes, low enough to catch a runaway loop.
-const TX_WRITES_MAX: usize = 1_024;
+/// use case writes, or a group commit of `BATCH_MAX_LIMIT` requests (each
+/// record once, about a dozen at most per request), low enough to catch a
+/// runaway loop.
+const TX_WRITES_MAX: usize = 4_096;
 
 /// A versioned record that a transaction reads by key and writes as
 /// `before → after`, the same way for every kind.

@@ -25,9 +25,12 @@ use tally_mem::{Concurrency, MemGateway, MemLocks, MemStore};
 /// payment also moves a payback (the conformance suite requires it).
 pub const PAYBACK_BPS: u32 = tally_conformance::PAYBACK_BPS;
 
-/// The use cases' configuration in the tests.
+/// The use cases' configuration in the tests. `TALLY_TEST_BATCH_MAX=N`
+/// runs every keyed request through the group commit (`.ci/run` makes a
+/// second pass with it), so the same proofs hold batched.
 pub fn config() -> Config {
-    Config { payback_bps: PAYBACK_BPS, ..Config::default() }
+    let batch_max = std::env::var("TALLY_TEST_BATCH_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    Config { payback_bps: PAYBACK_BPS, batch_max, ..Config::default() }
 }
 
 /// 2026-11-23T00:00:00Z: tests start on a known day.

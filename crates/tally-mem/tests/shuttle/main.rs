@@ -14,13 +14,14 @@
 //! `SHUTTLE_RANDOM_SEED`).
 //!
 //! This file holds the harness (`explore`, `race`) and the list of tests;
-//! the scenarios live by domain in [`payments`], [`gateway`] (the external
+//! the scenarios live by domain in [`payments`], [`batch`] (group commit), [`gateway`] (the external
 //! card gateway) and [`inventory`] (stock, seats, queues and expiry). Every
 //! test is declared here, at the crate root, so its name is the one CI and
 //! `.ci/mutants.sh` know.
 
 #![cfg(shuttle)]
 
+mod batch;
 #[path = "../common/mod.rs"]
 mod common;
 mod gateway;
@@ -31,6 +32,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
+use batch::{batched_locked, batched_locked_pairs, batched_optimistic};
 use common::*;
 use shuttle::future::block_on;
 use shuttle::thread;
@@ -178,3 +180,11 @@ scenario!(
     inventory::token_orders_hold_at_most_the_seat_limit,
     optimistic
 );
+scenario!(batch_duplicate_confirms_charge_once, batch::duplicate_confirms_batched, batched_locked);
+scenario!(batch_same_key_confirms_have_one_effect, batch::same_key_confirms_batched, batched_locked);
+scenario!(batch_overdraft_pays_exactly_one, batch::overdraft_batched, batched_locked);
+scenario!(batch_optimistic_overdraft_pays_exactly_one, batch::overdraft_batched, batched_optimistic);
+scenario!(batch_two_batches_on_one_wallet_are_exact, batch::two_batches_one_wallet, batched_locked_pairs);
+scenario!(batch_racing_the_sweeper_ends_one_way, batch::batch_vs_sweeper, batched_locked);
+scenario!(batch_optimistic_racing_the_sweeper_ends_one_way, batch::batch_vs_sweeper, batched_optimistic);
+scenario!(batch_acknowledged_means_committed, batch::acknowledged_means_committed, batched_locked);

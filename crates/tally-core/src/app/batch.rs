@@ -1,0 +1,369 @@
+//! Group commit: many keyed requests per transaction (issue 12, items 4–5).
+//!
+//! This module owns the *queue*: who runs a batch, who waits, and how each
+//! waiting request gets its answer. [`run`] owns running one batch.
+//!
+//! **Natural batching, leader and followers.** A keyed request whose command
+//! batches pushes itself onto a bounded queue. If no batch is running it
+//! becomes the *leader*: it takes up to `Config::batch_max` queued requests
+//! (whatever arrived while the previous batch ran; no timer ever waits for
+//! more), runs them as one batch, answers each, and hands the lead to the
+//! oldest request still queued. Every other request is a *follower*: it waits
+//! for its answer, or to be made leader. A leader runs one batch and is done,
+//! so no request's latency grows with the load behind it (the leader of
+//! "until the queue is empty" would serve others forever under steady load).
+//!
+//! **Runtime-agnostic.** The core has no async runtime: the queue is a
+//! `std::sync::Mutex` never held across an `.await`, and a follower waits on
+//! a [`Slot`] with a waker, so tokio, the turmoil simulation and shuttle all
+//! drive it.
+//!
+//! **Cancellation.** A follower whose future is dropped before its batch
+//! began is skipped (nothing of it ran); after, its request still runs and
+//! its answer is stored under its key, and only the reply is lost. A leader
+//! whose future is dropped mid-batch (which `tally-http` prevents by running
+//! requests in their own task) answers every other request of its batch 503
+//! (`StoreError::Ambiguous`: the commit may or may not have happened; each
+//! key was written in that very commit, so a retry replays or runs once)
+//! and hands the lead on, so the queue never stalls.
+
+mod run;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use super::*;
+
+/// The hard upper bound of `Config::batch_max`.
+pub const BATCH_MAX_LIMIT: usize = 256;
+
+/// Requests queued at most; beyond it a request runs alone (back-pressure
+/// by the locks, as without batching) rather than wait behind a full queue.
+const QUEUE_MAX: usize = 4 * BATCH_MAX_LIMIT;
+
+/// How a batch ended for one request.
+// One per request, moved once: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Reply {
+    /// Its locked phase committed (or, with an error, did not run or did not
+    /// commit); the request continues as after `run`'s commit.
+    Ran(Result<Step, Error>),
+    /// A business refusal, stored under its key in the batch's commit.
+    Refused(Error),
+    /// It cannot run in a batch (a conflict, a query the overlay does not
+    /// merge, a batch that failed as a whole): it runs alone.
+    Alone,
+}
+
+/// What `execute` does with a batched request.
+pub(super) enum Batched {
+    /// Answered and its key closed: return this as it is.
+    Closed(Result<Executed, Error>),
+    /// Continue like `run`'s result (errors close the key as usual).
+    Ran(Result<Executed, Error>),
+}
+
+/// One queued request, owning what the leader needs to run it.
+struct Entry {
+    user: UserId,
+    command: Command,
+    scope: IdemScope,
+    lease: LeaseToken,
+    fingerprint: Fingerprint,
+    render: &'static Render,
+    slot: Arc<Slot>,
+}
+
+impl Entry {
+    fn held(&self) -> Held<'static> {
+        Held { scope: self.scope.clone(), lease: self.lease, fingerprint: self.fingerprint, render: self.render }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Entry>,
+    /// A leader is running a batch (or has been chosen and will). Without
+    /// one, `waiting` is empty.
+    leading: bool,
+}
+
+/// The group-commit queue of one `Tally`.
+#[derive(Default)]
+pub(super) struct Batcher {
+    queue: Mutex<Queue>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these mutexes (no user code runs under
+    // them), and every critical section leaves its state consistent.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a follower receives its reply, or the lead.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    reply: Option<Reply>,
+    lead: bool,
+    /// The request's future is gone: its reply has nobody to go to, and a
+    /// queued entry is skipped.
+    abandoned: bool,
+    waker: Option<Waker>,
+}
+
+// Wakers are woken after every mutex is released: waking may run the woken
+// task's executor code (a model checker may switch to it), which must not
+// find the queue or the slot locked.
+impl Slot {
+    fn send(&self, reply: Reply) {
+        let waker = {
+            let mut state = locked(&self.state);
+            if state.abandoned {
+                return;
+            }
+            state.reply = Some(reply);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Makes the slot's owner the leader: `Err` if it is gone, else the
+    /// waker to wake once the queue is unlocked.
+    fn promote(&self) -> Result<Option<Waker>, ()> {
+        let mut state = locked(&self.state);
+        if state.abandoned {
+            return Err(());
+        }
+        state.lead = true;
+        Ok(state.waker.take())
+    }
+
+    fn abandoned(&self) -> bool {
+        locked(&self.state).abandoned
+    }
+
+    fn take(&self) -> Option<Reply> {
+        locked(&self.state).reply.take()
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // as `Reply`
+enum Woken {
+    Reply(Reply),
+    Lead,
+}
+
+/// A follower's wait. Dropping it abandons the slot, and passes on a lead
+/// it was given but never took up.
+struct Wait<'a> {
+    slot: Arc<Slot>,
+    batcher: &'a Batcher,
+    woken: bool,
+}
+
+impl Future for Wait<'_> {
+    type Output = Woken;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
+        let this = self.get_mut();
+        let mut state = locked(&this.slot.state);
+        if let Some(reply) = state.reply.take() {
+            this.woken = true;
+            return Poll::Ready(Woken::Reply(reply));
+        }
+        if state.lead {
+            state.lead = false;
+            this.woken = true;
+            return Poll::Ready(Woken::Lead);
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.woken {
+            return;
+        }
+        let lead = {
+            let mut state = locked(&self.slot.state);
+            state.abandoned = true;
+            std::mem::take(&mut state.lead)
+        };
+        if lead {
+            self.batcher.hand_off();
+        }
+    }
+}
+
+/// Yields once to the runtime: a new leader lets the requests that are
+/// ready right now join the queue before it takes its batch (natural
+/// batching without a timer; under shuttle, a scheduling point).
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Passes the lead on when the leader is done — and if the leader's future
+/// is dropped first, abandons its own request and answers the rest of its
+/// batch 503 (the commit may or may not have happened).
+struct Leading<'a> {
+    batcher: &'a Batcher,
+    me: Arc<Slot>,
+    batch: Vec<Arc<Slot>>,
+    done: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            locked(&self.me.state).abandoned = true;
+            for slot in &self.batch {
+                slot.send(Reply::Ran(Err(Error::Store(StoreError::Ambiguous))));
+            }
+        }
+        self.batcher.hand_off();
+    }
+}
+
+impl Batcher {
+    /// Queues `entry`: `Some(true)` if it must lead (no batch is running),
+    /// `None` if the queue is full (the request runs alone).
+    fn push(&self, entry: Entry) -> Option<bool> {
+        let mut queue = locked(&self.queue);
+        if queue.waiting.len() >= QUEUE_MAX {
+            return None;
+        }
+        queue.waiting.push_back(entry);
+        let lead = !queue.leading;
+        queue.leading = true;
+        Some(lead)
+    }
+
+    /// The next batch: up to `max` live queued requests, oldest first.
+    fn take(&self, max: usize) -> Vec<Entry> {
+        let mut queue = locked(&self.queue);
+        queue.waiting.retain(|entry| !entry.slot.abandoned());
+        let n = queue.waiting.len().min(max);
+        queue.waiting.drain(..n).collect()
+    }
+
+    /// The batch is over: the oldest live queued request leads the next
+    /// one, or nobody leads.
+    fn hand_off(&self) {
+        let waker = {
+            let mut queue = locked(&self.queue);
+            loop {
+                let Some(entry) = queue.waiting.front() else {
+                    queue.leading = false;
+                    break None;
+                };
+                match entry.slot.promote() {
+                    Ok(waker) => break waker,
+                    Err(()) => drop(queue.waiting.pop_front()),
+                }
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Whether `command` may run in a batch. The others always need a query
+/// the overlay does not merge (queue tokens, seats of a showtime, a gateway
+/// payment key) or insert what it does not buffer (showtimes).
+fn batchable(command: &Command) -> bool {
+    match command {
+        Command::TopUp { .. }
+        | Command::CreatePayment { .. }
+        | Command::CancelPayment { .. }
+        | Command::CreateOrderPayment { .. }
+        | Command::CreateProduct { .. }
+        | Command::Restock { .. }
+        | Command::CancelOrder { .. } => true,
+        Command::ConfirmPayment { payment_key, .. } => payment_key.is_none(),
+        Command::CreateOrder { seats, token, .. } => seats.is_empty() && token.is_none(),
+        Command::CreateEvent { .. } | Command::JoinQueue { .. } | Command::QueueStatus { .. } => false,
+    }
+}
+
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    /// Runs a keyed request in a group commit, if batching is on and the
+    /// command batches; `None`: run it alone.
+    pub(super) async fn execute_batched(
+        &self,
+        user: UserId,
+        command: &Command,
+        held: &Held<'static>,
+    ) -> Option<Batched> {
+        if self.config.batch_max <= 1 || !batchable(command) {
+            return None;
+        }
+        let slot = Arc::new(Slot::default());
+        let entry = Entry {
+            user,
+            command: command.clone(),
+            scope: held.scope.clone(),
+            lease: held.lease,
+            fingerprint: held.fingerprint,
+            render: held.render,
+            slot: Arc::clone(&slot),
+        };
+        let lead = self.batcher.push(entry)?;
+        let reply = if lead {
+            self.lead(&slot).await
+        } else {
+            match (Wait { slot: Arc::clone(&slot), batcher: &self.batcher, woken: false }).await {
+                Woken::Reply(reply) => reply,
+                Woken::Lead => self.lead(&slot).await,
+            }
+        };
+        match reply {
+            Reply::Alone => None,
+            Reply::Refused(error) => Some(Batched::Closed(Err(error))),
+            Reply::Ran(Ok(step)) => Some(Batched::Ran(self.finish(step, Some(held)).await)),
+            Reply::Ran(Err(error)) => Some(Batched::Ran(Err(error))),
+        }
+    }
+
+    /// Leads one batch, which includes `me`; returns `me`'s reply.
+    async fn lead(&self, me: &Arc<Slot>) -> Reply {
+        let mut leading = Leading { batcher: &self.batcher, me: Arc::clone(me), batch: Vec::new(), done: false };
+        YieldOnce(false).await;
+        let batch = self.batcher.take(self.config.batch_max);
+        debug_assert!(batch.iter().any(|entry| Arc::ptr_eq(&entry.slot, me)), "a leader runs its own request");
+        leading.batch = batch.iter().filter(|e| !Arc::ptr_eq(&e.slot, me)).map(|e| Arc::clone(&e.slot)).collect();
+        self.run_batch(&batch).await;
+        leading.done = true;
+        drop(leading);
+        // `run_batch` answered every request of the batch, this one too.
+        me.take().unwrap_or(Reply::Ran(Err(Error::Store(StoreError::Ambiguous))))
+    }
+}

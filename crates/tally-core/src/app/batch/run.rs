@@ -1,0 +1,172 @@
+//! Running one batch: one lock set, one transaction, the same use-case
+//! code for every request, one commit, then every answer.
+//!
+//! ```text
+//! lock keys of every request (peeks) ∪ their idempotency keys → one LockSet
+//! lock (global order) → begin → Overlay → preload every locked record, in order
+//! for each request, in arrival order:
+//!     mark; run_in (admission + effect + stored answer, as alone)
+//!     refusal  → rollback_to(mark); store the refusal under its key (no extra commit)
+//!     conflict → rollback_to(mark); the request runs alone afterwards
+//! flush (each record once) → commit once → answer each
+//! ```
+//!
+//! A conflict at commit runs the whole batch again (bounded, like `run`);
+//! an unknown commit outcome answers every request of the batch 503 — each
+//! key was written in that commit, so a retry replays or runs exactly once.
+
+use super::*;
+use crate::overlay::Overlay;
+use crate::store::BATCH_LOCK_SET_SIZE_MAX;
+
+impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    /// Runs `batch` and answers every request of it (through its slot).
+    pub(super) async fn run_batch(&self, batch: &[Entry]) {
+        for _ in 0..self.config.attempts_max {
+            if self.try_batch(batch).await {
+                return;
+            }
+        }
+        // Conflicts every time: each request runs alone, with its own retries.
+        for entry in batch {
+            entry.slot.send(Reply::Alone);
+        }
+    }
+
+    /// One attempt; false if the commit conflicted and nothing was answered.
+    async fn try_batch(&self, batch: &[Entry]) -> bool {
+        let mut replies: Vec<Option<Reply>> = batch.iter().map(|_| None).collect();
+        // Recomputed on every attempt, as `run` does: records move.
+        let mut keys = Vec::new();
+        for (entry, reply) in batch.iter().zip(replies.iter_mut()) {
+            match self.lock_keys(entry.user, &entry.command).await {
+                Ok(mut own) => {
+                    own.push(LockKey::Idempotency(entry.scope.clone()));
+                    if keys.len() + own.len() > BATCH_LOCK_SET_SIZE_MAX {
+                        *reply = Some(Reply::Alone);
+                    } else {
+                        keys.extend(own);
+                    }
+                }
+                Err(error) => *reply = Some(Reply::Ran(Err(error))),
+            }
+        }
+        let keys = LockSet::for_batch(keys);
+        let Ok(guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
+            // One slow record must not fail the others: each waits alone.
+            deliver(batch, fill(replies, || Reply::Alone));
+            return true;
+        };
+        let tx = match self.store.begin().await {
+            Ok(tx) => tx,
+            Err(error) => {
+                deliver(batch, fill(replies, || Reply::Ran(Err(error.clone().into()))));
+                return true;
+            }
+        };
+        let mut tx = Overlay::new(tx);
+        for key in keys.keys() {
+            if tx.preload(key).await.is_err() {
+                break;
+            }
+        }
+        // The requests whose answer depends on the commit.
+        let mut ran = Vec::new();
+        for (i, entry) in batch.iter().enumerate() {
+            if tx.poisoned().is_some() {
+                break;
+            }
+            if replies[i].is_some() {
+                continue;
+            }
+            let held = entry.held();
+            let mark = tx.mark();
+            let reply = match self.run_in(&mut tx, entry.user, &entry.command, Some(&held), &keys).await {
+                Ok(step) => Reply::Ran(Ok(step)),
+                Err(Error::Store(StoreError::Conflict)) => {
+                    tx.rollback_to(mark);
+                    Reply::Alone
+                }
+                Err(error) => {
+                    tx.rollback_to(mark);
+                    self.refuse_in(&mut tx, &held, error).await
+                }
+            };
+            if !matches!(reply, Reply::Alone) {
+                ran.push(i);
+            }
+            replies[i] = Some(reply);
+        }
+        if tx.poisoned().is_some() {
+            // The inner transaction failed a statement (a key locked by
+            // another transaction, a lost connection): nothing of the batch
+            // is written, and each request runs alone and meets it there.
+            tx.rollback().await;
+            drop(guard);
+            for i in ran {
+                replies[i] = None;
+            }
+            deliver(batch, fill(replies, || Reply::Alone));
+            return true;
+        }
+        // Mutant: every request is answered before the commit's outcome is known.
+        let early = crate::mutant::active("batch_answers_before_commit");
+        if early {
+            deliver(batch, fill(std::mem::take(&mut replies), || Reply::Alone));
+        }
+        let committed = if tx.changed() > 0 || tx.has_transfers() {
+            tx.commit().await
+        } else {
+            // Replays and refusals of bad input only: nothing to commit.
+            tx.rollback().await;
+            Ok(())
+        };
+        drop(guard);
+        if early {
+            return true;
+        }
+        match committed {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return false,
+            Err(error) => {
+                for i in ran {
+                    replies[i] = Some(Reply::Ran(Err(Error::Store(error.clone()))));
+                }
+            }
+        }
+        deliver(batch, fill(replies, || Reply::Alone));
+        true
+    }
+
+    /// A request failed inside the batch, its writes undone: a business
+    /// refusal is stored under its key in the batch's transaction, as
+    /// `close_key` stores it in one of its own.
+    async fn refuse_in(&self, tx: &mut Overlay<S::Tx>, held: &Held<'_>, error: Error) -> Reply {
+        if !error.is_refusal() {
+            return Reply::Ran(Err(error));
+        }
+        let Some(response) = (held.render)(&Err(error.clone())) else { return Reply::Ran(Err(error)) };
+        let mark = tx.mark();
+        let Ok(existing) = tx.idempotency(&held.scope).await else { return Reply::Alone };
+        match self.store_refusal(tx, held, existing.as_ref(), response).await {
+            Ok(true) => Reply::Refused(error),
+            // Answered or taken meanwhile: the alone path tells which.
+            Ok(false) => Reply::Alone,
+            Err(_) => {
+                tx.rollback_to(mark);
+                Reply::Alone
+            }
+        }
+    }
+}
+
+fn fill(replies: Vec<Option<Reply>>, default: impl Fn() -> Reply) -> Vec<Reply> {
+    replies.into_iter().map(|reply| reply.unwrap_or_else(&default)).collect()
+}
+
+fn deliver(batch: &[Entry], replies: Vec<Reply>) {
+    debug_assert_eq!(batch.len(), replies.len(), "one reply per request");
+    for (entry, reply) in batch.iter().zip(replies) {
+        entry.slot.send(reply);
+    }
+}

@@ -1,0 +1,492 @@
+//! [`Overlay`]: one transaction shared by the requests of a group commit.
+//!
+//! The batcher (`app::batch`) runs many requests, one after another, on one
+//! store transaction and commits once. The overlay sits between the use
+//! cases and that transaction and owns what makes this equal to running them
+//! one by one:
+//!
+//! - **Reads see the batch's own writes.** The first read of a record loads
+//!   it from the inner transaction (under the batch's locks); every later
+//!   read, by this request or the next, is the record as the batch left it.
+//!   So a payment decided after a top-up in the same batch sees the top-up.
+//! - **Writes are checked like a store checks them.** `put_*(before, after)`
+//!   refuses (`StoreError::Conflict`) a `before` that is not the overlay's
+//!   current value, as an optimistic store's version check would.
+//! - **Checkpoints.** [`Overlay::mark`] / [`Overlay::rollback_to`] undo one
+//!   request's writes (a refusal, a conflict) without touching the others'.
+//! - **Coalesced writes.** [`Overlay::flush`] writes each changed record
+//!   **once**, as `put_x(as first loaded, as finally decided)`, and every
+//!   buffered transfer in one `append_transfers` call: a hot wallet touched by
+//!   N requests is one row update per batch. The atomic strategy derives its
+//!   delta and guards from `before`/`after` and the wallet's ledger lines, so
+//!   the coalesced write is guarded as tightly as the N single ones.
+//!
+//! Set queries (`stuck_payments`, `wallet_ledger`, `showtimes`, `seats`,
+//! `expired_orders`, `tokens`, `user_token`, `payment_by_key`,
+//! `order_skip_locked`, `reap_idempotency`) and the inserts of users and
+//! showtimes are **not batchable**: merging them with buffered writes would
+//! be a second copy of each query. They answer `StoreError::Conflict` without
+//! touching the inner transaction; the batcher rolls that request back to its
+//! mark and runs it alone, on the unbatched path. (The batcher sends the
+//! commands that always need them — queue tokens, seats, events, gateway
+//! confirms — to that path directly.)
+//!
+//! Any error of the inner transaction poisons the overlay (PostgreSQL aborts
+//! a transaction on any failed statement, and `NOWAIT` fails one): the
+//! batcher checks [`Overlay::poisoned`] after every request and gives up the
+//! whole batch.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::{Event, Product, Seat, Showtime};
+use crate::idempotency::{IdemRecord, IdemScope};
+use crate::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, UserId};
+use crate::ledger::Transfer;
+use crate::order::Order;
+use crate::payment::Payment;
+use crate::queue::{QueueToken, TokenStatus};
+use crate::store::{LockKey, StoreError, Tx, User};
+use crate::time::Timestamp;
+use crate::wallet::Wallet;
+
+/// A point to roll back to: everything written after it is undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    seq: u64,
+    transfers: usize,
+}
+
+/// One record as the batch sees it.
+#[derive(Clone, Debug)]
+struct Entry<V> {
+    /// As loaded from the inner transaction (`None`: absent there).
+    original: Option<V>,
+    /// As the batch left it (`None`: absent, or deleted).
+    current: Option<V>,
+}
+
+/// The records of one family, with the undo log of their writes.
+#[derive(Debug)]
+struct Cache<K, V> {
+    entries: BTreeMap<K, Entry<V>>,
+    /// (write sequence number, key, the entry's `current` before the write).
+    undo: Vec<(u64, K, Option<V>)>,
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Cache<K, V> {
+    fn new() -> Self {
+        Cache { entries: BTreeMap::new(), undo: Vec::new() }
+    }
+
+    fn loaded(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    fn fill(&mut self, key: K, value: Option<V>) {
+        debug_assert!(!self.entries.contains_key(&key), "a record is loaded from the inner transaction once");
+        self.entries.insert(key, Entry { original: value.clone(), current: value });
+    }
+
+    /// What a request reads. The `batch_stale_balance` mutant serves the
+    /// record as first loaded, ignoring the batch's earlier writes.
+    fn read(&self, key: &K) -> Option<V> {
+        let entry = self.entries.get(key)?;
+        if crate::mutant::active("batch_stale_balance") { entry.original.clone() } else { entry.current.clone() }
+    }
+
+    /// Writes `after` (or deletes, with `None`) where the caller read
+    /// `before`. A record never read through the overlay, or read in
+    /// another state, is a conflict, as a store's version check makes it.
+    fn write(&mut self, seq: u64, key: K, before: Option<&V>, after: Option<V>) -> Result<(), StoreError> {
+        let seen = match self.entries.get(&key) {
+            Some(_) => self.read(&key),
+            // Only a fresh record (an insert) may be written unread: its id
+            // is new, so the inner transaction cannot hold it.
+            None if before.is_none() => {
+                self.fill(key.clone(), None);
+                None
+            }
+            None => return Err(StoreError::Conflict),
+        };
+        if seen.as_ref() != before {
+            return Err(StoreError::Conflict);
+        }
+        let entry = self.entries.get_mut(&key).expect("filled above");
+        let previous = std::mem::replace(&mut entry.current, after);
+        self.undo.push((seq, key, previous));
+        Ok(())
+    }
+
+    fn rollback_to(&mut self, seq: u64) {
+        while self.undo.last().is_some_and(|(s, _, _)| *s >= seq) {
+            let (_, key, previous) = self.undo.pop().expect("checked above");
+            self.entries.get_mut(&key).expect("an undone write was made on a loaded record").current = previous;
+        }
+    }
+
+    /// The changed records, in key order, as (as loaded, as decided).
+    fn changes(&self) -> impl Iterator<Item = (&K, Option<&V>, Option<&V>)> {
+        self.entries
+            .iter()
+            .filter(|(_, entry)| entry.original != entry.current)
+            .map(|(key, entry)| (key, entry.original.as_ref(), entry.current.as_ref()))
+    }
+}
+
+/// The batch's view of one inner transaction. See the module doc.
+pub struct Overlay<T> {
+    inner: T,
+    seq: u64,
+    wallets: Cache<UserId, Wallet>,
+    payments: Cache<PaymentId, Payment>,
+    idempotency: Cache<IdemScope, IdemRecord>,
+    products: Cache<ProductId, Product>,
+    events: Cache<EventId, Event>,
+    seats: Cache<SeatId, Seat>,
+    orders: Cache<OrderId, Order>,
+    tokens: Cache<TokenId, QueueToken>,
+    transfers: Vec<Transfer>,
+    poisoned: Option<StoreError>,
+}
+
+impl<T> std::fmt::Debug for Overlay<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("writes", &self.seq)
+            .field("transfers", &self.transfers.len())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads a record into `$cache` from the inner transaction on first use,
+/// then answers the batch's current value.
+macro_rules! cached {
+    ($self:ident, $cache:ident, $key:expr, $load:ident) => {{
+        let key = $key;
+        if !$self.$cache.loaded(&key) {
+            let loaded = $self.inner.$load(key.clone()).await;
+            let loaded = $self.track(loaded)?;
+            $self.$cache.fill(key.clone(), loaded);
+        }
+        Ok($self.$cache.read(&key))
+    }};
+}
+
+/// A write through `$cache`'s check, recorded for undo.
+macro_rules! write {
+    ($self:ident, $cache:ident, $key:expr, $before:expr, $after:expr) => {{
+        $self.seq += 1;
+        $self.$cache.write($self.seq, $key, $before, $after)
+    }};
+}
+
+impl<T: Tx> Overlay<T> {
+    pub fn new(inner: T) -> Overlay<T> {
+        Overlay {
+            inner,
+            seq: 0,
+            wallets: Cache::new(),
+            payments: Cache::new(),
+            idempotency: Cache::new(),
+            products: Cache::new(),
+            events: Cache::new(),
+            seats: Cache::new(),
+            orders: Cache::new(),
+            tokens: Cache::new(),
+            transfers: Vec::new(),
+            poisoned: None,
+        }
+    }
+
+    /// The inner transaction failed a statement: nothing more may run on it.
+    pub fn poisoned(&self) -> Option<&StoreError> {
+        self.poisoned.as_ref()
+    }
+
+    fn track<V>(&mut self, result: Result<V, StoreError>) -> Result<V, StoreError> {
+        if let Err(error) = &result {
+            self.poisoned.get_or_insert_with(|| error.clone());
+        }
+        result
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark { seq: self.seq + 1, transfers: self.transfers.len() }
+    }
+
+    /// Undoes every write made after `mark`; reads stay cached (they are
+    /// what the inner transaction holds, under the batch's locks).
+    pub fn rollback_to(&mut self, mark: Mark) {
+        self.wallets.rollback_to(mark.seq);
+        self.payments.rollback_to(mark.seq);
+        self.idempotency.rollback_to(mark.seq);
+        self.products.rollback_to(mark.seq);
+        self.events.rollback_to(mark.seq);
+        self.seats.rollback_to(mark.seq);
+        self.orders.rollback_to(mark.seq);
+        self.tokens.rollback_to(mark.seq);
+        self.transfers.truncate(mark.transfers);
+    }
+
+    /// Loads the record behind `key` (if it names one), so that a batch
+    /// loads its records in the global lock order, as one use case does:
+    /// under PostgreSQL's pessimistic strategy loads take row locks.
+    pub async fn preload(&mut self, key: &LockKey) -> Result<(), StoreError> {
+        match key {
+            LockKey::Idempotency(scope) => self.idempotency_no_wait(scope).await.map(drop),
+            LockKey::PaymentKey(_) => Ok(()),
+            LockKey::Payment(id) => self.payment(*id).await.map(drop),
+            LockKey::Wallet(user) => self.wallet(*user).await.map(drop),
+            LockKey::Order(id) => self.order(*id).await.map(drop),
+            LockKey::Product(id) => self.product(*id).await.map(drop),
+            LockKey::Seat(id) => self.seat(*id).await.map(drop),
+            LockKey::Queue(event) => self.event(*event).await.map(drop),
+        }
+    }
+
+    /// Writes every changed record once, `put_x(as loaded, as decided)`, and
+    /// every buffered transfer in one call, into the inner transaction.
+    /// Payments before orders and wallets before their ledger lines (the
+    /// schema's references); families in the lock order's spirit, keys sorted.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        let mut written = 0usize;
+        let changed = self.changed();
+        macro_rules! flush {
+            ($cache:ident, $put:ident) => {
+                let changes: Vec<_> =
+                    self.$cache.changes().map(|(_, before, after)| (before.cloned(), after.cloned())).collect();
+                for (before, after) in changes {
+                    let after = after.expect("only idempotency records are deleted");
+                    let result = self.inner.$put(before.as_ref(), &after).await;
+                    self.track(result)?;
+                    written += 1;
+                }
+            };
+        }
+        flush!(payments, put_payment);
+        flush!(wallets, put_wallet);
+        flush!(orders, put_order);
+        flush!(products, put_product);
+        flush!(events, put_event);
+        flush!(seats, put_seat);
+        flush!(tokens, put_token);
+        if !self.transfers.is_empty() {
+            let transfers = std::mem::take(&mut self.transfers);
+            let result = self.inner.append_transfers(&transfers).await;
+            self.track(result)?;
+        }
+        let changes: Vec<_> =
+            self.idempotency.changes().map(|(_, before, after)| (before.cloned(), after.cloned())).collect();
+        for (before, after) in changes {
+            let result = match (before, after) {
+                (before, Some(after)) => self.inner.put_idempotency(before.as_ref(), &after).await,
+                (Some(before), None) => self.inner.delete_idempotency(&before).await,
+                (None, None) => unreachable!("an unchanged record is not a change"),
+            };
+            self.track(result)?;
+            written += 1;
+        }
+        // Each changed record is written exactly once (a hot wallet is one
+        // row update however many requests moved it).
+        debug_assert_eq!(written, changed, "every changed record written once");
+        Ok(())
+    }
+
+    /// Transfers are waiting to be appended.
+    pub fn has_transfers(&self) -> bool {
+        !self.transfers.is_empty()
+    }
+
+    /// How many records differ from what the inner transaction holds.
+    pub fn changed(&self) -> usize {
+        self.wallets.changes().count()
+            + self.payments.changes().count()
+            + self.idempotency.changes().count()
+            + self.products.changes().count()
+            + self.events.changes().count()
+            + self.seats.changes().count()
+            + self.orders.changes().count()
+            + self.tokens.changes().count()
+    }
+}
+
+/// Not batchable: see the module doc.
+fn alone<V>() -> Result<V, StoreError> {
+    Err(StoreError::Conflict)
+}
+
+impl<T: Tx> Tx for Overlay<T> {
+    async fn user(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
+        // Users never change once created.
+        let result = self.inner.user(id).await;
+        self.track(result)
+    }
+
+    async fn user_by_key_hash(&mut self, key_hash: [u8; 32]) -> Result<Option<User>, StoreError> {
+        let result = self.inner.user_by_key_hash(key_hash).await;
+        self.track(result)
+    }
+
+    async fn insert_user(&mut self, _user: &User) -> Result<(), StoreError> {
+        alone()
+    }
+
+    async fn wallet(&mut self, user: UserId) -> Result<Option<Wallet>, StoreError> {
+        cached!(self, wallets, user, wallet)
+    }
+
+    async fn put_wallet(&mut self, before: Option<&Wallet>, after: &Wallet) -> Result<(), StoreError> {
+        write!(self, wallets, after.user, before, Some(after.clone()))
+    }
+
+    async fn payment(&mut self, id: PaymentId) -> Result<Option<Payment>, StoreError> {
+        cached!(self, payments, id, payment)
+    }
+
+    async fn payment_by_key(&mut self, _key: &str) -> Result<Option<PaymentId>, StoreError> {
+        alone()
+    }
+
+    async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
+        write!(self, payments, after.id, before, Some(after.clone()))
+    }
+
+    async fn stuck_payments(&mut self, _before: Timestamp, _limit: usize) -> Result<Vec<Payment>, StoreError> {
+        alone()
+    }
+
+    async fn append_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
+        self.transfers.extend_from_slice(transfers);
+        Ok(())
+    }
+
+    async fn wallet_ledger(&mut self, _user: UserId, _after: u64, _limit: usize) -> Result<Vec<Transfer>, StoreError> {
+        alone()
+    }
+
+    async fn idempotency(&mut self, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
+        if !self.idempotency.loaded(scope) {
+            let loaded = self.inner.idempotency(scope).await;
+            let loaded = self.track(loaded)?;
+            self.idempotency.fill(scope.clone(), loaded);
+        }
+        Ok(self.idempotency.read(scope))
+    }
+
+    async fn idempotency_no_wait(&mut self, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
+        if !self.idempotency.loaded(scope) {
+            let loaded = self.inner.idempotency_no_wait(scope).await;
+            let loaded = self.track(loaded)?;
+            self.idempotency.fill(scope.clone(), loaded);
+        }
+        Ok(self.idempotency.read(scope))
+    }
+
+    async fn put_idempotency(&mut self, before: Option<&IdemRecord>, after: &IdemRecord) -> Result<(), StoreError> {
+        write!(self, idempotency, after.scope.clone(), before, Some(after.clone()))
+    }
+
+    async fn delete_idempotency(&mut self, before: &IdemRecord) -> Result<(), StoreError> {
+        write!(self, idempotency, before.scope.clone(), Some(before), None)
+    }
+
+    async fn reap_idempotency(&mut self, _now: Timestamp, _limit: usize) -> Result<usize, StoreError> {
+        alone()
+    }
+
+    async fn product(&mut self, id: ProductId) -> Result<Option<Product>, StoreError> {
+        cached!(self, products, id, product)
+    }
+
+    async fn put_product(&mut self, before: Option<&Product>, after: &Product) -> Result<(), StoreError> {
+        write!(self, products, after.id, before, Some(after.clone()))
+    }
+
+    async fn event(&mut self, id: EventId) -> Result<Option<Event>, StoreError> {
+        cached!(self, events, id, event)
+    }
+
+    async fn put_event(&mut self, before: Option<&Event>, after: &Event) -> Result<(), StoreError> {
+        write!(self, events, after.id, before, Some(after.clone()))
+    }
+
+    async fn insert_showtime(&mut self, _showtime: &Showtime) -> Result<(), StoreError> {
+        alone()
+    }
+
+    async fn showtime(&mut self, id: ShowtimeId) -> Result<Option<Showtime>, StoreError> {
+        // Showtimes never change once created, and a batch creates none.
+        let result = self.inner.showtime(id).await;
+        self.track(result)
+    }
+
+    async fn showtimes(&mut self, _event: EventId) -> Result<Vec<Showtime>, StoreError> {
+        alone()
+    }
+
+    async fn seats(&mut self, _showtime: ShowtimeId) -> Result<Vec<Seat>, StoreError> {
+        alone()
+    }
+
+    async fn seat(&mut self, id: SeatId) -> Result<Option<Seat>, StoreError> {
+        cached!(self, seats, id, seat)
+    }
+
+    async fn put_seat(&mut self, before: Option<&Seat>, after: &Seat) -> Result<(), StoreError> {
+        write!(self, seats, after.id, before, Some(after.clone()))
+    }
+
+    async fn order(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        cached!(self, orders, id, order)
+    }
+
+    async fn order_skip_locked(&mut self, _id: OrderId) -> Result<Option<Order>, StoreError> {
+        alone()
+    }
+
+    async fn put_order(&mut self, before: Option<&Order>, after: &Order) -> Result<(), StoreError> {
+        write!(self, orders, after.id, before, Some(after.clone()))
+    }
+
+    async fn expired_orders(&mut self, _now: Timestamp, _limit: usize) -> Result<Vec<OrderId>, StoreError> {
+        alone()
+    }
+
+    async fn token(&mut self, id: TokenId) -> Result<Option<QueueToken>, StoreError> {
+        cached!(self, tokens, id, token)
+    }
+
+    async fn put_token(&mut self, before: Option<&QueueToken>, after: &QueueToken) -> Result<(), StoreError> {
+        write!(self, tokens, after.id, before, Some(after.clone()))
+    }
+
+    async fn tokens(
+        &mut self,
+        _event: EventId,
+        _status: TokenStatus,
+        _limit: usize,
+    ) -> Result<Vec<QueueToken>, StoreError> {
+        alone()
+    }
+
+    async fn user_token(&mut self, _event: EventId, _user: UserId) -> Result<Option<QueueToken>, StoreError> {
+        alone()
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(error) = self.poisoned.take() {
+            self.inner.rollback().await;
+            return Err(error);
+        }
+        if let Err(error) = self.flush().await {
+            self.inner.rollback().await;
+            return Err(error);
+        }
+        self.inner.commit().await
+    }
+
+    async fn rollback(self) {
+        self.inner.rollback().await;
+    }
+}

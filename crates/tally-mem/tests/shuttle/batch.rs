@@ -1,0 +1,228 @@
+//! Group commit under shuttle: keyed requests on a `Tally` with batching on,
+//! so whichever requests are queued when a leader takes its batch share one
+//! transaction. Shuttle chooses who leads, who lands in which batch and how
+//! batches interleave with requests running alone (the sweeper). Every
+//! scenario asserts the exact outcome of every schedule.
+
+use std::sync::Mutex;
+
+use tally_core::app::Config;
+use tally_core::ids::SeqIds;
+use tally_core::store::NoLocks;
+use tally_mem::{CommitFault, Concurrency, MemLocks};
+
+use super::*;
+
+type Batched<L> = Arc<Tally<MemStore, L, ManualClock>>;
+
+fn batched_config(batch_max: usize) -> Config {
+    Config { batch_max, attempts_max: 16, ..config() }
+}
+
+/// The locked in-memory backend with group commit on.
+pub(super) fn batched_locked() -> Batched<MemLocks<ManualClock>> {
+    let clock = ManualClock::new(START);
+    let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
+    let store = MemStore::new(tally_mem::Concurrency::Locked);
+    Arc::new(Tally::new(store, locks, clock, Arc::new(SeqIds::new(1)), batched_config(64)))
+}
+
+/// Batches of at most two: three requests need two batches at least.
+pub(super) fn batched_locked_pairs() -> Batched<MemLocks<ManualClock>> {
+    let clock = ManualClock::new(START);
+    let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
+    let store = MemStore::new(Concurrency::Locked);
+    Arc::new(Tally::new(store, locks, clock, Arc::new(SeqIds::new(1)), batched_config(2)))
+}
+
+/// The optimistic in-memory backend (version checks) with group commit on.
+pub(super) fn batched_optimistic() -> Batched<NoLocks> {
+    let clock = ManualClock::new(START);
+    let store = MemStore::new(Concurrency::Optimistic);
+    Arc::new(Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(1)), batched_config(64)))
+}
+
+fn keyed_run<L: LockManager>(app: &Batched<L>, user: UserId, key: &str, command: Command) -> Result<Executed, Error> {
+    block_on(app.execute(user, command.clone(), Some(keyed(key, &command))))
+}
+
+/// THREADS confirms of one payment under distinct keys, batched however
+/// shuttle schedules them: exactly one charge; every other confirm is
+/// refused `invalid_state`, and the wallet is exact.
+pub(super) fn duplicate_confirms_batched<L: LockManager>(app: Batched<L>) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        (user, new_payment(&app, user, 100, 10).await)
+    });
+    let results = race(
+        &app,
+        (0..THREADS).map(|i| move |app: Batched<L>| keyed_run(&app, user, &format!("c{i}"), confirm(id))).collect(),
+    );
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "exactly one confirm succeeds: {results:?}");
+    let already = Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, event: PaymentEvent::Confirm }));
+    assert_eq!(results.iter().filter(|r| **r == already).count(), THREADS - 1, "{results:?}");
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(1_000 - 100 + 10));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Two confirms of one payment under ONE key: one effect; the other replays
+/// the first's answer, or is told the key is in flight.
+pub(super) fn same_key_confirms_batched<L: LockManager>(app: Batched<L>) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        (user, new_payment(&app, user, 100, 10).await)
+    });
+    let results =
+        race(&app, (0..2).map(|_| move |app: Batched<L>| keyed_run(&app, user, "same", confirm(id))).collect());
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "one effect: {results:?}");
+    let other = results.iter().find(|r| !is_done(r)).expect("two results");
+    assert!(
+        matches!(other, Ok(Executed::Replayed(r)) if r.status == 201) || *other == Err(Error::IdempotencyKeyInUse),
+        "{other:?}"
+    );
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(1_000 - 100 + 10));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// THREADS payments of 60 on a balance of 100, batched however shuttle
+/// schedules them: whatever shares a batch is decided on the balance the
+/// previous request in it left, so exactly one pays (the `batch_stale_balance`
+/// mutant pays several).
+pub(super) fn overdraft_batched<L: LockManager>(app: Batched<L>) {
+    let (user, ids) = block_on(async {
+        let user = user_with(&app, Limits::default(), 100).await;
+        let mut ids = Vec::new();
+        for _ in 0..THREADS {
+            ids.push(new_payment(&app, user, 60, 6).await);
+        }
+        (user, ids)
+    });
+    let results = race(
+        &app,
+        ids.into_iter()
+            .enumerate()
+            .map(|(i, id)| move |app: Batched<L>| keyed_run(&app, user, &format!("p{i}"), confirm(id)))
+            .collect(),
+    );
+    assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "exactly one pays: {results:?}");
+    let refused = Err(Error::Wallet(WalletError::InsufficientBalance));
+    assert_eq!(results.iter().filter(|r| **r == refused).count(), THREADS - 1, "{results:?}");
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(100 - 60 + 6));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Two top-ups and a payment on one wallet, in batches of at most two (so
+/// in two batches at least): the payment of 150 is decided after both
+/// top-ups (paid) or before one of them (refused, nothing moved), and the
+/// balance is exactly what that order gives.
+pub(super) fn two_batches_one_wallet<L: LockManager>(app: Batched<L>) {
+    let (user, pay) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        (user, new_payment(&app, user, 150, 15).await)
+    });
+    let results = race(
+        &app,
+        vec![
+            Box::new(move |app: Batched<L>| keyed_run(&app, user, "t1", Command::TopUp { amount: amount(100) }))
+                as Box<dyn FnOnce(Batched<L>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Batched<L>| keyed_run(&app, user, "t2", Command::TopUp { amount: amount(100) })),
+            Box::new(move |app: Batched<L>| keyed_run(&app, user, "pay", confirm(pay))),
+        ],
+    );
+    assert!(results[..2].iter().all(|r| matches!(r, Ok(Executed::Fresh(_)))), "top-ups: {results:?}");
+    block_on(async {
+        if is_done(&results[2]) {
+            assert_eq!(balance(&app, user).await, Money::new(200 - 150 + 15));
+        } else {
+            assert_eq!(results[2], Err(Error::Wallet(WalletError::InsufficientBalance)));
+            assert_eq!(balance(&app, user).await, Money::new(200));
+            assert_eq!(payment(&app, user, pay).await.status, PaymentStatus::Wait);
+        }
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// A batch (an order's payment confirm, and another user's top-up) racing
+/// the expiry sweeper across the order's TTL: the order ends paid or
+/// expired, never both, with stock and money to match; the top-up always
+/// lands.
+pub(super) fn batch_vs_sweeper<L: LockManager>(app: Batched<L>) {
+    let (user, other, product, order, pay) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let other = user_with(&app, Limits::default(), 0).await;
+        let product = new_product(&app, 300, 1).await;
+        let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
+        let pay = order_payment(&app, user, order.id).await;
+        (user, other, product, order, pay)
+    });
+    let confirming = {
+        let app = app.clone();
+        thread::spawn(move || keyed_run(&app, user, "pay", confirm(pay)))
+    };
+    let topping = {
+        let app = app.clone();
+        thread::spawn(move || keyed_run(&app, other, "top", Command::TopUp { amount: amount(50) }))
+    };
+    let sweeping = {
+        let app = app.clone();
+        thread::spawn(move || {
+            app.clock().set(order.expires_at);
+            block_on(app.expire_orders(16))
+        })
+    };
+    let confirmed = confirming.join().unwrap();
+    assert!(matches!(topping.join().unwrap(), Ok(Executed::Fresh(_))));
+    let swept = sweeping.join().unwrap().expect("sweep");
+    block_on(async {
+        let now = app.order(user, order.id).await.unwrap();
+        if is_done(&confirmed) {
+            assert_eq!((now.status, swept), (OrderStatus::Paid, 0));
+            assert_eq!(stock(&app, product).await, 0);
+            assert_eq!(balance(&app, user).await, Money::new(700));
+        } else {
+            assert_eq!(confirmed, Err(Error::Order(OrderError::Expired(order.id))));
+            assert_eq!(now.status, OrderStatus::Expired);
+            let later = app.expire_orders(16).await.unwrap();
+            assert_eq!(swept + later, 1, "expired exactly once");
+            assert_eq!(stock(&app, product).await, 1);
+            assert_eq!(balance(&app, user).await, Money::new(1_000));
+            assert_eq!(payment(&app, user, pay).await.status, PaymentStatus::Wait);
+        }
+        assert_eq!(balance(&app, other).await, Money::new(50));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// THREADS top-ups while the first commit after setup is lost: whatever was
+/// answered 2xx is durable, and nothing else moved (the
+/// `batch_answers_before_commit` mutant acknowledges the lost batch).
+pub(super) fn acknowledged_means_committed<L: LockManager>(app: Batched<L>) {
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let faults = Mutex::new(vec![CommitFault::Lost].into_iter());
+    app.store().set_commit_faults(Some(Box::new(move || faults.lock().unwrap().next().unwrap_or(CommitFault::None))));
+    let results = race(
+        &app,
+        (1..=THREADS as i64)
+            .map(|i| {
+                move |app: Batched<L>| keyed_run(&app, user, &format!("t{i}"), Command::TopUp { amount: amount(i) })
+            })
+            .collect(),
+    );
+    let acknowledged: i64 = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Ok(Executed::Fresh(_))))
+        .map(|(i, _)| i as i64 + 1)
+        .sum();
+    assert!(results.iter().any(Result::is_err), "the lost commit answered somebody an error: {results:?}");
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(acknowledged), "{results:?}");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
