@@ -267,7 +267,7 @@ pub struct Tally<S, L, C, G = NoGateway> {
     gateway: G,
     ids: Arc<dyn IdGen>,
     config: Config,
-    batcher: batch::Batcher,
+    batchers: batch::Batchers,
 }
 
 impl<S, L, C, G> std::fmt::Debug for Tally<S, L, C, G> {
@@ -283,13 +283,13 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C, NoGateway> {
         assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
         assert!(config.payback_bps <= crate::payment::PAYBACK_BPS_MAX, "a payback rate is at most 100 %");
         assert!(config.batch_max <= BATCH_MAX_LIMIT, "a batch holds at most {BATCH_MAX_LIMIT} requests");
-        Tally { store, locks, clock, gateway: NoGateway, ids, config, batcher: batch::Batcher::default() }
+        Tally { store, locks, clock, gateway: NoGateway, ids, config, batchers: batch::Batchers::default() }
     }
 
     /// The same use cases, confirming gateway payments through `gateway`.
     pub fn with_gateway<G: Gateway>(self, gateway: G) -> Tally<S, L, C, G> {
-        let Tally { store, locks, clock, ids, config, batcher, .. } = self;
-        Tally { store, locks, clock, gateway, ids, config, batcher }
+        let Tally { store, locks, clock, ids, config, batchers, .. } = self;
+        Tally { store, locks, clock, gateway, ids, config, batchers }
     }
 }
 

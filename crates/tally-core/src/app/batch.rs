@@ -4,7 +4,9 @@
 //! waiting request gets its answer. [`run`] owns running one batch.
 //!
 //! **Natural batching, leader and followers.** A keyed request whose command
-//! batches pushes itself onto a bounded queue. If no batch is running it
+//! batches pushes itself onto its user's bounded queue (one of
+//! [`BATCH_SHARDS`]: a wallet's requests meet in one queue, other users'
+//! batches run beside it). If no batch is running it
 //! becomes the *leader*: it takes up to `Config::batch_max` queued requests
 //! (whatever arrived while the previous batch ran; no timer ever waits for
 //! more), runs them as one batch, answers each, and hands the lead to the
@@ -90,7 +92,40 @@ struct Queue {
     leading: bool,
 }
 
-/// The group-commit queue of one `Tally`.
+/// Queues per `Tally`: a request joins its user's. A hot wallet's requests
+/// all meet in one queue and share commits; different users' requests run in
+/// up to this many batches at once, so spread load keeps as many
+/// transactions in flight as it would unbatched (one batch runs its
+/// statements one after another on one connection: sqlx does not pipeline).
+pub const BATCH_SHARDS: usize = 8;
+
+/// The group-commit queues of one `Tally`, one per shard of users.
+pub(super) struct Batchers {
+    shards: [Batcher; BATCH_SHARDS],
+}
+
+impl Default for Batchers {
+    fn default() -> Self {
+        Batchers { shards: std::array::from_fn(|_| Batcher::default()) }
+    }
+}
+
+impl std::fmt::Debug for Batchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batchers").finish_non_exhaustive()
+    }
+}
+
+impl Batchers {
+    /// `user`'s queue: the same one for all of a user's requests, so a
+    /// wallet's requests are batched together.
+    fn of(&self, user: UserId) -> &Batcher {
+        let shard = usize::try_from(user.0 % BATCH_SHARDS as u128).expect("below BATCH_SHARDS");
+        &self.shards[shard]
+    }
+}
+
+/// One group-commit queue.
 #[derive(Default)]
 pub(super) struct Batcher {
     queue: Mutex<Queue>,
@@ -336,13 +371,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             render: held.render,
             slot: Arc::clone(&slot),
         };
-        let lead = self.batcher.push(entry)?;
+        let batcher = self.batchers.of(user);
+        let lead = batcher.push(entry)?;
         let reply = if lead {
-            self.lead(&slot).await
+            self.lead(batcher, &slot).await
         } else {
-            match (Wait { slot: Arc::clone(&slot), batcher: &self.batcher, woken: false }).await {
+            match (Wait { slot: Arc::clone(&slot), batcher, woken: false }).await {
                 Woken::Reply(reply) => reply,
-                Woken::Lead => self.lead(&slot).await,
+                Woken::Lead => self.lead(batcher, &slot).await,
             }
         };
         match reply {
@@ -353,11 +389,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
     }
 
-    /// Leads one batch, which includes `me`; returns `me`'s reply.
-    async fn lead(&self, me: &Arc<Slot>) -> Reply {
-        let mut leading = Leading { batcher: &self.batcher, me: Arc::clone(me), batch: Vec::new(), done: false };
+    /// Leads one batch of `batcher`'s queue, which includes `me`; returns
+    /// `me`'s reply.
+    async fn lead(&self, batcher: &Batcher, me: &Arc<Slot>) -> Reply {
+        let mut leading = Leading { batcher, me: Arc::clone(me), batch: Vec::new(), done: false };
         YieldOnce(false).await;
-        let batch = self.batcher.take(self.config.batch_max);
+        let batch = batcher.take(self.config.batch_max);
         debug_assert!(batch.iter().any(|entry| Arc::ptr_eq(&entry.slot, me)), "a leader runs its own request");
         leading.batch = batch.iter().filter(|e| !Arc::ptr_eq(&e.slot, me)).map(|e| Arc::clone(&e.slot)).collect();
         self.run_batch(&batch).await;
