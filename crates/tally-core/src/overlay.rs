@@ -162,14 +162,18 @@ impl<T> std::fmt::Debug for Overlay<T> {
 /// Loads a record into `$cache` from the inner transaction on first use,
 /// then answers the batch's current value.
 macro_rules! cached {
-    ($self:ident, $cache:ident, $key:expr, $load:ident) => {{
-        let key = $key;
-        if !$self.$cache.loaded(&key) {
-            let loaded = $self.inner.$load(key.clone()).await;
+    ($self:ident, $cache:ident, $key:expr, $load:ident) => {
+        cached!($self, $cache, $key, key => $self.inner.$load(key.clone()))
+    };
+    // `$load` reads the record of `$k` from the inner transaction.
+    ($self:ident, $cache:ident, $key:expr, $k:ident => $load:expr) => {{
+        let $k = $key;
+        if !$self.$cache.loaded(&$k) {
+            let loaded = $load.await;
             let loaded = $self.track(loaded)?;
-            $self.$cache.fill(key.clone(), loaded);
+            $self.$cache.fill($k.clone(), loaded);
         }
-        Ok($self.$cache.read(&key))
+        Ok($self.$cache.read(&$k))
     }};
 }
 
@@ -366,21 +370,11 @@ impl<T: Tx> Tx for Overlay<T> {
     }
 
     async fn idempotency(&mut self, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
-        if !self.idempotency.loaded(scope) {
-            let loaded = self.inner.idempotency(scope).await;
-            let loaded = self.track(loaded)?;
-            self.idempotency.fill(scope.clone(), loaded);
-        }
-        Ok(self.idempotency.read(scope))
+        cached!(self, idempotency, scope.clone(), key => self.inner.idempotency(&key))
     }
 
     async fn idempotency_no_wait(&mut self, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
-        if !self.idempotency.loaded(scope) {
-            let loaded = self.inner.idempotency_no_wait(scope).await;
-            let loaded = self.track(loaded)?;
-            self.idempotency.fill(scope.clone(), loaded);
-        }
-        Ok(self.idempotency.read(scope))
+        cached!(self, idempotency, scope.clone(), key => self.inner.idempotency_no_wait(&key))
     }
 
     async fn put_idempotency(&mut self, before: Option<&IdemRecord>, after: &IdemRecord) -> Result<(), StoreError> {

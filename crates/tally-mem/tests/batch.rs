@@ -177,40 +177,47 @@ fn top_ups_of_one_wallet_share_one_commit_and_lose_nothing() {
     });
 }
 
-/// A batch whose commit outcome is unknown answers every request 503; the
-/// commit did happen, so each retry under its key replays, and nothing is
-/// booked twice.
-#[test]
-fn ambiguous_batch_commit_answers_all_503_and_retries_replay() {
+/// Two top-ups (10 and 20) of one user share a batch whose commit meets
+/// `fault`: every first answer passes `first`, the balance is then
+/// `between`, every retry under the same keys passes `retry`, and 30 is
+/// booked exactly once.
+fn two_top_ups_through(fault: CommitFault, first: fn(&Result) -> bool, between: i64, retry: fn(&Result) -> bool) {
     let app = batched_locked();
     let user = block_on(user_with(&app, Limits::default(), 0));
-    count_commits(app.store(), vec![CommitFault::Ambiguous]);
+    count_commits(app.store(), vec![fault]);
     let requests = [("a", Command::TopUp { amount: amount(10) }), ("b", Command::TopUp { amount: amount(20) })];
     let results = run_keyed(&app, user, &requests);
-    assert!(results.iter().all(|r| *r == Err(Error::Store(StoreError::Ambiguous))), "{results:?}");
+    assert!(results.iter().all(first), "{results:?}");
+    assert_eq!(block_on(balance(&app, user)), Money::new(between));
     let retries = run_keyed(&app, user, &requests);
-    assert!(retries.iter().all(|r| matches!(r, Ok(Executed::Replayed(s)) if s.status == 201)), "{retries:?}");
+    assert!(retries.iter().all(retry), "{retries:?}");
     block_on(async {
         assert_eq!(balance(&app, user).await, Money::new(30));
         assert_holds(&app.snapshot().await.unwrap());
     });
 }
 
+/// A batch whose commit outcome is unknown answers every request 503; the
+/// commit did happen, so each retry under its key replays, and nothing is
+/// booked twice.
+#[test]
+fn ambiguous_batch_commit_answers_all_503_and_retries_replay() {
+    two_top_ups_through(
+        CommitFault::Ambiguous,
+        |r| *r == Err(Error::Store(StoreError::Ambiguous)),
+        30,
+        |r| matches!(r, Ok(Executed::Replayed(s)) if s.status == 201),
+    );
+}
+
 /// A batch whose commit is lost answers no success: every request gets an
 /// error, and each retry runs once.
 #[test]
 fn lost_batch_commit_acknowledges_nothing_and_retries_run_once() {
-    let app = batched_locked();
-    let user = block_on(user_with(&app, Limits::default(), 0));
-    count_commits(app.store(), vec![CommitFault::Lost]);
-    let requests = [("a", Command::TopUp { amount: amount(10) }), ("b", Command::TopUp { amount: amount(20) })];
-    let results = run_keyed(&app, user, &requests);
-    assert!(results.iter().all(|r| matches!(r, Err(Error::Store(StoreError::Unavailable(_))))), "{results:?}");
-    assert_eq!(block_on(balance(&app, user)), Money::ZERO);
-    let retries = run_keyed(&app, user, &requests);
-    assert!(retries.iter().all(|r| matches!(r, Ok(Executed::Fresh(_)))), "{retries:?}");
-    block_on(async {
-        assert_eq!(balance(&app, user).await, Money::new(30));
-        assert_holds(&app.snapshot().await.unwrap());
-    });
+    two_top_ups_through(
+        CommitFault::Lost,
+        |r| matches!(r, Err(Error::Store(StoreError::Unavailable(_)))),
+        0,
+        |r| matches!(r, Ok(Executed::Fresh(_))),
+    );
 }

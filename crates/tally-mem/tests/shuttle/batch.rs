@@ -153,13 +153,8 @@ pub(super) fn two_batches_one_wallet<L: LockManager>(app: Batched<L>) {
 /// expired, never both, with stock and money to match; the top-up always
 /// lands.
 pub(super) fn batch_vs_sweeper<L: LockManager>(app: Batched<L>) {
-    let (user, other, product, order, pay) = block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
-        let other = user_with(&app, Limits::default(), 0).await;
-        let product = new_product(&app, 300, 1).await;
-        let order = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
-        let pay = order_payment(&app, user, order.id).await;
-        (user, other, product, order, pay)
+    let ((user, product, order, pay), other) = block_on(async {
+        (inventory::pending_order_payment(&app, 300, 1).await, user_with(&app, Limits::default(), 0).await)
     });
     let confirming = {
         let app = app.clone();
@@ -180,20 +175,7 @@ pub(super) fn batch_vs_sweeper<L: LockManager>(app: Batched<L>) {
     assert!(matches!(topping.join().unwrap(), Ok(Executed::Fresh(_))));
     let swept = sweeping.join().unwrap().expect("sweep");
     block_on(async {
-        let now = app.order(user, order.id).await.unwrap();
-        if is_done(&confirmed) {
-            assert_eq!((now.status, swept), (OrderStatus::Paid, 0));
-            assert_eq!(stock(&app, product).await, 0);
-            assert_eq!(balance(&app, user).await, Money::new(700));
-        } else {
-            assert_eq!(confirmed, Err(Error::Order(OrderError::Expired(order.id))));
-            assert_eq!(now.status, OrderStatus::Expired);
-            let later = app.expire_orders(16).await.unwrap();
-            assert_eq!(swept + later, 1, "expired exactly once");
-            assert_eq!(stock(&app, product).await, 1);
-            assert_eq!(balance(&app, user).await, Money::new(1_000));
-            assert_eq!(payment(&app, user, pay).await.status, PaymentStatus::Wait);
-        }
+        inventory::paid_or_expired_once(&app, (user, product, &order, pay), &confirmed, swept).await;
         assert_eq!(balance(&app, other).await, Money::new(50));
         assert_holds(&app.snapshot().await.unwrap());
     });

@@ -83,7 +83,7 @@ pub(super) fn opposite_orders<L: LockManager>(app: Arc<Tally<MemStore, L, Manual
 /// A user with 1 000 in their wallet, a product of `units` units at `price`,
 /// the user's pending order of all of them, and a wallet payment of it, not
 /// confirmed yet.
-async fn pending_order_payment<L: LockManager>(
+pub(super) async fn pending_order_payment<L: LockManager>(
     app: &Tally<MemStore, L, ManualClock>,
     price: i64,
     units: u64,
@@ -103,24 +103,38 @@ pub(super) fn confirm_vs_sweeper<L: LockManager>(app: Arc<Tally<MemStore, L, Man
     let (user, product, order, pay) = block_on(pending_order_payment(&app, 300, 1));
     let (confirmed, swept) = confirm_racing_sweep(&app, user, confirm(pay), order.expires_at);
     block_on(async {
-        let now = app.order(user, order.id).await.unwrap();
-        if is_done(&confirmed) {
-            assert_eq!((now.status, swept), (OrderStatus::Paid, 0));
-            assert_eq!(stock(&app, product).await, 0);
-            assert_eq!(balance(&app, user).await, Money::new(700));
-        } else {
-            assert_eq!(confirmed, Err(Error::Order(OrderError::Expired(order.id))));
-            assert_eq!(now.status, OrderStatus::Expired);
-            // The sweeper expired it, or a later sweep will: either way a
-            // reader sees it expired; sweep again to give the stock back.
-            let later = app.expire_orders(16).await.unwrap();
-            assert_eq!(swept + later, 1, "expired exactly once");
-            assert_eq!(stock(&app, product).await, 1);
-            assert_eq!(balance(&app, user).await, Money::new(1_000));
-            assert_eq!(payment(&app, user, pay).await.status, PaymentStatus::Wait);
-        }
+        paid_or_expired_once(&app, (user, product, &order, pay), &confirmed, swept).await;
         assert_holds(&app.snapshot().await.unwrap());
     });
+}
+
+/// Invariant 7 after a confirm of `pay` (a 300 order of one unit of
+/// `product`, from a wallet of 1,000) raced the sweeper, which expired
+/// `swept` orders: the order is paid (stock sold, charged once, nothing
+/// expired) or expired exactly once (stock back, no money moved, the
+/// confirm refused as expired) — never both.
+pub(super) async fn paid_or_expired_once<L: LockManager>(
+    app: &Tally<MemStore, L, ManualClock>,
+    (user, product, order, pay): (UserId, ProductId, &Order, PaymentId),
+    confirmed: &Result<Executed, Error>,
+    swept: usize,
+) {
+    let now = app.order(user, order.id).await.unwrap();
+    if is_done(confirmed) {
+        assert_eq!((now.status, swept), (OrderStatus::Paid, 0));
+        assert_eq!(stock(app, product).await, 0);
+        assert_eq!(balance(app, user).await, Money::new(700));
+    } else {
+        assert_eq!(*confirmed, Err(Error::Order(OrderError::Expired(order.id))));
+        assert_eq!(now.status, OrderStatus::Expired);
+        // The sweeper expired it, or a later sweep will: either way a
+        // reader sees it expired; sweep again to give the stock back.
+        let later = app.expire_orders(16).await.unwrap();
+        assert_eq!(swept + later, 1, "expired exactly once");
+        assert_eq!(stock(app, product).await, 1);
+        assert_eq!(balance(app, user).await, Money::new(1_000));
+        assert_eq!(payment(app, user, pay).await.status, PaymentStatus::Wait);
+    }
 }
 
 /// A paid-or-not order cancelled while its payment is confirmed: the cancel
