@@ -185,6 +185,20 @@ macro_rules! write {
     }};
 }
 
+/// A versioned record's load through the cache and its write through the
+/// check, as a pair of `Tx` methods.
+macro_rules! cached_record {
+    ($load:ident, $put:ident, $cache:ident, $id:ty => $record:ty, keyed by $key:ident) => {
+        async fn $load(&mut self, id: $id) -> Result<Option<$record>, StoreError> {
+            cached!(self, $cache, id, $load)
+        }
+
+        async fn $put(&mut self, before: Option<&$record>, after: &$record) -> Result<(), StoreError> {
+            write!(self, $cache, after.$key, before, Some(after.clone()))
+        }
+    };
+}
+
 impl<T: Tx> Overlay<T> {
     pub fn new(inner: T) -> Overlay<T> {
         Overlay {
@@ -321,6 +335,14 @@ fn alone<V>() -> Result<V, StoreError> {
 }
 
 impl<T: Tx> Tx for Overlay<T> {
+    cached_record!(wallet, put_wallet, wallets, UserId => Wallet, keyed by user);
+    cached_record!(payment, put_payment, payments, PaymentId => Payment, keyed by id);
+    cached_record!(product, put_product, products, ProductId => Product, keyed by id);
+    cached_record!(event, put_event, events, EventId => Event, keyed by id);
+    cached_record!(seat, put_seat, seats, SeatId => Seat, keyed by id);
+    cached_record!(order, put_order, orders, OrderId => Order, keyed by id);
+    cached_record!(token, put_token, tokens, TokenId => QueueToken, keyed by id);
+
     async fn user(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
         // Users never change once created.
         let result = self.inner.user(id).await;
@@ -336,24 +358,8 @@ impl<T: Tx> Tx for Overlay<T> {
         alone()
     }
 
-    async fn wallet(&mut self, user: UserId) -> Result<Option<Wallet>, StoreError> {
-        cached!(self, wallets, user, wallet)
-    }
-
-    async fn put_wallet(&mut self, before: Option<&Wallet>, after: &Wallet) -> Result<(), StoreError> {
-        write!(self, wallets, after.user, before, Some(after.clone()))
-    }
-
-    async fn payment(&mut self, id: PaymentId) -> Result<Option<Payment>, StoreError> {
-        cached!(self, payments, id, payment)
-    }
-
     async fn payment_by_key(&mut self, _key: &str) -> Result<Option<PaymentId>, StoreError> {
         alone()
-    }
-
-    async fn put_payment(&mut self, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {
-        write!(self, payments, after.id, before, Some(after.clone()))
     }
 
     async fn stuck_payments(&mut self, _before: Timestamp, _limit: usize) -> Result<Vec<Payment>, StoreError> {
@@ -389,22 +395,6 @@ impl<T: Tx> Tx for Overlay<T> {
         alone()
     }
 
-    async fn product(&mut self, id: ProductId) -> Result<Option<Product>, StoreError> {
-        cached!(self, products, id, product)
-    }
-
-    async fn put_product(&mut self, before: Option<&Product>, after: &Product) -> Result<(), StoreError> {
-        write!(self, products, after.id, before, Some(after.clone()))
-    }
-
-    async fn event(&mut self, id: EventId) -> Result<Option<Event>, StoreError> {
-        cached!(self, events, id, event)
-    }
-
-    async fn put_event(&mut self, before: Option<&Event>, after: &Event) -> Result<(), StoreError> {
-        write!(self, events, after.id, before, Some(after.clone()))
-    }
-
     async fn insert_showtime(&mut self, _showtime: &Showtime) -> Result<(), StoreError> {
         alone()
     }
@@ -423,36 +413,12 @@ impl<T: Tx> Tx for Overlay<T> {
         alone()
     }
 
-    async fn seat(&mut self, id: SeatId) -> Result<Option<Seat>, StoreError> {
-        cached!(self, seats, id, seat)
-    }
-
-    async fn put_seat(&mut self, before: Option<&Seat>, after: &Seat) -> Result<(), StoreError> {
-        write!(self, seats, after.id, before, Some(after.clone()))
-    }
-
-    async fn order(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        cached!(self, orders, id, order)
-    }
-
     async fn order_skip_locked(&mut self, _id: OrderId) -> Result<Option<Order>, StoreError> {
         alone()
     }
 
-    async fn put_order(&mut self, before: Option<&Order>, after: &Order) -> Result<(), StoreError> {
-        write!(self, orders, after.id, before, Some(after.clone()))
-    }
-
     async fn expired_orders(&mut self, _now: Timestamp, _limit: usize) -> Result<Vec<OrderId>, StoreError> {
         alone()
-    }
-
-    async fn token(&mut self, id: TokenId) -> Result<Option<QueueToken>, StoreError> {
-        cached!(self, tokens, id, token)
-    }
-
-    async fn put_token(&mut self, before: Option<&QueueToken>, after: &QueueToken) -> Result<(), StoreError> {
-        write!(self, tokens, after.id, before, Some(after.clone()))
     }
 
     async fn tokens(

@@ -50,10 +50,7 @@ fn keyed_run<L: LockManager>(app: &Batched<L>, user: UserId, key: &str, command:
 /// shuttle schedules them: exactly one charge; every other confirm is
 /// refused `invalid_state`, and the wallet is exact.
 pub(super) fn duplicate_confirms_batched<L: LockManager>(app: Batched<L>) {
-    let (user, id) = block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
-        (user, new_payment(&app, user, 100, 10).await)
-    });
+    let (user, id) = block_on(user_with_payment(&app, 1_000, 100, 10));
     let results = race(
         &app,
         (0..THREADS).map(|i| move |app: Batched<L>| keyed_run(&app, user, &format!("c{i}"), confirm(id))).collect(),
@@ -61,19 +58,31 @@ pub(super) fn duplicate_confirms_batched<L: LockManager>(app: Batched<L>) {
     assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "exactly one confirm succeeds: {results:?}");
     let already = Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, event: PaymentEvent::Confirm }));
     assert_eq!(results.iter().filter(|r| **r == already).count(), THREADS - 1, "{results:?}");
-    block_on(async {
-        assert_eq!(balance(&app, user).await, Money::new(1_000 - 100 + 10));
-        assert_holds(&app.snapshot().await.unwrap());
-    });
+    block_on(ends_with_balance(&app, user, 1_000 - 100 + 10));
+}
+
+/// A user with `balance` and a wallet payment of `amount` (payback `payback`).
+async fn user_with_payment<L: LockManager>(
+    app: &Batched<L>,
+    balance: i64,
+    amount: i64,
+    payback: i64,
+) -> (UserId, PaymentId) {
+    let user = user_with(app, Limits::default(), balance).await;
+    (user, new_payment(app, user, amount, payback).await)
+}
+
+/// Invariant 3, exactly: `user`'s balance is `expected`, and every
+/// invariant holds over the whole store.
+async fn ends_with_balance<L: LockManager>(app: &Batched<L>, user: UserId, expected: i64) {
+    assert_eq!(balance(app, user).await, Money::new(expected));
+    assert_holds(&app.snapshot().await.unwrap());
 }
 
 /// Two confirms of one payment under ONE key: one effect; the other replays
 /// the first's answer, or is told the key is in flight.
 pub(super) fn same_key_confirms_batched<L: LockManager>(app: Batched<L>) {
-    let (user, id) = block_on(async {
-        let user = user_with(&app, Limits::default(), 1_000).await;
-        (user, new_payment(&app, user, 100, 10).await)
-    });
+    let (user, id) = block_on(user_with_payment(&app, 1_000, 100, 10));
     let results =
         race(&app, (0..2).map(|_| move |app: Batched<L>| keyed_run(&app, user, "same", confirm(id))).collect());
     assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "one effect: {results:?}");
@@ -82,10 +91,7 @@ pub(super) fn same_key_confirms_batched<L: LockManager>(app: Batched<L>) {
         matches!(other, Ok(Executed::Replayed(r)) if r.status == 201) || *other == Err(Error::IdempotencyKeyInUse),
         "{other:?}"
     );
-    block_on(async {
-        assert_eq!(balance(&app, user).await, Money::new(1_000 - 100 + 10));
-        assert_holds(&app.snapshot().await.unwrap());
-    });
+    block_on(ends_with_balance(&app, user, 1_000 - 100 + 10));
 }
 
 /// THREADS payments of 60 on a balance of 100, batched however shuttle
@@ -111,10 +117,7 @@ pub(super) fn overdraft_batched<L: LockManager>(app: Batched<L>) {
     assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "exactly one pays: {results:?}");
     let refused = Err(Error::Wallet(WalletError::InsufficientBalance));
     assert_eq!(results.iter().filter(|r| **r == refused).count(), THREADS - 1, "{results:?}");
-    block_on(async {
-        assert_eq!(balance(&app, user).await, Money::new(100 - 60 + 6));
-        assert_holds(&app.snapshot().await.unwrap());
-    });
+    block_on(ends_with_balance(&app, user, 100 - 60 + 6));
 }
 
 /// Two top-ups and a payment on one wallet, in batches of at most two (so
@@ -122,10 +125,7 @@ pub(super) fn overdraft_batched<L: LockManager>(app: Batched<L>) {
 /// top-ups (paid) or before one of them (refused, nothing moved), and the
 /// balance is exactly what that order gives.
 pub(super) fn two_batches_one_wallet<L: LockManager>(app: Batched<L>) {
-    let (user, pay) = block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_payment(&app, user, 150, 15).await)
-    });
+    let (user, pay) = block_on(user_with_payment(&app, 0, 150, 15));
     let results = race(
         &app,
         vec![
