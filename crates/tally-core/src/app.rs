@@ -306,6 +306,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         &self.clock
     }
 
+    /// Fresh transfer ids, for the decisions that book transfers.
+    fn transfer_ids(&self) -> impl FnMut() -> TransferId + '_ {
+        || TransferId(self.ids.next_id())
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

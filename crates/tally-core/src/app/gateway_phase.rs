@@ -122,8 +122,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let op = OpId(self.ids.next_id());
         let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
         let booking = Booking { op, origin, at: self.clock.now() };
-        let ids = &self.ids;
-        let mut next_id = || TransferId(ids.next_id());
+        let mut next_id = self.transfer_ids();
         let (payment, order) =
             match decide::adopt_verdict(&loaded, &wallet, verdict, give_up_at, &booking, &mut next_id)? {
                 VerdictDecision::Pending => return Err(Error::OutcomePending),

@@ -47,8 +47,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         booking: &Booking,
         locked: &LockSet,
     ) -> Result<Step, Error> {
-        let ids = &self.ids;
-        let mut next_id = || TransferId(ids.next_id());
+        let mut next_id = self.transfer_ids();
         let wallet = tx.wallet(payment.user).await?.ok_or(Error::NotFound)?;
         let decision = decide::confirm(payment, &wallet, booking, &mut next_id)?;
         self.persist(tx, stored, &wallet, &decision).await?;
@@ -67,8 +66,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         locked: &LockSet,
         answer: Answer,
     ) -> Result<Step, Error> {
-        let ids = &self.ids;
-        let mut next_id = || TransferId(ids.next_id());
+        let mut next_id = self.transfer_ids();
         match (loaded.method, loaded.status) {
             // Money went through the gateway: it must come back through it.
             // Its payback is reversed first, in this transaction: refused

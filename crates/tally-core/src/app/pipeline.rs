@@ -296,8 +296,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         booking: &Booking,
         locked: &LockSet,
     ) -> Result<Step, Error> {
-        let ids = &self.ids;
-        let mut next_id = || TransferId(ids.next_id());
+        let mut next_id = self.transfer_ids();
         match command {
             Command::TopUp { amount } => {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
