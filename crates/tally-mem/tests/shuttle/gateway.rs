@@ -42,6 +42,43 @@ pub(super) fn gateway_concurrent_confirms((app, gateway): (Arc<GatewayTally>, Me
     });
 }
 
+/// Invariant 2 where a key stays in flight: a gateway confirm commits its key
+/// in flight with its intent, then calls the gateway with no lock held. Two
+/// confirms under ONE key → one execution: the other is told the key is in
+/// use (it arrived during the call) or replays the answer (after it). The
+/// `idem_ignores_inflight` mutant lets the second run as well.
+pub(super) fn gateway_same_key_confirms((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        (user, new_gateway_payment(&app, user, 500, 50).await)
+    });
+    let command = gateway_confirm(id);
+    let results = race(
+        &app,
+        (0..2)
+            .map(|_| {
+                let command = command.clone();
+                move |app: Arc<GatewayTally>| {
+                    block_on(app.execute(user, command.clone(), Some(keyed("same", &command))))
+                }
+            })
+            .collect(),
+    );
+    let fresh = results.iter().filter(|r| matches!(r, Ok(Executed::Fresh(_)))).count();
+    assert_eq!(fresh, 1, "one execution under the key: {results:?}");
+    assert!(results.iter().any(is_done), "{results:?}");
+    let other = results.iter().find(|r| !matches!(r, Ok(Executed::Fresh(_)))).expect("two results");
+    assert!(
+        *other == Err(Error::IdempotencyKeyInUse) || matches!(other, Ok(Executed::Replayed(r)) if r.status == 201),
+        "{other:?}"
+    );
+    assert_eq!(gateway.confirms_received("pk-1"), 1, "one confirm sent: {results:?}");
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(50), "the payback, once");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
 /// The gateway charges, then the reply is lost: the payment ends done, once,
 /// found by a lookup — never by a second confirm.
 pub(super) fn gateway_lost_reply((app, gateway): (Arc<GatewayTally>, MemGateway)) {

@@ -161,6 +161,7 @@ scenario!(optimistic_seat_booked_by_n_sells_once, inventory::seat_booked_by_n, o
 scenario!(optimistic_queue_never_admits_above_its_limit, inventory::queue_admission, optimistic);
 scenario!(gateway_order_charge_racing_expiry_ends_one_way, gateway::gateway_confirm_vs_sweeper, with_gateway);
 scenario!(gateway_concurrent_confirms_send_one_confirm, gateway::gateway_concurrent_confirms, with_gateway);
+scenario!(gateway_same_key_confirms_run_once, gateway::gateway_same_key_confirms, with_gateway);
 scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway::gateway_lost_reply, with_gateway);
 scenario!(gateway_retry_racing_the_completer_charges_once, gateway::gateway_retry_vs_completer, with_gateway);
 scenario!(gateway_one_key_pays_one_payment, gateway::gateway_one_key_two_payments, with_gateway);
