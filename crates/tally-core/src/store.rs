@@ -262,20 +262,21 @@ pub const LOCK_SET_SIZE_MAX: usize = 64;
 
 impl LockSet {
     pub fn new(keys: impl IntoIterator<Item = LockKey>) -> LockSet {
-        let mut keys: Vec<LockKey> = keys.into_iter().collect();
-        keys.sort();
-        keys.dedup();
-        assert!(keys.len() <= LOCK_SET_SIZE_MAX, "lock set of {} keys", keys.len());
-        LockSet(keys)
+        LockSet::bounded(keys, LOCK_SET_SIZE_MAX)
     }
 
     /// The union of a group commit's lock sets (see `app::batch`): larger
     /// than one use case's, bounded by [`BATCH_LOCK_SET_SIZE_MAX`].
     pub fn for_batch(keys: impl IntoIterator<Item = LockKey>) -> LockSet {
+        LockSet::bounded(keys, BATCH_LOCK_SET_SIZE_MAX)
+    }
+
+    /// `keys` in the global lock order, once each, and at most `max` of them.
+    fn bounded(keys: impl IntoIterator<Item = LockKey>, max: usize) -> LockSet {
         let mut keys: Vec<LockKey> = keys.into_iter().collect();
         keys.sort();
         keys.dedup();
-        assert!(keys.len() <= BATCH_LOCK_SET_SIZE_MAX, "batch lock set of {} keys", keys.len());
+        assert!(keys.len() <= max, "lock set of {} keys, above {max}", keys.len());
         LockSet(keys)
     }
 
