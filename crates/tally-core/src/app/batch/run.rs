@@ -22,9 +22,12 @@ use crate::store::BATCH_LOCK_SET_SIZE_MAX;
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Runs `batch` and answers every request of it (through its slot).
     pub(super) async fn run_batch(&self, batch: &[Entry]) {
+        let mut keyed = true;
         for _ in 0..self.config.attempts_max {
-            if self.try_batch(batch).await {
-                return;
+            match self.try_batch(batch, keyed).await {
+                Attempt::Answered => return,
+                Attempt::Conflict => {}
+                Attempt::AmbiguousRetriedWithoutKeys => keyed = false,
             }
         }
         // Conflicts every time: each request runs alone, with its own retries.
@@ -33,8 +36,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
     }
 
-    /// One attempt; false if the commit conflicted and nothing was answered.
-    async fn try_batch(&self, batch: &[Entry]) -> bool {
+    /// One attempt. `keyed` is false only under the `retry_ambiguous_commit`
+    /// mutant, after an ambiguous commit: the requests then run again
+    /// without their keys, as that mutant does in `run`.
+    async fn try_batch(&self, batch: &[Entry], keyed: bool) -> Attempt {
         let mut replies: Vec<Option<Reply>> = batch.iter().map(|_| None).collect();
         // Recomputed on every attempt, as `run` does: records move.
         let mut keys = Vec::new();
@@ -55,13 +60,13 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let Ok(guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
             // One slow record must not fail the others: each waits alone.
             deliver(batch, fill(replies, || Reply::Alone));
-            return true;
+            return Attempt::Answered;
         };
         let tx = match self.store.begin().await {
             Ok(tx) => tx,
             Err(error) => {
                 deliver(batch, fill(replies, || Reply::Ran(Err(error.clone().into()))));
-                return true;
+                return Attempt::Answered;
             }
         };
         let mut tx = Overlay::new(tx);
@@ -81,7 +86,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
             let held = entry.held();
             let mark = tx.mark();
-            let reply = match self.run_in(&mut tx, entry.user, &entry.command, Some(&held), &keys).await {
+            let reply = match self.run_in(&mut tx, entry.user, &entry.command, keyed.then_some(&held), &keys).await {
                 Ok(step) => Reply::Ran(Ok(step)),
                 Err(Error::Store(StoreError::Conflict)) => {
                     tx.rollback_to(mark);
@@ -107,7 +112,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 replies[i] = None;
             }
             deliver(batch, fill(replies, || Reply::Alone));
-            return true;
+            return Attempt::Answered;
         }
         // Mutant: every request is answered before the commit's outcome is known.
         let early = crate::mutant::active("batch_answers_before_commit");
@@ -123,11 +128,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         };
         drop(guard);
         if early {
-            return true;
+            return Attempt::Answered;
         }
         match committed {
             Ok(()) => {}
-            Err(StoreError::Conflict) => return false,
+            Err(StoreError::Conflict) => return Attempt::Conflict,
+            // Mutant: an ambiguous commit retried like a conflict, and
+            // without the idempotency records (which that commit wrote).
+            Err(StoreError::Ambiguous) if crate::mutant::active("retry_ambiguous_commit") => {
+                return Attempt::AmbiguousRetriedWithoutKeys;
+            }
             Err(error) => {
                 for i in ran {
                     replies[i] = Some(Reply::Ran(Err(Error::Store(error.clone()))));
@@ -135,7 +145,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
         }
         deliver(batch, fill(replies, || Reply::Alone));
-        true
+        Attempt::Answered
     }
 
     /// A request failed inside the batch, its writes undone: a business
@@ -158,6 +168,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
         }
     }
+}
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    /// Every request of the batch was answered (through its slot).
+    Answered,
+    /// The commit conflicted; nothing was answered: run the batch again.
+    Conflict,
+    /// Only under the `retry_ambiguous_commit` mutant.
+    AmbiguousRetriedWithoutKeys,
 }
 
 fn fill(replies: Vec<Option<Reply>>, default: impl Fn() -> Reply) -> Vec<Reply> {
