@@ -102,6 +102,7 @@ mod extract;
 mod keyed;
 mod keys;
 mod layers;
+mod limits;
 mod metrics;
 pub mod openapi;
 pub mod problem;
@@ -116,6 +117,7 @@ pub use config::{
 pub use extract::{IDEMPOTENCY_KEY, fingerprint};
 pub use keyed::IDEMPOTENT_REPLAYED;
 pub use keys::{API_KEY_PREFIX, hash_api_key, new_api_key};
+pub use limits::{CountedStream, PerAddressLimit, RateLimits};
 pub use metrics::Metrics;
 pub use problem::{ApiError, Code, PROBLEM_CONTENT_TYPE, Problem};
 
@@ -149,6 +151,7 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
             metrics: config.metrics.clone(),
             key_gen: config.key_gen.clone(),
             known_users: crate::auth::KnownUsers::default(),
+            rate_limits: config.rate_limit.map(|per_second| RateLimits::new(per_second, config.metrics.clone())),
         }),
     };
     let permits = Arc::new(Semaphore::new(config.concurrency_limit));

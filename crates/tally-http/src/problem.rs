@@ -200,11 +200,13 @@ pub struct ApiError {
     pub detail: String,
     /// Logged, never shown.
     pub cause: Option<String>,
+    /// Seconds for `Retry-After` (429; 503s get the configured default).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(code: Code, detail: impl Into<String>) -> ApiError {
-        ApiError { code, detail: detail.into(), cause: None }
+        ApiError { code, detail: detail.into(), cause: None, retry_after: None }
     }
 
     /// A 5xx whose cause is logged but never sent.
@@ -213,7 +215,7 @@ impl ApiError {
             Code::Unavailable => "the service cannot answer right now; retry later",
             _ => "an internal error occurred",
         };
-        ApiError { code, detail: detail.to_owned(), cause: Some(cause.into()) }
+        ApiError { code, detail: detail.to_owned(), cause: Some(cause.into()), retry_after: None }
     }
 
     pub fn malformed(detail: impl Into<String>) -> ApiError {
@@ -252,6 +254,9 @@ impl IntoResponse for ApiError {
                 .into_response();
         if self.code == Code::Unauthorized {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(InternalCause(cause));

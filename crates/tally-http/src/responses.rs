@@ -51,6 +51,7 @@ problem_responses! {
     /// Every route that takes a user's key.
     UserErrors {
         401 => "`unauthorized`",
+        429 => "`rate_limited`: past this key's rate (`--rate-limit`); `Retry-After` says when to retry",
         503 => "`unavailable`",
     }
 
@@ -58,6 +59,7 @@ problem_responses! {
     AdminErrors {
         401 => "`unauthorized`",
         403 => "`forbidden`: not the admin key",
+        429 => "`rate_limited`: past this key's rate (`--rate-limit`); `Retry-After` says when to retry",
         503 => "`unavailable`",
     }
 

@@ -2,6 +2,7 @@
 //! router together, and running them until a shutdown signal.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tally_core::app::{Config, Tally};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::IdemConfig;
 use tally_core::store::{LockManager, NoLocks, Store};
-use tally_http::{HttpConfig, Readiness};
+use tally_http::{HttpConfig, PerAddressLimit, Readiness};
 use tally_mem::{Concurrency, MemLocks, MemStore};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
@@ -90,6 +91,19 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_MAX_LIMIT as u64)
     )]
     pub batch_max: u64,
+    /// Requests a second per API key, in bursts of as many; beyond it, 429
+    /// `rate_limited` with Retry-After (never stored under an
+    /// Idempotency-Key). Unset: no limit.
+    #[arg(long, env = "TALLY_RATE_LIMIT")]
+    pub rate_limit: Option<NonZeroU32>,
+    /// Open connections per client IP address; one more is closed at once.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_ADDRESS", default_value = "512")]
+    pub max_connections_per_address: NonZeroU32,
+    /// Where alerts are posted as JSON (a Slack-style incoming webhook):
+    /// bursts of 5xx answers, gateway payments the completer could not
+    /// settle, refunds owed and not yet made. At most one per kind a minute.
+    #[arg(long, env = "TALLY_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
 }
 
 /// `tally gateway-sim`: the fake payment gateway, for trying gateway payments
@@ -287,12 +301,15 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
 ) -> Result<(), String> {
     let mut http = HttpConfig::new(admin);
     http.concurrency_limit = args.concurrency_limit;
+    http.rate_limit = args.rate_limit;
+    let metrics = http.metrics.clone();
     let router = tally_http::router(app.clone(), http, readiness);
     let reaper = tokio::spawn(reap(app.clone()));
     let sweeper = tokio::spawn(sweep(app.clone()));
     let completer = tokio::spawn(complete(app, Duration::from_secs(args.completer_after_seconds)));
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!("tally listening on http://{address}");
+    let listener = PerAddressLimit::new(listener, args.max_connections_per_address, metrics);
     let served = tally_http::serve(listener, router, shutdown_signal()).await.map_err(|e| e.to_string());
     reaper.abort();
     sweeper.abort();
