@@ -28,6 +28,7 @@ mod sweeper;
 
 pub use batch::BATCH_MAX_LIMIT;
 pub use catalog::{EventView, NewSeat, NewShowtime, QueueSettings, ShowtimeView};
+pub use gateway_phase::Completion;
 pub use queue::TokenView;
 
 use crate::catalog::{Event, Product};
