@@ -123,8 +123,10 @@ impl Alerts {
 
     /// Reads one completer pass: what it tried and could not settle.
     pub fn completion(&self, completion: &Completion, now: Instant) {
-        let (refunds, charges): (Vec<&Payment>, Vec<&Payment>) =
-            completion.unsettled.iter().partition(|p| matches!(p.status, PaymentStatus::Cancelling | PaymentStatus::Refunding));
+        let (refunds, charges): (Vec<&Payment>, Vec<&Payment>) = completion
+            .unsettled
+            .iter()
+            .partition(|p| matches!(p.status, PaymentStatus::Cancelling | PaymentStatus::Refunding));
         let error = completion.first_error.as_ref().map(ToString::to_string);
         if !charges.is_empty() {
             let text = format!("{} gateway payment(s) still confirming after the completer's lookup", charges.len());

@@ -30,7 +30,7 @@ async fn a_key_past_its_rate_gets_429_with_retry_after_and_other_keys_do_not() {
         }
     }
     // The burst, plus what refilled while the loop ran (20 a second).
-    let refilled = started.elapsed().as_millis().div_ceil(50) as u64;
+    let refilled = u64::try_from(started.elapsed().as_millis().div_ceil(50)).unwrap();
     assert!(served >= 20 && served <= 20 + refilled, "served {served} in {:?}", started.elapsed());
     assert_eq!(served + refused, 200);
     assert!(refused > 0, "200 quick reads are past a 20/s limit");
