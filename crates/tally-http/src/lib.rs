@@ -92,7 +92,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 mod auth;
@@ -163,7 +162,7 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
         .merge(routes::queue::routes())
         .merge(routes::orders::routes())
         .layer(from_fn_with_state(permits, layers::shed_load));
-    let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi());
+    let docs = SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi::document());
     // `Router::layer` wraps each route (and the fallbacks) separately, which
     // is what lets the span and the metrics see the matched path.
     Router::new()

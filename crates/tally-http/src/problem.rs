@@ -294,9 +294,11 @@ impl From<Error> for ApiError {
                 StockError::OutOfStock { .. } => ApiError::new(Code::OutOfStock, stock.to_string()),
                 // The edge checks quantities, so these mean a restock that
                 // would pass the stock ceiling (or a zero one that slipped by).
-                StockError::TooMuchStock(_) | StockError::ZeroQuantity => {
-                    ApiError::new(Code::InvalidAmount, stock.to_string())
-                }
+                // A restock that would take the product past its ceiling
+                // of units ever stocked: a limit of the product as it
+                // stands, refused like a wallet's (409).
+                StockError::TooMuchStock(_) => ApiError::new(Code::LimitExceeded, stock.to_string()),
+                StockError::ZeroQuantity => ApiError::new(Code::InvalidAmount, stock.to_string()),
                 // Giving back more than was taken is a broken record, never
                 // the client's doing.
                 StockError::OverRelease { .. } => ApiError::internal(Code::InternalError, stock.to_string()),
@@ -317,6 +319,7 @@ impl From<Error> for ApiError {
                 "this queue token already holds the most seats its event allows across its live orders",
             ),
             Error::Forbidden(reason) => ApiError::new(Code::Forbidden, reason),
+            Error::InvalidState(reason) => ApiError::new(Code::InvalidState, reason),
             Error::NotFound => ApiError::not_found(),
             Error::InvalidInput(message) => ApiError::malformed(message),
             // A lost lease means another admission of the same key now holds
@@ -372,7 +375,7 @@ mod tests {
         let order = OrderId(2);
         let code = |error: Error| ApiError::from(error).code;
         assert_eq!(code(StockError::OutOfStock { product, available: 1, wanted: 2 }.into()), Code::OutOfStock);
-        assert_eq!(code(StockError::TooMuchStock(product).into()), Code::InvalidAmount);
+        assert_eq!(code(StockError::TooMuchStock(product).into()), Code::LimitExceeded);
         assert_eq!(code(StockError::ZeroQuantity.into()), Code::InvalidAmount);
         assert_eq!(code(StockError::OverRelease { product, returned: 1 }.into()), Code::InternalError);
         let seat =

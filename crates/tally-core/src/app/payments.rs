@@ -119,7 +119,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             return Ok(Step::Call(loaded, call, Answer::Payment));
         }
         let Some(payment_key) = payment_key else {
-            return Err(Error::InvalidInput("a gateway payment is confirmed with its payment_key"));
+            return Err(Error::InvalidState("a gateway payment is confirmed with its payment_key"));
         };
         // A key belongs to one payment, forever: another payment's key would
         // make one card charge pay two payments (and its refund undo both).

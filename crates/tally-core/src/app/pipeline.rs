@@ -322,7 +322,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                     return self.begin_gateway_confirm(tx, loaded, payment_key.as_deref(), booking, locked).await;
                 }
                 if payment_key.is_some() {
-                    return Err(Error::InvalidInput("a wallet payment takes no payment_key"));
+                    return Err(Error::InvalidState("a wallet payment takes no payment_key"));
                 }
                 self.confirm_wallet_payment(tx, Some(&loaded), &loaded, booking, locked).await
             }
