@@ -19,8 +19,6 @@ gateway_port=${GATEWAY_PORT:-19190}
 max_examples=${MAX_EXAMPLES:-30}
 url="http://127.0.0.1:$port"
 venv=${SCHEMATHESIS_VENV:-target/schemathesis-$schemathesis_version}
-work=$(mktemp -d)
-chmod 755 "$work"
 admin="tly_contract_admin"
 
 if [ ! -x "$venv/bin/st" ]; then
@@ -29,16 +27,8 @@ if [ ! -x "$venv/bin/st" ]; then
 fi
 cargo build --release -p tally >/dev/null
 bin=target/release/tally
-
-cleanup() {
-  kill "${server:-}" "${gateway_pid:-}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin" gateway-sim --listen "127.0.0.1:$gateway_port" >"$work/gateway.log" 2>&1 &
-gateway_pid=$!
+in_workdir
+start_gateway "$gateway_port"
 TALLY_ADMIN_KEY=$admin start_serve "$work/serve.log" serve --listen "127.0.0.1:$port" --store "$store" \
   --data-dir "$work/data" --gateway-url "http://127.0.0.1:$gateway_port"
 

@@ -3,7 +3,7 @@
 //! changes nothing and takes no lock a request waits for) and runs the
 //! core's invariant checker over it — the same checker every proof uses.
 
-use tally_core::check::{self, Snapshot};
+use tally_core::check;
 use tally_core::store::Store;
 use tally_pg::{PgConfig, PgStore};
 
@@ -24,27 +24,11 @@ pub async fn check(args: CheckArgs) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let snapshot = store.snapshot().await.map_err(|e| format!("reading a snapshot: {e}"))?;
     drop(cluster);
-    println!("{}", summary(&snapshot));
+    println!("read {}", snapshot.summary());
     let violations = check::check(&snapshot);
     for violation in &violations {
         println!("VIOLATION {violation}");
     }
     println!("violations: {}", violations.len());
     Ok(violations.is_empty())
-}
-
-fn summary(snapshot: &Snapshot) -> String {
-    format!(
-        "read {} wallets, {} payments, {} transfers, {} idempotency keys, {} products, {} orders, {} events, {} seats, \
-         {} queue tokens",
-        snapshot.wallets.len(),
-        snapshot.payments.len(),
-        snapshot.transfers.len(),
-        snapshot.idempotency.len(),
-        snapshot.products.len(),
-        snapshot.orders.len(),
-        snapshot.events.len(),
-        snapshot.seats.len(),
-        snapshot.tokens.len(),
-    )
 }
