@@ -220,27 +220,38 @@ pub struct CreateUserRequest {
     pub limits: Option<LimitsInput>,
 }
 
-/// Optional wallet ceilings; absent or `null` means unlimited.
+/// Optional wallet ceilings; absent or `null` means unlimited (serde reads
+/// a missing `Option` field as `None`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsInput {
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub max_balance: Option<JsonInteger>,
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub per_payment_limit: Option<JsonInteger>,
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub daily_limit: Option<JsonInteger>,
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub monthly_limit: Option<JsonInteger>,
+    pub max_balance: Option<LimitInput>,
+    pub per_payment_limit: Option<LimitInput>,
+    pub daily_limit: Option<LimitInput>,
+    pub monthly_limit: Option<LimitInput>,
 }
+
+/// One wallet ceiling as a body gives it: minor units, `0..=10^15`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct LimitInput(JsonInteger);
+
+impl utoipa::PartialSchema for LimitInput {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(Money::BALANCE_LIMIT.minor_units()))
+            .into()
+    }
+}
+
+impl ToSchema for LimitInput {}
 
 impl LimitsInput {
     pub fn limits(&self) -> Result<Limits, ApiError> {
-        let read = |value: Option<JsonInteger>, field: &str| value.map(|v| v.limit(field)).transpose();
+        let read = |value: Option<LimitInput>, field: &str| value.map(|v| v.0.limit(field)).transpose();
         Ok(Limits {
             max_balance: read(self.max_balance, "max_balance")?,
             per_payment: read(self.per_payment_limit, "per_payment_limit")?,

@@ -62,6 +62,7 @@ use crate::routes::{catalog as catalogue, ops as operations, orders, payments, q
         dto::Label,
         dto::CreateUserRequest,
         dto::LimitsInput,
+        dto::LimitInput,
         dto::UserCreated,
         dto::WalletBody,
         dto::LimitsBody,
