@@ -280,7 +280,7 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
     let app = Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), config);
     let stale_write = match strategy {
         Strategy::Atomic => StaleWrite::Rebases,
-        Strategy::Pessimistic | Strategy::Optimistic => StaleWrite::Conflicts,
+        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory => StaleWrite::Conflicts,
     };
     let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
     assert_eq!(ran.len(), 24);

@@ -286,6 +286,12 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
     readiness: Readiness,
 ) -> Result<(), String> {
     let mut http = HttpConfig::new(admin);
+    // The process-wide recorder, so that what the store counts (conflicts,
+    // which `tally bench` reports as retries) shows on `/metrics` too. A
+    // second server in one process (tests) keeps its own.
+    if let Ok(handle) = tally_http::Metrics::builder().install_recorder() {
+        http.metrics = tally_http::Metrics::global(handle);
+    }
     http.concurrency_limit = args.concurrency_limit;
     let router = tally_http::router(app.clone(), http, readiness);
     let reaper = tokio::spawn(reap(app.clone()));
