@@ -284,7 +284,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
 /// goes to `failures.log` beside the results.
 fn keep(progress: &ProgressBar, out: &Path, row: &Row, report: &str) -> Result<(), String> {
     progress.inc(1);
-    progress.println(format!(
+    let line = format!(
         "{:<24} {:<10} {:>4} clients  {:>7} req/s  p99 {:>8} ms  {}",
         row.series,
         row.workload,
@@ -292,7 +292,13 @@ fn keep(progress: &ProgressBar, out: &Path, row: &Row, report: &str) -> Result<(
         row.per_second,
         row.p99_ms,
         verdict(row)
-    ));
+    );
+    // Without a terminal the bar is hidden, and so is what it would print.
+    if progress.is_hidden() {
+        println!("{line}")
+    } else {
+        progress.println(line)
+    }
     if !row.pass {
         let path = out.join("failures.log");
         let mut log = std::fs::read_to_string(&path).unwrap_or_default();
