@@ -312,46 +312,33 @@ fn verdict(row: &Row) -> &'static str {
     if row.pass { "PASS" } else { "FAIL" }
 }
 
+/// A row's cells, in the order of [`COLUMNS`].
+fn cells(r: &Row) -> Vec<String> {
+    let mut cells = vec![r.workload.to_owned(), r.series.clone()];
+    cells.extend([r.clients, r.requests, r.per_second].map(|n| n.to_string()));
+    cells.extend([r.p50_ms.clone(), r.p99_ms.clone()]);
+    cells.extend([r.errors, r.retries].map(|n| n.to_string()));
+    cells.push(verdict(r).to_owned());
+    cells
+}
+
+const COLUMNS: [&str; 10] =
+    ["workload", "strategy", "clients", "requests", "per_second", "p50_ms", "p99_ms", "errors", "retries", "verdict"];
+
 fn csv(rows: &[Row]) -> String {
-    let mut text = "workload,strategy,clients,requests,per_second,p50_ms,p99_ms,errors,retries,verdict\n".to_owned();
+    let mut text = COLUMNS.join(",") + "\n";
     for r in rows {
-        let _ = writeln!(
-            text,
-            "{},{},{},{},{},{},{},{},{},{}",
-            r.workload,
-            r.series,
-            r.clients,
-            r.requests,
-            r.per_second,
-            r.p50_ms,
-            r.p99_ms,
-            r.errors,
-            r.retries,
-            verdict(r)
-        );
+        let _ = writeln!(text, "{}", cells(r).join(","));
     }
     text
 }
 
-/// The table, as Markdown (so docs/ can take it as printed).
+/// The table, as Markdown (so docs/ can take it as printed). `per_second`
+/// is requests/s, or the raw baseline's transactions/s.
 fn table(rows: &[Row]) -> String {
-    let mut text =
-        "| workload | strategy | clients | req/s | p50 ms | p99 ms | errors | retries | verdict |\n".to_owned();
-    text.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+    let mut text = format!("| {} |\n|---|---|{}---|\n", COLUMNS.join(" | "), "---:|".repeat(7));
     for r in rows {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.workload,
-            r.series,
-            r.clients,
-            r.per_second,
-            r.p50_ms,
-            r.p99_ms,
-            r.errors,
-            r.retries,
-            verdict(r)
-        );
+        let _ = writeln!(text, "| {} |", cells(r).join(" | "));
     }
     text
 }
@@ -441,6 +428,14 @@ mod tests {
         let row = parse("tally load timed out", "hot", "atomic".into(), 1, 0);
         assert!(!row.pass);
         assert_eq!(row.p99_ms, "-");
+    }
+
+    #[test]
+    fn the_table_and_the_csv_have_a_cell_per_column() {
+        let row = parse("verdict    PASS\n", "hot", "raw-a".into(), 1, 0);
+        let table = table(std::slice::from_ref(&row));
+        assert!(table.lines().all(|line| line.matches('|').count() == COLUMNS.len() + 1), "{table}");
+        assert_eq!(csv(&[row]).lines().nth(1), Some("hot,raw-a,1,0,0,-,-,0,0,PASS"));
     }
 
     #[test]
