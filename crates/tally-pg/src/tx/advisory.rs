@@ -12,9 +12,11 @@
 //! each lock once and answers `Busy` if one is held.
 //!
 //! An idempotency key is not among them: admission takes its row with
-//! `FOR UPDATE NOWAIT`, as under the pessimistic strategy, so a duplicate in
-//! flight is told so at once instead of queueing behind the request it
-//! duplicates. Loads then lock nothing, and writes still check the loaded
+//! `FOR UPDATE NOWAIT`, as under the pessimistic strategy, so a request
+//! whose key another transaction holds (a gateway payment's key in flight)
+//! is told so at once rather than queued. A duplicate of a request still
+//! running locks the same records, so it waits for it at begin and then
+//! replays its answer. Loads lock nothing, and writes still check the loaded
 //! version: the second line behind the lock, as pessimistic writes do.
 
 use std::time::Duration;
