@@ -467,7 +467,7 @@ pub async fn the_schema_refuses_a_balance_past_the_cap(strategy: Strategy) {
     // finds the delta past the cap and reports a conflict first.
     match strategy {
         Strategy::Atomic => assert_eq!(result, Err(StoreError::Conflict)),
-        Strategy::Pessimistic | Strategy::Optimistic => {
+        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory => {
             let capped =
                 |m: &str| m.contains("wallets_balance_cap") || m.contains("wallets_ceiling_with_held_paybacks");
             assert!(matches!(result, Err(StoreError::Integrity(ref m)) if capped(m)), "{result:?}")

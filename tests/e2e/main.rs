@@ -77,6 +77,7 @@ fn main() {
         one_step_payments_spend_the_last_funds_exactly,
         one_step_payments_under_one_key_charge_once,
         tally_check_passes_a_sound_database_and_fails_a_tampered_one,
+        record_keys_lock_at_begin,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {

@@ -9,9 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tally_conformance::StaleWrite;
 use tally_core::app::{Config, Tally};
-use tally_core::ids::SeqIds;
+use tally_core::ids::{SeqIds, UserId};
 use tally_core::ledger::TransferKind;
-use tally_core::store::NoLocks;
+use tally_core::store::{LockKey, LockSet, NoLocks, Store, StoreError, Tx};
 use tally_core::time::{ManualClock, Timestamp};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
@@ -280,7 +280,7 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
     let app = Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), config);
     let stale_write = match strategy {
         Strategy::Atomic => StaleWrite::Rebases,
-        Strategy::Pessimistic | Strategy::Optimistic => StaleWrite::Conflicts,
+        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory => StaleWrite::Conflicts,
     };
     let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
     assert_eq!(ran.len(), 24);
@@ -524,4 +524,31 @@ pub async fn tally_check_passes_a_sound_database_and_fails_a_tampered_one(strate
     assert_eq!(tally::check::check(args()).await, Ok(true));
     sqlx::query("UPDATE wallets SET balance = balance + 1").execute(app.app.store().pool()).await.expect("tamper");
     assert_eq!(tally::check::check(args()).await, Ok(false), "a balance its ledger does not explain");
+}
+
+/// The advisory strategy's locks exclude (invariants 1–6 rest on it): while
+/// one transaction holds a wallet's key, a zero-wait begin on the key is
+/// `Busy`, a waiting one gives up at the lock timeout (`Unavailable`), a
+/// begin on another key goes ahead, and the holder's commit frees the key.
+/// The other strategies lock rows as they load, not keys at begin, so every
+/// begin goes ahead.
+pub async fn record_keys_lock_at_begin(strategy: Strategy) {
+    let url = fresh_database().await;
+    let config = PgConfig { strategy, lock_timeout: Duration::from_millis(200), ..PgConfig::default() };
+    let store = PgStore::connect_lazy(&url, config).expect("url");
+    let wallet = LockSet::new([LockKey::Wallet(UserId(1))]);
+    let other = LockSet::new([LockKey::Wallet(UserId(2))]);
+    let holder = store.begin_locked(&wallet, Duration::from_secs(1)).await.expect("the first holder");
+    let at_once = store.begin_locked(&wallet, Duration::ZERO).await.map(drop);
+    let waiting = store.begin_locked(&wallet, Duration::from_secs(1)).await.map(drop);
+    let elsewhere = store.begin_locked(&other, Duration::ZERO).await.map(drop);
+    if strategy == Strategy::Advisory {
+        assert_eq!(at_once, Err(StoreError::Busy));
+        assert_eq!(waiting, Err(StoreError::Unavailable("lock wait timed out".into())));
+    } else {
+        assert_eq!((at_once, waiting.clone()), (Ok(()), Ok(())));
+    }
+    assert_eq!(elsewhere, Ok(()));
+    holder.commit().await.expect("commit");
+    assert_eq!(store.begin_locked(&wallet, Duration::ZERO).await.map(drop), Ok(()));
 }

@@ -1,7 +1,7 @@
 //! Issue 10's rules where a store restates them: the spending windows, the
 //! balance ceiling with held paybacks, and the one-payment-per-key claim.
 //!
-//! A store that writes decided rows (pessimistic, optimistic, in-memory)
+//! A store that writes decided rows (pessimistic, optimistic, advisory, in-memory)
 //! only has to round-trip the new fields and refuse stale writes. The atomic
 //! strategy applies a decision made on a stale read to the current row under
 //! SQL guards, which restate `Wallet::apply`: these cases commit such stale

@@ -390,9 +390,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     #[cfg(tally_mutants)]
     pub async fn forget_key(&self, user: UserId, key: crate::idempotency::IdemKey) -> Result<(), Error> {
         let scope = IdemScope { user, key };
-        let _guard =
-            self.locks.acquire(&LockSet::new([LockKey::Idempotency(scope.clone())]), self.config.lock_wait).await?;
-        let mut tx = self.store.begin().await?;
+        let keys = LockSet::new([LockKey::Idempotency(scope.clone())]);
+        let _guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
+        let mut tx = self.store.begin_locked(&keys, self.config.lock_wait).await?;
         if let Some(record) = tx.idempotency(&scope).await? {
             tx.delete_idempotency(&record).await?;
         }

@@ -69,6 +69,20 @@ pub trait Store: Send + Sync + 'static {
 
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
 
+    /// A transaction that holds `keys` (already granted by the lock manager)
+    /// until it ends. A backend that locks inside its transactions
+    /// (PostgreSQL's advisory strategy) takes them here, in the set's order,
+    /// waiting at most `wait` (zero: not at all, `StoreError::Busy` if one is
+    /// held); every other backend relies on the lock manager and just begins.
+    fn begin_locked(
+        &self,
+        keys: &LockSet,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send {
+        let _ = (keys, wait);
+        self.begin()
+    }
+
     /// A transaction for looking only: its loads never take row locks or
     /// wait for them, and it is rolled back, never committed. Use cases peek
     /// to learn which keys to lock; what they then load under the locks is

@@ -14,6 +14,8 @@
 //!   and (with an active token) seats, then pays some orders from the
 //!   wallet, cancels some (a few after paying: a refund), and leaves the
 //!   rest to expire. Client 0 also restocks now and then, as the admin.
+//! - `last-unit` and `one-seat`: every client races for one product unit or
+//!   one seat; the winner cancels, and the race starts again (`contest`).
 //!
 //! It prints throughput, latency percentiles, counts per status code and per
 //! problem code, then checks the outcome through the API (each wallet's
@@ -36,6 +38,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+pub mod bench;
+mod contest;
 mod inventory;
 mod payments;
 pub mod raw;
@@ -62,6 +66,8 @@ pub enum Workload {
     Spread,
     Duplicates,
     Inventory,
+    LastUnit,
+    OneSeat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -252,7 +258,9 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let client = Arc::new(Client { http, base: args.url.trim_end_matches('/').to_owned() });
     let wallets = match args.workload {
         Workload::Hot | Workload::Duplicates => 1,
-        Workload::Spread | Workload::Inventory => usize::try_from(args.clients).expect("client count fits"),
+        Workload::Spread | Workload::Inventory | Workload::LastUnit | Workload::OneSeat => {
+            usize::try_from(args.clients).expect("client count fits")
+        }
     };
     let initial = 1_000_000_000;
     let mut keys = Vec::new();
@@ -274,6 +282,11 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
         Workload::Inventory => Some(Arc::new(Catalogue::create(&client, admin_key, args.clients).await?)),
         _ => None,
     };
+    let prize = match args.workload {
+        Workload::LastUnit => Some(Arc::new(contest::Prize::last_unit(&client, admin_key).await?)),
+        Workload::OneSeat => Some(Arc::new(contest::Prize::one_seat(&client, admin_key, args.clients).await?)),
+        _ => None,
+    };
     let keys = Arc::new(keys);
     let observed = Arc::new(Mutex::new(Observed::default()));
     let budget = Arc::new(AtomicU64::new(budget));
@@ -283,6 +296,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     for c in 0..args.clients {
         let (client, keys, observed, budget) = (client.clone(), keys.clone(), observed.clone(), budget.clone());
         let catalogue = catalogue.clone();
+        let prize = prize.clone();
         let workload = args.workload;
         tasks.push(tokio::spawn(async move {
             let wallet = wallet_of(workload, c);
@@ -290,6 +304,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
             let mut sent = 0u64;
             let mut local = Observed::default();
             let mut shopper = Shopper::default();
+            let mut token = None;
             while sent < REQUESTS_PER_CLIENT_MAX {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -298,12 +313,13 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
                     break;
                 }
                 sent += 1;
-                let step = match &catalogue {
-                    Some(catalogue) => {
+                let step = match (&catalogue, &prize) {
+                    (Some(catalogue), _) => {
                         let shop = Shop { client: &client, catalogue, key: &key, c, wallet };
                         shop.step(sent, &mut shopper, &mut local).await
                     }
-                    None => wallet_step(&client, workload, flow, &key, c, sent, &mut local).await,
+                    (None, Some(prize)) => prize.race(&client, &key, &mut token, c, sent, &mut local).await,
+                    (None, None) => wallet_step(&client, workload, flow, &key, c, sent, &mut local).await,
                 };
                 if let Err(error) = step {
                     eprintln!("client {c}: {error}");
@@ -329,6 +345,9 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     if let Some(catalogue) = &catalogue {
         ok &= verify_inventory(&client, catalogue, &keys, &observed).await?;
     }
+    if let Some(prize) = &prize {
+        ok &= prize.verify(&client, &keys[0], &observed).await?;
+    }
     ok &= verify_database(&args).await?;
     println!("verdict    {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
@@ -337,7 +356,9 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
 /// The wallet client `c` pays from.
 fn wallet_of(workload: Workload, c: u64) -> usize {
     match workload {
-        Workload::Spread | Workload::Inventory => usize::try_from(c).expect("fits"),
+        Workload::Spread | Workload::Inventory | Workload::LastUnit | Workload::OneSeat => {
+            usize::try_from(c).expect("fits")
+        }
         Workload::Hot | Workload::Duplicates => 0,
     }
 }
@@ -381,7 +402,7 @@ async fn wallet_step(
                 return Err(format!("duplicates: unexpected {} {}", reply.status, reply.body));
             }
         }
-        Workload::Inventory => unreachable!("inventory clients shop"),
+        Workload::Inventory | Workload::LastUnit | Workload::OneSeat => unreachable!("these clients shop or race"),
         Workload::Hot | Workload::Spread => payments::step(client, flow, key, wallet, c, n, local).await?,
     }
     Ok(())
@@ -404,7 +425,7 @@ fn report(args: &LoadArgs, observed: &Observed, elapsed: Duration) {
         let codes: Vec<String> = observed.codes.iter().map(|((s, code), n)| format!("{s} {code}: {n}")).collect();
         println!("codes      {}", codes.join(", "));
     }
-    if args.workload == Workload::Inventory {
+    if matches!(args.workload, Workload::Inventory | Workload::LastUnit | Workload::OneSeat) {
         let fates: Vec<String> = observed.fates.iter().map(|(fate, n)| format!("{fate}: {n}")).collect();
         println!("orders     {}", fates.join(", "));
     } else {

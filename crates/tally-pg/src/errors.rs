@@ -2,18 +2,28 @@
 
 use tally_core::store::StoreError;
 
+/// The counter of conflicts (each one a use case re-run, or refused once
+/// its attempts ran out): `tally bench` reports it as retries.
+pub const CONFLICTS_TOTAL: &str = "tally_store_conflicts_total";
+
+/// A `Conflict`, counted.
+pub(crate) fn conflict() -> StoreError {
+    metrics::counter!(CONFLICTS_TOTAL).increment(1);
+    StoreError::Conflict
+}
+
 /// Maps an error from any statement except `COMMIT`.
 pub(crate) fn map(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(db) => match db.code().as_deref() {
             // serialization_failure, deadlock_detected: nothing was written.
-            Some("40001" | "40P01") => StoreError::Conflict,
+            Some("40001" | "40P01") => conflict(),
             // unique_violation on the idempotency key: two first requests raced
             // to insert; the loser decides again on what won.
-            Some("23505") if db.constraint() == Some("idempotency_keys_pkey") => StoreError::Conflict,
+            Some("23505") if db.constraint() == Some("idempotency_keys_pkey") => conflict(),
             // unique_violation on a gateway payment key: two payments raced to
             // claim one key; the loser decides again, sees the claim, refuses.
-            Some("23505") if db.constraint() == Some("payments_gateway_payment_key_unique") => StoreError::Conflict,
+            Some("23505") if db.constraint() == Some("payments_gateway_payment_key_unique") => conflict(),
             Some(code) if code.starts_with("23") => {
                 StoreError::Integrity(format!("{} ({})", db.message(), db.constraint().unwrap_or("-")))
             }

@@ -10,6 +10,10 @@
 //!   `WHERE version = $loaded`, and a stale one fails with
 //!   `StoreError::Conflict` after a short random pause (jitter), and the core
 //!   retries the use case a bounded number of times. Never around a foreign call.
+//! - [`Strategy::Advisory`]: a use case's record keys are locked with
+//!   `pg_advisory_xact_lock` when its transaction begins, in the core's
+//!   global lock order, with a lock timeout (`Store::begin_locked`; see
+//!   `tx::advisory`). Loads then take no row locks; writes check versions.
 //! - [`Strategy::Atomic`]: plain loads; the wallet is changed by one
 //!   conditional `UPDATE … SET balance = balance + $delta WHERE <the decision's
 //!   guards>` and a payment by `UPDATE … WHERE status = $from`. The guards
@@ -49,8 +53,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_core::check::Snapshot;
-use tally_core::store::{Store, StoreError};
+use tally_core::store::{LockSet, Store, StoreError};
 
+pub use errors::CONFLICTS_TOTAL;
 pub use tx::PgTx;
 
 /// The schema, embedded in the binary.
@@ -62,16 +67,18 @@ pub enum Strategy {
     Pessimistic,
     Optimistic,
     Atomic,
+    Advisory,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 3] = [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Atomic];
+    pub const ALL: [Strategy; 4] = [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Atomic, Strategy::Advisory];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Strategy::Pessimistic => "pessimistic",
             Strategy::Optimistic => "optimistic",
             Strategy::Atomic => "atomic",
+            Strategy::Advisory => "advisory",
         }
     }
 }
@@ -83,7 +90,7 @@ impl FromStr for Strategy {
         Strategy::ALL
             .into_iter()
             .find(|s| s.as_str() == text)
-            .ok_or_else(|| format!("unknown strategy {text:?}: expected pessimistic, optimistic or atomic"))
+            .ok_or_else(|| format!("unknown strategy {text:?}: expected pessimistic, optimistic, atomic or advisory"))
     }
 }
 
@@ -179,6 +186,14 @@ impl Store for PgStore {
 
     async fn begin(&self) -> Result<PgTx, StoreError> {
         Ok(PgTx::new(self.begin_tx().await?, self.config.clone()))
+    }
+
+    async fn begin_locked(&self, keys: &LockSet, wait: Duration) -> Result<PgTx, StoreError> {
+        let mut tx = self.begin().await?;
+        if self.config.strategy == Strategy::Advisory {
+            tx::advisory::lock(&mut tx, keys, wait).await?;
+        }
+        Ok(tx)
     }
 
     async fn peek(&self) -> Result<PgTx, StoreError> {

@@ -14,6 +14,8 @@
 //! - [`catalog`]: products, events, showtimes and seats.
 //! - [`orders`]: orders with their lines and seats, the expiry sweeper's scan.
 //! - [`queue`]: an event's queue tokens.
+//! - [`advisory`]: the advisory strategy's locks, taken as a transaction
+//!   begins.
 //!
 //! What they share lives here: the strategy's locking clauses, and the
 //! statement helpers the modules run their statements through. A write of an
@@ -23,6 +25,7 @@
 //! becomes a `Conflict` in one place. The one exception is the atomic wallet
 //! write, which needs the row back and has its own module.
 
+pub(crate) mod advisory;
 mod catalog;
 mod idempotency;
 mod ledger;
@@ -98,6 +101,14 @@ impl PgTx {
         self.config.strategy == Strategy::Pessimistic
     }
 
+    /// Whether idempotency records are row-locked: under the pessimistic
+    /// strategy like every record, and under the advisory one because its
+    /// advisory locks leave the key to admission's `FOR UPDATE NOWAIT` (see
+    /// `advisory`).
+    fn locks_idempotency_rows(&self) -> bool {
+        matches!(self.config.strategy, Strategy::Pessimistic | Strategy::Advisory)
+    }
+
     /// The pessimistic row lock of the money tables (wallets, payments,
     /// idempotency records).
     fn for_update(&self) -> &'static str {
@@ -121,7 +132,7 @@ impl PgTx {
             let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
             tokio::time::sleep(Duration::from_micros(u64::from(seed) % max)).await;
         }
-        StoreError::Conflict
+        errors::conflict()
     }
 
     /// Runs a statement whose row count decides nothing; returns it.

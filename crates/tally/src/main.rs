@@ -6,6 +6,8 @@
 //! - `tally check` runs the invariant checker on a live database.
 //! - `tally load` drives a running server and checks the outcome, or runs
 //!   the raw-SQL baseline it is compared with (`--raw`).
+//! - `tally bench` runs every workload under every strategy, and the
+//!   baselines, and writes the table and its plot.
 //!
 //! The service's logic lives in the library crates (`tally-core`'s use
 //! cases, `tally-http`'s router, the stores, `tally-load`'s clients); this
@@ -32,6 +34,9 @@ enum Command {
     /// Drive a running server with concurrent clients, then check the invariants
     /// (or, with `--raw`, run a raw-SQL payment pattern as the baseline).
     Load(load::LoadArgs),
+    /// Measure every workload under every strategy, and the raw-SQL
+    /// baselines, on one private PostgreSQL: results.csv and comparison.svg.
+    Bench(load::bench::BenchArgs),
     /// Run the fake payment gateway (a second confirm of a key answers ALREADY_PROCESSED_PAYMENT).
     GatewaySim(serve::GatewaySimArgs),
     /// Run the invariant checker on a live database; exit non-zero on a violation.
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await.map(|()| true),
             Command::Migrate(args) => serve::migrate(args).await.map(|()| true),
             Command::Load(args) => load::run(args).await,
+            Command::Bench(args) => load::bench::run(args).await,
             Command::GatewaySim(args) => serve::gateway_sim(args).await.map(|()| true),
             Command::Check(args) => check::check(args).await,
         }

@@ -301,6 +301,12 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
     readiness: Readiness,
 ) -> Result<(), String> {
     let mut http = HttpConfig::new(admin);
+    // The process-wide recorder, so that what the store counts (conflicts,
+    // which `tally bench` reports as retries) shows on `/metrics` too. A
+    // second server in one process (tests) keeps its own.
+    if let Ok(handle) = tally_http::Metrics::builder().install_recorder() {
+        http.metrics = tally_http::Metrics::global(handle);
+    }
     http.concurrency_limit = args.concurrency_limit;
     http.rate_limit = args.rate_limit;
     let metrics = http.metrics.clone();

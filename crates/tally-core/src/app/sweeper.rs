@@ -21,7 +21,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         for id in candidates? {
             let keys = LockSet::new(self.order_keys_of(Some(id)).await?);
             let Ok(guard) = self.locks.acquire(&keys, Duration::ZERO).await else { continue };
-            let mut tx = self.store.begin().await?;
+            // Skipped, not waited for, in the store too.
+            let mut tx = match self.store.begin_locked(&keys, Duration::ZERO).await {
+                Ok(tx) => tx,
+                Err(StoreError::Busy) => continue,
+                Err(error) => return Err(error.into()),
+            };
             match self.expire_in(&mut tx, id, now, &keys).await {
                 Ok(true) => {}
                 Ok(false) | Err(Error::Order(_) | Error::Store(StoreError::Conflict | StoreError::Busy)) => {

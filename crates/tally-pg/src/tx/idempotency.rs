@@ -18,17 +18,17 @@ pub(super) async fn record(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<Id
     let sql = format!(
         "SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{}",
         rows::IDEM_COLUMNS,
-        tx.for_update()
+        if tx.locks_idempotency_rows() { " FOR UPDATE" } else { "" }
     );
     tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(scope.user.0)).bind(scope.key.as_str()), rows::idem)
         .await
 }
 
-/// Admission's load: under the pessimistic strategy a key whose row another
+/// Admission's load: under the pessimistic and advisory strategies a key whose row another
 /// transaction holds is a key in flight, answered at once (`Busy`) rather
 /// than waited for. Its own error mapping, so not through `fetch_optional`.
 pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
-    let lock = if tx.pessimistic() { " FOR UPDATE NOWAIT" } else { "" };
+    let lock = if tx.locks_idempotency_rows() { " FOR UPDATE NOWAIT" } else { "" };
     let sql = format!("SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{lock}", rows::IDEM_COLUMNS);
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(uuid(scope.user.0))
