@@ -39,6 +39,19 @@ pub struct Deployment {
     pub payback_bps: u32,
     /// Which confirms the gateway charges for another amount.
     pub tamper: Tamper,
+    /// The router's configuration, built once per seed ([`http_config`]):
+    /// its metrics recorder is shared by every incarnation of every server.
+    pub http: HttpConfig,
+}
+
+/// The servers' router configuration: `tally serve`'s, with the
+/// simulation's request timeout and without the OpenAPI docs (nobody reads
+/// them here, and building them was a fifth of a seed's CPU time).
+pub fn http_config() -> HttpConfig {
+    let mut http = HttpConfig::new(ADMIN_KEY);
+    http.request_timeout = timing::REQUEST_TIMEOUT;
+    http.docs = false;
+    http
 }
 
 impl std::fmt::Debug for Deployment {
@@ -79,8 +92,7 @@ pub async fn serve(deployment: Deployment, name: String, behind: std::time::Dura
         )
         .with_gateway(gateway),
     );
-    let mut http = HttpConfig::new(ADMIN_KEY);
-    http.request_timeout = timing::REQUEST_TIMEOUT;
+    let mut http = deployment.http;
     // Keys for users created over the API: deterministic, never random.
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
     http.key_gen =

@@ -41,6 +41,11 @@ pub struct HttpConfig {
     /// Where request metrics go and what `/metrics` renders.
     pub metrics: Metrics,
     pub key_gen: KeyGen,
+    /// Whether to serve `/docs` and `/openapi.json`. Building the OpenAPI
+    /// document is most of the cost of building a router; the simulation,
+    /// which builds one per server start and never reads the docs, turns it
+    /// off.
+    pub docs: bool,
 }
 
 impl HttpConfig {
@@ -55,6 +60,7 @@ impl HttpConfig {
             ledger_page_default: LEDGER_PAGE_DEFAULT,
             metrics: Metrics::local(),
             key_gen: Arc::new(crate::keys::new_api_key),
+            docs: true,
         }
     }
 }
@@ -69,6 +75,7 @@ impl fmt::Debug for HttpConfig {
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("ledger_page_default", &self.ledger_page_default)
             .field("metrics", &self.metrics)
+            .field("docs", &self.docs)
             .finish_non_exhaustive()
     }
 }
