@@ -351,6 +351,23 @@ impl Journal {
         self.lock().hash
     }
 
+    /// Folds `state`'s whole `Debug` text (the final store) into the run's
+    /// hash, and logs its own hash: two runs that logged the same events
+    /// but left different databases must not hash equal.
+    pub fn fingerprint(&self, what: &str, state: &impl fmt::Debug) {
+        struct Fnv(u64);
+        impl fmt::Write for Fnv {
+            fn write_str(&mut self, text: &str) -> fmt::Result {
+                self.0 = fnv(self.0, text.as_bytes());
+                Ok(())
+            }
+        }
+        let mut hasher = Fnv(FNV_OFFSET);
+        // Formatting into a hasher cannot fail.
+        let _ = fmt::write(&mut hasher, format_args!("{state:?}"));
+        self.event("sim", format!("{what} hashes {:016x}", hasher.0));
+    }
+
     pub fn counts(&self) -> Counts {
         self.lock().counts.clone()
     }

@@ -189,7 +189,8 @@ fn run_workers(args: &Args, total: Option<u64>, each: &mut dyn FnMut(SeedOutcome
         let sender = sender.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
-                let outcome = line.map_err(|e| format!("reading a worker: {e}")).and_then(|l| tally_sim::jobs::decode(&l));
+                let outcome =
+                    line.map_err(|e| format!("reading a worker: {e}")).and_then(|l| tally_sim::jobs::decode(&l));
                 if sender.send(outcome).is_err() {
                     return;
                 }

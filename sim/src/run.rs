@@ -81,6 +81,10 @@ pub fn run_seed(seed: u64, options: &Options) -> SeedOutcome {
 
 /// Runs one seed, keeping the whole event log if asked.
 pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOutcome {
+    // One seed at a time in a process, whichever thread asks (test threads
+    // do): task ids are process-wide, see `align_task_ids`.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     align_task_ids();
     let plan = Plan::draw(seed, options);
     let root = SimRng::new(seed);
@@ -294,6 +298,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
 
     // Phase 3: judgement.
     let snapshot = now_or_never(memory.snapshot()).expect("the in-memory snapshot never fails");
+    journal.fingerprint("the final store", &snapshot);
     let exchanges = journal.exchanges();
     violations.extend(journal.monitor_violations());
     let (confirms_by_order, confirms_by_key) = journal.confirms_sent_total();
@@ -612,7 +617,8 @@ fn count_gateway_faults(journal: &Journal, stats: &GatewayStats) {
 /// whole process, so without this the order in which a crashed server's
 /// connections close and locks are released would depend on how many tasks
 /// earlier seeds spawned. Aligned, every run of a seed sees the same ids
-/// modulo 64. (For the same reason, seeds run one at a time per process.)
+/// modulo 64. (For the same reason, seeds run one at a time per process:
+/// [`run_seed_with`] holds a process-wide lock, and `--jobs` uses processes.)
 fn align_task_ids() {
     thread_local! {
         static RUNTIME: tokio::runtime::Runtime =
