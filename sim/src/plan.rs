@@ -419,6 +419,53 @@ impl MoneyFaults {
     }
 }
 
+/// Faults of the database itself (issue 14), drawn on a stream of their
+/// own. Times are simulated time since the run began; every window ends
+/// within a couple of seconds, and the quiet phase turns them all off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbFaults {
+    /// Commits (per mille) whose `COMMIT` is lost on its way: the caller is
+    /// told the outcome is unknown (`Ambiguous`), and nothing was applied.
+    pub unapplied_per_mille: u64,
+    /// Stalls (start, length): every statement waits for the stall's end.
+    pub stalls: Vec<(Duration, Duration)>,
+    /// Outages (start, length): the database cannot be reached; statements
+    /// fail after a connect timeout.
+    pub outages: Vec<(Duration, Duration)>,
+    /// Restarts (when, downtime): every transaction open at that moment is
+    /// dropped, and the database is unreachable for the downtime.
+    pub restarts: Vec<(Duration, Duration)>,
+}
+
+impl DbFaults {
+    fn draw(rng: &mut SimRng, profile: Profile, horizon_ms: u64) -> DbFaults {
+        let mut on = |swarm: u64, light: u64| match profile {
+            Profile::None => false,
+            Profile::Light => rng.chance(light),
+            Profile::Heavy => true,
+            Profile::Swarm => rng.chance(swarm),
+        };
+        let switches = [on(300, 150), on(250, 100), on(250, 100), on(250, 100)];
+        let [unapplied, stalls, outages, restarts] = switches;
+        let windows = |rng: &mut SimRng, on: bool, low: u64, high: u64| -> Vec<(Duration, Duration)> {
+            if !on {
+                return Vec::new();
+            }
+            (0..rng.range(1, 2)).map(|_| (rng.millis(10, horizon_ms), rng.millis(low, high))).collect()
+        };
+        DbFaults {
+            unapplied_per_mille: if unapplied { rng.range(5, 60) } else { 0 },
+            stalls: windows(rng, stalls, 50, 1_500),
+            outages: windows(rng, outages, 50, 1_000),
+            restarts: windows(rng, restarts, 20, 400),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.unapplied_per_mille > 0 || !self.stalls.is_empty() || !self.outages.is_empty() || !self.restarts.is_empty()
+    }
+}
+
 /// Everything one seed runs.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -436,6 +483,7 @@ pub struct Plan {
     pub inventory: Inventory,
     pub adversary: Adversary,
     pub money_faults: MoneyFaults,
+    pub db_faults: DbFaults,
     /// Sorted by time.
     pub actions: Vec<(Duration, Action)>,
 }
@@ -569,6 +617,7 @@ impl Plan {
         let db_latency_max_ms = if inventory.races_expiry { db_latency_max_ms.max(3) } else { db_latency_max_ms };
         let adversary = Adversary::draw(&mut root.fork(6), clients, users, inventory.products.len());
         let money_faults = MoneyFaults::draw(&mut root.fork(7), profile, options.hosts, &adversary.calendar);
+        let db_faults = DbFaults::draw(&mut root.fork(9), profile, horizon_ms);
         Plan {
             seed,
             options: options.clone(),
@@ -582,6 +631,7 @@ impl Plan {
             inventory,
             adversary,
             money_faults,
+            db_faults,
             actions,
         }
     }
@@ -589,11 +639,12 @@ impl Plan {
     /// One line for the report and the replay header.
     pub fn summary(&self) -> String {
         format!(
-            "net {}..{}ms, db ≤{}ms, commits {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
+            "net {}..{}ms, db ≤{}ms, commits {:?}, {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
             self.net_latency.0.as_millis(),
             self.net_latency.1.as_millis(),
             self.db_latency_max_ms,
             self.commit_faults,
+            self.db_faults,
             self.gateway,
             self.client,
             self.inventory,
@@ -614,6 +665,7 @@ mod tests {
         assert_eq!(Plan::draw(9, &options).summary(), Plan::draw(9, &options).summary());
         let none = Plan::draw(9, &Options { profile: Profile::None, ..options });
         assert!(none.actions.is_empty() && none.commit_faults.is_none() && none.gateway == GatewayFaults::default());
+        assert!(!none.db_faults.any());
         assert_eq!(none.ops_per_client.iter().sum::<usize>(), 30);
     }
 

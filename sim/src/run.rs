@@ -121,7 +121,16 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             }
         })));
     }
-    let store = store::watched(&memory, plan.db_latency_max_ms, root.fork(4), journal.clone(), clock.clone());
+    let db_faults_on = Arc::new(AtomicBool::new(plan.db_faults.any()));
+    count_db_faults(&journal, &plan.db_faults);
+    let store = store::watched(
+        &memory,
+        plan.db_latency_max_ms,
+        root.fork(4),
+        journal.clone(),
+        clock.clone(),
+        (plan.db_faults.clone(), Arc::clone(&db_faults_on)),
+    );
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
     let gateway = fake_gateway(&plan, &clock);
 
@@ -267,6 +276,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     }
     gateway.faults().clear();
     commit_faults_on.store(false, Ordering::Relaxed);
+    db_faults_on.store(false, Ordering::Relaxed);
     // Requests the clients gave up on may still be running on a server.
     driver.run_for(Duration::from_millis(100), &mut violations);
     // A payment still confirming or cancelling is the completer's: let
@@ -597,6 +607,21 @@ fn fake_gateway(plan: &Plan, clock: &SimClock) -> FakeGateway {
     faults.set_lose_reply_after_commit(faults_plan.lose_reply.map(|p| FaultRule::new(chance(p))));
     faults.set_drop_connections(faults_plan.drop_connection.map(chance));
     gateway
+}
+
+/// The database's faults, as drawn: counted, and logged with their times.
+fn count_db_faults(journal: &Journal, faults: &plan::DbFaults) {
+    let kinds = [
+        (&faults.stalls, Count::DbStalls, "stalls"),
+        (&faults.outages, Count::DbOutages, "is unreachable"),
+        (&faults.restarts, Count::DbRestarts, "restarts, down"),
+    ];
+    for (windows, count, what) in kinds {
+        for (at, length) in windows {
+            journal.count(count, 1);
+            journal.event("sim", format!("the database {what} from {}ms for {}ms", at.as_millis(), length.as_millis()));
+        }
+    }
 }
 
 fn count_gateway_faults(journal: &Journal, stats: &GatewayStats) {
