@@ -145,7 +145,7 @@ fn run_seeds(args: &Args, options: &Options, total: Option<u64>, mut each: impl 
     if args.jobs <= 1 {
         let mut seed = args.first_seed;
         while total.is_none_or(|n| seed < args.first_seed + n)
-            && !args.time_budget.is_some_and(|budget| started.elapsed() >= budget)
+            && args.time_budget.is_none_or(|budget| started.elapsed() < budget)
         {
             if !each(run_one(seed, options, args.check_determinism, false)) {
                 return;
