@@ -676,5 +676,14 @@ mod tests {
         assert!(plans.iter().any(|p| p.commit_faults.is_some()) && plans.iter().any(|p| p.commit_faults.is_none()));
         assert!(plans.iter().any(|p| p.actions.iter().any(|(_, a)| matches!(a, Action::Crash(_)))));
         assert!(plans.iter().any(|p| p.actions.is_empty()));
+        // The database's own faults too, each kind on some seeds and off on others.
+        for kind in [
+            |d: &DbFaults| d.unapplied_per_mille > 0,
+            |d: &DbFaults| !d.stalls.is_empty(),
+            |d: &DbFaults| !d.outages.is_empty(),
+            |d: &DbFaults| !d.restarts.is_empty(),
+        ] {
+            assert!(plans.iter().any(|p| kind(&p.db_faults)) && plans.iter().any(|p| !kind(&p.db_faults)));
+        }
     }
 }

@@ -308,3 +308,89 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::ids::UserId;
+    use tally_core::store::{Tx as _, User};
+    use tally_core::time::Timestamp;
+    use tally_mem::Concurrency;
+
+    use crate::shared::now_or_never;
+
+    fn user(id: u128) -> User {
+        User {
+            id: UserId(id),
+            name: format!("user {id}"),
+            key_hash: [u8::try_from(id).expect("small"); 32],
+            created_at: Timestamp(0),
+        }
+    }
+
+    /// A database restart drops every transaction open at that moment: the
+    /// one begun before it fails at `COMMIT` as ambiguous, and nothing it
+    /// wrote is applied; a transaction begun after the downtime commits.
+    /// With the faults turned off (the quiet phase), none of it happens.
+    #[test]
+    fn a_restart_drops_the_open_transaction_and_applies_nothing() {
+        let memory = MemStore::new(Concurrency::Locked);
+        let clock = SimClock::new();
+        let journal = Journal::new(clock.clone());
+        let faults =
+            DbFaults { restarts: vec![(Duration::from_millis(100), Duration::from_millis(50))], ..DbFaults::default() };
+        let on = Arc::new(AtomicBool::new(true));
+        let store = watched(&memory, 0, SimRng::new(1), journal.clone(), clock.clone(), (faults, Arc::clone(&on)));
+
+        let mut before = now_or_never(store.begin()).expect("begins before the restart");
+        now_or_never(before.insert_user(&user(7))).expect("a write before the restart");
+        clock.set_elapsed(Duration::from_millis(200));
+        assert_eq!(now_or_never(before.commit()), Err(StoreError::Ambiguous));
+        let mut read = now_or_never(memory.begin()).expect("the unwatched handle");
+        assert_eq!(now_or_never(read.user(UserId(7))), Ok(None), "the dropped transaction applied nothing");
+        assert_eq!(journal.counts().get(Count::TransactionsKilledByRestart), 1);
+
+        let mut after = now_or_never(store.begin()).expect("begins after the downtime");
+        now_or_never(after.insert_user(&user(8))).expect("a write after the restart");
+        assert_eq!(now_or_never(after.commit()), Ok(()));
+
+        let mut straddling = now_or_never(store.begin()).expect("begins");
+        on.store(false, Ordering::Relaxed);
+        clock.set_elapsed(Duration::ZERO);
+        let mut quiet = now_or_never(store.begin()).expect("begins");
+        clock.set_elapsed(Duration::from_millis(200));
+        now_or_never(quiet.insert_user(&user(9))).expect("faults off: no restart seen");
+        assert_eq!(now_or_never(quiet.commit()), Ok(()));
+        now_or_never(straddling.insert_user(&user(10))).expect("faults off");
+        assert_eq!(now_or_never(straddling.commit()), Ok(()));
+        assert_eq!(journal.counts().get(Count::TransactionsKilledByRestart), 1);
+    }
+
+    /// The schedule: inside an outage or a restart's downtime the database
+    /// is unreachable until the window ends; inside a stall, stalled; else fine.
+    #[test]
+    fn the_weather_follows_the_schedule() {
+        let ms = Duration::from_millis;
+        let db = Db {
+            memory: MemStore::new(Concurrency::Locked),
+            latency_max_ms: 0,
+            rng: Mutex::new(SimRng::new(1)),
+            journal: Journal::new(SimClock::new()),
+            clock: SimClock::new(),
+            faults: DbFaults {
+                stalls: vec![(ms(10), ms(30))],
+                outages: vec![(ms(100), ms(20))],
+                restarts: vec![(ms(110), ms(40))],
+                ..DbFaults::default()
+            },
+            faults_on: Arc::new(AtomicBool::new(true)),
+        };
+        assert_eq!(db.weather(ms(5)), Weather::Fine);
+        assert_eq!(db.weather(ms(10)), Weather::Stalled(ms(40)));
+        assert_eq!(db.weather(ms(40)), Weather::Fine);
+        assert_eq!(db.weather(ms(105)), Weather::Unreachable(ms(120)));
+        assert_eq!(db.weather(ms(115)), Weather::Unreachable(ms(150)));
+        assert_eq!(db.weather(ms(150)), Weather::Fine);
+        assert_eq!((db.restarts_by(ms(109)), db.restarts_by(ms(110))), (0, 1));
+    }
+}
