@@ -161,7 +161,7 @@ impl Count {
             Count::GatewayDroppedConnections => "gateway: connections dropped",
             Count::GatewayTamperedCharges => "gateway: charges of another amount than asked (tampering)",
             Count::ForeignCharges => "another merchant's charges under our clients' payment keys",
-            Count::SkewedServers => "server clocks lagging the database's",
+            Count::SkewedServers => "server clocks lagging the database's (a fixed lag, a slow drift, or both)",
             Count::BoundarySeeds => "seeds started just before a UTC day, month or year end",
             Count::AttemptTimeouts => "client attempts timed out",
             Count::DuplicatesSent => "duplicates sent while the first was in flight",

@@ -389,6 +389,9 @@ pub struct MoneyFaults {
     /// Confirms (per mille) the gateway charges for another amount than
     /// asked: seed 003's tampering, which leaves a refund owed.
     pub tamper_per_mille: u64,
+    /// Per server: how much slower its clock runs (parts per million; the
+    /// first server's never drifts). Drawn last, so the draws above stay.
+    pub drift_ppm: Vec<u32>,
 }
 
 impl MoneyFaults {
@@ -415,7 +418,11 @@ impl MoneyFaults {
             })
             .collect();
         let tamper_per_mille = if tampering { *rng.pick(&[50, 150, 300]) } else { 0 };
-        MoneyFaults { skew, tamper_per_mille }
+        // At most 200 ppm (a clock without time sync): 0.4 ms over a
+        // seed's typical seconds, 360 ms over the 30-minute run limit.
+        let drift_ppm =
+            (0..hosts).map(|index| if index > 0 && skewed { *rng.pick(&[0, 50, 200]) } else { 0 }).collect();
+        MoneyFaults { skew, tamper_per_mille, drift_ppm }
     }
 }
 

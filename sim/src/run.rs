@@ -169,16 +169,20 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             }
         });
     }
+    let mut server_clocks = Vec::new();
     for index in 0..options.hosts {
         let deployment = deployment.clone();
         let name = plan::server_name(index);
         let host = name.clone();
         let behind = plan.money_faults.skew.get(index).copied().unwrap_or_default();
-        if !behind.is_zero() {
+        let drift = plan.money_faults.drift_ppm.get(index).copied().unwrap_or_default();
+        if !behind.is_zero() || drift > 0 {
             journal.count(Count::SkewedServers, 1);
-            journal.event("sim", format!("{name}'s clock lags {}ms", behind.as_millis()));
+            journal.event("sim", format!("{name}'s clock lags {}ms and runs {drift} ppm slow", behind.as_millis()));
         }
-        sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone(), behind));
+        let own_clock = clock.behind(behind).slow_by(drift);
+        server_clocks.push(own_clock.clone());
+        sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone(), own_clock.clone()));
     }
     for (index, ops) in plan.ops_per_client.iter().enumerate() {
         let (user, api_key) = users[index % users.len()].clone();
@@ -322,11 +326,11 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             confirms_by_order: &confirms_by_order,
             confirms_by_key: &confirms_by_key,
             foreign_confirms: &foreign_confirms,
-            skew_max_ms: plan
-                .money_faults
-                .skew
+            // The largest lag any server's clock reached: its fixed lag
+            // plus its drift over the whole run.
+            skew_max_ms: server_clocks
                 .iter()
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .map(|c| i64::try_from(c.lag_after(driver.sim.elapsed()).as_millis()).unwrap_or(i64::MAX))
                 .max()
                 .unwrap_or(0),
         }));

@@ -77,16 +77,16 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
 
 type App = Tally<MemStore, MemLocks<SimClock>, SimClock, SimGateway>;
 
-/// The host's software: runs until the host crashes. `behind`: how far
-/// this host's clock lags the database's (the clock-skew fault).
-pub async fn serve(deployment: Deployment, name: String, behind: std::time::Duration) -> turmoil::Result {
+/// The host's software: runs until the host crashes. `clock`: this host's
+/// own clock (lagging and drifting: the clock-skew fault).
+pub async fn serve(deployment: Deployment, name: String, clock: SimClock) -> turmoil::Result {
     let journal = deployment.journal.clone();
     let gateway = SimGateway::new(&name, timing::GATEWAY_TIMEOUT, journal.clone(), deployment.tamper);
     let app: Arc<App> = Arc::new(
         Tally::new(
             deployment.store,
             deployment.locks,
-            deployment.clock.behind(behind),
+            clock,
             deployment.ids,
             core_config(deployment.order_ttl, deployment.payback_bps),
         )
