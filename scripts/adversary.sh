@@ -13,6 +13,7 @@
 # shuttle, end-to-end and simulation suites cover them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serve.sh
 
 store=${STORE:-postgres}
 strategy=${STRATEGY:-pessimistic}
@@ -20,31 +21,14 @@ port=${PORT:-18080}
 gateway_port=${GATEWAY_PORT:-19090}
 url="http://127.0.0.1:$port"
 gateway="http://127.0.0.1:$gateway_port"
-work=$(mktemp -d)
-# The private cluster runs as `postgres` when we are root: it must enter here.
-chmod 755 "$work"
 admin="tly_adversary_admin"
 
 cargo build --release -p tally >/dev/null
-tally=target/release/tally
-
-cleanup() {
-  kill "${server_pid:-}" "${gateway_pid:-}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$tally" gateway-sim --listen "127.0.0.1:$gateway_port" >"$work/gateway.log" 2>&1 &
-gateway_pid=$!
-TALLY_ADMIN_KEY=$admin "$tally" serve --listen "127.0.0.1:$port" --store "$store" --strategy "$strategy" \
-  --data-dir "$work/data" --gateway-url "$gateway" --payback-bps 5000 >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 120); do
-  curl -fs "$url/readyz" >/dev/null 2>&1 && break
-  sleep 0.5
-done
-curl -fs "$url/readyz" >/dev/null || { tail -n 30 "$work/server.log"; exit 1; }
+bin=target/release/tally
+in_workdir
+start_gateway "$gateway_port"
+TALLY_ADMIN_KEY=$admin start_serve "$work/server.log" serve --listen "127.0.0.1:$port" --store "$store" \
+  --strategy "$strategy" --data-dir "$work/data" --gateway-url "$gateway" --payback-bps 5000
 
 # json FIELD: reads a JSON body on stdin, prints one field (dotted path).
 json() { python3 -c 'import json,sys

@@ -18,3 +18,25 @@ start_serve() {
   cat "$log" >&2
   exit 1
 }
+
+# in_workdir: makes $work, a temporary directory the private cluster can
+# enter (it runs as `postgres` when we are root), and removes it on exit,
+# after stopping the server and gateway started by these helpers.
+in_workdir() {
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  trap stop_all EXIT
+}
+
+stop_all() {
+  kill "${server:-}" "${gateway_pid:-}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# start_gateway PORT: runs the fake gateway (`tally gateway-sim`) on PORT,
+# with its log in $work/gateway.log.
+start_gateway() {
+  "$bin" gateway-sim --listen "127.0.0.1:$1" >"$work/gateway.log" 2>&1 &
+  gateway_pid=$!
+}

@@ -65,6 +65,15 @@ pub async fn fresh_database() -> String {
     url
 }
 
+/// The URL of the database `app` runs on, for a second client of it.
+pub async fn database_url(app: &TestApp) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(app.app.store().pool())
+        .await
+        .expect("current_database");
+    with_database(SERVER.get().expect("server started"), &name)
+}
+
 /// Pool limits of one test app.
 #[derive(Clone, Copy, Debug)]
 pub struct Pool {

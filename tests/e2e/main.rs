@@ -76,6 +76,7 @@ fn main() {
         an_orders_payback_is_the_merchants_policy,
         one_step_payments_spend_the_last_funds_exactly,
         one_step_payments_under_one_key_charge_once,
+        tally_check_passes_a_sound_database_and_fails_a_tampered_one,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {

@@ -508,3 +508,20 @@ pub async fn gateway_cancel_happens_once(strategy: Strategy) {
     assert_eq!(app.balance(&key).await, 0, "payback credited, then reversed");
     app.assert_invariants().await;
 }
+
+/// `tally check`, the operator's command, reads a live database with the
+/// same checker the proofs use: sound books pass, and money written into a
+/// wallet behind the ledger's back is a violation (exit status non-zero).
+pub async fn tally_check_passes_a_sound_database_and_fails_a_tampered_one(strategy: Strategy) {
+    let app = spawn_app(strategy, Pool::default()).await;
+    let key = app.user(json!({}), 1_000).await;
+    let payment = app.create_payment(&key, "pay", 400).await;
+    assert_eq!(app.confirm(&key, "confirm", &payment).await.status, 200);
+    let url = crate::harness::database_url(&app).await;
+    let args = || tally::check::CheckArgs {
+        database: tally::serve::DatabaseArgs { database_url: Some(url.clone()), data_dir: "./.tally".into() },
+    };
+    assert_eq!(tally::check::check(args()).await, Ok(true));
+    sqlx::query("UPDATE wallets SET balance = balance + 1").execute(app.app.store().pool()).await.expect("tamper");
+    assert_eq!(tally::check::check(args()).await, Ok(false), "a balance its ledger does not explain");
+}

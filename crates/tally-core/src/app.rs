@@ -28,6 +28,7 @@ mod sweeper;
 
 pub use batch::BATCH_MAX_LIMIT;
 pub use catalog::{EventView, NewSeat, NewShowtime, QueueSettings, ShowtimeView};
+pub use gateway_phase::Completion;
 pub use queue::TokenView;
 
 use crate::catalog::{Event, Product};
@@ -89,8 +90,6 @@ impl Default for Config {
     }
 }
 
-/// Longest user name accepted.
-pub const NAME_LENGTH_MAX: usize = 200;
 /// Largest ledger page.
 pub const LEDGER_PAGE_MAX: usize = 100;
 
@@ -321,10 +320,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 
     /// Creates a user and their empty wallet.
     pub async fn create_user(&self, name: &str, limits: Limits, key_hash: [u8; 32]) -> Result<User, Error> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > NAME_LENGTH_MAX {
-            return Err(Error::InvalidInput("name must be 1 to 200 characters"));
-        }
+        let name = crate::catalog::label(name)
+            .ok_or(Error::InvalidInput("name must be 1 to 200 characters, without control characters"))?;
         let limits = limits.validate().map_err(|_| Error::InvalidInput("limits must be between 0 and 10^15"))?;
         let now = self.clock.now();
         let user = User { id: UserId(self.ids.next_id()), name: name.to_owned(), key_hash, created_at: now };

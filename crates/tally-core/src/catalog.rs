@@ -23,6 +23,18 @@ use crate::time::Timestamp;
 pub const STOCK_MAX: u64 = 1_000_000_000;
 /// Longest product, event or seat name accepted.
 pub const LABEL_LENGTH_MAX: usize = 200;
+
+/// The one rule for every name and label a client gives (users, products,
+/// events, seats): 1 to [`LABEL_LENGTH_MAX`] characters, no control
+/// characters, not only spaces; surrounding spaces are dropped. It is
+/// spelled with ASCII and control ranges only, so that a JSON Schema pattern
+/// can restate it exactly (`tally-http`'s `LABEL_PATTERN`): no notion of
+/// "whitespace" that two regex engines could read differently.
+pub fn label(text: &str) -> Option<&str> {
+    let fits = (1..=LABEL_LENGTH_MAX).contains(&text.chars().count());
+    let trimmed = text.trim_matches(' ');
+    (fits && !text.chars().any(char::is_control) && !trimmed.is_empty()).then_some(trimmed)
+}
 /// Most showtimes one event is created with.
 pub const SHOWTIMES_MAX: usize = 100;
 /// Most seats one showtime is created with.
@@ -298,5 +310,25 @@ mod tests {
         assert!(sold.apply(SeatEvent::Sell(a)).is_err(), "sold once");
         assert_eq!(sold.apply(SeatEvent::Release(a)).unwrap().status, SeatStatus::Available);
         assert!(seat().apply(SeatEvent::Release(a)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn a_label_is_1_to_200_characters_without_controls_and_not_only_spaces() {
+        assert_eq!(label("  Ada "), Some("Ada"), "surrounding spaces are dropped");
+        assert_eq!(label("a b"), Some("a b"));
+        assert_eq!(label("\u{a0}"), Some("\u{a0}"), "only the space character is trimmed");
+        assert_eq!(label(""), None);
+        assert_eq!(label("   "), None);
+        assert_eq!(label("a\tb"), None, "a control character");
+        assert_eq!(label("a\u{85}"), None, "a C1 control character");
+        assert_eq!(label(&"é".repeat(200)).map(|l| l.chars().count()), Some(200), "characters, not bytes");
+        assert_eq!(label(&"é".repeat(201)), None);
+        assert_eq!(label(&format!("a{}", " ".repeat(199))), Some("a"), "the length is counted before trimming");
+        assert_eq!(label(&format!("a{}", " ".repeat(200))), None);
     }
 }

@@ -34,6 +34,25 @@ pub struct Snapshot {
     pub tokens: Vec<QueueToken>,
 }
 
+impl Snapshot {
+    /// What was read, counted: the first line of every checker report.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} wallets, {} payments, {} transfers, {} idempotency keys, {} products, {} orders, {} events, {} seats, \
+             {} queue tokens",
+            self.wallets.len(),
+            self.payments.len(),
+            self.transfers.len(),
+            self.idempotency.len(),
+            self.products.len(),
+            self.orders.len(),
+            self.events.len(),
+            self.seats.len(),
+            self.tokens.len(),
+        )
+    }
+}
+
 /// SPEC.md's invariants, by number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {

@@ -43,6 +43,11 @@ pub enum Error {
     NotFound,
     #[error("invalid input: {0}")]
     InvalidInput(&'static str),
+    /// A well-formed request that does not fit the record it names as the
+    /// record stands (a `payment_key` for a wallet payment, none for a
+    /// gateway payment): nothing in the request alone says it is wrong.
+    #[error("not possible in this state: {0}")]
+    InvalidState(&'static str),
     #[error("the first request with this idempotency key is still in flight")]
     IdempotencyKeyInUse,
     #[error("this idempotency key was used with a different request")]

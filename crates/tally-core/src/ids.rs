@@ -43,14 +43,13 @@ pub fn fmt_uuid(value: u128, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     write!(f, "{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
-/// Parses a hyphenated (or plain 32-digit) UUID string.
+/// Parses a UUID in its one canonical form, `8-4-4-4-12` hex digits (either
+/// case): what the API writes, and what its OpenAPI `format: uuid` allows.
 pub fn parse_uuid(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    let hyphens_in_place = bytes.len() == 36 && [8, 13, 18, 23].iter().all(|&at| bytes[at] == b'-');
     let digits: String = text.chars().filter(|c| *c != '-').collect();
-    let hyphens = text.len() - digits.len();
-    if digits.len() != 32 || !(hyphens == 0 || hyphens == 4) {
-        return None;
-    }
-    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !hyphens_in_place || digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u128::from_str_radix(&digits, 16).ok()
@@ -136,7 +135,10 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text, "01234567-89ab-cdef-0011-223344556677");
         assert_eq!(PaymentId::parse(&text), Some(id));
-        assert_eq!(PaymentId::parse("0123456789abcdef0011223344556677"), Some(id));
+        assert_eq!(PaymentId::parse(&text.to_uppercase()), Some(id), "hex digits in either case");
+        // Only the canonical form: no plain 32 digits, no hyphens elsewhere.
+        assert_eq!(PaymentId::parse("0123456789abcdef0011223344556677"), None);
+        assert_eq!(PaymentId::parse("0123456-789ab-cdef-0011-223344556677"), None);
         assert_eq!(PaymentId::parse("not-a-uuid"), None);
         assert_eq!(PaymentId::parse("01234567-89ab-cdef-0011-22334455667g"), None);
     }

@@ -80,6 +80,16 @@ async fn user_of<B: Backend>(state: &AppState<B>, hash: [u8; 32]) -> Result<Opti
     Ok(user)
 }
 
+/// Takes a token from a valid key's bucket (see [`crate::limits`]): checked
+/// only once the key is known, and before the body or the `Idempotency-Key`
+/// is read, so a 429 is never stored under a key.
+fn rate_limit<B: Backend>(state: &AppState<B>, hash: &[u8; 32]) -> Result<(), ApiError> {
+    match &state.shared.rate_limits {
+        Some(limits) => limits.check(hash),
+        None => Ok(()),
+    }
+}
+
 fn unknown_key() -> ApiError {
     ApiError::new(Code::Unauthorized, "unknown API key")
 }
@@ -100,7 +110,10 @@ impl<B: Backend> FromRequestParts<AppState<B>> for CurrentUser {
             return Err(ApiError::new(Code::Forbidden, "the admin key cannot act as a user"));
         }
         match user_of(state, hash).await? {
-            Some(user) => Ok(CurrentUser(user)),
+            Some(user) => {
+                rate_limit(state, &hash)?;
+                Ok(CurrentUser(user))
+            }
             None => Err(unknown_key()),
         }
     }
@@ -116,6 +129,7 @@ impl<B: Backend> FromRequestParts<AppState<B>> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState<B>) -> Result<Self, ApiError> {
         let hash = hash_api_key(bearer(parts)?);
         if constant_time_eq(&hash, &state.shared.admin_key_hash) {
+            rate_limit(state, &hash)?;
             return Ok(Admin);
         }
         // A user's key is known but not allowed here (403); anything else

@@ -41,6 +41,8 @@ pub struct HttpConfig {
     /// Where request metrics go and what `/metrics` renders.
     pub metrics: Metrics,
     pub key_gen: KeyGen,
+    /// Requests a second per API key (bursts of as many); `None`: unlimited.
+    pub rate_limit: Option<std::num::NonZeroU32>,
     /// Whether to serve `/docs` and `/openapi.json`. Building the OpenAPI
     /// document is most of the cost of building a router; the simulation,
     /// which builds one per server start and never reads the docs, turns it
@@ -60,6 +62,7 @@ impl HttpConfig {
             ledger_page_default: LEDGER_PAGE_DEFAULT,
             metrics: Metrics::local(),
             key_gen: Arc::new(crate::keys::new_api_key),
+            rate_limit: None,
             docs: true,
         }
     }
@@ -75,6 +78,7 @@ impl fmt::Debug for HttpConfig {
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("ledger_page_default", &self.ledger_page_default)
             .field("metrics", &self.metrics)
+            .field("rate_limit", &self.rate_limit)
             .field("docs", &self.docs)
             .finish_non_exhaustive()
     }

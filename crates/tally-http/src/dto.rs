@@ -22,6 +22,8 @@ use tally_core::store::User;
 use tally_core::time::{Timestamp, civil_from_days};
 use tally_core::wallet::Limits;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use crate::problem::{ApiError, Code};
 
@@ -67,11 +69,18 @@ impl<'de> Deserialize<'de> for JsonInteger {
             }
 
             fn visit_f64<E: de::Error>(self, value: f64) -> Result<JsonInteger, E> {
-                // serde_json passes every integer literal that fits u64 as an
-                // integer, so a float below 2^63 was written with a fraction
-                // or an exponent: not an integer amount.
+                // serde_json hands over a number written with a fraction or
+                // an exponent as a float. JSON Schema's `integer` is a value,
+                // not a spelling: `10.0` and `1e3` are the integers 10 and
+                // 1000, as the OpenAPI document promises. Only a fraction is
+                // refused. (Above 2^53 a float may not be the number written,
+                // but every range this API accepts ends below 2^53, so such a
+                // value is refused as out of range whatever it reads as.)
                 if value.abs() >= I64_LIMIT_AS_FLOAT {
                     Ok(JsonInteger::Huge { negative: value.is_sign_negative() })
+                } else if value.fract() == 0.0 {
+                    #[allow(clippy::cast_possible_truncation)] // integral and below 2^63: exact
+                    Ok(JsonInteger::Exact(i128::from(value as i64)))
                 } else {
                     Err(E::invalid_type(de::Unexpected::Float(value), &self))
                 }
@@ -80,6 +89,54 @@ impl<'de> Deserialize<'de> for JsonInteger {
 
         deserializer.deserialize_any(IntegerVisitor)
     }
+}
+
+/// A whole number into `T` (a count, a rate, seconds), read like a
+/// [`JsonInteger`] (`10.0` is 10); one outside `T`'s range is malformed, as
+/// serde's own integers are. For `#[serde(deserialize_with = "whole")]`.
+pub fn whole<'de, D: Deserializer<'de>, T: TryFrom<i128>>(deserializer: D) -> Result<T, D::Error> {
+    match JsonInteger::deserialize(deserializer)? {
+        JsonInteger::Exact(value) => {
+            T::try_from(value).map_err(|_| de::Error::custom(format!("the number {value} is out of range")))
+        }
+        JsonInteger::Huge { .. } => Err(de::Error::custom("the number is out of range")),
+    }
+}
+
+/// [`whole`] for a field that may be absent or `null` (with `#[serde(default)]`).
+pub fn whole_or_null<'de, D: Deserializer<'de>, T: TryFrom<i128>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole<T: TryFrom<i128>>(#[serde(deserialize_with = "whole")] T);
+    Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(value)| value))
+}
+
+/// A nested object of a body (`limits`, an order line, a showtime, a seat)
+/// read only from a JSON object: serde would also take a struct from an
+/// array of its fields in order (`[null, null]`), which the schema does not
+/// allow. For `#[serde(deserialize_with = "object")]` on an optional field.
+pub fn object_or_null<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .map(|map| T::deserialize(serde_json::Value::Object(map)).map_err(de::Error::custom))
+        .transpose()
+}
+
+/// [`object_or_null`] for a list of objects.
+pub fn objects<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    Vec::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .into_iter()
+        .map(|map| T::deserialize(serde_json::Value::Object(map)).map_err(de::Error::custom))
+        .collect()
+}
+
+/// [`objects`] for a list that may be absent or `null`.
+pub fn objects_or_null<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Objects<T: de::DeserializeOwned>(#[serde(deserialize_with = "objects")] Vec<T>);
+    Ok(Option::<Objects<T>>::deserialize(deserializer)?.map(|Objects(list)| list))
 }
 
 impl JsonInteger {
@@ -125,37 +182,76 @@ impl JsonInteger {
 
 // ---------------------------------------------------------------- requests
 
+/// A name or a label a client gives (a user, a product, an event, a seat),
+/// checked by the core's one rule (`tally_core::catalog::label`); the
+/// schema restates that rule exactly, as [`LABEL_PATTERN`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Label(pub String);
+
+/// `tally_core::catalog::label` as a JSON Schema pattern: no control
+/// character (C0, DEL, C1), and at least one character that is neither a
+/// control character nor a space. Ranges only, so every regex engine reads
+/// it the same.
+pub const LABEL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+impl utoipa::PartialSchema for Label {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(tally_core::catalog::LABEL_LENGTH_MAX))
+            .pattern(Some(LABEL_PATTERN))
+            .description(Some(
+                "1 to 200 characters, no control characters, not only spaces; surrounding spaces are dropped",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Label {}
+
 /// `POST /v1/users`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
-    /// 1 to 200 characters (surrounding whitespace is trimmed).
-    pub name: String,
-    #[serde(default)]
+    pub name: Label,
+    #[serde(default, deserialize_with = "object_or_null")]
     pub limits: Option<LimitsInput>,
 }
 
-/// Optional wallet ceilings; absent or `null` means unlimited.
+/// Optional wallet ceilings; absent or `null` means unlimited (serde reads
+/// a missing `Option` field as `None`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsInput {
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub max_balance: Option<JsonInteger>,
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub per_payment_limit: Option<JsonInteger>,
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub daily_limit: Option<JsonInteger>,
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub monthly_limit: Option<JsonInteger>,
+    pub max_balance: Option<LimitInput>,
+    pub per_payment_limit: Option<LimitInput>,
+    pub daily_limit: Option<LimitInput>,
+    pub monthly_limit: Option<LimitInput>,
 }
+
+/// One wallet ceiling as a body gives it: minor units, `0..=10^15`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct LimitInput(JsonInteger);
+
+impl utoipa::PartialSchema for LimitInput {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(Money::BALANCE_LIMIT.minor_units()))
+            .into()
+    }
+}
+
+impl ToSchema for LimitInput {}
 
 impl LimitsInput {
     pub fn limits(&self) -> Result<Limits, ApiError> {
-        let read = |value: Option<JsonInteger>, field: &str| value.map(|v| v.limit(field)).transpose();
+        let read = |value: Option<LimitInput>, field: &str| value.map(|v| v.0.limit(field)).transpose();
         Ok(Limits {
             max_balance: read(self.max_balance, "max_balance")?,
             per_payment: read(self.per_payment_limit, "per_payment_limit")?,
@@ -240,7 +336,9 @@ pub struct LedgerQuery {
     /// Page size, 1 to 100 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
-    /// The `next` cursor of the previous page; absent for the first page.
+    /// The `next` cursor of the previous page (decimal digits); absent or
+    /// empty for the first page. A cursor past the end reads an empty page.
+    #[param(pattern = r"^[0-9]{0,20}$")]
     pub after: Option<String>,
 }
 
@@ -454,8 +552,10 @@ mod tests {
         assert_eq!(integer("1e30").unwrap(), JsonInteger::Huge { negative: false });
         assert_eq!(integer("-99999999999999999999999").unwrap(), JsonInteger::Huge { negative: true });
         assert!(integer("10.5").is_err());
-        assert!(integer("10.0").is_err());
-        assert!(integer("1e3").is_err(), "exponent notation is a float");
+        assert_eq!(integer("10.0").unwrap(), JsonInteger::Exact(10), "JSON Schema's integer is a value");
+        assert_eq!(integer("1e3").unwrap(), JsonInteger::Exact(1000));
+        assert_eq!(integer("-2.0E1").unwrap(), JsonInteger::Exact(-20));
+        assert!(integer("1e-3").is_err());
         assert!(integer("\"10\"").is_err());
         assert!(integer("true").is_err());
     }

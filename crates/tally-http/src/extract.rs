@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 use tally_core::idempotency::{Fingerprint, IdemKey};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, ShowtimeId, TokenId};
 use utoipa::IntoParams;
-use utoipa::openapi::Required;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
+use utoipa::openapi::{RefOr, Required, Schema};
 
 use crate::dto::{
     ConfirmRequest, CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest,
@@ -88,7 +88,24 @@ async fn read_json<T: RequestBody>(headers: &HeaderMap, body: Body, limit: usize
             "the request body must be sent as Content-Type: application/json",
         ));
     }
-    let value = serde_json::from_slice(&raw).map_err(|error| ApiError::malformed(error.to_string()))?;
+    let malformed = |error: serde_json::Error| ApiError::malformed(error.to_string());
+    // Every body is a JSON object (or, where a body is optional, `null`):
+    // serde would also read a struct from an array of its fields in order.
+    match raw.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'n') if T::EMPTY_ALLOWED => {}
+        _ => return Err(ApiError::malformed("the request body must be a JSON object")),
+    }
+    if T::EMPTY_ALLOWED {
+        // The schema marks an optional body nullable: JSON `null` is "no
+        // body" too.
+        let value = match serde_json::from_slice::<Option<T>>(&raw).map_err(malformed)? {
+            Some(value) => value,
+            None => serde_json::from_slice(b"{}").expect("an empty-body type reads {}"),
+        };
+        return Ok(JsonBody { value, raw });
+    }
+    let value = serde_json::from_slice(&raw).map_err(malformed)?;
     Ok(JsonBody { value, raw })
 }
 
@@ -156,16 +173,30 @@ pub struct IdempotencyKeyHeader;
 impl IntoParams for IdempotencyKeyHeader {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         let description = "Required: 1 to 255 printable ASCII characters, scoped to the caller, kept 24 h (see the API \
-                           description)";
-        vec![string_parameter(IDEMPOTENCY_KEY_NAME, ParameterIn::Header, true, None, description)]
+                           description); bare, or quoted as an RFC 8941 string";
+        let mut parameter = string_parameter(IDEMPOTENCY_KEY_NAME, ParameterIn::Header, true, None, description);
+        if let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut() {
+            schema.pattern = Some(IDEMPOTENCY_KEY_PATTERN.to_owned());
+        }
+        vec![parameter]
     }
 }
 
 /// The header's name as the OpenAPI document spells it.
 const IDEMPOTENCY_KEY_NAME: &str = "Idempotency-Key";
 
-/// One string parameter of a route, as utoipa writes a `String` (required)
-/// or an `Option<String>` (not required, and may be `null`).
+/// Exactly the header values [`idempotency_key`] accepts, for clients and
+/// generators: a bare key (not both starting and ending with `"`, not
+/// starting with a space), or an RFC 8941 string (`"…"`, with `\"` and `\\`
+/// escapes) of 1 to 255 characters once unquoted. Trailing spaces and tabs
+/// are allowed: HTTP strips them before the server sees the value.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = concat!(
+    r#"^([\x21\x23-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?"#,
+    r#"|"([\x20-\x7e]{0,253}[\x21\x23-\x7e])?"#,
+    r#"|"([\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}")[\t ]*$"#,
+);
+
+/// One string parameter of a route (a header or a path segment).
 fn string_parameter(
     name: &str,
     location: ParameterIn,
@@ -173,9 +204,10 @@ fn string_parameter(
     format: Option<KnownFormat>,
     description: &str,
 ) -> Parameter {
-    let schema_type =
-        if required { SchemaType::new(Type::String) } else { [Type::String, Type::Null].into_iter().collect() };
-    let schema = ObjectBuilder::new().schema_type(schema_type).format(format.map(SchemaFormat::KnownFormat));
+    // A header or a path segment is never JSON `null`: an optional one is
+    // absent, which `required` says.
+    let schema =
+        ObjectBuilder::new().schema_type(SchemaType::new(Type::String)).format(format.map(SchemaFormat::KnownFormat));
     ParameterBuilder::new()
         .name(name)
         .parameter_in(location)

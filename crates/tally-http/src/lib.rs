@@ -92,7 +92,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 mod auth;
@@ -102,6 +101,7 @@ mod extract;
 mod keyed;
 mod keys;
 mod layers;
+mod limits;
 mod metrics;
 pub mod openapi;
 pub mod problem;
@@ -116,6 +116,7 @@ pub use config::{
 pub use extract::{IDEMPOTENCY_KEY, fingerprint};
 pub use keyed::IDEMPOTENT_REPLAYED;
 pub use keys::{API_KEY_PREFIX, hash_api_key, new_api_key};
+pub use limits::{CountedStream, PerAddressLimit, RateLimits};
 pub use metrics::Metrics;
 pub use problem::{ApiError, Code, PROBLEM_CONTENT_TYPE, Problem};
 
@@ -149,6 +150,7 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
             metrics: config.metrics.clone(),
             key_gen: config.key_gen.clone(),
             known_users: crate::auth::KnownUsers::default(),
+            rate_limits: config.rate_limit.map(|per_second| RateLimits::new(per_second, config.metrics.clone())),
         }),
     };
     let permits = Arc::new(Semaphore::new(config.concurrency_limit));
@@ -162,7 +164,7 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
         .layer(from_fn_with_state(permits, layers::shed_load));
     let mut routes = Router::new().merge(api).merge(routes::ops::routes()).with_state(state);
     if config.docs {
-        routes = routes.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
+        routes = routes.merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi::document()));
     }
     // `Router::layer` wraps each route (and the fallbacks) separately, which
     // is what lets the span and the metrics see the matched path.

@@ -24,6 +24,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 
 const REQUESTS_TOTAL: &str = "http_requests_total";
 const REQUEST_DURATION: &str = "http_request_duration_seconds";
+const REFUSED_TOTAL: &str = "http_refused_total";
 
 /// Latency buckets in seconds: from a fast in-memory answer (~1 ms) up to the
 /// request timeout (30 s).
@@ -67,11 +68,20 @@ impl Metrics {
     }
 
     pub(crate) fn record_request(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
-        let record = || {
+        self.record(|| {
             let labels = [("method", method.to_owned()), ("path", path.to_owned()), ("status", status.to_string())];
             metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
             metrics::histogram!(REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
-        };
+        });
+    }
+
+    /// Counts a request or connection refused by a limit, in
+    /// `http_refused_total{limit=…}` (`rate_limited`, `connection_limit`).
+    pub(crate) fn record_refusal(&self, limit: &'static str) {
+        self.record(|| metrics::counter!(REFUSED_TOTAL, "limit" => limit).increment(1));
+    }
+
+    fn record(&self, record: impl FnOnce()) {
         match self {
             Metrics::Local(recorder) => metrics::with_local_recorder(recorder.as_ref(), record),
             Metrics::Global(_) => record(),

@@ -200,11 +200,13 @@ pub struct ApiError {
     pub detail: String,
     /// Logged, never shown.
     pub cause: Option<String>,
+    /// Seconds for `Retry-After` (429; 503s get the configured default).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(code: Code, detail: impl Into<String>) -> ApiError {
-        ApiError { code, detail: detail.into(), cause: None }
+        ApiError { code, detail: detail.into(), cause: None, retry_after: None }
     }
 
     /// A 5xx whose cause is logged but never sent.
@@ -213,7 +215,7 @@ impl ApiError {
             Code::Unavailable => "the service cannot answer right now; retry later",
             _ => "an internal error occurred",
         };
-        ApiError { code, detail: detail.to_owned(), cause: Some(cause.into()) }
+        ApiError { code, detail: detail.to_owned(), cause: Some(cause.into()), retry_after: None }
     }
 
     pub fn malformed(detail: impl Into<String>) -> ApiError {
@@ -253,6 +255,9 @@ impl IntoResponse for ApiError {
         if self.code == Code::Unauthorized {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(InternalCause(cause));
         }
@@ -289,9 +294,11 @@ impl From<Error> for ApiError {
                 StockError::OutOfStock { .. } => ApiError::new(Code::OutOfStock, stock.to_string()),
                 // The edge checks quantities, so these mean a restock that
                 // would pass the stock ceiling (or a zero one that slipped by).
-                StockError::TooMuchStock(_) | StockError::ZeroQuantity => {
-                    ApiError::new(Code::InvalidAmount, stock.to_string())
-                }
+                // A restock that would take the product past its ceiling
+                // of units ever stocked: a limit of the product as it
+                // stands, refused like a wallet's (409).
+                StockError::TooMuchStock(_) => ApiError::new(Code::LimitExceeded, stock.to_string()),
+                StockError::ZeroQuantity => ApiError::new(Code::InvalidAmount, stock.to_string()),
                 // Giving back more than was taken is a broken record, never
                 // the client's doing.
                 StockError::OverRelease { .. } => ApiError::internal(Code::InternalError, stock.to_string()),
@@ -312,6 +319,7 @@ impl From<Error> for ApiError {
                 "this queue token already holds the most seats its event allows across its live orders",
             ),
             Error::Forbidden(reason) => ApiError::new(Code::Forbidden, reason),
+            Error::InvalidState(reason) => ApiError::new(Code::InvalidState, reason),
             Error::NotFound => ApiError::not_found(),
             Error::InvalidInput(message) => ApiError::malformed(message),
             // A lost lease means another admission of the same key now holds
@@ -367,7 +375,7 @@ mod tests {
         let order = OrderId(2);
         let code = |error: Error| ApiError::from(error).code;
         assert_eq!(code(StockError::OutOfStock { product, available: 1, wanted: 2 }.into()), Code::OutOfStock);
-        assert_eq!(code(StockError::TooMuchStock(product).into()), Code::InvalidAmount);
+        assert_eq!(code(StockError::TooMuchStock(product).into()), Code::LimitExceeded);
         assert_eq!(code(StockError::ZeroQuantity.into()), Code::InvalidAmount);
         assert_eq!(code(StockError::OverRelease { product, returned: 1 }.into()), Code::InternalError);
         let seat =

@@ -51,6 +51,8 @@ problem_responses! {
     /// Every route that takes a user's key.
     UserErrors {
         401 => "`unauthorized`",
+        403 => "`forbidden`: the admin key cannot act as a user",
+        429 => "`rate_limited`: past this key's rate (`--rate-limit`); `Retry-After` says when to retry",
         503 => "`unavailable`",
     }
 
@@ -58,6 +60,7 @@ problem_responses! {
     AdminErrors {
         401 => "`unauthorized`",
         403 => "`forbidden`: not the admin key",
+        429 => "`rate_limited`: past this key's rate (`--rate-limit`); `Retry-After` says when to retry",
         503 => "`unavailable`",
     }
 

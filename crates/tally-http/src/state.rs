@@ -43,6 +43,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub key_gen: KeyGen,
     pub known_users: crate::auth::KnownUsers,
+    /// A token bucket per API key, when `--rate-limit` is set.
+    pub rate_limits: Option<crate::limits::RateLimits>,
 }
 
 impl std::fmt::Debug for Shared {

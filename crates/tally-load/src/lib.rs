@@ -462,17 +462,7 @@ async fn verify_database(args: &LoadArgs) -> Result<bool, String> {
     let snapshot = tally_core::store::Store::snapshot(&store).await.map_err(|e| e.to_string())?;
     let violations = tally_core::check::check(&snapshot);
     if violations.is_empty() {
-        println!(
-            "invariants {} wallets, {} payments, {} transfers, {} keys, {} products, {} orders, {} seats, {} tokens: all hold",
-            snapshot.wallets.len(),
-            snapshot.payments.len(),
-            snapshot.transfers.len(),
-            snapshot.idempotency.len(),
-            snapshot.products.len(),
-            snapshot.orders.len(),
-            snapshot.seats.len(),
-            snapshot.tokens.len(),
-        );
+        println!("invariants over {}: all hold", snapshot.summary());
         return Ok(true);
     }
     for violation in violations.iter().take(20) {

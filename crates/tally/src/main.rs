@@ -3,6 +3,7 @@
 //! - `tally serve` runs the HTTP API, on PostgreSQL (its own private cluster
 //!   by default, or `--database-url`) or on the in-memory store.
 //! - `tally migrate` applies the schema.
+//! - `tally check` runs the invariant checker on a live database.
 //! - `tally load` drives a running server and checks the outcome, or runs
 //!   the raw-SQL baseline it is compared with (`--raw`).
 //!
@@ -13,7 +14,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tally::{load, serve};
+use tally::{check, load, serve};
 
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about = "A payment backend that never charges twice")]
@@ -33,6 +34,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Run the fake payment gateway (a second confirm of a key answers ALREADY_PROCESSED_PAYMENT).
     GatewaySim(serve::GatewaySimArgs),
+    /// Run the invariant checker on a live database; exit non-zero on a violation.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => serve::migrate(args).await.map(|()| true),
             Command::Load(args) => load::run(args).await,
             Command::GatewaySim(args) => serve::gateway_sim(args).await.map(|()| true),
+            Command::Check(args) => check::check(args).await,
         }
     });
     match result {

@@ -2,6 +2,7 @@
 //! router together, and running them until a shutdown signal.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +11,11 @@ use tally_core::app::{Config, Tally};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::IdemConfig;
 use tally_core::store::{LockManager, NoLocks, Store};
-use tally_http::{HttpConfig, Readiness};
+use tally_http::{HttpConfig, PerAddressLimit, Readiness};
 use tally_mem::{Concurrency, MemLocks, MemStore};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
+use crate::alerts::{self, ALERT_INTERVAL, Alerts};
 use crate::runtime::{SystemClock, UuidIds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +92,19 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_MAX_LIMIT as u64)
     )]
     pub batch_max: u64,
+    /// Requests a second per API key, in bursts of as many; beyond it, 429
+    /// `rate_limited` with Retry-After (never stored under an
+    /// Idempotency-Key). Unset: no limit.
+    #[arg(long, env = "TALLY_RATE_LIMIT")]
+    pub rate_limit: Option<NonZeroU32>,
+    /// Open connections per client IP address; one more is closed at once.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_ADDRESS", default_value = "512")]
+    pub max_connections_per_address: NonZeroU32,
+    /// Where alerts are posted as JSON (a Slack-style incoming webhook):
+    /// bursts of 5xx answers, gateway payments the completer could not
+    /// settle, refunds owed and not yet made. At most one per kind a minute.
+    #[arg(long, env = "TALLY_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
 }
 
 /// `tally gateway-sim`: the fake payment gateway, for trying gateway payments
@@ -139,7 +154,7 @@ const SWEEP_BATCH: usize = 100;
 
 /// The database to use: the given URL, or a private cluster started here
 /// (kept alive by the returned handle; dropping it stops the cluster).
-fn open_database(args: &DatabaseArgs) -> Result<(String, Option<tally_cluster::Cluster>), String> {
+pub(crate) fn open_database(args: &DatabaseArgs) -> Result<(String, Option<tally_cluster::Cluster>), String> {
     if let Some(url) = &args.database_url {
         return Ok((url.clone(), None));
     }
@@ -287,12 +302,22 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
 ) -> Result<(), String> {
     let mut http = HttpConfig::new(admin);
     http.concurrency_limit = args.concurrency_limit;
-    let router = tally_http::router(app.clone(), http, readiness);
+    http.rate_limit = args.rate_limit;
+    let metrics = http.metrics.clone();
+    let mut router = tally_http::router(app.clone(), http, readiness);
+    let alerts = match &args.alert_webhook {
+        Some(url) => Some(Alerts::start(url.clone(), ALERT_INTERVAL)?),
+        None => None,
+    };
+    if let Some(alerts) = &alerts {
+        router = router.layer(axum::middleware::from_fn_with_state(alerts.clone(), alerts::watch_server_errors));
+    }
     let reaper = tokio::spawn(reap(app.clone()));
     let sweeper = tokio::spawn(sweep(app.clone()));
-    let completer = tokio::spawn(complete(app, Duration::from_secs(args.completer_after_seconds)));
+    let completer = tokio::spawn(complete(app, Duration::from_secs(args.completer_after_seconds), alerts));
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!("tally listening on http://{address}");
+    let listener = PerAddressLimit::new(listener, args.max_connections_per_address, metrics);
     let served = tally_http::serve(listener, router, shutdown_signal()).await.map_err(|e| e.to_string());
     reaper.abort();
     sweeper.abort();
@@ -305,14 +330,28 @@ async fn run<S: Store, L: LockManager, G: Gateway>(
 /// timeout, a refund owed whose answer was unclear), by a lookup or a
 /// re-sent (idempotent) cancel, in bounded batches, forever. Safe with
 /// several instances: each claims what it resolves.
-async fn complete<S: Store, L: LockManager, G: Gateway>(app: Arc<Tally<S, L, SystemClock, G>>, after: Duration) {
+async fn complete<S: Store, L: LockManager, G: Gateway>(
+    app: Arc<Tally<S, L, SystemClock, G>>,
+    after: Duration,
+    alerts: Option<Arc<Alerts>>,
+) {
     if !app.gateway().enabled() {
         return;
     }
     let mut tick = tokio::time::interval(COMPLETE_EVERY);
     loop {
         tick.tick().await;
-        match app.resolve_stuck(after, COMPLETE_BATCH).await {
+        let completion = match app.complete_stuck(after, COMPLETE_BATCH).await {
+            Ok(completion) => completion,
+            Err(error) => {
+                tracing::warn!(%error, "resolving stuck gateway payments failed; retrying later");
+                continue;
+            }
+        };
+        if let Some(alerts) = &alerts {
+            alerts.completion(&completion, std::time::Instant::now());
+        }
+        match completion.into_result() {
             Ok(0) => {}
             Ok(n) => tracing::info!(resolved = n, "stuck gateway payments resolved"),
             Err(error) => tracing::warn!(%error, "resolving stuck gateway payments failed; retrying later"),

@@ -53,7 +53,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         payback_bps: Option<u32>,
         booking: &Booking,
     ) -> Result<Step, Error> {
-        let name = valid_label(name, "a product name must be 1 to 200 characters")?;
+        let name = valid_label(name, "a product name must be 1 to 200 characters, without control characters")?;
         let payback_bps = payback_bps.unwrap_or(self.config.payback_bps);
         if payback_bps > crate::payment::PAYBACK_BPS_MAX {
             return Err(Error::InvalidInput("payback_bps must be 0 to 10000"));
@@ -85,7 +85,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         booking: &Booking,
     ) -> Result<Step, Error> {
         let QueueSettings { active_limit, token_ttl, max_seats_per_token } = settings;
-        let name = valid_label(name, "an event name must be 1 to 200 characters")?;
+        let name = valid_label(name, "an event name must be 1 to 200 characters, without control characters")?;
         if !queue::valid_settings(active_limit, token_ttl) {
             return Err(Error::InvalidInput("active_limit must be 1 to 10000 and token_ttl_seconds 1 to 86400"));
         }
@@ -119,7 +119,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let mut labels = BTreeSet::new();
             let mut seats = Vec::with_capacity(new.seats.len());
             for seat in &new.seats {
-                let label = valid_label(&seat.label, "a seat label must be 1 to 200 characters")?;
+                let label =
+                    valid_label(&seat.label, "a seat label must be 1 to 200 characters, without control characters")?;
                 if !labels.insert(label.clone()) {
                     return Err(Error::InvalidInput("seat labels must be unique within a showtime"));
                 }
@@ -183,9 +184,5 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 }
 
 fn valid_label(text: &str, refusal: &'static str) -> Result<String, Error> {
-    let text = text.trim();
-    if text.is_empty() || text.chars().count() > catalog::LABEL_LENGTH_MAX {
-        return Err(Error::InvalidInput(refusal));
-    }
-    Ok(text.to_owned())
+    catalog::label(text).map(str::to_owned).ok_or(Error::InvalidInput(refusal))
 }

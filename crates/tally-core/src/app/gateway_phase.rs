@@ -157,6 +157,13 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// payment is tried, whatever happens to the others; returns how many
     /// were resolved, or the first error once all were tried.
     pub async fn resolve_stuck(&self, older_than: Duration, limit: usize) -> Result<usize, Error> {
+        self.complete_stuck(older_than, limit).await?.into_result()
+    }
+
+    /// [`Tally::resolve_stuck`], with what it could not settle: the report an
+    /// operator's alerts read (a payment still in flight after the completer
+    /// tried it, a refund still owed).
+    pub async fn complete_stuck(&self, older_than: Duration, limit: usize) -> Result<Completion, Error> {
         assert!(limit > 0 && limit <= crate::store::LOCK_SET_SIZE_MAX, "a completer batch is 1 to 64 payments");
         let now = self.clock.now();
         let before = Timestamp(now.0.saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX)));
@@ -165,7 +172,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         tx.rollback().await;
         let candidates = candidates?;
         if candidates.is_empty() {
-            return Ok(0);
+            return Ok(Completion::default());
         }
         let keys = LockSet::new(candidates.iter().map(|p| LockKey::Payment(p.id)));
         let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
@@ -183,25 +190,44 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         tx.commit().await?;
         drop(guard);
-        let mut resolved = 0;
-        let mut first_error = None;
+        let mut completion = Completion::default();
         for payment in claimed {
             let call = Call::to_resolve(payment.status).expect("claimed payments are in flight");
             match self.call_and_record(&payment, call, None, Answer::Payment).await {
-                Ok(_) => resolved += 1,
-                Err(Error::OutcomePending) => {}
+                Ok(_) => completion.resolved += 1,
+                Err(Error::OutcomePending) => completion.unsettled.push(payment),
                 // The mutant abandons the rest of the batch it claimed.
                 Err(error) if crate::mutant::active("completer_gives_up") => return Err(error),
                 // One payment that cannot be settled now must not starve the
                 // others: try them all, report the first failure after.
                 Err(error) => {
-                    first_error.get_or_insert(error);
+                    completion.unsettled.push(payment);
+                    completion.first_error.get_or_insert(error);
                 }
             }
         }
-        match first_error {
+        Ok(completion)
+    }
+}
+
+/// What one pass of the completer did.
+#[derive(Debug, Default)]
+pub struct Completion {
+    /// Payments it settled.
+    pub resolved: usize,
+    /// Payments it tried and left in flight (the gateway's answer still
+    /// unclear, or recording it failed), as they were when claimed.
+    pub unsettled: Vec<Payment>,
+    /// The first failure among them, if any.
+    pub first_error: Option<Error>,
+}
+
+impl Completion {
+    /// How many were resolved, or the first failure once all were tried.
+    pub fn into_result(self) -> Result<usize, Error> {
+        match self.first_error {
             Some(error) => Err(error),
-            None => Ok(resolved),
+            None => Ok(self.resolved),
         }
     }
 }

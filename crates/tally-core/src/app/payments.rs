@@ -28,17 +28,20 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         confirm: bool,
         booking: &Booking,
         locked: &LockSet,
+        wallet: Option<Wallet>,
     ) -> Result<Step, Error> {
         if !confirm {
             tx.put_payment(None, &payment).await?;
             return Ok(Step::Done(Outcome::Payment(payment)));
         }
         debug_assert_eq!(payment.method, Method::Wallet, "check_method admits wallet payments only");
-        self.confirm_wallet_payment(tx, None, &payment, booking, locked).await
+        self.confirm_wallet_payment(tx, None, &payment, booking, locked, wallet).await
     }
 
     /// Confirms a wallet payment (`wait → done`) and moves its order.
-    /// `stored`: the payment as the store holds it (none for a new one).
+    /// `stored`: the payment as the store holds it (none for a new one);
+    /// `wallet`: the payer's wallet if this transaction already loaded it
+    /// (under its lock), so a one-step payment reads it once.
     pub(super) async fn confirm_wallet_payment(
         &self,
         tx: &mut impl Tx,
@@ -46,9 +49,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         payment: &Payment,
         booking: &Booking,
         locked: &LockSet,
+        wallet: Option<Wallet>,
     ) -> Result<Step, Error> {
         let mut next_id = self.transfer_ids();
-        let wallet = tx.wallet(payment.user).await?.ok_or(Error::NotFound)?;
+        let wallet = match wallet {
+            Some(wallet) => wallet,
+            None => tx.wallet(payment.user).await?.ok_or(Error::NotFound)?,
+        };
+        debug_assert_eq!(wallet.user, payment.user, "a payment is paid from its owner's wallet");
         let decision = decide::confirm(payment, &wallet, booking, &mut next_id)?;
         self.persist(tx, stored, &wallet, &decision).await?;
         self.follow_order(tx, payment, &decision.payment, booking.at, locked).await?;
@@ -119,7 +127,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             return Ok(Step::Call(loaded, call, Answer::Payment));
         }
         let Some(payment_key) = payment_key else {
-            return Err(Error::InvalidInput("a gateway payment is confirmed with its payment_key"));
+            return Err(Error::InvalidState("a gateway payment is confirmed with its payment_key"));
         };
         // A key belongs to one payment, forever: another payment's key would
         // make one card charge pay two payments (and its refund undo both).

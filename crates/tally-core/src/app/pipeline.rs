@@ -314,7 +314,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
                 let payback = Amount::new(payment::payback_of(*amount, self.config.payback_bps).minor_units()).ok();
                 let payment = Payment::new(PaymentId(self.ids.next_id()), user, *amount, payback, *method, booking.at)?;
-                self.created_payment(tx, payment, *confirm, booking, locked).await
+                self.created_payment(tx, payment, *confirm, booking, locked, Some(wallet)).await
             }
             Command::ConfirmPayment { payment, payment_key } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
@@ -322,9 +322,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                     return self.begin_gateway_confirm(tx, loaded, payment_key.as_deref(), booking, locked).await;
                 }
                 if payment_key.is_some() {
-                    return Err(Error::InvalidInput("a wallet payment takes no payment_key"));
+                    return Err(Error::InvalidState("a wallet payment takes no payment_key"));
                 }
-                self.confirm_wallet_payment(tx, Some(&loaded), &loaded, booking, locked).await
+                self.confirm_wallet_payment(tx, Some(&loaded), &loaded, booking, locked, None).await
             }
             Command::CancelPayment { payment } => {
                 let loaded = tx.payment(*payment).await?.filter(|p| p.user == user).ok_or(Error::NotFound)?;
@@ -333,7 +333,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Command::CreateOrderPayment { order, method, confirm } => {
                 check_method(*method, *confirm, self.gateway.enabled())?;
                 let payment = self.order_payment(tx, user, *order, *method, booking).await?;
-                self.created_payment(tx, payment, *confirm, booking, locked).await
+                self.created_payment(tx, payment, *confirm, booking, locked, None).await
             }
             Command::CreateProduct { name, price, stock, payback_bps } => {
                 self.create_product(tx, name, *price, *stock, *payback_bps, booking).await

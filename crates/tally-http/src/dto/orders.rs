@@ -15,7 +15,7 @@ use tally_core::order::{LINE_QUANTITY_MAX, Order};
 use tally_core::time::{Timestamp, civil_from_days};
 use utoipa::ToSchema;
 
-use super::{JsonInteger, rfc3339};
+use super::{JsonInteger, Label, objects, objects_or_null, rfc3339, whole, whole_or_null};
 use crate::problem::ApiError;
 
 // ---------------------------------------------------------------- requests
@@ -24,8 +24,7 @@ use crate::problem::ApiError;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
-    /// 1 to 200 characters (surrounding whitespace is trimmed).
-    pub name: String,
+    pub name: Label,
     /// Unit price in minor units, `1..=10^12`.
     #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub price: JsonInteger,
@@ -36,7 +35,7 @@ pub struct CreateProductRequest {
     /// what an order pays for it, rounded down: `0..=10000` (10000 = 100 %).
     /// Absent: the service default (`--payback-bps`), fixed when the product
     /// is created. A rate, not an amount: out of range is 400.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     #[schema(minimum = 0, maximum = 10_000)]
     pub payback_bps: Option<u32>,
 }
@@ -61,8 +60,8 @@ pub struct RestockRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSeatInput {
-    /// 1 to 200 characters, unique within the showtime (`A1`, `R12-7`).
-    pub label: String,
+    /// Unique within the showtime (`A1`, `R12-7`).
+    pub label: Label,
     /// Minor units, `1..=10^12`.
     #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub price: JsonInteger,
@@ -76,6 +75,7 @@ pub struct NewShowtimeInput {
     #[schema(example = "2026-12-24T19:30:00Z")]
     pub starts_at: String,
     /// 1 to 1000 seats (an event has at most 10000).
+    #[serde(deserialize_with = "objects")]
     pub seats: Vec<NewSeatInput>,
 }
 
@@ -84,21 +84,23 @@ pub struct NewShowtimeInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
-    /// 1 to 200 characters.
-    pub name: String,
+    pub name: Label,
     /// At most this many queue tokens are active at once, `1..=10000`.
+    #[serde(deserialize_with = "whole")]
     #[schema(minimum = 1, maximum = 10_000)]
     pub active_limit: u32,
     /// How long a token stays active once promoted, `1..=86400`.
+    #[serde(deserialize_with = "whole")]
     #[schema(minimum = 1, maximum = 86_400)]
     pub token_ttl_seconds: u64,
     /// Seats one queue token may hold across its live (pending or paid)
     /// orders, `1..=1000`; absent: 4. More is 409 `seat_limit_reached`, so
     /// that one active token cannot hoard a showtime.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     #[schema(minimum = 1, maximum = 1_000, default = 4)]
     pub max_seats_per_token: Option<u32>,
     /// 1 to 100 showtimes.
+    #[serde(deserialize_with = "objects")]
     pub showtimes: Vec<NewShowtimeInput>,
 }
 
@@ -115,7 +117,7 @@ impl CreateEventRequest {
                 let seats = showtime
                     .seats
                     .iter()
-                    .map(|seat| Ok(NewSeat { label: seat.label.clone(), price: seat.price.amount()? }))
+                    .map(|seat| Ok(NewSeat { label: seat.label.0.clone(), price: seat.price.amount()? }))
                     .collect::<Result<_, ApiError>>()?;
                 Ok(NewShowtime { starts_at, seats })
             })
@@ -140,7 +142,7 @@ pub struct OrderItemInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// At most 10 lines, one per product.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects_or_null")]
     pub items: Option<Vec<OrderItemInput>>,
     /// At most 10 seat ids, all of one event.
     #[serde(default)]

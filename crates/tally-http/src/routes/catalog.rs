@@ -57,7 +57,7 @@ pub async fn create_product<B: Backend>(
 ) -> Result<Response, ApiError> {
     let (price, stock) = body.value.values()?;
     // The rate's range is the core's to check (400, like the event's settings).
-    let command = Command::CreateProduct { name: body.value.name, price, stock, payback_bps: body.value.payback_bps };
+    let command = Command::CreateProduct { name: body.value.name.0, price, stock, payback_bps: body.value.payback_bps };
     Ok(keyed::execute_unkeyed(&state, UserId::ADMIN, command, StatusCode::CREATED).await)
 }
 
@@ -70,8 +70,8 @@ pub async fn create_product<B: Backend>(
     request_body = RestockRequest,
     responses(
         (status = 200, description = "Restocked (or replayed)", body = ProductBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 409, description = "`idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_amount` (also a restock past 10^9 units ever stocked), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`limit_exceeded`: a restock past 10^9 units ever stocked; `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         KeyErrors, AdminErrors, NotFound, JsonBodyErrors,
     )
 )]
@@ -127,7 +127,7 @@ pub async fn create_event<B: Backend>(
     let showtimes = body.value.showtimes()?;
     let request = body.value;
     let command = Command::CreateEvent {
-        name: request.name,
+        name: request.name.0,
         active_limit: request.active_limit,
         token_ttl: std::time::Duration::from_secs(request.token_ttl_seconds),
         max_seats_per_token: request.max_seats_per_token.unwrap_or(MAX_SEATS_PER_TOKEN_DEFAULT),

@@ -37,7 +37,6 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
     responses(
         (status = 201, description = "The caller's token: `active` at once if a slot is free, else `waiting` with its position", body = TokenBody),
         (status = 400, description = "`malformed_request`", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: the admin key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such event", body = Problem, content_type = "application/problem+json"),
         UserErrors, MediaTypeError,
     )

@@ -43,6 +43,6 @@ pub async fn create_user<B: Backend>(
         None => Limits::default(),
     };
     let api_key = (state.shared.key_gen)();
-    let user = state.app.create_user(&request.name, limits, hash_api_key(&api_key)).await?;
+    let user = state.app.create_user(&request.name.0, limits, hash_api_key(&api_key)).await?;
     Ok((StatusCode::CREATED, Json(UserCreated::new(&user, api_key))))
 }

@@ -92,9 +92,12 @@ pub async fn ledger<B: Backend>(
     };
     let after = match query.after.as_deref() {
         None | Some("") => 0,
-        Some(text) => {
-            text.parse::<u64>().map_err(|_| ApiError::malformed("after must be a cursor returned as next"))?
+        // What the schema's pattern says: up to 20 digits. One past every
+        // entry (even past u64::MAX) is simply the end.
+        Some(text) if text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()) => {
+            text.parse::<u64>().unwrap_or(u64::MAX)
         }
+        Some(_) => return Err(ApiError::malformed("after must be a cursor returned as next")),
     };
     let page = state.app.ledger(user.id, after, limit).await?;
     Ok(Json(LedgerBody::new(user.id, &page)))

@@ -22,8 +22,6 @@ const OUT_OF_RANGE_TOP_UPS: &[&str] = &[
 /// unknown field, broken JSON): 400 `malformed_request`.
 const MALFORMED_TOP_UPS: &[&str] = &[
     r#"{"amount":10.5}"#,
-    r#"{"amount":10.0}"#,
-    r#"{"amount":1e3}"#,
     r#"{"amount":"10"}"#,
     r#"{"amount":true}"#,
     r#"{"amount":null}"#,
@@ -152,4 +150,21 @@ async fn a_body_that_is_not_json_is_refused_with_415() {
     .await
     .assert_status(201);
     assert_eq!(app.wallet_state(&user).await.0["balance"], before.0["balance"].as_i64().unwrap() + 10);
+}
+
+/// JSON Schema's `integer` is a value, not a spelling (the OpenAPI document
+/// says `integer`): `10.0` and `1e3` are whole numbers; a fraction is not.
+#[tokio::test]
+async fn a_whole_number_written_with_a_fraction_or_an_exponent_is_that_integer() {
+    let app = TestApp::spawn();
+    let user = app.create_user("u").await;
+    for (i, (body, amount)) in
+        [(r#"{"amount":10.0}"#, 10), (r#"{"amount":1e3}"#, 1000), (r#"{"amount":1.5e1}"#, 15)].into_iter().enumerate()
+    {
+        let response =
+            app.call(Call::post("/v1/wallet/top-ups").bearer(&user.key).idem(&format!("w-{i}")).json(body)).await;
+        assert_eq!(response.assert_status(201)["amount"], amount, "{body}");
+    }
+    assert_eq!(app.balance(&user).await, 1_025);
+    app.assert_invariants().await;
 }

@@ -46,12 +46,13 @@ async fn a_restock_is_keyed_and_happens_once() {
 }
 
 #[tokio::test]
-async fn a_restock_past_the_stock_ceiling_is_a_stored_invalid_amount() {
+async fn a_restock_past_the_stock_ceiling_is_a_stored_limit_refusal() {
     let app = TestApp::spawn();
     let id = app.create_product("full", 1, 1_000_000_000).await;
     let call = || Call::restock(&id, "over").json(r#"{"quantity":1}"#);
     let refused = app.call(call()).await;
-    refused.assert_problem(422, "invalid_amount");
+    // A limit of the product as it stands (409), not a bad quantity.
+    refused.assert_problem(409, "limit_exceeded");
     let replayed = app.call(call()).await;
     assert_eq!((replayed.status, &replayed.body), (refused.status, &refused.body));
     assert_eq!(replayed.header("idempotent-replayed"), Some("true"), "a business refusal is stored");

@@ -8,6 +8,7 @@ mod errors;
 mod gateway;
 mod helpers;
 mod idempotency;
+mod limits;
 mod one_step;
 mod ops;
 mod orders;

@@ -48,15 +48,19 @@ async fn confirm_accepts_no_body_or_an_empty_object_and_nothing_else() {
     app.call(Call::confirm(&user, &a, "a")).await.assert_status(200);
     // `{}` as JSON.
     app.confirm(&user, &b, "b").await.assert_status(200);
-    // A gateway field on a wallet payment is not part of this body.
+    // A gateway field on a wallet payment: the body is well formed, the
+    // payment is not one it fits (409, like any refusal by state).
     app.call(Call::confirm(&user, &c, "c").json(r#"{"payment_key":"pk_1"}"#))
         .await
-        .assert_problem(400, "malformed_request");
+        .assert_problem(409, "invalid_state");
+    // `null` is no body, like the schema says.
+    let d = app.payment_of(&user, 1).await;
+    app.call(Call::confirm(&user, &d, "d").json("null")).await.assert_status(200);
     // `{}` in a non-JSON content type.
     app.call(Call::confirm(&user, &c, "c2").header("content-type", "text/plain").raw("{}"))
         .await
         .assert_problem(415, "unsupported_media_type");
-    assert_eq!(app.balance(&user).await, 998);
+    assert_eq!(app.balance(&user).await, 997);
 }
 
 #[tokio::test]
