@@ -35,6 +35,8 @@ pub struct SimClock {
     state: Arc<State>,
     /// How far this reader's clock runs behind the shared one.
     behind_ms: i64,
+    /// How much slower it runs (parts per million of elapsed time).
+    slow_ppm: i64,
 }
 
 impl Default for SimClock {
@@ -56,7 +58,7 @@ impl SimClock {
     /// A clock whose run begins at `start`.
     pub fn starting_at(start: Timestamp) -> SimClock {
         let state = State { start_ms: start.0, elapsed_ms: AtomicI64::new(0), offset_ms: AtomicI64::new(0) };
-        SimClock { state: Arc::new(state), behind_ms: 0 }
+        SimClock { state: Arc::new(state), behind_ms: 0, slow_ppm: 0 }
     }
 
     /// The same time, read `by` late: a server whose clock is skewed behind
@@ -64,7 +66,22 @@ impl SimClock {
     /// over idempotency leases early, which no lease design survives, while
     /// a lagging one only stamps records a little in the past.
     pub fn behind(&self, by: Duration) -> SimClock {
-        SimClock { state: Arc::clone(&self.state), behind_ms: millis(by) }
+        SimClock { state: Arc::clone(&self.state), behind_ms: millis(by), slow_ppm: self.slow_ppm }
+    }
+
+    /// The same clock, drifting: it runs `ppm` parts per million slower
+    /// than the shared one, so its lag grows by that much of the elapsed
+    /// time (a server without time sync). Slower only, for the reason
+    /// [`SimClock::behind`] gives; the oracle's skew bound adds the drift.
+    pub fn slow_by(&self, ppm: u32) -> SimClock {
+        SimClock { slow_ppm: i64::from(ppm), ..self.clone() }
+    }
+
+    /// How far this reader lags the shared clock after `elapsed`: its fixed
+    /// lag plus its drift, rounded up to the millisecond.
+    pub fn lag_after(&self, elapsed: Duration) -> Duration {
+        let drift = (millis(elapsed) * self.slow_ppm + 999_999) / 1_000_000;
+        Duration::from_millis(u64::try_from(self.behind_ms + drift).unwrap_or(0))
     }
 
     /// When the run began.
@@ -95,9 +112,11 @@ impl SimClock {
 impl Clock for SimClock {
     fn now(&self) -> Timestamp {
         let state = &self.state;
+        let elapsed = state.elapsed_ms.load(Ordering::Relaxed);
         Timestamp(
-            state.start_ms + state.elapsed_ms.load(Ordering::Relaxed) + state.offset_ms.load(Ordering::Relaxed)
-                - self.behind_ms,
+            state.start_ms + elapsed + state.offset_ms.load(Ordering::Relaxed)
+                - self.behind_ms
+                - elapsed * self.slow_ppm / 1_000_000,
         )
     }
 
@@ -126,5 +145,20 @@ mod tests {
         assert_eq!(clock.now(), Timestamp(2_050));
         assert_eq!(late.now(), Timestamp(1_750));
         assert_eq!(late.start(), Timestamp(1_000));
+    }
+
+    /// A drifting reader falls behind by its rate of the elapsed time (not
+    /// of the clock-advance offset), on top of its fixed lag, and the bound
+    /// the oracle uses covers it.
+    #[test]
+    fn a_slow_reader_drifts_behind_within_its_bound() {
+        let clock = SimClock::starting_at(Timestamp(0));
+        let slow = clock.behind(Duration::from_millis(100)).slow_by(200);
+        clock.set_elapsed(Duration::from_secs(60));
+        clock.advance(Duration::from_secs(8));
+        assert_eq!(clock.now(), Timestamp(68_000));
+        assert_eq!(slow.now(), Timestamp(68_000 - 100 - 12));
+        assert_eq!(slow.lag_after(Duration::from_secs(60)), Duration::from_millis(112));
+        assert_eq!(slow.lag_after(Duration::from_millis(1)), Duration::from_millis(101));
     }
 }

@@ -47,6 +47,10 @@ counts! {
     ClockAdvances,
     AmbiguousCommits,
     LostCommits,
+    UnappliedAmbiguousCommits,
+    DbStalls,
+    DbOutages,
+    DbRestarts,
     GatewayLatency,
     Gateway5xx,
     Gateway5xxAfterCommit,
@@ -65,6 +69,9 @@ counts! {
     RetriesToAnotherHost,
     LeaseTakeovers,
     TransactionsAbandoned,
+    StatementsStalled,
+    StatementsRefusedUnreachable,
+    TransactionsKilledByRestart,
     CrashBetweenGatewayAndCommit,
     GatewayOutcomeUnknown,
     CompleterResolved,
@@ -113,6 +120,10 @@ impl Count {
             | Count::ClockAdvances
             | Count::AmbiguousCommits
             | Count::LostCommits
+            | Count::UnappliedAmbiguousCommits
+            | Count::DbStalls
+            | Count::DbOutages
+            | Count::DbRestarts
             | Count::GatewayLatency
             | Count::Gateway5xx
             | Count::Gateway5xxAfterCommit
@@ -139,6 +150,10 @@ impl Count {
             Count::ClockAdvances => "clock advances",
             Count::AmbiguousCommits => "ambiguous commits (applied, reported failed)",
             Count::LostCommits => "lost commits (connection gone before COMMIT)",
+            Count::UnappliedAmbiguousCommits => "ambiguous commits that did not apply (COMMIT lost on its way)",
+            Count::DbStalls => "database stalls (every statement waits until it ends)",
+            Count::DbOutages => "database unreachable for a while",
+            Count::DbRestarts => "database restarts (every open transaction dropped)",
             Count::GatewayLatency => "gateway: delayed requests",
             Count::Gateway5xx => "gateway: 5xx before taking effect",
             Count::Gateway5xxAfterCommit => "gateway: 5xx after taking effect",
@@ -146,7 +161,7 @@ impl Count {
             Count::GatewayDroppedConnections => "gateway: connections dropped",
             Count::GatewayTamperedCharges => "gateway: charges of another amount than asked (tampering)",
             Count::ForeignCharges => "another merchant's charges under our clients' payment keys",
-            Count::SkewedServers => "server clocks lagging the database's",
+            Count::SkewedServers => "server clocks lagging the database's (a fixed lag, a slow drift, or both)",
             Count::BoundarySeeds => "seeds started just before a UTC day, month or year end",
             Count::AttemptTimeouts => "client attempts timed out",
             Count::DuplicatesSent => "duplicates sent while the first was in flight",
@@ -156,6 +171,9 @@ impl Count {
             Count::RetriesToAnotherHost => "retries sent to another server",
             Count::LeaseTakeovers => "stale in-flight keys taken over (lease expired)",
             Count::TransactionsAbandoned => "transactions abandoned mid-flight (request cancelled or host crashed)",
+            Count::StatementsStalled => "statements held up by a database stall",
+            Count::StatementsRefusedUnreachable => "statements refused: database unreachable",
+            Count::TransactionsKilledByRestart => "transactions dropped by a database restart",
             Count::CrashBetweenGatewayAndCommit => "crash between a gateway confirm and its commit",
             Count::GatewayOutcomeUnknown => "gateway answers that were unclear (looked up)",
             Count::CompleterResolved => "stuck payments the completer resolved",
@@ -349,6 +367,23 @@ impl Journal {
 
     pub fn hash(&self) -> u64 {
         self.lock().hash
+    }
+
+    /// Folds `state`'s whole `Debug` text (the final store) into the run's
+    /// hash, and logs its own hash: two runs that logged the same events
+    /// but left different databases must not hash equal.
+    pub fn fingerprint(&self, what: &str, state: &impl fmt::Debug) {
+        struct Fnv(u64);
+        impl fmt::Write for Fnv {
+            fn write_str(&mut self, text: &str) -> fmt::Result {
+                self.0 = fnv(self.0, text.as_bytes());
+                Ok(())
+            }
+        }
+        let mut hasher = Fnv(FNV_OFFSET);
+        // Formatting into a hasher cannot fail.
+        let _ = fmt::write(&mut hasher, format_args!("{state:?}"));
+        self.event("sim", format!("{what} hashes {:016x}", hasher.0));
     }
 
     pub fn counts(&self) -> Counts {

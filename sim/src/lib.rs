@@ -33,6 +33,7 @@
 //! - [`journal`]: the event log (its hash is the determinism check), history, counters.
 //! - [`clock`], [`rng`]: simulated time and seeded randomness — the only ones used.
 //! - [`report`]: the summary over many seeds.
+//! - [`jobs`]: seeds on several worker processes (`--jobs N`).
 //! - [`shared`]: what every layer names: invariants and [`shared::Violation`],
 //!   the tag space of amounts, `now_or_never`.
 //!
@@ -54,7 +55,8 @@
 //! 8. [`oracle`]: on `catalogue`, `journal` and the workload's conventions
 //!    (it judges what the clients did);
 //! 9. [`run`]: one seed, from everything above (it hands `store`'s watched
-//!    handle to the servers); [`report`]: over outcomes.
+//!    handle to the servers); [`report`]: over outcomes; [`jobs`]: outcomes
+//!    between processes.
 //!
 //! A leaf never imports back: `shared` holds what a lower layer would
 //! otherwise take from a higher one (the oracle's [`shared::Violation`], the
@@ -63,6 +65,7 @@
 pub mod catalogue;
 pub mod clock;
 pub mod gateway;
+pub mod jobs;
 pub mod journal;
 pub mod net;
 pub mod oracle;

@@ -3,8 +3,6 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -12,6 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tally_sim::plan::{DEFAULT_TICK_MS, KnownIssue, Options, Profile};
 use tally_sim::report::{self, Aggregate};
 use tally_sim::run::{self, SeedOutcome};
+
+/// A seed allocates and frees a lot (every request's futures, buffers and
+/// routes); mimalloc takes about a tenth off a seed's CPU time next to glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "tally-sim", about = "Deterministic simulation of a Tally deployment (turmoil), one seed at a time")]
@@ -55,6 +58,16 @@ struct Args {
     /// Also write the report to this file.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Worker processes to run seeds on (each takes every N-th seed); use
+    /// `--jobs $(nproc)` to use every core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    jobs: u64,
+    /// Run every `stride`-th seed of the range (a worker's share).
+    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    stride: u64,
+    /// Print one JSON line per seed instead of a report (what `--jobs` runs).
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 /// `90s`, `10m`, `1h`, `1h30m`, `500ms`, or plain seconds.
@@ -92,6 +105,26 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// The options that shape a seed's run, as command-line arguments: what a
+/// replay repeats and what `--jobs` hands its workers.
+fn seed_options(args: &Args) -> Vec<String> {
+    let mut list: Vec<String> = [
+        ("--hosts", args.hosts.to_string()),
+        ("--clients", args.clients.to_string()),
+        ("--ops", args.ops.to_string()),
+        ("--faults", args.faults.as_str().to_owned()),
+        ("--tick-ms", args.tick_ms.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect();
+    for issue in &args.accept_known_issue {
+        list.push("--accept-known-issue".to_owned());
+        list.push(clap::ValueEnum::to_possible_value(issue).map(|v| v.get_name().to_owned()).unwrap_or_default());
+    }
+    list
+}
+
 /// The one command that replays `seed` with these options.
 fn replay_command(args: &Args, seed: u64) -> String {
     let mut command = String::new();
@@ -100,21 +133,92 @@ fn replay_command(args: &Args, seed: u64) -> String {
             "TALLY_MUTANT={mutant} RUSTFLAGS=\"--cfg tally_mutants\" CARGO_TARGET_DIR=target/sim-mutants "
         ));
     }
-    command.push_str(&format!(
-        "cargo run --release -p tally-sim -- --seed {seed} --hosts {} --clients {} --ops {} --faults {} --tick-ms {}",
-        args.hosts,
-        args.clients,
-        args.ops,
-        args.faults.as_str(),
-        args.tick_ms
-    ));
-    for issue in &args.accept_known_issue {
-        command.push_str(&format!(
-            " --accept-known-issue {}",
-            clap::ValueEnum::to_possible_value(issue).map(|v| v.get_name().to_owned()).unwrap_or_default()
-        ));
-    }
+    command.push_str(&format!("cargo run --release -p tally-sim -- --seed {seed} {}", seed_options(args).join(" ")));
     command
+}
+
+/// Where the seeds' outcomes come from: this process, one seed at a time,
+/// or `--jobs` worker processes. `each` gets every outcome as it arrives
+/// and says whether to go on.
+fn run_seeds(args: &Args, options: &Options, total: Option<u64>, mut each: impl FnMut(SeedOutcome) -> bool) {
+    let started = Instant::now();
+    if args.jobs <= 1 {
+        let mut seed = args.first_seed;
+        while total.is_none_or(|n| seed < args.first_seed + n)
+            && args.time_budget.is_none_or(|budget| started.elapsed() < budget)
+        {
+            if !each(run_one(seed, options, args.check_determinism, false)) {
+                return;
+            }
+            seed += args.stride;
+        }
+        return;
+    }
+    if let Err(error) = run_workers(args, total, &mut each) {
+        eprintln!("tally-sim: {error}");
+        std::process::exit(2);
+    }
+}
+
+/// `--jobs N`: N workers, worker `j` on seeds `first + j`, `first + j + N`, ….
+fn run_workers(args: &Args, total: Option<u64>, each: &mut dyn FnMut(SeedOutcome) -> bool) -> Result<(), String> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let (sender, receiver) = std::sync::mpsc::channel::<Result<SeedOutcome, String>>();
+    let mut children = Vec::new();
+    for job in 0..args.jobs {
+        if total.is_some_and(|n| job >= n) {
+            break;
+        }
+        let mut command = std::process::Command::new(&exe);
+        command
+            .arg("--worker")
+            .args(["--first-seed", &(args.first_seed + job).to_string(), "--stride", &args.jobs.to_string()])
+            .args(seed_options(args))
+            .stdout(std::process::Stdio::piped());
+        if let Some(n) = total {
+            command.args(["--seeds", &(n - job).to_string()]);
+        }
+        if let Some(budget) = args.time_budget {
+            command.args(["--time-budget", &format!("{}ms", budget.as_millis())]);
+        }
+        command.args(args.check_determinism.then_some("--check-determinism"));
+        command.args(args.keep_going.then_some("--keep-going"));
+        let mut child = command.spawn().map_err(|e| format!("cannot start a worker: {e}"))?;
+        let stdout = child.stdout.take().ok_or("a worker without stdout")?;
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let outcome =
+                    line.map_err(|e| format!("reading a worker: {e}")).and_then(|l| tally_sim::jobs::decode(&l));
+                if sender.send(outcome).is_err() {
+                    return;
+                }
+            }
+        });
+        children.push(child);
+    }
+    drop(sender);
+    let mut stopped = false;
+    for outcome in receiver {
+        if !each(outcome?) {
+            stopped = true;
+            break;
+        }
+    }
+    for mut child in children {
+        if stopped {
+            // Only the workers this run started, each by its handle.
+            let _ = child.kill();
+        }
+        let status = child.wait().map_err(|e| format!("waiting for a worker: {e}"))?;
+        // A worker exits non-zero when it saw a violation: that seed's
+        // outcome has already been counted from its line.
+        if !stopped && status.code().is_none() {
+            return Err(format!("a worker died: {status}"));
+        }
+    }
+    Ok(())
 }
 
 fn run_one(seed: u64, options: &Options, check_determinism: bool, keep_events: bool) -> SeedOutcome {
@@ -167,6 +271,16 @@ fn main() -> ExitCode {
     }
 
     let total = args.seeds.or(if args.time_budget.is_some() { None } else { Some(100) });
+    if args.worker {
+        let mut out = std::io::stdout().lock();
+        let mut failed = false;
+        run_seeds(&args, &options, total, |outcome| {
+            failed |= !outcome.violations.is_empty();
+            let written = writeln!(out, "{}", tally_sim::jobs::encode(&outcome)).and_then(|()| out.flush());
+            written.is_ok() && (args.keep_going || outcome.violations.is_empty())
+        });
+        return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+    }
     let progress = match total {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
@@ -178,52 +292,26 @@ fn main() -> ExitCode {
     progress.set_message("violations: 0");
 
     let started = Instant::now();
-    let next = AtomicU64::new(args.first_seed);
-    let stop = AtomicBool::new(false);
-    let aggregate = Mutex::new(Aggregate::default());
-    let first_failure: Mutex<Option<SeedOutcome>> = Mutex::new(None);
-    // One seed at a time: tokio's task ids are process-wide (see
-    // `run::align_task_ids`), so runs on parallel threads would not be
-    // reproducible. Run several processes on disjoint seed ranges instead.
-    let jobs = 1;
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                loop {
-                    if stop.load(Ordering::Relaxed)
-                        || args.time_budget.is_some_and(|budget| started.elapsed() >= budget)
-                    {
-                        return;
-                    }
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if total.is_some_and(|n| seed >= args.first_seed + n) {
-                        return;
-                    }
-                    let outcome = run_one(seed, &options, args.check_determinism, false);
-                    let mut sums = aggregate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    sums.add(&outcome);
-                    progress.inc(1);
-                    progress.set_message(format!("violations: {}", sums.failures.len()));
-                    if !outcome.violations.is_empty() {
-                        let mut first = first_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        if first.as_ref().is_none_or(|f| f.seed > outcome.seed) {
-                            *first = Some(outcome);
-                        }
-                        if !args.keep_going {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
+    let mut aggregate = Aggregate::default();
+    let mut first_failure: Option<SeedOutcome> = None;
+    run_seeds(&args, &options, total, |outcome| {
+        aggregate.add(&outcome);
+        progress.inc(1);
+        progress.set_message(format!("violations: {}", aggregate.failures.len()));
+        if outcome.violations.is_empty() {
+            return true;
         }
+        if first_failure.as_ref().is_none_or(|f| f.seed > outcome.seed) {
+            first_failure = Some(outcome);
+        }
+        args.keep_going
     });
     progress.finish_and_clear();
     let wall = started.elapsed();
-    let aggregate = aggregate.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let text = report::render(&aggregate, &header, wall, jobs);
+    let text = report::render(&aggregate, &header, wall, usize::try_from(args.jobs).expect("at most 256"));
     print!("{text}");
     let mut failure_text = String::new();
-    if let Some(failure) = first_failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+    if let Some(failure) = first_failure {
         failure_text.push_str(&format!("\nFAILED: seed {}\n", failure.seed));
         for violation in &failure.violations {
             failure_text.push_str(&format!(

@@ -389,6 +389,9 @@ pub struct MoneyFaults {
     /// Confirms (per mille) the gateway charges for another amount than
     /// asked: seed 003's tampering, which leaves a refund owed.
     pub tamper_per_mille: u64,
+    /// Per server: how much slower its clock runs (parts per million; the
+    /// first server's never drifts). Drawn last, so the draws above stay.
+    pub drift_ppm: Vec<u32>,
 }
 
 impl MoneyFaults {
@@ -415,7 +418,58 @@ impl MoneyFaults {
             })
             .collect();
         let tamper_per_mille = if tampering { *rng.pick(&[50, 150, 300]) } else { 0 };
-        MoneyFaults { skew, tamper_per_mille }
+        // At most 200 ppm (a clock without time sync): 0.4 ms over a
+        // seed's typical seconds, 360 ms over the 30-minute run limit.
+        let drift_ppm =
+            (0..hosts).map(|index| if index > 0 && skewed { *rng.pick(&[0, 50, 200]) } else { 0 }).collect();
+        MoneyFaults { skew, tamper_per_mille, drift_ppm }
+    }
+}
+
+/// Faults of the database itself (issue 14), drawn on a stream of their
+/// own. Times are simulated time since the run began; every window ends
+/// within a couple of seconds, and the quiet phase turns them all off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbFaults {
+    /// Commits (per mille) whose `COMMIT` is lost on its way: the caller is
+    /// told the outcome is unknown (`Ambiguous`), and nothing was applied.
+    pub unapplied_per_mille: u64,
+    /// Stalls (start, length): every statement waits for the stall's end.
+    pub stalls: Vec<(Duration, Duration)>,
+    /// Outages (start, length): the database cannot be reached; statements
+    /// fail after a connect timeout.
+    pub outages: Vec<(Duration, Duration)>,
+    /// Restarts (when, downtime): every transaction open at that moment is
+    /// dropped, and the database is unreachable for the downtime.
+    pub restarts: Vec<(Duration, Duration)>,
+}
+
+impl DbFaults {
+    fn draw(rng: &mut SimRng, profile: Profile, horizon_ms: u64) -> DbFaults {
+        let mut on = |swarm: u64, light: u64| match profile {
+            Profile::None => false,
+            Profile::Light => rng.chance(light),
+            Profile::Heavy => true,
+            Profile::Swarm => rng.chance(swarm),
+        };
+        let switches = [on(300, 150), on(250, 100), on(250, 100), on(250, 100)];
+        let [unapplied, stalls, outages, restarts] = switches;
+        let windows = |rng: &mut SimRng, on: bool, low: u64, high: u64| -> Vec<(Duration, Duration)> {
+            if !on {
+                return Vec::new();
+            }
+            (0..rng.range(1, 2)).map(|_| (rng.millis(10, horizon_ms), rng.millis(low, high))).collect()
+        };
+        DbFaults {
+            unapplied_per_mille: if unapplied { rng.range(5, 60) } else { 0 },
+            stalls: windows(rng, stalls, 50, 1_500),
+            outages: windows(rng, outages, 50, 1_000),
+            restarts: windows(rng, restarts, 20, 400),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.unapplied_per_mille > 0 || !self.stalls.is_empty() || !self.outages.is_empty() || !self.restarts.is_empty()
     }
 }
 
@@ -436,6 +490,7 @@ pub struct Plan {
     pub inventory: Inventory,
     pub adversary: Adversary,
     pub money_faults: MoneyFaults,
+    pub db_faults: DbFaults,
     /// Sorted by time.
     pub actions: Vec<(Duration, Action)>,
 }
@@ -569,6 +624,7 @@ impl Plan {
         let db_latency_max_ms = if inventory.races_expiry { db_latency_max_ms.max(3) } else { db_latency_max_ms };
         let adversary = Adversary::draw(&mut root.fork(6), clients, users, inventory.products.len());
         let money_faults = MoneyFaults::draw(&mut root.fork(7), profile, options.hosts, &adversary.calendar);
+        let db_faults = DbFaults::draw(&mut root.fork(9), profile, horizon_ms);
         Plan {
             seed,
             options: options.clone(),
@@ -582,6 +638,7 @@ impl Plan {
             inventory,
             adversary,
             money_faults,
+            db_faults,
             actions,
         }
     }
@@ -589,11 +646,12 @@ impl Plan {
     /// One line for the report and the replay header.
     pub fn summary(&self) -> String {
         format!(
-            "net {}..{}ms, db ≤{}ms, commits {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
+            "net {}..{}ms, db ≤{}ms, commits {:?}, {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
             self.net_latency.0.as_millis(),
             self.net_latency.1.as_millis(),
             self.db_latency_max_ms,
             self.commit_faults,
+            self.db_faults,
             self.gateway,
             self.client,
             self.inventory,
@@ -614,6 +672,7 @@ mod tests {
         assert_eq!(Plan::draw(9, &options).summary(), Plan::draw(9, &options).summary());
         let none = Plan::draw(9, &Options { profile: Profile::None, ..options });
         assert!(none.actions.is_empty() && none.commit_faults.is_none() && none.gateway == GatewayFaults::default());
+        assert!(!none.db_faults.any());
         assert_eq!(none.ops_per_client.iter().sum::<usize>(), 30);
     }
 
@@ -624,5 +683,14 @@ mod tests {
         assert!(plans.iter().any(|p| p.commit_faults.is_some()) && plans.iter().any(|p| p.commit_faults.is_none()));
         assert!(plans.iter().any(|p| p.actions.iter().any(|(_, a)| matches!(a, Action::Crash(_)))));
         assert!(plans.iter().any(|p| p.actions.is_empty()));
+        // The database's own faults too, each kind on some seeds and off on others.
+        for kind in [
+            |d: &DbFaults| d.unapplied_per_mille > 0,
+            |d: &DbFaults| !d.stalls.is_empty(),
+            |d: &DbFaults| !d.outages.is_empty(),
+            |d: &DbFaults| !d.restarts.is_empty(),
+        ] {
+            assert!(plans.iter().any(|p| kind(&p.db_faults)) && plans.iter().any(|p| !kind(&p.db_faults)));
+        }
     }
 }

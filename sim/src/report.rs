@@ -61,7 +61,7 @@ pub fn render(aggregate: &Aggregate, header: &str, wall: Duration, jobs: usize) 
     let _ = writeln!(out, "  {header}");
     let _ = writeln!(
         out,
-        "  seeds run: {} ({}..={}), wall {} on {jobs} thread(s): {} seeds/s, {} operations/s",
+        "  seeds run: {} ({}..={}), wall {} on {jobs} process(es), one thread each: {} seeds/s, {} operations/s",
         aggregate.seeds,
         aggregate.first_seed.unwrap_or(0),
         aggregate.last_seed.unwrap_or(0),

@@ -81,6 +81,10 @@ pub fn run_seed(seed: u64, options: &Options) -> SeedOutcome {
 
 /// Runs one seed, keeping the whole event log if asked.
 pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOutcome {
+    // One seed at a time in a process, whichever thread asks (test threads
+    // do): task ids are process-wide, see `align_task_ids`.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     align_task_ids();
     let plan = Plan::draw(seed, options);
     let root = SimRng::new(seed);
@@ -117,7 +121,16 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             }
         })));
     }
-    let store = store::watched(&memory, plan.db_latency_max_ms, root.fork(4), journal.clone(), clock.clone());
+    let db_faults_on = Arc::new(AtomicBool::new(plan.db_faults.any()));
+    count_db_faults(&journal, &plan.db_faults);
+    let store = store::watched(
+        &memory,
+        plan.db_latency_max_ms,
+        root.fork(4),
+        journal.clone(),
+        clock.clone(),
+        (plan.db_faults.clone(), Arc::clone(&db_faults_on)),
+    );
     let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
     let gateway = fake_gateway(&plan, &clock);
 
@@ -130,6 +143,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         order_ttl: plan.inventory.order_ttl,
         payback_bps: plan.adversary.payback_bps,
         tamper: Tamper { seed, per_mille: plan.money_faults.tamper_per_mille },
+        http: server::http_config(),
     };
     let mut builder = turmoil::Builder::new();
     builder
@@ -155,16 +169,20 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             }
         });
     }
+    let mut server_clocks = Vec::new();
     for index in 0..options.hosts {
         let deployment = deployment.clone();
         let name = plan::server_name(index);
         let host = name.clone();
         let behind = plan.money_faults.skew.get(index).copied().unwrap_or_default();
-        if !behind.is_zero() {
+        let drift = plan.money_faults.drift_ppm.get(index).copied().unwrap_or_default();
+        if !behind.is_zero() || drift > 0 {
             journal.count(Count::SkewedServers, 1);
-            journal.event("sim", format!("{name}'s clock lags {}ms", behind.as_millis()));
+            journal.event("sim", format!("{name}'s clock lags {}ms and runs {drift} ppm slow", behind.as_millis()));
         }
-        sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone(), behind));
+        let own_clock = clock.behind(behind).slow_by(drift);
+        server_clocks.push(own_clock.clone());
+        sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone(), own_clock.clone()));
     }
     for (index, ops) in plan.ops_per_client.iter().enumerate() {
         let (user, api_key) = users[index % users.len()].clone();
@@ -262,6 +280,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     }
     gateway.faults().clear();
     commit_faults_on.store(false, Ordering::Relaxed);
+    db_faults_on.store(false, Ordering::Relaxed);
     // Requests the clients gave up on may still be running on a server.
     driver.run_for(Duration::from_millis(100), &mut violations);
     // A payment still confirming or cancelling is the completer's: let
@@ -293,6 +312,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
 
     // Phase 3: judgement.
     let snapshot = now_or_never(memory.snapshot()).expect("the in-memory snapshot never fails");
+    journal.fingerprint("the final store", &snapshot);
     let exchanges = journal.exchanges();
     violations.extend(journal.monitor_violations());
     let (confirms_by_order, confirms_by_key) = journal.confirms_sent_total();
@@ -306,11 +326,11 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
             confirms_by_order: &confirms_by_order,
             confirms_by_key: &confirms_by_key,
             foreign_confirms: &foreign_confirms,
-            skew_max_ms: plan
-                .money_faults
-                .skew
+            // The largest lag any server's clock reached: its fixed lag
+            // plus its drift over the whole run.
+            skew_max_ms: server_clocks
                 .iter()
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .map(|c| i64::try_from(c.lag_after(driver.sim.elapsed()).as_millis()).unwrap_or(i64::MAX))
                 .max()
                 .unwrap_or(0),
         }));
@@ -593,6 +613,21 @@ fn fake_gateway(plan: &Plan, clock: &SimClock) -> FakeGateway {
     gateway
 }
 
+/// The database's faults, as drawn: counted, and logged with their times.
+fn count_db_faults(journal: &Journal, faults: &plan::DbFaults) {
+    let kinds = [
+        (&faults.stalls, Count::DbStalls, "stalls"),
+        (&faults.outages, Count::DbOutages, "is unreachable"),
+        (&faults.restarts, Count::DbRestarts, "restarts, down"),
+    ];
+    for (windows, count, what) in kinds {
+        for (at, length) in windows {
+            journal.count(count, 1);
+            journal.event("sim", format!("the database {what} from {}ms for {}ms", at.as_millis(), length.as_millis()));
+        }
+    }
+}
+
 fn count_gateway_faults(journal: &Journal, stats: &GatewayStats) {
     let counters = stats.faults;
     journal.count(Count::GatewayLatency, counters.latency);
@@ -611,7 +646,8 @@ fn count_gateway_faults(journal: &Journal, stats: &GatewayStats) {
 /// whole process, so without this the order in which a crashed server's
 /// connections close and locks are released would depend on how many tasks
 /// earlier seeds spawned. Aligned, every run of a seed sees the same ids
-/// modulo 64. (For the same reason, seeds run one at a time per process.)
+/// modulo 64. (For the same reason, seeds run one at a time per process:
+/// [`run_seed_with`] holds a process-wide lock, and `--jobs` uses processes.)
 fn align_task_ids() {
     thread_local! {
         static RUNTIME: tokio::runtime::Runtime =

@@ -39,6 +39,19 @@ pub struct Deployment {
     pub payback_bps: u32,
     /// Which confirms the gateway charges for another amount.
     pub tamper: Tamper,
+    /// The router's configuration, built once per seed ([`http_config`]):
+    /// its metrics recorder is shared by every incarnation of every server.
+    pub http: HttpConfig,
+}
+
+/// The servers' router configuration: `tally serve`'s, with the
+/// simulation's request timeout and without the OpenAPI docs (nobody reads
+/// them here, and building them was a fifth of a seed's CPU time).
+pub fn http_config() -> HttpConfig {
+    let mut http = HttpConfig::new(ADMIN_KEY);
+    http.request_timeout = timing::REQUEST_TIMEOUT;
+    http.docs = false;
+    http
 }
 
 impl std::fmt::Debug for Deployment {
@@ -64,23 +77,22 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
 
 type App = Tally<MemStore, MemLocks<SimClock>, SimClock, SimGateway>;
 
-/// The host's software: runs until the host crashes. `behind`: how far
-/// this host's clock lags the database's (the clock-skew fault).
-pub async fn serve(deployment: Deployment, name: String, behind: std::time::Duration) -> turmoil::Result {
+/// The host's software: runs until the host crashes. `clock`: this host's
+/// own clock (lagging and drifting: the clock-skew fault).
+pub async fn serve(deployment: Deployment, name: String, clock: SimClock) -> turmoil::Result {
     let journal = deployment.journal.clone();
     let gateway = SimGateway::new(&name, timing::GATEWAY_TIMEOUT, journal.clone(), deployment.tamper);
     let app: Arc<App> = Arc::new(
         Tally::new(
             deployment.store,
             deployment.locks,
-            deployment.clock.behind(behind),
+            clock,
             deployment.ids,
             core_config(deployment.order_ttl, deployment.payback_bps),
         )
         .with_gateway(gateway),
     );
-    let mut http = HttpConfig::new(ADMIN_KEY);
-    http.request_timeout = timing::REQUEST_TIMEOUT;
+    let mut http = deployment.http;
     // Keys for users created over the API: deterministic, never random.
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
     http.key_gen =

@@ -25,6 +25,7 @@
 //! servers' handle on the database ([`watched`]) runs a `Watch` around every
 //! statement of every transaction.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use tally_mem::{HookFuture, MemStore, Statement, TxHook};
 
 use crate::clock::SimClock;
 use crate::journal::{Count, Journal};
+use crate::plan::DbFaults;
 use crate::rng::SimRng;
 use crate::shared::{self, Violation};
 
@@ -48,9 +50,54 @@ struct Db {
     rng: Mutex<SimRng>,
     journal: Journal,
     clock: SimClock,
+    /// The database's own faults, and whether they are on (the quiet phase
+    /// turns them off).
+    faults: DbFaults,
+    faults_on: Arc<AtomicBool>,
+}
+
+/// How long a statement tries to reach an unreachable database before it
+/// fails: the pool's connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Where `now` falls in the database's fault schedule.
+#[derive(Debug, PartialEq, Eq)]
+enum Weather {
+    Fine,
+    /// Stalled until this moment (simulated time since the run began).
+    Stalled(Duration),
+    /// Unreachable until this moment.
+    Unreachable(Duration),
 }
 
 impl Db {
+    fn faults_on(&self) -> bool {
+        self.faults_on.load(Ordering::Relaxed)
+    }
+
+    /// Restarts that have happened by `now`: a transaction begun before one
+    /// of them lost its connection.
+    fn restarts_by(&self, now: Duration) -> usize {
+        self.faults.restarts.iter().filter(|(at, _)| *at <= now).count()
+    }
+
+    fn weather(&self, now: Duration) -> Weather {
+        let inside = |list: &[(Duration, Duration)]| {
+            list.iter().filter(|(at, length)| *at <= now && now < *at + *length).map(|(at, length)| *at + *length).max()
+        };
+        if let Some(until) = inside(&self.faults.outages).max(inside(&self.faults.restarts)) {
+            return Weather::Unreachable(until);
+        }
+        inside(&self.faults.stalls).map_or(Weather::Fine, Weather::Stalled)
+    }
+
+    /// Whether this commit's `COMMIT` is lost on its way (not applied, the
+    /// outcome unknown to the caller).
+    fn commit_lost_in_transit(&self) -> bool {
+        self.faults.unapplied_per_mille > 0
+            && self.rng.lock().unwrap_or_else(PoisonError::into_inner).below(1000) < self.faults.unapplied_per_mille
+    }
+
     /// One round trip's delay; `None` when the database is instant.
     fn round_trip(&self) -> Option<Duration> {
         if self.latency_max_ms == 0 {
@@ -64,8 +111,29 @@ impl Db {
 /// The servers' handle on `memory`'s database: every statement first waits
 /// a seeded round trip of up to `latency_max_ms`, and every commit is
 /// watched. `memory` itself stays unwatched (setup and the final check).
-pub fn watched(memory: &MemStore, latency_max_ms: u64, rng: SimRng, journal: Journal, clock: SimClock) -> MemStore {
-    let db = Arc::new(Db { memory: memory.clone(), latency_max_ms, rng: Mutex::new(rng), journal, clock });
+///
+/// The database's own faults (`faults`, while `faults_on`): an ambiguous
+/// commit that did not apply, stalls, outages, and restarts that drop every
+/// open transaction. A restart does not release the lock table's locks:
+/// their holders' transactions fail at their next statement and drop them
+/// (a longer wait for others, never a second holder).
+pub fn watched(
+    memory: &MemStore,
+    latency_max_ms: u64,
+    rng: SimRng,
+    journal: Journal,
+    clock: SimClock,
+    (faults, faults_on): (DbFaults, Arc<AtomicBool>),
+) -> MemStore {
+    let db = Arc::new(Db {
+        memory: memory.clone(),
+        latency_max_ms,
+        rng: Mutex::new(rng),
+        journal,
+        clock,
+        faults,
+        faults_on,
+    });
     memory.with_statement_hook(Arc::new(move || Box::new(Watch::new(Arc::clone(&db))) as Box<dyn TxHook>))
 }
 
@@ -79,6 +147,8 @@ struct Watch {
     /// Set while waiting on a round trip: a drop then means the caller's
     /// future was dropped mid-flight (a cancelled request or a crash).
     suspended: bool,
+    /// The database restarts that had happened when this transaction began.
+    restarts_at_begin: usize,
 }
 
 impl Drop for Watch {
@@ -101,8 +171,16 @@ impl TxHook for Watch {
             Statement::PutIdempotency { before, after } => self.idem_writes.push((before.cloned(), after.clone())),
             _ => {}
         }
+        let commit = matches!(statement, Statement::Commit);
+        let begin = matches!(statement, Statement::Begin);
         Box::pin(async move {
+            self.weather(begin, commit).await?;
             self.pause().await;
+            if commit && self.db.faults_on() && self.db.commit_lost_in_transit() {
+                self.db.journal.count(Count::UnappliedAmbiguousCommits, 1);
+                self.db.journal.event("db", "COMMIT lost on its way: not applied, reported ambiguous");
+                return Err(StoreError::Ambiguous);
+            }
             Ok(())
         })
     }
@@ -122,14 +200,55 @@ impl TxHook for Watch {
 
 impl Watch {
     fn new(db: Arc<Db>) -> Watch {
-        Watch { db, idem_writes: Vec::new(), key_claims: Vec::new(), suspended: false }
+        Watch { db, idem_writes: Vec::new(), key_claims: Vec::new(), suspended: false, restarts_at_begin: 0 }
     }
 
     async fn pause(&mut self) {
         if let Some(delay) = self.db.round_trip() {
-            self.suspended = true;
-            tokio::time::sleep(delay).await;
-            self.suspended = false;
+            self.wait(delay).await;
+        }
+    }
+
+    async fn wait(&mut self, delay: Duration) {
+        self.suspended = true;
+        tokio::time::sleep(delay).await;
+        self.suspended = false;
+    }
+
+    /// The database's faults, before a statement: a transaction that a
+    /// restart dropped fails (at `COMMIT`, as ambiguous: the connection died
+    /// under it, though nothing was applied); an unreachable database fails
+    /// the statement after the connect timeout (ambiguous too at `COMMIT`);
+    /// a stall holds the statement until it ends.
+    async fn weather(&mut self, begin: bool, commit: bool) -> Result<(), StoreError> {
+        if !self.db.faults_on() {
+            return Ok(());
+        }
+        let now = self.db.clock.elapsed();
+        let restarts = self.db.restarts_by(now);
+        if begin {
+            self.restarts_at_begin = restarts;
+        } else if restarts > self.restarts_at_begin {
+            // Counted once: the caller rolls back after this error.
+            self.restarts_at_begin = restarts;
+            self.db.journal.count(Count::TransactionsKilledByRestart, 1);
+            self.db.journal.event("db", "an open transaction lost its connection to a database restart");
+            let gone = StoreError::Unavailable("the database restarted: connection terminated".into());
+            return Err(if commit { StoreError::Ambiguous } else { gone });
+        }
+        match self.db.weather(now) {
+            Weather::Fine => Ok(()),
+            Weather::Stalled(until) => {
+                self.db.journal.count(Count::StatementsStalled, 1);
+                self.wait(until.saturating_sub(now)).await;
+                Ok(())
+            }
+            Weather::Unreachable(until) => {
+                self.db.journal.count(Count::StatementsRefusedUnreachable, 1);
+                self.wait(CONNECT_TIMEOUT.min(until.saturating_sub(now))).await;
+                let unreachable = StoreError::Unavailable("the database is unreachable".into());
+                Err(if commit { StoreError::Ambiguous } else { unreachable })
+            }
         }
     }
     /// The monitor, for a commit that took effect.
@@ -187,5 +306,91 @@ impl Watch {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::ids::UserId;
+    use tally_core::store::{Tx as _, User};
+    use tally_core::time::Timestamp;
+    use tally_mem::Concurrency;
+
+    use crate::shared::now_or_never;
+
+    fn user(id: u128) -> User {
+        User {
+            id: UserId(id),
+            name: format!("user {id}"),
+            key_hash: [u8::try_from(id).expect("small"); 32],
+            created_at: Timestamp(0),
+        }
+    }
+
+    /// A database restart drops every transaction open at that moment: the
+    /// one begun before it fails at `COMMIT` as ambiguous, and nothing it
+    /// wrote is applied; a transaction begun after the downtime commits.
+    /// With the faults turned off (the quiet phase), none of it happens.
+    #[test]
+    fn a_restart_drops_the_open_transaction_and_applies_nothing() {
+        let memory = MemStore::new(Concurrency::Locked);
+        let clock = SimClock::new();
+        let journal = Journal::new(clock.clone());
+        let faults =
+            DbFaults { restarts: vec![(Duration::from_millis(100), Duration::from_millis(50))], ..DbFaults::default() };
+        let on = Arc::new(AtomicBool::new(true));
+        let store = watched(&memory, 0, SimRng::new(1), journal.clone(), clock.clone(), (faults, Arc::clone(&on)));
+
+        let mut before = now_or_never(store.begin()).expect("begins before the restart");
+        now_or_never(before.insert_user(&user(7))).expect("a write before the restart");
+        clock.set_elapsed(Duration::from_millis(200));
+        assert_eq!(now_or_never(before.commit()), Err(StoreError::Ambiguous));
+        let mut read = now_or_never(memory.begin()).expect("the unwatched handle");
+        assert_eq!(now_or_never(read.user(UserId(7))), Ok(None), "the dropped transaction applied nothing");
+        assert_eq!(journal.counts().get(Count::TransactionsKilledByRestart), 1);
+
+        let mut after = now_or_never(store.begin()).expect("begins after the downtime");
+        now_or_never(after.insert_user(&user(8))).expect("a write after the restart");
+        assert_eq!(now_or_never(after.commit()), Ok(()));
+
+        let mut straddling = now_or_never(store.begin()).expect("begins");
+        on.store(false, Ordering::Relaxed);
+        clock.set_elapsed(Duration::ZERO);
+        let mut quiet = now_or_never(store.begin()).expect("begins");
+        clock.set_elapsed(Duration::from_millis(200));
+        now_or_never(quiet.insert_user(&user(9))).expect("faults off: no restart seen");
+        assert_eq!(now_or_never(quiet.commit()), Ok(()));
+        now_or_never(straddling.insert_user(&user(10))).expect("faults off");
+        assert_eq!(now_or_never(straddling.commit()), Ok(()));
+        assert_eq!(journal.counts().get(Count::TransactionsKilledByRestart), 1);
+    }
+
+    /// The schedule: inside an outage or a restart's downtime the database
+    /// is unreachable until the window ends; inside a stall, stalled; else fine.
+    #[test]
+    fn the_weather_follows_the_schedule() {
+        let ms = Duration::from_millis;
+        let db = Db {
+            memory: MemStore::new(Concurrency::Locked),
+            latency_max_ms: 0,
+            rng: Mutex::new(SimRng::new(1)),
+            journal: Journal::new(SimClock::new()),
+            clock: SimClock::new(),
+            faults: DbFaults {
+                stalls: vec![(ms(10), ms(30))],
+                outages: vec![(ms(100), ms(20))],
+                restarts: vec![(ms(110), ms(40))],
+                ..DbFaults::default()
+            },
+            faults_on: Arc::new(AtomicBool::new(true)),
+        };
+        assert_eq!(db.weather(ms(5)), Weather::Fine);
+        assert_eq!(db.weather(ms(10)), Weather::Stalled(ms(40)));
+        assert_eq!(db.weather(ms(40)), Weather::Fine);
+        assert_eq!(db.weather(ms(105)), Weather::Unreachable(ms(120)));
+        assert_eq!(db.weather(ms(115)), Weather::Unreachable(ms(150)));
+        assert_eq!(db.weather(ms(150)), Weather::Fine);
+        assert_eq!((db.restarts_by(ms(109)), db.restarts_by(ms(110))), (0, 1));
     }
 }

@@ -43,6 +43,11 @@ pub struct HttpConfig {
     pub key_gen: KeyGen,
     /// Requests a second per API key (bursts of as many); `None`: unlimited.
     pub rate_limit: Option<std::num::NonZeroU32>,
+    /// Whether to serve `/docs` and `/openapi.json`. Building the OpenAPI
+    /// document is most of the cost of building a router; the simulation,
+    /// which builds one per server start and never reads the docs, turns it
+    /// off.
+    pub docs: bool,
 }
 
 impl HttpConfig {
@@ -58,6 +63,7 @@ impl HttpConfig {
             metrics: Metrics::local(),
             key_gen: Arc::new(crate::keys::new_api_key),
             rate_limit: None,
+            docs: true,
         }
     }
 }
@@ -73,6 +79,7 @@ impl fmt::Debug for HttpConfig {
             .field("ledger_page_default", &self.ledger_page_default)
             .field("metrics", &self.metrics)
             .field("rate_limit", &self.rate_limit)
+            .field("docs", &self.docs)
             .finish_non_exhaustive()
     }
 }

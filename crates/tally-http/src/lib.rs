@@ -162,14 +162,13 @@ pub fn router<S: Store, L: LockManager, C: Clock, G: Gateway>(
         .merge(routes::queue::routes())
         .merge(routes::orders::routes())
         .layer(from_fn_with_state(permits, layers::shed_load));
-    let docs = SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi::document());
+    let mut routes = Router::new().merge(api).merge(routes::ops::routes()).with_state(state);
+    if config.docs {
+        routes = routes.merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi::document()));
+    }
     // `Router::layer` wraps each route (and the fallbacks) separately, which
     // is what lets the span and the metrics see the matched path.
-    Router::new()
-        .merge(api)
-        .merge(routes::ops::routes())
-        .with_state(state)
-        .merge(docs)
+    routes
         .fallback(layers::no_route)
         .method_not_allowed_fallback(layers::wrong_method)
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
