@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use tally_core::gateway::{CancelResult, Confirmed, Gateway, LookedUp};
+use tally_core::gateway::{CancelResult, Confirmed, Gateway, LookedUp, Verdict};
 use tally_core::money::Amount;
 use tally_gateway::core_port::{self, CANCEL_REASON};
 use tally_gateway::protocol::{self, CancelBody, ConfirmBody, IDEMPOTENCY_KEY_HEADER};
@@ -105,9 +105,17 @@ impl SimGateway {
         }
     }
 
-    fn unclear(&self, call: &str, payment_key: &str, reason: &str) {
-        self.journal.count(Count::GatewayOutcomeUnknown, 1);
-        self.journal.event(&self.host, format!("gateway {call} of {payment_key} unclear: {reason}"));
+    /// Journals a call's verdict (an unclear one is counted too) and hands
+    /// it on.
+    fn journaled<V: Verdict>(&self, call: &str, payment_key: &str, verdict: V) -> V {
+        match verdict.unclear() {
+            Some(reason) => {
+                self.journal.count(Count::GatewayOutcomeUnknown, 1);
+                self.journal.event(&self.host, format!("gateway {call} of {payment_key} unclear: {reason}"));
+            }
+            None => self.journal.event(&self.host, format!("gateway {call} {payment_key}: {verdict:?}")),
+        }
+        verdict
     }
 }
 
@@ -134,12 +142,7 @@ impl Gateway for SimGateway {
             Ok((status, body)) => protocol::classify_confirm(&sent, status, &body),
             Err(reason) => ConfirmOutcome::Unknown { reason },
         };
-        let verdict = core_port::confirmed(outcome);
-        match &verdict {
-            Confirmed::Unknown { reason } => self.unclear("confirm", payment_key, reason),
-            other => self.journal.event(&self.host, format!("gateway confirm {payment_key}: {other:?}")),
-        }
-        verdict
+        self.journaled("confirm", payment_key, core_port::confirmed(outcome))
     }
 
     async fn lookup(&self, payment_key: &str) -> LookedUp {
@@ -147,12 +150,7 @@ impl Gateway for SimGateway {
             Ok((status, body)) => protocol::classify_lookup(payment_key, status, &body),
             Err(reason) => LookupOutcome::Unknown { reason },
         };
-        let verdict = core_port::looked_up(outcome);
-        match &verdict {
-            LookedUp::Unknown { reason } => self.unclear("lookup", payment_key, reason),
-            other => self.journal.event(&self.host, format!("gateway lookup {payment_key}: {other:?}")),
-        }
-        verdict
+        self.journaled("lookup", payment_key, core_port::looked_up(outcome))
     }
 
     async fn cancel(&self, payment_key: &str, idempotency_key: &str) -> CancelResult {
@@ -163,12 +161,7 @@ impl Gateway for SimGateway {
             Ok((status, body)) => protocol::classify_cancel(payment_key, status, &body),
             Err(reason) => CancelOutcome::Unknown { reason },
         };
-        let verdict = core_port::cancel_result(outcome);
-        match &verdict {
-            CancelResult::Unknown { reason } => self.unclear("cancel", payment_key, reason),
-            other => self.journal.event(&self.host, format!("gateway cancel {payment_key}: {other:?}")),
-        }
-        verdict
+        self.journaled("cancel", payment_key, core_port::cancel_result(outcome))
     }
 }
 

@@ -56,6 +56,31 @@ pub enum CancelResult {
     },
 }
 
+/// What every verdict says alike: whether it is a definite answer, and if
+/// not, why (for logs and the simulation's journal).
+pub trait Verdict: std::fmt::Debug {
+    /// The reason the answer is unclear, or `None` for a definite answer.
+    fn unclear(&self) -> Option<&str>;
+}
+
+impl Verdict for Confirmed {
+    fn unclear(&self) -> Option<&str> {
+        if let Confirmed::Unknown { reason } = self { Some(reason) } else { None }
+    }
+}
+
+impl Verdict for LookedUp {
+    fn unclear(&self) -> Option<&str> {
+        if let LookedUp::Unknown { reason } = self { Some(reason) } else { None }
+    }
+}
+
+impl Verdict for CancelResult {
+    fn unclear(&self) -> Option<&str> {
+        if let CancelResult::Unknown { reason } = self { Some(reason) } else { None }
+    }
+}
+
 /// The gateway port. Every call has its own timeout inside the
 /// implementation and always returns a verdict; it never panics or hangs.
 pub trait Gateway: Send + Sync + 'static {
