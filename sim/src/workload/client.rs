@@ -28,7 +28,7 @@ pub struct ClientSpec {
     pub boundary: Option<Timestamp>,
 }
 
-pub(super) fn is_code(reply: &Reply, code: &str) -> bool {
+pub fn is_code(reply: &Reply, code: &str) -> bool {
     reply.status >= 400 && body_field(reply, "code").as_deref() == Some(code)
 }
 
@@ -38,7 +38,7 @@ pub(super) fn is_in_use(reply: &Reply) -> bool {
 
 /// An answer the client stops at: a success or a refusal it cannot change
 /// by asking again.
-pub(super) fn is_final(reply: &Reply) -> bool {
+pub fn is_final(reply: &Reply) -> bool {
     match reply.status {
         200..=299 => true,
         409 if is_in_use(reply) => false,
@@ -175,7 +175,7 @@ pub(super) async fn perform(
 }
 
 /// Coverage: what an operation's final answer shows about orders.
-pub(super) fn count_answer(journal: &Journal, planned: &Planned, reply: &Reply) {
+pub fn count_answer(journal: &Journal, planned: &Planned, reply: &Reply) {
     let order = matches!(planned.kind, "order-products" | "order-seats");
     let count = match reply.status {
         201 if order => Some(Count::OrdersCreated),
