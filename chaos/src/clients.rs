@@ -101,8 +101,7 @@ impl Attempt<'_> {
 async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Failure> {
     let response = request.send().await.map_err(classify)?;
     let status = response.status().as_u16();
-    let replayed =
-        response.headers().get(tally_http::IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
+    let replayed = response.headers().get(tally_http::IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
     let body = response.bytes().await.map_err(classify)?.to_vec();
     Ok(Reply { status, body, replayed })
 }

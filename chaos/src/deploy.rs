@@ -125,8 +125,7 @@ fn children_of(pid: u32) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{child}/stat")).ok().is_some_and(|stat| {
                 // `pid (comm) state ppid …`: comm may hold spaces, so
                 // read after its closing parenthesis.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
                     == Some(pid)
             })
         })
@@ -214,11 +213,8 @@ impl Instance {
             .open(self.log())
             .map_err(io(format!("opening {}", self.log().display())))?;
         let err = log.try_clone().map_err(io("duplicating the log handle"))?;
-        let database_url = format!(
-            "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
-            self.proxy.port(),
-            config.database
-        );
+        let database_url =
+            format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", self.proxy.port(), config.database);
         let behind = i64::try_from(self.behind.as_millis()).unwrap_or(0);
         let exe = std::env::current_exe().map_err(io("finding this executable"))?;
         let mut command = Command::new(exe);

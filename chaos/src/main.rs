@@ -53,7 +53,10 @@ impl Which {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "tally-chaos", about = "Real tally serve processes on real PostgreSQL, under faults, histories checked")]
+#[command(
+    name = "tally-chaos",
+    about = "Real tally serve processes on real PostgreSQL, under faults, histories checked"
+)]
 struct Cli {
     /// Which PostgreSQL strategy the instances run (`all`: each in turn).
     #[arg(long, value_enum, default_value = "all")]
@@ -133,7 +136,12 @@ async fn chaos(cli: Cli) -> Result<usize, deploy::DeployError> {
     });
     let dir = cli.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("tally-chaos-{seed}")));
     std::fs::create_dir_all(&dir).map_err(|e| deploy::DeployError::Other(format!("{}: {e}", dir.display())))?;
-    println!("tally-chaos: seed {seed}, {} instances, faults {:?}, files in {}", cli.instances, cli.faults, dir.display());
+    println!(
+        "tally-chaos: seed {seed}, {} instances, faults {:?}, files in {}",
+        cli.instances,
+        cli.faults,
+        dir.display()
+    );
     let database = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || deploy::Database::start(&dir))
@@ -200,7 +208,10 @@ fn report(seed: u64, outcomes: &[run::Outcome]) -> usize {
             println!("  {n:>7}  {label}");
         }
         println!("  {:>7}  COMMITs seen by the proxies", outcome.commits);
-        println!("  {:>7}  COMMIT acknowledgements lost (committed or not, the service never heard)", outcome.lost_acks);
+        println!(
+            "  {:>7}  COMMIT acknowledgements lost (committed or not, the service never heard)",
+            outcome.lost_acks
+        );
         println!("  {:>7}  proxy connection resets", outcome.resets);
         println!("  {:>7}  live snapshots judged by the bank check", outcome.bank_snapshots);
         if outcome.cut_short {

@@ -318,3 +318,50 @@ mod tests {
         assert_eq!(frame(&startup, true), Some((8, 0, &startup[4..])));
     }
 }
+
+/// `map_commit` on purpose: a real I/O error during a real COMMIT.
+#[cfg(test)]
+mod lost_commit {
+    use std::time::Duration;
+
+    use tally_cluster::{Cluster, ClusterConfig};
+    use tally_core::ids::UserId;
+    use tally_core::store::{Store, StoreError, Tx, User};
+    use tally_core::time::Timestamp;
+    use tally_pg::{PgConfig, PgStore};
+
+    use super::Proxy;
+
+    fn store(url: &str) -> PgStore {
+        PgStore::connect_lazy(url, PgConfig { max_connections: 1, ..PgConfig::default() }).expect("a pool")
+    }
+
+    /// Invariant 2's premise on the shipped store: a COMMIT whose answer is
+    /// lost is `Ambiguous` (never a failure, which a caller could retry as
+    /// if nothing happened) — and it did commit, which is why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_io_error_during_commit_is_ambiguous_and_the_commit_may_have_landed() {
+        let cluster = tokio::task::spawn_blocking(|| Cluster::start(ClusterConfig::throwaway().fast_unsafe()))
+            .await
+            .unwrap()
+            .expect("a throwaway cluster");
+        let direct = store(&cluster.url());
+        direct.migrate().await.expect("migrations");
+        let socket = cluster.socket_dir().join(format!(".s.PGSQL.{}", cluster.port()));
+        let proxy = Proxy::start(socket, 1).await.unwrap();
+        let proxied =
+            store(&format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", proxy.port(), cluster.database()));
+        // Every COMMIT from now on loses its answer.
+        proxy.set_lost_acks(1000);
+        let user = User { id: UserId(42), name: "lost ack".into(), key_hash: [7; 32], created_at: Timestamp(1) };
+        let mut tx = proxied.begin().await.expect("begin");
+        tx.insert_user(&user).await.expect("insert");
+        let committed = tokio::time::timeout(Duration::from_secs(10), tx.commit()).await.expect("no hang");
+        assert_eq!(committed, Err(StoreError::Ambiguous));
+        assert_eq!(proxy.counts().lost_acks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let mut read = direct.begin().await.expect("begin");
+        assert_eq!(read.user(user.id).await.expect("read"), Some(user), "the commit landed");
+        read.rollback().await;
+        tokio::task::spawn_blocking(move || cluster.stop()).await.unwrap().expect("stop");
+    }
+}

@@ -137,8 +137,7 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .map_err(|e| DeployError::Other(format!("binding the gateway: {e}")))?;
-    let gateway_url =
-        format!("http://{}", listener.local_addr().map_err(|e| DeployError::Other(e.to_string()))?);
+    let gateway_url = format!("http://{}", listener.local_addr().map_err(|e| DeployError::Other(e.to_string()))?);
     let (stop_gateway, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = gateway.clone();
     let gateway_task = tokio::spawn(async move {
@@ -170,10 +169,8 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
         instances.push(Instance::new(index, free_port()?, proxy, behind, config.clone()));
     }
     let instances = Arc::new(instances);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| DeployError::Other(e.to_string()))?;
+    let http =
+        reqwest::Client::builder().pool_max_idle_per_host(0).build().map_err(|e| DeployError::Other(e.to_string()))?;
     for instance in instances.iter() {
         instance.start(&http).await?;
     }
@@ -270,8 +267,7 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
     ticking.store(false, Ordering::Relaxed);
     let _ = ticker.await;
     let exchanges = journal.exchanges();
-    let skew_max_ms =
-        instances.iter().map(|i| i64::try_from(i.behind.as_millis()).unwrap_or(0)).max().unwrap_or(0);
+    let skew_max_ms = instances.iter().map(|i| i64::try_from(i.behind.as_millis()).unwrap_or(0)).max().unwrap_or(0);
     let mut violations = checks::judge(&checks::Final {
         snapshot: &snapshot,
         exchanges: &exchanges,

@@ -78,7 +78,8 @@ pub async fn create_with<S: Store, C: Clock>(
     let mut products = Vec::with_capacity(inventory.products.len());
     for (index, &(units, stock)) in inventory.products.iter().enumerate() {
         let payback_bps = adversary.product_bps.get(index).copied().flatten();
-        let command = Command::CreateProduct { name: format!("product {index}"), price: price(units), stock, payback_bps };
+        let command =
+            Command::CreateProduct { name: format!("product {index}"), price: price(units), stock, payback_bps };
         match run(setup, command).await {
             Outcome::Product(product) => products.push(CatalogueProduct {
                 id: product.id.to_string(),

@@ -180,17 +180,17 @@ async fn apply(tx: &mut PgTx, before: &Wallet, after: &Wallet) -> Result<(), Sto
         APPLY.to_owned()
     };
     let statement = sqlx::query(AssertSqlSafe(sql))
-    .bind(uuid(user.0))
-    .bind(delta.balance)
-    .bind(delta.dip)
-    .bind(delta.rise)
-    .bind(delta.paid_day)
-    .bind(delta.day)
-    .bind(delta.paid_month)
-    .bind(delta.month)
-    .bind(delta.entries)
-    .bind(delta.held)
-    .bind(Money::BALANCE_LIMIT.minor_units());
+        .bind(uuid(user.0))
+        .bind(delta.balance)
+        .bind(delta.dip)
+        .bind(delta.rise)
+        .bind(delta.paid_day)
+        .bind(delta.day)
+        .bind(delta.paid_month)
+        .bind(delta.month)
+        .bind(delta.entries)
+        .bind(delta.held)
+        .bind(Money::BALANCE_LIMIT.minor_units());
     let returned = tx
         .fetch_optional(statement, |row| {
             let balance: i64 = sqlx::Row::try_get(row, "balance").map_err(errors::map)?;
