@@ -10,8 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/mutant-judge.sh
 
-export RUSTFLAGS="--cfg tally_mutants"
-export CARGO_TARGET_DIR=target/pg-mutants
+export RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/pg-mutants
 chaos_ops=${PG_MUTANT_CHAOS_OPS:-600}
 
 cargo test -p tally-tests --test e2e --no-run

@@ -16,7 +16,7 @@ use tally_sim::journal::{Answer, Count, Exchange};
 use tally_sim::net::{Failure, Reply};
 use tally_sim::plan::{server_name, timing};
 use tally_sim::rng::SimRng;
-use tally_sim::workload::{self, ClientSpec, ClientState, Planned};
+use tally_sim::workload::{self, ClientSpec, Planned};
 
 /// What every client of one run shares.
 #[derive(Clone, Debug)]
@@ -158,16 +158,7 @@ async fn perform(attempt: &Attempt<'_>, rng: &mut SimRng) -> Option<Reply> {
 /// One client's life: `spec.ops` operations, like the simulation's client.
 pub async fn client(spec: ClientSpec, shared: Shared) {
     let mut rng = spec.rng.clone();
-    let mut state = ClientState {
-        catalogue: Arc::clone(&spec.catalogue),
-        orders_via_gateway: spec.orders_via_gateway,
-        racer: spec.racer,
-        clock: spec.clock.clone(),
-        habits: spec.habits,
-        max_balance: spec.max_balance,
-        boundary: spec.boundary,
-        ..ClientState::default()
-    };
+    let mut state = spec.initial_state();
     for op in 0..spec.ops {
         if Instant::now() > shared.deadline {
             shared.cut_short.store(true, Ordering::Relaxed);
@@ -185,21 +176,8 @@ pub async fn client(spec: ClientSpec, shared: Shared) {
         let key = planned.keyed.then(|| format!("c{}-o{op}", spec.index + 1));
         spec.journal.count(Count::Operations, 1);
         let attempt = Attempt { spec: &spec, shared: &shared, planned: &planned, op, key: key.as_deref() };
-        match perform(&attempt, &mut rng).await {
-            Some(reply) => {
-                spec.journal.count(Count::OperationsCompleted, 1);
-                workload::count_answer(&spec.journal, &planned, &reply);
-                if (200..300).contains(&reply.status) {
-                    (kind.learn)(&mut state, &planned, &reply);
-                } else if let Some(index) = planned.order.filter(|_| workload::is_code(&reply, "order_expired")) {
-                    state.orders[index].status = "expired".to_owned();
-                }
-                for count in state.noted.drain(..) {
-                    spec.journal.count(count, 1);
-                }
-            }
-            None => spec.journal.count(Count::OperationsAbandoned, 1),
-        }
+        let reply = perform(&attempt, &mut rng).await;
+        spec.conclude(&mut state, kind, &planned, reply.as_ref());
         shared.progress.inc(1);
     }
 }

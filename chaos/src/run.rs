@@ -227,25 +227,8 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
 
     let root = SimRng::new(settings.seed);
     let mut running = Vec::with_capacity(plan.ops_per_client.len());
-    for (index, ops) in plan.ops_per_client.iter().enumerate() {
-        let (user, api_key) = users[index % users.len()].clone();
-        let spec = ClientSpec {
-            index,
-            user,
-            api_key,
-            ops: *ops,
-            servers: settings.instances,
-            behaviour: plan.client.clone(),
-            rng: root.fork(100 + index as u64),
-            journal: journal.clone(),
-            clock: clock.clone(),
-            catalogue: Arc::clone(&catalogue),
-            orders_via_gateway: plan.inventory.orders_via_gateway,
-            racer: plan.inventory.races_expiry,
-            habits: plan.adversary.habits[index],
-            max_balance: plan.adversary.limits[index % users.len()].max_balance.map(|m| m.minor_units()),
-            boundary: None,
-        };
+    for index in 0..plan.ops_per_client.len() {
+        let spec = ClientSpec::of_plan(&plan, index, &users, &journal, &clock, &catalogue, &root, settings.instances);
         running.push(tokio::spawn(clients::client(spec, shared.clone())));
     }
     for client in running {
