@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use tally_core::time::Clock;
-use tally_sim::journal::{Answer, Count, Exchange};
+use tally_sim::journal::{Answer, Count};
 use tally_sim::net::{Failure, Reply};
 use tally_sim::plan::{server_name, timing};
 use tally_sim::rng::SimRng;
@@ -78,22 +78,7 @@ impl Attempt<'_> {
             Ok(reply) => Answer::Reply { status: reply.status, body: reply.body.clone(), replayed: reply.replayed },
             Err(failure) => Answer::Failed(failure.to_string()),
         };
-        spec.journal.exchange(Exchange {
-            client: spec.index,
-            user: spec.user,
-            op,
-            kind: planned.kind,
-            path: planned.path.clone(),
-            body: planned.body.clone(),
-            queue_token: planned.queue_token.clone(),
-            key: key.map(str::to_owned),
-            host: server_name(server),
-            attempt,
-            duplicate,
-            sent_at,
-            ended_at: spec.clock.now(),
-            answer,
-        });
+        spec.record(planned, op, key, server_name(server), (attempt, duplicate), sent_at, answer);
         result
     }
 }

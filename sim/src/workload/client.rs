@@ -110,22 +110,7 @@ pub(super) async fn send(
             Answer::Failed(failure.to_string())
         }
     };
-    spec.journal.exchange(Exchange {
-        client: spec.index,
-        user: spec.user,
-        op,
-        kind: planned.kind,
-        path: planned.path.clone(),
-        body: planned.body.clone(),
-        queue_token: planned.queue_token.clone(),
-        key: key.map(str::to_owned),
-        host,
-        attempt,
-        duplicate,
-        sent_at,
-        ended_at: spec.clock.now(),
-        answer,
-    });
+    spec.record(planned, op, key, host, (attempt, duplicate), sent_at, answer);
     result
 }
 
@@ -242,6 +227,37 @@ impl ClientSpec {
             max_balance: plan.adversary.limits[index % users.len()].max_balance.map(|m| m.minor_units()),
             boundary: plan.adversary.calendar.boundary.map(|(_, at)| at),
         }
+    }
+
+    /// Records one attempt (its number, and whether it was a deliberate
+    /// duplicate) in the history, ending now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        planned: &Planned,
+        op: usize,
+        key: Option<&str>,
+        host: String,
+        (attempt, duplicate): (u32, bool),
+        sent_at: Timestamp,
+        answer: Answer,
+    ) {
+        self.journal.exchange(Exchange {
+            client: self.index,
+            user: self.user,
+            op,
+            kind: planned.kind,
+            path: planned.path.clone(),
+            body: planned.body.clone(),
+            queue_token: planned.queue_token.clone(),
+            key: key.map(str::to_owned),
+            host,
+            attempt,
+            duplicate,
+            sent_at,
+            ended_at: self.clock.now(),
+            answer,
+        });
     }
 
     /// What the client knows before its first operation.
