@@ -136,6 +136,9 @@ async fn chaos(cli: Cli) -> Result<usize, deploy::DeployError> {
     });
     let dir = cli.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("tally-chaos-{seed}")));
     std::fs::create_dir_all(&dir).map_err(|e| deploy::DeployError::Other(format!("{}: {e}", dir.display())))?;
+    // Absolute: the cluster's data directory and the instances' files are
+    // named from other working directories.
+    let dir = std::fs::canonicalize(&dir).map_err(|e| deploy::DeployError::Other(format!("{}: {e}", dir.display())))?;
     println!(
         "tally-chaos: seed {seed}, {} instances, faults {:?}, files in {}",
         cli.instances,
