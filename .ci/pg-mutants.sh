@@ -50,12 +50,13 @@ mutants=(
   "pessimistic|pg_nowait_waits:admission waits for a key's row instead of answering in use (NOWAIT dropped)"
   "pessimistic|pg_conflict_is_success:a serialization failure or deadlock is taken for a statement that succeeded"
 )
+# Measured so far (docs/chaos.md): only pg_drop_version_guard is caught, by
+# the chaos harness's bank check and the core's checker; the other four
+# survived the harness at 600 operations, and the end-to-end half of this
+# script has not been run against them yet. Entries are added as catchers
+# are confirmed; a mutant without one is judged on being caught at all.
 MUTANT_EXPECTED=(
-  [pg_drop_for_update]='e2e pessimistic::'
-  [pg_drop_version_guard]='e2e optimistic::'
-  [pg_drop_balance_guard]='e2e atomic::'
-  [pg_nowait_waits]='e2e pessimistic::'
-  [pg_conflict_is_success]='e2e pessimistic::'
+  [pg_drop_version_guard]='e2e optimistic::|chaos: .*(bank check|invariant checker)'
 )
 
 for entry in "${mutants[@]}"; do
