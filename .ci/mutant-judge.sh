@@ -3,6 +3,30 @@
 
 survivors=0
 
+# Which check must catch each mutant: MUTANT_EXPECTED[name] is an extended
+# regular expression that what caught it ("by <tests>", "at seed …",
+# "by chaos: <checks>") must match. A mutant caught by something else counts
+# as a survivor too: the proof meant for it is not the one that fires. A
+# mutant without an entry is judged on being caught at all.
+declare -A MUTANT_EXPECTED=()
+
+# control_run WHAT COMMAND…: the mutant build with no mutant selected must
+# pass, or every "caught" below would mean nothing (the suite fails anyway).
+control_run() {
+  local what=$1 log
+  shift
+  log=$(mktemp)
+  if TALLY_MUTANT=none "$@" >"$log" 2>&1; then
+    echo "control ($what): the mutant build with no mutant selected passes"
+  else
+    echo "control ($what): FAILED with no mutant selected; no mutant verdict can be trusted"
+    tail -n 30 "$log"
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+}
+
 # judge_mutant "name:what the bug is" DESCRIBE COMMAND…
 #   Runs COMMAND with TALLY_MUTANT=name. The mutant is caught when COMMAND
 #   fails and `DESCRIBE LOG` prints what caught it ("by <tests>", "at seed
@@ -17,7 +41,13 @@ judge_mutant() {
     echo "mutant $name ($what): NOT caught${MUTANT_BUDGET:+ $MUTANT_BUDGET}"
     survivors=$((survivors + 1))
   elif caught=$("$describe" "$log") && [ -n "$caught" ]; then
-    echo "mutant $name ($what): caught $caught"
+    local expected=${MUTANT_EXPECTED[$name]:-}
+    if [ -n "$expected" ] && ! grep -Eq -- "$expected" <<<"$caught"; then
+      echo "mutant $name ($what): caught $caught, but not by what must catch it (/$expected/)"
+      survivors=$((survivors + 1))
+    else
+      echo "mutant $name ($what): caught $caught"
+    fi
   else
     echo "mutant $name: the run failed, but nothing caught it (a build error? a crash?)"
     tail -n 20 "$log"

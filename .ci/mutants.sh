@@ -13,6 +13,9 @@ export CARGO_TARGET_DIR=target/shuttle-mutants
 export SHUTTLE_ITERATIONS=${MUTANT_SHUTTLE_ITERATIONS:-1000}
 
 cargo test -p tally-mem --release --test shuttle --no-run
+control_run "the shuttle suite with the mutants compiled in" \
+  env SHUTTLE_ITERATIONS="${MUTANT_CONTROL_ITERATIONS:-200}" \
+  cargo test -p tally-mem --release --test shuttle -- --test-threads=2
 
 # name: what the bug is
 mutants=(
@@ -53,6 +56,8 @@ usecase_mutants=(
   "balance_uncapped:a wallet without a maximum passes the 10^15 cap (hole 8)"
 )
 RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants cargo test -p tally-mem --test usecases --no-run
+control_run "the use-case tests with the mutants compiled in" \
+  env RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants cargo test -p tally-mem --test usecases
 for entry in "${usecase_mutants[@]}"; do
   judge_mutant "$entry" failing_tests env RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants \
     cargo test -p tally-mem --test usecases

@@ -16,6 +16,8 @@ seeds=${SIM_MUTANT_SEEDS:-1000}
 
 cargo build --release -p tally-sim
 sim=$CARGO_TARGET_DIR/release/tally-sim
+control_run "the simulation with the mutants compiled in, ${SIM_CONTROL_SEEDS:-100} seeds" \
+  "$sim" --seeds "${SIM_CONTROL_SEEDS:-100}"
 
 # name: what the bug is
 mutants=(

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tally_core::app::{NewSeat, NewShowtime};
 use tally_core::ids::{IdGen, SeqIds, UserId};
 use tally_core::money::Amount;
+use tally_core::store::{NoLocks, Store};
+use tally_core::time::{Clock, Timestamp};
 use tally_core::{Command, Executed, Outcome, Tally};
 use tally_mem::MemStore;
 
@@ -62,28 +64,31 @@ pub fn create(
         Arc::clone(ids) as Arc<dyn IdGen>,
         server::core_config(inventory.order_ttl, adversary.payback_bps),
     );
-    let run = |command: Command| match now_or_never(setup.execute(UserId::ADMIN, command, None)) {
-        Ok(Executed::Fresh(outcome)) => outcome,
-        other => panic!("creating the catalogue in memory succeeds, not {other:?}"),
-    };
-    let products = inventory
-        .products
-        .iter()
-        .enumerate()
-        .map(|(index, &(units, stock))| {
-            let payback_bps = adversary.product_bps.get(index).copied().flatten();
-            let command =
-                Command::CreateProduct { name: format!("product {index}"), price: price(units), stock, payback_bps };
-            match run(command) {
-                Outcome::Product(product) => CatalogueProduct {
-                    id: product.id.to_string(),
-                    initial: stock,
-                    payback_bps: payback_bps.unwrap_or(adversary.payback_bps),
-                },
-                other => panic!("a product, not {other:?}"),
-            }
-        })
-        .collect();
+    now_or_never(create_with(&setup, clock.start(), inventory, adversary))
+}
+
+/// [`create`] through any service: the chaos harness creates the same
+/// catalogue on PostgreSQL. `start` dates the showtime (a month later).
+pub async fn create_with<S: Store, C: Clock>(
+    setup: &Tally<S, NoLocks, C>,
+    start: Timestamp,
+    inventory: &Inventory,
+    adversary: &Adversary,
+) -> Catalogue {
+    let mut products = Vec::with_capacity(inventory.products.len());
+    for (index, &(units, stock)) in inventory.products.iter().enumerate() {
+        let payback_bps = adversary.product_bps.get(index).copied().flatten();
+        let command =
+            Command::CreateProduct { name: format!("product {index}"), price: price(units), stock, payback_bps };
+        match run(setup, command).await {
+            Outcome::Product(product) => products.push(CatalogueProduct {
+                id: product.id.to_string(),
+                initial: stock,
+                payback_bps: payback_bps.unwrap_or(adversary.payback_bps),
+            }),
+            other => panic!("a product, not {other:?}"),
+        }
+    }
     let seats = inventory
         .seats
         .iter()
@@ -95,14 +100,22 @@ pub fn create(
         active_limit: inventory.active_limit,
         token_ttl: inventory.token_ttl,
         max_seats_per_token: inventory.max_seats_per_token,
-        showtimes: vec![NewShowtime { starts_at: clock.start().plus(Duration::from_secs(30 * 86_400)), seats }],
+        showtimes: vec![NewShowtime { starts_at: start.plus(Duration::from_secs(30 * 86_400)), seats }],
     };
-    let Outcome::Event(view) = run(command) else { panic!("creating an event answers the event") };
+    let Outcome::Event(view) = run(setup, command).await else { panic!("creating an event answers the event") };
     Catalogue {
         products,
         event: Some(view.event.id.to_string()),
         seats: view.showtimes.iter().flat_map(|(_, seats)| seats.iter().map(|s| s.id.to_string())).collect(),
         payback_bps: adversary.payback_bps,
         max_seats_per_token: inventory.max_seats_per_token,
+    }
+}
+
+/// One admin command of the setup, which must succeed.
+async fn run<S: Store, C: Clock>(setup: &Tally<S, NoLocks, C>, command: Command) -> Outcome {
+    match setup.execute(UserId::ADMIN, command, None).await {
+        Ok(Executed::Fresh(outcome)) => outcome,
+        other => panic!("creating the catalogue succeeds, not {other:?}"),
     }
 }

@@ -184,25 +184,8 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         server_clocks.push(own_clock.clone());
         sim.host(host.as_str(), move || server::serve(deployment.clone(), name.clone(), own_clock.clone()));
     }
-    for (index, ops) in plan.ops_per_client.iter().enumerate() {
-        let (user, api_key) = users[index % users.len()].clone();
-        let spec = ClientSpec {
-            index,
-            user,
-            api_key,
-            ops: *ops,
-            servers: options.hosts,
-            behaviour: plan.client.clone(),
-            rng: root.fork(100 + index as u64),
-            journal: journal.clone(),
-            clock: clock.clone(),
-            catalogue: Arc::clone(&catalogue),
-            orders_via_gateway: plan.inventory.orders_via_gateway,
-            racer: plan.inventory.races_expiry,
-            habits: plan.adversary.habits[index],
-            max_balance: plan.adversary.limits[index % users.len()].max_balance.map(|m| m.minor_units()),
-            boundary: plan.adversary.calendar.boundary.map(|(_, at)| at),
-        };
+    for index in 0..plan.ops_per_client.len() {
+        let spec = ClientSpec::of_plan(&plan, index, &users, &journal, &clock, &catalogue, &root, options.hosts);
         sim.client(plan::client_name(index).as_str(), workload::client(spec));
     }
     let charges = foreign_charges(&plan, &root);

@@ -44,6 +44,7 @@ use tally_core::catalog::{Event, Product, Seat, Showtime};
 use tally_core::idempotency::{IdemRecord, IdemScope};
 use tally_core::ids::{EventId, OrderId, PaymentId, ProductId, SeatId, ShowtimeId, TokenId, UserId};
 use tally_core::ledger::Transfer;
+use tally_core::mutant;
 use tally_core::order::Order;
 use tally_core::payment::Payment;
 use tally_core::queue::{QueueToken, TokenStatus};
@@ -112,7 +113,7 @@ impl PgTx {
     /// The pessimistic row lock of the money tables (wallets, payments,
     /// idempotency records).
     fn for_update(&self) -> &'static str {
-        if self.pessimistic() { " FOR UPDATE" } else { "" }
+        if self.pessimistic() && !mutant::active("pg_drop_for_update") { " FOR UPDATE" } else { "" }
     }
 
     /// The pessimistic row lock of the inventory tables. `NO KEY UPDATE` is
@@ -137,7 +138,11 @@ impl PgTx {
 
     /// Runs a statement whose row count decides nothing; returns it.
     async fn execute(&mut self, statement: Statement) -> Result<u64, StoreError> {
-        Ok(statement.execute(&mut *self.tx).await.map_err(errors::map)?.rows_affected())
+        match statement.execute(&mut *self.tx).await {
+            Ok(done) => Ok(done.rows_affected()),
+            Err(error) if mutant::active("pg_conflict_is_success") && errors::is_conflict(&error) => Ok(1),
+            Err(error) => Err(errors::map(error)),
+        }
     }
 
     /// Inserts a new record. No guard: a second insert of one key fails on

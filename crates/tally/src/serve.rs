@@ -105,6 +105,33 @@ pub struct ServeArgs {
     /// settle, refunds owed and not yet made. At most one per kind a minute.
     #[arg(long, env = "TALLY_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
+    /// How long after its first confirm a gateway payment the gateway has
+    /// never heard of is given up as failed.
+    #[arg(long, env = "TALLY_GATEWAY_GIVE_UP_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub gateway_give_up_seconds: u64,
+    /// Test only: skews this instance's clock by this many milliseconds
+    /// (negative: behind). Refused unless `TALLY_ALLOW_TEST_HOOKS=1`, so a
+    /// production deployment cannot run with a wrong clock by mistake.
+    #[arg(long, hide = true, allow_negative_numbers = true)]
+    pub test_clock_offset_ms: Option<i64>,
+}
+
+/// The environment variable that allows `--test-clock-offset-ms`.
+pub const ALLOW_TEST_HOOKS_ENV: &str = "TALLY_ALLOW_TEST_HOOKS";
+
+/// Applies the test-only clock offset, if one is asked for and allowed.
+fn apply_test_hooks(args: &ServeArgs, allowed: bool) -> Result<(), String> {
+    match args.test_clock_offset_ms {
+        None | Some(0) => Ok(()),
+        Some(_) if !allowed => {
+            Err(format!("--test-clock-offset-ms is a test hook: refused unless {ALLOW_TEST_HOOKS_ENV}=1"))
+        }
+        Some(offset) => {
+            tracing::warn!(offset_ms = offset, "TEST HOOK: this instance's clock is skewed");
+            crate::runtime::set_test_clock_offset(offset);
+            Ok(())
+        }
+    }
 }
 
 /// `tally gateway-sim`: the fake payment gateway, for trying gateway payments
@@ -221,11 +248,13 @@ fn core_config(args: &ServeArgs) -> Config {
         order_ttl: Duration::from_secs(args.order_ttl_seconds),
         payback_bps: args.payback_bps,
         batch_max: usize::try_from(args.batch_max).expect("at most BATCH_MAX_LIMIT"),
+        gateway_give_up_after: Duration::from_secs(args.gateway_give_up_seconds),
         ..defaults
     }
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    apply_test_hooks(&args, std::env::var(ALLOW_TEST_HOOKS_ENV).is_ok_and(|v| v == "1"))?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("listening on {}: {e}", args.listen))?;
     match args.store {
@@ -467,5 +496,22 @@ mod tests {
         for bad in ["10001", "-1", "2.5", "lots"] {
             assert!(parse(&["--payback-bps", bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_test_clock_offset_is_refused_without_the_explicit_allowance() {
+        let skewed = parse(&["--test-clock-offset-ms", "-250"]).unwrap();
+        assert_eq!(skewed.test_clock_offset_ms, Some(-250));
+        let refused = apply_test_hooks(&skewed, false).unwrap_err();
+        assert!(refused.contains(ALLOW_TEST_HOOKS_ENV), "{refused}");
+        // No offset asked for: nothing to allow.
+        assert_eq!(apply_test_hooks(&parse(&[]).unwrap(), false), Ok(()));
+    }
+
+    #[test]
+    fn the_gateway_give_up_reaches_the_core() {
+        let args = parse(&["--gateway-give-up-seconds", "15"]).unwrap();
+        assert_eq!(core_config(&args).gateway_give_up_after, Duration::from_secs(15));
+        assert!(parse(&["--gateway-give-up-seconds", "0"]).is_err());
     }
 }

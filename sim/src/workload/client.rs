@@ -28,7 +28,7 @@ pub struct ClientSpec {
     pub boundary: Option<Timestamp>,
 }
 
-pub(super) fn is_code(reply: &Reply, code: &str) -> bool {
+pub fn is_code(reply: &Reply, code: &str) -> bool {
     reply.status >= 400 && body_field(reply, "code").as_deref() == Some(code)
 }
 
@@ -38,7 +38,7 @@ pub(super) fn is_in_use(reply: &Reply) -> bool {
 
 /// An answer the client stops at: a success or a refusal it cannot change
 /// by asking again.
-pub(super) fn is_final(reply: &Reply) -> bool {
+pub fn is_final(reply: &Reply) -> bool {
     match reply.status {
         200..=299 => true,
         409 if is_in_use(reply) => false,
@@ -110,22 +110,7 @@ pub(super) async fn send(
             Answer::Failed(failure.to_string())
         }
     };
-    spec.journal.exchange(Exchange {
-        client: spec.index,
-        user: spec.user,
-        op,
-        kind: planned.kind,
-        path: planned.path.clone(),
-        body: planned.body.clone(),
-        queue_token: planned.queue_token.clone(),
-        key: key.map(str::to_owned),
-        host,
-        attempt,
-        duplicate,
-        sent_at,
-        ended_at: spec.clock.now(),
-        answer,
-    });
+    spec.record(planned, op, key, host, (attempt, duplicate), sent_at, answer);
     result
 }
 
@@ -210,19 +195,110 @@ pub fn names_payback(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("payback_amount").is_some())
 }
 
+impl ClientSpec {
+    /// The `index`th client of `plan`, acting as its user (`users`: ids and
+    /// API keys, shared out round-robin), with its own fork of `root`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn of_plan(
+        plan: &crate::plan::Plan,
+        index: usize,
+        users: &[(UserId, String)],
+        journal: &Journal,
+        clock: &SimClock,
+        catalogue: &Arc<Catalogue>,
+        root: &SimRng,
+        servers: usize,
+    ) -> ClientSpec {
+        let (user, api_key) = users[index % users.len()].clone();
+        ClientSpec {
+            index,
+            user,
+            api_key,
+            ops: plan.ops_per_client[index],
+            servers,
+            behaviour: plan.client.clone(),
+            rng: root.fork(100 + index as u64),
+            journal: journal.clone(),
+            clock: clock.clone(),
+            catalogue: Arc::clone(catalogue),
+            orders_via_gateway: plan.inventory.orders_via_gateway,
+            racer: plan.inventory.races_expiry,
+            habits: plan.adversary.habits[index],
+            max_balance: plan.adversary.limits[index % users.len()].max_balance.map(|m| m.minor_units()),
+            boundary: plan.adversary.calendar.boundary.map(|(_, at)| at),
+        }
+    }
+
+    /// Records one attempt (its number, and whether it was a deliberate
+    /// duplicate) in the history, ending now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        planned: &Planned,
+        op: usize,
+        key: Option<&str>,
+        host: String,
+        (attempt, duplicate): (u32, bool),
+        sent_at: Timestamp,
+        answer: Answer,
+    ) {
+        self.journal.exchange(Exchange {
+            client: self.index,
+            user: self.user,
+            op,
+            kind: planned.kind,
+            path: planned.path.clone(),
+            body: planned.body.clone(),
+            queue_token: planned.queue_token.clone(),
+            key: key.map(str::to_owned),
+            host,
+            attempt,
+            duplicate,
+            sent_at,
+            ended_at: self.clock.now(),
+            answer,
+        });
+    }
+
+    /// What the client knows before its first operation.
+    pub fn initial_state(&self) -> ClientState {
+        ClientState {
+            catalogue: Arc::clone(&self.catalogue),
+            orders_via_gateway: self.orders_via_gateway,
+            racer: self.racer,
+            clock: self.clock.clone(),
+            habits: self.habits,
+            max_balance: self.max_balance,
+            boundary: self.boundary,
+            ..ClientState::default()
+        }
+    }
+
+    /// Ends one operation: counts its final answer (`None`: abandoned
+    /// after every retry) and learns from a success.
+    pub fn conclude(&self, state: &mut ClientState, kind: &OpKind, planned: &Planned, reply: Option<&Reply>) {
+        let Some(reply) = reply else {
+            self.journal.count(Count::OperationsAbandoned, 1);
+            self.journal.event(&crate::plan::client_name(self.index), format!("gave up on {}", planned.kind));
+            return;
+        };
+        self.journal.count(Count::OperationsCompleted, 1);
+        count_answer(&self.journal, planned, reply);
+        if (200..300).contains(&reply.status) {
+            (kind.learn)(state, planned, reply);
+        } else if let Some(index) = planned.order.filter(|_| is_code(reply, "order_expired")) {
+            state.orders[index].status = "expired".to_owned();
+        }
+        for count in state.noted.drain(..) {
+            self.journal.count(count, 1);
+        }
+    }
+}
+
 /// The client host's software.
 pub async fn client(spec: ClientSpec) -> turmoil::Result {
     let mut rng = spec.rng.clone();
-    let mut state = ClientState {
-        catalogue: Arc::clone(&spec.catalogue),
-        orders_via_gateway: spec.orders_via_gateway,
-        racer: spec.racer,
-        clock: spec.clock.clone(),
-        habits: spec.habits,
-        max_balance: spec.max_balance,
-        boundary: spec.boundary,
-        ..ClientState::default()
-    };
+    let mut state = spec.initial_state();
     let mut duplicates = Vec::new();
     for op in 0..spec.ops {
         let think = rng.millis(0, spec.behaviour.think_max_ms);
@@ -242,24 +318,8 @@ pub async fn client(spec: ClientSpec) -> turmoil::Result {
         let key = planned.keyed.then(|| format!("c{}-o{op}", spec.index + 1));
         spec.journal.count(Count::Operations, 1);
         let attempt = Attempt { spec: &spec, planned: &planned, op, key: key.as_deref() };
-        match perform(attempt, &mut rng, &mut duplicates).await {
-            Some(reply) => {
-                spec.journal.count(Count::OperationsCompleted, 1);
-                count_answer(&spec.journal, &planned, &reply);
-                if (200..300).contains(&reply.status) {
-                    (kind.learn)(&mut state, &planned, &reply);
-                } else if let Some(index) = planned.order.filter(|_| is_code(&reply, "order_expired")) {
-                    state.orders[index].status = "expired".to_owned();
-                }
-                for count in state.noted.drain(..) {
-                    spec.journal.count(count, 1);
-                }
-            }
-            None => {
-                spec.journal.count(Count::OperationsAbandoned, 1);
-                spec.journal.event(&crate::plan::client_name(spec.index), format!("gave up on {}", planned.kind));
-            }
-        }
+        let reply = perform(attempt, &mut rng, &mut duplicates).await;
+        spec.conclude(&mut state, kind, &planned, reply.as_ref());
     }
     for duplicate in duplicates {
         let _ = duplicate.await;

@@ -50,8 +50,10 @@
 mod client;
 mod ops;
 
-pub use self::client::{ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, client, elsewhere, names_payback};
-pub use self::ops::{OPENING_PER_MILLE, OPS, shared_key};
+pub use self::client::{
+    ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, client, elsewhere, is_code, is_final, names_payback,
+};
+pub use self::ops::{OPENING_PER_MILLE, OPS, next_op, shared_key};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

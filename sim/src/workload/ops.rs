@@ -559,7 +559,7 @@ pub const OPS: &[OpKind] = &[
 /// Draws the next operation: the first one funds the wallet; then, half the
 /// time, the natural next step after the last success; otherwise a kind by
 /// weight, drawn again while it has nothing to act on.
-pub(super) fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&'static OpKind, Planned) {
+pub fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -> (&'static OpKind, Planned) {
     if op == 0 {
         let kind = &OPS[0];
         return (kind, (kind.build)(state, rng, tag).expect("a top-up is always possible"));

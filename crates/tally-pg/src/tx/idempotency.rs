@@ -7,6 +7,7 @@
 
 use sqlx::AssertSqlSafe;
 use tally_core::idempotency::{IdemRecord, IdemScope, IdemState};
+use tally_core::mutant;
 use tally_core::store::StoreError;
 use tally_core::time::Timestamp;
 
@@ -28,7 +29,12 @@ pub(super) async fn record(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<Id
 /// transaction holds is a key in flight, answered at once (`Busy`) rather
 /// than waited for. Its own error mapping, so not through `fetch_optional`.
 pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
-    let lock = if tx.locks_idempotency_rows() { " FOR UPDATE NOWAIT" } else { "" };
+    let lock = match (tx.locks_idempotency_rows(), mutant::active("pg_nowait_waits")) {
+        (true, false) => " FOR UPDATE NOWAIT",
+        // The mutant: a duplicate in flight waits for the key's row.
+        (true, true) => " FOR UPDATE",
+        (false, _) => "",
+    };
     let sql = format!("SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{lock}", rows::IDEM_COLUMNS);
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(uuid(scope.user.0))

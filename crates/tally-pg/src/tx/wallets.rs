@@ -10,6 +10,7 @@ pub(super) mod atomic;
 use sqlx::AssertSqlSafe;
 use tally_core::ids::UserId;
 use tally_core::money::Money;
+use tally_core::mutant;
 use tally_core::store::StoreError;
 use tally_core::wallet::Wallet;
 
@@ -77,9 +78,13 @@ async fn insert(tx: &mut PgTx, wallet: &Wallet) -> Result<(), StoreError> {
 /// The pessimistic and optimistic write: the decided row, if the row is
 /// still the one that was loaded.
 async fn update(tx: &mut PgTx, before: &Wallet, after: &Wallet) -> Result<(), StoreError> {
-    let statement = sqlx::query(
+    let statement = sqlx::query(if mutant::active("pg_drop_version_guard") {
+        // The mutant: the loaded version is bound but not compared.
         "UPDATE wallets SET balance = $2, day = $3, spent_day = $4, month = $5, spent_month = $6, \
-         entry_count = $7, version = $8, payback_held = $9 WHERE user_id = $1 AND version = $10",
-    );
+         entry_count = $7, version = $8, payback_held = $9 WHERE user_id = $1 AND $10::bigint IS NOT NULL"
+    } else {
+        "UPDATE wallets SET balance = $2, day = $3, spent_day = $4, month = $5, spent_month = $6, \
+         entry_count = $7, version = $8, payback_held = $9 WHERE user_id = $1 AND version = $10"
+    });
     tx.guarded_update(bind_state(statement, after).bind(version(before.version))).await
 }

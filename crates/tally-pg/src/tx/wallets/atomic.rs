@@ -27,9 +27,11 @@
 //! simpler and stay with their records: a product's stock as a delta
 //! (`catalog`), a payment, seat or order on the state it moved from.
 
+use sqlx::AssertSqlSafe;
 use tally_core::ids::UserId;
 use tally_core::ledger::Transfer;
 use tally_core::money::Money;
+use tally_core::mutant;
 use tally_core::store::StoreError;
 use tally_core::wallet::Wallet;
 
@@ -140,18 +142,8 @@ impl Delta {
 /// never below zero; the balance with every held payback never above the
 /// ceiling (the wallet's maximum, never above `Money::BALANCE_LIMIT`);
 /// the limits counted in the newest window, which never moves backwards.
-async fn apply(tx: &mut PgTx, before: &Wallet, after: &Wallet) -> Result<(), StoreError> {
-    let user = after.user;
-    let lines: Vec<usize> = (0..tx.deferred.transfers.len())
-        .filter(|i| tx.deferred.transfers[*i].wallet.is_some_and(|side| side.user == user))
-        .collect();
-    let delta = Delta::of(
-        before,
-        after,
-        lines.iter().map(|i| tx.deferred.transfers[*i].wallet.expect("filtered").balance_after.minor_units()),
-    );
-    let statement = sqlx::query(
-        "UPDATE wallets SET \
+/// The conditional write itself (see [`apply`]).
+const APPLY: &str = "UPDATE wallets SET \
             balance = balance + $2, \
             payback_held = payback_held + $10, \
             spent_day = CASE WHEN $5 = 0 THEN spent_day WHEN $6 > day THEN $5 ELSE spent_day + $5 END, \
@@ -168,19 +160,37 @@ async fn apply(tx: &mut PgTx, before: &Wallet, after: &Wallet) -> Result<(), Sto
                 OR (CASE WHEN $6 > day THEN 0 ELSE spent_day END) + $5 <= daily_limit) \
            AND ($7 = 0 OR monthly_limit IS NULL \
                 OR (CASE WHEN $8 > month THEN 0 ELSE spent_month END) + $7 <= monthly_limit) \
-         RETURNING balance, entry_count",
-    )
-    .bind(uuid(user.0))
-    .bind(delta.balance)
-    .bind(delta.dip)
-    .bind(delta.rise)
-    .bind(delta.paid_day)
-    .bind(delta.day)
-    .bind(delta.paid_month)
-    .bind(delta.month)
-    .bind(delta.entries)
-    .bind(delta.held)
-    .bind(Money::BALANCE_LIMIT.minor_units());
+         RETURNING balance, entry_count";
+
+async fn apply(tx: &mut PgTx, before: &Wallet, after: &Wallet) -> Result<(), StoreError> {
+    let user = after.user;
+    let lines: Vec<usize> = (0..tx.deferred.transfers.len())
+        .filter(|i| tx.deferred.transfers[*i].wallet.is_some_and(|side| side.user == user))
+        .collect();
+    let delta = Delta::of(
+        before,
+        after,
+        lines.iter().map(|i| tx.deferred.transfers[*i].wallet.expect("filtered").balance_after.minor_units()),
+    );
+    let sql = if mutant::active("pg_drop_balance_guard") {
+        // The mutant: the lowest balance the decision passed through is no
+        // longer required of the current row.
+        APPLY.replace("AND balance >= $3", "AND $3::bigint IS NOT NULL")
+    } else {
+        APPLY.to_owned()
+    };
+    let statement = sqlx::query(AssertSqlSafe(sql))
+        .bind(uuid(user.0))
+        .bind(delta.balance)
+        .bind(delta.dip)
+        .bind(delta.rise)
+        .bind(delta.paid_day)
+        .bind(delta.day)
+        .bind(delta.paid_month)
+        .bind(delta.month)
+        .bind(delta.entries)
+        .bind(delta.held)
+        .bind(Money::BALANCE_LIMIT.minor_units());
     let returned = tx
         .fetch_optional(statement, |row| {
             let balance: i64 = sqlx::Row::try_get(row, "balance").map_err(errors::map)?;
