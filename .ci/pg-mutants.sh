@@ -4,32 +4,40 @@
 # tally_mutants`, their own target directory), runs a control (no mutant
 # selected: both must pass), then selects each bug in turn with
 # TALLY_MUTANT and requires it to be caught: first by the end-to-end suite
-# on the mutant's strategy, else by the chaos harness on it. Each mutant
-# must be caught by the check MUTANT_EXPECTED names for it.
+# on the mutant's strategy, else (with PG_MUTANT_CHAOS=1, as the nightly
+# run does) by the chaos harness on it. Each mutant must be caught by the
+# check MUTANT_EXPECTED names for it. Every one is caught by an end-to-end
+# test today, so CI runs the end-to-end half only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/mutant-judge.sh
 
 export RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/pg-mutants
 chaos_ops=${PG_MUTANT_CHAOS_OPS:-600}
+with_chaos=${PG_MUTANT_CHAOS:-0}
 
 cargo test -p tally-tests --test e2e --no-run
-cargo build --release -p tally-chaos
 chaos=$CARGO_TARGET_DIR/release/tally-chaos
+if [ "$with_chaos" = 1 ]; then
+  cargo build --release -p tally-chaos
+fi
 
 # run_mutant STRATEGY: the end-to-end suite on STRATEGY, then (if it
-# passed) the chaos harness on it; fails if either caught something.
+# passed, and with PG_MUTANT_CHAOS=1) the chaos harness on it; fails if
+# either caught something.
 run_mutant() {
   cargo test -p tally-tests --test e2e -- "$1::" --test-threads=2 || return 1
-  echo "== chaos"
-  "$chaos" --strategy "$1" --ops "$chaos_ops" --instances 2 --seed "${PG_MUTANT_SEED:-7}" --time-budget 300
+  if [ "$with_chaos" = 1 ]; then
+    echo "== chaos"
+    "$chaos" --strategy "$1" --ops "$chaos_ops" --instances 2 --seed "${PG_MUTANT_SEED:-7}" --time-budget 300
+  fi
 }
 
 # caught_by LOG: the end-to-end tests that failed, or the chaos checks that
 # reported a violation.
 caught_by() {
   local failed checks
-  failed=$(grep -E '^test .* FAILED$' "$1" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | paste -sd, -)
+  failed=$(grep -E '^test .* FAILED$' "$1" | sed -E 's/^test ([^ ]+) .*/\1/' | paste -sd, -)
   if [ -n "$failed" ]; then
     echo "by e2e $failed"
     return
@@ -38,9 +46,13 @@ caught_by() {
   if [ -n "$checks" ]; then echo "by chaos: $checks"; fi
 }
 
-control_run "e2e and chaos on every strategy, no mutant" \
-  bash -c "cargo test -p tally-tests --test e2e -- --test-threads=2 && \
-    $chaos --strategy all --ops $chaos_ops --instances 2 --seed ${PG_MUTANT_SEED:-7} --time-budget 600"
+if [ "$with_chaos" = 1 ]; then
+  control_run "e2e and chaos on every strategy, no mutant" \
+    bash -c "cargo test -p tally-tests --test e2e -- --test-threads=2 && \
+      $chaos --strategy all --ops $chaos_ops --instances 2 --seed ${PG_MUTANT_SEED:-7} --time-budget 600"
+else
+  control_run "e2e on every strategy, no mutant" cargo test -p tally-tests --test e2e -- --test-threads=2
+fi
 
 # strategy|name: what the bug is
 mutants=(
@@ -48,15 +60,19 @@ mutants=(
   "optimistic|pg_drop_version_guard:the optimistic wallet write does not compare the loaded version"
   "atomic|pg_drop_balance_guard:the atomic wallet write does not require the balance it decided on"
   "pessimistic|pg_nowait_waits:admission waits for a key's row instead of answering in use (NOWAIT dropped)"
-  "pessimistic|pg_conflict_is_success:a serialization failure or deadlock is taken for a statement that succeeded"
+  "optimistic|pg_conflict_is_success:a serialization failure or deadlock is taken for a statement that succeeded"
 )
-# Measured so far (docs/chaos.md): only pg_drop_version_guard is caught, by
-# the chaos harness's bank check and the core's checker; the other four
-# survived the harness at 600 operations, and the end-to-end half of this
-# script has not been run against them yet. Entries are added as catchers
-# are confirmed; a mutant without one is judged on being caught at all.
+# Which check must catch each (an extended regex over the "caught …" text).
+# The row-lock and deadlock properties have end-to-end tests of their own:
+# under the chaos workload those three bugs only change timings (a missing
+# lock becomes a retried version conflict; a waiting duplicate gets its
+# replay later; a deadlock needs two writers crossing on two rows).
 MUTANT_EXPECTED=(
-  [pg_drop_version_guard]='e2e optimistic::|chaos: .*(bank check|invariant checker)'
+  [pg_drop_for_update]='e2e .*pessimistic::loaded_rows_lock_as_the_strategy_promises'
+  [pg_drop_version_guard]='e2e .*optimistic::concurrent_top_ups_sum_exactly'
+  [pg_drop_balance_guard]='e2e .*atomic::balance_for_k_pays_exactly_k'
+  [pg_nowait_waits]='e2e .*pessimistic::loaded_rows_lock_as_the_strategy_promises'
+  [pg_conflict_is_success]='e2e .*optimistic::crossed_writers_deadlock_and_exactly_one_is_told'
 )
 
 for entry in "${mutants[@]}"; do

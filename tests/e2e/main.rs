@@ -78,6 +78,8 @@ fn main() {
         one_step_payments_under_one_key_charge_once,
         tally_check_passes_a_sound_database_and_fails_a_tampered_one,
         record_keys_lock_at_begin,
+        loaded_rows_lock_as_the_strategy_promises,
+        crossed_writers_deadlock_and_exactly_one_is_told,
     ];
     let mut trials = Vec::new();
     for strategy in Strategy::ALL {

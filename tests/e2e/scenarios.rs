@@ -9,7 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tally_conformance::StaleWrite;
 use tally_core::app::{Config, Tally};
-use tally_core::ids::{SeqIds, UserId};
+use tally_core::catalog::StockEvent;
+use tally_core::ids::{ProductId, SeqIds, UserId};
+use tally_core::idempotency::{IdemKey, IdemScope};
 use tally_core::ledger::TransferKind;
 use tally_core::store::{LockKey, LockSet, NoLocks, Store, StoreError, Tx};
 use tally_core::time::{ManualClock, Timestamp};
@@ -551,4 +553,100 @@ pub async fn record_keys_lock_at_begin(strategy: Strategy) {
     assert_eq!(elsewhere, Ok(()));
     holder.commit().await.expect("commit");
     assert_eq!(store.begin_locked(&wallet, Duration::ZERO).await.map(drop), Ok(()));
+}
+
+/// The row locks each strategy promises, seen from a second transaction
+/// (the SQL mutants `pg_drop_for_update` and `pg_nowait_waits` each break
+/// one): under pessimistic, a wallet one transaction loaded cannot be loaded
+/// by another until the first ends; and under the strategies that lock key
+/// rows (pessimistic, advisory), admission's no-wait load of a key whose row
+/// another transaction holds answers `Busy` at once instead of waiting.
+pub async fn loaded_rows_lock_as_the_strategy_promises(strategy: Strategy) {
+    let app = spawn_app(strategy, Pool::default()).await;
+    let key = app.user(json!({}), 100).await;
+    assert_eq!(app.top_up(&key, "held-key", 1).await.status, StatusCode::CREATED);
+    let user = app.snapshot().await.wallets[0].user;
+    // A store of its own: the second transaction must never wait for a pool
+    // connection (CI also runs this suite on one-connection pools).
+    let url = crate::harness::database_url(&app).await;
+    let store = PgStore::connect_lazy(&url, PgConfig { strategy, max_connections: 4, ..PgConfig::default() })
+        .expect("url");
+    let patience = Duration::from_millis(500);
+
+    let mut holder = store.begin().await.expect("begin");
+    holder.wallet(user).await.expect("load").expect("the wallet");
+    let second = tokio::time::timeout(patience, async {
+        let mut tx = store.begin().await.expect("begin");
+        let loaded = tx.wallet(user).await.map(|w| w.is_some());
+        tx.rollback().await;
+        loaded
+    })
+    .await;
+    if strategy == Strategy::Pessimistic {
+        assert!(second.is_err(), "a pessimistic load waits for the row another transaction loaded");
+    } else {
+        assert_eq!(second.ok(), Some(Ok(true)), "{strategy:?} loads take no row lock");
+    }
+    holder.rollback().await;
+
+    let scope = IdemScope { user, key: IdemKey::new("held-key").expect("a valid key") };
+    let mut holder = store.begin().await.expect("begin");
+    assert!(holder.idempotency(&scope).await.expect("load").is_some(), "the key's record");
+    let admission = tokio::time::timeout(patience, async {
+        let mut tx = store.begin().await.expect("begin");
+        let loaded = tx.idempotency_no_wait(&scope).await.map(|r| r.is_some());
+        tx.rollback().await;
+        loaded
+    })
+    .await;
+    match strategy {
+        Strategy::Pessimistic | Strategy::Advisory => {
+            assert_eq!(admission.ok(), Some(Err(StoreError::Busy)), "a held key is in flight: Busy, at once");
+        }
+        _ => assert_eq!(admission.ok(), Some(Ok(true)), "{strategy:?} does not lock key rows"),
+    }
+    holder.rollback().await;
+}
+
+/// Two writers that cross on two rows deadlock, and PostgreSQL aborts one.
+/// The store must say so to that one (`Conflict`: its use case runs again),
+/// never report the aborted write as done: its commit would then be a
+/// silent rollback (the SQL mutant `pg_conflict_is_success`). Restocks of
+/// two products, so no money moves; the winner's two restocks are all that
+/// lands.
+pub async fn crossed_writers_deadlock_and_exactly_one_is_told(strategy: Strategy) {
+    let app = spawn_app(strategy, Pool::default()).await;
+    let mut products = Vec::new();
+    for name in ["p", "q"] {
+        let body = json!({"name": name, "price": 1, "stock": 1});
+        let created = app.request(Method::POST, "/v1/products", &app.admin_key, None, Some(body)).await;
+        products.push(ProductId::parse(created.json["id"].as_str().expect("an id")).expect("a product id"));
+    }
+    let (p, q) = (products[0], products[1]);
+    let url = crate::harness::database_url(&app).await;
+    let store = PgStore::connect_lazy(&url, PgConfig { strategy, max_connections: 4, ..PgConfig::default() })
+        .expect("url");
+    let mut first = store.begin().await.expect("begin");
+    let mut second = store.begin().await.expect("begin");
+    restock_one(&mut first, p).await.expect("the first writer takes p");
+    restock_one(&mut second, q).await.expect("the second writer takes q");
+    let (crossed_first, crossed_second) = tokio::join!(restock_one(&mut first, q), restock_one(&mut second, p));
+    let told = [&crossed_first, &crossed_second].iter().filter(|r| ***r == Err(StoreError::Conflict)).count();
+    let went_on = [&crossed_first, &crossed_second].iter().filter(|r| r.is_ok()).count();
+    assert_eq!((told, went_on), (1, 1), "one writer told of the deadlock, one goes on: {crossed_first:?} {crossed_second:?}");
+    let (winner, loser) = if crossed_first.is_ok() { (first, second) } else { (second, first) };
+    loser.rollback().await;
+    winner.commit().await.expect("the winner commits");
+    let mut reader = store.begin().await.expect("begin");
+    let stock_p = reader.product(p).await.expect("load").expect("p").stock;
+    let stock_q = reader.product(q).await.expect("load").expect("q").stock;
+    reader.rollback().await;
+    assert_eq!((stock_p, stock_q), (2, 2), "the winner's two restocks, nothing of the loser's");
+}
+
+/// Restocks one unit of `product` in `tx`: a load, the transition, a write.
+async fn restock_one(tx: &mut impl Tx, product: ProductId) -> Result<(), StoreError> {
+    let before = tx.product(product).await?.expect("the product");
+    let after = before.apply(StockEvent::Restock(1), before.updated_at).expect("a restock of one unit");
+    tx.put_product(Some(&before), &after).await
 }
