@@ -10,8 +10,8 @@ use serde_json::json;
 use tally_conformance::StaleWrite;
 use tally_core::app::{Config, Tally};
 use tally_core::catalog::StockEvent;
-use tally_core::ids::{ProductId, SeqIds, UserId};
 use tally_core::idempotency::{IdemKey, IdemScope};
+use tally_core::ids::{ProductId, SeqIds, UserId};
 use tally_core::ledger::TransferKind;
 use tally_core::store::{LockKey, LockSet, NoLocks, Store, StoreError, Tx};
 use tally_core::time::{ManualClock, Timestamp};
@@ -569,8 +569,8 @@ pub async fn loaded_rows_lock_as_the_strategy_promises(strategy: Strategy) {
     // A store of its own: the second transaction must never wait for a pool
     // connection (CI also runs this suite on one-connection pools).
     let url = crate::harness::database_url(&app).await;
-    let store = PgStore::connect_lazy(&url, PgConfig { strategy, max_connections: 4, ..PgConfig::default() })
-        .expect("url");
+    let store =
+        PgStore::connect_lazy(&url, PgConfig { strategy, max_connections: 4, ..PgConfig::default() }).expect("url");
     let patience = Duration::from_millis(500);
 
     let mut holder = store.begin().await.expect("begin");
@@ -624,8 +624,8 @@ pub async fn crossed_writers_deadlock_and_exactly_one_is_told(strategy: Strategy
     }
     let (p, q) = (products[0], products[1]);
     let url = crate::harness::database_url(&app).await;
-    let store = PgStore::connect_lazy(&url, PgConfig { strategy, max_connections: 4, ..PgConfig::default() })
-        .expect("url");
+    let store =
+        PgStore::connect_lazy(&url, PgConfig { strategy, max_connections: 4, ..PgConfig::default() }).expect("url");
     let mut first = store.begin().await.expect("begin");
     let mut second = store.begin().await.expect("begin");
     restock_one(&mut first, p).await.expect("the first writer takes p");
@@ -633,7 +633,11 @@ pub async fn crossed_writers_deadlock_and_exactly_one_is_told(strategy: Strategy
     let (crossed_first, crossed_second) = tokio::join!(restock_one(&mut first, q), restock_one(&mut second, p));
     let told = [&crossed_first, &crossed_second].iter().filter(|r| ***r == Err(StoreError::Conflict)).count();
     let went_on = [&crossed_first, &crossed_second].iter().filter(|r| r.is_ok()).count();
-    assert_eq!((told, went_on), (1, 1), "one writer told of the deadlock, one goes on: {crossed_first:?} {crossed_second:?}");
+    assert_eq!(
+        (told, went_on),
+        (1, 1),
+        "one writer told of the deadlock, one goes on: {crossed_first:?} {crossed_second:?}"
+    );
     let (winner, loser) = if crossed_first.is_ok() { (first, second) } else { (second, first) };
     loser.rollback().await;
     winner.commit().await.expect("the winner commits");
