@@ -13,7 +13,7 @@ use tally_core::catalog::StockEvent;
 use tally_core::idempotency::{IdemKey, IdemScope};
 use tally_core::ids::{ProductId, SeqIds, UserId};
 use tally_core::ledger::TransferKind;
-use tally_core::store::{LockKey, LockSet, NoLocks, Store, StoreError, Tx};
+use tally_core::store::{Fences, LockKey, LockSet, NoLocks, Store, StoreError, Tx};
 use tally_core::time::{ManualClock, Timestamp};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
@@ -540,10 +540,11 @@ pub async fn record_keys_lock_at_begin(strategy: Strategy) {
     let store = PgStore::connect_lazy(&url, config).expect("url");
     let wallet = LockSet::new([LockKey::Wallet(UserId(1))]);
     let other = LockSet::new([LockKey::Wallet(UserId(2))]);
-    let holder = store.begin_locked(&wallet, Duration::from_secs(1)).await.expect("the first holder");
-    let at_once = store.begin_locked(&wallet, Duration::ZERO).await.map(drop);
-    let waiting = store.begin_locked(&wallet, Duration::from_secs(1)).await.map(drop);
-    let elsewhere = store.begin_locked(&other, Duration::ZERO).await.map(drop);
+    let holder =
+        store.begin_locked(&wallet, &Fences::default(), Duration::from_secs(1)).await.expect("the first holder");
+    let at_once = store.begin_locked(&wallet, &Fences::default(), Duration::ZERO).await.map(drop);
+    let waiting = store.begin_locked(&wallet, &Fences::default(), Duration::from_secs(1)).await.map(drop);
+    let elsewhere = store.begin_locked(&other, &Fences::default(), Duration::ZERO).await.map(drop);
     if strategy == Strategy::Advisory {
         assert_eq!(at_once, Err(StoreError::Busy));
         assert_eq!(waiting, Err(StoreError::Unavailable("lock wait timed out".into())));
@@ -552,7 +553,7 @@ pub async fn record_keys_lock_at_begin(strategy: Strategy) {
     }
     assert_eq!(elsewhere, Ok(()));
     holder.commit().await.expect("commit");
-    assert_eq!(store.begin_locked(&wallet, Duration::ZERO).await.map(drop), Ok(()));
+    assert_eq!(store.begin_locked(&wallet, &Fences::default(), Duration::ZERO).await.map(drop), Ok(()));
 }
 
 /// The row locks each strategy promises, seen from a second transaction

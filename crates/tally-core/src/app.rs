@@ -44,7 +44,7 @@ use crate::ledger::{Booking, Transfer};
 use crate::money::{Amount, Money};
 use crate::order::Order;
 use crate::payment::{self, Method, Payment, PaymentEvent, PaymentStatus};
-use crate::store::{LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
+use crate::store::{Fenced as _, LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
 use crate::time::{Clock, Timestamp};
 use crate::wallet::{LimitKind, Limits, Wallet, WalletError};
 
@@ -391,8 +391,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     pub async fn forget_key(&self, user: UserId, key: crate::idempotency::IdemKey) -> Result<(), Error> {
         let scope = IdemScope { user, key };
         let keys = LockSet::new([LockKey::Idempotency(scope.clone())]);
-        let _guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
-        let mut tx = self.store.begin_locked(&keys, self.config.lock_wait).await?;
+        let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
+        let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await?;
         if let Some(record) = tx.idempotency(&scope).await? {
             tx.delete_idempotency(&record).await?;
         }
@@ -407,16 +407,19 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 fn conflicts_exhausted(error: Error) -> Error {
     match error {
         Error::Store(StoreError::Conflict) => Error::Busy("too many concurrent updates; retry"),
+        Error::Store(StoreError::Fenced) => Error::Busy("locks kept being lost to later holders; retry"),
         other => other,
     }
 }
 
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Whether a locked transaction's `attempt` that failed with `error` is
-    /// tried again: a conflict is, a bounded number of times; anything else,
-    /// or the last conflict, fails the request.
+    /// tried again: a conflict is, and so is a fenced transaction (its locks
+    /// went to a later holder; the next attempt takes them anew), a bounded
+    /// number of times; anything else, or the last attempt, fails the request.
     fn retry_or_fail(&self, attempt: u32, error: Error) -> Result<(), Error> {
-        if error == Error::Store(StoreError::Conflict) && attempt < self.config.attempts_max {
+        let retryable = matches!(error, Error::Store(StoreError::Conflict | StoreError::Fenced));
+        if retryable && attempt < self.config.attempts_max {
             return Ok(());
         }
         Err(conflicts_exhausted(error))

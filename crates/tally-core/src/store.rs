@@ -58,6 +58,12 @@ pub enum StoreError {
     /// to wait (idempotency admission: a locked key is a key in flight).
     #[error("record locked by another transaction")]
     Busy,
+    /// A lock this transaction was granted has since been granted again,
+    /// with a larger fencing token (the holder's lease ran out: a pause, a
+    /// stall). Nothing of this transaction is written; the use case may
+    /// retry from the start, under a new grant.
+    #[error("fenced: a lock was granted to a later holder")]
+    Fenced,
     /// A constraint the code should have made impossible fired: a bug.
     #[error("integrity violation: {0}")]
     Integrity(String),
@@ -74,12 +80,21 @@ pub trait Store: Send + Sync + 'static {
     /// (PostgreSQL's advisory strategy) takes them here, in the set's order,
     /// waiting at most `wait` (zero: not at all, `StoreError::Busy` if one is
     /// held); every other backend relies on the lock manager and just begins.
+    ///
+    /// `fences` are the grant's fencing tokens (empty for a lock manager
+    /// without leases). A backend that checks them claims each key's token
+    /// here, refusing with [`StoreError::Fenced`] a token smaller than one
+    /// already claimed, and its commit fails with `Fenced` if a later grant
+    /// claimed a key since. Claiming at begin, not at write, is what makes a
+    /// read-modify-write safe: a zombie that read before the new holder
+    /// claimed cannot commit after it.
     fn begin_locked(
         &self,
         keys: &LockSet,
+        fences: &Fences,
         wait: Duration,
     ) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send {
-        let _ = (keys, wait);
+        let _ = (keys, fences, wait);
         self.begin()
     }
 
@@ -299,6 +314,48 @@ impl LockSet {
     }
 }
 
+/// The fencing tokens of one lock grant: for each key granted, a number
+/// larger than that of every earlier grant of the key. A lock manager whose
+/// grants can end without the holder knowing (a lease) hands them to the
+/// store, which refuses a transaction whose token is no longer the latest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fences(Vec<(LockKey, u64)>);
+
+impl Fences {
+    /// `tokens` in the global lock order, one per key.
+    pub fn new(tokens: impl IntoIterator<Item = (LockKey, u64)>) -> Fences {
+        let mut tokens: Vec<(LockKey, u64)> = tokens.into_iter().collect();
+        tokens.sort();
+        tokens.dedup_by(|a, b| a.0 == b.0);
+        Fences(tokens)
+    }
+
+    pub fn tokens(&self) -> &[(LockKey, u64)] {
+        &self.0
+    }
+
+    pub fn get(&self, key: &LockKey) -> Option<u64> {
+        let index = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0[index].1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A lock grant that can name its fencing tokens.
+pub trait Fenced {
+    fn fences(&self) -> Fences;
+}
+
+/// Lock managers without leases grant nothing to fence.
+impl Fenced for () {
+    fn fences(&self) -> Fences {
+        Fences::default()
+    }
+}
+
 #[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockError {
     #[error("lock wait timed out")]
@@ -309,7 +366,7 @@ pub enum LockError {
 
 /// Grants exclusive access to the keys of a [`LockSet`] until the guard drops.
 pub trait LockManager: Send + Sync + 'static {
-    type Guard: Send;
+    type Guard: Send + Fenced;
 
     /// Waits at most `timeout` (of the manager's clock) for all of `keys`.
     fn acquire(&self, keys: &LockSet, timeout: Duration)

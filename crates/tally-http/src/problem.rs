@@ -339,7 +339,11 @@ impl From<Error> for ApiError {
             ),
             Error::Store(StoreError::Integrity(_)) => ApiError::internal(Code::InternalError, error.to_string()),
             Error::Store(
-                StoreError::Unavailable(_) | StoreError::Conflict | StoreError::Ambiguous | StoreError::Busy,
+                StoreError::Unavailable(_)
+                | StoreError::Conflict
+                | StoreError::Fenced
+                | StoreError::Ambiguous
+                | StoreError::Busy,
             ) => ApiError::internal(Code::Unavailable, error.to_string()),
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tally_core::store::{LockError, LockKey, LockManager, LockSet};
+use tally_core::store::{Fenced, Fences, LockError, LockKey, LockManager, LockSet};
 use tally_core::time::Clock;
 use tally_lock::{Config, Guard, LockTable};
 
@@ -25,22 +25,30 @@ impl<C: Clock + Clone> MemLocks<C> {
     }
 }
 
-impl<C: Clock + Clone> LockManager for MemLocks<C> {
-    type Guard = Guard<LockKey>;
+/// A grant of [`MemLocks`]: the lock table's guard, naming its tokens to the
+/// store.
+#[derive(Debug)]
+pub struct MemGuard(Guard<LockKey>);
 
-    fn acquire(
-        &self,
-        keys: &LockSet,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Guard<LockKey>, LockError>> + Send {
+impl Fenced for MemGuard {
+    fn fences(&self) -> Fences {
+        Fences::new(self.0.keys().iter().map(|key| (key.clone(), self.0.fence(key).expect("a guard holds its keys"))))
+    }
+}
+
+impl<C: Clock + Clone> LockManager for MemLocks<C> {
+    type Guard = MemGuard;
+
+    fn acquire(&self, keys: &LockSet, timeout: Duration) -> impl Future<Output = Result<MemGuard, LockError>> + Send {
         let keys = keys.keys().to_vec();
         let give_up = self.clock.sleep(timeout);
         let table = self.table.clone();
         async move {
-            table.acquire_async(keys, give_up).await.map_err(|error| match error {
+            let guard = table.acquire_async(keys, give_up).await.map_err(|error| match error {
                 tally_lock::LockError::Timeout => LockError::Timeout,
                 tally_lock::LockError::QueueFull => LockError::QueueFull,
-            })
+            })?;
+            Ok(MemGuard(guard))
         }
     }
 }

@@ -53,7 +53,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_core::check::Snapshot;
-use tally_core::store::{LockSet, Store, StoreError};
+use tally_core::store::{Fences, LockSet, Store, StoreError};
 
 pub use errors::CONFLICTS_TOTAL;
 pub use tx::PgTx;
@@ -188,7 +188,7 @@ impl Store for PgStore {
         Ok(PgTx::new(self.begin_tx().await?, self.config.clone()))
     }
 
-    async fn begin_locked(&self, keys: &LockSet, wait: Duration) -> Result<PgTx, StoreError> {
+    async fn begin_locked(&self, keys: &LockSet, _fences: &Fences, wait: Duration) -> Result<PgTx, StoreError> {
         let mut tx = self.begin().await?;
         if self.config.strategy == Strategy::Advisory {
             tx::advisory::lock(&mut tx, keys, wait).await?;

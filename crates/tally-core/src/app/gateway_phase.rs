@@ -84,7 +84,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
             let keys = LockSet::new(keys);
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
-            let mut tx = self.store.begin_locked(&keys, self.config.lock_wait).await?;
+            let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await?;
             let result =
                 self.record_verdict_in(&mut tx, payment.id, user, verdict, give_up_at, held, answer, &keys).await;
             let recorded = match result {
@@ -176,7 +176,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         let keys = LockSet::new(candidates.iter().map(|p| LockKey::Payment(p.id)));
         let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
-        let mut tx = self.store.begin_locked(&keys, self.config.lock_wait).await?;
+        let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await?;
         let mut claimed = Vec::new();
         for candidate in &candidates {
             let Some(current) = tx.payment(candidate.id).await? else { continue };

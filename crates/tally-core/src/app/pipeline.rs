@@ -115,10 +115,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let response = if error.is_refusal() { (held.render)(&Err(error.clone())) } else { None };
         let keys = LockSet::new([LockKey::Idempotency(held.scope.clone())]);
         let refusal = response.is_some();
-        let Ok(_guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
+        let Ok(guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
             return !refusal;
         };
-        let Ok(mut tx) = self.store.begin_locked(&keys, self.config.lock_wait).await else {
+        let Ok(mut tx) = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await else {
             return !refusal;
         };
         let Ok(existing) = tx.idempotency(&held.scope).await else {
@@ -163,7 +163,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
             let keys = LockSet::new(keys);
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
-            let mut tx = self.store.begin_locked(&keys, self.config.lock_wait).await?;
+            let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await?;
             let step = match self.run_in(&mut tx, user, command, held, &keys).await {
                 // Read, wrote nothing: no commit to pay for.
                 Ok(step @ Step::Answered(_)) => {

@@ -22,7 +22,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let keys = LockSet::new(self.order_keys_of(Some(id)).await?);
             let Ok(guard) = self.locks.acquire(&keys, Duration::ZERO).await else { continue };
             // Skipped, not waited for, in the store too.
-            let mut tx = match self.store.begin_locked(&keys, Duration::ZERO).await {
+            let mut tx = match self.store.begin_locked(&keys, &guard.fences(), Duration::ZERO).await {
                 Ok(tx) => tx,
                 Err(StoreError::Busy) => continue,
                 Err(error) => return Err(error.into()),

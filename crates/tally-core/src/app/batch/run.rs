@@ -62,7 +62,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             deliver(batch, fill(replies, || Reply::Alone));
             return Attempt::Answered;
         };
-        let tx = match self.store.begin_locked(&keys, self.config.lock_wait).await {
+        let tx = match self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await {
             Ok(tx) => tx,
             Err(error) => {
                 deliver(batch, fill(replies, || Reply::Ran(Err(error.clone().into()))));
