@@ -8,6 +8,10 @@
 //!
 //! Cases share one store: each makes its own users, so they never see each
 //! other's records, and the invariant checker runs over everything at the end.
+//!
+//! [`fences`] is the part a store that checks lock fencing tokens must pass
+//! on top ([`fences::run_all`]): the in-memory store runs it; PostgreSQL
+//! runs it once its fence check lands (branch `redis`).
 
 /// Runs `$command` for `$user`, unkeyed: the record of the
 /// `Outcome::$variant` it must answer, or the error it answered (`$what`
@@ -22,6 +26,7 @@ macro_rules! execute {
     };
 }
 
+pub mod fences;
 mod guards;
 mod inventory;
 

@@ -8,6 +8,11 @@ use crate::table::LockTable;
 /// Exclusive hold of a set of keys, each with its fencing token. Dropping the
 /// guard releases every key, handing each one to its oldest waiter.
 ///
+/// Under a [`Lease`](crate::Lease) the hold of a key may end before the
+/// guard drops (the guard is not told); the guard's tokens then name a grant
+/// that is over, which is what a store checking them refuses, and its drop
+/// leaves the key's later grants alone.
+///
 /// A guard is also the accumulator of an acquisition in progress: keys are
 /// pushed as they are granted, in ascending order, so if the acquisition fails
 /// half-way the partial guard drops and releases what it had.
@@ -59,12 +64,13 @@ impl<K: Ord> Drop for Guard<K> {
         if self.keys.is_empty() {
             return;
         }
+        let now = self.table.now();
         let Some(mut state) = self.table.lock_for_drop() else {
             // The table is poisoned and this thread is already unwinding;
             // panicking again would abort the process.
             return;
         };
-        let wakes: Vec<Wake> = self.keys.iter().filter_map(|key| state.release(key, self.owner)).collect();
+        let wakes: Vec<Wake> = self.keys.iter().filter_map(|key| state.release(key, self.owner, now)).collect();
         drop(state);
         for wake in wakes {
             self.table.wake(wake);

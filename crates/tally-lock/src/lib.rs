@@ -23,6 +23,15 @@
 //!   across periods when the key is idle. Tokens come from one table-wide
 //!   counter, so an idle key needs no memory at all; the cost is that tokens of
 //!   one key are increasing but not consecutive.
+//! * **Leases (optional).** A table made with [`LockTable::with_lease`] ends a
+//!   grant its holder has not released within the lease, on the holder's
+//!   behalf, when a waiter asks ([`LockTable::expire_leases`]) or a newcomer
+//!   finds the key unawaited: the key goes to the next waiter with a larger
+//!   token, exactly as on a release. The old holder is not told (it may be
+//!   paused); its guard's drop then leaves the later grants alone. Mutual
+//!   exclusion then holds per *current* grant only: a holder whose lease
+//!   ran out can still act, which is what its stale fencing token lets a
+//!   store refuse. Without a lease (the default) nothing expires.
 //! * **No lost grant.** A waiter that gives up (timeout, or its future being
 //!   dropped) removes itself from the queue under the mutex; if the key was
 //!   handed to it in the meantime it releases the key onward, so a grant is
@@ -67,6 +76,8 @@ mod table;
 pub use guard::Guard;
 pub use table::LockTable;
 
+use std::time::Duration;
+
 /// How many waiters one key may have by default. A payment key normally has
 /// zero or one waiter (a client retry); a thousand means something upstream is
 /// hammering one payment, and failing fast protects the rest of the process.
@@ -87,6 +98,28 @@ impl Default for Config {
     }
 }
 
+/// How long a grant lasts unless its holder releases it first, on a clock
+/// the table's owner supplies (the table has none: it stays deterministic
+/// under the model checkers, and the in-memory backend passes its injected
+/// clock). The clock must not go backwards.
+pub struct Lease {
+    pub length: Duration,
+    /// Now, as a duration since any fixed origin.
+    pub clock: Box<dyn Fn() -> Duration + Send + Sync>,
+}
+
+impl Lease {
+    fn now(&self) -> Duration {
+        (self.clock)()
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("length", &self.length).finish_non_exhaustive()
+    }
+}
+
 /// Why an acquisition returned without a guard. In every case the acquisition
 /// holds nothing and waits for nothing any more: keys it had already taken were
 /// released.
@@ -94,7 +127,8 @@ impl Default for Config {
 pub enum LockError {
     /// The caller stopped waiting: the timeout passed, the `give_up` future
     /// resolved, or (for [`LockTable::try_acquire`], a wait of zero length) a
-    /// key was busy.
+    /// key was busy. Also: under a lease, a key was handed to the caller and
+    /// its lease ran out before the caller took it up.
     #[error("lock wait timed out")]
     Timeout,
     /// A key already had [`Config::max_waiters_per_key`] waiters.

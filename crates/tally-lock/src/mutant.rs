@@ -18,6 +18,10 @@ pub const LOCK_LOST_WAKEUP: &str = "lock_lost_wakeup";
 /// Mutant: hand-off goes to the newest waiter instead of the oldest (LIFO).
 pub const LOCK_LIFO: &str = "lock_lifo";
 
+/// Mutant: a guard whose lease ran out releases the key on drop, ending the
+/// grant of whoever holds it now.
+pub const LOCK_STALE_RELEASE: &str = "lock_stale_release";
+
 /// The environment variable that names the active mutant.
 pub const ENV_VAR: &str = "TALLY_MUTANT";
 

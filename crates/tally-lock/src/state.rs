@@ -11,9 +11,19 @@
 //!
 //! Keys that nobody holds or waits for have no entry at all: the map holds only
 //! busy keys, so memory is bounded by the work in flight.
+//!
+//! With a lease (see [`crate::Lease`]) a grant also has an end: the methods
+//! that grant or end a grant take `now` on the lease's clock (read by the
+//! caller), a grant lasts until `now + lease`, and [`State::expire`] ends a
+//! grant whose lease has run out on its holder's behalf, handing the key on
+//! exactly as a release would. The holder is not told: its guard's later
+//! release (or a withdrawn wait's cancel) finds the key granted to someone
+//! else, or to nobody, and does nothing. Without a lease `now` is ignored
+//! and nothing expires.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::task::Waker;
+use std::time::Duration;
 
 use crate::LockError;
 use crate::mutant;
@@ -48,6 +58,20 @@ pub(crate) enum Wake {
 struct Holder {
     owner: Owner,
     fence: u64,
+    /// When its lease ends (on the lease's clock); `None` without a lease.
+    until: Option<Duration>,
+}
+
+/// Where one acquisition's wait for one key stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Still queued.
+    Queued,
+    /// Handed the key, with this token.
+    Granted(u64),
+    /// Handed the key, and its lease ran out before the waiter took it up:
+    /// the grant was ended on its behalf. Only with a lease.
+    Expired,
 }
 
 /// One queued acquisition.
@@ -105,6 +129,8 @@ pub(crate) struct State<K> {
     /// The latest owner id issued.
     last_owner: u64,
     max_waiters: usize,
+    /// How long a grant lasts unless released; `None`: until released.
+    lease: Option<Duration>,
 }
 
 /// Issues the next fencing token. A `u64` issued once per grant does not run
@@ -116,8 +142,13 @@ fn next_fence(last_fence: &mut u64) -> u64 {
 }
 
 impl<K: Ord> State<K> {
-    pub(crate) fn new(max_waiters: usize) -> Self {
-        State { entries: BTreeMap::new(), last_fence: 0, last_owner: 0, max_waiters }
+    pub(crate) fn new(max_waiters: usize, lease: Option<Duration>) -> Self {
+        State { entries: BTreeMap::new(), last_fence: 0, last_owner: 0, max_waiters, lease }
+    }
+
+    /// When a grant made at `now` ends.
+    fn until(&self, now: Duration) -> Option<Duration> {
+        self.lease.map(|lease| now.saturating_add(lease))
     }
 
     /// A fresh identity for one acquisition.
@@ -138,6 +169,18 @@ impl<K: Ord> State<K> {
         let holder = entry.holder.filter(|holder| holder.owner == owner)?;
         debug_assert!(!entry.is_queued(owner));
         Some(holder.fence)
+    }
+
+    /// Where `owner`'s wait for `key` stands. The caller has queued it.
+    pub(crate) fn waiting(&self, key: &K, owner: Owner) -> Waiting {
+        if let Some(fence) = self.granted(key, owner) {
+            return Waiting::Granted(fence);
+        }
+        if self.entries.get(key).is_some_and(|entry| entry.is_queued(owner)) {
+            return Waiting::Queued;
+        }
+        check!(self.lease.is_some(), "a wait that is neither queued nor granted, without leases");
+        Waiting::Expired
     }
 
     /// Queues `owner` for the busy `key`. The caller has just seen `key` busy
@@ -177,13 +220,45 @@ impl<K: Ord> State<K> {
 
     /// Releases `owner`'s grant of `key`, handing the key to the next waiter if
     /// there is one. Returns that waiter's wake-up, to be called after
-    /// unlocking.
+    /// unlocking. A grant that already ended (its lease ran out, and the key
+    /// went to someone else or to nobody) is not this owner's to release:
+    /// nothing happens.
     #[must_use = "the new holder must be woken"]
-    pub(crate) fn release(&mut self, key: &K, owner: Owner) -> Option<Wake> {
-        let entry = self.entries.get_mut(key).expect("release of a key that is not held");
-        let holder = entry.holder.expect("release of a key that is not held");
-        assert!(holder.owner == owner, "release by an acquisition that does not hold the key");
+    pub(crate) fn release(&mut self, key: &K, owner: Owner, now: Duration) -> Option<Wake> {
+        let holder = self.entries.get(key).and_then(|entry| entry.holder);
+        let ours = holder.is_some_and(|holder| holder.owner == owner);
+        if !ours {
+            assert!(self.lease.is_some(), "release by an acquisition that does not hold the key");
+            // Mutant: the stale guard releases whoever holds the key now.
+            if !(holder.is_some() && mutant::active(mutant::LOCK_STALE_RELEASE)) {
+                return None;
+            }
+        }
+        self.hand_off(key, now)
+    }
 
+    /// Ends the grant of `key` if its lease has run out by `now`, handing the
+    /// key on as its holder's release would. Returns the new holder's wake-up.
+    #[must_use = "the new holder must be woken"]
+    pub(crate) fn expire(&mut self, key: &K, now: Duration) -> Option<Wake> {
+        let until = self.entries.get(key)?.holder?.until?;
+        if until > now {
+            return None;
+        }
+        self.hand_off(key, now)
+    }
+
+    /// When the lease of `key`'s current grant ends, if it is held under one.
+    pub(crate) fn lease_end(&self, key: &K) -> Option<Duration> {
+        self.entries.get(key)?.holder?.until
+    }
+
+    /// Ends the current grant of the held `key` and grants it to the oldest
+    /// waiter, if any, with a new token and (at `now`) a new lease.
+    fn hand_off(&mut self, key: &K, now: Duration) -> Option<Wake> {
+        let until = self.until(now);
+        let entry = self.entries.get_mut(key).expect("hand-off of a key that is not held");
+        check!(entry.holder.is_some(), "hand-off of a key that is not held");
         entry.holder = None;
         let next = if mutant::active(mutant::LOCK_LOST_WAKEUP) && !entry.queue.is_empty() {
             // Mutant: the key looks free, but the waiters stay queued and
@@ -199,7 +274,7 @@ impl<K: Ord> State<K> {
             let fence = next_fence(&mut self.last_fence);
             check!(fence > entry.last_fence, "fencing token did not increase");
             entry.last_fence = fence;
-            entry.holder = Some(Holder { owner: waiter.owner, fence });
+            entry.holder = Some(Holder { owner: waiter.owner, fence, until });
             waiter.wake
         });
         entry.check(self.max_waiters);
@@ -211,10 +286,14 @@ impl<K: Ord> State<K> {
 
     /// Withdraws `owner`'s wait for `key` (it timed out or was dropped). If the
     /// key was handed to it in the meantime, the grant is released onward, so
-    /// it is never lost. Returns the wake-up of a new holder, if any.
+    /// it is never lost. Returns the wake-up of a new holder, if any. A grant
+    /// whose lease already ran out was handed on by its expiry.
     #[must_use = "the new holder must be woken"]
-    pub(crate) fn cancel(&mut self, key: &K, owner: Owner) -> Option<Wake> {
-        let entry = self.entries.get_mut(key).expect("cancel of a wait for a key that is not busy");
+    pub(crate) fn cancel(&mut self, key: &K, owner: Owner, now: Duration) -> Option<Wake> {
+        let Some(entry) = self.entries.get_mut(key) else {
+            check!(self.lease.is_some(), "cancel of a wait for a key that is not busy");
+            return None;
+        };
         if let Some(index) = entry.queue.iter().position(|waiter| waiter.owner == owner) {
             let _withdrawn = entry.queue.remove(index);
             entry.check(self.max_waiters);
@@ -226,10 +305,10 @@ impl<K: Ord> State<K> {
             return None;
         }
         assert!(
-            entry.holder.is_some_and(|holder| holder.owner == owner),
+            self.lease.is_some() || entry.holder.is_some_and(|holder| holder.owner == owner),
             "cancel of a wait that is neither queued nor granted"
         );
-        self.release(key, owner)
+        self.release(key, owner, now)
     }
 
     /// Is nothing held and nothing queued?
@@ -249,30 +328,44 @@ impl<K: Ord> State<K> {
 }
 
 impl<K: Ord + Clone> State<K> {
-    /// Grants `key` to `owner` if it is free. Returns the grant's token.
-    pub(crate) fn try_take(&mut self, key: &K, owner: Owner) -> Option<u64> {
+    /// Grants `key` to `owner` if it is free at `now`. Returns the grant's
+    /// token.
+    pub(crate) fn try_take(&mut self, key: &K, owner: Owner, now: Duration) -> Option<u64> {
+        self.expire_unawaited(key, now);
         if !self.is_free(key) {
             return None;
         }
         let fence = next_fence(&mut self.last_fence);
-        self.entries.insert(
-            key.clone(),
-            Entry { holder: Some(Holder { owner, fence }), queue: VecDeque::new(), last_fence: fence },
-        );
+        let holder = Holder { owner, fence, until: self.until(now) };
+        self.entries.insert(key.clone(), Entry { holder: Some(holder), queue: VecDeque::new(), last_fence: fence });
         Some(fence)
     }
 
-    /// Grants every key in `keys` to `owner` if all are free, else none.
-    /// Returns the tokens in the order of `keys`.
-    pub(crate) fn try_take_all(&mut self, keys: &[K], owner: Owner) -> Option<Vec<u64>> {
+    /// Grants every key in `keys` to `owner` if all are free at `now`, else
+    /// none. Returns the tokens in the order of `keys`.
+    pub(crate) fn try_take_all(&mut self, keys: &[K], owner: Owner, now: Duration) -> Option<Vec<u64>> {
+        for key in keys {
+            self.expire_unawaited(key, now);
+        }
         if !keys.iter().all(|key| self.is_free(key)) {
             return None;
         }
         let fences = keys
             .iter()
-            .map(|key| self.try_take(key, owner).expect("a key checked free in this critical section is free"))
+            .map(|key| self.try_take(key, owner, now).expect("a key checked free in this critical section is free"))
             .collect();
         Some(fences)
+    }
+
+    /// Ends `key`'s grant if its lease has run out and nobody waits for it,
+    /// so that a newcomer may take it. (With waiters, the key goes to the
+    /// oldest of them: their own watch on the lease does that, and it wakes
+    /// them.)
+    fn expire_unawaited(&mut self, key: &K, now: Duration) {
+        if self.entries.get(key).is_some_and(|entry| entry.queue.is_empty()) {
+            let wake = self.expire(key, now);
+            check!(wake.is_none(), "an expiry without waiters woke someone");
+        }
     }
 }
 
@@ -280,13 +373,15 @@ impl<K: Ord + Clone> State<K> {
 mod tests {
     use super::*;
 
+    const T0: Duration = Duration::ZERO;
+
     fn thread_wake() -> Wake {
         Wake::Thread { shard: 0 }
     }
 
     /// A fresh state (four waiters per key at most) and `N` owners of it.
     fn with_owners<K: Ord, const N: usize>() -> (State<K>, [Owner; N]) {
-        let mut state = State::new(4);
+        let mut state = State::new(4, None);
         let owners = std::array::from_fn(|_| state.new_owner());
         (state, owners)
     }
@@ -294,59 +389,59 @@ mod tests {
     #[test]
     fn hand_off_goes_to_the_oldest_waiter_with_a_larger_fence() {
         let (mut state, [a, b, c]) = with_owners();
-        let fence_a = state.try_take(&"k", a).unwrap();
-        assert_eq!(state.try_take(&"k", b), None);
+        let fence_a = state.try_take(&"k", a, T0).unwrap();
+        assert_eq!(state.try_take(&"k", b, T0), None);
         state.enqueue(&"k", b, thread_wake()).unwrap();
         state.enqueue(&"k", c, thread_wake()).unwrap();
 
-        assert!(state.release(&"k", a).is_some());
+        assert!(state.release(&"k", a, T0).is_some());
         let fence_b = state.granted(&"k", b).unwrap();
         assert!(fence_b > fence_a);
         assert_eq!(state.granted(&"k", c), None);
         assert_eq!(state.waiters(&"k"), 1);
 
-        assert!(state.release(&"k", b).is_some());
+        assert!(state.release(&"k", b, T0).is_some());
         let fence_c = state.granted(&"k", c).unwrap();
         assert!(fence_c > fence_b);
-        assert!(state.release(&"k", c).is_none());
+        assert!(state.release(&"k", c, T0).is_none());
         assert!(state.is_idle());
     }
 
     #[test]
     fn cancel_after_grant_passes_the_key_on() {
         let (mut state, [a, b, c]) = with_owners();
-        state.try_take(&1, a).unwrap();
+        state.try_take(&1, a, T0).unwrap();
         state.enqueue(&1, b, thread_wake()).unwrap();
         state.enqueue(&1, c, thread_wake()).unwrap();
-        assert!(state.release(&1, a).is_some());
+        assert!(state.release(&1, a, T0).is_some());
         // `b` gave up after it was granted: the grant moves on to `c`.
-        assert!(state.cancel(&1, b).is_some());
+        assert!(state.cancel(&1, b, T0).is_some());
         assert!(state.granted(&1, c).is_some());
         // `c` gives up after its grant too: nobody is left, the key goes idle.
-        assert!(state.cancel(&1, c).is_none());
+        assert!(state.cancel(&1, c, T0).is_none());
         assert!(state.is_idle());
     }
 
     #[test]
     fn cancel_while_queued_only_leaves_the_queue() {
         let (mut state, [a, b]) = with_owners();
-        let fence = state.try_take(&1, a).unwrap();
+        let fence = state.try_take(&1, a, T0).unwrap();
         state.enqueue(&1, b, thread_wake()).unwrap();
-        assert!(state.cancel(&1, b).is_none());
+        assert!(state.cancel(&1, b, T0).is_none());
         assert_eq!(state.waiters(&1), 0);
         assert_eq!(state.holder_fence(&1), Some(fence));
-        assert!(state.release(&1, a).is_none());
+        assert!(state.release(&1, a, T0).is_none());
         assert!(state.is_idle());
     }
 
     #[test]
     fn try_take_all_is_all_or_nothing() {
         let (mut state, [a, b]) = with_owners();
-        state.try_take(&2, a).unwrap();
-        assert_eq!(state.try_take_all(&[1, 2, 3], b), None);
+        state.try_take(&2, a, T0).unwrap();
+        assert_eq!(state.try_take_all(&[1, 2, 3], b, T0), None);
         assert_eq!(state.holder_fence(&1), None);
         assert_eq!(state.holder_fence(&3), None);
-        let fences = state.try_take_all(&[1, 3], b).unwrap();
+        let fences = state.try_take_all(&[1, 3], b, T0).unwrap();
         assert_eq!(fences.len(), 2);
         assert!(fences[0] < fences[1]);
     }
@@ -355,7 +450,72 @@ mod tests {
     #[should_panic(expected = "does not hold the key")]
     fn release_by_a_stranger_is_a_bug() {
         let (mut state, [a, b]) = with_owners();
-        state.try_take(&1, a).unwrap();
-        let _ = state.release(&1, b);
+        state.try_take(&1, a, T0).unwrap();
+        let _ = state.release(&1, b, T0);
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A leased state (one second) and `N` owners of it.
+    fn leased<K: Ord, const N: usize>() -> (State<K>, [Owner; N]) {
+        let mut state = State::new(4, Some(SECOND));
+        let owners = std::array::from_fn(|_| state.new_owner());
+        (state, owners)
+    }
+
+    #[test]
+    fn an_expired_lease_hands_the_key_on_and_the_stale_release_does_nothing() {
+        let (mut state, [a, b]) = leased();
+        let fence_a = state.try_take(&"k", a, T0).unwrap();
+        state.enqueue(&"k", b, thread_wake()).unwrap();
+        // Not yet over: the holder keeps it.
+        assert!(state.expire(&"k", SECOND - Duration::from_millis(1)).is_none());
+        assert_eq!(state.holder_fence(&"k"), Some(fence_a));
+        // Over: the oldest waiter is the holder, with a larger token and a
+        // lease of its own from now.
+        assert!(state.expire(&"k", SECOND).is_some());
+        let fence_b = state.granted(&"k", b).unwrap();
+        assert!(fence_b > fence_a);
+        assert_eq!(state.lease_end(&"k"), Some(SECOND * 2));
+        // The stale holder's release does not end b's grant.
+        assert!(state.release(&"k", a, SECOND).is_none());
+        assert_eq!(state.granted(&"k", b), Some(fence_b));
+        assert!(state.release(&"k", b, SECOND).is_none());
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn a_newcomer_takes_a_key_whose_lease_ran_out_unawaited() {
+        let (mut state, [a, b]) = leased();
+        let fence_a = state.try_take(&1, a, T0).unwrap();
+        assert_eq!(state.try_take(&1, b, SECOND / 2), None);
+        let fence_b = state.try_take(&1, b, SECOND).unwrap();
+        assert!(fence_b > fence_a);
+        assert!(state.release(&1, a, SECOND).is_none(), "a's grant is over; its release is a no-op");
+        assert_eq!(state.holder_fence(&1), Some(fence_b));
+    }
+
+    #[test]
+    fn a_grant_that_expired_before_it_was_taken_up_reads_as_expired() {
+        let (mut state, [a, b]) = leased();
+        state.try_take(&1, a, T0).unwrap();
+        state.enqueue(&1, b, thread_wake()).unwrap();
+        assert_eq!(state.waiting(&1, b), Waiting::Queued);
+        assert!(state.release(&1, a, T0).is_some());
+        assert!(matches!(state.waiting(&1, b), Waiting::Granted(_)));
+        // b never looked; its lease ran out, nobody waits: the key is free.
+        assert!(state.expire(&1, SECOND).is_none());
+        assert_eq!(state.waiting(&1, b), Waiting::Expired);
+        assert!(state.cancel(&1, b, SECOND).is_none());
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn without_a_lease_nothing_expires() {
+        let (mut state, [a]) = with_owners();
+        let fence = state.try_take(&1, a, T0).unwrap();
+        assert!(state.expire(&1, Duration::MAX).is_none());
+        assert_eq!(state.lease_end(&1), None);
+        assert_eq!(state.holder_fence(&1), Some(fence));
     }
 }

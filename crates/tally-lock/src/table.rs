@@ -16,9 +16,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::guard::Guard;
-use crate::state::{Owner, State, Wake};
+use crate::state::{Owner, State, Waiting, Wake};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
-use crate::{Config, LockError};
+use crate::{Config, Lease, LockError};
 
 /// How many condition variables one table spreads its blocked threads over
 /// (by acquisition id). A hand-off wakes every thread sleeping on the new
@@ -48,6 +48,7 @@ pub struct LockTable<K> {
 
 struct Inner<K> {
     config: Config,
+    lease: Option<Lease>,
     state: Mutex<State<K>>,
     /// Blocked threads sleep here, on the one their acquisition id picks.
     condvars: Box<[Condvar]>,
@@ -62,7 +63,10 @@ impl<K> Clone for LockTable<K> {
 impl<K> fmt::Debug for LockTable<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Deliberately does not lock: formatting must never block or contend.
-        f.debug_struct("LockTable").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("LockTable")
+            .field("config", &self.inner.config)
+            .field("lease", &self.inner.lease)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,15 +98,37 @@ impl<K> LockTable<K> {
     pub fn config(&self) -> Config {
         self.inner.config
     }
+
+    /// How long a grant lasts unless released, if grants have a lease.
+    pub fn lease(&self) -> Option<Duration> {
+        self.inner.lease.as_ref().map(|lease| lease.length)
+    }
+
+    /// Now, on the lease's clock (zero, and never read, without a lease).
+    pub(crate) fn now(&self) -> Duration {
+        self.inner.lease.as_ref().map_or(Duration::ZERO, Lease::now)
+    }
 }
 
 impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
-    /// An empty table.
+    /// An empty table whose grants last until released.
     pub fn new(config: Config) -> Self {
+        LockTable::build(config, None)
+    }
+
+    /// An empty table whose grants end after `lease` unless released first
+    /// (see [`Lease`]).
+    pub fn with_lease(config: Config, lease: Lease) -> Self {
+        LockTable::build(config, Some(lease))
+    }
+
+    fn build(config: Config, lease: Option<Lease>) -> Self {
+        let length = lease.as_ref().map(|lease| lease.length);
         LockTable {
             inner: Arc::new(Inner {
                 config,
-                state: Mutex::new(State::new(config.max_waiters_per_key)),
+                lease,
+                state: Mutex::new(State::new(config.max_waiters_per_key, length)),
                 condvars: (0..CONDVAR_SHARDS).map(|_| Condvar::new()).collect(),
             }),
         }
@@ -136,7 +162,7 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
         let mut guard = Guard::new(self.clone(), state.new_owner(), keys.len());
         let mut failure = None;
         for key in keys {
-            let fence = match state.try_take(&key, guard.owner()) {
+            let fence = match state.try_take(&key, guard.owner(), self.now()) {
                 Some(fence) => fence,
                 None => {
                     let (relocked, waited) = self.wait_blocking(state, &key, guard.owner(), deadline);
@@ -179,17 +205,20 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
             // The grant is state, checked under the mutex, so a notification
             // that came before this thread slept is never lost, and a spurious
             // wake-up just loops.
-            if let Some(fence) = state.granted(key, owner) {
-                return (state, Ok(fence));
+            match state.waiting(key, owner) {
+                Waiting::Granted(fence) => return (state, Ok(fence)),
+                // Handed over and already expired: nothing came in time.
+                Waiting::Expired => return (state, Err(LockError::Timeout)),
+                Waiting::Queued => {}
             }
             let (relocked, expired) = deadline.wait(&self.inner.state, condvar, state);
             state = relocked;
             if expired {
                 // A grant that raced the deadline is kept rather than passed on.
-                if let Some(fence) = state.granted(key, owner) {
+                if let Waiting::Granted(fence) = state.waiting(key, owner) {
                     return (state, Ok(fence));
                 }
-                let wake = state.cancel(key, owner);
+                let wake = state.cancel(key, owner, self.now());
                 check!(wake.is_none(), "withdrawing an ungranted wait handed a key on");
                 return (state, Err(LockError::Timeout));
             }
@@ -207,7 +236,7 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
         let keys = sorted_unique(keys);
         let mut state = self.lock();
         let owner = state.new_owner();
-        let fences = state.try_take_all(&keys, owner);
+        let fences = state.try_take_all(&keys, owner, self.now());
         drop(state);
         let fences = fences.ok_or(LockError::Timeout)?;
         let mut guard = Guard::new(self.clone(), owner, keys.len());
@@ -260,6 +289,27 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
     pub fn holder_fence(&self, key: &K) -> Option<u64> {
         self.lock().holder_fence(key)
     }
+
+    /// Ends every grant of `keys` whose lease has run out, handing each key to
+    /// its oldest waiter (woken here) as the holder's release would; the
+    /// holder is not told. Returns when the earliest lease still running on
+    /// one of `keys` ends (on the lease's clock), or `None` if none is.
+    ///
+    /// A waiter calls this when a lease it waits behind may have ended (see
+    /// `tally-mem`'s `MemLocks`): the table has no timers of its own. Without
+    /// a lease it does nothing.
+    pub fn expire_leases(&self, keys: &[K]) -> Option<Duration> {
+        self.inner.lease.as_ref()?;
+        let now = self.now();
+        let mut state = self.lock();
+        let wakes: Vec<Wake> = keys.iter().filter_map(|key| state.expire(key, now)).collect();
+        let next = keys.iter().filter_map(|key| state.lease_end(key)).min();
+        drop(state);
+        for wake in wakes {
+            self.wake(wake);
+        }
+        next
+    }
 }
 
 /// The keys of one acquisition in the one global order.
@@ -301,7 +351,7 @@ impl<K: Ord + Clone> AsyncWait<'_, K> {
     ) -> Poll<Result<(), LockError>> {
         let mut state = self.table.lock();
         let granted = match self.phase {
-            Phase::New => match state.try_take(&self.key, self.owner) {
+            Phase::New => match state.try_take(&self.key, self.owner, self.table.now()) {
                 Some(fence) => Some(fence),
                 None => {
                     let wake = Wake::Task(cx.waker().clone());
@@ -313,13 +363,18 @@ impl<K: Ord + Clone> AsyncWait<'_, K> {
                     None
                 }
             },
-            Phase::Queued => {
-                let granted = state.granted(&self.key, self.owner);
-                if granted.is_none() {
+            Phase::Queued => match state.waiting(&self.key, self.owner) {
+                Waiting::Granted(fence) => Some(fence),
+                Waiting::Queued => {
                     state.set_waker(&self.key, self.owner, cx.waker());
+                    None
                 }
-                granted
-            }
+                // Handed over and already expired: nothing came in time.
+                Waiting::Expired => {
+                    self.phase = Phase::Done;
+                    return Poll::Ready(Err(LockError::Timeout));
+                }
+            },
             Phase::Done => panic!("an async lock wait was polled after it completed"),
         };
         if let Some(fence) = granted {
@@ -346,10 +401,11 @@ impl<K: Ord> AsyncWait<'_, K> {
             return;
         }
         self.phase = Phase::Done;
+        let now = self.table.now();
         let Some(mut state) = self.table.lock_for_drop() else {
             return;
         };
-        let wake = state.cancel(&self.key, self.owner);
+        let wake = state.cancel(&self.key, self.owner, now);
         drop(state);
         if let Some(wake) = wake {
             self.table.wake(wake);

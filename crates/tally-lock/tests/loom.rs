@@ -314,3 +314,95 @@ fn timeout_while_holding_a_prefix_releases_it() {
         assert!(table.is_idle());
     });
 }
+
+/// A table whose grants last 10 time units, on a clock the model sets by
+/// hand (a std atomic: loom need not explore a clock read, only what the
+/// table does with it), and that clock, at 0.
+fn leased_table() -> (LockTable<&'static str>, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let now = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clock = {
+        let now = now.clone();
+        Box::new(move || Duration::from_secs(now.load(SeqCst)))
+    };
+    let lease = tally_lock::Lease { length: Duration::from_secs(10), clock };
+    (LockTable::with_lease(Config::default(), lease), now)
+}
+
+const STALE: &str = "a stale release ended a later grant";
+
+/// A lease that ran out (the holder paused) lets the next taker in, and the
+/// paused holder's guard, dropped at any point, never ends the later grant:
+/// two takers whose leases are running never hold the key together.
+#[test]
+fn stale_release_never_ends_a_later_grant() {
+    model("stale_release_never_ends_a_later_grant", || {
+        let (table, now) = leased_table();
+        let paused = table.acquire(["k"], None).unwrap();
+        // The holder's lease is over; every later lease runs to 25.
+        now.store(15, SeqCst);
+        let inside = Arc::new(AtomicUsize::new(0));
+        let spawn = || {
+            let (table, inside) = (table.clone(), inside.clone());
+            thread::spawn(move || {
+                // Patient, with a running lease: only a stale release can
+                // take its grant away (then it reads as expired: Timeout).
+                let guard = table.acquire(["k"], None).expect(STALE);
+                assert_eq!(inside.fetch_add(1, SeqCst), 0, "{STALE}");
+                assert_eq!(inside.fetch_sub(1, SeqCst), 1, "{STALE}");
+                drop(guard);
+            })
+        };
+        let (first, second) = (spawn(), spawn());
+        drop(paused);
+        first.join().unwrap();
+        second.join().unwrap();
+        assert!(table.is_idle());
+    });
+}
+
+/// A waiter's expiry of the lease it waits behind races the paused holder's
+/// own release: whichever comes first, the waiter is granted once, with a
+/// larger token, and keeps its grant through the stale release.
+#[test]
+fn expiry_racing_the_stale_release_grants_the_waiter_once() {
+    model("expiry_racing_the_stale_release_grants_the_waiter_once", || {
+        let (table, now) = leased_table();
+        let paused = table.acquire(["k"], None).unwrap();
+        let stale = paused.fence(&"k").unwrap();
+        let waiter = spawn_with(&table, move |table| {
+            let guard = table.acquire(["k"], None).unwrap();
+            let fence = guard.fence(&"k").unwrap();
+            assert!(fence > stale, "the later grant has a larger token");
+            assert_eq!(table.holder_fence(&"k"), Some(fence), "a stale release ended the later grant");
+        });
+        now.store(15, SeqCst);
+        let timer = spawn_with(&table, |table| table.expire_leases(&["k"]));
+        drop(paused);
+        timer.join().unwrap();
+        waiter.join().unwrap();
+        assert!(table.is_idle());
+    });
+}
+
+/// A key handed to a waiter whose lease runs out before the waiter looks is
+/// not stranded: the waiter either took it in time or is told it timed out,
+/// and either way the table ends idle.
+#[test]
+fn a_grant_expiring_before_it_is_taken_up_is_not_stranded() {
+    let outcomes = ["taken up in time", "expired before taken up"];
+    model_reaching("a_grant_expiring_before_it_is_taken_up_is_not_stranded", &outcomes, move |seen| {
+        let (table, now) = leased_table();
+        let holder = table.acquire(["k"], None).unwrap();
+        let waiter = spawn_with(&table, |table| table.acquire(["k"], None).map(drop));
+        while table.waiters(&"k") < 1 {
+            thread::yield_now();
+        }
+        // Handed to the waiter at 0, its lease ends at 10.
+        drop(holder);
+        now.store(15, SeqCst);
+        let timer = spawn_with(&table, |table| table.expire_leases(&["k"]));
+        timer.join().unwrap();
+        seen.note_wait(waiter.join().unwrap(), outcomes[0], outcomes[1]);
+        assert!(table.is_idle());
+    });
+}

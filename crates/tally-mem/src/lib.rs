@@ -16,6 +16,10 @@
 //!   (like `SELECT … FOR UPDATE`), so a use case that forgets a lock really
 //!   loses updates here; [`Concurrency::Optimistic`] checks every written
 //!   record's version at commit and answers [`StoreError::Conflict`].
+//! - **Fencing.** A transaction begun under a lock grant claims the grant's
+//!   fencing tokens; a token older than one already claimed is refused with
+//!   [`StoreError::Fenced`], at begin or at commit, so a holder whose lock
+//!   lease ran out (see [`MemLocks::with_lease`]) writes nothing.
 //! - **Faults.** An injected *ambiguous commit* applies the writes and then
 //!   reports [`StoreError::Ambiguous`], as a connection dying during `COMMIT`
 //!   would.
@@ -29,4 +33,6 @@ mod store;
 
 pub use gateway::MemGateway;
 pub use locks::MemLocks;
-pub use store::{CommitFault, Concurrency, FaultHook, HookFuture, MemStore, MemTx, Statement, StatementHook, TxHook};
+pub use store::{
+    CommitFault, Concurrency, FENCE_UNCHECKED, FaultHook, HookFuture, MemStore, MemTx, Statement, StatementHook, TxHook,
+};

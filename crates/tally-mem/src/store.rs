@@ -1,8 +1,9 @@
 //! The in-memory store: [`MemStore`], the committed state it shares between
 //! clones, the buffered [`Write`] a transaction records, and how a write is
 //! applied to the state. Its transaction is in [`tx`]; the checks a commit
-//! must pass before anything is applied are in [`constraints`]; what may run
-//! before each statement, in [`hook`].
+//! must pass before anything is applied are in [`constraints`]; the fencing
+//! tokens claimed per lock key, in [`fences`]; what may run before each
+//! statement, in [`hook`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,14 +16,16 @@ use tally_core::ledger::Transfer;
 use tally_core::order::Order;
 use tally_core::payment::Payment;
 use tally_core::queue::QueueToken;
-use tally_core::store::{Store, StoreError, User};
+use tally_core::store::{Fences, LockSet, Store, StoreError, User};
 use tally_core::wallet::Wallet;
 use tally_lock::sync::{Arc, Mutex, MutexGuard};
 
 mod constraints;
+mod fences;
 mod hook;
 mod tx;
 
+pub use fences::FENCE_UNCHECKED;
 pub use hook::{HookFuture, Statement, StatementHook, TxHook};
 pub use tx::MemTx;
 
@@ -76,6 +79,8 @@ struct State {
     tokens: BTreeMap<TokenId, QueueToken>,
     /// Per event, its tokens by place in line.
     event_tokens: BTreeMap<EventId, BTreeMap<u64, TokenId>>,
+    /// The largest fencing token claimed per lock key.
+    claims: fences::Claims,
 }
 
 struct Shared {
@@ -152,7 +157,14 @@ impl Store for MemStore {
     type Tx = MemTx;
 
     async fn begin(&self) -> Result<MemTx, StoreError> {
-        MemTx::begin(self.clone()).await
+        MemTx::begin(self.clone(), Fences::default()).await
+    }
+
+    /// Claims the grant's fencing tokens (see [`fences`]); the locks
+    /// themselves are the lock manager's.
+    async fn begin_locked(&self, keys: &LockSet, fences: &Fences, wait: std::time::Duration) -> Result<MemTx, StoreError> {
+        let _ = (keys, wait);
+        MemTx::begin(self.clone(), fences.clone()).await
     }
 
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {

@@ -13,6 +13,14 @@ fn locked_memory_store_conforms() {
     assert_eq!(ran.len(), 24);
 }
 
+/// The fencing cases, in both modes: a token older than one claimed is
+/// refused at begin and at commit, all or nothing; equal and empty ones pass.
+#[test]
+fn memory_store_checks_fences() {
+    assert_eq!(block_on(tally_conformance::fences::run_all(&locked())).len(), 5);
+    assert_eq!(block_on(tally_conformance::fences::run_all(&optimistic())).len(), 5);
+}
+
 #[test]
 fn optimistic_memory_store_conforms() {
     let app = optimistic();

@@ -14,7 +14,7 @@ use tally_core::ledger::Transfer;
 use tally_core::order::Order;
 use tally_core::payment::Payment;
 use tally_core::queue::{QueueToken, TokenStatus};
-use tally_core::store::{StoreError, Tx, User};
+use tally_core::store::{Fences, StoreError, Tx, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
 
@@ -26,6 +26,9 @@ use super::{CommitFault, MemStore, State, Write, apply};
 /// transaction's own writes; writes wait in `writes` until commit.
 pub struct MemTx {
     store: MemStore,
+    /// The lock grant's tokens this transaction claimed at begin (none for
+    /// a plain `begin`).
+    fences: Fences,
     writes: Vec<Write>,
     /// The statement hook's for this transaction, if the handle has one.
     hook: Option<Box<dyn TxHook>>,
@@ -95,11 +98,13 @@ record! {
 
 impl MemTx {
     /// A fresh transaction on `store`, with nothing written yet, once its
-    /// hook (if any) let it begin.
-    pub(super) async fn begin(store: MemStore) -> Result<MemTx, StoreError> {
+    /// hook (if any) let it begin and it claimed `fences` (refused with
+    /// `Fenced` if a later grant of one of the keys claimed first).
+    pub(super) async fn begin(store: MemStore, fences: Fences) -> Result<MemTx, StoreError> {
         let hook = store.hook.as_ref().map(|make| make());
-        let mut tx = MemTx { store, writes: Vec::new(), hook };
+        let mut tx = MemTx { store, fences, writes: Vec::new(), hook };
         tx.statement(Statement::Begin).await?;
+        tx.store.state().claims.claim(&tx.fences)?;
         Ok(tx)
     }
 
@@ -297,7 +302,10 @@ impl MemTx {
     fn commit_now(self) -> Result<(), StoreError> {
         let mode = self.store.shared.mode;
         let mut state = self.store.state();
-        // Validate everything first, then apply: a refused commit changes nothing.
+        // Validate everything first, then apply: a refused commit changes
+        // nothing. A transaction a later lock grant overtook is refused
+        // before its writes are even looked at: they rest on what it read.
+        state.claims.still_latest(&self.fences)?;
         validate(&state, &self.writes, mode)?;
         let fault = {
             let mut hook = self.store.shared.commit_faults.lock().expect("fault hook mutex");
