@@ -54,6 +54,7 @@ usecase_mutants=(
   "refund_forgotten:a charge of the wrong amount fails the payment without a durable refund (hole 5)"
   "window_rollback:a payment stamped before the wallet's window rolls the window back (hole 6)"
   "balance_uncapped:a wallet without a maximum passes the 10^15 cap (hole 8)"
+  "fence_unchecked:the in-memory store skips its fencing-token check, so a paused lock holder writes after its lease went to another (issue 14)"
 )
 RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants cargo test -p tally-mem --test usecases --no-run
 control_run "the use-case tests with the mutants compiled in" \

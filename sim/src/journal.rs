@@ -51,6 +51,7 @@ counts! {
     DbStalls,
     DbOutages,
     DbRestarts,
+    Zombies,
     GatewayLatency,
     Gateway5xx,
     Gateway5xxAfterCommit,
@@ -72,6 +73,9 @@ counts! {
     StatementsStalled,
     StatementsRefusedUnreachable,
     TransactionsKilledByRestart,
+    ZombiesFenced,
+    ZombieCommitsApplied,
+    FencedCommits,
     CrashBetweenGatewayAndCommit,
     GatewayOutcomeUnknown,
     CompleterResolved,
@@ -124,6 +128,7 @@ impl Count {
             | Count::DbStalls
             | Count::DbOutages
             | Count::DbRestarts
+            | Count::Zombies
             | Count::GatewayLatency
             | Count::Gateway5xx
             | Count::Gateway5xxAfterCommit
@@ -154,6 +159,7 @@ impl Count {
             Count::DbStalls => "database stalls (every statement waits until it ends)",
             Count::DbOutages => "database unreachable for a while",
             Count::DbRestarts => "database restarts (every open transaction dropped)",
+            Count::Zombies => "zombies: a server stalled at COMMIT past its lock lease, then resumed",
             Count::GatewayLatency => "gateway: delayed requests",
             Count::Gateway5xx => "gateway: 5xx before taking effect",
             Count::Gateway5xxAfterCommit => "gateway: 5xx after taking effect",
@@ -174,6 +180,9 @@ impl Count {
             Count::StatementsStalled => "statements held up by a database stall",
             Count::StatementsRefusedUnreachable => "statements refused: database unreachable",
             Count::TransactionsKilledByRestart => "transactions dropped by a database restart",
+            Count::ZombiesFenced => "zombie commits refused by the fence (a later grant had claimed a key)",
+            Count::ZombieCommitsApplied => "zombie commits applied (nobody had claimed its keys since)",
+            Count::FencedCommits => "commits refused by the fence, any cause (zombies, database stalls, clock steps)",
             Count::CrashBetweenGatewayAndCommit => "crash between a gateway confirm and its commit",
             Count::GatewayOutcomeUnknown => "gateway answers that were unclear (looked up)",
             Count::CompleterResolved => "stuck payments the completer resolved",

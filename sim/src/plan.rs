@@ -112,6 +112,13 @@ pub mod timing {
     pub const KEY_TTL: Duration = Duration::from_secs(120);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(2500);
     pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+    /// The lock table's lease: well above a transaction's usual time (tens
+    /// of milliseconds, a few hundred for a large batch), below a zombie's
+    /// stall, and short enough that a zombie resumes within its request's
+    /// timeout.
+    pub const LOCK_LEASE: Duration = Duration::from_secs(1);
+    /// How much longer than the lease a zombie stalls.
+    pub const ZOMBIE_OVERRUN_MS: (u64, u64) = (150, 900);
     pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(1);
     pub const GATEWAY_GIVE_UP: Duration = Duration::from_secs(20);
     pub const COMPLETER_AFTER: Duration = Duration::from_secs(3);
@@ -442,6 +449,42 @@ pub struct DbFaults {
     /// Restarts (when, downtime): every transaction open at that moment is
     /// dropped, and the database is unreachable for the downtime.
     pub restarts: Vec<(Duration, Duration)>,
+    /// Zombies (issue 14, item 3): from `at` on, the next transaction of
+    /// server `server` (an index) that reaches `COMMIT` under its lock grant
+    /// stalls there for `stall`, past its lock lease, then goes on — a
+    /// process paused while it holds locks (turmoil cannot freeze a host, so
+    /// the pause is that statement's). Drawn on a stream of its own.
+    pub zombies: Vec<Zombie>,
+}
+
+/// One zombie: see [`DbFaults::zombies`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Zombie {
+    pub at: Duration,
+    pub server: usize,
+    pub stall: Duration,
+}
+
+impl Zombie {
+    fn draw(rng: &mut SimRng, profile: Profile, hosts: usize, horizon_ms: u64) -> Vec<Zombie> {
+        let on = match profile {
+            Profile::None => false,
+            Profile::Light => rng.chance(150),
+            Profile::Heavy => true,
+            Profile::Swarm => rng.chance(300),
+        };
+        if !on {
+            return Vec::new();
+        }
+        let (low, high) = timing::ZOMBIE_OVERRUN_MS;
+        (0..rng.range(1, 2))
+            .map(|_| Zombie {
+                at: rng.millis(10, horizon_ms),
+                server: rng.index(hosts),
+                stall: timing::LOCK_LEASE + rng.millis(low, high),
+            })
+            .collect()
+    }
 }
 
 impl DbFaults {
@@ -465,11 +508,16 @@ impl DbFaults {
             stalls: windows(rng, stalls, 50, 1_500),
             outages: windows(rng, outages, 50, 1_000),
             restarts: windows(rng, restarts, 20, 400),
+            zombies: Vec::new(),
         }
     }
 
     pub fn any(&self) -> bool {
-        self.unapplied_per_mille > 0 || !self.stalls.is_empty() || !self.outages.is_empty() || !self.restarts.is_empty()
+        self.unapplied_per_mille > 0
+            || !self.stalls.is_empty()
+            || !self.outages.is_empty()
+            || !self.restarts.is_empty()
+            || !self.zombies.is_empty()
     }
 }
 
@@ -624,7 +672,8 @@ impl Plan {
         let db_latency_max_ms = if inventory.races_expiry { db_latency_max_ms.max(3) } else { db_latency_max_ms };
         let adversary = Adversary::draw(&mut root.fork(6), clients, users, inventory.products.len());
         let money_faults = MoneyFaults::draw(&mut root.fork(7), profile, options.hosts, &adversary.calendar);
-        let db_faults = DbFaults::draw(&mut root.fork(9), profile, horizon_ms);
+        let mut db_faults = DbFaults::draw(&mut root.fork(9), profile, horizon_ms);
+        db_faults.zombies = Zombie::draw(&mut root.fork(10), profile, options.hosts.max(1), horizon_ms);
         Plan {
             seed,
             options: options.clone(),
@@ -689,6 +738,7 @@ mod tests {
             |d: &DbFaults| !d.stalls.is_empty(),
             |d: &DbFaults| !d.outages.is_empty(),
             |d: &DbFaults| !d.restarts.is_empty(),
+            |d: &DbFaults| !d.zombies.is_empty(),
         ] {
             assert!(plans.iter().any(|p| kind(&p.db_faults)) && plans.iter().any(|p| !kind(&p.db_faults)));
         }

@@ -123,7 +123,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     }
     let db_faults_on = Arc::new(AtomicBool::new(plan.db_faults.any()));
     count_db_faults(&journal, &plan.db_faults);
-    let store = store::watched(
+    let database = store::Database::new(
         &memory,
         plan.db_latency_max_ms,
         root.fork(4),
@@ -131,11 +131,14 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         clock.clone(),
         (plan.db_faults.clone(), Arc::clone(&db_faults_on)),
     );
-    let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
+    // The database's row locks, with a lease: a server paused while it holds
+    // some (a zombie) loses them to the next waiter, and the store's fence
+    // check refuses what it does when it resumes.
+    let locks = MemLocks::with_lease(clock.clone(), tally_lock::Config::default(), timing::LOCK_LEASE);
     let gateway = fake_gateway(&plan, &clock);
 
     let deployment = Deployment {
-        store,
+        store: database.handle(0),
         locks,
         clock: clock.clone(),
         ids,
@@ -171,7 +174,8 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     }
     let mut server_clocks = Vec::new();
     for index in 0..options.hosts {
-        let deployment = deployment.clone();
+        // Each server's own connection to the database (a zombie stalls one).
+        let deployment = Deployment { store: database.handle(index), ..deployment.clone() };
         let name = plan::server_name(index);
         let host = name.clone();
         let behind = plan.money_faults.skew.get(index).copied().unwrap_or_default();

@@ -21,9 +21,16 @@
 //! `payment_key_in_use`) before the constraint ever fires. It also counts
 //! lease takeovers and transactions abandoned mid-flight.
 //!
-//! All of it is `tally-mem`'s statement hook ([`tally_mem::TxHook`]): the
-//! servers' handle on the database ([`watched`]) runs a `Watch` around every
-//! statement of every transaction.
+//! Zombies (issue 14, item 3) happen here too: at its scheduled time, one
+//! server's next transaction that holds a lock grant stalls at `COMMIT` for
+//! longer than the lock table's lease (the process paused), and then goes
+//! on. Meanwhile the lease ends and another request is granted the same
+//! keys; the store's fence check must refuse the zombie's commit. The
+//! monitor counts zombies, and what became of their commits.
+//!
+//! All of it is `tally-mem`'s statement hook ([`tally_mem::TxHook`]): each
+//! server's handle on the database ([`Database::handle`]) runs a `Watch`
+//! around every statement of every transaction.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,6 +61,8 @@ struct Db {
     /// turns them off).
     faults: DbFaults,
     faults_on: Arc<AtomicBool>,
+    /// Per zombie of `faults`, whether it has struck.
+    zombies_struck: Mutex<Vec<bool>>,
 }
 
 /// How long a statement tries to reach an unreachable database before it
@@ -98,6 +107,20 @@ impl Db {
             && self.rng.lock().unwrap_or_else(PoisonError::into_inner).below(1000) < self.faults.unapplied_per_mille
     }
 
+    /// The stall of the zombie that strikes `server`'s transaction at `now`,
+    /// if one is due and has not struck yet (each strikes once).
+    fn zombie_due(&self, server: usize, now: Duration) -> Option<Duration> {
+        let mut struck = self.zombies_struck.lock().unwrap_or_else(PoisonError::into_inner);
+        let (index, zombie) = self
+            .faults
+            .zombies
+            .iter()
+            .enumerate()
+            .find(|(index, zombie)| zombie.server == server && zombie.at <= now && !struck[*index])?;
+        struck[index] = true;
+        Some(zombie.stall)
+    }
+
     /// One round trip's delay; `None` when the database is instant.
     fn round_trip(&self) -> Option<Duration> {
         if self.latency_max_ms == 0 {
@@ -108,38 +131,63 @@ impl Db {
     }
 }
 
-/// The servers' handle on `memory`'s database: every statement first waits
-/// a seeded round trip of up to `latency_max_ms`, and every commit is
+/// The servers' database: `memory`'s, where every statement first waits a
+/// seeded round trip of up to `latency_max_ms`, and every commit is
 /// watched. `memory` itself stays unwatched (setup and the final check).
 ///
 /// The database's own faults (`faults`, while `faults_on`): an ambiguous
-/// commit that did not apply, stalls, outages, and restarts that drop every
-/// open transaction. A restart does not release the lock table's locks:
-/// their holders' transactions fail at their next statement and drop them
-/// (a longer wait for others, never a second holder).
-pub fn watched(
-    memory: &MemStore,
-    latency_max_ms: u64,
-    rng: SimRng,
-    journal: Journal,
-    clock: SimClock,
-    (faults, faults_on): (DbFaults, Arc<AtomicBool>),
-) -> MemStore {
-    let db = Arc::new(Db {
-        memory: memory.clone(),
-        latency_max_ms,
-        rng: Mutex::new(rng),
-        journal,
-        clock,
-        faults,
-        faults_on,
-    });
-    memory.with_statement_hook(Arc::new(move || Box::new(Watch::new(Arc::clone(&db))) as Box<dyn TxHook>))
+/// commit that did not apply, stalls, outages, restarts that drop every
+/// open transaction, and zombies. A restart does not release the lock
+/// table's locks: their holders' transactions fail at their next statement
+/// and drop them (a longer wait for others, never a second holder).
+#[derive(Clone)]
+pub struct Database(Arc<Db>);
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("faults", &self.0.faults).finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    pub fn new(
+        memory: &MemStore,
+        latency_max_ms: u64,
+        rng: SimRng,
+        journal: Journal,
+        clock: SimClock,
+        (faults, faults_on): (DbFaults, Arc<AtomicBool>),
+    ) -> Database {
+        let zombies_struck = Mutex::new(vec![false; faults.zombies.len()]);
+        Database(Arc::new(Db {
+            memory: memory.clone(),
+            latency_max_ms,
+            rng: Mutex::new(rng),
+            journal,
+            clock,
+            faults,
+            faults_on,
+            zombies_struck,
+        }))
+    }
+
+    /// Server number `server`'s handle (its index in the plan): its
+    /// transactions run a `Watch`. All handles share the round trips' seeded
+    /// draws, in the order the statements run.
+    pub fn handle(&self, server: usize) -> MemStore {
+        let db = Arc::clone(&self.0);
+        let memory = db.memory.clone();
+        memory.with_statement_hook(Arc::new(move || Box::new(Watch::new(Arc::clone(&db), server)) as Box<dyn TxHook>))
+    }
 }
 
 /// One transaction's round trips and monitor.
 struct Watch {
     db: Arc<Db>,
+    /// Whose connection this is (the server's index).
+    server: usize,
+    /// Whether this transaction stalled as a zombie.
+    zombie: bool,
     /// Idempotency records this transaction writes, as loaded and as written.
     idem_writes: Vec<(Option<IdemRecord>, IdemRecord)>,
     /// Gateway payment keys this transaction claims, and for which payment.
@@ -171,10 +219,14 @@ impl TxHook for Watch {
             Statement::PutIdempotency { before, after } => self.idem_writes.push((before.cloned(), after.clone())),
             _ => {}
         }
-        let commit = matches!(statement, Statement::Commit);
+        let commit = matches!(statement, Statement::Commit { .. });
+        let fenced_commit = matches!(statement, Statement::Commit { fenced: true });
         let begin = matches!(statement, Statement::Begin);
         Box::pin(async move {
             self.weather(begin, commit).await?;
+            if fenced_commit {
+                self.maybe_zombie().await;
+            }
             self.pause().await;
             if commit && self.db.faults_on() && self.db.commit_lost_in_transit() {
                 self.db.journal.count(Count::UnappliedAmbiguousCommits, 1);
@@ -192,6 +244,7 @@ impl TxHook for Watch {
         if *result == Err(StoreError::Conflict) {
             self.check_key_claims();
         }
+        self.count_fencing(result);
         // The reply's way back: a caller cancelled (or crashed) here never
         // learns that its commit happened.
         Box::pin(self.pause())
@@ -199,8 +252,55 @@ impl TxHook for Watch {
 }
 
 impl Watch {
-    fn new(db: Arc<Db>) -> Watch {
-        Watch { db, idem_writes: Vec::new(), key_claims: Vec::new(), suspended: false, restarts_at_begin: 0 }
+    fn new(db: Arc<Db>, server: usize) -> Watch {
+        Watch {
+            db,
+            server,
+            zombie: false,
+            idem_writes: Vec::new(),
+            key_claims: Vec::new(),
+            suspended: false,
+            restarts_at_begin: 0,
+        }
+    }
+
+    /// At a `COMMIT` under a lock grant: if a zombie is due on this server,
+    /// stall past the lock lease (holding the grant, as a paused process
+    /// would), then go on to commit.
+    async fn maybe_zombie(&mut self) {
+        if !self.db.faults_on() {
+            return;
+        }
+        let Some(stall) = self.db.zombie_due(self.server, self.db.clock.elapsed()) else { return };
+        self.zombie = true;
+        let name = crate::plan::server_name(self.server);
+        self.db.journal.count(Count::Zombies, 1);
+        self.db.journal.event(&name, format!("paused at COMMIT, holding its locks, for {}ms (a zombie)", stall.as_millis()));
+        self.wait(stall).await;
+        self.db.journal.event(&name, "the zombie resumes its COMMIT");
+    }
+
+    /// Counts commits the fence refused, and what became of a zombie's.
+    fn count_fencing(&self, result: &Result<(), StoreError>) {
+        let fenced = *result == Err(StoreError::Fenced);
+        if fenced {
+            self.db.journal.count(Count::FencedCommits, 1);
+        }
+        if !self.zombie {
+            return;
+        }
+        let name = crate::plan::server_name(self.server);
+        match result {
+            Err(StoreError::Fenced) => {
+                self.db.journal.count(Count::ZombiesFenced, 1);
+                self.db.journal.event(&name, "the zombie's commit is refused: a later grant claimed its keys");
+            }
+            Ok(()) | Err(StoreError::Ambiguous) => {
+                self.db.journal.count(Count::ZombieCommitsApplied, 1);
+                self.db.journal.event(&name, "the zombie's commit went through: nobody had claimed its keys");
+            }
+            Err(_) => {}
+        }
     }
 
     async fn pause(&mut self) {
@@ -340,7 +440,8 @@ mod tests {
         let faults =
             DbFaults { restarts: vec![(Duration::from_millis(100), Duration::from_millis(50))], ..DbFaults::default() };
         let on = Arc::new(AtomicBool::new(true));
-        let store = watched(&memory, 0, SimRng::new(1), journal.clone(), clock.clone(), (faults, Arc::clone(&on)));
+        let store =
+            Database::new(&memory, 0, SimRng::new(1), journal.clone(), clock.clone(), (faults, Arc::clone(&on))).handle(0);
 
         let mut before = now_or_never(store.begin()).expect("begins before the restart");
         now_or_never(before.insert_user(&user(7))).expect("a write before the restart");
@@ -384,6 +485,7 @@ mod tests {
                 ..DbFaults::default()
             },
             faults_on: Arc::new(AtomicBool::new(true)),
+            zombies_struck: Mutex::new(Vec::new()),
         };
         assert_eq!(db.weather(ms(5)), Weather::Fine);
         assert_eq!(db.weather(ms(10)), Weather::Stalled(ms(40)));

@@ -32,7 +32,7 @@ mod locks;
 mod store;
 
 pub use gateway::MemGateway;
-pub use locks::MemLocks;
+pub use locks::{MemGuard, MemLocks};
 pub use store::{
     CommitFault, Concurrency, FENCE_UNCHECKED, FaultHook, HookFuture, MemStore, MemTx, Statement, StatementHook, TxHook,
 };

@@ -532,7 +532,7 @@ fn a_statement_hook_sees_each_statement_and_its_failure_applies_nothing() {
     impl TxHook for Watch {
         fn before(&mut self, statement: Statement<'_>) -> HookFuture<'_, Result<(), StoreError>> {
             self.seen.lock().unwrap().push(statement.name());
-            let fault = matches!(statement, Statement::Commit).then(|| StoreError::Unavailable("injected".into()));
+            let fault = matches!(statement, Statement::Commit { .. }).then(|| StoreError::Unavailable("injected".into()));
             Box::pin(std::future::ready(fault.map_or(Ok(()), Err)))
         }
     }
@@ -554,5 +554,48 @@ fn a_statement_hook_sees_each_statement_and_its_failure_applies_nothing() {
         let mut unhooked = app.store().begin().await.unwrap();
         assert_eq!(unhooked.wallet(user).await.unwrap(), Some(wallet));
         assert_eq!(seen.lock().unwrap().len(), 4, "the app's own handle is not hooked");
+    });
+}
+
+/// A zombie (issue 14): a holder paused past its lock lease loses the wallet
+/// to the next taker, whose top-up commits; when the paused holder resumes,
+/// its commit — a blind write of the balance it read before — is refused
+/// (`Fenced`) and applies nothing, and its guard's drop leaves the new
+/// grant alone. Without the fence check (mutant `fence_unchecked`) the
+/// resumed write would put back the old balance plus 5: the 7 lost.
+#[test]
+fn a_paused_holders_commit_is_refused_once_its_lease_went_to_another() {
+    use tally_core::store::{Fenced as _, LockKey, LockManager as _, LockSet};
+    use tally_core::wallet::Movement;
+
+    let clock = tally_core::time::ManualClock::new(START);
+    let lease = Duration::from_secs(1);
+    let locks = tally_mem::MemLocks::with_lease(clock.clone(), tally_lock::Config::default(), lease);
+    let store = MemStore::new(tally_mem::Concurrency::Locked);
+    let app = tally_core::Tally::new(store.clone(), locks.clone(), clock.clone(), std::sync::Arc::new(tally_core::ids::SeqIds::new(1)), config());
+    block_on(async {
+        let user = user_with(&app, Limits::default(), 100).await;
+        let keys = LockSet::new([LockKey::Wallet(user)]);
+        let top_up = async |guard: &tally_mem::MemGuard, n: i64| {
+            let mut tx = store.begin_locked(&keys, &guard.fences(), Duration::ZERO).await?;
+            let wallet = tx.wallet(user).await?.expect("wallet");
+            let next = wallet.apply(Movement::TopUp(amount(n)), clock.now()).expect("apply");
+            tx.put_wallet(Some(&wallet), &next).await?;
+            Ok::<_, StoreError>(tx)
+        };
+
+        let paused_guard = locks.acquire(&keys, Duration::ZERO).await.expect("a free wallet");
+        let paused = top_up(&paused_guard, 5).await.expect("read and written under the first grant");
+        clock.advance(lease * 2);
+        let guard = locks.acquire(&keys, Duration::ZERO).await.expect("the paused holder's lease is over");
+        assert!(guard.fences().tokens()[0].1 > paused_guard.fences().tokens()[0].1);
+        top_up(&guard, 7).await.expect("the new holder").commit().await.expect("the new holder commits");
+
+        assert_eq!(paused.commit().await, Err(StoreError::Fenced), "the zombie's commit");
+        assert_eq!(balance(&app, user).await, Money::new(107), "only the new holder's top-up landed");
+        drop(paused_guard);
+        assert_eq!(locks.table().holder_fence(&keys.keys()[0]), guard.fences().tokens().first().map(|t| t.1));
+        drop(guard);
+        assert!(locks.table().is_idle());
     });
 }

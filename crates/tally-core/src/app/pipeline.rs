@@ -163,7 +163,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
             let keys = LockSet::new(keys);
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
-            let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await?;
+            // Mutant `check_then_act` (below) also begins without the grant's
+            // fencing tokens: a store that checks them would refuse the write
+            // made under the second acquisition, and the bug would be gone.
+            let fences = if crate::mutant::active("check_then_act") { Default::default() } else { guard.fences() };
+            let mut tx = self.store.begin_locked(&keys, &fences, self.config.lock_wait).await?;
             let step = match self.run_in(&mut tx, user, command, held, &keys).await {
                 // Read, wrote nothing: no commit to pay for.
                 Ok(step @ Step::Answered(_)) => {

@@ -31,8 +31,10 @@ pub enum Statement<'a> {
     /// `Tx::put_idempotency`, with the record as loaded and as written: a
     /// monitor sees which admission replaced which record.
     PutIdempotency { before: Option<&'a IdemRecord>, after: &'a IdemRecord },
-    /// `Tx::commit`, before anything is validated or applied.
-    Commit,
+    /// `Tx::commit`, before anything is validated or applied. `fenced`: the
+    /// transaction claimed a lock grant's fencing tokens at begin (it runs
+    /// under locks that a lease may take away).
+    Commit { fenced: bool },
 }
 
 impl Statement<'_> {
@@ -43,7 +45,7 @@ impl Statement<'_> {
             Statement::Read(name) | Statement::Write(name) => name,
             Statement::PutPayment { .. } => "put_payment",
             Statement::PutIdempotency { .. } => "put_idempotency",
-            Statement::Commit => "commit",
+            Statement::Commit { .. } => "commit",
         }
     }
 }

@@ -375,7 +375,8 @@ impl Tx for MemTx {
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {
-        self.statement(Statement::Commit).await?;
+        let fenced = !self.fences.is_empty();
+        self.statement(Statement::Commit { fenced }).await?;
         let hook = self.hook.take();
         let result = self.commit_now();
         if let Some(mut hook) = hook {
