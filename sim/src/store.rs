@@ -275,7 +275,9 @@ impl Watch {
         self.zombie = true;
         let name = crate::plan::server_name(self.server);
         self.db.journal.count(Count::Zombies, 1);
-        self.db.journal.event(&name, format!("paused at COMMIT, holding its locks, for {}ms (a zombie)", stall.as_millis()));
+        self.db
+            .journal
+            .event(&name, format!("paused at COMMIT, holding its locks, for {}ms (a zombie)", stall.as_millis()));
         self.wait(stall).await;
         self.db.journal.event(&name, "the zombie resumes its COMMIT");
     }
@@ -441,7 +443,8 @@ mod tests {
             DbFaults { restarts: vec![(Duration::from_millis(100), Duration::from_millis(50))], ..DbFaults::default() };
         let on = Arc::new(AtomicBool::new(true));
         let store =
-            Database::new(&memory, 0, SimRng::new(1), journal.clone(), clock.clone(), (faults, Arc::clone(&on))).handle(0);
+            Database::new(&memory, 0, SimRng::new(1), journal.clone(), clock.clone(), (faults, Arc::clone(&on)))
+                .handle(0);
 
         let mut before = now_or_never(store.begin()).expect("begins before the restart");
         now_or_never(before.insert_user(&user(7))).expect("a write before the restart");

@@ -85,7 +85,8 @@ impl<C: Clock + Clone> LockManager for MemLocks<C> {
     fn acquire(&self, keys: &LockSet, timeout: Duration) -> impl Future<Output = Result<MemGuard, LockError>> + Send {
         let keys = keys.keys().to_vec();
         let timer = self.clock.sleep(timeout);
-        let watch = self.table.lease().map(|lease| watch_leases(self.table.clone(), keys.clone(), self.clock.clone(), lease));
+        let watch =
+            self.table.lease().map(|lease| watch_leases(self.table.clone(), keys.clone(), self.clock.clone(), lease));
         let table = self.table.clone();
         async move {
             let mut timer = pin!(timer);

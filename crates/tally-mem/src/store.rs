@@ -162,7 +162,12 @@ impl Store for MemStore {
 
     /// Claims the grant's fencing tokens (see [`fences`]); the locks
     /// themselves are the lock manager's.
-    async fn begin_locked(&self, keys: &LockSet, fences: &Fences, wait: std::time::Duration) -> Result<MemTx, StoreError> {
+    async fn begin_locked(
+        &self,
+        keys: &LockSet,
+        fences: &Fences,
+        wait: std::time::Duration,
+    ) -> Result<MemTx, StoreError> {
         let _ = (keys, wait);
         MemTx::begin(self.clone(), fences.clone()).await
     }

@@ -532,7 +532,8 @@ fn a_statement_hook_sees_each_statement_and_its_failure_applies_nothing() {
     impl TxHook for Watch {
         fn before(&mut self, statement: Statement<'_>) -> HookFuture<'_, Result<(), StoreError>> {
             self.seen.lock().unwrap().push(statement.name());
-            let fault = matches!(statement, Statement::Commit { .. }).then(|| StoreError::Unavailable("injected".into()));
+            let fault =
+                matches!(statement, Statement::Commit { .. }).then(|| StoreError::Unavailable("injected".into()));
             Box::pin(std::future::ready(fault.map_or(Ok(()), Err)))
         }
     }
@@ -572,7 +573,13 @@ fn a_paused_holders_commit_is_refused_once_its_lease_went_to_another() {
     let lease = Duration::from_secs(1);
     let locks = tally_mem::MemLocks::with_lease(clock.clone(), tally_lock::Config::default(), lease);
     let store = MemStore::new(tally_mem::Concurrency::Locked);
-    let app = tally_core::Tally::new(store.clone(), locks.clone(), clock.clone(), std::sync::Arc::new(tally_core::ids::SeqIds::new(1)), config());
+    let app = tally_core::Tally::new(
+        store.clone(),
+        locks.clone(),
+        clock.clone(),
+        std::sync::Arc::new(tally_core::ids::SeqIds::new(1)),
+        config(),
+    );
     block_on(async {
         let user = user_with(&app, Limits::default(), 100).await;
         let keys = LockSet::new([LockKey::Wallet(user)]);
