@@ -328,6 +328,56 @@ fn leased_table() -> (LockTable<&'static str>, std::sync::Arc<std::sync::atomic:
     (LockTable::with_lease(Config::default(), lease), now)
 }
 
+/// A key handed to a waiter whose lease runs out before the waiter looks is
+/// not stranded: the waiter either took it in time or is told it timed out,
+/// and either way the table ends idle.
+#[test]
+fn a_grant_expiring_before_it_is_taken_up_is_not_stranded() {
+    let outcomes = ["taken up in time", "expired before taken up"];
+    model_reaching("a_grant_expiring_before_it_is_taken_up_is_not_stranded", &outcomes, move |seen| {
+        let (table, now) = leased_table();
+        let holder = table.acquire(["k"], None).unwrap();
+        let waiter = spawn_with(&table, |table| table.acquire(["k"], None).map(drop));
+        while table.waiters(&"k") < 1 {
+            thread::yield_now();
+        }
+        // Handed to the waiter at 0, its lease ends at 10.
+        drop(holder);
+        now.store(15, SeqCst);
+        let timer = spawn_with(&table, |table| table.expire_leases(&["k"]));
+        timer.join().unwrap();
+        seen.note_wait(waiter.join().unwrap(), outcomes[0], outcomes[1]);
+        assert!(table.is_idle());
+    });
+}
+
+/// A waiter's expiry of the lease it waits behind races the paused holder's
+/// own release: whichever comes first, the waiter is granted once, with a
+/// larger token, and keeps its grant through the stale release.
+#[test]
+fn expiry_racing_the_stale_release_grants_the_waiter_once() {
+    model("expiry_racing_the_stale_release_grants_the_waiter_once", || {
+        let (table, now) = leased_table();
+        let paused = table.acquire(["k"], None).unwrap();
+        let stale = paused.fence(&"k").unwrap();
+        let waiter = spawn_with(&table, move |table| {
+            let guard = table.acquire(["k"], None).unwrap();
+            let fence = guard.fence(&"k").unwrap();
+            assert!(fence > stale, "the later grant has a larger token");
+            assert_eq!(table.holder_fence(&"k"), Some(fence), "a stale release ended the later grant");
+        });
+        now.store(15, SeqCst);
+        let timer = spawn_with(&table, |table| table.expire_leases(&["k"]));
+        drop(paused);
+        // What the timer saw still running: nothing, or the waiter's lease,
+        // which runs from its grant (at 15, whoever granted it).
+        let running = timer.join().unwrap();
+        assert!(running.is_none_or(|end| end == Duration::from_secs(25)), "lease end {running:?}");
+        waiter.join().unwrap();
+        assert!(table.is_idle());
+    });
+}
+
 const STALE: &str = "a stale release ended a later grant";
 
 /// A lease that ran out (the holder paused) lets the next taker in, and the
@@ -356,53 +406,6 @@ fn stale_release_never_ends_a_later_grant() {
         drop(paused);
         first.join().unwrap();
         second.join().unwrap();
-        assert!(table.is_idle());
-    });
-}
-
-/// A waiter's expiry of the lease it waits behind races the paused holder's
-/// own release: whichever comes first, the waiter is granted once, with a
-/// larger token, and keeps its grant through the stale release.
-#[test]
-fn expiry_racing_the_stale_release_grants_the_waiter_once() {
-    model("expiry_racing_the_stale_release_grants_the_waiter_once", || {
-        let (table, now) = leased_table();
-        let paused = table.acquire(["k"], None).unwrap();
-        let stale = paused.fence(&"k").unwrap();
-        let waiter = spawn_with(&table, move |table| {
-            let guard = table.acquire(["k"], None).unwrap();
-            let fence = guard.fence(&"k").unwrap();
-            assert!(fence > stale, "the later grant has a larger token");
-            assert_eq!(table.holder_fence(&"k"), Some(fence), "a stale release ended the later grant");
-        });
-        now.store(15, SeqCst);
-        let timer = spawn_with(&table, |table| table.expire_leases(&["k"]));
-        drop(paused);
-        timer.join().unwrap();
-        waiter.join().unwrap();
-        assert!(table.is_idle());
-    });
-}
-
-/// A key handed to a waiter whose lease runs out before the waiter looks is
-/// not stranded: the waiter either took it in time or is told it timed out,
-/// and either way the table ends idle.
-#[test]
-fn a_grant_expiring_before_it_is_taken_up_is_not_stranded() {
-    let outcomes = ["taken up in time", "expired before taken up"];
-    model_reaching("a_grant_expiring_before_it_is_taken_up_is_not_stranded", &outcomes, move |seen| {
-        let (table, now) = leased_table();
-        let holder = table.acquire(["k"], None).unwrap();
-        let waiter = spawn_with(&table, |table| table.acquire(["k"], None).map(drop));
-        while table.waiters(&"k") < 1 {
-            thread::yield_now();
-        }
-        // Handed to the waiter at 0, its lease ends at 10.
-        drop(holder);
-        now.store(15, SeqCst);
-        let timer = spawn_with(&table, |table| table.expire_leases(&["k"]));
-        timer.join().unwrap();
-        seen.note_wait(waiter.join().unwrap(), outcomes[0], outcomes[1]);
         assert!(table.is_idle());
     });
 }
