@@ -163,7 +163,7 @@ fn inventory_seeds_keep_every_promise() {
 #[test]
 fn adversarial_seeds_keep_every_promise() {
     assert_clean_and_reached(
-        [0, 2, 12, 43, 102].map(|seed| (seed, options(Profile::Swarm))),
+        [0, 2, 12, 43, 50, 102].map(|seed| (seed, options(Profile::Swarm))),
         &[
             Count::KeyReuseRefused,
             Count::ForeignKeyFailed,
