@@ -21,7 +21,7 @@ use crate::problem::ApiError;
 // ---------------------------------------------------------------- requests
 
 /// `POST /v1/products` (admin).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
     pub name: Label,
@@ -48,7 +48,7 @@ impl CreateProductRequest {
 }
 
 /// `POST /v1/products/{id}/restock` (admin).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
     /// Units added, `1..=10^9`; what was ever stocked stays at most 10^9.
@@ -57,7 +57,7 @@ pub struct RestockRequest {
 }
 
 /// One seat of a new showtime.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSeatInput {
     /// Unique within the showtime (`A1`, `R12-7`).
@@ -68,7 +68,7 @@ pub struct NewSeatInput {
 }
 
 /// One showtime of a new event.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewShowtimeInput {
     /// RFC 3339 (`2026-12-24T19:30:00Z`, or with an offset); kept to the millisecond.
@@ -81,7 +81,7 @@ pub struct NewShowtimeInput {
 
 /// `POST /v1/events` (admin): an event, its waiting queue's settings, and
 /// its showtimes with their seats.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
     pub name: Label,
@@ -126,7 +126,7 @@ impl CreateEventRequest {
 }
 
 /// One product line of a new order.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderItemInput {
     #[schema(format = Uuid)]
@@ -138,7 +138,7 @@ pub struct OrderItemInput {
 
 /// `POST /v1/orders`: products and/or seats, reserved together or not at
 /// all. Seats need the `Queue-Token` header.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// At most 10 lines, one per product.
@@ -178,7 +178,7 @@ impl CreateOrderRequest {
 // --------------------------------------------------------------- responses
 
 /// A product.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProductBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -204,7 +204,7 @@ impl From<&Product> for ProductBody {
 }
 
 /// A seat.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SeatBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -226,7 +226,7 @@ impl From<&Seat> for SeatBody {
 }
 
 /// A showtime as created, with its seats.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShowtimeCreatedBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -237,7 +237,7 @@ pub struct ShowtimeCreatedBody {
 }
 
 /// `201` of `POST /v1/events`: the event and every id it was given.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -271,7 +271,7 @@ impl From<&EventView> for EventBody {
 }
 
 /// One showtime of an event, with how many of its seats are available.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShowtimeBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -288,19 +288,19 @@ impl ShowtimeBody {
 }
 
 /// `GET /v1/events/{id}/showtimes`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShowtimesBody {
     pub showtimes: Vec<ShowtimeBody>,
 }
 
 /// `GET /v1/showtimes/{id}/seats`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SeatsBody {
     pub seats: Vec<SeatBody>,
 }
 
 /// A queue token, as its owner sees it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenBody {
     /// The token: send it as `Queue-Token` when ordering seats.
     #[schema(format = Uuid)]
@@ -330,7 +330,7 @@ impl From<&TokenView> for TokenBody {
 }
 
 /// One product line of an order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderItemBody {
     #[schema(format = Uuid)]
     pub product_id: String,
@@ -340,7 +340,7 @@ pub struct OrderItemBody {
 }
 
 /// One seat of an order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderSeatBody {
     #[schema(format = Uuid)]
     pub seat_id: String,
@@ -348,7 +348,7 @@ pub struct OrderSeatBody {
 }
 
 /// An order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderBody {
     #[schema(format = Uuid)]
     pub id: String,
