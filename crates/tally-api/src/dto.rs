@@ -326,6 +326,36 @@ pub struct CreatePaymentRequest {
     pub confirm: bool,
 }
 
+impl CreatePaymentRequest {
+    /// A payment of `amount` minor units by `method` (`wallet`, `gateway`).
+    pub fn of_amount(amount: i64, method: &str) -> CreatePaymentRequest {
+        CreatePaymentRequest {
+            amount: Some(JsonInteger::from(amount)),
+            method: method.to_owned(),
+            payback_amount: None,
+            order_id: None,
+            confirm: false,
+        }
+    }
+
+    /// A payment of the order `order`'s total by `method`.
+    pub fn of_order(order: &str, method: &str) -> CreatePaymentRequest {
+        CreatePaymentRequest { amount: None, order_id: Some(order.to_owned()), ..CreatePaymentRequest::of_amount(0, method) }
+    }
+
+    /// Created and confirmed in one step (`confirm: true`).
+    pub fn confirmed(self) -> CreatePaymentRequest {
+        CreatePaymentRequest { confirm: true, ..self }
+    }
+}
+
+impl CreateUserRequest {
+    /// A user named `name`, with no limits.
+    pub fn named(name: &str) -> CreateUserRequest {
+        CreateUserRequest { name: Label(name.to_owned()), limits: None }
+    }
+}
+
 /// A field that was in the body, whatever its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Present;

@@ -47,6 +47,18 @@ impl CreateProductRequest {
     }
 }
 
+impl CreateProductRequest {
+    /// A product at `price` with `stock` units and the default payback.
+    pub fn new(name: &str, price: i64, stock: u64) -> CreateProductRequest {
+        CreateProductRequest {
+            name: Label(name.to_owned()),
+            price: JsonInteger::from(price),
+            stock: JsonInteger::from(stock),
+            payback_bps: None,
+        }
+    }
+}
+
 /// `POST /v1/products/{id}/restock` (admin).
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +77,12 @@ pub struct NewSeatInput {
     /// Minor units, `1..=10^12`.
     #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub price: JsonInteger,
+}
+
+impl NewSeatInput {
+    pub fn new(label: &str, price: i64) -> NewSeatInput {
+        NewSeatInput { label: Label(label.to_owned()), price: JsonInteger::from(price) }
+    }
 }
 
 /// One showtime of a new event.
@@ -125,6 +143,25 @@ impl CreateEventRequest {
     }
 }
 
+impl CreateEventRequest {
+    /// An event with one showtime at `starts_at` and these seats.
+    pub fn one_showtime(
+        name: &str,
+        active_limit: u32,
+        token_ttl_seconds: u64,
+        starts_at: &str,
+        seats: Vec<NewSeatInput>,
+    ) -> CreateEventRequest {
+        CreateEventRequest {
+            name: Label(name.to_owned()),
+            active_limit,
+            token_ttl_seconds,
+            max_seats_per_token: None,
+            showtimes: vec![NewShowtimeInput { starts_at: starts_at.to_owned(), seats }],
+        }
+    }
+}
+
 /// One product line of a new order.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +209,25 @@ impl CreateOrderRequest {
             .collect::<Result<_, ApiError>>()?;
         tally_core::decide::order::request(&items, &seats, token).map_err(ApiError::from)?;
         Ok(Command::CreateOrder { items, seats, token })
+    }
+}
+
+impl CreateOrderRequest {
+    /// An order of `(product id, quantity)` lines and seat ids; an empty
+    /// list is left out.
+    pub fn of(items: &[(&str, u64)], seats: &[&str]) -> CreateOrderRequest {
+        let items: Vec<OrderItemInput> = items
+            .iter()
+            .map(|(product, quantity)| OrderItemInput {
+                product_id: (*product).to_owned(),
+                quantity: JsonInteger::from(*quantity),
+            })
+            .collect();
+        let seats: Vec<String> = seats.iter().map(|seat| (*seat).to_owned()).collect();
+        CreateOrderRequest {
+            items: (!items.is_empty()).then_some(items),
+            seats: (!seats.is_empty()).then_some(seats),
+        }
     }
 }
 
