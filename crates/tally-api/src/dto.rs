@@ -340,7 +340,11 @@ impl CreatePaymentRequest {
 
     /// A payment of the order `order`'s total by `method`.
     pub fn of_order(order: &str, method: &str) -> CreatePaymentRequest {
-        CreatePaymentRequest { amount: None, order_id: Some(order.to_owned()), ..CreatePaymentRequest::of_amount(0, method) }
+        CreatePaymentRequest {
+            amount: None,
+            order_id: Some(order.to_owned()),
+            ..CreatePaymentRequest::of_amount(0, method)
+        }
     }
 
     /// Created and confirmed in one step (`confirm: true`).

@@ -38,8 +38,13 @@ impl Prize {
     pub(super) async fn one_seat(client: &Client, admin_key: &str, clients: u64) -> Result<Prize, String> {
         let active_limit = u32::try_from(clients).map_err(|_| "too many clients for one queue")?;
         let seats = vec![NewSeatInput::new("A1", PRICE)];
-        let request =
-            CreateEventRequest::one_showtime("one-seat", active_limit, TOKEN_TTL_SECONDS, "2030-01-01T19:00:00Z", seats);
+        let request = CreateEventRequest::one_showtime(
+            "one-seat",
+            active_limit,
+            TOKEN_TTL_SECONDS,
+            "2030-01-01T19:00:00Z",
+            seats,
+        );
         let created = timed(client.as_key(admin_key).create_event(&request)).await?.ok("creating the event")?;
         let showtime = created.showtimes.first().ok_or("no showtime in the event reply")?;
         let seat = showtime.seats.first().ok_or("no seat in the event reply")?.id.clone();

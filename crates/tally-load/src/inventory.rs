@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use http::StatusCode;
-use tally_client::dto::{CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest, NewSeatInput};
+use tally_client::dto::{
+    CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest, NewSeatInput,
+};
 
 use super::{Client, Observed, record, timed};
 
@@ -73,8 +75,13 @@ impl Catalogue {
             products.push(timed(admin.create_product(&request)).await?.ok("creating a product")?.id);
         }
         let seats = (1..=SEATS).map(|i| NewSeatInput::new(&format!("A{i}"), SEAT_PRICE)).collect();
-        let mut request =
-            CreateEventRequest::one_showtime("load-event", ACTIVE_LIMIT, TOKEN_TTL_SECONDS, "2030-01-01T19:00:00Z", seats);
+        let mut request = CreateEventRequest::one_showtime(
+            "load-event",
+            ACTIVE_LIMIT,
+            TOKEN_TTL_SECONDS,
+            "2030-01-01T19:00:00Z",
+            seats,
+        );
         request.max_seats_per_token = Some(SEATS_PER_TOKEN);
         let created = timed(admin.create_event(&request)).await?.ok("creating the event")?;
         let showtime = created.showtimes.first().ok_or("no showtime in the event reply")?.id.clone();
@@ -177,15 +184,14 @@ impl Shop<'_> {
         let units = self.catalogue.restock_units;
         // The product's id keeps the key unique across runs on one server.
         let idem = format!("restock-{id}-{n}");
-        let reply =
-            match timed(self.client.as_key(&self.catalogue.admin_key).restock(&idem, id, units)).await {
-                Ok(reply) => reply,
-                Err(error) => {
-                    // No answer: it may have landed, which the stock check allows.
-                    *local.restocked_unknown.entry(product).or_default() += units;
-                    return Err(error);
-                }
-            };
+        let reply = match timed(self.client.as_key(&self.catalogue.admin_key).restock(&idem, id, units)).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                // No answer: it may have landed, which the stock check allows.
+                *local.restocked_unknown.entry(product).or_default() += units;
+                return Err(error);
+            }
+        };
         record(local, &reply);
         if reply.status == StatusCode::OK {
             *local.restocked.entry(product).or_default() += units;

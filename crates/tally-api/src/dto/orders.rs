@@ -224,10 +224,7 @@ impl CreateOrderRequest {
             })
             .collect();
         let seats: Vec<String> = seats.iter().map(|seat| (*seat).to_owned()).collect();
-        CreateOrderRequest {
-            items: (!items.is_empty()).then_some(items),
-            seats: (!seats.is_empty()).then_some(seats),
-        }
+        CreateOrderRequest { items: (!items.is_empty()).then_some(items), seats: (!seats.is_empty()).then_some(seats) }
     }
 }
 
