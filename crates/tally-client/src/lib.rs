@@ -28,8 +28,8 @@ use std::time::Duration;
 use http::{HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-pub use tally_api::{Code, Problem, dto};
-use tally_api::{PROBLEM_CONTENT_TYPE, headers};
+use tally_api::PROBLEM_CONTENT_TYPE;
+pub use tally_api::{Code, Problem, dto, headers};
 
 mod routes;
 pub mod transport;
@@ -183,10 +183,16 @@ impl<T: Transport> Client<T> {
         }
     }
 
+    /// Sends `call` once, as built, and answers the reply undecoded: for
+    /// callers that assert a reply's exact bytes and headers.
+    pub async fn exchange(&self, call: &Call) -> Result<RawResponse, TransportError> {
+        self.raw(call.to_request()).await
+    }
+
     /// A request to `path` as this client's caller, with its headers set:
     /// the start of a [`Call`], for [`Client::call`].
     pub fn request(&self, method: Method, path: &str) -> Call {
-        let mut call = Call { method, path: path.to_owned(), headers: http::HeaderMap::new(), body: None };
+        let mut call = Call::new(method, path);
         if let Some(key) = &self.api_key {
             call = call.header(header::AUTHORIZATION.as_str(), &format!("Bearer {key}"));
         }
@@ -264,6 +270,12 @@ pub struct Call {
 }
 
 impl Call {
+    /// A request with no headers yet (no key either): for callers that plan
+    /// requests themselves, like the simulation's operation table.
+    pub fn new(method: Method, path: &str) -> Call {
+        Call { method, path: path.to_owned(), headers: http::HeaderMap::new(), body: None }
+    }
+
     /// Adds a header. A value that is not a valid header value is a bug of
     /// the caller's, so it panics; send such bytes with [`Client::raw`].
     pub fn header(mut self, name: &str, value: &str) -> Call {
@@ -278,8 +290,13 @@ impl Call {
     }
 
     /// A JSON body.
-    pub fn json(mut self, body: &impl Serialize) -> Call {
-        self.body = Some(serde_json::to_vec(body).expect("request bodies serialize"));
+    pub fn json(self, body: &impl Serialize) -> Call {
+        self.json_bytes(serde_json::to_vec(body).expect("request bodies serialize"))
+    }
+
+    /// A JSON body already serialized (sent as is).
+    pub fn json_bytes(mut self, body: Vec<u8>) -> Call {
+        self.body = Some(body);
         self.header(header::CONTENT_TYPE.as_str(), "application/json")
     }
 
