@@ -454,13 +454,15 @@ mod tests {
 
     #[test]
     fn every_code_is_listed_once_and_reads_back() {
-        // `as_str`'s match is exhaustive, so a new variant must be named
-        // there; this catches one left out of `ALL`.
+        // `ALL` is in declaration order: a variant added anywhere but last
+        // without being listed shifts the discriminants and fails here.
         let mut seen = std::collections::BTreeSet::new();
-        for code in Code::ALL {
+        for (position, code) in Code::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, position, "{code:?}");
             assert_eq!(Code::parse(code.as_str()), Some(code));
             assert!(seen.insert(code.as_str()), "{code:?} twice");
         }
+        assert_eq!(Code::ALL.len(), Code::Unavailable as usize + 1, "the last variant is listed");
         assert_eq!(Code::parse("no_such_code"), None);
     }
 
