@@ -1,5 +1,5 @@
 //! A typed client of Tally's HTTP API, the one every caller of the API uses:
-//! `tally load` and `tally bench`, the end-to-end tests, tally-http's API
+//! `tally load` and `tally bench`, the end-to-end and crash tests, tally-http's API
 //! tests, the simulation's workload and the chaos harness.
 //!
 //! The client owns what every caller used to write by hand:
