@@ -160,6 +160,9 @@ impl<K: Ord> State<K> {
     /// Is `key` free for a newcomer? Only a key without an entry is: an entry
     /// means a holder or waiters, and a newcomer must not barge past waiters.
     fn is_free(&self, key: &K) -> bool {
+        if mutant::active(mutant::LOCK_DOUBLE_GRANT) {
+            return self.entries.get(key).is_none_or(|entry| entry.queue.is_empty());
+        }
         !self.entries.contains_key(key)
     }
 
@@ -228,6 +231,8 @@ impl<K: Ord> State<K> {
         let holder = self.entries.get(key).and_then(|entry| entry.holder);
         let ours = holder.is_some_and(|holder| holder.owner == owner);
         if !ours {
+            // Without a lease, releasing anything but one's own grant is a bug.
+            assert!(self.lease.is_some() || holder.is_some(), "release of a key that is not held");
             assert!(self.lease.is_some(), "release by an acquisition that does not hold the key");
             // Mutant: the stale guard releases whoever holds the key now.
             if !(holder.is_some() && mutant::active(mutant::LOCK_STALE_RELEASE)) {
@@ -271,7 +276,11 @@ impl<K: Ord> State<K> {
         };
 
         let wake = next.map(|waiter| {
-            let fence = next_fence(&mut self.last_fence);
+            let fence = if mutant::active(mutant::LOCK_FENCE_PER_KEY) {
+                entry.last_fence + 1
+            } else {
+                next_fence(&mut self.last_fence)
+            };
             check!(fence > entry.last_fence, "fencing token did not increase");
             entry.last_fence = fence;
             entry.holder = Some(Holder { owner: waiter.owner, fence, until });
@@ -308,6 +317,14 @@ impl<K: Ord> State<K> {
             self.lease.is_some() || entry.holder.is_some_and(|holder| holder.owner == owner),
             "cancel of a wait that is neither queued nor granted"
         );
+        if mutant::active(mutant::LOCK_CANCEL_DROPS_GRANT) {
+            // Mutant: the grant vanishes with the wait; the queue stays asleep.
+            entry.holder = None;
+            if entry.is_idle() {
+                self.entries.remove(key);
+            }
+            return None;
+        }
         self.release(key, owner, now)
     }
 
@@ -335,7 +352,7 @@ impl<K: Ord + Clone> State<K> {
         if !self.is_free(key) {
             return None;
         }
-        let fence = next_fence(&mut self.last_fence);
+        let fence = if mutant::active(mutant::LOCK_FENCE_PER_KEY) { 1 } else { next_fence(&mut self.last_fence) };
         let holder = Holder { owner, fence, until: self.until(now) };
         self.entries.insert(key.clone(), Entry { holder: Some(holder), queue: VecDeque::new(), last_fence: fence });
         Some(fence)
