@@ -64,6 +64,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         };
         let tx = match self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await {
             Ok(tx) => tx,
+            // A lease that ran out before the claim: the batch runs again
+            // under new grants, like a conflict.
+            Err(StoreError::Fenced) => return Attempt::Conflict,
             Err(error) => {
                 deliver(batch, fill(replies, || Reply::Ran(Err(error.clone().into()))));
                 return Attempt::Answered;
@@ -132,7 +135,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         match committed {
             Ok(()) => {}
-            Err(StoreError::Conflict) => return Attempt::Conflict,
+            // Nothing was written; a fenced commit lost its grants to later
+            // holders, and runs again under new ones.
+            Err(StoreError::Conflict | StoreError::Fenced) => return Attempt::Conflict,
             // Mutant: an ambiguous commit retried like a conflict, and
             // without the idempotency records (which that commit wrote).
             Err(StoreError::Ambiguous) if crate::mutant::active("retry_ambiguous_commit") => {
