@@ -13,7 +13,7 @@ use tally_core::catalog::StockEvent;
 use tally_core::idempotency::{IdemKey, IdemScope};
 use tally_core::ids::{ProductId, SeqIds, UserId};
 use tally_core::ledger::TransferKind;
-use tally_core::store::{Fences, LockKey, LockSet, NoLocks, Store, StoreError, Tx};
+use tally_core::store::{Fences, LockKey, LockSet, Store, StoreError, Tx};
 use tally_core::time::{ManualClock, Timestamp};
 use tally_pg::{PgConfig, PgStore, Strategy};
 
@@ -279,10 +279,10 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
         batch_max: super::harness::batch_max(),
         ..Config::default()
     };
-    let app = Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), config);
+    let app = Tally::new(store, crate::harness::locks_for(strategy), clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), config);
     let stale_write = match strategy {
         Strategy::Atomic => StaleWrite::Rebases,
-        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory => StaleWrite::Conflicts,
+        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory | Strategy::Redis => StaleWrite::Conflicts,
     };
     let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
     assert_eq!(ran.len(), 24);
@@ -601,7 +601,7 @@ pub async fn loaded_rows_lock_as_the_strategy_promises(strategy: Strategy) {
     })
     .await;
     match strategy {
-        Strategy::Pessimistic | Strategy::Advisory => {
+        Strategy::Pessimistic | Strategy::Advisory | Strategy::Redis => {
             assert_eq!(admission.ok(), Some(Err(StoreError::Busy)), "a held key is in flight: Busy, at once");
         }
         _ => assert_eq!(admission.ok(), Some(Ok(true)), "{strategy:?} does not lock key rows"),

@@ -8,8 +8,11 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tally_core::store::{LockError, LockKey};
 
-/// The channel every release is published on (the lock's key as message).
-pub(crate) const RELEASED_CHANNEL: &str = "tally:released";
+/// The channel every release in `namespace` is published on (the lock's
+/// key as message).
+pub(crate) fn released_channel(namespace: &str) -> String {
+    format!("{namespace}:released")
+}
 
 /// Grants `KEYS[1]` (the lock) to `ARGV[1]` for `ARGV[2]` ms if it is free,
 /// and returns the grant's fencing token from `KEYS[2]`, never below the
@@ -28,33 +31,34 @@ return tonumber(token)
 ";
 
 /// Frees each of `KEYS` still held by `ARGV[1]`; publishes each freed key
-/// when `ARGV[2]` is `1`. Returns how many it freed.
+/// on channel `ARGV[3]` when `ARGV[2]` is `1`. Returns how many it freed.
 const RELEASE: &str = r"
 local freed = 0
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then
     redis.call('DEL', key)
     freed = freed + 1
-    if ARGV[2] == '1' then redis.call('PUBLISH', 'tally:released', key) end
+    if ARGV[2] == '1' then redis.call('PUBLISH', ARGV[3], key) end
   end
 end
 return freed
 ";
 
-/// A lock's Redis key. The name sits in a hash tag, so the lock and its
-/// fence counter share a key slot.
-pub(crate) fn lock_key(key: &LockKey) -> String {
-    format!("tally:lock:{{{}}}", key.name())
+/// A lock's Redis key in `namespace`. The name sits in a hash tag, so the
+/// lock and its fence counter share a key slot.
+pub(crate) fn lock_key(namespace: &str, key: &LockKey) -> String {
+    format!("{namespace}:lock:{{{}}}", key.name())
 }
 
-fn fence_key(key: &LockKey) -> String {
-    format!("tally:fence:{{{}}}", key.name())
+fn fence_key(namespace: &str, key: &LockKey) -> String {
+    format!("{namespace}:fence:{{{}}}", key.name())
 }
 
 pub(crate) struct Conn {
     client: redis::Client,
     cached: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     call_timeout: Duration,
+    namespace: String,
     grant: redis::Script,
     release: redis::Script,
 }
@@ -66,11 +70,12 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(client: redis::Client, call_timeout: Duration) -> Conn {
+    pub(crate) fn new(client: redis::Client, call_timeout: Duration, namespace: String) -> Conn {
         Conn {
             client,
             cached: tokio::sync::Mutex::new(None),
             call_timeout,
+            namespace,
             grant: redis::Script::new(GRANT),
             release: redis::Script::new(RELEASE),
         }
@@ -123,7 +128,7 @@ impl Conn {
         lease: Duration,
     ) -> Result<Option<u64>, LockError> {
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
-        let fence = fence_key(key);
+        let fence = fence_key(&self.namespace, key);
         let token: i64 = self
             .call(|mut connection| async move {
                 self.grant.key(lock).key(fence).arg(owner).arg(lease_ms).invoke_async(&mut connection).await
@@ -136,13 +141,14 @@ impl Conn {
     /// Frees `locks` still held by `owner`.
     pub(crate) async fn release(&self, locks: &[String], owner: &str, publish: bool) -> Result<(), LockError> {
         let publish = if publish { "1" } else { "0" };
+        let channel = released_channel(&self.namespace);
         let _freed: i64 = self
             .call(|mut connection| async move {
                 let mut invocation = self.release.prepare_invoke();
                 for lock in locks {
                     invocation.key(lock);
                 }
-                invocation.arg(owner).arg(publish).invoke_async(&mut connection).await
+                invocation.arg(owner).arg(publish).arg(channel).invoke_async(&mut connection).await
             })
             .await?;
         Ok(())

@@ -4,9 +4,9 @@
 //!
 //! A lock set is taken one key at a time, in the set's order (the core's
 //! global lock order, so two acquirers never wait on each other in a
-//! cycle). Each key is a lease: `SET tally:lock:{name} owner NX PX lease`.
-//! The same script that sets it draws the grant's **fencing token** from
-//! `INCR tally:fence:{name}`; the guard hands the tokens to the store
+//! cycle). Each key is a lease: `SET tally:lock:{name} owner NX PX lease`
+//! (`tally` is the configured namespace). The same script that sets it
+//! draws the grant's **fencing token** from `INCR tally:fence:{name}`; the guard hands the tokens to the store
 //! (`Fenced`), and PostgreSQL refuses a transaction whose token a later
 //! grant has overtaken (`tally-pg`'s `tx::fences`). The lease is what lets
 //! the service survive a holder that died; the fence is what keeps a holder
@@ -24,8 +24,8 @@
 //!
 //! Release is an owner-checked script (`GET` = owner → `DEL`), so a holder
 //! whose lease expired cannot free its successor's lock; it runs when the
-//! guard drops, on a spawned task (a release that fails leaves the lease to
-//! expire).
+//! guard drops, and the drop waits for it (`release`: a release that fails
+//! leaves the lease to expire).
 //!
 //! A busy key is waited for in one of seed 002's three ways ([`Flavour`]):
 //! a fixed retry, a capped exponential backoff with jitter, or a release
@@ -36,6 +36,7 @@
 //! granted, nothing written.
 
 mod conn;
+mod release;
 mod server;
 mod wait;
 
@@ -100,6 +101,9 @@ pub struct RedisLockConfig {
     pub backoff_max: Duration,
     /// `PubSub`: the longest wait for a release message before trying again.
     pub fallback_poll: Duration,
+    /// The prefix of every Redis key and channel: deployments (or tests)
+    /// sharing one Redis with different namespaces never meet.
+    pub namespace: String,
 }
 
 impl RedisLockConfig {
@@ -112,6 +116,7 @@ impl RedisLockConfig {
             backoff_min: Duration::from_millis(1),
             backoff_max: Duration::from_millis(50),
             fallback_poll: Duration::from_millis(100),
+            namespace: "tally".to_owned(),
         }
     }
 }
@@ -137,6 +142,7 @@ struct Inner {
     next_owner: AtomicU64,
     /// Release messages, fed by the subscription task (`PubSub` only).
     released: Option<wait::Releases>,
+    releaser: release::Releaser,
 }
 
 impl RedisLocks {
@@ -146,8 +152,15 @@ impl RedisLocks {
     pub fn new(url: &str, config: RedisLockConfig) -> Result<RedisLocks, RedisLockError> {
         let client = redis::Client::open(url).map_err(|e| RedisLockError(format!("bad URL {url:?}: {e}")))?;
         let released = (config.flavour == Flavour::PubSub).then(|| wait::Releases::start(client.clone(), &config));
+        let releaser = release::Releaser::start(
+            conn::Conn::new(client.clone(), config.call_timeout, config.namespace.clone()),
+            config.flavour == Flavour::PubSub,
+            config.call_timeout,
+        )
+        .map_err(|e| RedisLockError(format!("starting the release thread: {e}")))?;
         let inner = Inner {
-            conn: conn::Conn::new(client, config.call_timeout),
+            releaser,
+            conn: conn::Conn::new(client, config.call_timeout, config.namespace.clone()),
             config,
             instance: uuid::Uuid::new_v4().simple().to_string(),
             next_owner: AtomicU64::new(0),
@@ -172,7 +185,7 @@ impl RedisLocks {
         // (and the key being tried, whose grant may have landed unheard).
         let mut guard = RedisGuard { inner: self.inner.clone(), owner, held: Vec::new(), tokens: Vec::new() };
         for key in keys.keys() {
-            let lock = conn::lock_key(key);
+            let lock = conn::lock_key(&self.inner.config.namespace, key);
             guard.held.push(lock.clone());
             let token = self.inner.wait_for(key, &lock, &guard.owner, deadline).await?;
             guard.tokens.push((key.clone(), token));
@@ -248,15 +261,46 @@ impl Drop for RedisGuard {
         }
         let held = std::mem::take(&mut self.held);
         let owner = std::mem::take(&mut self.owner);
-        let inner = self.inner.clone();
-        // Outside a runtime (a test's teardown) the leases expire instead.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let publish = inner.config.flavour == Flavour::PubSub;
-                if let Err(error) = inner.conn.release(&held, &owner, publish).await {
-                    tracing::debug!(?error, "releasing Redis locks failed; their leases will expire");
-                }
-            });
+        self.inner.releaser.release(held, owner);
+    }
+}
+
+/// The lock manager a PostgreSQL deployment runs with: none (the strategy
+/// keeps requests apart in the database) or Redis (the redis strategy). One
+/// type, so `tally serve` and the end-to-end harness wire either alike.
+#[derive(Clone, Debug)]
+pub enum Locks {
+    None,
+    Redis(RedisLocks),
+}
+
+impl Locks {
+    /// Is the lock service reachable? (Always, without one.)
+    pub async fn ready(&self) -> bool {
+        match self {
+            Locks::None => true,
+            Locks::Redis(locks) => locks.ready().await,
+        }
+    }
+}
+
+/// A [`Locks`] grant: nothing, or a Redis grant.
+#[derive(Debug)]
+pub struct LocksGuard(Option<RedisGuard>);
+
+impl Fenced for LocksGuard {
+    fn fences(&self) -> Fences {
+        self.0.as_ref().map(Fenced::fences).unwrap_or_default()
+    }
+}
+
+impl LockManager for Locks {
+    type Guard = LocksGuard;
+
+    async fn acquire(&self, keys: &LockSet, timeout: Duration) -> Result<LocksGuard, LockError> {
+        match self {
+            Locks::None => Ok(LocksGuard(None)),
+            Locks::Redis(locks) => locks.acquire_set(keys, timeout).await.map(|guard| LocksGuard(Some(guard))),
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::RedisLockConfig;
-use crate::conn::RELEASED_CHANNEL;
+use crate::conn::released_channel;
 
 /// Capped exponential backoff with full jitter: the n-th pause is drawn
 /// from `[0, min(backoff_max, backoff_min · 2ⁿ)]`, so waiters that collided
@@ -54,7 +54,8 @@ pub(crate) struct Releases {
 impl Releases {
     pub(crate) fn start(client: redis::Client, config: &RedisLockConfig) -> Releases {
         let (sender, _) = broadcast::channel(RELEASES_BUFFERED);
-        let task = tokio::spawn(subscribe(client, sender.clone(), config.call_timeout));
+        let channel = released_channel(&config.namespace);
+        let task = tokio::spawn(subscribe(client, channel, sender.clone(), config.call_timeout));
         Releases { sender, task }
     }
 
@@ -71,11 +72,11 @@ impl Drop for Releases {
 
 /// Keeps a subscription to the release channel, forever: the fallback poll
 /// covers the gaps while it reconnects.
-async fn subscribe(client: redis::Client, sender: broadcast::Sender<String>, call_timeout: Duration) {
+async fn subscribe(client: redis::Client, channel: String, sender: broadcast::Sender<String>, call_timeout: Duration) {
     loop {
         let connected = tokio::time::timeout(call_timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(RELEASED_CHANNEL).await?;
+            pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
