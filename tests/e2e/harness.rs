@@ -208,7 +208,8 @@ pub async fn spawn_app_paying_back(strategy: Strategy, pool: Pool, payback_bps: 
     let mut client_config = tally_gateway::GatewayConfig::new(gateway_url, "test_sk");
     client_config.request_timeout = Duration::from_millis(500);
     let client = tally_gateway::GatewayClient::new(client_config).expect("gateway client");
-    let app = Arc::new(Tally::new(store, locks_for(strategy), SystemClock, Arc::new(UuidIds), core).with_gateway(client));
+    let app =
+        Arc::new(Tally::new(store, locks_for(strategy), SystemClock, Arc::new(UuidIds), core).with_gateway(client));
     let admin_key = tally_http::new_api_key();
     let mut http_config = HttpConfig::new(admin_key.clone());
     http_config.request_timeout = Duration::from_secs(30);

@@ -46,7 +46,8 @@ async fn bank(strategy: Strategy) -> (Arc<Bank>, MemGateway) {
     };
     let ids = Arc::new(SeqIds::new(u64::from(std::process::id())));
     let gateway = MemGateway::new();
-    let app = Tally::new(store, crate::harness::locks_for(strategy), ManualClock::new(START), ids, core).with_gateway(gateway.clone());
+    let app = Tally::new(store, crate::harness::locks_for(strategy), ManualClock::new(START), ids, core)
+        .with_gateway(gateway.clone());
     (Arc::new(app), gateway)
 }
 

@@ -51,7 +51,8 @@ async fn shop_with_gateway(strategy: Strategy) -> (Arc<Shop>, FakeGateway) {
     let mut client = GatewayConfig::new(url, "test_sk");
     client.request_timeout = Duration::from_secs(10);
     let client = GatewayClient::new(client).expect("gateway client");
-    let app = Tally::new(store, crate::harness::locks_for(strategy), ManualClock::new(START), ids, core).with_gateway(client);
+    let app =
+        Tally::new(store, crate::harness::locks_for(strategy), ManualClock::new(START), ids, core).with_gateway(client);
     (Arc::new(app), gateway)
 }
 

@@ -100,9 +100,10 @@ fn main() {
         for &(name, scenario) in per_strategy.iter().chain(own) {
             trials.push(Trial::test(format!("{}::{name}", strategy.as_str()), move || run(scenario, strategy)));
         }
-        trials.push(Trial::test(format!("{}::fences_refuse_exactly_the_overtaken_tokens", strategy.as_str()), move || {
-            run(|s| Box::pin(fences::fences_refuse_exactly_the_overtaken_tokens(s)), strategy)
-        }));
+        trials.push(Trial::test(
+            format!("{}::fences_refuse_exactly_the_overtaken_tokens", strategy.as_str()),
+            move || run(|s| Box::pin(fences::fences_refuse_exactly_the_overtaken_tokens(s)), strategy),
+        ));
         trials.push(Trial::test(format!("{}::store_conforms", strategy.as_str()), move || {
             run(|s| Box::pin(scenarios::store_conforms(s, harness::Pool::default().max_connections)), strategy)
         }));

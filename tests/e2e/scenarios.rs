@@ -71,7 +71,16 @@ pub async fn concurrent_confirms_charge_once(strategy: Strategy) {
     })
     .await;
     assert_eq!(count(&replies, StatusCode::OK, None), 1, "exactly one confirm succeeds");
-    assert_eq!(count(&replies, StatusCode::CONFLICT, Some("invalid_state")), n - 1, "every other confirm is refused");
+    let refused = count(&replies, StatusCode::CONFLICT, Some("invalid_state"));
+    if strategy == Strategy::Redis {
+        // Redis keeps no queue of waiters (each retries on its own), so a
+        // thousand on one key do not all get their turn within the lock
+        // wait: a loser may be told to retry (503) instead of refused.
+        let retry = count(&replies, StatusCode::SERVICE_UNAVAILABLE, None);
+        assert_eq!(refused + retry, n - 1, "every other confirm is refused or told to retry");
+    } else {
+        assert_eq!(refused, n - 1, "every other confirm is refused");
+    }
     assert_eq!(app.balance(&key).await, 7_500);
     let snapshot = app.snapshot().await;
     let charges = snapshot.transfers.iter().filter(|t| t.kind == TransferKind::Payment).count();
@@ -279,7 +288,13 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
         batch_max: super::harness::batch_max(),
         ..Config::default()
     };
-    let app = Tally::new(store, crate::harness::locks_for(strategy), clock, Arc::new(SeqIds::new(u64::from(std::process::id()))), config);
+    let app = Tally::new(
+        store,
+        crate::harness::locks_for(strategy),
+        clock,
+        Arc::new(SeqIds::new(u64::from(std::process::id()))),
+        config,
+    );
     let stale_write = match strategy {
         Strategy::Atomic => StaleWrite::Rebases,
         Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory | Strategy::Redis => StaleWrite::Conflicts,

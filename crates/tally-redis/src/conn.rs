@@ -90,8 +90,9 @@ impl Conn {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.call_timeout))
             .set_response_timeout(Some(self.call_timeout));
-        let made = tokio::time::timeout(self.call_timeout, self.client.get_multiplexed_async_connection_with_config(&config))
-            .await;
+        let made =
+            tokio::time::timeout(self.call_timeout, self.client.get_multiplexed_async_connection_with_config(&config))
+                .await;
         match made {
             Ok(Ok(connection)) => {
                 *cached = Some(connection.clone());

@@ -345,7 +345,8 @@ pub(crate) async fn open_locks(strategy: Strategy, args: &RedisArgs) -> Result<(
             (server.url(), Some(server))
         }
     };
-    let config = RedisLockConfig { lease: Duration::from_millis(args.redis_lease_ms), ..RedisLockConfig::new(args.redis_lock) };
+    let config =
+        RedisLockConfig { lease: Duration::from_millis(args.redis_lease_ms), ..RedisLockConfig::new(args.redis_lock) };
     let locks = RedisLocks::new(&url, config).map_err(|e| e.to_string())?;
     tracing::info!(redis = %url, lock = args.redis_lock.as_str(), "locks in Redis");
     Ok((Locks::Redis(locks), server))
