@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
+use tally_client::{Client, ReqwestTransport};
 use tally_core::time::Clock;
 use tally_sim::journal::{Answer, Count};
 use tally_sim::net::{Failure, Reply};
@@ -21,9 +22,8 @@ use tally_sim::workload::{self, ClientSpec, Planned};
 /// What every client of one run shares.
 #[derive(Clone, Debug)]
 pub struct Shared {
-    pub http: reqwest::Client,
-    /// The instances' base URLs, by index.
-    pub urls: Arc<Vec<String>>,
+    /// The instances, by index, through the typed client over reqwest.
+    pub servers: Arc<Vec<Client<ReqwestTransport>>>,
     pub admin_key: String,
     pub progress: ProgressBar,
     /// Past it, clients start no new operation (`--time-budget`).
@@ -46,26 +46,11 @@ impl Attempt<'_> {
     async fn send(&self, server: usize, attempt: u32, duplicate: bool) -> Result<Reply, Failure> {
         let Attempt { spec, shared, planned, op, key } = *self;
         let bearer = if planned.admin { shared.admin_key.as_str() } else { spec.api_key.as_str() };
-        let request_id = format!("c{}-o{op}-a{attempt}{}", spec.index + 1, if duplicate { "d" } else { "" });
-        let method = reqwest::Method::from_bytes(planned.method.as_bytes()).expect("the table's methods are valid");
-        let mut request = shared
-            .http
-            .request(method, format!("{}{}", shared.urls[server], planned.path))
-            .bearer_auth(bearer)
-            .header("x-request-id", request_id)
-            .timeout(spec.behaviour.attempt_timeout);
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        if let Some(token) = &planned.queue_token {
-            request = request.header("queue-token", token);
-        }
-        if let Some(body) = &planned.body {
-            request = request.header("content-type", "application/json").body(body.clone());
-        }
+        let call = workload::attempt_call(planned, bearer, spec.index, (op, attempt, duplicate), key);
+        let client = shared.servers[server].clone().with_attempt_timeout(spec.behaviour.attempt_timeout);
         spec.journal.count(Count::Requests, 1);
         let sent_at = spec.clock.now();
-        let result = exchange(request).await;
+        let result = client.exchange(&call).await.map(Reply::of);
         match &result {
             Ok(reply) if reply.replayed => spec.journal.count(Count::ReplaysServed, 1),
             Ok(reply) if reply.status == 409 && workload::is_code(reply, "idempotency_key_in_use") => {
@@ -83,23 +68,11 @@ impl Attempt<'_> {
     }
 }
 
-async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Failure> {
-    let response = request.send().await.map_err(classify)?;
-    let status = response.status().as_u16();
-    let replayed = response.headers().get(tally_http::IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
-    let body = response.bytes().await.map_err(classify)?.to_vec();
-    Ok(Reply { status, body, replayed })
-}
-
-fn classify(error: reqwest::Error) -> Failure {
-    if error.is_timeout() { Failure::TimedOut } else { Failure::Broken(error.to_string()) }
-}
-
 /// Runs one operation to a final answer or until the client gives up, as
 /// the simulation's client does.
 async fn perform(attempt: &Attempt<'_>, rng: &mut SimRng) -> Option<Reply> {
     let spec = attempt.spec;
-    let servers = attempt.shared.urls.len();
+    let servers = attempt.shared.servers.len();
     let mut server = spec.index % servers;
     let started = Instant::now();
     let planned = attempt.planned;

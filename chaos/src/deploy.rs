@@ -244,9 +244,11 @@ impl Instance {
         drop(slot);
         self.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let deadline = Instant::now() + READY_TIMEOUT;
+        let api = tally_client::Client::new(tally_client::ReqwestTransport::new(http.clone(), &self.url()))
+            .with_retry(tally_client::Retry::NEVER)
+            .with_attempt_timeout(Duration::from_secs(1));
         loop {
-            let ready = http.get(format!("{}/readyz", self.url())).timeout(Duration::from_secs(1)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
+            if api.ready().await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tally_client::ReqwestTransport;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tally_core::Tally;
@@ -198,8 +199,12 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
     );
     progress.set_prefix(strategy.as_str());
     let shared = clients::Shared {
-        http: http.clone(),
-        urls: Arc::new(instances.iter().map(Instance::url).collect()),
+        servers: Arc::new(
+            instances
+                .iter()
+                .map(|instance| tally_client::Client::new(ReqwestTransport::new(http.clone(), &instance.url())))
+                .collect(),
+        ),
         admin_key,
         progress: progress.clone(),
         deadline: started + settings.budget,

@@ -1,6 +1,7 @@
 //! HTTP over turmoil's simulated TCP: the listener axum serves on, and the
-//! one-request-per-connection client the simulated clients and the
-//! servers' gateway client use.
+//! one-request-per-connection client the simulated clients (as
+//! `tally-client`'s [`Transport`], [`SimTransport`]) and the servers'
+//! gateway client use.
 //!
 //! reqwest cannot run on turmoil's sockets, so requests go through hyper's
 //! HTTP/1 connection API directly. Each exchange opens a fresh connection,
@@ -16,6 +17,8 @@ use axum::body::Bytes;
 use axum::http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use tally_client::headers::IDEMPOTENT_REPLAYED;
+use tally_client::{RawRequest, RawResponse, Transport, TransportError};
 
 /// The port every simulated service listens on.
 pub const PORT: u16 = 80;
@@ -57,19 +60,34 @@ pub struct Reply {
     pub replayed: bool,
 }
 
-/// Why there is no reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
-    TimedOut,
-    /// Refused, reset, or closed before a whole reply arrived.
-    Broken(String),
+/// Why there is no reply: the client crate's transport error, so the
+/// simulation and the chaos harness (over reqwest) fail alike.
+pub type Failure = TransportError;
+
+impl Reply {
+    /// What the workload reads of a transport's whole reply.
+    pub fn of(response: RawResponse) -> Reply {
+        let replayed = response.headers().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
+        Reply { status: response.status().as_u16(), body: response.into_body(), replayed }
+    }
 }
 
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::TimedOut => f.write_str("timed out"),
-            Failure::Broken(why) => f.write_str(why),
+/// Tally's API on simulated host `host`, for `tally-client`: each request
+/// on a new connection, bounded by `timeout`, as [`exchange`].
+#[derive(Clone, Debug)]
+pub struct SimTransport {
+    pub host: String,
+    pub timeout: Duration,
+}
+
+impl Transport for SimTransport {
+    async fn send(&self, request: RawRequest) -> Result<RawResponse, TransportError> {
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert(header::HOST, header::HeaderValue::from_str(&self.host).expect("host names are ASCII"));
+        let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
+        match tokio::time::timeout(self.timeout, exchange_raw(&self.host, request)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::TimedOut),
         }
     }
 }
@@ -94,6 +112,10 @@ pub async fn exchange(host: &str, request: Request<Full<Bytes>>, timeout: Durati
 }
 
 async fn exchange_inner(host: &str, request: Request<Full<Bytes>>) -> Result<Reply, Failure> {
+    exchange_raw(host, request).await.map(Reply::of)
+}
+
+async fn exchange_raw(host: &str, request: Request<Full<Bytes>>) -> Result<RawResponse, Failure> {
     let broken = |what: &str, e: &dyn std::fmt::Display| Failure::Broken(format!("{what}: {e}"));
     let stream = turmoil::net::TcpStream::connect((host, PORT)).await.map_err(|e| broken("connect", &e))?;
     let (mut sender, connection) =
@@ -102,10 +124,9 @@ async fn exchange_inner(host: &str, request: Request<Full<Bytes>>) -> Result<Rep
         let _ = connection.await;
     }));
     let response = sender.send_request(request).await.map_err(|e| broken("request", &e))?;
-    let status = response.status().as_u16();
-    let replayed = response.headers().get(tally_http::IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
-    let body = response.into_body().collect().await.map_err(|e| broken("body", &e))?.to_bytes().to_vec();
-    Ok(Reply { status, body, replayed })
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| broken("body", &e))?.to_bytes().to_vec();
+    Ok(RawResponse::from_parts(parts, body))
 }
 
 /// A request with a JSON body (or none) and the given headers.

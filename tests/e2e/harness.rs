@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use tally::runtime::{SystemClock, UuidIds};
+use tally_client::dto::{CreatePaymentRequest, CreateUserRequest};
+use tally_client::{Client, RawResponse, ReqwestTransport, Retry};
 use tally_core::app::{Config, Tally};
 use tally_core::check::Snapshot;
 use tally_core::ids::{OrderId, TokenId};
@@ -129,8 +131,9 @@ pub type PgTally = Tally<PgStore, Locks, SystemClock, tally_gateway::GatewayClie
 
 /// A running app: the real router over PostgreSQL on 127.0.0.1:random.
 pub struct TestApp {
-    pub base: String,
-    pub http: reqwest::Client,
+    /// The typed client with no key. It never retries: the scenarios
+    /// assert every answer, 503s and in-flight 409s included.
+    pub api: Client<ReqwestTransport>,
     pub admin_key: String,
     pub app: Arc<PgTally>,
     /// The fake payment gateway this app confirms gateway payments with.
@@ -141,9 +144,17 @@ pub struct TestApp {
 
 pub struct Reply {
     pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
+    pub headers: http::HeaderMap,
     pub bytes: Vec<u8>,
     pub json: Value,
+}
+
+impl From<RawResponse> for Reply {
+    fn from(response: RawResponse) -> Reply {
+        let (parts, bytes) = response.into_parts();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status: parts.status, headers: parts.headers, bytes, json }
+    }
 }
 
 /// A store on a fresh database with `strategy`, on `pool`: what every
@@ -225,7 +236,8 @@ pub async fn spawn_app_paying_back(strategy: Strategy, pool: Pool, payback_bps: 
     });
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().expect("client");
-    TestApp { base, http, admin_key, app, gateway, shutdown: Some(tx), gateway_shutdown: Some(gateway_tx) }
+    let api = Client::new(ReqwestTransport::new(http, &base)).with_retry(Retry::NEVER);
+    TestApp { api, admin_key, app, gateway, shutdown: Some(tx), gateway_shutdown: Some(gateway_tx) }
 }
 
 impl Drop for TestApp {
@@ -248,19 +260,15 @@ impl TestApp {
         idem: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        let api = self.api.as_key(key);
+        let mut call = api.request(method, path);
         if let Some(idem) = idem {
-            request = request.header("Idempotency-Key", idem);
+            call = call.idempotency_key(idem);
         }
         if let Some(body) = body {
-            request = request.json(&body);
+            call = call.json(&body);
         }
-        let response = request.send().await.expect("request sent");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("body").to_vec();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, headers, bytes, json }
+        api.exchange(&call).await.expect("a reply").into()
     }
 
     /// A raw request, for the bad-input matrix.
@@ -269,29 +277,23 @@ impl TestApp {
         // refusing an oversized body, and a pooled client would send the
         // next request on that closed connection (a broken pipe).
         let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
-        let response = http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .header("Idempotency-Key", idem)
-            .header("Content-Type", content_type)
+        let base = self.api.transport().base();
+        let raw = Client::new(ReqwestTransport::new(http, base));
+        let request = http::Request::post(path)
+            .header("authorization", format!("Bearer {key}"))
+            .header("idempotency-key", idem)
+            .header("content-type", content_type)
             .body(body)
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("body").to_vec();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, headers, bytes, json }
+            .expect("a request");
+        raw.raw(request).await.expect("a reply").into()
     }
 
     /// A user with `limits` (SPEC field names) and `balance`; returns its API key.
     pub async fn user(&self, limits: Value, balance: i64) -> String {
-        let created = self
-            .request(Method::POST, "/v1/users", &self.admin_key, None, Some(json!({"name": "e2e", "limits": limits})))
-            .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
-        let key = created.json["api_key"].as_str().expect("api_key").to_owned();
+        // Read by the server's own request type, as the server reads it.
+        let request: CreateUserRequest =
+            serde_json::from_value(json!({"name": "e2e", "limits": limits})).expect("a user request");
+        let key = self.api.as_key(&self.admin_key).create_user(&request).await.expect("a user").body.api_key;
         if balance > 0 {
             let funded = self.top_up(&key, "fund", balance).await;
             assert_eq!(funded.status, StatusCode::CREATED, "{}", funded.json);
@@ -304,19 +306,18 @@ impl TestApp {
     }
 
     pub async fn create_payment(&self, key: &str, idem: &str, amount: i64) -> String {
-        let created = self
-            .request(Method::POST, "/v1/payments", key, Some(idem), Some(json!({"amount": amount, "method": "wallet"})))
-            .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
-        created.json["id"].as_str().expect("payment id").to_owned()
+        self.new_payment(key, idem, &CreatePaymentRequest::of_amount(amount, "wallet")).await
     }
 
     /// A gateway payment of `amount`; its payback is the app's policy.
     pub async fn create_gateway_payment(&self, key: &str, idem: &str, amount: i64) -> String {
-        let body = json!({"amount": amount, "method": "gateway"});
-        let created = self.request(Method::POST, "/v1/payments", key, Some(idem), Some(body)).await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.json);
-        created.json["id"].as_str().expect("payment id").to_owned()
+        self.new_payment(key, idem, &CreatePaymentRequest::of_amount(amount, "gateway")).await
+    }
+
+    async fn new_payment(&self, key: &str, idem: &str, request: &CreatePaymentRequest) -> String {
+        let created = self.api.as_key(key).create_payment(idem, request).await.expect("a payment");
+        assert_eq!(created.status, StatusCode::CREATED);
+        created.body.id
     }
 
     pub async fn confirm_gateway(&self, key: &str, idem: &str, payment: &str, payment_key: &str) -> Reply {
@@ -329,9 +330,7 @@ impl TestApp {
     }
 
     pub async fn balance(&self, key: &str) -> i64 {
-        let wallet = self.request(Method::GET, "/v1/wallet", key, None, None).await;
-        assert_eq!(wallet.status, StatusCode::OK, "{}", wallet.json);
-        wallet.json["balance"].as_i64().expect("balance")
+        self.api.as_key(key).wallet().await.expect("the wallet").body.balance
     }
 
     pub async fn snapshot(&self) -> Snapshot {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use reqwest::{Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::json;
 use tally_core::payment::PaymentStatus;
 use tally_pg::Strategy;

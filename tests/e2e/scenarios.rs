@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::json;
 use tally_conformance::StaleWrite;
 use tally_core::app::{Config, Tally};

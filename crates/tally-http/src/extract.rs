@@ -37,7 +37,7 @@ use crate::problem::{ApiError, Code};
 use crate::state::{AppState, Backend};
 
 /// The header that makes a POST safe to retry.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub use tally_api::headers::IDEMPOTENCY_KEY;
 
 /// A request body type, and whether it may be sent empty.
 pub trait RequestBody: DeserializeOwned {
@@ -323,7 +323,7 @@ path_ids! {
 }
 
 /// The header that carries an active queue token when an order books seats.
-pub const QUEUE_TOKEN: &str = "queue-token";
+pub use tally_api::headers::QUEUE_TOKEN;
 
 /// The `Queue-Token` header: absent is `None` (the core refuses seats
 /// without one, 403); present but not one UUID is 400, since the client sent

@@ -20,7 +20,7 @@ use crate::problem::{ApiError, PROBLEM_CONTENT_TYPE};
 use crate::state::{AppState, Backend};
 
 /// Marks a response as the replay of a stored one (Stripe's header name).
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub use tally_api::headers::IDEMPOTENT_REPLAYED;
 
 const JSON_CONTENT_TYPE: &str = "application/json";
 
@@ -169,5 +169,32 @@ mod mutant {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use tally_core::Error;
+    use tally_core::catalog::StockError;
+    use tally_core::ids::ProductId;
+
+    use super::render;
+
+    #[test]
+    fn business_refusals_are_stored_and_broken_records_are_not() {
+        let product = ProductId(1);
+        // A broken record is a 500, and a 500 is never stored under a key,
+        // even though the core counts every stock error as a refusal.
+        let broken = Err(StockError::OverRelease { product, returned: 1 }.into());
+        assert_eq!(render(StatusCode::OK, &broken), None);
+        let refused = Err(StockError::OutOfStock { product, available: 0, wanted: 1 }.into());
+        assert_eq!(render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
+        // A claimed payment key and a token's seat limit are stored like
+        // every business refusal, so a retry replays them.
+        let refused = Err(Error::PaymentKeyInUse);
+        assert_eq!(render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
+        let refused = Err(Error::SeatLimitReached);
+        assert_eq!(render(StatusCode::CREATED, &refused).map(|stored| stored.status), Some(409));
     }
 }

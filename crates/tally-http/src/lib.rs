@@ -17,8 +17,9 @@
 //!   `catalog`, `queue`, `orders`, `ops`).
 //! - `extract`: the body, key and path extractors (never a non-problem rejection).
 //! - `keyed`: running a command under an idempotency key; replay byte for byte.
-//! - `problem`: [`ApiError`] → RFC 9457 problem, the one error mapping.
-//! - `dto`: request and response bodies; amounts are parsed here.
+//! - `problem` and `dto` are `tally-api`'s (re-exported): [`ApiError`] →
+//!   RFC 9457 problem, the one error mapping; the request and response
+//!   bodies, where amounts are parsed. The client shares them.
 //! - `auth`: API keys, their hashes, the user and admin extractors.
 //! - `layers`: request id, tracing, metrics, timeout, panics, load shedding.
 //! - `state`: [`AppState`](state::AppState) and the `Backend` trait, the one
@@ -96,7 +97,6 @@ use utoipa_swagger_ui::SwaggerUi;
 
 mod auth;
 mod config;
-pub mod dto;
 mod extract;
 mod keyed;
 mod keys;
@@ -104,7 +104,6 @@ mod layers;
 mod limits;
 mod metrics;
 pub mod openapi;
-pub mod problem;
 mod responses;
 mod routes;
 mod state;
@@ -119,6 +118,8 @@ pub use keys::{API_KEY_PREFIX, hash_api_key, new_api_key};
 pub use limits::{CountedStream, PerAddressLimit, RateLimits};
 pub use metrics::Metrics;
 pub use problem::{ApiError, Code, PROBLEM_CONTENT_TYPE, Problem};
+/// The wire format lives in `tally-api`, shared with `tally-client`.
+pub use tally_api::{dto, problem};
 
 use crate::state::{AppState, Shared};
 

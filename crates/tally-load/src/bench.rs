@@ -130,12 +130,9 @@ impl Server {
         }
         let child = command.spawn().map_err(|e| format!("starting tally serve: {e}"))?;
         let server = Server { child, base: format!("http://127.0.0.1:{port}") };
-        let http = reqwest::Client::new();
         let started = std::time::Instant::now();
         while started.elapsed() < SERVER_START_MAX {
-            if let Ok(reply) = http.get(format!("{}/readyz", server.base)).send().await
-                && reply.status().is_success()
-            {
+            if server.api().ready().await.is_ok() {
                 return Ok(server);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -145,9 +142,16 @@ impl Server {
 
     /// The store's conflicts so far (0 before the first).
     async fn conflicts(&self) -> u64 {
-        let Ok(reply) = reqwest::get(format!("{}/metrics", self.base)).await else { return 0 };
-        let text = reply.text().await.unwrap_or_default();
-        counter(&text, tally_pg::CONFLICTS_TOTAL)
+        // Prometheus text, not JSON: read raw through the same client.
+        let request = http::Request::get("/metrics").body(Vec::new()).expect("a plain GET");
+        let Ok(reply) = self.api().raw(request).await else { return 0 };
+        counter(&String::from_utf8_lossy(reply.body()), tally_pg::CONFLICTS_TOTAL)
+    }
+
+    /// The server's API, sent once per call (a probe that fails is probed again).
+    fn api(&self) -> tally_client::Client<tally_client::ReqwestTransport> {
+        let transport = tally_client::ReqwestTransport::new(reqwest::Client::new(), &self.base);
+        tally_client::Client::new(transport).with_retry(tally_client::Retry::NEVER)
     }
 
     async fn stop(mut self) {

@@ -13,10 +13,10 @@
 //! time); the API check here is that the thing is back where it started once
 //! every acknowledged win was cancelled.
 
-use reqwest::{Method, StatusCode};
-use serde_json::json;
+use http::StatusCode;
+use tally_client::dto::{CreateEventRequest, CreateOrderRequest, CreateProductRequest, NewSeatInput};
 
-use super::{Client, Observed, record};
+use super::{Client, Observed, record, timed};
 
 /// How long a client's queue token stays active: past any run.
 const TOKEN_TTL_SECONDS: u64 = 3_600;
@@ -30,31 +30,25 @@ pub(super) enum Prize {
 
 impl Prize {
     pub(super) async fn last_unit(client: &Client, admin_key: &str) -> Result<Prize, String> {
-        let body = json!({"name": "last-unit", "price": PRICE, "stock": 1});
-        let created = client.send(Method::POST, "/v1/products", admin_key, None, Some(body)).await?;
-        if created.status != StatusCode::CREATED {
-            return Err(format!("creating the product: {} {}", created.status, created.body));
-        }
-        let product = created.body["id"].as_str().ok_or("no id in the product reply")?.to_owned();
+        let request = CreateProductRequest::new("last-unit", PRICE, 1);
+        let product = timed(client.as_key(admin_key).create_product(&request)).await?.ok("creating the product")?.id;
         Ok(Prize::Unit { product })
     }
 
     pub(super) async fn one_seat(client: &Client, admin_key: &str, clients: u64) -> Result<Prize, String> {
-        let body = json!({
-            "name": "one-seat",
-            "active_limit": clients,
-            "token_ttl_seconds": TOKEN_TTL_SECONDS,
-            "showtimes": [{"starts_at": "2030-01-01T19:00:00Z", "seats": [{"label": "A1", "price": PRICE}]}],
-        });
-        let created = client.send(Method::POST, "/v1/events", admin_key, None, Some(body)).await?;
-        if created.status != StatusCode::CREATED {
-            return Err(format!("creating the event: {} {}", created.status, created.body));
-        }
-        let event = created.body["id"].as_str().ok_or("no id in the event reply")?.to_owned();
-        let showtime = &created.body["showtimes"][0];
-        let seat = showtime["seats"][0]["id"].as_str().ok_or("no seat in the event reply")?.to_owned();
-        let showtime = showtime["id"].as_str().ok_or("no showtime in the event reply")?.to_owned();
-        Ok(Prize::Seat { seat, event, showtime })
+        let active_limit = u32::try_from(clients).map_err(|_| "too many clients for one queue")?;
+        let seats = vec![NewSeatInput::new("A1", PRICE)];
+        let request = CreateEventRequest::one_showtime(
+            "one-seat",
+            active_limit,
+            TOKEN_TTL_SECONDS,
+            "2030-01-01T19:00:00Z",
+            seats,
+        );
+        let created = timed(client.as_key(admin_key).create_event(&request)).await?.ok("creating the event")?;
+        let showtime = created.showtimes.first().ok_or("no showtime in the event reply")?;
+        let seat = showtime.seats.first().ok_or("no seat in the event reply")?.id.clone();
+        Ok(Prize::Seat { seat, showtime: showtime.id.clone(), event: created.id })
     }
 
     /// Client `c`'s race `n`: join the queue first if a seat needs a token,
@@ -68,32 +62,31 @@ impl Prize {
         n: u64,
         local: &mut Observed,
     ) -> Result<(), String> {
-        let (body, event) = match self {
-            Prize::Unit { product } => (json!({"items": [{"product_id": product, "quantity": 1}]}), None),
-            Prize::Seat { seat, event, .. } => (json!({"seats": [seat]}), Some(event)),
+        let api = client.as_key(key);
+        let (request, event) = match self {
+            Prize::Unit { product } => (CreateOrderRequest::of(&[(product, 1)], &[]), None),
+            Prize::Seat { seat, event, .. } => (CreateOrderRequest::of(&[], &[seat]), Some(event)),
         };
         if let (Some(event), None) = (event, token.as_ref()) {
-            let joined = client.send(Method::POST, &format!("/v1/events/{event}/queue"), key, None, None).await?;
+            let joined = timed(api.join_queue(event)).await?;
             record(local, &joined);
-            if joined.body["status"] != "active" {
-                // Recorded (a 503 when the joins collided); joins again next step.
-                *local.fates.entry("not let in").or_default() += 1;
-                return Ok(());
+            match joined.body {
+                Some(joined) if joined.status == "active" => *token = Some(joined.token),
+                _ => {
+                    // Recorded (a 503 when the joins collided); joins again next step.
+                    *local.fates.entry("not let in").or_default() += 1;
+                    return Ok(());
+                }
             }
-            *token = joined.body["token"].as_str().map(str::to_owned);
         }
-        let headers: Vec<(&str, &str)> = token.as_deref().map(|t| ("Queue-Token", t)).into_iter().collect();
-        let idem = format!("race-{c}-{n}");
-        let ordered = client.send_with(Method::POST, "/v1/orders", key, Some(&idem), &headers, Some(body)).await?;
+        let ordered = timed(api.create_order(&format!("race-{c}-{n}"), &request, token.as_deref())).await?;
         record(local, &ordered);
-        if ordered.status != StatusCode::CREATED {
+        let Some(order) = ordered.body else {
             *local.fates.entry("lost").or_default() += 1;
             return Ok(());
-        }
+        };
         *local.fates.entry("won").or_default() += 1;
-        let id = ordered.body["id"].as_str().ok_or("no id in the order reply")?;
-        let path = format!("/v1/orders/{id}/cancel");
-        let cancelled = client.send(Method::POST, &path, key, Some(&format!("unrace-{c}-{n}")), None).await?;
+        let cancelled = timed(api.cancel_order(&format!("unrace-{c}-{n}"), &order.id)).await?;
         record(local, &cancelled);
         if cancelled.status == StatusCode::OK {
             *local.fates.entry("given back").or_default() += 1;
@@ -108,16 +101,15 @@ impl Prize {
         // A cancel without an answer may or may not have landed: then the
         // prize may still be held, and only the checker can judge.
         let all_given_back = count("won") == count("given back");
+        let api = client.as_key(key);
         let (free, what) = match self {
             Prize::Unit { product } => {
-                let view = client.send(Method::GET, &format!("/v1/products/{product}"), key, None, None).await?;
-                let stock = view.body["stock"].as_u64().ok_or("no stock in the product reply")?;
+                let stock = timed(api.product(product)).await?.ok("reading the product")?.stock;
                 (stock == 1, format!("stock {stock}"))
             }
             Prize::Seat { showtime, .. } => {
-                let view =
-                    client.send(Method::GET, &format!("/v1/showtimes/{showtime}/seats"), key, None, None).await?;
-                let status = view.body["seats"][0]["status"].as_str().ok_or("no seat status in the reply")?.to_owned();
+                let seats = timed(api.seats(showtime)).await?.ok("reading the seats")?.seats;
+                let status = seats.into_iter().next().ok_or("no seat in the reply")?.status;
                 (status == "available", format!("seat {status}"))
             }
         };

@@ -9,10 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use http::StatusCode;
+use tally_client::dto::{
+    CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest, NewSeatInput,
+};
 
-use super::{Client, Observed, Reply, record};
+use super::{Client, Observed, record, timed};
 
 /// Products on sale, each stocked with [`stock_per_product`] units.
 const PRODUCTS: usize = 4;
@@ -67,28 +69,23 @@ impl Catalogue {
     pub(super) async fn create(client: &Client, admin_key: &str, clients: u64) -> Result<Catalogue, String> {
         let stock = stock_per_product(clients);
         let mut products = Vec::with_capacity(PRODUCTS);
+        let admin = client.as_key(admin_key);
         for i in 0..PRODUCTS {
-            let body = json!({"name": format!("load-product-{i}"), "price": PRODUCT_PRICE, "stock": stock});
-            let created = client.send(Method::POST, "/v1/products", admin_key, None, Some(body)).await?;
-            if created.status != StatusCode::CREATED {
-                return Err(format!("creating a product: {} {}", created.status, created.body));
-            }
-            products.push(created.body["id"].as_str().ok_or("no id in the product reply")?.to_owned());
+            let request = CreateProductRequest::new(&format!("load-product-{i}"), PRODUCT_PRICE, stock);
+            products.push(timed(admin.create_product(&request)).await?.ok("creating a product")?.id);
         }
-        let seats: Vec<Value> = (1..=SEATS).map(|i| json!({"label": format!("A{i}"), "price": SEAT_PRICE})).collect();
-        let body = json!({
-            "name": "load-event",
-            "active_limit": ACTIVE_LIMIT,
-            "token_ttl_seconds": TOKEN_TTL_SECONDS,
-            "max_seats_per_token": SEATS_PER_TOKEN,
-            "showtimes": [{"starts_at": "2030-01-01T19:00:00Z", "seats": seats}],
-        });
-        let created = client.send(Method::POST, "/v1/events", admin_key, None, Some(body)).await?;
-        if created.status != StatusCode::CREATED {
-            return Err(format!("creating the event: {} {}", created.status, created.body));
-        }
-        let event = created.body["id"].as_str().ok_or("no id in the event reply")?.to_owned();
-        let showtime = created.body["showtimes"][0]["id"].as_str().ok_or("no showtime in the event reply")?.to_owned();
+        let seats = (1..=SEATS).map(|i| NewSeatInput::new(&format!("A{i}"), SEAT_PRICE)).collect();
+        let mut request = CreateEventRequest::one_showtime(
+            "load-event",
+            ACTIVE_LIMIT,
+            TOKEN_TTL_SECONDS,
+            "2030-01-01T19:00:00Z",
+            seats,
+        );
+        request.max_seats_per_token = Some(SEATS_PER_TOKEN);
+        let created = timed(admin.create_event(&request)).await?.ok("creating the event")?;
+        let showtime = created.showtimes.first().ok_or("no showtime in the event reply")?.id.clone();
+        let event = created.id;
         println!(
             "catalogue  {PRODUCTS} products x {stock} units, {SEATS} seats, queue of {ACTIVE_LIMIT} active for {TOKEN_TTL_SECONDS} s, \
              {SEATS_PER_TOKEN} seats per token"
@@ -143,30 +140,25 @@ impl Shop<'_> {
         if seats.is_empty() || (bits >> 4).is_multiple_of(2) {
             lines.push((pick(bits >> 16, PRODUCTS), 1 + (bits >> 24) % 3));
         }
-        let items: Vec<Value> = lines
-            .iter()
-            .map(|(p, quantity)| json!({"product_id": self.catalogue.products[*p], "quantity": quantity}))
-            .collect();
-        let mut body = json!({"items": items});
-        let mut headers = Vec::new();
-        if let (false, Some(token)) = (seats.is_empty(), token.as_deref()) {
-            body["seats"] = json!(seats);
-            headers.push(("Queue-Token", token));
-        }
+        let items: Vec<(&str, u64)> =
+            lines.iter().map(|(p, quantity)| (self.catalogue.products[*p].as_str(), *quantity)).collect();
+        let (chosen, token) = match token.as_deref() {
+            Some(token) if !seats.is_empty() => (seats.iter().map(String::as_str).collect(), Some(token)),
+            _ => (Vec::new(), None),
+        };
+        let request = CreateOrderRequest::of(&items, &chosen);
         let idem = format!("o-{}-{n}", self.c);
-        let created =
-            self.client.send_with(Method::POST, "/v1/orders", self.key, Some(&idem), &headers, Some(body)).await?;
+        let created = timed(self.client.as_key(self.key).create_order(&idem, &request, token)).await?;
         record(local, &created);
         if created.status == StatusCode::FORBIDDEN {
             // The token expired (or was used) since it was last seen active.
             shopper.token = None;
         }
-        if created.status != StatusCode::CREATED {
+        let Some(order) = created.body else {
             *local.fates.entry("refused").or_default() += 1;
             return Ok(());
-        }
-        let id = created.body["id"].as_str().ok_or("no id in the order reply")?.to_owned();
-        let total = created.body["total"].as_i64().ok_or("no total in the order reply")?;
+        };
+        let (id, total) = (order.id, order.total);
         local.placed.push((self.wallet, Placed { id: id.clone(), lines, seats: seats.clone() }));
         match (bits >> 32) % 10 {
             0..=5 => {
@@ -188,20 +180,18 @@ impl Shop<'_> {
 
     /// The admin adds units to a product.
     async fn restock(&self, n: u64, product: usize, local: &mut Observed) -> Result<(), String> {
-        let path = format!("/v1/products/{}/restock", self.catalogue.products[product]);
+        let id = &self.catalogue.products[product];
         let units = self.catalogue.restock_units;
-        let body = json!({"quantity": units});
         // The product's id keeps the key unique across runs on one server.
-        let idem = format!("restock-{}-{n}", self.catalogue.products[product]);
-        let reply =
-            match self.client.send(Method::POST, &path, &self.catalogue.admin_key, Some(&idem), Some(body)).await {
-                Ok(reply) => reply,
-                Err(error) => {
-                    // No answer: it may have landed, which the stock check allows.
-                    *local.restocked_unknown.entry(product).or_default() += units;
-                    return Err(error);
-                }
-            };
+        let idem = format!("restock-{id}-{n}");
+        let reply = match timed(self.client.as_key(&self.catalogue.admin_key).restock(&idem, id, units)).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                // No answer: it may have landed, which the stock check allows.
+                *local.restocked_unknown.entry(product).or_default() += units;
+                return Err(error);
+            }
+        };
         record(local, &reply);
         if reply.status == StatusCode::OK {
             *local.restocked.entry(product).or_default() += units;
@@ -211,27 +201,21 @@ impl Shop<'_> {
 
     /// Joins the queue or polls the token; the token if it is active now.
     async fn queue_turn(&self, shopper: &mut Shopper, local: &mut Observed) -> Result<Option<String>, String> {
+        let api = self.client.as_key(self.key);
         let reply = match &shopper.token {
             Some((token, true)) => return Ok(Some(token.clone())),
-            Some((token, false)) => {
-                self.client.send(Method::GET, &format!("/v1/queue/{token}"), self.key, None, None).await?
-            }
-            None => {
-                let path = format!("/v1/events/{}/queue", self.catalogue.event);
-                self.client.send(Method::POST, &path, self.key, None, Some(json!({}))).await?
-            }
+            Some((token, false)) => timed(api.queue_token(token)).await?,
+            None => timed(api.join_queue(&self.catalogue.event)).await?,
         };
         record(local, &reply);
-        if !reply.status.is_success() {
-            return Ok(None);
-        }
-        let token = reply.body["token"].as_str().ok_or("no token in the queue reply")?.to_owned();
-        match reply.body["status"].as_str() {
-            Some("active") => {
+        let Some(body) = reply.body else { return Ok(None) };
+        let token = body.token;
+        match body.status.as_str() {
+            "active" => {
                 shopper.token = Some((token.clone(), true));
                 Ok(Some(token))
             }
-            Some("waiting") => {
+            "waiting" => {
                 shopper.token = Some((token, false));
                 Ok(None)
             }
@@ -245,13 +229,10 @@ impl Shop<'_> {
     /// One or two seats that were available a moment ago (others may take
     /// them first: that is the `seat_unavailable` race the workload wants).
     async fn free_seats(&self, bits: u64, local: &mut Observed) -> Result<Vec<String>, String> {
-        let path = format!("/v1/showtimes/{}/seats", self.catalogue.showtime);
-        let reply = self.client.send(Method::GET, &path, self.key, None, None).await?;
+        let reply = timed(self.client.as_key(self.key).seats(&self.catalogue.showtime)).await?;
         record(local, &reply);
-        let free: Vec<&str> = reply.body["seats"]
-            .as_array()
-            .map(|seats| seats.iter().filter(|s| s["status"] == "available").filter_map(|s| s["id"].as_str()).collect())
-            .unwrap_or_default();
+        let seats = reply.body.map(|body| body.seats).unwrap_or_default();
+        let free: Vec<&str> = seats.iter().filter(|s| s.status == "available").map(|s| s.id.as_str()).collect();
         if free.is_empty() {
             return Ok(Vec::new());
         }
@@ -266,27 +247,23 @@ impl Shop<'_> {
     /// Pays an order from the wallet; if it ended paid, the payback the
     /// server's policy credited.
     async fn pay(&self, order: &str, n: u64, total: i64, local: &mut Observed) -> Result<Option<i64>, String> {
-        let body = json!({"order_id": order, "method": "wallet"});
-        let created = self
-            .client
-            .send(Method::POST, "/v1/payments", self.key, Some(&format!("p-{}-{n}", self.c)), Some(body))
-            .await?;
+        let api = self.client.as_key(self.key);
+        let request = CreatePaymentRequest::of_order(order, "wallet");
+        let created = timed(api.create_payment(&format!("p-{}-{n}", self.c), &request)).await?;
         record(local, &created);
-        let Some(payment) = created.body["id"].as_str() else {
+        let Some(payment) = created.body else {
             *local.fates.entry("payment refused").or_default() += 1;
             return Ok(None);
         };
-        let path = format!("/v1/payments/{payment}/confirm");
-        let confirmed = self
-            .client
-            .send(Method::POST, &path, self.key, Some(&format!("c-{}-{n}", self.c)), Some(json!({})))
-            .await?;
+        let confirmed = timed(api.confirm_payment(&format!("c-{}-{n}", self.c), &payment.id, None)).await?;
         record(local, &confirmed);
-        if confirmed.status != StatusCode::OK {
+        let Some(confirmed) = confirmed.body else {
             *local.fates.entry("payment refused").or_default() += 1;
             return Ok(None);
-        }
-        let payback = super::payback_of(&confirmed)?;
+        };
+        // The payback is the merchant's policy, which the load cannot know
+        // beforehand, so it reads what the server answered.
+        let payback = confirmed.payback_amount;
         *local.expected_delta.entry(self.wallet).or_default() -= total - payback;
         *local.fates.entry("paid").or_default() += 1;
         Ok(Some(payback))
@@ -295,8 +272,7 @@ impl Shop<'_> {
     /// Cancels an order; `refund` is what a paid order gives back to the
     /// wallet: its total, less the payback it reverses.
     async fn cancel(&self, order: &str, n: u64, refund: Option<i64>, local: &mut Observed) -> Result<(), String> {
-        let path = format!("/v1/orders/{order}/cancel");
-        let reply = self.client.send(Method::POST, &path, self.key, Some(&format!("x-{}-{n}", self.c)), None).await?;
+        let reply = timed(self.client.as_key(self.key).cancel_order(&format!("x-{}-{n}", self.c), order)).await?;
         record(local, &reply);
         if reply.status != StatusCode::OK {
             *local.fates.entry("cancel refused").or_default() += 1;
@@ -328,10 +304,9 @@ pub(super) async fn verify_inventory(
     observed: &Observed,
 ) -> Result<bool, String> {
     let mut stock = Vec::with_capacity(PRODUCTS);
+    let admin = client.as_key(&catalogue.admin_key);
     for product in &catalogue.products {
-        let reply =
-            client.send(Method::GET, &format!("/v1/products/{product}"), &catalogue.admin_key, None, None).await?;
-        stock.push(reply.body["stock"].as_u64().ok_or_else(|| format!("reading product {product}: {}", reply.body))?);
+        stock.push(timed(admin.product(product)).await?.ok(&format!("reading product {product}"))?.stock);
     }
     let statuses = read_orders(client, keys, &observed.placed).await?;
     let mut held = [0u64; PRODUCTS];
@@ -384,10 +359,8 @@ async fn read_orders(client: &Arc<Client>, keys: &[String], placed: &[(usize, Pl
         readers.push(tokio::spawn(async move {
             let mut statuses = Vec::with_capacity(part.len());
             for (key, id) in part {
-                let reply: Reply = client.send(Method::GET, &format!("/v1/orders/{id}"), &key, None, None).await?;
-                let status =
-                    reply.body["status"].as_str().ok_or_else(|| format!("reading order {id}: {}", reply.body))?;
-                statuses.push(status.to_owned());
+                let order = timed(client.as_key(&key).order(&id)).await?.ok(&format!("reading order {id}"))?;
+                statuses.push(order.status);
             }
             Ok::<_, String>(statuses)
         }));

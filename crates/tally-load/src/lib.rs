@@ -34,8 +34,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use http::StatusCode;
+use tally_client::dto::CreateUserRequest;
+use tally_client::{Client as Api, Error as ApiError, LedgerCursor, Reply as ApiReply, ReqwestTransport, Retry};
 use tokio::sync::Mutex;
 
 pub mod bench;
@@ -174,61 +175,48 @@ impl Observed {
     }
 }
 
+/// The server, reached through the typed client; each call names its caller.
 struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    elapsed: Duration,
+    api: Api<ReqwestTransport>,
 }
 
 impl Client {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        idem: Option<&str>,
-        body: Option<Value>,
-    ) -> Result<Reply, String> {
-        self.send_with(method, path, key, idem, &[], body).await
+    /// The API as the holder of `key`. The load never retries by itself:
+    /// every 503 and every lost reply is what it measures.
+    fn as_key(&self, key: &str) -> Api<ReqwestTransport> {
+        self.api.as_key(key)
     }
+}
 
-    /// `POST /v1/wallet/top-ups` of `amount` to `key`'s wallet, under the
-    /// idempotency key `idem`.
-    async fn top_up(&self, key: &str, idem: &str, amount: i64) -> Result<Reply, String> {
-        self.send(reqwest::Method::POST, "/v1/wallet/top-ups", key, Some(idem), Some(json!({"amount": amount}))).await
+/// One answer as the load counts it: its status, its problem code, its
+/// body on a 2xx, and how long it took.
+struct Reply<T> {
+    status: StatusCode,
+    code: Option<String>,
+    body: Option<T>,
+    elapsed: Duration,
+}
+
+impl<T> Reply<T> {
+    /// The body of a 2xx, or what was answered instead.
+    fn ok(self, what: &str) -> Result<T, String> {
+        let (status, code) = (self.status, self.code.unwrap_or_default());
+        self.body.ok_or_else(|| format!("{what}: {status} {code}"))
     }
+}
 
-    async fn send_with(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        idem: Option<&str>,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> Result<Reply, String> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
-        if let Some(idem) = idem {
-            request = request.header("Idempotency-Key", idem);
+/// Times `call`; an answer of any status is a [`Reply`], no answer an error.
+async fn timed<T>(call: impl Future<Output = Result<ApiReply<T>, ApiError>>) -> Result<Reply<T>, String> {
+    let started = Instant::now();
+    let result = call.await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(reply) => Ok(Reply { status: reply.status, code: None, body: Some(reply.body), elapsed }),
+        Err(ApiError::Problem { status, problem, .. }) => {
+            Ok(Reply { status, code: Some(problem.code), body: None, elapsed })
         }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let started = Instant::now();
-        let response = request.send().await.map_err(|e| format!("{path}: {e}"))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| format!("{path}: {e}"))?;
-        let elapsed = started.elapsed();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply { status, body, elapsed })
+        Err(ApiError::Unexpected { status, .. }) => Ok(Reply { status, code: None, body: None, elapsed }),
+        Err(ApiError::Transport(error)) => Err(error.to_string()),
     }
 }
 
@@ -255,7 +243,8 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let flow = if args.one_step { Flow::OneStep } else { Flow::TwoStep };
     let admin_key = args.admin_key.as_deref().ok_or("--admin-key (or TALLY_ADMIN_KEY) is required")?;
     let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(|e| e.to_string())?;
-    let client = Arc::new(Client { http, base: args.url.trim_end_matches('/').to_owned() });
+    let api = Api::new(ReqwestTransport::new(http, &args.url)).with_retry(Retry::NEVER);
+    let client = Arc::new(Client { api });
     let wallets = match args.workload {
         Workload::Hot | Workload::Duplicates => 1,
         Workload::Spread | Workload::Inventory | Workload::LastUnit | Workload::OneSeat => {
@@ -265,17 +254,9 @@ pub async fn run(args: LoadArgs) -> Result<bool, String> {
     let initial = 1_000_000_000;
     let mut keys = Vec::new();
     for i in 0..wallets {
-        let created = client
-            .send(reqwest::Method::POST, "/v1/users", admin_key, None, Some(json!({"name": format!("load-{i}")})))
-            .await?;
-        if created.status != StatusCode::CREATED {
-            return Err(format!("creating a user: {} {}", created.status, created.body));
-        }
-        let key = created.body["api_key"].as_str().ok_or("no api_key in the user reply")?.to_owned();
-        let funded = client.top_up(&key, &format!("fund-{i}"), initial).await?;
-        if funded.status != StatusCode::CREATED {
-            return Err(format!("funding a wallet: {} {}", funded.status, funded.body));
-        }
+        let request = CreateUserRequest::named(&format!("load-{i}"));
+        let key = timed(client.as_key(admin_key).create_user(&request)).await?.ok("creating a user")?.api_key;
+        timed(client.as_key(&key).top_up(&format!("fund-{i}"), initial)).await?.ok("funding a wallet")?;
         keys.push(key);
     }
     let catalogue = match args.workload {
@@ -363,19 +344,11 @@ fn wallet_of(workload: Workload, c: u64) -> usize {
     }
 }
 
-/// The payback a confirmed payment credited: the merchant's policy, which
-/// the load cannot know beforehand, so it reads what the server answered.
-fn payback_of(confirmed: &Reply) -> Result<i64, String> {
-    confirmed.body["payback_amount"].as_i64().ok_or_else(|| format!("no payback_amount in {}", confirmed.body))
-}
-
-fn record(local: &mut Observed, reply: &Reply) {
+fn record<T>(local: &mut Observed, reply: &Reply<T>) {
     local.latencies_us.push(u64::try_from(reply.elapsed.as_micros()).unwrap_or(u64::MAX));
     *local.statuses.entry(reply.status.as_u16()).or_default() += 1;
-    if let Some(code) = reply.body["code"].as_str()
-        && !reply.status.is_success()
-    {
-        *local.codes.entry((reply.status.as_u16(), code.to_owned())).or_default() += 1;
+    if let Some(code) = &reply.code {
+        *local.codes.entry((reply.status.as_u16(), code.clone())).or_default() += 1;
     }
 }
 
@@ -393,13 +366,13 @@ async fn wallet_step(
         Workload::Duplicates => {
             // Every client sends round n's request; only one may take effect.
             let amount = DUPLICATE_AMOUNT;
-            let reply = client.top_up(key, &format!("dup-round-{n}"), amount).await?;
+            let reply = timed(client.as_key(key).top_up(&format!("dup-round-{n}"), amount)).await?;
             record(local, &reply);
             if reply.status == StatusCode::CREATED {
                 local.acknowledged_rounds.insert(n);
             }
             if !(reply.status == StatusCode::CREATED || reply.status == StatusCode::CONFLICT) {
-                return Err(format!("duplicates: unexpected {} {}", reply.status, reply.body));
+                return Err(format!("duplicates: unexpected {} {:?}", reply.status, reply.code));
             }
         }
         Workload::Inventory | Workload::LastUnit | Workload::OneSeat => unreachable!("these clients shop or race"),
@@ -438,27 +411,18 @@ fn report(args: &LoadArgs, observed: &Observed, elapsed: Duration) {
 async fn verify_wallets(client: &Client, keys: &[String], observed: &Observed, initial: i64) -> Result<bool, String> {
     let mut ok = true;
     for (wallet, key) in keys.iter().enumerate() {
-        let view = client.send(reqwest::Method::GET, "/v1/wallet", key, None, None).await?;
-        let balance = view.body["balance"].as_i64().ok_or("no balance")?;
+        let api = client.as_key(key);
+        let balance = timed(api.wallet()).await?.ok("reading a wallet")?.balance;
         let rounds = i64::try_from(observed.acknowledged_rounds.len()).expect("fits");
         let expected = initial + observed.expected_delta.get(&wallet).copied().unwrap_or(0) + DUPLICATE_AMOUNT * rounds;
         // The wallet's ledger, summed page by page.
         let mut after: Option<String> = None;
         let mut sum = 0i64;
         loop {
-            let path = match &after {
-                Some(cursor) => format!("/v1/wallet/ledger?limit=100&after={cursor}"),
-                None => "/v1/wallet/ledger?limit=100".to_owned(),
-            };
-            let page = client.send(reqwest::Method::GET, &path, key, None, None).await?;
-            for entry in page.body["entries"].as_array().ok_or("no entries")? {
-                sum += entry["amount"].as_i64().ok_or("no amount")?;
-            }
-            match page
-                .body
-                .get("next")
-                .and_then(|n| n.as_str().map(str::to_owned).or_else(|| n.as_i64().map(|n| n.to_string())))
-            {
+            let cursor = after.as_deref().map_or(LedgerCursor::First, LedgerCursor::After);
+            let page = timed(api.ledger(100, cursor)).await?.ok("reading a ledger")?;
+            sum += page.entries.iter().map(|entry| entry.amount).sum::<i64>();
+            match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }

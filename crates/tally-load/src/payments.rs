@@ -8,10 +8,10 @@
 //! the movements (acknowledged top-ups and confirmed payments), so both must
 //! read the same answers the same way.
 
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use http::StatusCode;
+use tally_client::dto::{CreatePaymentRequest, PaymentBody};
 
-use super::{Client, Observed, record};
+use super::{Client, Observed, record, timed};
 
 /// How a client pays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,29 +32,34 @@ pub(crate) enum Settled {
     Nothing,
 }
 
-/// The effect of `status` and `body`, the answer that settles a payment of
-/// `amount`: the confirm's (two-step) or the create's (one-step).
+/// The effect of `status` and `body` (present on a 2xx), the answer that
+/// settles a payment of `amount`: the confirm's (two-step) or the create's
+/// (one-step).
 ///
 /// One-step: a 201 is `done` (money moved) and a 409 is a refusal with
 /// nothing created; a 201 in any other state would mean the server ignored
 /// `confirm`, which is an error, not a movement. Two-step: a 200 confirm is
 /// a movement.
-pub(crate) fn settled(flow: Flow, amount: i64, status: StatusCode, body: &Value) -> Result<Settled, String> {
-    let moved = match flow {
-        Flow::TwoStep => status == StatusCode::OK,
-        Flow::OneStep if status == StatusCode::CREATED => match body["status"].as_str() {
-            Some("done") => true,
-            other => return Err(format!("one-step payment answered 201 in state {other:?}: {body}")),
+pub(crate) fn settled(
+    flow: Flow,
+    amount: i64,
+    status: StatusCode,
+    body: Option<&PaymentBody>,
+) -> Result<Settled, String> {
+    let moved = match (flow, body) {
+        (Flow::TwoStep, Some(_)) => status == StatusCode::OK,
+        (Flow::OneStep, Some(body)) if status == StatusCode::CREATED => match body.status.as_str() {
+            "done" => true,
+            other => return Err(format!("one-step payment answered 201 in state {other:?}: {body:?}")),
         },
-        Flow::OneStep => false,
+        _ => false,
     };
-    if !moved {
-        return Ok(Settled::Nothing);
+    match body {
+        // The payback is the server's policy (`--payback-bps`), which the
+        // load cannot know beforehand, so it reads what the server answered.
+        Some(body) if moved => Ok(Settled::Moved { net_debit: amount - body.payback_amount }),
+        _ => Ok(Settled::Nothing),
     }
-    // The payback is the server's policy (`--payback-bps`), which the load
-    // cannot know beforehand, so it reads what the server answered.
-    let payback = body["payback_amount"].as_i64().ok_or_else(|| format!("no payback_amount in {body}"))?;
-    Ok(Settled::Moved { net_debit: amount - payback })
 }
 
 /// Client `c`'s `n`-th step on `wallet`: even steps top up, odd steps pay.
@@ -68,8 +73,9 @@ pub(crate) async fn step(
     local: &mut Observed,
 ) -> Result<(), String> {
     let amount = i64::try_from(1 + (c * 7 + n * 13) % 100).expect("small");
+    let api = client.as_key(key);
     if n.is_multiple_of(2) {
-        let reply = client.top_up(key, &format!("t-{c}-{n}"), amount).await?;
+        let reply = timed(api.top_up(&format!("t-{c}-{n}"), amount)).await?;
         record(local, &reply);
         if reply.status == StatusCode::CREATED {
             *local.expected_delta.entry(wallet).or_default() += amount;
@@ -77,33 +83,23 @@ pub(crate) async fn step(
         }
         return Ok(());
     }
+    let payment = CreatePaymentRequest::of_amount(amount, "wallet");
     let settling = match flow {
         Flow::OneStep => {
-            let body = json!({"amount": amount, "method": "wallet", "confirm": true});
-            let paid = client.send(Method::POST, "/v1/payments", key, Some(&format!("p-{c}-{n}")), Some(body)).await?;
+            let paid = timed(api.create_payment(&format!("p-{c}-{n}"), &payment.confirmed())).await?;
             record(local, &paid);
             paid
         }
         Flow::TwoStep => {
-            let body = json!({"amount": amount, "method": "wallet"});
-            let created =
-                client.send(Method::POST, "/v1/payments", key, Some(&format!("p-{c}-{n}")), Some(body)).await?;
+            let created = timed(api.create_payment(&format!("p-{c}-{n}"), &payment)).await?;
             record(local, &created);
-            let Some(id) = created.body["id"].as_str() else { return Ok(()) };
-            let confirmed = client
-                .send(
-                    Method::POST,
-                    &format!("/v1/payments/{id}/confirm"),
-                    key,
-                    Some(&format!("c-{c}-{n}")),
-                    Some(json!({})),
-                )
-                .await?;
+            let Some(id) = created.body.map(|body| body.id) else { return Ok(()) };
+            let confirmed = timed(api.confirm_payment(&format!("c-{c}-{n}"), &id, None)).await?;
             record(local, &confirmed);
             confirmed
         }
     };
-    if let Settled::Moved { net_debit } = settled(flow, amount, settling.status, &settling.body)? {
+    if let Settled::Moved { net_debit } = settled(flow, amount, settling.status, settling.body.as_ref())? {
         *local.expected_delta.entry(wallet).or_default() -= net_debit;
         local.movements += 1;
     }
@@ -114,38 +110,41 @@ pub(crate) async fn step(
 mod tests {
     use super::*;
 
-    fn done(payback: i64) -> Value {
-        json!({"id": "x", "status": "done", "amount": 40, "payback_amount": payback, "method": "wallet"})
+    fn payment(status: &str, payback: i64) -> PaymentBody {
+        PaymentBody {
+            id: "x".into(),
+            status: status.into(),
+            amount: 40,
+            payback_amount: payback,
+            method: "wallet".into(),
+            order_id: None,
+        }
     }
 
     #[test]
     fn a_one_step_201_done_moves_the_amount_less_its_payback() {
-        assert_eq!(settled(Flow::OneStep, 40, StatusCode::CREATED, &done(4)), Ok(Settled::Moved { net_debit: 36 }));
+        let done = payment("done", 4);
+        assert_eq!(settled(Flow::OneStep, 40, StatusCode::CREATED, Some(&done)), Ok(Settled::Moved { net_debit: 36 }));
     }
 
     #[test]
     fn a_one_step_refusal_moves_nothing() {
-        let refusal = json!({"code": "insufficient_balance"});
-        assert_eq!(settled(Flow::OneStep, 40, StatusCode::CONFLICT, &refusal), Ok(Settled::Nothing));
-        assert_eq!(settled(Flow::OneStep, 40, StatusCode::SERVICE_UNAVAILABLE, &Value::Null), Ok(Settled::Nothing));
+        assert_eq!(settled(Flow::OneStep, 40, StatusCode::CONFLICT, None), Ok(Settled::Nothing));
+        assert_eq!(settled(Flow::OneStep, 40, StatusCode::SERVICE_UNAVAILABLE, None), Ok(Settled::Nothing));
     }
 
     #[test]
     fn a_one_step_201_that_is_not_done_is_an_error_not_a_movement() {
-        let waiting = json!({"status": "wait", "payback_amount": 0});
-        assert!(settled(Flow::OneStep, 40, StatusCode::CREATED, &waiting).is_err());
+        let waiting = payment("wait", 0);
+        assert!(settled(Flow::OneStep, 40, StatusCode::CREATED, Some(&waiting)).is_err());
     }
 
     #[test]
     fn two_step_moves_on_a_200_confirm_only() {
-        assert_eq!(settled(Flow::TwoStep, 40, StatusCode::OK, &done(0)), Ok(Settled::Moved { net_debit: 40 }));
+        let done = payment("done", 0);
+        assert_eq!(settled(Flow::TwoStep, 40, StatusCode::OK, Some(&done)), Ok(Settled::Moved { net_debit: 40 }));
         // The 201 of a create is not a movement in the two-step flow.
-        assert_eq!(settled(Flow::TwoStep, 40, StatusCode::CREATED, &done(0)), Ok(Settled::Nothing));
-        assert_eq!(settled(Flow::TwoStep, 40, StatusCode::CONFLICT, &Value::Null), Ok(Settled::Nothing));
-    }
-
-    #[test]
-    fn a_movement_without_its_payback_is_an_error() {
-        assert!(settled(Flow::OneStep, 40, StatusCode::CREATED, &json!({"status": "done"})).is_err());
+        assert_eq!(settled(Flow::TwoStep, 40, StatusCode::CREATED, Some(&done)), Ok(Settled::Nothing));
+        assert_eq!(settled(Flow::TwoStep, 40, StatusCode::CONFLICT, None), Ok(Settled::Nothing));
     }
 }

@@ -18,6 +18,32 @@ pub const LOCK_LOST_WAKEUP: &str = "lock_lost_wakeup";
 /// Mutant: hand-off goes to the newest waiter instead of the oldest (LIFO).
 pub const LOCK_LIFO: &str = "lock_lifo";
 
+/// Mutant: a queued wait that is withdrawn after the key was handed to it
+/// drops the grant instead of passing it on; later waiters sleep forever.
+pub const LOCK_CANCEL_DROPS_GRANT: &str = "lock_cancel_drops_grant";
+
+/// Mutant: fencing tokens are counted per key and restart when a key goes
+/// idle (its entry is forgotten), so a later grant can repeat a token.
+pub const LOCK_FENCE_PER_KEY: &str = "lock_fence_per_key";
+
+/// Mutant: an acquisition takes its keys in the order given, not sorted.
+pub const LOCK_UNSORTED: &str = "lock_unsorted";
+
+/// Mutant: a blocking acquisition that times out keeps the keys it had
+/// already taken.
+pub const LOCK_TIMEOUT_KEEPS_PREFIX: &str = "lock_timeout_keeps_prefix";
+
+/// Mutant: a hand-off to an async waiter never calls its waker.
+pub const LOCK_TASK_NOT_WOKEN: &str = "lock_task_not_woken";
+
+/// Mutant: a held key without waiters counts as free, so a newcomer is
+/// granted it beside its holder.
+pub const LOCK_DOUBLE_GRANT: &str = "lock_double_grant";
+
+/// Mutant: a blocking wait whose key was handed to it just as its deadline
+/// passed reports a timeout and keeps the grant, so nobody else gets the key.
+pub const LOCK_TIMEOUT_STRANDS_GRANT: &str = "lock_timeout_strands_grant";
+
 /// The environment variable that names the active mutant.
 pub const ENV_VAR: &str = "TALLY_MUTANT";
 

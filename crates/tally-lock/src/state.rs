@@ -129,6 +129,9 @@ impl<K: Ord> State<K> {
     /// Is `key` free for a newcomer? Only a key without an entry is: an entry
     /// means a holder or waiters, and a newcomer must not barge past waiters.
     fn is_free(&self, key: &K) -> bool {
+        if mutant::active(mutant::LOCK_DOUBLE_GRANT) {
+            return self.entries.get(key).is_none_or(|entry| entry.queue.is_empty());
+        }
         !self.entries.contains_key(key)
     }
 
@@ -196,7 +199,11 @@ impl<K: Ord> State<K> {
         };
 
         let wake = next.map(|waiter| {
-            let fence = next_fence(&mut self.last_fence);
+            let fence = if mutant::active(mutant::LOCK_FENCE_PER_KEY) {
+                entry.last_fence + 1
+            } else {
+                next_fence(&mut self.last_fence)
+            };
             check!(fence > entry.last_fence, "fencing token did not increase");
             entry.last_fence = fence;
             entry.holder = Some(Holder { owner: waiter.owner, fence });
@@ -229,6 +236,14 @@ impl<K: Ord> State<K> {
             entry.holder.is_some_and(|holder| holder.owner == owner),
             "cancel of a wait that is neither queued nor granted"
         );
+        if mutant::active(mutant::LOCK_CANCEL_DROPS_GRANT) {
+            // Mutant: the grant vanishes with the wait; the queue stays asleep.
+            entry.holder = None;
+            if entry.is_idle() {
+                self.entries.remove(key);
+            }
+            return None;
+        }
         self.release(key, owner)
     }
 
@@ -254,7 +269,7 @@ impl<K: Ord + Clone> State<K> {
         if !self.is_free(key) {
             return None;
         }
-        let fence = next_fence(&mut self.last_fence);
+        let fence = if mutant::active(mutant::LOCK_FENCE_PER_KEY) { 1 } else { next_fence(&mut self.last_fence) };
         self.entries.insert(
             key.clone(),
             Entry { holder: Some(Holder { owner, fence }), queue: VecDeque::new(), last_fence: fence },

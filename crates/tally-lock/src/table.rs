@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::guard::Guard;
+use crate::mutant;
 use crate::state::{Owner, State, Wake};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::{Config, LockError};
@@ -86,7 +87,11 @@ impl<K> LockTable<K> {
     pub(crate) fn wake(&self, wake: Wake) {
         match wake {
             Wake::Thread { shard } => self.inner.condvars[shard].notify_all(),
-            Wake::Task(waker) => waker.wake(),
+            Wake::Task(waker) => {
+                if !mutant::active(mutant::LOCK_TASK_NOT_WOKEN) {
+                    waker.wake();
+                }
+            }
         }
     }
 
@@ -157,7 +162,13 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
         drop(state);
         match failure {
             None => Ok(guard),
-            Some(error) => Err(error),
+            Some(error) => {
+                if mutant::active(mutant::LOCK_TIMEOUT_KEEPS_PREFIX) {
+                    // Mutant: the keys taken before the timeout stay held.
+                    std::mem::forget(guard);
+                }
+                Err(error)
+            }
         }
     }
 
@@ -187,6 +198,9 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
             if expired {
                 // A grant that raced the deadline is kept rather than passed on.
                 if let Some(fence) = state.granted(key, owner) {
+                    if mutant::active(mutant::LOCK_TIMEOUT_STRANDS_GRANT) {
+                        return (state, Err(LockError::Timeout));
+                    }
                     return (state, Ok(fence));
                 }
                 let wake = state.cancel(key, owner);
@@ -265,7 +279,9 @@ impl<K: Ord + Clone + fmt::Debug + Send + Sync + 'static> LockTable<K> {
 /// The keys of one acquisition in the one global order.
 fn sorted_unique<K: Ord>(keys: impl IntoIterator<Item = K>) -> Vec<K> {
     let mut keys: Vec<K> = keys.into_iter().collect();
-    keys.sort();
+    if !mutant::active(mutant::LOCK_UNSORTED) {
+        keys.sort();
+    }
     keys.dedup();
     keys
 }

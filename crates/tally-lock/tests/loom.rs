@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use loom::sync::atomic::{AtomicU64, AtomicUsize};
+use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 use tally_lock::{Config, LockError, LockTable};
@@ -131,6 +131,42 @@ fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(Waker::noop()))
 }
 
+/// A waker that records that it was called.
+struct Flag(Arc<AtomicBool>);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// A future that counts how often it was polled: more than once means it was
+/// pending and someone woke it.
+struct Polls<F> {
+    inner: F,
+    count: usize,
+}
+
+impl<F: Future + Unpin> Future for Polls<F> {
+    type Output = (F::Output, usize);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.count += 1;
+        let count = self.count;
+        Pin::new(&mut self.inner).poll(cx).map(|output| (output, count))
+    }
+}
+
+/// Waits for "k" on an async executor whose parking loom models (so a wait
+/// that is never woken is a deadlock), then releases it. Returns the grant's
+/// token and how many polls it took.
+fn block_on_async_take(table: &LockTable<&'static str>) -> (u64, usize) {
+    let acquire = Box::pin(table.acquire_async(["k"], std::future::pending()));
+    let (guard, polls) = loom::future::block_on(Polls { inner: acquire, count: 0 });
+    let guard = guard.unwrap();
+    (guard.fence(&"k").unwrap(), polls)
+}
+
 /// Takes `keys` and checks, with an atomic "inside" count, that nobody else
 /// holds any of them meanwhile.
 fn take_exclusively(table: &LockTable<&'static str>, keys: &[&'static str], inside: &AtomicUsize) {
@@ -214,17 +250,32 @@ fn timeout_racing_release_loses_no_grant() {
 
 #[test]
 fn dropped_async_wait_racing_release_loses_no_grant() {
-    model_reaching("dropped_async_wait_racing_release_loses_no_grant", &["done"], |seen| {
-        race_a_release(|table| {
+    let outcomes =
+        ["granted at its first poll", "withdrawn before any grant", "handed the key while queued, passed it on"];
+    model_reaching("dropped_async_wait_racing_release_loses_no_grant", &outcomes, move |seen| {
+        let woken = Arc::new(AtomicBool::new(false));
+        let waker = Waker::from(std::sync::Arc::new(Flag(woken.clone())));
+        let queued = race_a_release(move |table| {
             let mut future = pin!(table.acquire_async(["k"], std::future::pending()));
             // Polled once, then dropped: if it queued, the drop withdraws
             // it, passing on a grant that arrived meanwhile.
-            if let Poll::Ready(guard) = poll_once(future.as_mut()) {
-                drop(guard.unwrap());
+            match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(guard) => {
+                    drop(guard.unwrap());
+                    false
+                }
+                Poll::Pending => true,
             }
-            table.waiters(&"k") // observed before the drop
         });
-        seen.note("done");
+        // Only a hand-off wakes a queued wait, and every waker call is over
+        // once `race_a_release` has joined the releaser's work: a set flag
+        // says the key reached this wait, which was then dropped with it —
+        // the path the model exists for.
+        match (queued, woken.load(SeqCst)) {
+            (false, _) => seen.note(outcomes[0]),
+            (true, false) => seen.note(outcomes[1]),
+            (true, true) => seen.note(outcomes[2]),
+        }
     });
 }
 
@@ -311,6 +362,63 @@ fn timeout_while_holding_a_prefix_releases_it() {
         let result = table.acquire(["a", "b"], TIMEOUT).map(drop);
         nested.join().unwrap();
         seen.note_wait(result, outcomes[0], outcomes[1]);
+        assert!(table.is_idle());
+    });
+}
+
+#[test]
+fn async_waiter_is_woken_by_the_hand_off() {
+    let outcomes = ["granted at its first poll", "woken by the hand-off"];
+    model_reaching("async_waiter_is_woken_by_the_hand_off", &outcomes, move |seen| {
+        let table = new_table();
+        let holder = table.acquire(["k"], None).unwrap();
+        let waiter = spawn_with(&table, |table| block_on_async_take(&table).1);
+        // Released at every point relative to the waiter's polls. A hand-off
+        // that forgot to wake the task leaves `block_on` parked: a deadlock.
+        drop(holder);
+        let polls = waiter.join().unwrap();
+        seen.note(if polls == 1 { outcomes[0] } else { outcomes[1] });
+        assert!(table.is_idle());
+    });
+}
+
+#[test]
+fn three_waiter_hand_off_chain() {
+    model("three_waiter_hand_off_chain", || {
+        let table = new_table();
+        let holder = table.acquire(["k"], None).unwrap();
+        let first = holder.fence(&"k").unwrap();
+        // Three async waiters on one task, so a chain of hand-offs from one
+        // waiter to the next must wake the task each time; the holder lets
+        // go at every point relative to them. (One executor thread keeps the
+        // exhaustive search small: three threads of waiters do not finish.)
+        let chain = spawn_with(&table, |table| {
+            let take = || {
+                let table = table.clone();
+                Box::pin(async move {
+                    let guard = table.acquire_async(["k"], std::future::pending()).await.unwrap();
+                    guard.fence(&"k").unwrap()
+                })
+            };
+            let mut waiters = [Some(take()), Some(take()), Some(take())];
+            let mut granted = Vec::new();
+            loom::future::block_on(std::future::poll_fn(|cx| {
+                for waiter in &mut waiters {
+                    if let Some(future) = waiter
+                        && let Poll::Ready(fence) = future.as_mut().poll(cx)
+                    {
+                        granted.push(fence);
+                        *waiter = None;
+                    }
+                }
+                if granted.len() == 3 { Poll::Ready(()) } else { Poll::Pending }
+            }));
+            granted
+        });
+        drop(holder);
+        let granted = chain.join().unwrap();
+        assert!(granted[0] > first, "a waiter's token is not above the holder's");
+        assert!(granted.windows(2).all(|pair| pair[0] < pair[1]), "tokens out of grant order: {granted:?}");
         assert!(table.is_idle());
     });
 }

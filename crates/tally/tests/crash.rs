@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use tally_client::dto::{CreatePaymentRequest, CreateUserRequest};
+use tally_client::{Client, ReqwestTransport, Retry};
 use tally_core::store::Store;
 
 const ADMIN: &str = "tly_crash_test_admin";
@@ -47,18 +48,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-async fn post(http: &reqwest::Client, url: String, key: &str, idem: Option<&str>, body: Value) -> Value {
-    let mut request = http.post(url).bearer_auth(key).json(&body);
-    if let Some(idem) = idem {
-        request = request.header("Idempotency-Key", idem);
-    }
-    request.send().await.expect("request").json().await.expect("json")
-}
-
-async fn get(http: &reqwest::Client, url: String, key: &str) -> Value {
-    http.get(url).bearer_auth(key).send().await.expect("get").json().await.expect("json")
-}
-
 #[test]
 fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_confirm() {
     let cluster = tally_cluster::Cluster::start(tally_cluster::ClusterConfig::throwaway().fast_unsafe())
@@ -71,27 +60,22 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
         let gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(tally_gateway::fake::serve(listener, gateway.clone(), std::future::pending()));
         let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        // Sent once: the test kills the server under the confirm on purpose.
+        let api =
+            Client::new(ReqwestTransport::new(http, &format!("http://127.0.0.1:{port}"))).with_retry(Retry::NEVER);
 
         // First life: it will pause for 30 s between the gateway's answer and its commit.
         let mut first = start_tally(&database_url, &gateway_url, port, 30_000);
-        let user = post(&http, format!("{base}/v1/users"), ADMIN, None, json!({"name": "crash"})).await;
-        let key = user["api_key"].as_str().expect("api key").to_owned();
-        let body = json!({"amount": 4_200, "method": "gateway"});
-        let payment = post(&http, format!("{base}/v1/payments"), &key, Some("create"), body).await;
-        assert_eq!(payment["payback_amount"], 420, "the merchant's 10 %");
-        let id = payment["id"].as_str().expect("payment id").to_owned();
+        let created = api.as_key(ADMIN).create_user(&CreateUserRequest::named("crash")).await.expect("a user");
+        let user = api.as_key(created.body.api_key);
+        let request = CreatePaymentRequest::of_amount(4_200, "gateway");
+        let payment = user.create_payment("create", &request).await.expect("a payment").body;
+        assert_eq!(payment.payback_amount, 420, "the merchant's 10 %");
+        let id = payment.id;
         let confirm = {
-            let (http, url, key) = (http.clone(), format!("{base}/v1/payments/{id}/confirm"), key.clone());
-            tokio::spawn(async move {
-                http.post(url)
-                    .bearer_auth(key)
-                    .header("Idempotency-Key", "confirm-1")
-                    .json(&json!({"payment_key": "pk-crash"}))
-                    .send()
-                    .await
-            })
+            let (user, id) = (user.clone(), id.clone());
+            tokio::spawn(async move { user.confirm_payment("confirm-1", &id, Some("pk-crash")).await })
         };
         // Wait until the gateway has charged it, then kill tally inside its pause.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -101,7 +85,8 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
         }
         first.kill().expect("SIGKILL tally");
         first.wait().expect("reap");
-        assert!(confirm.await.expect("task").is_err(), "the client saw the connection die");
+        let died = confirm.await.expect("task");
+        assert!(matches!(died, Err(tally_client::Error::Transport(_))), "the client saw the connection die: {died:?}");
 
         // What the crash left behind: charged at the gateway, `confirming` here.
         let store = tally_pg::PgStore::connect_lazy(&database_url, tally_pg::PgConfig::default()).expect("store");
@@ -116,18 +101,18 @@ fn killed_between_gateway_success_and_commit_the_payment_ends_done_with_one_conf
         let mut second = start_tally(&database_url, &gateway_url, port, 0);
         let deadline = Instant::now() + Duration::from_secs(30);
         let got = loop {
-            let got = get(&http, format!("{base}/v1/payments/{id}"), &key).await;
-            if got["status"] == "done" || Instant::now() > deadline {
+            let got = user.payment(&id).await.expect("the payment").body;
+            if got.status == "done" || Instant::now() > deadline {
                 break got;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let wallet = get(&http, format!("{base}/v1/wallet"), &key).await;
+        let wallet = user.wallet().await.expect("the wallet").body;
         second.kill().expect("stop tally");
         second.wait().expect("reap");
-        assert_eq!(got["status"], "done", "the completer recorded the charge");
-        assert_eq!(got["payback_amount"], 420);
-        assert_eq!(wallet["balance"], 420, "the payback was credited once");
+        assert_eq!(got.status, "done", "the completer recorded the charge");
+        assert_eq!(got.payback_amount, 420);
+        assert_eq!(wallet.balance, 420, "the payback was credited once");
         let stats = gateway.payment_stats("pk-crash");
         assert_eq!((stats.confirm_requests, stats.confirm_effects), (1, 1), "one confirm, ever");
         let snapshot = store.snapshot().await.expect("snapshot");

@@ -3,6 +3,9 @@
 //! duplicates), counting answers in the journal, and the other merchant
 //! sharing the gateway.
 
+use axum::http::Method;
+use tally_client::{Call, Transport};
+
 use super::ops::{body_field, next_op};
 use super::*;
 
@@ -48,6 +51,34 @@ pub fn is_final(reply: &Reply) -> bool {
     }
 }
 
+/// One attempt of `planned` as client `index` (its `(op, attempt,
+/// duplicate)` make the request id, so the router never draws one), with
+/// the bearer key, the `Idempotency-Key` and the queue token: the request
+/// the simulation and the chaos harness both send.
+pub fn attempt_call(
+    planned: &Planned,
+    bearer: &str,
+    index: usize,
+    (op, attempt, duplicate): (usize, u32, bool),
+    key: Option<&str>,
+) -> Call {
+    let request_id = format!("c{}-o{op}-a{attempt}{}", index + 1, if duplicate { "d" } else { "" });
+    let method = Method::from_bytes(planned.method.as_bytes()).expect("the table's methods are valid");
+    let mut call = Call::new(method, &planned.path)
+        .header("authorization", &format!("Bearer {bearer}"))
+        .header("x-request-id", &request_id);
+    if let Some(key) = key {
+        call = call.idempotency_key(key);
+    }
+    if let Some(token) = &planned.queue_token {
+        call = call.header(tally_client::headers::QUEUE_TOKEN, token);
+    }
+    match &planned.body {
+        Some(body) => call.json_bytes(body.clone()),
+        None => call,
+    }
+}
+
 pub(super) struct Attempt<'a> {
     spec: &'a ClientSpec,
     planned: &'a Planned,
@@ -66,15 +97,12 @@ pub(super) async fn send(
     duplicate: bool,
 ) -> Result<Reply, Failure> {
     let host = server_name(server);
-    let bearer = format!("Bearer {}", if planned.admin { crate::server::ADMIN_KEY } else { spec.api_key.as_str() });
-    let request_id = format!("c{}-o{op}-a{attempt}{}", spec.index + 1, if duplicate { "d" } else { "" });
-    let mut headers = vec![("authorization", bearer.as_str()), ("x-request-id", request_id.as_str())];
-    headers.extend(key.map(|key| ("idempotency-key", key)));
-    headers.extend(planned.queue_token.as_deref().map(|token| ("queue-token", token)));
-    let request = net::request(planned.method, &host, &planned.path, &headers, planned.body.clone());
+    let bearer = if planned.admin { crate::server::ADMIN_KEY } else { spec.api_key.as_str() };
+    let call = attempt_call(planned, bearer, spec.index, (op, attempt, duplicate), key);
     spec.journal.count(Count::Requests, 1);
     let sent_at = spec.clock.now();
-    let result = net::exchange(&host, request, spec.behaviour.attempt_timeout).await;
+    let transport = net::SimTransport { host: host.clone(), timeout: spec.behaviour.attempt_timeout };
+    let result = transport.send(call.to_request()).await.map(Reply::of);
     let who = crate::plan::client_name(spec.index);
     let label = format!(
         "{} {} → {host} [{}{}]",

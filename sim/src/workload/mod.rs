@@ -51,7 +51,7 @@ mod client;
 mod ops;
 
 pub use self::client::{
-    ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, client, elsewhere, is_code, is_final, names_payback,
+    ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, attempt_call, client, elsewhere, is_code, is_final, names_payback,
 };
 pub use self::ops::{OPENING_PER_MILLE, OPS, next_op, shared_key};
 

@@ -1,6 +1,10 @@
 //! zero2prod-style helpers: `TestApp::spawn()` builds the router on the
-//! in-memory backend, and request methods named after the API drive it with
-//! `tower::ServiceExt::oneshot` (or a real listener, see `serve()`).
+//! in-memory backend, and request methods named after the API drive it
+//! through `tally-client` over its in-process transport (`oneshot` on the
+//! router; or a real listener, see `serve()`). Helpers that set up state
+//! (users, payments, products, events, tokens, orders) use the typed
+//! client; helpers whose answer a test asserts byte for byte (`TestResponse`)
+//! send exact bytes through the same client's raw escape hatch.
 //! `TestApp::spawn_with_gateway()` adds the fake payment gateway, served on a
 //! loopback port and reached through the real gateway client, so that a
 //! gateway payment goes through exactly what `tally serve` runs.
@@ -11,8 +15,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tally_client::dto::{
+    CreateEventRequest, CreateOrderRequest, CreatePaymentRequest, CreateProductRequest, CreateUserRequest, Label,
+    NewSeatInput, NewShowtimeInput,
+};
+use tally_client::{Client, ServiceTransport};
 use tally_core::Tally;
 use tally_core::app::Config;
 use tally_core::check::Snapshot;
@@ -25,7 +33,6 @@ use tally_gateway::{GatewayClient, GatewayConfig};
 use tally_http::{HttpConfig, Readiness};
 use tally_lock::Guard;
 use tally_mem::{Concurrency, MemLocks, MemStore};
-use tower::ServiceExt;
 
 /// 2026-11-23T00:00:00Z: every test starts on a known day.
 pub const START: Timestamp = Timestamp(20_780 * 86_400_000);
@@ -35,8 +42,13 @@ pub const GATEWAY_SECRET: &str = "test_sk_tally";
 
 pub type MemTally<G = NoGateway> = Tally<MemStore, MemLocks<ManualClock>, ManualClock, G>;
 
+/// The typed client, calling the router in process.
+pub type Api = Client<ServiceTransport<Router, Body>>;
+
 pub struct TestApp<G = NoGateway> {
     pub router: Router,
+    /// The client with no key; `as_key` acts as someone.
+    pub api: Api,
     pub tally: Arc<MemTally<G>>,
     pub store: MemStore,
     pub locks: MemLocks<ManualClock>,
@@ -134,12 +146,12 @@ pub struct Call {
     method: Method,
     path: String,
     headers: Vec<(String, Vec<u8>)>,
-    body: Body,
+    body: Vec<u8>,
 }
 
 impl Call {
     pub fn new(method: Method, path: &str) -> Call {
-        Call { method, path: path.to_owned(), headers: Vec::new(), body: Body::empty() }
+        Call { method, path: path.to_owned(), headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn get(path: &str) -> Call {
@@ -179,11 +191,11 @@ impl Call {
     }
 
     pub fn raw(mut self, raw: impl Into<Vec<u8>>) -> Call {
-        self.body = Body::from(raw.into());
+        self.body = raw.into();
         self
     }
 
-    pub fn into_request(self) -> Request<Body> {
+    pub fn into_request(self) -> Request<Vec<u8>> {
         let mut builder = Request::builder().method(self.method).uri(self.path);
         for (name, value) in self.headers {
             builder = builder.header(name, HeaderValue::from_bytes(&value).unwrap());
@@ -250,7 +262,16 @@ impl<G: Gateway> TestApp<G> {
                 .with_gateway(gateway),
         );
         let router = tally_http::router(Arc::clone(&tally), options.http, options.readiness);
-        TestApp { router, tally, store, locks, clock }
+        TestApp { api: api(router.clone()), router, tally, store, locks, clock }
+    }
+
+    /// The typed client acting as `user`.
+    pub fn user_api(&self, user: &TestUser) -> Api {
+        self.api.as_key(&user.key)
+    }
+
+    pub fn admin_api(&self) -> Api {
+        self.api.as_key(ADMIN_KEY)
     }
 
     pub async fn call(&self, call: Call) -> TestResponse {
@@ -258,7 +279,9 @@ impl<G: Gateway> TestApp<G> {
     }
 
     pub async fn create_user(&self, name: &str) -> TestUser {
-        self.create_user_with(json!({ "name": name })).await
+        let created = self.admin_api().create_user(&CreateUserRequest::named(name)).await.unwrap();
+        assert_eq!(created.status, StatusCode::CREATED);
+        TestUser { id: UserId::parse(&created.body.id).unwrap(), key: created.body.api_key }
     }
 
     /// One user per name, created in order.
@@ -289,7 +312,7 @@ impl<G: Gateway> TestApp<G> {
     /// A user with `balance` in their wallet.
     pub async fn funded_user(&self, name: &str, balance: i64) -> TestUser {
         let user = self.create_user(name).await;
-        self.top_up(&user, &format!("fund-{name}"), balance).await.assert_status(201);
+        self.user_api(&user).top_up(&format!("fund-{name}"), balance).await.unwrap();
         user
     }
 
@@ -300,21 +323,34 @@ impl<G: Gateway> TestApp<G> {
     /// Creates a wallet payment and returns its id. Its payback is the
     /// service's policy (`Options::payback_bps`).
     pub async fn payment_of(&self, user: &TestUser, amount: i64) -> String {
-        let body = json!({ "amount": amount, "method": "wallet" });
-        self.create_payment(user, &format!("create-{amount}-{}", uuid_like()), body).await.assert_created()
+        self.new_payment(
+            user,
+            &format!("create-{amount}-{}", uuid_like()),
+            &CreatePaymentRequest::of_amount(amount, "wallet"),
+        )
+        .await
     }
 
     /// Creates and confirms a wallet payment of `amount`; returns its id.
     pub async fn done_payment_of(&self, user: &TestUser, amount: i64) -> String {
         let id = self.payment_of(user, amount).await;
-        self.confirm(user, &id, &format!("confirm-{amount}-{}", uuid_like())).await.assert_status(200);
+        let idem = format!("confirm-{amount}-{}", uuid_like());
+        let confirmed = self.user_api(user).confirm_payment(&idem, &id, None).await.unwrap();
+        assert_eq!((confirmed.status, confirmed.body.status.as_str()), (StatusCode::OK, "done"));
         id
     }
 
     /// Creates a gateway payment of `amount` and returns its id.
     pub async fn gateway_payment_of(&self, user: &TestUser, amount: i64) -> String {
-        let body = json!({ "amount": amount, "method": "gateway" });
-        self.create_payment(user, &format!("create-gw-{amount}-{}", uuid_like()), body).await.assert_created()
+        let idem = format!("create-gw-{amount}-{}", uuid_like());
+        self.new_payment(user, &idem, &CreatePaymentRequest::of_amount(amount, "gateway")).await
+    }
+
+    /// Creates a payment (201) and returns its id.
+    async fn new_payment(&self, user: &TestUser, idem: &str, request: &CreatePaymentRequest) -> String {
+        let created = self.user_api(user).create_payment(idem, request).await.unwrap();
+        assert_eq!(created.status, StatusCode::CREATED);
+        created.body.id
     }
 
     /// `GET /v1/payments/{id}` as its owner.
@@ -347,7 +383,7 @@ impl<G: Gateway> TestApp<G> {
     }
 
     pub async fn balance(&self, user: &TestUser) -> i64 {
-        self.wallet(user).await["balance"].as_i64().unwrap()
+        self.user_api(user).wallet().await.unwrap().body.balance
     }
 
     pub async fn ledger(&self, user: &TestUser, query: &str) -> TestResponse {
@@ -387,11 +423,17 @@ impl<G: Gateway> TestApp<G> {
     }
 }
 
-/// Sends `call` through `router`: what concurrent tests spawn.
+/// The typed client over `router`, in process.
+pub fn api(router: Router) -> Api {
+    Client::new(ServiceTransport::new(router))
+}
+
+/// Sends `call`'s exact bytes through `router` (the client's raw escape
+/// hatch): what concurrent tests spawn.
 pub async fn call_router(router: Router, call: Call) -> TestResponse {
-    let response = router.oneshot(call.into_request()).await.unwrap();
+    let response = api(router).raw(call.into_request()).await.unwrap();
     let (parts, body) = response.into_parts();
-    TestResponse { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    TestResponse { status: parts.status, headers: parts.headers, body: Bytes::from(body) }
 }
 
 /// An event as created through the API: its id, and each showtime's id
@@ -412,7 +454,9 @@ impl TestEvent {
 impl<G: Gateway> TestApp<G> {
     /// Creates a product as the admin; returns its id.
     pub async fn create_product(&self, name: &str, price: i64, stock: u64) -> String {
-        self.create_product_with(json!({"name": name, "price": price, "stock": stock})).await
+        let created = self.admin_api().create_product(&CreateProductRequest::new(name, price, stock)).await.unwrap();
+        assert_eq!(created.status, StatusCode::CREATED);
+        created.body.id
     }
 
     /// Creates a product from `body` as the admin; returns its id.
@@ -426,35 +470,36 @@ impl<G: Gateway> TestApp<G> {
     }
 
     pub async fn stock(&self, id: &str) -> u64 {
-        self.product(id).await["stock"].as_u64().unwrap()
+        self.api.product(id).await.unwrap().body.stock
     }
 
     /// Creates an event as the admin with one showtime per entry of
     /// `showtimes`, each with seats `A1..An` at `seat_price`.
     pub async fn create_event(&self, active_limit: u32, showtimes: &[usize], seat_price: i64) -> TestEvent {
-        let showtimes: Vec<Value> = showtimes
+        let showtimes = showtimes
             .iter()
             .enumerate()
-            .map(|(i, seats)| {
-                let seats: Vec<Value> =
-                    (1..=*seats).map(|n| json!({"label": format!("A{n}"), "price": seat_price})).collect();
-                json!({"starts_at": format!("2026-12-{:02}T19:30:00Z", 24 + i), "seats": seats})
+            .map(|(i, seats)| NewShowtimeInput {
+                starts_at: format!("2026-12-{:02}T19:30:00Z", 24 + i),
+                seats: (1..=*seats).map(|n| NewSeatInput::new(&format!("A{n}"), seat_price)).collect(),
             })
             .collect();
-        let body =
-            json!({"name": "concert", "active_limit": active_limit, "token_ttl_seconds": 60, "showtimes": showtimes});
-        let response = self.call(Call::post("/v1/events").bearer(ADMIN_KEY).json(body.to_string())).await;
-        let event = response.assert_status(201);
-        let showtimes = event["showtimes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let seats = s["seats"].as_array().unwrap().iter().map(|seat| seat["id"].as_str().unwrap().to_owned());
-                (s["id"].as_str().unwrap().to_owned(), seats.collect())
-            })
+        let request = CreateEventRequest {
+            name: Label("concert".to_owned()),
+            active_limit,
+            token_ttl_seconds: 60,
+            max_seats_per_token: None,
+            showtimes,
+        };
+        let event = self.admin_api().create_event(&request).await.unwrap();
+        assert_eq!(event.status, StatusCode::CREATED);
+        let showtimes = event
+            .body
+            .showtimes
+            .into_iter()
+            .map(|s| (s.id, s.seats.into_iter().map(|seat| seat.id).collect()))
             .collect();
-        TestEvent { id: event["id"].as_str().unwrap().to_owned(), showtimes }
+        TestEvent { id: event.body.id, showtimes }
     }
 
     pub async fn join_queue(&self, user: &TestUser, event: &str) -> TestResponse {
@@ -472,9 +517,9 @@ impl<G: Gateway> TestApp<G> {
     }
 
     async fn joined_token(&self, user: &TestUser, event: &str, status: &str) -> String {
-        let token = self.join_queue(user, event).await.assert_status(201);
-        assert_eq!(token["status"], status, "{token}");
-        token["token"].as_str().unwrap().to_owned()
+        let token = self.user_api(user).join_queue(event).await.unwrap();
+        assert_eq!((token.status, token.body.status.as_str()), (StatusCode::CREATED, status), "{token:?}");
+        token.body.token
     }
 
     pub async fn queue_token(&self, user: &TestUser, token: &str) -> TestResponse {
@@ -492,8 +537,10 @@ impl<G: Gateway> TestApp<G> {
 
     /// An order of `quantity` units of `product`; returns its id.
     pub async fn order_of(&self, user: &TestUser, product: &str, quantity: u64) -> String {
-        let body = json!({"items": [{"product_id": product, "quantity": quantity}]});
-        self.order(user, &format!("order-{}", uuid_like()), body, None).await.assert_created()
+        let request = CreateOrderRequest::of(&[(product, quantity)], &[]);
+        let order = self.user_api(user).create_order(&format!("order-{}", uuid_like()), &request, None).await.unwrap();
+        assert_eq!(order.status, StatusCode::CREATED);
+        order.body.id
     }
 
     pub async fn get_order(&self, user: &TestUser, order: &str) -> TestResponse {
@@ -517,13 +564,8 @@ impl<G: Gateway> TestApp<G> {
 
     /// `GET /v1/showtimes/{id}/seats` as `[(id, status)]`.
     pub async fn seat_statuses(&self, showtime: &str) -> Vec<(String, String)> {
-        let seats = self.call(Call::get(&format!("/v1/showtimes/{showtime}/seats"))).await.assert_status(200);
-        seats["seats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| (s["id"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned()))
-            .collect()
+        let seats = self.api.seats(showtime).await.unwrap().body.seats;
+        seats.into_iter().map(|seat| (seat.id, seat.status)).collect()
     }
 
     pub async fn seat_status(&self, showtime: &str, seat: &str) -> String {

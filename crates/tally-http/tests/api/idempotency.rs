@@ -179,12 +179,7 @@ async fn a_rejected_body_does_not_burn_the_key() {
 fn spawn_top_up(app: &TestApp, user: &crate::helpers::TestUser, key: &str) -> tokio::task::JoinHandle<TestResponse> {
     let router = app.router.clone();
     let call = Call::post("/v1/wallet/top-ups").bearer(&user.key).idem(key).json(r#"{"amount":10}"#);
-    tokio::spawn(async move {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let (parts, body) = router.oneshot(call.into_request()).await.unwrap().into_parts();
-        TestResponse { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
-    })
+    tokio::spawn(crate::helpers::call_router(router, call))
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod catalog;
+mod client;
 mod concurrency;
 mod errors;
 mod gateway;

@@ -21,7 +21,7 @@ use crate::problem::ApiError;
 // ---------------------------------------------------------------- requests
 
 /// `POST /v1/products` (admin).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
     pub name: Label,
@@ -47,8 +47,20 @@ impl CreateProductRequest {
     }
 }
 
+impl CreateProductRequest {
+    /// A product at `price` with `stock` units and the default payback.
+    pub fn new(name: &str, price: i64, stock: u64) -> CreateProductRequest {
+        CreateProductRequest {
+            name: Label(name.to_owned()),
+            price: JsonInteger::from(price),
+            stock: JsonInteger::from(stock),
+            payback_bps: None,
+        }
+    }
+}
+
 /// `POST /v1/products/{id}/restock` (admin).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
     /// Units added, `1..=10^9`; what was ever stocked stays at most 10^9.
@@ -57,7 +69,7 @@ pub struct RestockRequest {
 }
 
 /// One seat of a new showtime.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSeatInput {
     /// Unique within the showtime (`A1`, `R12-7`).
@@ -67,8 +79,14 @@ pub struct NewSeatInput {
     pub price: JsonInteger,
 }
 
+impl NewSeatInput {
+    pub fn new(label: &str, price: i64) -> NewSeatInput {
+        NewSeatInput { label: Label(label.to_owned()), price: JsonInteger::from(price) }
+    }
+}
+
 /// One showtime of a new event.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewShowtimeInput {
     /// RFC 3339 (`2026-12-24T19:30:00Z`, or with an offset); kept to the millisecond.
@@ -81,7 +99,7 @@ pub struct NewShowtimeInput {
 
 /// `POST /v1/events` (admin): an event, its waiting queue's settings, and
 /// its showtimes with their seats.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
     pub name: Label,
@@ -125,8 +143,27 @@ impl CreateEventRequest {
     }
 }
 
+impl CreateEventRequest {
+    /// An event with one showtime at `starts_at` and these seats.
+    pub fn one_showtime(
+        name: &str,
+        active_limit: u32,
+        token_ttl_seconds: u64,
+        starts_at: &str,
+        seats: Vec<NewSeatInput>,
+    ) -> CreateEventRequest {
+        CreateEventRequest {
+            name: Label(name.to_owned()),
+            active_limit,
+            token_ttl_seconds,
+            max_seats_per_token: None,
+            showtimes: vec![NewShowtimeInput { starts_at: starts_at.to_owned(), seats }],
+        }
+    }
+}
+
 /// One product line of a new order.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderItemInput {
     #[schema(format = Uuid)]
@@ -138,7 +175,7 @@ pub struct OrderItemInput {
 
 /// `POST /v1/orders`: products and/or seats, reserved together or not at
 /// all. Seats need the `Queue-Token` header.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// At most 10 lines, one per product.
@@ -175,10 +212,26 @@ impl CreateOrderRequest {
     }
 }
 
+impl CreateOrderRequest {
+    /// An order of `(product id, quantity)` lines and seat ids; an empty
+    /// list is left out.
+    pub fn of(items: &[(&str, u64)], seats: &[&str]) -> CreateOrderRequest {
+        let items: Vec<OrderItemInput> = items
+            .iter()
+            .map(|(product, quantity)| OrderItemInput {
+                product_id: (*product).to_owned(),
+                quantity: JsonInteger::from(*quantity),
+            })
+            .collect();
+        let seats: Vec<String> = seats.iter().map(|seat| (*seat).to_owned()).collect();
+        CreateOrderRequest { items: (!items.is_empty()).then_some(items), seats: (!seats.is_empty()).then_some(seats) }
+    }
+}
+
 // --------------------------------------------------------------- responses
 
 /// A product.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProductBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -204,7 +257,7 @@ impl From<&Product> for ProductBody {
 }
 
 /// A seat.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SeatBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -226,7 +279,7 @@ impl From<&Seat> for SeatBody {
 }
 
 /// A showtime as created, with its seats.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShowtimeCreatedBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -237,7 +290,7 @@ pub struct ShowtimeCreatedBody {
 }
 
 /// `201` of `POST /v1/events`: the event and every id it was given.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -271,7 +324,7 @@ impl From<&EventView> for EventBody {
 }
 
 /// One showtime of an event, with how many of its seats are available.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShowtimeBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -288,19 +341,19 @@ impl ShowtimeBody {
 }
 
 /// `GET /v1/events/{id}/showtimes`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShowtimesBody {
     pub showtimes: Vec<ShowtimeBody>,
 }
 
 /// `GET /v1/showtimes/{id}/seats`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SeatsBody {
     pub seats: Vec<SeatBody>,
 }
 
 /// A queue token, as its owner sees it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenBody {
     /// The token: send it as `Queue-Token` when ordering seats.
     #[schema(format = Uuid)]
@@ -330,7 +383,7 @@ impl From<&TokenView> for TokenBody {
 }
 
 /// One product line of an order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderItemBody {
     #[schema(format = Uuid)]
     pub product_id: String,
@@ -340,7 +393,7 @@ pub struct OrderItemBody {
 }
 
 /// One seat of an order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderSeatBody {
     #[schema(format = Uuid)]
     pub seat_id: String,
@@ -348,7 +401,7 @@ pub struct OrderSeatBody {
 }
 
 /// An order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderBody {
     #[schema(format = Uuid)]
     pub id: String,

@@ -45,6 +45,29 @@ pub enum JsonInteger {
     Huge { negative: bool },
 }
 
+impl From<i64> for JsonInteger {
+    fn from(value: i64) -> JsonInteger {
+        JsonInteger::Exact(i128::from(value))
+    }
+}
+
+impl From<u64> for JsonInteger {
+    fn from(value: u64) -> JsonInteger {
+        JsonInteger::Exact(i128::from(value))
+    }
+}
+
+/// A client writes what it holds as the integer it is; `Huge` is only ever
+/// read (a float beyond `i64`), never written.
+impl Serialize for JsonInteger {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            JsonInteger::Exact(value) => serializer.serialize_i128(*value),
+            JsonInteger::Huge { .. } => Err(serde::ser::Error::custom("a huge integer is read, never written")),
+        }
+    }
+}
+
 /// 2^63 as a float: every float at or beyond it in magnitude is an integer
 /// too large for `i64` (floats that large have no fractional part).
 const I64_LIMIT_AS_FLOAT: f64 = 9_223_372_036_854_775_808.0;
@@ -185,7 +208,7 @@ impl JsonInteger {
 /// A name or a label a client gives (a user, a product, an event, a seat),
 /// checked by the core's one rule (`tally_core::catalog::label`); the
 /// schema restates that rule exactly, as [`LABEL_PATTERN`].
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Label(pub String);
 
@@ -212,7 +235,7 @@ impl utoipa::PartialSchema for Label {
 impl ToSchema for Label {}
 
 /// `POST /v1/users`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     pub name: Label,
@@ -222,7 +245,7 @@ pub struct CreateUserRequest {
 
 /// Optional wallet ceilings; absent or `null` means unlimited (serde reads
 /// a missing `Option` field as `None`).
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsInput {
     pub max_balance: Option<LimitInput>,
@@ -232,9 +255,9 @@ pub struct LimitsInput {
 }
 
 /// One wallet ceiling as a body gives it: minor units, `0..=10^15`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(transparent)]
-pub struct LimitInput(JsonInteger);
+pub struct LimitInput(pub JsonInteger);
 
 impl utoipa::PartialSchema for LimitInput {
     fn schema() -> RefOr<Schema> {
@@ -262,7 +285,7 @@ impl LimitsInput {
 }
 
 /// `POST /v1/wallet/top-ups`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopUpRequest {
     /// Minor units, `1..=10^12`.
@@ -272,7 +295,7 @@ pub struct TopUpRequest {
 
 /// `POST /v1/payments`: `{amount}` or `{order_id}` (exactly one), and
 /// `method: "wallet" | "gateway"`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentRequest {
     /// Minor units, `1..=10^12`. Exactly one of `amount` and `order_id`.
@@ -288,7 +311,7 @@ pub struct CreatePaymentRequest {
     /// `payback_bps`, or the service's `--payback-bps`), never the
     /// customer's choice. Read here only to refuse it with a clear detail
     /// instead of a bare "unknown field".
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present", skip_serializing)]
     #[schema(ignore)]
     pub payback_amount: Option<Present>,
     /// Pay this order of the caller's: the amount is its total. It must
@@ -303,6 +326,40 @@ pub struct CreatePaymentRequest {
     pub confirm: bool,
 }
 
+impl CreatePaymentRequest {
+    /// A payment of `amount` minor units by `method` (`wallet`, `gateway`).
+    pub fn of_amount(amount: i64, method: &str) -> CreatePaymentRequest {
+        CreatePaymentRequest {
+            amount: Some(JsonInteger::from(amount)),
+            method: method.to_owned(),
+            payback_amount: None,
+            order_id: None,
+            confirm: false,
+        }
+    }
+
+    /// A payment of the order `order`'s total by `method`.
+    pub fn of_order(order: &str, method: &str) -> CreatePaymentRequest {
+        CreatePaymentRequest {
+            amount: None,
+            order_id: Some(order.to_owned()),
+            ..CreatePaymentRequest::of_amount(0, method)
+        }
+    }
+
+    /// Created and confirmed in one step (`confirm: true`).
+    pub fn confirmed(self) -> CreatePaymentRequest {
+        CreatePaymentRequest { confirm: true, ..self }
+    }
+}
+
+impl CreateUserRequest {
+    /// A user named `name`, with no limits.
+    pub fn named(name: &str) -> CreateUserRequest {
+        CreateUserRequest { name: Label(name.to_owned()), limits: None }
+    }
+}
+
 /// A field that was in the body, whatever its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Present;
@@ -315,13 +372,13 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Present>
 }
 
 /// The body of `cancel`: none, or `{}`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyRequest {}
 
 /// The body of `confirm`: for a wallet payment none, or `{}`; for a gateway
 /// payment `{payment_key}`, the key the gateway's checkout gave the client.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
     #[serde(default)]
@@ -345,7 +402,7 @@ pub struct LedgerQuery {
 // --------------------------------------------------------------- responses
 
 /// `201` of `POST /v1/users`. The API key is shown here once and never again.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserCreated {
     #[schema(format = Uuid)]
     pub id: String,
@@ -360,7 +417,7 @@ impl UserCreated {
 }
 
 /// A wallet's ceilings; `null` means unlimited.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LimitsBody {
     pub max_balance: Option<i64>,
     pub per_payment_limit: Option<i64>,
@@ -369,7 +426,7 @@ pub struct LimitsBody {
 }
 
 /// `GET /v1/wallet`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WalletBody {
     pub balance: i64,
     pub limits: LimitsBody,
@@ -397,7 +454,7 @@ impl From<&WalletView> for WalletBody {
 }
 
 /// `201` of `POST /v1/wallet/top-ups`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TopUpBody {
     /// The ledger entry the top-up booked.
     #[schema(format = Uuid)]
@@ -408,7 +465,7 @@ pub struct TopUpBody {
 }
 
 /// One line of a wallet's ledger.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LedgerEntryBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -428,7 +485,7 @@ pub struct LedgerEntryBody {
 }
 
 /// `GET /v1/wallet/ledger`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LedgerBody {
     pub entries: Vec<LedgerEntryBody>,
     /// Pass as `after` to read the next page; absent on the last page. Opaque.
@@ -459,7 +516,7 @@ impl LedgerEntryBody {
 }
 
 /// A payment.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentBody {
     #[schema(format = Uuid)]
     pub id: String,
@@ -500,7 +557,7 @@ impl From<&Payment> for PaymentBody {
 }
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusBody {
     #[schema(example = "ok")]
     pub status: String,

@@ -7,8 +7,7 @@
 //! decided in one place. 5xx bodies never carry details: the cause travels in
 //! a response extension ([`InternalCause`]) to the middleware that logs it.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde::Serialize;
 use tally_core::Error;
 use tally_core::catalog::StockError;
@@ -53,6 +52,40 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in declaration order: what a client reads a problem's
+    /// `code` against ([`Code::parse`]).
+    pub const ALL: [Code; 24] = [
+        Code::MalformedRequest,
+        Code::IdempotencyKeyMissing,
+        Code::IdempotencyKeyInvalid,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::IdempotencyKeyInUse,
+        Code::InsufficientBalance,
+        Code::LimitExceeded,
+        Code::MaxBalanceExceeded,
+        Code::OutOfStock,
+        Code::SeatUnavailable,
+        Code::InvalidState,
+        Code::OrderExpired,
+        Code::PaymentKeyInUse,
+        Code::SeatLimitReached,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::IdempotencyKeyReused,
+        Code::InvalidAmount,
+        Code::RateLimited,
+        Code::InternalError,
+        Code::Unavailable,
+    ];
+
+    /// The code a problem's `code` names; `None` for one this build does not know.
+    pub fn parse(text: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Code::MalformedRequest => "malformed_request",
@@ -147,7 +180,7 @@ impl Code {
     }
 
     /// The code a bare status gets when a layer (not a handler) produced it.
-    pub(crate) fn for_status(status: StatusCode) -> Code {
+    pub fn for_status(status: StatusCode) -> Code {
         match status {
             StatusCode::UNAUTHORIZED => Code::Unauthorized,
             StatusCode::FORBIDDEN => Code::Forbidden,
@@ -184,6 +217,13 @@ pub struct Problem {
     pub detail: String,
     /// The stable, machine-readable error code (SPEC.md's error table).
     pub code: String,
+}
+
+impl Problem {
+    /// The stable code, if this build knows it.
+    pub fn code(&self) -> Option<Code> {
+        Code::parse(&self.code)
+    }
 }
 
 /// Carried on 5xx responses (never in their bodies) so the logging
@@ -247,8 +287,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// The server's side: the problem response, with `WWW-Authenticate` on a
+/// 401, `Retry-After` when set, and the cause in an extension for the log.
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        use http::{HeaderValue, header};
         let mut response =
             (self.status(), [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE))], self.body())
                 .into_response();
@@ -399,12 +443,6 @@ mod tests {
         for conflict in [Code::OutOfStock, Code::SeatUnavailable, Code::OrderExpired, Code::SeatLimitReached] {
             assert_eq!(conflict.status(), StatusCode::CONFLICT);
         }
-        // A broken record is a 500, and a 500 is never stored under a key,
-        // even though the core counts every stock error as a refusal.
-        let broken = Err(StockError::OverRelease { product, returned: 1 }.into());
-        assert_eq!(crate::keyed::render(StatusCode::OK, &broken), None);
-        let refused = Err(StockError::OutOfStock { product, available: 0, wanted: 1 }.into());
-        assert_eq!(crate::keyed::render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
     }
 
     #[test]
@@ -412,11 +450,20 @@ mod tests {
         let error = ApiError::from(Error::PaymentKeyInUse);
         assert_eq!((error.code, error.status()), (Code::PaymentKeyInUse, StatusCode::CONFLICT));
         assert_eq!(error.problem().code, "payment_key_in_use");
-        // Stored like every business refusal, so a retry replays it.
-        let refused = Err(Error::PaymentKeyInUse);
-        assert_eq!(crate::keyed::render(StatusCode::OK, &refused).map(|stored| stored.status), Some(409));
-        let refused = Err(Error::SeatLimitReached);
-        assert_eq!(crate::keyed::render(StatusCode::CREATED, &refused).map(|stored| stored.status), Some(409));
+    }
+
+    #[test]
+    fn every_code_is_listed_once_and_reads_back() {
+        // `ALL` is in declaration order: a variant added anywhere but last
+        // without being listed shifts the discriminants and fails here.
+        let mut seen = std::collections::BTreeSet::new();
+        for (position, code) in Code::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, position, "{code:?}");
+            assert_eq!(Code::parse(code.as_str()), Some(code));
+            assert!(seen.insert(code.as_str()), "{code:?} twice");
+        }
+        assert_eq!(Code::ALL.len(), Code::Unavailable as usize + 1, "the last variant is listed");
+        assert_eq!(Code::parse("no_such_code"), None);
     }
 
     #[test]
