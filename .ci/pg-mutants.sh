@@ -61,6 +61,7 @@ mutants=(
   "atomic|pg_drop_balance_guard:the atomic wallet write does not require the balance it decided on"
   "pessimistic|pg_nowait_waits:admission waits for a key's row instead of answering in use (NOWAIT dropped)"
   "optimistic|pg_conflict_is_success:a serialization failure or deadlock is taken for a statement that succeeded"
+  "redis|pg_skip_fence_claim:begin_locked claims no fencing token (a holder past its lease is not refused)"
 )
 # Which check must catch each (an extended regex over the "caught …" text).
 # The row-lock and deadlock properties have end-to-end tests of their own:
@@ -73,6 +74,7 @@ MUTANT_EXPECTED=(
   [pg_drop_balance_guard]='e2e .*atomic::balance_for_k_pays_exactly_k'
   [pg_nowait_waits]='e2e .*pessimistic::loaded_rows_lock_as_the_strategy_promises'
   [pg_conflict_is_success]='e2e .*optimistic::crossed_writers_deadlock_and_exactly_one_is_told'
+  [pg_skip_fence_claim]='e2e .*redis::a_holder_paused_(before_its_transaction_is_fenced|mid_transaction_makes_the_next_one_wait)'
 )
 
 for entry in "${mutants[@]}"; do

@@ -16,9 +16,10 @@ use tally_core::check::Snapshot;
 use tally_core::ids::{OrderId, TokenId};
 use tally_core::order::Order;
 use tally_core::queue::QueueToken;
-use tally_core::store::{NoLocks, Store, Tx};
+use tally_core::store::{Store, Tx};
 use tally_http::{HttpConfig, Readiness};
 use tally_pg::{PgConfig, PgStore, Strategy};
+use tally_redis::{Flavour, Locks, RedisLockConfig, RedisLocks, RedisServer};
 
 /// The superuser URL of the server every test database lives on.
 static SERVER: OnceLock<String> = OnceLock::new();
@@ -37,6 +38,38 @@ pub fn start_server() -> Result<Option<tally_cluster::Cluster>, String> {
     };
     SERVER.set(url).map_err(|_| "server started twice".to_owned())?;
     Ok(cluster)
+}
+
+/// The URL of the Redis the redis strategy's tests lock in.
+static REDIS: OnceLock<String> = OnceLock::new();
+
+/// Starts the run's private `redis-server` (tests of one run share it, each
+/// app in a namespace of its own: see `locks_for`); the caller stops it.
+pub fn start_redis() -> Result<RedisServer, String> {
+    let server = RedisServer::start().map_err(|e| e.to_string())?;
+    REDIS.set(server.url()).map_err(|_| "redis started twice".to_owned())?;
+    Ok(server)
+}
+
+/// The run's Redis (see `start_redis`).
+pub fn redis_url() -> &'static str {
+    REDIS.get().expect("redis started for the redis strategy's tests")
+}
+
+/// The lock manager `strategy` runs with: none, or for the redis strategy
+/// `RedisLocks` in the flavour `TALLY_TEST_REDIS_LOCK` names (default spin).
+/// Inside a runtime (the pub/sub flavour subscribes at once).
+pub fn locks_for(strategy: Strategy) -> Locks {
+    if strategy != Strategy::Redis {
+        return Locks::None;
+    }
+    // Tests of one process draw the same sequential ids: each app locks in
+    // a namespace of its own, so two tests never share a lock.
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let flavour = std::env::var("TALLY_TEST_REDIS_LOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(Flavour::Spin);
+    let namespace = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let config = RedisLockConfig { namespace, ..RedisLockConfig::new(flavour) };
+    Locks::Redis(RedisLocks::new(redis_url(), config).expect("redis URL"))
 }
 
 /// `url` with its database replaced by `database`.
@@ -94,7 +127,7 @@ impl Default for Pool {
     }
 }
 
-pub type PgTally = Tally<PgStore, NoLocks, SystemClock, tally_gateway::GatewayClient>;
+pub type PgTally = Tally<PgStore, Locks, SystemClock, tally_gateway::GatewayClient>;
 
 /// A running app: the real router over PostgreSQL on 127.0.0.1:random.
 pub struct TestApp {
@@ -186,7 +219,8 @@ pub async fn spawn_app_paying_back(strategy: Strategy, pool: Pool, payback_bps: 
     let mut client_config = tally_gateway::GatewayConfig::new(gateway_url, "test_sk");
     client_config.request_timeout = Duration::from_millis(500);
     let client = tally_gateway::GatewayClient::new(client_config).expect("gateway client");
-    let app = Arc::new(Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core).with_gateway(client));
+    let app =
+        Arc::new(Tally::new(store, locks_for(strategy), SystemClock, Arc::new(UuidIds), core).with_gateway(client));
     let admin_key = tally_http::new_api_key();
     let mut http_config = HttpConfig::new(admin_key.clone());
     http_config.request_timeout = Duration::from_secs(30);

@@ -20,7 +20,7 @@ use tally_core::money::{Amount, Money};
 use tally_core::order::{Order, OrderStatus};
 use tally_core::payment::{Method, Payment, PaymentStatus};
 use tally_core::queue::TokenStatus;
-use tally_core::store::{NoLocks, Store, StoreError, Tx};
+use tally_core::store::{Store, StoreError, Tx};
 use tally_core::time::ManualClock;
 use tally_core::wallet::{Limits, Wallet, WalletError};
 use tally_mem::MemGateway;
@@ -28,7 +28,7 @@ use tally_pg::{PgStore, Strategy};
 
 use crate::harness::{Pool, START, at_once, fresh_store, stored_order, stored_token};
 
-type Bank = Tally<PgStore, NoLocks, ManualClock, MemGateway>;
+type Bank = Tally<PgStore, tally_redis::Locks, ManualClock, MemGateway>;
 
 /// The merchant's payback here: 10 % of every payment.
 const PAYBACK_BPS: u32 = 1_000;
@@ -46,7 +46,8 @@ async fn bank(strategy: Strategy) -> (Arc<Bank>, MemGateway) {
     };
     let ids = Arc::new(SeqIds::new(u64::from(std::process::id())));
     let gateway = MemGateway::new();
-    let app = Tally::new(store, NoLocks, ManualClock::new(START), ids, core).with_gateway(gateway.clone());
+    let app = Tally::new(store, crate::harness::locks_for(strategy), ManualClock::new(START), ids, core)
+        .with_gateway(gateway.clone());
     (Arc::new(app), gateway)
 }
 
@@ -467,7 +468,7 @@ pub async fn the_schema_refuses_a_balance_past_the_cap(strategy: Strategy) {
     // finds the delta past the cap and reports a conflict first.
     match strategy {
         Strategy::Atomic => assert_eq!(result, Err(StoreError::Conflict)),
-        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory => {
+        Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory | Strategy::Redis => {
             let capped =
                 |m: &str| m.contains("wallets_balance_cap") || m.contains("wallets_ceiling_with_held_paybacks");
             assert!(matches!(result, Err(StoreError::Integrity(ref m)) if capped(m)), "{result:?}")

@@ -20,7 +20,6 @@ use tally_core::money::{Amount, Money};
 use tally_core::order::{Order, OrderError, OrderStatus};
 use tally_core::payment::{Method, Payment, PaymentStatus};
 use tally_core::queue::TokenStatus;
-use tally_core::store::NoLocks;
 use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::Limits;
 use tally_gateway::fake::{LatencyFault, Trigger};
@@ -29,7 +28,7 @@ use tally_pg::{PgStore, Strategy};
 
 use crate::harness::{Pool, START, at_once, fresh_store, stored_order};
 
-type Shop = Tally<PgStore, NoLocks, ManualClock, GatewayClient>;
+type Shop = Tally<PgStore, tally_redis::Locks, ManualClock, GatewayClient>;
 
 /// The core over a fresh database with `strategy`, on the suite's pool size
 /// (`TALLY_TEST_MAX_CONNECTIONS`: CI runs everything again on one connection).
@@ -52,7 +51,8 @@ async fn shop_with_gateway(strategy: Strategy) -> (Arc<Shop>, FakeGateway) {
     let mut client = GatewayConfig::new(url, "test_sk");
     client.request_timeout = Duration::from_secs(10);
     let client = GatewayClient::new(client).expect("gateway client");
-    let app = Tally::new(store, NoLocks, ManualClock::new(START), ids, core).with_gateway(client);
+    let app =
+        Tally::new(store, crate::harness::locks_for(strategy), ManualClock::new(START), ids, core).with_gateway(client);
     (Arc::new(app), gateway)
 }
 

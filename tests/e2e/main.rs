@@ -6,6 +6,7 @@
 //! the tests, and stops the cluster. Arguments work as with libtest: a filter
 //! substring, `--exact`, `--test-threads N`, `--list`.
 
+mod fences;
 mod harness;
 mod holes;
 mod inventory;
@@ -81,9 +82,22 @@ fn main() {
         loaded_rows_lock_as_the_strategy_promises,
         crossed_writers_deadlock_and_exactly_one_is_told,
     ];
+    // The redis strategy's own: tokens from Redis, leases run out.
+    let redis_only: [(&str, Scenario); 3] = [
+        ("a_holder_paused_before_its_transaction_is_fenced", |s| {
+            Box::pin(fences::a_holder_paused_before_its_transaction_is_fenced(s))
+        }),
+        ("a_holder_paused_mid_transaction_makes_the_next_one_wait", |s| {
+            Box::pin(fences::a_holder_paused_mid_transaction_makes_the_next_one_wait(s))
+        }),
+        ("redis_killed_mid_run_refuses_and_loses_nothing", |s| {
+            Box::pin(fences::redis_killed_mid_run_refuses_and_loses_nothing(s))
+        }),
+    ];
     let mut trials = Vec::new();
-    for strategy in Strategy::ALL {
-        for (name, scenario) in per_strategy {
+    for strategy in Strategy::ALL.into_iter().chain([Strategy::Redis]) {
+        let own: &[(&str, Scenario)] = if strategy == Strategy::Redis { &redis_only } else { &[] };
+        for &(name, scenario) in per_strategy.iter().chain(own) {
             trials.push(Trial::test(format!("{}::{name}", strategy.as_str()), move || run(scenario, strategy)));
         }
         trials.push(Trial::test(format!("{}::store_conforms", strategy.as_str()), move || {
@@ -102,7 +116,21 @@ fn main() {
             }
         }
     };
+    let redis = if listing {
+        None
+    } else {
+        match harness::start_redis() {
+            Ok(redis) => Some(redis),
+            Err(error) => {
+                eprintln!("cannot start redis-server for the redis strategy's tests: {error}");
+                std::process::exit(101);
+            }
+        }
+    };
     let conclusion = libtest_mimic::run(&arguments, trials);
+    if let Some(redis) = redis {
+        redis.stop();
+    }
     if let Some(cluster) = cluster
         && let Err(error) = cluster.stop()
     {

@@ -18,14 +18,29 @@ use crate::{amount, balance, user};
 
 type App<S, L> = tally_core::app::Tally<S, L, tally_core::time::ManualClock>;
 
-/// The case's token 0: past every token a test's lock manager issues.
-const T: u64 = 1 << 40;
+/// The case's token 0: past every token a test's lock manager issues
+/// (the Redis manager's start at its clock in microseconds, about 2^51).
+const T: u64 = 1 << 60;
 
 /// How long `begin_locked` may wait for a key (nothing else holds these).
 const WAIT: Duration = Duration::from_secs(5);
 
+/// What a store does when a later grant claims a key whose claim an open
+/// transaction still holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overtaking {
+    /// The later claim goes through and the open transaction's commit is
+    /// refused (the in-memory store, which has no row locks).
+    RefusesTheCommit,
+    /// The later claim waits for the open transaction to end (PostgreSQL:
+    /// the claim's row stays locked until commit). Not sequential, so the
+    /// case is left to the backend's own tests
+    /// (`tests/e2e/fences.rs`: a holder paused mid-transaction).
+    Waits,
+}
+
 /// The cases, in order. Returns their names.
-pub async fn run_all<S: Store, L: LockManager>(app: &App<S, L>) -> Vec<&'static str> {
+pub async fn run_all<S: Store, L: LockManager>(app: &App<S, L>, overtaking: Overtaking) -> Vec<&'static str> {
     let mut ran = Vec::new();
     macro_rules! case {
         ($name:ident) => {
@@ -34,7 +49,9 @@ pub async fn run_all<S: Store, L: LockManager>(app: &App<S, L>) -> Vec<&'static 
         };
     }
     case!(an_older_token_is_refused_at_begin);
-    case!(a_transaction_overtaken_by_a_later_claim_commits_nothing);
+    if overtaking == Overtaking::RefusesTheCommit {
+        case!(a_transaction_overtaken_by_a_later_claim_commits_nothing);
+    }
     case!(one_stale_key_refuses_the_whole_transaction);
     case!(an_equal_token_begins_again);
     case!(empty_fences_are_never_refused);

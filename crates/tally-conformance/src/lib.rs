@@ -10,8 +10,8 @@
 //! other's records, and the invariant checker runs over everything at the end.
 //!
 //! [`fences`] is the part a store that checks lock fencing tokens must pass
-//! on top ([`fences::run_all`]): the in-memory store runs it; PostgreSQL
-//! runs it once its fence check lands (branch `redis`).
+//! on top ([`fences::run_all`]): the in-memory store and PostgreSQL (every
+//! strategy) run it.
 
 /// Runs `$command` for `$user`, unkeyed: the record of the
 /// `Outcome::$variant` it must answer, or the error it answered (`$what`

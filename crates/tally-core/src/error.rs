@@ -90,6 +90,7 @@ impl From<LockError> for Error {
         match error {
             LockError::Timeout => Error::Busy("lock wait timed out"),
             LockError::QueueFull => Error::Busy("too many concurrent requests on one record"),
+            LockError::Unavailable => Error::Busy("the lock service is unavailable"),
         }
     }
 }

@@ -284,6 +284,24 @@ pub const BATCH_LOCK_SET_SIZE_MAX: usize = 1_024;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockSet(Vec<LockKey>);
 
+impl LockKey {
+    /// The key's name outside this process (a lock in Redis, an advisory
+    /// lock or a fence row in PostgreSQL): one text per key, the same on
+    /// every instance. Exhaustive, so a new kind of key cannot go unnamed.
+    pub fn name(&self) -> String {
+        match self {
+            LockKey::Idempotency(scope) => format!("idempotency:{:032x}:{}", scope.user.0, scope.key.as_str()),
+            LockKey::PaymentKey(payment_key) => format!("payment-key:{payment_key}"),
+            LockKey::Payment(id) => format!("payment:{:032x}", id.0),
+            LockKey::Wallet(id) => format!("wallet:{:032x}", id.0),
+            LockKey::Order(id) => format!("order:{:032x}", id.0),
+            LockKey::Product(id) => format!("product:{:032x}", id.0),
+            LockKey::Seat(id) => format!("seat:{:032x}", id.0),
+            LockKey::Queue(id) => format!("queue:{:032x}", id.0),
+        }
+    }
+}
+
 /// A use case never locks more than this many keys at once. The largest set
 /// is an order's: its idempotency key, payment key, payment, wallet, order,
 /// 10 products, 10 seats and its event's queue — 26.
@@ -362,6 +380,10 @@ pub enum LockError {
     Timeout,
     #[error("too many waiters for a lock")]
     QueueFull,
+    /// The lock service could not be reached or did not answer in time (a
+    /// lock manager outside the process: Redis). Nothing was granted.
+    #[error("lock service unavailable")]
+    Unavailable,
 }
 
 /// Grants exclusive access to the keys of a [`LockSet`] until the guard drops.

@@ -1,7 +1,9 @@
 //! `tally bench`: every workload × every strategy × client counts, plus the
 //! raw-SQL baselines, in one run on one private PostgreSQL cluster.
 //!
-//! For each strategy, batched (group commit at `serve`'s default) and
+//! For each strategy (the redis strategy once per lock flavour: seed 002's
+//! simple, spin and pub/sub locks, each `tally serve` with its own private
+//! `redis-server`), batched (group commit at `serve`'s default) and
 //! unbatched (`--batch-max 1`), the bench starts `tally serve` (this same
 //! binary) on a fresh database of the cluster, then runs `tally load` once
 //! per workload and client count against it. Each row is one such run:
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tally_pg::Strategy;
+use tally_redis::Flavour;
 
 /// The workloads every strategy runs, by their `tally load` names.
 const WORKLOADS: [&str; 5] = ["hot", "spread", "duplicates", "last-unit", "one-seat"];
@@ -67,6 +70,31 @@ struct Row {
     pass: bool,
 }
 
+/// What one `tally serve` runs: a strategy, and for the redis strategy its
+/// lock flavour.
+#[derive(Clone, Copy, Debug)]
+struct Deployment {
+    strategy: Strategy,
+    redis_lock: Option<Flavour>,
+}
+
+impl Deployment {
+    /// Every strategy PostgreSQL carries out alone, then redis in each flavour.
+    fn all() -> Vec<Deployment> {
+        let alone = Strategy::ALL.into_iter().map(|strategy| Deployment { strategy, redis_lock: None });
+        let redis = Flavour::ALL.into_iter().map(|f| Deployment { strategy: Strategy::Redis, redis_lock: Some(f) });
+        alone.chain(redis).collect()
+    }
+
+    /// `pessimistic`, …, `redis-simple`, `redis-spin`, `redis-pubsub`.
+    fn name(self) -> String {
+        match self.redis_lock {
+            None => self.strategy.as_str().to_owned(),
+            Some(flavour) => format!("{}-{}", self.strategy.as_str(), flavour.as_str()),
+        }
+    }
+}
+
 /// A `tally serve` child process, killed when dropped.
 struct Server {
     child: tokio::process::Child,
@@ -77,7 +105,7 @@ impl Server {
     async fn start(
         exe: &Path,
         url: &str,
-        strategy: Strategy,
+        deployment: Deployment,
         batch_max: Option<u32>,
         log: &Path,
     ) -> Result<Server, String> {
@@ -88,7 +116,7 @@ impl Server {
         let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut command = tokio::process::Command::new(exe);
         command
-            .args(["serve", "--database-url", url, "--strategy", strategy.as_str()])
+            .args(["serve", "--database-url", url, "--strategy", deployment.strategy.as_str()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("TALLY_ADMIN_KEY", ADMIN_KEY)
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -96,6 +124,9 @@ impl Server {
             .kill_on_drop(true);
         if let Some(n) = batch_max {
             command.args(["--batch-max", &n.to_string()]);
+        }
+        if let Some(flavour) = deployment.redis_lock {
+            command.args(["--redis-lock", flavour.as_str()]);
         }
         let child = command.spawn().map_err(|e| format!("starting tally serve: {e}"))?;
         let server = Server { child, base: format!("http://127.0.0.1:{port}") };
@@ -106,7 +137,7 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(format!("tally serve ({}) was not ready within {} s", strategy.as_str(), SERVER_START_MAX.as_secs()))
+        Err(format!("tally serve ({}) was not ready within {} s", deployment.name(), SERVER_START_MAX.as_secs()))
     }
 
     /// The store's conflicts so far (0 before the first).
@@ -213,7 +244,8 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
     let config = tally_cluster::ClusterConfig::throwaway().with_max_connections(600);
     let cluster = tally_cluster::Cluster::start(config).map_err(|e| format!("starting PostgreSQL: {e}"))?;
     let batches: [Option<u32>; 2] = [None, Some(1)];
-    let total = (Strategy::ALL.len() * batches.len() * WORKLOADS.len() + RAW.len()) * clients.len();
+    let deployments = Deployment::all();
+    let total = (deployments.len() * batches.len() * WORKLOADS.len() + RAW.len()) * clients.len();
     let progress = ProgressBar::new(u64::try_from(total).unwrap_or(u64::MAX));
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} rows  {msg}")
@@ -221,17 +253,17 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
             .progress_chars("=> "),
     );
     let mut rows = Vec::new();
-    for strategy in Strategy::ALL {
+    for deployment in deployments {
         for batch_max in batches {
             let series = match batch_max {
-                None => strategy.as_str().to_owned(),
-                Some(_) => format!("{}/unbatched", strategy.as_str()),
+                None => deployment.name(),
+                Some(_) => format!("{}/unbatched", deployment.name()),
             };
             let database = format!("bench_{}", series.replace('/', "_"));
             cluster.create_database(&database).map_err(|e| e.to_string())?;
             let url = cluster.url_for(&database);
             let log = args.out.join(format!("serve-{}.log", series.replace('/', "-")));
-            let server = Server::start(&exe, &url, strategy, batch_max, &log).await?;
+            let server = Server::start(&exe, &url, deployment, batch_max, &log).await?;
             for workload in WORKLOADS {
                 for &n in clients {
                     progress.set_message(format!("{series} {workload} x{n}"));

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{block_on, locked, optimistic};
+use tally_conformance::fences::Overtaking;
 use tally_conformance::{Profile, StaleWrite, run_all};
 
 #[test]
@@ -17,8 +18,8 @@ fn locked_memory_store_conforms() {
 /// refused at begin and at commit, all or nothing; equal and empty ones pass.
 #[test]
 fn memory_store_checks_fences() {
-    assert_eq!(block_on(tally_conformance::fences::run_all(&locked())).len(), 5);
-    assert_eq!(block_on(tally_conformance::fences::run_all(&optimistic())).len(), 5);
+    assert_eq!(block_on(tally_conformance::fences::run_all(&locked(), Overtaking::RefusesTheCommit)).len(), 5);
+    assert_eq!(block_on(tally_conformance::fences::run_all(&optimistic(), Overtaking::RefusesTheCommit)).len(), 5);
 }
 
 #[test]

@@ -14,6 +14,12 @@
 //!   `pg_advisory_xact_lock` when its transaction begins, in the core's
 //!   global lock order, with a lock timeout (`Store::begin_locked`; see
 //!   `tx::advisory`). Loads then take no row locks; writes check versions.
+//! - [`Strategy::Redis`]: the use case's lock set is held in Redis (the
+//!   `tally-redis` lock manager, beside the store); loads take no row locks,
+//!   writes check versions, idempotency rows are taken as under advisory.
+//!   What makes a Redis lease safe is the fencing-token claim every
+//!   strategy makes at `Store::begin_locked` when the lock manager hands
+//!   tokens (`tx::fences`).
 //! - [`Strategy::Atomic`]: plain loads; the wallet is changed by one
 //!   conditional `UPDATE … SET balance = balance + $delta WHERE <the decision's
 //!   guards>` and a payment by `UPDATE … WHERE status = $from`. The guards
@@ -68,9 +74,16 @@ pub enum Strategy {
     Optimistic,
     Atomic,
     Advisory,
+    /// Needs a Redis lock manager beside the store; see the crate docs.
+    Redis,
 }
 
 impl Strategy {
+    /// The strategies PostgreSQL carries out alone: what the test suites and
+    /// harnesses that run without a lock manager ([`NoLocks`]) iterate over.
+    /// [`Strategy::Redis`] is not among them; it is parsed all the same.
+    ///
+    /// [`NoLocks`]: tally_core::store::NoLocks
     pub const ALL: [Strategy; 4] = [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Atomic, Strategy::Advisory];
 
     pub const fn as_str(self) -> &'static str {
@@ -79,6 +92,7 @@ impl Strategy {
             Strategy::Optimistic => "optimistic",
             Strategy::Atomic => "atomic",
             Strategy::Advisory => "advisory",
+            Strategy::Redis => "redis",
         }
     }
 }
@@ -87,10 +101,9 @@ impl FromStr for Strategy {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Strategy, String> {
-        Strategy::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| format!("unknown strategy {text:?}: expected pessimistic, optimistic, atomic or advisory"))
+        Strategy::ALL.into_iter().chain([Strategy::Redis]).find(|s| s.as_str() == text).ok_or_else(|| {
+            format!("unknown strategy {text:?}: expected pessimistic, optimistic, atomic, advisory or redis")
+        })
     }
 }
 
@@ -188,11 +201,13 @@ impl Store for PgStore {
         Ok(PgTx::new(self.begin_tx().await?, self.config.clone()))
     }
 
-    async fn begin_locked(&self, keys: &LockSet, _fences: &Fences, wait: Duration) -> Result<PgTx, StoreError> {
+    async fn begin_locked(&self, keys: &LockSet, fences: &Fences, wait: Duration) -> Result<PgTx, StoreError> {
         let mut tx = self.begin().await?;
         if self.config.strategy == Strategy::Advisory {
             tx::advisory::lock(&mut tx, keys, wait).await?;
         }
+        // Whatever the strategy: a lock manager with leases hands tokens.
+        tx::fences::claim(&mut tx, fences).await?;
         Ok(tx)
     }
 

@@ -16,6 +16,8 @@
 //! - [`queue`]: an event's queue tokens.
 //! - [`advisory`]: the advisory strategy's locks, taken as a transaction
 //!   begins.
+//! - [`fences`]: the claim of a lock grant's fencing tokens, as a
+//!   transaction begins (every strategy, when the lock manager hands any).
 //!
 //! What they share lives here: the strategy's locking clauses, and the
 //! statement helpers the modules run their statements through. A write of an
@@ -27,6 +29,7 @@
 
 pub(crate) mod advisory;
 mod catalog;
+pub(crate) mod fences;
 mod idempotency;
 mod ledger;
 mod orders;
@@ -105,9 +108,10 @@ impl PgTx {
     /// Whether idempotency records are row-locked: under the pessimistic
     /// strategy like every record, and under the advisory one because its
     /// advisory locks leave the key to admission's `FOR UPDATE NOWAIT` (see
-    /// `advisory`).
+    /// `advisory`); under the redis one as under advisory, so that a
+    /// duplicate another instance's transaction holds is told at once.
     fn locks_idempotency_rows(&self) -> bool {
-        matches!(self.config.strategy, Strategy::Pessimistic | Strategy::Advisory)
+        matches!(self.config.strategy, Strategy::Pessimistic | Strategy::Advisory | Strategy::Redis)
     }
 
     /// The pessimistic row lock of the money tables (wallets, payments,

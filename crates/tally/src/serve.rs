@@ -10,10 +10,11 @@ use std::time::Duration;
 use tally_core::app::{Config, Tally};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::IdemConfig;
-use tally_core::store::{LockManager, NoLocks, Store};
+use tally_core::store::{LockManager, Store};
 use tally_http::{HttpConfig, PerAddressLimit, Readiness};
 use tally_mem::{Concurrency, MemLocks, MemStore};
 use tally_pg::{PgConfig, PgStore, Strategy};
+use tally_redis::{Flavour, Locks, RedisLockConfig, RedisLocks, RedisServer};
 
 use crate::alerts::{self, ALERT_INTERVAL, Alerts};
 use crate::runtime::{SystemClock, UuidIds};
@@ -35,6 +36,24 @@ pub struct DatabaseArgs {
     pub data_dir: PathBuf,
 }
 
+/// The redis strategy's lock service.
+#[derive(Debug, clap::Args)]
+pub struct RedisArgs {
+    /// How a request waits for a key another holds (seed 002): `simple`
+    /// (fixed retry), `spin` (capped exponential backoff with jitter) or
+    /// `pubsub` (woken by the release, with a fallback poll).
+    #[arg(long, env = "TALLY_REDIS_LOCK", default_value = "spin")]
+    pub redis_lock: Flavour,
+    /// The Redis that holds the locks (`redis://host:port`,
+    /// `unix:///path`). Without it, `--strategy redis` starts a private
+    /// `redis-server` from the installed binary on a Unix socket.
+    #[arg(long, env = "TALLY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// How long a lock lasts if its holder never releases it.
+    #[arg(long, env = "TALLY_REDIS_LEASE_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_lease_ms: u64,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -46,6 +65,8 @@ pub struct ServeArgs {
     pub strategy: Strategy,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// How long a completed Idempotency-Key is remembered.
     #[arg(long, env = "TALLY_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: u64,
@@ -283,14 +304,20 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             };
             let store = PgStore::connect_lazy(&url, config).map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
-            let probe = store.clone();
+            let (locks, redis) = open_locks(args.strategy, &args.redis).await?;
+            let (probe, lock_probe) = (store.clone(), locks.clone());
+            // Ready when the database answers, and the lock service if any.
             let readiness = Readiness::new(move || {
-                let probe = probe.clone();
-                Box::pin(async move { probe.ready().await })
+                let (probe, lock_probe) = (probe.clone(), lock_probe.clone());
+                Box::pin(async move { lock_probe.ready().await && probe.ready().await })
             });
             tracing::info!(strategy = args.strategy.as_str(), "serving on PostgreSQL");
-            let app = Tally::new(store, NoLocks, SystemClock, Arc::new(UuidIds), core_config(&args));
+            let app = Tally::new(store, locks, SystemClock, Arc::new(UuidIds), core_config(&args));
             let served = with_gateway(app, listener, &args, admin, readiness).await;
+            if let Some(redis) = redis {
+                tokio::task::spawn_blocking(move || redis.stop()).await.map_err(|e| e.to_string())?;
+                tracing::info!("private redis-server stopped");
+            }
             if let Some(cluster) = cluster {
                 tokio::task::spawn_blocking(move || cluster.stop())
                     .await
@@ -301,6 +328,28 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             served
         }
     }
+}
+
+/// The lock manager beside the store: none, or for the redis strategy the
+/// locks in Redis (`--redis-url`, or a private `redis-server`, returned to
+/// be stopped on exit).
+pub(crate) async fn open_locks(strategy: Strategy, args: &RedisArgs) -> Result<(Locks, Option<RedisServer>), String> {
+    if strategy != Strategy::Redis {
+        return Ok((Locks::None, None));
+    }
+    let (url, server) = match &args.redis_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let started = tokio::task::spawn_blocking(RedisServer::start).await.map_err(|e| e.to_string())?;
+            let server = started.map_err(|e| e.to_string())?;
+            (server.url(), Some(server))
+        }
+    };
+    let config =
+        RedisLockConfig { lease: Duration::from_millis(args.redis_lease_ms), ..RedisLockConfig::new(args.redis_lock) };
+    let locks = RedisLocks::new(&url, config).map_err(|e| e.to_string())?;
+    tracing::info!(redis = %url, lock = args.redis_lock.as_str(), "locks in Redis");
+    Ok((Locks::Redis(locks), server))
 }
 
 /// Adds the configured gateway (if any) and runs.

@@ -26,19 +26,14 @@ use tally_core::store::{LockKey, LockSet, StoreError};
 use super::PgTx;
 use crate::errors;
 
-/// The text a key's lock is named by (hashed by the server). Exhaustive, so
-/// a new kind of key cannot go unlocked.
+/// The text a key's advisory lock is named by (hashed by the server): the
+/// key's name (`LockKey::name`), except an idempotency key's, which
+/// admission's row lock covers instead (see above).
 fn name(key: &LockKey) -> Option<String> {
-    Some(match key {
-        LockKey::Idempotency(_) => return None,
-        LockKey::PaymentKey(payment_key) => format!("payment-key:{payment_key}"),
-        LockKey::Payment(id) => format!("payment:{:032x}", id.0),
-        LockKey::Wallet(id) => format!("wallet:{:032x}", id.0),
-        LockKey::Order(id) => format!("order:{:032x}", id.0),
-        LockKey::Product(id) => format!("product:{:032x}", id.0),
-        LockKey::Seat(id) => format!("seat:{:032x}", id.0),
-        LockKey::Queue(id) => format!("queue:{:032x}", id.0),
-    })
+    match key {
+        LockKey::Idempotency(_) => None,
+        other => Some(other.name()),
+    }
 }
 
 /// Takes `keys`' advisory locks for the rest of `tx`, waiting at most the
