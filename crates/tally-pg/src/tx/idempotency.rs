@@ -11,7 +11,7 @@ use tally_core::mutant;
 use tally_core::store::{Put, StoreError};
 use tally_core::time::Timestamp;
 
-use super::{PgTx, Statement, column, limit_i64};
+use super::{PgTx, Statement, limit_i64};
 use crate::errors;
 use crate::rows::{self, uuid, version};
 
@@ -25,39 +25,42 @@ pub(super) async fn record(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<Id
         .await
 }
 
-/// Admission's load: under the pessimistic and advisory strategies a key whose row another
-/// transaction holds is a key in flight, answered at once (`Busy`) rather
-/// than waited for.
-pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
-    Ok(records_no_wait(tx, std::slice::from_ref(scope)).await?.pop())
-}
-
-/// Admission's load of many keys (a group commit's preload; one key alone
-/// is a batch of one): one statement, `Busy` if any of them is held. Its
-/// own error mapping, so not through `fetch_all`.
-pub(super) async fn records_no_wait(tx: &mut PgTx, scopes: &[IdemScope]) -> Result<Vec<IdemRecord>, StoreError> {
-    let lock = match (tx.locks_idempotency_rows(), mutant::active("pg_nowait_waits")) {
+/// Admission's lock clause: under the pessimistic and advisory strategies
+/// a key whose row another transaction holds is a key in flight, answered at
+/// once (`Busy`) rather than waited for.
+fn no_wait_lock(tx: &PgTx) -> &'static str {
+    match (tx.locks_idempotency_rows(), mutant::active("pg_nowait_waits")) {
         (true, false) => " FOR UPDATE NOWAIT",
         // The mutant: a duplicate in flight waits for the key's row.
         (true, true) => " FOR UPDATE",
         (false, _) => "",
-    };
+    }
+}
+
+/// Admission's loads have their own error mapping (NOWAIT), so they do not
+/// go through `fetch_optional`/`fetch_all`.
+fn no_wait_error(error: sqlx::Error) -> StoreError {
+    match &error {
+        // lock_not_available: NOWAIT found a row locked.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Busy,
+        _ => errors::map(error),
+    }
+}
+
+/// Admission's load (see [`no_wait_lock`]).
+pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
     let sql = format!(
-        "SELECT {} FROM idempotency_keys WHERE (user_id, key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[])) \
-         ORDER BY user_id, key{lock}",
-        rows::IDEM_COLUMNS
+        "SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{}",
+        rows::IDEM_COLUMNS,
+        no_wait_lock(tx)
     );
-    let found = sqlx::query(AssertSqlSafe(sql))
-        .bind(column(scopes, |scope| uuid(scope.user.0)))
-        .bind(column(scopes, |scope| scope.key.as_str().to_owned()))
-        .fetch_all(&mut *tx.tx)
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(uuid(scope.user.0))
+        .bind(scope.key.as_str())
+        .fetch_optional(&mut *tx.tx)
         .await
-        .map_err(|error| match &error {
-            // lock_not_available: NOWAIT found a row locked.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Busy,
-            _ => errors::map(error),
-        })?;
-    found.iter().map(rows::idem).collect()
+        .map_err(no_wait_error)?;
+    row.as_ref().map(rows::idem).transpose()
 }
 
 /// The columns a record's write binds, one array each (see `column`).
