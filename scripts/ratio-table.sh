@@ -36,13 +36,31 @@ fi
 start_serve "$work/serve.log" "${serve_args[@]}"
 database=$(sed -n 's/^database: //p' "$work/serve.log")
 
-# One run: its output kept in $work/<name>.out; fails the script's verdict
-# column, not the script, when a check fails.
+# CPU ticks (1/100 s) used so far by PostgreSQL (the postmaster, its live
+# children and the children it reaped) and by the server, as "pg serve".
+postmaster=$(head -1 "$(find "$work/cluster" -name postmaster.pid | head -1)")
+ticks() { awk '{ t += $14 + $15 } END { print t }' "/proc/$1/stat"; }
+cpu_ticks() {
+  local pg
+  pg=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$postmaster/stat")
+  for child in $(ps -o pid= --ppid "$postmaster"); do
+    pg=$((pg + $(ticks "$child" 2>/dev/null || echo 0)))
+  done
+  echo "$pg $(ticks "$server")"
+}
+
+# One run: its output kept in $work/<name>.out (and the CPU it cost in
+# $work/<name>.cpu, "pg serve" ticks); fails the script's verdict column,
+# not the script, when a check fails.
 run() {
   local name=$1
   shift
+  local before after
+  before=$(cpu_ticks)
   "$bin" load "$@" --clients "$clients" --duration "$duration" --database-url "$database" \
     >"$work/$name.out" 2>&1 || true
+  after=$(cpu_ticks)
+  echo "$before $after" | awk '{ print $3 - $1, $4 - $2 }' >"$work/$name.cpu"
   if [ "$(verdict "$name")" != "PASS" ]; then
     echo "--- $name did not pass:" >&2
     cat "$work/$name.out" >&2
@@ -76,9 +94,13 @@ for flow in 1 2; do
   echo "| one hot wallet, $label (raw: b2 / a) | $b2 / $a | $h | **$(ratio "$h" "$b2") / $(ratio "$h" "$a")** | $(p99 raw-b2) / $(p99 raw-a) / $(p99 hot-$flow) |"
 done
 echo
-echo "| run | movements/s | p50 ms | p99 ms | max ms | verdict |"
-echo "|---|---|---|---|---|---|"
+echo "| run | movements/s | p50 ms | p99 ms | max ms | verdict | CPU ms per movement: PostgreSQL / server |"
+echo "|---|---|---|---|---|---|---|"
 for name in raw-c raw-b2 raw-a spread-1 hot-1 spread-2 hot-2; do
   read -r p50 p99 max < <(sed -n 's/^latency *p50 \([0-9.]*\) ms *p99 \([0-9.]*\) ms *max \([0-9.]*\) ms/\1 \2 \3/p' "$work/$name.out") || true
-  echo "| $name | $(movements $name) | $p50 | $p99 | $max | $(verdict $name) |"
+  moved=$(sed -n 's/^movements  *\([0-9]*\) .*/\1/p' "$work/$name.out")
+  # Ticks are 10 ms; the run's setup and checks are counted too (small
+  # against 15 s of load, and the same for every run).
+  cpu=$(awk -v n="${moved:-0}" '{ if (n > 0) printf "%.3f / %.3f", $1 * 10 / n, $2 * 10 / n }' "$work/$name.cpu")
+  echo "| $name | $(movements $name) | $p50 | $p99 | $max | $(verdict $name) | $cpu |"
 done

@@ -6,12 +6,18 @@
 #   bash scripts/statement-counts.sh [requests per endpoint]      (default 200)
 #   TALLY_BIN=/path/to/tally bash scripts/statement-counts.sh     (another build, e.g. an older one)
 #   STRATEGIES=atomic bash scripts/statement-counts.sh
+#   LOAD_CLIENTS=16 LOAD_DURATION=10s bash scripts/statement-counts.sh   (also: per movement under load)
 #
 # One private cluster per strategy (tally serve --data-dir), restarted once
 # with pg_stat_statements preloaded. Requests are sent one at a time, so
 # every figure is one request's own cost. The background tasks (sweeper,
 # completer, reaper) also run statements: their rate is measured while idle
 # and subtracted, pro rata to each endpoint's wall time.
+#
+# With LOAD_CLIENTS set, each strategy also gets rows measured under load:
+# `tally load --workload spread|hot --one-step` with that many clients, whose
+# statements are divided by the movements it made. These are the figures
+# group commit changes (one request at a time, every batch is of one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/serve.sh
@@ -131,6 +137,19 @@ for strategy in $strategies; do
     measure "POST /v1/payments {order_id}, confirm: true" pay_order
   else
     echo "| $strategy | (this build has no one-step payments) | | | |"
+  fi
+  if [ -n "${LOAD_CLIENTS:-}" ]; then
+    for workload in spread hot; do
+      sql "SELECT pg_stat_statements_reset()" >/dev/null
+      "$bin" load --url "$url" --workload "$workload" --one-step --clients "$LOAD_CLIENTS" \
+        --duration "${LOAD_DURATION:-10s}" >"$work/load.out" 2>&1 || true
+      read -r statements commits trips < <(counters)
+      moved=$(sed -n 's/^movements  *\([0-9]*\) .*/\1/p' "$work/load.out")
+      awk -v n="${moved:-0}" -v s="$statements" -v c="$commits" -v t="$trips" -v strategy="$strategy" \
+        -v name="$workload one-step, $LOAD_CLIENTS clients (per movement)" \
+        'BEGIN { if (n > 0) printf "| %s | %s | %.2f | %.3f | %.2f |\n", strategy, name, s / n, c / n, t / n;
+                 else printf "| %s | %s | (no movements) | | |\n", strategy, name }'
+    done
   fi
   stop_server "$strategy"
 done

@@ -45,7 +45,7 @@ use crate::ledger::Transfer;
 use crate::order::Order;
 use crate::payment::Payment;
 use crate::queue::{QueueToken, TokenStatus};
-use crate::store::{LockKey, StoreError, Tx, User};
+use crate::store::{LockKey, Put, StoreError, Tx, User};
 use crate::time::Timestamp;
 use crate::wallet::Wallet;
 
@@ -115,6 +115,24 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Cache<K, V> {
         let previous = std::mem::replace(&mut entry.current, after);
         self.undo.push((seq, key, previous));
         Ok(())
+    }
+
+    /// Fills each of `keys` (not loaded yet, distinct) with its record among
+    /// `found` (what one multi-record load returned), or absent.
+    fn fill_all(&mut self, keys: Vec<K>, found: Vec<V>, key_of: impl Fn(&V) -> K) {
+        let mut found: BTreeMap<K, V> = found.into_iter().map(|value| (key_of(&value), value)).collect();
+        for key in keys {
+            let value = found.remove(&key);
+            self.fill(key, value);
+        }
+    }
+
+    /// The changed records that still exist, as the multi-record writes
+    /// take them (deletions are left to the caller).
+    fn puts(&self) -> Vec<Put<V>> {
+        self.changes()
+            .filter_map(|(_, before, after)| Some(Put { before: before.cloned(), after: after?.clone() }))
+            .collect()
     }
 
     fn rollback_to(&mut self, seq: u64) {
@@ -247,10 +265,57 @@ impl<T: Tx> Overlay<T> {
         self.transfers.truncate(mark.transfers);
     }
 
-    /// Loads the record behind `key` (if it names one), so that a batch
-    /// loads its records in the global lock order, as one use case does:
-    /// under PostgreSQL's pessimistic strategy loads take row locks.
-    pub async fn preload(&mut self, key: &LockKey) -> Result<(), StoreError> {
+    /// Loads the records behind `keys` (a lock set: sorted, distinct), so
+    /// that a batch loads its records in the global lock order, as one use
+    /// case does: under PostgreSQL's pessimistic strategy loads take row
+    /// locks. Wallets, payments and idempotency records are loaded with one
+    /// multi-record read per kind (the kinds come in lock order, and the
+    /// store locks each kind's rows in key order); the rarer kinds one by one.
+    pub async fn preload(&mut self, keys: &[LockKey]) -> Result<(), StoreError> {
+        let mut rest = keys;
+        while let Some(first) = rest.first() {
+            let run =
+                rest.iter().take_while(|key| std::mem::discriminant(*key) == std::mem::discriminant(first)).count();
+            let (group, tail) = rest.split_at(run);
+            rest = tail;
+            // One read for the group's records of `$variant` not loaded yet.
+            macro_rules! preload_all {
+                ($cache:ident, $variant:ident, $load:ident, $key_of:expr) => {{
+                    let ids: Vec<_> = group
+                        .iter()
+                        .filter_map(|key| match key {
+                            LockKey::$variant(id) => Some(id.clone()),
+                            _ => None,
+                        })
+                        .filter(|id| !self.$cache.loaded(id))
+                        .collect();
+                    if !ids.is_empty() {
+                        let found = self.inner.$load(&ids).await;
+                        let found = self.track(found)?;
+                        self.$cache.fill_all(ids, found, $key_of);
+                    }
+                }};
+            }
+            match first {
+                LockKey::Idempotency(_) => {
+                    preload_all!(idempotency, Idempotency, idempotency_records_no_wait, |r: &IdemRecord| r
+                        .scope
+                        .clone())
+                }
+                LockKey::Payment(_) => preload_all!(payments, Payment, payments, |p: &Payment| p.id),
+                LockKey::Wallet(_) => preload_all!(wallets, Wallet, wallets, |w: &Wallet| w.user),
+                _ => {
+                    for key in group {
+                        self.preload_one(key).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the record behind `key`, if it names one.
+    async fn preload_one(&mut self, key: &LockKey) -> Result<(), StoreError> {
         match key {
             LockKey::Idempotency(scope) => self.idempotency_no_wait(scope).await.map(drop),
             LockKey::PaymentKey(_) => Ok(()),
@@ -265,25 +330,35 @@ impl<T: Tx> Overlay<T> {
 
     /// Writes every changed record once, `put_x(as loaded, as decided)`, and
     /// every buffered transfer in one call, into the inner transaction.
-    /// Payments before orders and wallets before their ledger lines (the
-    /// schema's references); families in the lock order's spirit, keys sorted.
+    /// Wallets, payments and idempotency records go in one multi-record call
+    /// per kind (`put_wallets`, …: one statement each on PostgreSQL), the
+    /// rarer kinds one by one. Payments before orders and wallets before
+    /// their ledger lines (the schema's references); keys sorted.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
         let mut written = 0usize;
         let changed = self.changed();
+        macro_rules! flush_all {
+            ($cache:ident, $put_all:ident) => {
+                let puts = self.$cache.puts();
+                if !puts.is_empty() {
+                    let result = self.inner.$put_all(&puts).await;
+                    self.track(result)?;
+                    written += puts.len();
+                }
+            };
+        }
         macro_rules! flush {
             ($cache:ident, $put:ident) => {
-                let changes: Vec<_> =
-                    self.$cache.changes().map(|(_, before, after)| (before.cloned(), after.cloned())).collect();
-                for (before, after) in changes {
-                    let after = after.expect("only idempotency records are deleted");
-                    let result = self.inner.$put(before.as_ref(), &after).await;
+                let puts = self.$cache.puts();
+                for put in puts {
+                    let result = self.inner.$put(put.before.as_ref(), &put.after).await;
                     self.track(result)?;
                     written += 1;
                 }
             };
         }
-        flush!(payments, put_payment);
-        flush!(wallets, put_wallet);
+        flush_all!(payments, put_payments);
+        flush_all!(wallets, put_wallets);
         flush!(orders, put_order);
         flush!(products, put_product);
         flush!(events, put_event);
@@ -294,14 +369,15 @@ impl<T: Tx> Overlay<T> {
             let result = self.inner.append_transfers(&transfers).await;
             self.track(result)?;
         }
-        let changes: Vec<_> =
-            self.idempotency.changes().map(|(_, before, after)| (before.cloned(), after.cloned())).collect();
-        for (before, after) in changes {
-            let result = match (before, after) {
-                (before, Some(after)) => self.inner.put_idempotency(before.as_ref(), &after).await,
-                (Some(before), None) => self.inner.delete_idempotency(&before).await,
-                (None, None) => unreachable!("an unchanged record is not a change"),
-            };
+        flush_all!(idempotency, put_idempotency_records);
+        // Only idempotency records are deleted (a key freed for a retry).
+        let deleted: Vec<IdemRecord> = self
+            .idempotency
+            .changes()
+            .filter_map(|(_, before, after)| if after.is_none() { before.cloned() } else { None })
+            .collect();
+        for before in deleted {
+            let result = self.inner.delete_idempotency(&before).await;
             self.track(result)?;
             written += 1;
         }

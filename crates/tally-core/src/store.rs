@@ -39,6 +39,15 @@ pub struct User {
     pub created_at: Timestamp,
 }
 
+/// One record's write in a group commit's flush (see `Tx::put_wallets`):
+/// the record as loaded (`None`: a new record) and as decided, exactly the
+/// two arguments of the single-record `put_*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put<V> {
+    pub before: Option<V>,
+    pub after: V,
+}
+
 /// Failures of the storage layer, as the use cases see them.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -119,6 +128,25 @@ pub trait Tx: Send {
     fn insert_user(&mut self, user: &User) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send;
+    /// The wallets of `users` that exist, as [`Tx::payments`] loads payments.
+    fn wallets(&mut self, users: &[UserId]) -> impl Future<Output = Result<Vec<Wallet>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(users.len());
+            for user in users {
+                found.extend(self.wallet(*user).await?);
+            }
+            Ok(found)
+        }
+    }
+    /// Writes many wallets, as [`Tx::put_payments`] writes payments.
+    fn put_wallets(&mut self, puts: &[Put<Wallet>]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for put in puts {
+                self.put_wallet(put.before.as_ref(), &put.after).await?;
+            }
+            Ok(())
+        }
+    }
     fn put_wallet(
         &mut self,
         before: Option<&Wallet>,
@@ -126,6 +154,29 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn payment(&mut self, id: PaymentId) -> impl Future<Output = Result<Option<Payment>, StoreError>> + Send;
+    /// The payments of `ids` that exist (a group commit's preload: one read
+    /// for the batch), each loaded as [`Tx::payment`] loads it; rows are
+    /// locked in the order of the ids. The default loads them one by one.
+    fn payments(&mut self, ids: &[PaymentId]) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                found.extend(self.payment(*id).await?);
+            }
+            Ok(found)
+        }
+    }
+    /// Writes many payments, each as [`Tx::put_payment`] writes it, under
+    /// the same guards: if any guard fails nothing may be relied on and the
+    /// answer is [`StoreError::Conflict`]. At most one write per payment.
+    fn put_payments(&mut self, puts: &[Put<Payment>]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for put in puts {
+                self.put_payment(put.before.as_ref(), &put.after).await?;
+            }
+            Ok(())
+        }
+    }
     /// The payment that claimed gateway payment key `key`, if any. A key is
     /// claimed once, forever (SPEC.md): the store also refuses a second
     /// payment with the same key (a unique constraint, reported as
@@ -167,11 +218,38 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<Option<IdemRecord>, StoreError>> + Send {
         self.idempotency(scope)
     }
+    /// The records of `scopes` that exist, each loaded as
+    /// [`Tx::idempotency_no_wait`] loads it (`Busy` if any is held), as
+    /// [`Tx::payments`] loads payments.
+    fn idempotency_records_no_wait(
+        &mut self,
+        scopes: &[IdemScope],
+    ) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(scopes.len());
+            for scope in scopes {
+                found.extend(self.idempotency_no_wait(scope).await?);
+            }
+            Ok(found)
+        }
+    }
     fn put_idempotency(
         &mut self,
         before: Option<&IdemRecord>,
         after: &IdemRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes many idempotency records, as [`Tx::put_payments`] writes payments.
+    fn put_idempotency_records(
+        &mut self,
+        puts: &[Put<IdemRecord>],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for put in puts {
+                self.put_idempotency(put.before.as_ref(), &put.after).await?;
+            }
+            Ok(())
+        }
+    }
     fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes at most `limit` idempotency records that expired at or before
     /// `now`, oldest first; returns how many. An expired record is forgotten

@@ -51,7 +51,7 @@ use tally_core::mutant;
 use tally_core::order::Order;
 use tally_core::payment::Payment;
 use tally_core::queue::{QueueToken, TokenStatus};
-use tally_core::store::{StoreError, Tx, User};
+use tally_core::store::{Put, StoreError, Tx, User};
 use tally_core::time::Timestamp;
 use tally_core::wallet::Wallet;
 
@@ -90,6 +90,12 @@ fn limit_i64(limit: usize) -> i64 {
 /// without this check a change asked for by mistake would be lost unseen.
 fn unchanged<T: PartialEq>(before: T, after: T, refusal: impl FnOnce() -> String) -> Result<(), StoreError> {
     if before == after { Ok(()) } else { Err(StoreError::Integrity(refusal())) }
+}
+
+/// One column of a multi-row statement: `f` of every record, bound as one
+/// array and expanded by `UNNEST` (constant SQL text whatever the count).
+fn column<R, T>(records: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
+    records.iter().map(f).collect()
 }
 
 impl PgTx {
@@ -161,7 +167,16 @@ impl PgTx {
     /// decision moved from); no row means the guard no longer holds, so the
     /// use case loads again and decides again.
     async fn guarded_update(&mut self, statement: Statement) -> Result<(), StoreError> {
-        if self.execute(statement).await? == 1 { Ok(()) } else { Err(self.conflict().await) }
+        self.guarded_updates(statement, 1).await
+    }
+
+    /// [`PgTx::guarded_update`] of `rows` records in one statement (an
+    /// `UPDATE … FROM UNNEST(…)` of distinct keys, each row with its own
+    /// guard): every row must be touched, else a guard failed and the whole
+    /// write is a conflict (the transaction is given up, nothing of it kept).
+    async fn guarded_updates(&mut self, statement: Statement, rows: usize) -> Result<(), StoreError> {
+        let touched = self.execute(statement).await?;
+        if usize::try_from(touched).is_ok_and(|touched| touched == rows) { Ok(()) } else { Err(self.conflict().await) }
     }
 
     /// Loads at most one row and decodes it.
@@ -182,6 +197,24 @@ impl PgTx {
     ) -> Result<Option<T>, StoreError> {
         let sql = format!("SELECT {columns} FROM {table} WHERE id = $1{lock}");
         self.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(rows::uuid(id)), decode).await
+    }
+
+    /// Loads the rows of `table` whose `key` is one of `ids` (one statement
+    /// for a group commit's preload), in key order and so locked in key
+    /// order under `lock` (a locking clause applies after the sort), and
+    /// decodes each. Missing ids are simply absent from the answer.
+    async fn fetch_by_ids<T>(
+        &mut self,
+        table: &str,
+        columns: &str,
+        key: &str,
+        lock: &str,
+        ids: impl Iterator<Item = u128>,
+        decode: Decode<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let ids: Vec<uuid::Uuid> = ids.map(rows::uuid).collect();
+        let sql = format!("SELECT {columns} FROM {table} WHERE {key} = ANY($1) ORDER BY {key}{lock}");
+        self.fetch_all(sqlx::query(AssertSqlSafe(sql)).bind(ids), decode).await
     }
 
     /// Loads every row and decodes each.
@@ -211,11 +244,15 @@ impl Tx for PgTx {
         insert_user(user: &User) -> () => users::insert;
 
         wallet(user: UserId) -> Option<Wallet> => wallets::wallet;
+        wallets(users: &[UserId]) -> Vec<Wallet> => wallets::wallets;
         put_wallet(before: Option<&Wallet>, after: &Wallet) -> () => wallets::put;
+        put_wallets(puts: &[Put<Wallet>]) -> () => wallets::put_many;
 
         payment(id: PaymentId) -> Option<Payment> => payments::payment;
+        payments(ids: &[PaymentId]) -> Vec<Payment> => payments::payments;
         payment_by_key(key: &str) -> Option<PaymentId> => payments::by_key;
         put_payment(before: Option<&Payment>, after: &Payment) -> () => payments::put;
+        put_payments(puts: &[Put<Payment>]) -> () => payments::put_many;
         stuck_payments(before: Timestamp, limit: usize) -> Vec<Payment> => payments::stuck;
 
         append_transfers(transfers: &[Transfer]) -> () => ledger::append;
@@ -224,6 +261,7 @@ impl Tx for PgTx {
         idempotency(scope: &IdemScope) -> Option<IdemRecord> => idempotency::record;
         idempotency_no_wait(scope: &IdemScope) -> Option<IdemRecord> => idempotency::record_no_wait;
         put_idempotency(before: Option<&IdemRecord>, after: &IdemRecord) -> () => idempotency::put;
+        put_idempotency_records(puts: &[Put<IdemRecord>]) -> () => idempotency::put_many;
         delete_idempotency(before: &IdemRecord) -> () => idempotency::delete;
         reap_idempotency(now: Timestamp, limit: usize) -> usize => idempotency::reap;
 

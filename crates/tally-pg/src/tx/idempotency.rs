@@ -8,10 +8,10 @@
 use sqlx::AssertSqlSafe;
 use tally_core::idempotency::{IdemRecord, IdemScope, IdemState};
 use tally_core::mutant;
-use tally_core::store::StoreError;
+use tally_core::store::{Put, StoreError};
 use tally_core::time::Timestamp;
 
-use super::{PgTx, limit_i64};
+use super::{PgTx, Statement, limit_i64};
 use crate::errors;
 use crate::rows::{self, uuid, version};
 
@@ -25,74 +25,163 @@ pub(super) async fn record(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<Id
         .await
 }
 
-/// Admission's load: under the pessimistic and advisory strategies a key whose row another
-/// transaction holds is a key in flight, answered at once (`Busy`) rather
-/// than waited for. Its own error mapping, so not through `fetch_optional`.
-pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
-    let lock = match (tx.locks_idempotency_rows(), mutant::active("pg_nowait_waits")) {
+/// Admission's lock clause: under the pessimistic and advisory strategies
+/// a key whose row another transaction holds is a key in flight, answered at
+/// once (`Busy`) rather than waited for.
+fn no_wait_lock(tx: &PgTx) -> &'static str {
+    match (tx.locks_idempotency_rows(), mutant::active("pg_nowait_waits")) {
         (true, false) => " FOR UPDATE NOWAIT",
         // The mutant: a duplicate in flight waits for the key's row.
         (true, true) => " FOR UPDATE",
         (false, _) => "",
-    };
-    let sql = format!("SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{lock}", rows::IDEM_COLUMNS);
+    }
+}
+
+/// Admission's loads have their own error mapping (NOWAIT), so they do not
+/// go through `fetch_optional`/`fetch_all`.
+fn no_wait_error(error: sqlx::Error) -> StoreError {
+    match &error {
+        // lock_not_available: NOWAIT found a row locked.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Busy,
+        _ => errors::map(error),
+    }
+}
+
+/// Admission's load (see [`no_wait_lock`]).
+pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<Option<IdemRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM idempotency_keys WHERE user_id = $1 AND key = $2{}",
+        rows::IDEM_COLUMNS,
+        no_wait_lock(tx)
+    );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(uuid(scope.user.0))
         .bind(scope.key.as_str())
         .fetch_optional(&mut *tx.tx)
         .await
-        .map_err(|error| match &error {
-            // lock_not_available: NOWAIT found the row locked.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Busy,
-            _ => errors::map(error),
-        })?;
+        .map_err(no_wait_error)?;
     row.as_ref().map(rows::idem).transpose()
 }
 
-/// One statement for both the insert and the update, with the same columns:
-/// an insert binds no previous version (`$14` is unused), an update is
-/// guarded by it.
-pub(super) async fn put(tx: &mut PgTx, before: Option<&IdemRecord>, after: &IdemRecord) -> Result<(), StoreError> {
-    let (state, lease, lease_expires, status, content_type, body, op) = match &after.state {
-        IdemState::InFlight { lease, lease_expires_at } => {
-            ("in_flight", Some(uuid(lease.0)), Some(lease_expires_at.0), None, None, None, None)
+/// The columns a record's write binds, one array each (see `column`).
+struct Columns {
+    user_id: Vec<uuid::Uuid>,
+    key: Vec<String>,
+    fingerprint: Vec<Vec<u8>>,
+    state: Vec<&'static str>,
+    lease: Vec<Option<uuid::Uuid>>,
+    lease_expires: Vec<Option<i64>>,
+    status: Vec<Option<i32>>,
+    content_type: Vec<Option<String>>,
+    body: Vec<Option<Vec<u8>>>,
+    op: Vec<Option<uuid::Uuid>>,
+    created_at: Vec<i64>,
+    expires_at: Vec<i64>,
+    version: Vec<i64>,
+}
+
+impl Columns {
+    fn of(records: &[&IdemRecord]) -> Columns {
+        let mut c = Columns {
+            user_id: Vec::new(),
+            key: Vec::new(),
+            fingerprint: Vec::new(),
+            state: Vec::new(),
+            lease: Vec::new(),
+            lease_expires: Vec::new(),
+            status: Vec::new(),
+            content_type: Vec::new(),
+            body: Vec::new(),
+            op: Vec::new(),
+            created_at: Vec::new(),
+            expires_at: Vec::new(),
+            version: Vec::new(),
+        };
+        for record in records {
+            let (state, lease, lease_expires, status, content_type, body, op) = match &record.state {
+                IdemState::InFlight { lease, lease_expires_at } => {
+                    ("in_flight", Some(uuid(lease.0)), Some(lease_expires_at.0), None, None, None, None)
+                }
+                IdemState::Completed { response, op } => (
+                    "completed",
+                    None,
+                    None,
+                    Some(i32::from(response.status)),
+                    Some(response.content_type.clone()),
+                    Some(response.body.clone()),
+                    op.map(|o| uuid(o.0)),
+                ),
+            };
+            c.user_id.push(uuid(record.scope.user.0));
+            c.key.push(record.scope.key.as_str().to_owned());
+            c.fingerprint.push(record.fingerprint.0.to_vec());
+            c.state.push(state);
+            c.lease.push(lease);
+            c.lease_expires.push(lease_expires);
+            c.status.push(status);
+            c.content_type.push(content_type);
+            c.body.push(body);
+            c.op.push(op);
+            c.created_at.push(record.created_at.0);
+            c.expires_at.push(record.expires_at.0);
+            c.version.push(version(record.version));
         }
-        IdemState::Completed { response, op } => (
-            "completed",
-            None,
-            None,
-            Some(i32::from(response.status)),
-            Some(response.content_type.clone()),
-            Some(response.body.clone()),
-            op.map(|o| uuid(o.0)),
-        ),
-    };
-    let sql = if before.is_none() {
-        "INSERT INTO idempotency_keys (user_id, key, fingerprint, state, lease, lease_expires_at_ms, \
-         response_status, response_content_type, response_body, op_id, created_at_ms, expires_at_ms, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    } else {
-        "UPDATE idempotency_keys SET fingerprint = $3, state = $4, lease = $5, lease_expires_at_ms = $6, \
-         response_status = $7, response_content_type = $8, response_body = $9, op_id = $10, \
-         created_at_ms = $11, expires_at_ms = $12, version = $13 \
-         WHERE user_id = $1 AND key = $2 AND version = $14"
-    };
-    let statement = sqlx::query(sql)
-        .bind(uuid(after.scope.user.0))
-        .bind(after.scope.key.as_str())
-        .bind(after.fingerprint.0.to_vec())
-        .bind(state)
-        .bind(lease)
-        .bind(lease_expires)
-        .bind(status)
-        .bind(content_type)
-        .bind(body)
-        .bind(op)
-        .bind(after.created_at.0)
-        .bind(after.expires_at.0)
-        .bind(version(after.version))
-        .bind(before.map(|b| version(b.version)));
-    tx.guarded_update(statement).await
+        c
+    }
+
+    /// Binds `$1` to `$13`, in the order of `rows::IDEM_COLUMNS`.
+    fn bind(self, statement: Statement) -> Statement {
+        statement
+            .bind(self.user_id)
+            .bind(self.key)
+            .bind(self.fingerprint)
+            .bind(self.state)
+            .bind(self.lease)
+            .bind(self.lease_expires)
+            .bind(self.status)
+            .bind(self.content_type)
+            .bind(self.body)
+            .bind(self.op)
+            .bind(self.created_at)
+            .bind(self.expires_at)
+            .bind(self.version)
+    }
+}
+
+/// The record's columns as `UNNEST` expands them (`$1` to `$13`).
+const UNNEST_RECORDS: &str = "UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::uuid[], $6::bigint[], \
+     $7::integer[], $8::text[], $9::bytea[], $10::uuid[], $11::bigint[], $12::bigint[], $13::bigint[]";
+
+pub(super) async fn put(tx: &mut PgTx, before: Option<&IdemRecord>, after: &IdemRecord) -> Result<(), StoreError> {
+    put_many(tx, &[Put { before: before.cloned(), after: after.clone() }]).await
+}
+
+/// Many writes (one alone is a batch of one): the new records in one
+/// `INSERT … SELECT FROM UNNEST`, the changed ones in one `UPDATE … FROM
+/// UNNEST` guarded by each one's loaded version.
+pub(super) async fn put_many(tx: &mut PgTx, puts: &[Put<IdemRecord>]) -> Result<(), StoreError> {
+    let inserts: Vec<&IdemRecord> = puts.iter().filter(|p| p.before.is_none()).map(|p| &p.after).collect();
+    let (updates, before): (Vec<&IdemRecord>, Vec<i64>) =
+        puts.iter().filter_map(|p| Some((&p.after, version(p.before.as_ref()?.version)))).unzip();
+    if !inserts.is_empty() {
+        let sql = format!("INSERT INTO idempotency_keys ({}) SELECT * FROM {UNNEST_RECORDS})", rows::IDEM_COLUMNS);
+        tx.insert(Columns::of(&inserts).bind(sqlx::query(AssertSqlSafe(sql)))).await?;
+    }
+    if !updates.is_empty() {
+        let sql = format!(
+            "UPDATE idempotency_keys AS k SET fingerprint = v.fingerprint, state = v.state, lease = v.lease, \
+             lease_expires_at_ms = v.lease_expires_at_ms, response_status = v.response_status, \
+             response_content_type = v.response_content_type, response_body = v.response_body, op_id = v.op_id, \
+             created_at_ms = v.created_at_ms, expires_at_ms = v.expires_at_ms, version = v.version \
+             FROM {UNNEST_RECORDS}, $14::bigint[]) AS v({}, before_version) \
+             WHERE k.user_id = v.user_id AND k.key = v.key AND k.version = v.before_version",
+            rows::IDEM_COLUMNS
+        );
+        let rows = updates.len();
+        let statement = Columns::of(&updates).bind(sqlx::query(AssertSqlSafe(sql))).bind(before);
+        tx.guarded_updates(statement, rows).await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn delete(tx: &mut PgTx, before: &IdemRecord) -> Result<(), StoreError> {

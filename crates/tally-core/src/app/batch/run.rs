@@ -4,11 +4,12 @@
 //! ```text
 //! lock keys of every request (peeks) ∪ their idempotency keys → one LockSet
 //! lock (global order) → begin → Overlay → preload every locked record, in order
+//!     (one multi-record read per kind for wallets, payments, idempotency records)
 //! for each request, in arrival order:
 //!     mark; run_in (admission + effect + stored answer, as alone)
 //!     refusal  → rollback_to(mark); store the refusal under its key (no extra commit)
 //!     conflict → rollback_to(mark); the request runs alone afterwards
-//! flush (each record once) → commit once → answer each
+//! flush (each record once; one multi-record write per kind) → commit once → answer each
 //! ```
 //!
 //! A conflict at commit runs the whole batch again (bounded, like `run`);
@@ -73,11 +74,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
         };
         let mut tx = Overlay::new(tx);
-        for key in keys.keys() {
-            if tx.preload(key).await.is_err() {
-                break;
-            }
-        }
+        // An error poisons the overlay, which the loop below checks first.
+        let _ = tx.preload(keys.keys()).await;
         // The requests whose answer depends on the commit.
         let mut ran = Vec::new();
         for (i, entry) in batch.iter().enumerate() {

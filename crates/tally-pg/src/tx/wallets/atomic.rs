@@ -74,10 +74,7 @@ pub(in crate::tx) async fn flush(tx: &mut PgTx) -> Result<(), StoreError> {
         apply(tx, before, after).await?;
     }
     let transfers = std::mem::take(&mut tx.deferred.transfers);
-    for transfer in &transfers {
-        ledger::insert(tx, transfer).await?;
-    }
-    Ok(())
+    ledger::insert_many(tx, &transfers).await
 }
 
 /// One wallet write as the conditional update binds it: the change, relative
