@@ -44,9 +44,10 @@
 //!
 //! 1. [`shared`], [`rng`], [`net`], [`clock`]: import no sibling;
 //! 2. [`journal`]: on `clock` and `shared`;
-//! 3. [`gateway`] (on `journal`, `net`) and [`store`] (on `clock`,
-//!    `journal`, `rng`, `shared`);
+//! 3. [`gateway`]: on `journal`, `net`;
 //! 4. [`plan`]: on `clock`, `rng`, `shared` and `gateway`'s host name;
+//!    [`store`]: on `clock`, `journal`, `rng`, `shared` and `plan`'s
+//!    database faults and server names;
 //! 5. [`server`]: wires `gateway`, `journal`, `plan` and the store it is
 //!    given into a host;
 //! 6. [`catalogue`]: set up through `server`'s configuration;
