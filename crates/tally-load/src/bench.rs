@@ -259,7 +259,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
                 None => deployment.name(),
                 Some(_) => format!("{}/unbatched", deployment.name()),
             };
-            let database = format!("bench_{}", series.replace('/', "_"));
+            let database = format!("bench_{}", series.replace(['/', '-'], "_"));
             cluster.create_database(&database).map_err(|e| e.to_string())?;
             let url = cluster.url_for(&database);
             let log = args.out.join(format!("serve-{}.log", series.replace('/', "-")));
