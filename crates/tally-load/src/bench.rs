@@ -259,7 +259,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
                 None => deployment.name(),
                 Some(_) => format!("{}/unbatched", deployment.name()),
             };
-            let database = format!("bench_{}", series.replace(['/', '-'], "_"));
+            let database = database_name(&series);
             cluster.create_database(&database).map_err(|e| e.to_string())?;
             let url = cluster.url_for(&database);
             let log = args.out.join(format!("serve-{}.log", series.replace('/', "-")));
@@ -445,9 +445,26 @@ fn plot(path: &Path, rows: &[Row], clients: &[u64]) -> Result<(), String> {
     Ok(())
 }
 
+/// The database of one series: the cluster takes letters, digits and
+/// underscores only (a redis series is `redis-spin/unbatched`).
+fn database_name(series: &str) -> String {
+    format!("bench_{}", series.replace(['/', '-'], "_"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_series_gets_a_database_name_the_cluster_accepts() {
+        for deployment in Deployment::all() {
+            for series in [deployment.name(), format!("{}/unbatched", deployment.name())] {
+                let name = database_name(&series);
+                let valid = name.len() <= 63 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                assert!(valid, "{series} → {name}");
+            }
+        }
+    }
 
     #[test]
     fn a_load_report_becomes_its_row() {
