@@ -26,7 +26,7 @@ mod pipeline;
 mod queue;
 mod sweeper;
 
-pub use batch::BATCH_MAX_LIMIT;
+pub use batch::{BATCH_MAX_LIMIT, BATCH_SHARDS_LIMIT};
 pub use catalog::{EventView, NewSeat, NewShowtime, QueueSettings, ShowtimeView};
 pub use gateway_phase::Completion;
 pub use queue::TokenView;
@@ -73,6 +73,10 @@ pub struct Config {
     /// (`batch`). 0 or 1: off, every request commits alone. At most
     /// [`BATCH_MAX_LIMIT`].
     pub batch_max: usize,
+    /// Group commit: how many queues users are spread over (a user's
+    /// requests always meet in one), so at most this many batches run at
+    /// once. 1 to [`BATCH_SHARDS_LIMIT`].
+    pub batch_shards: usize,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             order_ttl: Duration::from_secs(300),
             payback_bps: 0,
             batch_max: 1,
+            batch_shards: 8,
         }
     }
 }
@@ -282,7 +287,8 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C, NoGateway> {
         assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
         assert!(config.payback_bps <= crate::payment::PAYBACK_BPS_MAX, "a payback rate is at most 100 %");
         assert!(config.batch_max <= BATCH_MAX_LIMIT, "a batch holds at most {BATCH_MAX_LIMIT} requests");
-        Tally { store, locks, clock, gateway: NoGateway, ids, config, batchers: batch::Batchers::default() }
+        let batchers = batch::Batchers::new(config.batch_shards);
+        Tally { store, locks, clock, gateway: NoGateway, ids, config, batchers }
     }
 
     /// The same use cases, confirming gateway payments through `gateway`.

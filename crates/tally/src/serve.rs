@@ -113,6 +113,16 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_MAX_LIMIT as u64)
     )]
     pub batch_max: u64,
+    /// Group commit: how many queues users are spread over (a user's
+    /// requests always share one), so how many batches may run at once.
+    /// Fewer make larger batches; more keep more transactions in flight.
+    #[arg(
+        long,
+        env = "TALLY_BATCH_SHARDS",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_SHARDS_LIMIT as u64)
+    )]
+    pub batch_shards: u64,
     /// Requests a second per API key, in bursts of as many; beyond it, 429
     /// `rate_limited` with Retry-After (never stored under an
     /// Idempotency-Key). Unset: no limit.
@@ -269,6 +279,7 @@ fn core_config(args: &ServeArgs) -> Config {
         order_ttl: Duration::from_secs(args.order_ttl_seconds),
         payback_bps: args.payback_bps,
         batch_max: usize::try_from(args.batch_max).expect("at most BATCH_MAX_LIMIT"),
+        batch_shards: usize::try_from(args.batch_shards).expect("at most BATCH_SHARDS_LIMIT"),
         gateway_give_up_after: Duration::from_secs(args.gateway_give_up_seconds),
         ..defaults
     }

@@ -5,8 +5,8 @@
 //!
 //! **Natural batching, leader and followers.** A keyed request whose command
 //! batches pushes itself onto its user's bounded queue (one of
-//! [`BATCH_SHARDS`]: a wallet's requests meet in one queue, other users'
-//! batches run beside it). If no batch is running it
+//! `Config::batch_shards`: a wallet's requests meet in one queue, other
+//! users' batches run beside it). If no batch is running it
 //! becomes the *leader*: it takes up to `Config::batch_max` queued requests
 //! (whatever arrived while the previous batch ran; no timer ever waits for
 //! more), runs them as one batch, answers each, and hands the lead to the
@@ -92,21 +92,24 @@ struct Queue {
     leading: bool,
 }
 
-/// Queues per `Tally`: a request joins its user's. A hot wallet's requests
-/// all meet in one queue and share commits; different users' requests run in
-/// up to this many batches at once, so spread load keeps as many
-/// transactions in flight as it would unbatched (one batch runs its
-/// statements one after another on one connection: sqlx does not pipeline).
-pub const BATCH_SHARDS: usize = 8;
+/// The hard upper bound of `Config::batch_shards`.
+pub const BATCH_SHARDS_LIMIT: usize = 64;
 
-/// The group-commit queues of one `Tally`, one per shard of users.
+/// The group-commit queues of one `Tally`, one per shard of users
+/// (`Config::batch_shards`): a request joins its user's. A hot wallet's
+/// requests all meet in one queue and share commits; different users'
+/// requests run in up to that many batches at once. Fewer shards make larger
+/// batches (fewer statements and commits per request), more shards keep more
+/// transactions in flight (one batch runs its statements one after another on
+/// one connection: sqlx does not pipeline).
 pub(super) struct Batchers {
-    shards: [Batcher; BATCH_SHARDS],
+    shards: Box<[Batcher]>,
 }
 
-impl Default for Batchers {
-    fn default() -> Self {
-        Batchers { shards: std::array::from_fn(|_| Batcher::default()) }
+impl Batchers {
+    pub(super) fn new(shards: usize) -> Self {
+        assert!((1..=BATCH_SHARDS_LIMIT).contains(&shards), "1 to {BATCH_SHARDS_LIMIT} batch queues");
+        Batchers { shards: (0..shards).map(|_| Batcher::default()).collect() }
     }
 }
 
@@ -120,7 +123,8 @@ impl Batchers {
     /// `user`'s queue: the same one for all of a user's requests, so a
     /// wallet's requests are batched together.
     fn of(&self, user: UserId) -> &Batcher {
-        let shard = usize::try_from(user.0 % BATCH_SHARDS as u128).expect("below BATCH_SHARDS");
+        let shards = self.shards.len() as u128;
+        let shard = usize::try_from(user.0 % shards).expect("below the number of shards");
         &self.shards[shard]
     }
 }
