@@ -84,7 +84,15 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
             let keys = LockSet::new(keys);
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
-            let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await?;
+            let mut tx = match self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await {
+                Ok(tx) => tx,
+                // Fenced at the claim: nothing written, run again (as `run`).
+                Err(error) => {
+                    drop(guard);
+                    self.retry_or_fail(attempt, Error::Store(error))?;
+                    continue;
+                }
+            };
             let result =
                 self.record_verdict_in(&mut tx, payment.id, user, verdict, give_up_at, held, answer, &keys).await;
             let recorded = match result {

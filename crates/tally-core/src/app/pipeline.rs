@@ -167,7 +167,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // fencing tokens: a store that checks them would refuse the write
             // made under the second acquisition, and the bug would be gone.
             let fences = if crate::mutant::active("check_then_act") { Default::default() } else { guard.fences() };
-            let mut tx = self.store.begin_locked(&keys, &fences, self.config.lock_wait).await?;
+            let mut tx = match self.store.begin_locked(&keys, &fences, self.config.lock_wait).await {
+                Ok(tx) => tx,
+                // Our grants ran out before the claim (a pause past the
+                // lease): nothing was written; run again under new grants.
+                Err(error) => {
+                    drop(guard);
+                    self.retry_or_fail(attempt, Error::Store(error))?;
+                    continue;
+                }
+            };
             let step = match self.run_in(&mut tx, user, command, held, &keys).await {
                 // Read, wrote nothing: no commit to pay for.
                 Ok(step @ Step::Answered(_)) => {
