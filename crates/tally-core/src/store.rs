@@ -48,6 +48,38 @@ pub struct Put<V> {
     pub after: V,
 }
 
+/// The default of a multi-record load (`Tx::wallets`, …): each key loaded
+/// in turn by the single-record call, keeping the records that exist, in the
+/// keys' order. (A macro, not a function taking an async closure: the
+/// future must be `Send` for every `Tx`, which a closure's borrow of `self`
+/// cannot yet promise.)
+macro_rules! load_each {
+    ($keys:expr, |$key:ident| $load:expr) => {
+        async move {
+            let keys = $keys;
+            let mut found = Vec::with_capacity(keys.len());
+            for $key in keys {
+                found.extend($load.await?);
+            }
+            Ok(found)
+        }
+    };
+}
+
+/// The default of a multi-record write (`Tx::put_wallets`, …): each record
+/// written in turn by the single-record call, stopping at the first error.
+macro_rules! put_each {
+    ($puts:expr, |$before:ident, $after:ident| $put:expr) => {
+        async move {
+            for put in $puts {
+                let ($before, $after) = (put.before.as_ref(), &put.after);
+                $put.await?;
+            }
+            Ok(())
+        }
+    };
+}
+
 /// Failures of the storage layer, as the use cases see them.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -130,22 +162,11 @@ pub trait Tx: Send {
     fn wallet(&mut self, user: UserId) -> impl Future<Output = Result<Option<Wallet>, StoreError>> + Send;
     /// The wallets of `users` that exist, as [`Tx::payments`] loads payments.
     fn wallets(&mut self, users: &[UserId]) -> impl Future<Output = Result<Vec<Wallet>, StoreError>> + Send {
-        async move {
-            let mut found = Vec::with_capacity(users.len());
-            for user in users {
-                found.extend(self.wallet(*user).await?);
-            }
-            Ok(found)
-        }
+        load_each!(users, |user| self.wallet(*user))
     }
     /// Writes many wallets, as [`Tx::put_payments`] writes payments.
     fn put_wallets(&mut self, puts: &[Put<Wallet>]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            for put in puts {
-                self.put_wallet(put.before.as_ref(), &put.after).await?;
-            }
-            Ok(())
-        }
+        put_each!(puts, |before, after| self.put_wallet(before, after))
     }
     fn put_wallet(
         &mut self,
@@ -158,24 +179,13 @@ pub trait Tx: Send {
     /// for the batch), each loaded as [`Tx::payment`] loads it; rows are
     /// locked in the order of the ids. The default loads them one by one.
     fn payments(&mut self, ids: &[PaymentId]) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send {
-        async move {
-            let mut found = Vec::with_capacity(ids.len());
-            for id in ids {
-                found.extend(self.payment(*id).await?);
-            }
-            Ok(found)
-        }
+        load_each!(ids, |id| self.payment(*id))
     }
     /// Writes many payments, each as [`Tx::put_payment`] writes it, under
     /// the same guards: if any guard fails nothing may be relied on and the
     /// answer is [`StoreError::Conflict`]. At most one write per payment.
     fn put_payments(&mut self, puts: &[Put<Payment>]) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            for put in puts {
-                self.put_payment(put.before.as_ref(), &put.after).await?;
-            }
-            Ok(())
-        }
+        put_each!(puts, |before, after| self.put_payment(before, after))
     }
     /// The payment that claimed gateway payment key `key`, if any. A key is
     /// claimed once, forever (SPEC.md): the store also refuses a second
@@ -225,13 +235,7 @@ pub trait Tx: Send {
         &mut self,
         scopes: &[IdemScope],
     ) -> impl Future<Output = Result<Vec<IdemRecord>, StoreError>> + Send {
-        async move {
-            let mut found = Vec::with_capacity(scopes.len());
-            for scope in scopes {
-                found.extend(self.idempotency_no_wait(scope).await?);
-            }
-            Ok(found)
-        }
+        load_each!(scopes, |scope| self.idempotency_no_wait(scope))
     }
     fn put_idempotency(
         &mut self,
@@ -243,12 +247,7 @@ pub trait Tx: Send {
         &mut self,
         puts: &[Put<IdemRecord>],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            for put in puts {
-                self.put_idempotency(put.before.as_ref(), &put.after).await?;
-            }
-            Ok(())
-        }
+        put_each!(puts, |before, after| self.put_idempotency(before, after))
     }
     fn delete_idempotency(&mut self, before: &IdemRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes at most `limit` idempotency records that expired at or before

@@ -66,12 +66,19 @@ problem_responses! {
 
     /// The public reads of one object by its id (no key).
     ReadErrors {
-        404 => "`not_found`",
+        404 => "`not_found`: no such record",
         503 => "`unavailable`",
     }
 
     /// The id in the path names nothing.
-    NotFound { 404 => "`not_found`" }
+    NotFound { 404 => "`not_found`: no such record" }
+
+    /// The id in the path names nothing of the caller's: another user's
+    /// record answers as if it did not exist.
+    NotYours { 404 => "`not_found`: no such record, or not the caller's" }
+
+    /// A route whose only 400 is a request of the wrong shape.
+    Malformed { 400 => "`malformed_request`" }
 
     /// A route that reads a JSON body.
     JsonBodyErrors {

@@ -16,7 +16,7 @@ use crate::dto::{CreateOrderRequest, EmptyRequest, OrderBody};
 use crate::extract::{IdempotencyKeyHeader, KeyedJson, OrderPath, QueueTokenHeader};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, UserErrors};
+use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, NotYours, UserErrors};
 use crate::state::{AppState, Backend};
 
 pub fn routes<B: Backend>() -> Router<AppState<B>> {
@@ -63,8 +63,7 @@ pub async fn create_order<B: Backend>(
     params(OrderPath),
     responses(
         (status = 200, description = "The order", body = OrderBody),
-        (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
-        UserErrors,
+        UserErrors, NotYours,
     )
 )]
 pub async fn get_order<B: Backend>(
@@ -86,9 +85,8 @@ pub async fn get_order<B: Backend>(
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 200, description = "Now `cancelled` (or replayed)", body = OrderBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 404, description = "`not_found`: no such order, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state` (already cancelled or expired, or a gateway charge in flight), `order_expired`, `insufficient_balance` (the payback was already spent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        KeyErrors, UserErrors, MediaTypeError, KeyReused,
+        KeyErrors, UserErrors, NotYours, MediaTypeError, KeyReused,
     )
 )]
 pub async fn cancel_order<B: Backend>(

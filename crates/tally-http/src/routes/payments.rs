@@ -18,7 +18,7 @@ use crate::dto::{ConfirmRequest, CreatePaymentRequest, EmptyRequest, PaymentBody
 use crate::extract::{IdempotencyKeyHeader, KeyedJson, PaymentPath};
 use crate::keyed;
 use crate::problem::{ApiError, Problem};
-use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, NotFound, UserErrors};
+use crate::responses::{JsonBodyErrors, KeyErrors, KeyReused, MediaTypeError, NotYours, UserErrors};
 use crate::state::{AppState, Backend};
 
 pub fn routes<B: Backend>() -> Router<AppState<B>> {
@@ -93,9 +93,8 @@ pub async fn create_payment<B: Backend>(
     request_body(content = Option<ConfirmRequest>, description = "Wallet payment: no body, or `{}`. Gateway payment: `{payment_key}`"),
     responses(
         (status = 200, description = "Now `done` (or replayed); a gateway payment may also answer `failed` (declined, or charged for another amount: then `refunding` until the refund went back)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
-        (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_balance`, `limit_exceeded`, `max_balance_exceeded` (also: no room for the payback, checked before a gateway charge), `invalid_state`, `payment_key_in_use` (the gateway `payment_key` was already given for another payment, of any user: a key pays one payment, forever), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        KeyErrors, UserErrors, MediaTypeError, KeyReused,
+        KeyErrors, UserErrors, NotYours, MediaTypeError, KeyReused,
     )
 )]
 pub async fn confirm_payment<B: Backend>(
@@ -119,7 +118,7 @@ pub async fn confirm_payment<B: Backend>(
     responses(
         (status = 200, description = "Now `cancelled` (or replayed)", body = PaymentBody, headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
         (status = 409, description = "`invalid_state`, `insufficient_balance` (the payback was already spent: checked before the gateway is asked for the refund, which is then not sent), `idempotency_key_in_use`", body = Problem, content_type = "application/problem+json"),
-        KeyErrors, UserErrors, NotFound, MediaTypeError, KeyReused,
+        KeyErrors, UserErrors, NotYours, MediaTypeError, KeyReused,
     )
 )]
 pub async fn cancel_payment<B: Backend>(
@@ -140,8 +139,7 @@ pub async fn cancel_payment<B: Backend>(
     params(PaymentPath),
     responses(
         (status = 200, description = "The payment", body = PaymentBody),
-        (status = 404, description = "`not_found`: no such payment, or not yours", body = Problem, content_type = "application/problem+json"),
-        UserErrors,
+        UserErrors, NotYours,
     )
 )]
 pub async fn get_payment<B: Backend>(

@@ -16,8 +16,8 @@ use crate::auth::CurrentUser;
 use crate::dto::{EmptyRequest, TokenBody};
 use crate::extract::{EventPath, JsonBody, TokenPath};
 use crate::keyed;
-use crate::problem::{ApiError, Problem};
-use crate::responses::{MediaTypeError, UserErrors};
+use crate::problem::ApiError;
+use crate::responses::{Malformed, MediaTypeError, NotFound, NotYours, UserErrors};
 use crate::state::{AppState, Backend};
 
 pub fn routes<B: Backend>() -> Router<AppState<B>> {
@@ -36,9 +36,7 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
     request_body(content = Option<EmptyRequest>, description = "No body, or `{}`"),
     responses(
         (status = 201, description = "The caller's token: `active` at once if a slot is free, else `waiting` with its position", body = TokenBody),
-        (status = 400, description = "`malformed_request`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`not_found`: no such event", body = Problem, content_type = "application/problem+json"),
-        UserErrors, MediaTypeError,
+        UserErrors, Malformed, NotFound, MediaTypeError,
     )
 )]
 pub async fn join_queue<B: Backend>(
@@ -59,8 +57,7 @@ pub async fn join_queue<B: Backend>(
     params(TokenPath),
     responses(
         (status = 200, description = "The token", body = TokenBody),
-        (status = 404, description = "`not_found`: no such token, or not yours", body = Problem, content_type = "application/problem+json"),
-        UserErrors,
+        UserErrors, NotYours,
     )
 )]
 pub async fn queue_token<B: Backend>(

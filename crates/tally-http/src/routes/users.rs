@@ -12,7 +12,7 @@ use crate::dto::{CreateUserRequest, UserCreated};
 use crate::extract::JsonBody;
 use crate::keys::hash_api_key;
 use crate::problem::{ApiError, Problem};
-use crate::responses::{AdminErrors, JsonBodyErrors};
+use crate::responses::{AdminErrors, JsonBodyErrors, Malformed};
 use crate::state::{AppState, Backend};
 
 pub fn routes<B: Backend>() -> Router<AppState<B>> {
@@ -27,9 +27,8 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
     request_body = CreateUserRequest,
     responses(
         (status = 201, description = "Created", body = UserCreated),
-        (status = 400, description = "`malformed_request`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_amount`: a limit out of range", body = Problem, content_type = "application/problem+json"),
-        AdminErrors, JsonBodyErrors,
+        AdminErrors, Malformed, JsonBodyErrors,
     )
 )]
 pub async fn create_user<B: Backend>(

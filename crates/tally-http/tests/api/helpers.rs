@@ -239,6 +239,14 @@ impl TestApp {
         TestApp::build(options, NoGateway)
     }
 
+    /// A service and one user with `balance` in their wallet: where most
+    /// tests of payments start.
+    pub async fn with_funded_user(options: Options, balance: i64) -> (TestApp, TestUser) {
+        let app = TestApp::spawn_with(options);
+        let user = app.funded_user("u", balance).await;
+        (app, user)
+    }
+
     /// An app whose gateway is a fake gateway on a loopback port, reached
     /// through the real client (and so through its mapping onto the core's
     /// verdicts). The fake lives as long as the test's runtime.

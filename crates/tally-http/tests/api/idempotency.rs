@@ -29,8 +29,7 @@ async fn the_same_key_and_body_replays_the_first_response_byte_for_byte() {
 
 #[tokio::test]
 async fn payment_creation_and_confirmation_replay_too() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("p", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 1000).await;
     let body = json!({"amount": 100, "method": "wallet"});
     let created = app.create_payment(&user, "create", body.clone()).await;
     let replayed = app.create_payment(&user, "create", body).await;
@@ -65,8 +64,7 @@ async fn the_same_key_with_another_request_is_refused_with_422() {
 
 #[tokio::test]
 async fn a_refusal_is_stored_and_replayed_even_after_the_state_changes() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("f", 50).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 50).await;
     let id = app.payment_of(&user, 80).await;
     let refused = app.confirm(&user, &id, "try").await;
     refused.assert_problem(409, "insufficient_balance");
@@ -96,8 +94,7 @@ async fn a_not_found_refusal_is_stored_too() {
 
 #[tokio::test]
 async fn keys_are_required_on_every_money_route() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("m", 100).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 100).await;
     let id = app.payment_of(&user, 10).await;
     let calls = [
         Call::post("/v1/wallet/top-ups").json(r#"{"amount":1}"#),

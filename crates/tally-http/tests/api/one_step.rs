@@ -7,8 +7,7 @@ use crate::helpers::{Options, TestApp};
 
 #[tokio::test]
 async fn a_one_step_payment_is_done_at_once_and_replays() {
-    let app = TestApp::spawn_with(Options::payback_bps(1_000));
-    let user = app.funded_user("u", 5_000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(1_000), 5_000).await;
     let body = json!({"amount": 1_200, "method": "wallet", "confirm": true});
     let first = app.create_payment(&user, "now", body.clone()).await;
     let payment = first.assert_status(201);
@@ -43,8 +42,7 @@ async fn a_refused_one_step_payment_creates_nothing() {
 
 #[tokio::test]
 async fn an_order_paid_in_one_step_is_paid() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("u", 5_000).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 5_000).await;
     let product = app.create_product("p", 700, 3).await;
     let order = app.order_of(&user, &product, 2).await;
     let body = json!({"order_id": order, "method": "wallet", "confirm": true});

@@ -8,8 +8,7 @@ use crate::helpers::{ADMIN_KEY, Call, Options, TestApp};
 
 #[tokio::test]
 async fn a_customer_cannot_choose_its_own_payback() {
-    let app = TestApp::spawn_with(Options::payback_bps(250));
-    let user = app.funded_user("u", 5_000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(250), 5_000).await;
     let product = app.create_product("p", 1_000, 5).await;
     let order = app.order_of(&user, &product, 1).await;
     let before = app.wallet_state(&user).await;
@@ -47,8 +46,7 @@ async fn a_customer_cannot_choose_its_own_payback() {
 #[tokio::test]
 async fn the_payback_shown_and_credited_is_the_merchants_policy() {
     // The service pays back 2.5 % unless a product says otherwise.
-    let app = TestApp::spawn_with(Options::payback_bps(250));
-    let user = app.funded_user("u", 10_000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(250), 10_000).await;
 
     // A payment for an amount: the service rate, rounded down.
     let created = app.create_payment(&user, "a", json!({"amount": 999, "method": "wallet"})).await;

@@ -7,8 +7,7 @@ use crate::helpers::{Call, Options, TestApp};
 #[tokio::test]
 async fn a_payment_is_created_waiting_and_moves_no_money() {
     // The merchant pays back 10 %.
-    let app = TestApp::spawn_with(Options::payback_bps(1_000));
-    let user = app.funded_user("a", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(1_000), 1000).await;
     let response = app.create_payment(&user, "p1", json!({"amount": 400, "method": "wallet"})).await;
     let payment = response.assert_status(201);
     assert_eq!(response.content_type(), "application/json");
@@ -23,8 +22,7 @@ async fn a_payment_is_created_waiting_and_moves_no_money() {
 
 #[tokio::test]
 async fn confirming_charges_the_wallet_and_credits_the_payback() {
-    let app = TestApp::spawn_with(Options::payback_bps(1_000));
-    let user = app.funded_user("c", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(1_000), 1000).await;
     let id = app.payment_of(&user, 400).await;
     let response = app.confirm(&user, &id, "c1").await;
     let payment = response.assert_status(200);
@@ -39,8 +37,7 @@ async fn confirming_charges_the_wallet_and_credits_the_payback() {
 
 #[tokio::test]
 async fn confirm_accepts_no_body_or_an_empty_object_and_nothing_else() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("e", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 1000).await;
     let a = app.payment_of(&user, 1).await;
     let b = app.payment_of(&user, 1).await;
     let c = app.payment_of(&user, 1).await;
@@ -65,8 +62,7 @@ async fn confirm_accepts_no_body_or_an_empty_object_and_nothing_else() {
 
 #[tokio::test]
 async fn cancelling_a_done_payment_refunds_it_and_reverses_the_payback() {
-    let app = TestApp::spawn_with(Options::payback_bps(1_000));
-    let user = app.funded_user("r", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(1_000), 1000).await;
     let id = app.done_payment_of(&user, 400).await;
     let cancelled = app.cancel(&user, &id, "x").await.assert_status(200);
     assert_eq!(cancelled["status"], "cancelled");
@@ -79,8 +75,7 @@ async fn cancelling_a_done_payment_refunds_it_and_reverses_the_payback() {
 
 #[tokio::test]
 async fn cancelling_a_waiting_payment_moves_nothing() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("w", 100).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 100).await;
     let id = app.payment_of(&user, 50).await;
     assert_eq!(app.cancel(&user, &id, "x").await.assert_status(200)["status"], "cancelled");
     app.confirm(&user, &id, "c").await.assert_problem(409, "invalid_state");
@@ -89,8 +84,7 @@ async fn cancelling_a_waiting_payment_moves_nothing() {
 
 #[tokio::test]
 async fn a_second_confirm_is_refused_and_charges_nothing() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("d", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 1000).await;
     let id = app.payment_of(&user, 300).await;
     app.confirm(&user, &id, "first").await.assert_status(200);
     let again = app.confirm(&user, &id, "second").await;
@@ -149,8 +143,7 @@ async fn unknown_and_malformed_payment_ids_are_not_found() {
 
 #[tokio::test]
 async fn bad_methods_and_a_gateway_without_one_are_malformed() {
-    let app = TestApp::spawn();
-    let user = app.funded_user("g", 100).await;
+    let (app, user) = TestApp::with_funded_user(Options::default(), 100).await;
     let cases = [
         json!({"amount": 10, "method": "gateway"}),
         json!({"amount": 10, "method": "cash"}),

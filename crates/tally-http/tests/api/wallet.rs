@@ -39,8 +39,7 @@ async fn a_top_up_answers_201_with_the_entry_and_the_new_balance() {
 #[tokio::test]
 async fn the_ledger_shows_signed_amounts_and_balances_after() {
     // The merchant pays back 1/15 of 300: 20.
-    let app = TestApp::spawn_with(Options::payback_bps(667));
-    let user = app.funded_user("l", 1000).await;
+    let (app, user) = TestApp::with_funded_user(Options::payback_bps(667), 1000).await;
     let payment = app.done_payment_of(&user, 300).await;
     app.cancel(&user, &payment, "x1").await.assert_status(200);
     let ledger = app.ledger(&user, "").await.assert_status(200);
