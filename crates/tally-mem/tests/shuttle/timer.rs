@@ -125,28 +125,30 @@ fn arm(clock: ManualClock, deadline: Timestamp) -> Arc<Mutex<Timer>> {
     timer
 }
 
-/// How often each of a scenario's two branches happened over all its
+/// How often each of a scenario's branches happened over all its
 /// schedules: a scenario whose timer never fired (or always did) would
-/// prove nothing about one of them, so the test asserts both were reached.
-pub struct Branches {
-    name: [&'static str; 2],
-    seen: [AtomicUsize; 2],
+/// prove nothing about one of them, so the test asserts every branch was
+/// reached.
+pub struct Branches<const N: usize> {
+    names: [&'static str; N],
+    seen: [AtomicUsize; N],
 }
 
-impl Branches {
-    pub const fn new(first: &'static str, second: &'static str) -> Branches {
-        Branches { name: [first, second], seen: [AtomicUsize::new(0), AtomicUsize::new(0)] }
+impl<const N: usize> Branches<N> {
+    pub const fn new(names: [&'static str; N]) -> Branches<N> {
+        Branches { names, seen: [const { AtomicUsize::new(0) }; N] }
     }
 
-    /// Records one schedule: `first` if it took the first branch.
-    pub fn saw(&self, first: bool) {
-        self.seen[usize::from(!first)].fetch_add(1, Ordering::Relaxed);
+    /// Records one schedule that took branch `index` (of `names`).
+    pub fn saw(&self, index: usize) {
+        self.seen[index].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Prints the counts and fails unless both branches were reached.
-    pub fn assert_both(&self, test: &str) {
-        let seen = [self.seen[0].load(Ordering::Relaxed), self.seen[1].load(Ordering::Relaxed)];
-        println!("shuttle {test}: {} in {} schedules, {} in {}", self.name[0], seen[0], self.name[1], seen[1]);
-        assert!(seen.iter().all(|&n| n > 0), "{test}: a branch was never reached: {:?} {seen:?}", self.name);
+    /// Prints the counts and fails unless every branch was reached.
+    pub fn assert_all(&self, test: &str) {
+        let seen: Vec<usize> = self.seen.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        let counts: Vec<String> = self.names.iter().zip(&seen).map(|(name, n)| format!("{name}: {n}")).collect();
+        println!("shuttle {test}: schedules by branch: {}", counts.join(", "));
+        assert!(seen.iter().all(|&n| n > 0), "{test}: a branch was never reached: {counts:?}");
     }
 }
