@@ -155,7 +155,10 @@ fn assert_policy(config: &Config, minor_units: i64, payback: i64) {
 
 pub async fn new_gateway_payment<L: LockManager, C: Clock>(
     app: &Tally<MemStore, L, C, MemGateway>,
-    user: UserId, minor_units: i64, payback: i64) -> PaymentId {
+    user: UserId,
+    minor_units: i64,
+    payback: i64,
+) -> PaymentId {
     assert_policy(app.config(), minor_units, payback);
     let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Gateway, confirm: false };
     match app.execute(user, command, None).await {
@@ -179,7 +182,11 @@ pub async fn payment<L: LockManager, C: Clock, G: Gateway>(
 type App<L, C, G> = Tally<MemStore, L, C, G>;
 
 /// A product (created by the admin) with `stock` units at `price`.
-pub async fn new_product<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, price: i64, stock: u64) -> ProductId {
+pub async fn new_product<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    price: i64,
+    stock: u64,
+) -> ProductId {
     // No payback on products: the scenarios count order money by the price.
     let command = Command::CreateProduct { name: "product".into(), price: amount(price), stock, payback_bps: Some(0) };
     match app.execute(UserId::ADMIN, command, None).await {
@@ -234,7 +241,11 @@ pub async fn join<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, user
 }
 
 /// A queue token that is active now (the event must have room).
-pub async fn active_token<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, user: UserId, event: EventId) -> TokenId {
+pub async fn active_token<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    user: UserId,
+    event: EventId,
+) -> TokenId {
     let view = join(app, user, event).await;
     assert_eq!(view.status, TokenStatus::Active, "the queue has room: {view:?}");
     view.token.id
@@ -252,13 +263,21 @@ pub fn created(result: &Result<Executed, Error>) -> Option<&Order> {
     }
 }
 
-pub async fn new_order<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, user: UserId, command: Command) -> Order {
+pub async fn new_order<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    user: UserId,
+    command: Command,
+) -> Order {
     let result = app.execute(user, command, None).await;
     created(&result).cloned().unwrap_or_else(|| panic!("create order: {result:?}"))
 }
 
 /// A wallet payment of the whole order.
-pub async fn order_payment<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, user: UserId, order: OrderId) -> PaymentId {
+pub async fn order_payment<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    user: UserId,
+    order: OrderId,
+) -> PaymentId {
     let command = Command::CreateOrderPayment { order, method: Method::Wallet, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,

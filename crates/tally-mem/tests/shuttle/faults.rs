@@ -31,7 +31,13 @@ fn lost(answer: &Result<Executed, Error>) -> bool {
 /// Sends `command` under `key` until it gets an answer that is not a
 /// failed commit (at most once per injected fault, plus one); returns every
 /// answer in order.
-fn until_answered<L: LockManager>(app: &App<L>, user: UserId, key: &str, command: &Command, faults: usize) -> Vec<Result<Executed, Error>> {
+fn until_answered<L: LockManager>(
+    app: &App<L>,
+    user: UserId,
+    key: &str,
+    command: &Command,
+    faults: usize,
+) -> Vec<Result<Executed, Error>> {
     let mut answers = Vec::new();
     for _ in 0..=faults {
         let answer = block_on(app.execute(user, command.clone(), Some(keyed(key, command))));

@@ -30,9 +30,7 @@ pub(super) fn gateway_concurrent_confirms<L: LockManager>((app, gateway): (Gw<L>
     });
     let results = race(
         &app,
-        (0..THREADS)
-            .map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None)))
-            .collect(),
+        (0..THREADS).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect(),
     );
     assert_eq!(gateway.confirms_received("pk-1"), 1, "one confirm sent: {results:?}");
     assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
@@ -61,9 +59,7 @@ pub(super) fn gateway_same_key_confirms<L: LockManager>((app, gateway): (Gw<L>, 
         (0..2)
             .map(|_| {
                 let command = command.clone();
-                move |app: Gw<L>| {
-                    block_on(app.execute(user, command.clone(), Some(keyed("same", &command))))
-                }
+                move |app: Gw<L>| block_on(app.execute(user, command.clone(), Some(keyed("same", &command))))
             })
             .collect(),
     );
@@ -90,10 +86,8 @@ pub(super) fn gateway_lost_reply<L: LockManager>((app, gateway): (Gw<L>, MemGate
         let user = user_with(&app, Limits::default(), 0).await;
         (user, new_gateway_payment(&app, user, 300, 30).await)
     });
-    let results = race(
-        &app,
-        (0..2).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect(),
-    );
+    let results =
+        race(&app, (0..2).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect());
     assert_eq!(gateway.confirms_received("pk-1"), 1, "never a blind second confirm: {results:?}");
     assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
     block_on(async {
@@ -225,9 +219,8 @@ pub(super) fn gateway_cancel_racing_cashback_spend<L: LockManager>((app, gateway
     let results = race(
         &app,
         vec![
-            Box::new(move |app: Gw<L>| {
-                block_on(app.execute(user, Command::CancelPayment { payment: card }, None))
-            }) as Box<dyn FnOnce(Gw<L>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, Command::CancelPayment { payment: card }, None)))
+                as Box<dyn FnOnce(Gw<L>) -> Result<Executed, Error> + Send>,
             Box::new(move |app: Gw<L>| block_on(app.execute(user, confirm(spend), None))),
         ],
     );
@@ -269,9 +262,7 @@ pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum<L: LockManager>((
         vec![
             Box::new(move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None)))
                 as Box<dyn FnOnce(Gw<L>) -> Result<Executed, Error> + Send>,
-            Box::new(move |app: Gw<L>| {
-                block_on(app.execute(user, Command::TopUp { amount: amount(100) }, None))
-            }),
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, Command::TopUp { amount: amount(100) }, None))),
         ],
     );
     let full = Err(Error::Wallet(WalletError::MaxBalanceExceeded));
@@ -309,9 +300,8 @@ pub(super) fn gateway_confirm_racing_a_cancel<L: LockManager>((app, gateway): (G
             Box::new(move |app: Gw<L>| block_on(app.execute(user, Command::CancelPayment { payment: id }, None))),
         ],
     );
-    let refused_from = |result: &Result<Executed, Error>, status| {
-        matches!(result, Err(Error::Transition(t)) if t.from == status)
-    };
+    let refused_from =
+        |result: &Result<Executed, Error>, status| matches!(result, Err(Error::Transition(t)) if t.from == status);
     let cancelled =
         matches!(&results[1], Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Cancelled);
     block_on(async {

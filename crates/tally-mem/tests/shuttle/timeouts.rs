@@ -48,7 +48,13 @@ fn run_keyed<G: Gateway>(app: &Timed<G>, user: UserId, key: &str, command: &Comm
 /// The client's retry with the same key after the race, run alone (no
 /// contention: no timer): an answered request replays its answer byte for
 /// byte, a timed-out one runs now.
-async fn retry_exactly<G: Gateway>(app: &Timed<G>, user: UserId, key: &str, command: &Command, first: &Result<Executed, Error>) {
+async fn retry_exactly<G: Gateway>(
+    app: &Timed<G>,
+    user: UserId,
+    key: &str,
+    command: &Command,
+    first: &Result<Executed, Error>,
+) {
     let again = app.execute(user, command.clone(), Some(keyed(key, command))).await;
     match first {
         Ok(Executed::Fresh(outcome)) => {
@@ -125,7 +131,7 @@ fn top_ups_land_exactly(
             .map(|(key, command)| move |app: Arc<Timed>| run_keyed(&app, user, &key, &command))
             .collect(),
     );
-    let moved = Duration::from_millis((app.clock().now().0 - START.0) as u64);
+    let moved = Duration::from_millis(u64::try_from(app.clock().now().0 - START.0).expect("time never goes back"));
     let landed: Vec<bool> = results.iter().map(|r| matches!(r, Ok(Executed::Fresh(_)))).collect();
     assert!(results.iter().zip(&landed).all(|(r, &ok)| ok || unlanded(r)), "{results:?}");
     block_on(async {
@@ -184,7 +190,10 @@ pub(super) fn a_stuck_holder_times_requests_out((app, locks): (Arc<Timed>, MemLo
 /// stays `confirming`, the key is freed). The retry with the same key then
 /// finishes it by a lookup — never a second confirm — so the card is
 /// charged once, the payback credited once, and the top-up lands once.
-pub(super) fn gateway_confirm_times_out_recoverably((app, gateway): (Arc<Timed<MemGateway>>, MemGateway), seen: &Branches<4>) {
+pub(super) fn gateway_confirm_times_out_recoverably(
+    (app, gateway): (Arc<Timed<MemGateway>>, MemGateway),
+    seen: &Branches<4>,
+) {
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         (user, new_gateway_payment(&app, user, 500, 50).await)
@@ -202,7 +211,7 @@ pub(super) fn gateway_confirm_times_out_recoverably((app, gateway): (Arc<Timed<M
     block_on(async {
         let status = payment(&app, user, id).await.status;
         let sent = gateway.confirms_received("pk-1");
-        seen.saw(match (&results[0] == &timed_out(), &results[1] == &timed_out(), sent) {
+        seen.saw(match (results[0] == timed_out(), results[1] == timed_out(), sent) {
             (false, false, _) => 0,
             (true, _, 0) => 1,
             (true, _, _) => 2,

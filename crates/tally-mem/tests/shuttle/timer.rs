@@ -55,7 +55,12 @@ impl Clock for TimerClock {
     }
 
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
-        Sleep { clock: self.time.clone(), deadline: self.time.now().plus(duration), zero: duration.is_zero(), timer: None }
+        Sleep {
+            clock: self.time.clone(),
+            deadline: self.time.now().plus(duration),
+            zero: duration.is_zero(),
+            timer: None,
+        }
     }
 }
 
