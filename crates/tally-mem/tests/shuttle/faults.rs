@@ -95,3 +95,83 @@ pub(super) fn top_ups_through_failed_commits<L: LockManager>(app: App<L>) {
         assert_holds(&snapshot);
     });
 }
+
+/// No double charge through failed commits: THREADS keyed confirms of
+/// three wallet payments of 100 (payback 10) on a balance of 250 while the
+/// first commit after setup is ambiguous and the second lost. Each client
+/// retries with its key until it has an answer (a refusal whose storing
+/// commit failed answers busy: retried too). Exactly two payments are done
+/// and charged once each, the third refused `insufficient_balance`; every
+/// key's last answer is its payment's (201 done, or 409 refused), and a
+/// retry after an ambiguous commit replays it.
+pub(super) fn confirms_through_failed_commits<L: LockManager>(app: App<L>) {
+    let (user, ids) = block_on(async {
+        let user = user_with(&app, Limits::default(), 250).await;
+        let mut ids = Vec::new();
+        for _ in 0..THREADS {
+            ids.push(new_payment(&app, user, 100, 10).await);
+        }
+        (user, ids)
+    });
+    let faults = vec![CommitFault::Ambiguous, CommitFault::Lost];
+    let injected = faults.len();
+    fail_next_commits(app.store(), faults);
+    let requests: Vec<(String, Command)> =
+        ids.iter().enumerate().map(|(i, &id)| (format!("c{i}"), confirm(id))).collect();
+    let answers = race(
+        &app,
+        requests
+            .iter()
+            .cloned()
+            .map(|(key, command)| {
+                move |app: App<L>| {
+                    let mut answers = Vec::new();
+                    // Each fault fails at most one attempt; a busy answer
+                    // comes only from a fault on a refusal's commit.
+                    for _ in 0..=injected {
+                        let answer = block_on(app.execute(user, command.clone(), Some(keyed(&key, &command))));
+                        let failed = ambiguous(&answer) || lost(&answer) || matches!(answer, Err(Error::Busy(_)));
+                        answers.push(answer);
+                        if !failed {
+                            break;
+                        }
+                    }
+                    answers
+                }
+            })
+            .collect(),
+    );
+    let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
+    block_on(async {
+        let mut done = 0;
+        for (&id, (key, answers)) in ids.iter().zip(requests.iter().map(|(key, _)| key).zip(&answers)) {
+            let status = payment(&app, user, id).await.status;
+            let last = answers.last().unwrap();
+            match status {
+                PaymentStatus::Done => {
+                    done += 1;
+                    assert!(
+                        is_done(last) || matches!(last, Ok(Executed::Replayed(r)) if r.status == 201),
+                        "{key}: {answers:?}"
+                    );
+                }
+                PaymentStatus::Wait => assert!(
+                    *last == broke || matches!(last, Ok(Executed::Replayed(r)) if r.status == 409),
+                    "{key}: {answers:?}"
+                ),
+                other => panic!("{key}: {other:?} {answers:?}"),
+            }
+            for pair in answers.windows(2) {
+                if ambiguous(&pair[0]) {
+                    assert!(matches!(&pair[1], Ok(Executed::Replayed(_))), "{key}: replays: {answers:?}");
+                }
+            }
+        }
+        assert_eq!(done, 2, "{answers:?}");
+        let snapshot = app.snapshot().await.unwrap();
+        let charges = snapshot.transfers.iter().filter(|t| t.kind == TransferKind::Payment).count();
+        assert_eq!(charges, 2, "charged once each: {answers:?}");
+        assert_eq!(balance(&app, user).await, Money::new(250 - 2 * (100 - 10)));
+        assert_holds(&snapshot);
+    });
+}

@@ -258,6 +258,8 @@ scenario!(
 );
 scenario!(locked_failed_commits_take_effect_once, faults::top_ups_through_failed_commits, locked);
 scenario!(optimistic_failed_commits_take_effect_once, faults::top_ups_through_failed_commits, optimistic);
+scenario!(locked_failed_commits_never_charge_twice, faults::confirms_through_failed_commits, locked);
+scenario!(optimistic_failed_commits_never_charge_twice, faults::confirms_through_failed_commits, optimistic);
 
 /// The optimistic strategy with the in-memory card gateway.
 fn optimistic_with_gateway() -> (Arc<Tally<MemStore, tally_core::store::NoLocks, ManualClock, MemGateway>>, MemGateway)
