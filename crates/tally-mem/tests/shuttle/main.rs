@@ -11,12 +11,16 @@
 //! exact outcomes inside every schedule, and runs the invariant checker on the
 //! final state. A failing schedule is printed by shuttle with the string to
 //! pass to `shuttle::replay` (and, for the random scheduler, the seed for
-//! `SHUTTLE_RANDOM_SEED`).
+//! `SHUTTLE_RANDOM_SEED`). The smallest scenarios also run under the
+//! depth-first scheduler (`explore_dfs`); each line printed carries the
+//! running total of schedules.
 //!
-//! This file holds the harness (`explore`, `race`) and the list of tests;
-//! the scenarios live by domain in [`payments`], [`batch`] (group commit), [`gateway`] (the external
-//! card gateway) and [`inventory`] (stock, seats, queues and expiry). Every
-//! test is declared here, at the crate root, so its name is the one CI and
+//! This file holds the harness (`explore`, `explore_dfs`, `race`) and the
+//! list of tests; the scenarios live by domain in [`payments`], [`batch`]
+//! (group commit), [`gateway`] (the external card gateway), [`inventory`]
+//! (stock, seats, queues and expiry), [`faults`] (failing commits) and
+//! [`timeouts`] (lock waits that time out on [`timer`]'s clock). Every test
+//! is declared here, at the crate root, so its name is the one CI and
 //! `.ci/mutants.sh` know.
 
 #![cfg(shuttle)]
