@@ -10,6 +10,10 @@ use tally_core::store::{Fenced, Fences, LockError, LockKey, LockManager, LockSet
 use tally_core::time::Clock;
 use tally_lock::{Config, Guard, Lease, LockTable};
 
+/// The mutant (`.ci/mutants.sh`) whose lock waits never time out: a request
+/// behind a holder that does not let go waits forever.
+const LOCK_WAIT_UNBOUNDED: &str = "lock_wait_unbounded";
+
 /// In-memory locks. Waiting is asynchronous (callers may be tokio tasks or
 /// shuttle futures); the timeout runs on the injected clock, so the
 /// simulation's time and a test's manual clock govern it.
@@ -84,6 +88,8 @@ impl<C: Clock + Clone> LockManager for MemLocks<C> {
 
     fn acquire(&self, keys: &LockSet, timeout: Duration) -> impl Future<Output = Result<MemGuard, LockError>> + Send {
         let keys = keys.keys().to_vec();
+        // The mutant waits without a deadline (a zero wait still tries once).
+        let bounded = timeout.is_zero() || !tally_core::mutant::active(LOCK_WAIT_UNBOUNDED);
         let timer = self.clock.sleep(timeout);
         let watch =
             self.table.lease().map(|lease| watch_leases(self.table.clone(), keys.clone(), self.clock.clone(), lease));
@@ -93,7 +99,7 @@ impl<C: Clock + Clone> LockManager for MemLocks<C> {
             let mut watch = pin!(watch);
             // Give up when the timer fires; meanwhile, end the leases we wait behind.
             let give_up = poll_fn(move |cx| {
-                if timer.as_mut().poll(cx).is_ready() {
+                if bounded && timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
                 if let Some(watch) = watch.as_mut().as_pin_mut() {

@@ -16,7 +16,7 @@ use tally_core::order::Order;
 use tally_core::payment::{Method, Payment};
 use tally_core::queue::TokenStatus;
 use tally_core::store::{LockManager, NoLocks};
-use tally_core::time::{ManualClock, Timestamp};
+use tally_core::time::{Clock, ManualClock, Timestamp};
 use tally_core::wallet::Limits;
 use tally_core::{Error, Tally};
 use tally_mem::{Concurrency, MemGateway, MemLocks, MemStore};
@@ -117,8 +117,8 @@ pub fn keyed(key: &str, command: &Command) -> Keyed<'static> {
     }
 }
 
-pub async fn user_with<L: LockManager, G: Gateway>(
-    app: &Tally<MemStore, L, ManualClock, G>,
+pub async fn user_with<L: LockManager, C: Clock, G: Gateway>(
+    app: &Tally<MemStore, L, C, G>,
     limits: Limits,
     balance: i64,
 ) -> UserId {
@@ -133,8 +133,8 @@ pub async fn user_with<L: LockManager, G: Gateway>(
     user
 }
 
-pub async fn new_payment<L: LockManager, G: Gateway>(
-    app: &Tally<MemStore, L, ManualClock, G>,
+pub async fn new_payment<L: LockManager, C: Clock, G: Gateway>(
+    app: &Tally<MemStore, L, C, G>,
     user: UserId,
     minor_units: i64,
     payback: i64,
@@ -153,7 +153,12 @@ fn assert_policy(config: &Config, minor_units: i64, payback: i64) {
     assert_eq!(policy, Money::new(payback), "the test expects another payback than the policy gives");
 }
 
-pub async fn new_gateway_payment(app: &GatewayTally, user: UserId, minor_units: i64, payback: i64) -> PaymentId {
+pub async fn new_gateway_payment<L: LockManager, C: Clock>(
+    app: &Tally<MemStore, L, C, MemGateway>,
+    user: UserId,
+    minor_units: i64,
+    payback: i64,
+) -> PaymentId {
     assert_policy(app.config(), minor_units, payback);
     let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Gateway, confirm: false };
     match app.execute(user, command, None).await {
@@ -162,22 +167,26 @@ pub async fn new_gateway_payment(app: &GatewayTally, user: UserId, minor_units: 
     }
 }
 
-pub async fn balance<L: LockManager, G: Gateway>(app: &Tally<MemStore, L, ManualClock, G>, user: UserId) -> Money {
+pub async fn balance<L: LockManager, C: Clock, G: Gateway>(app: &Tally<MemStore, L, C, G>, user: UserId) -> Money {
     app.wallet(user).await.expect("wallet").wallet.balance
 }
 
-pub async fn payment<L: LockManager, G: Gateway>(
-    app: &Tally<MemStore, L, ManualClock, G>,
+pub async fn payment<L: LockManager, C: Clock, G: Gateway>(
+    app: &Tally<MemStore, L, C, G>,
     user: UserId,
     id: PaymentId,
 ) -> Payment {
     app.payment(user, id).await.expect("payment")
 }
 
-type App<L, G> = Tally<MemStore, L, ManualClock, G>;
+type App<L, C, G> = Tally<MemStore, L, C, G>;
 
 /// A product (created by the admin) with `stock` units at `price`.
-pub async fn new_product<L: LockManager, G: Gateway>(app: &App<L, G>, price: i64, stock: u64) -> ProductId {
+pub async fn new_product<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    price: i64,
+    stock: u64,
+) -> ProductId {
     // No payback on products: the scenarios count order money by the price.
     let command = Command::CreateProduct { name: "product".into(), price: amount(price), stock, payback_bps: Some(0) };
     match app.execute(UserId::ADMIN, command, None).await {
@@ -188,8 +197,8 @@ pub async fn new_product<L: LockManager, G: Gateway>(app: &App<L, G>, price: i64
 
 /// An event with one showtime of `seats` seats at 50 each; its queue admits
 /// `active_limit` at a time, for 60 s each.
-pub async fn new_event<L: LockManager, G: Gateway>(
-    app: &App<L, G>,
+pub async fn new_event<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
     active_limit: u32,
     seats: usize,
 ) -> (EventId, Vec<SeatId>) {
@@ -197,8 +206,8 @@ pub async fn new_event<L: LockManager, G: Gateway>(
 }
 
 /// [`new_event`] whose tokens may hold at most `max_seats_per_token` seats.
-pub async fn new_event_with<L: LockManager, G: Gateway>(
-    app: &App<L, G>,
+pub async fn new_event_with<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
     active_limit: u32,
     seats: usize,
     max_seats_per_token: u32,
@@ -224,7 +233,7 @@ pub async fn new_event_with<L: LockManager, G: Gateway>(
 }
 
 /// Joins the event's queue; returns the token as the caller sees it.
-pub async fn join<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, event: EventId) -> TokenView {
+pub async fn join<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, user: UserId, event: EventId) -> TokenView {
     match app.execute(user, Command::JoinQueue { event }, None).await {
         Ok(Executed::Fresh(Outcome::Token(view))) => view,
         other => panic!("join queue: {other:?}"),
@@ -232,7 +241,11 @@ pub async fn join<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, eve
 }
 
 /// A queue token that is active now (the event must have room).
-pub async fn active_token<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, event: EventId) -> TokenId {
+pub async fn active_token<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    user: UserId,
+    event: EventId,
+) -> TokenId {
     let view = join(app, user, event).await;
     assert_eq!(view.status, TokenStatus::Active, "the queue has room: {view:?}");
     view.token.id
@@ -250,13 +263,21 @@ pub fn created(result: &Result<Executed, Error>) -> Option<&Order> {
     }
 }
 
-pub async fn new_order<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, command: Command) -> Order {
+pub async fn new_order<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    user: UserId,
+    command: Command,
+) -> Order {
     let result = app.execute(user, command, None).await;
     created(&result).cloned().unwrap_or_else(|| panic!("create order: {result:?}"))
 }
 
 /// A wallet payment of the whole order.
-pub async fn order_payment<L: LockManager, G: Gateway>(app: &App<L, G>, user: UserId, order: OrderId) -> PaymentId {
+pub async fn order_payment<L: LockManager, C: Clock, G: Gateway>(
+    app: &App<L, C, G>,
+    user: UserId,
+    order: OrderId,
+) -> PaymentId {
     let command = Command::CreateOrderPayment { order, method: Method::Wallet, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
@@ -264,6 +285,6 @@ pub async fn order_payment<L: LockManager, G: Gateway>(app: &App<L, G>, user: Us
     }
 }
 
-pub async fn stock<L: LockManager, G: Gateway>(app: &App<L, G>, product: ProductId) -> u64 {
+pub async fn stock<L: LockManager, C: Clock, G: Gateway>(app: &App<L, C, G>, product: ProductId) -> u64 {
     app.product(product).await.expect("product").stock
 }

@@ -5,7 +5,10 @@
 
 use super::*;
 
-fn gateway_confirm(payment: PaymentId) -> Command {
+/// A backend with the in-memory card gateway: locked or optimistic.
+pub(super) type Gw<L> = Arc<Tally<MemStore, L, ManualClock, MemGateway>>;
+
+pub(super) fn gateway_confirm(payment: PaymentId) -> Command {
     Command::ConfirmPayment { payment, payment_key: Some("pk-1".into()) }
 }
 
@@ -20,16 +23,14 @@ fn acceptable_gateway_answer(result: &Result<Executed, Error>) -> bool {
 
 /// Seed 003: N concurrent confirms of one gateway payment → the gateway
 /// receives exactly one confirm, the payment is charged once.
-pub(super) fn gateway_concurrent_confirms((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_concurrent_confirms<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         (user, new_gateway_payment(&app, user, 500, 50).await)
     });
     let results = race(
         &app,
-        (0..THREADS)
-            .map(|_| move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None)))
-            .collect(),
+        (0..THREADS).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect(),
     );
     assert_eq!(gateway.confirms_received("pk-1"), 1, "one confirm sent: {results:?}");
     assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
@@ -47,7 +48,7 @@ pub(super) fn gateway_concurrent_confirms((app, gateway): (Arc<GatewayTally>, Me
 /// confirms under ONE key → one execution: the other is told the key is in
 /// use (it arrived during the call) or replays the answer (after it). The
 /// `idem_ignores_inflight` mutant lets the second run as well.
-pub(super) fn gateway_same_key_confirms((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_same_key_confirms<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         (user, new_gateway_payment(&app, user, 500, 50).await)
@@ -58,9 +59,7 @@ pub(super) fn gateway_same_key_confirms((app, gateway): (Arc<GatewayTally>, MemG
         (0..2)
             .map(|_| {
                 let command = command.clone();
-                move |app: Arc<GatewayTally>| {
-                    block_on(app.execute(user, command.clone(), Some(keyed("same", &command))))
-                }
+                move |app: Gw<L>| block_on(app.execute(user, command.clone(), Some(keyed("same", &command))))
             })
             .collect(),
     );
@@ -81,16 +80,14 @@ pub(super) fn gateway_same_key_confirms((app, gateway): (Arc<GatewayTally>, MemG
 
 /// The gateway charges, then the reply is lost: the payment ends done, once,
 /// found by a lookup — never by a second confirm.
-pub(super) fn gateway_lost_reply((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_lost_reply<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     gateway.lose_confirm_replies(1);
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         (user, new_gateway_payment(&app, user, 300, 30).await)
     });
-    let results = race(
-        &app,
-        (0..2).map(|_| move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None))).collect(),
-    );
+    let results =
+        race(&app, (0..2).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect());
     assert_eq!(gateway.confirms_received("pk-1"), 1, "never a blind second confirm: {results:?}");
     assert!(results.iter().all(acceptable_gateway_answer), "{results:?}");
     block_on(async {
@@ -104,7 +101,7 @@ pub(super) fn gateway_lost_reply((app, gateway): (Arc<GatewayTally>, MemGateway)
 
 /// A payment left `confirming` (reply lost, then the lookup failed too) is
 /// resolved by a client's retry racing the completer: done once, one confirm.
-pub(super) fn gateway_retry_vs_completer((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_retry_vs_completer<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     gateway.lose_confirm_replies(1);
     gateway.fail_lookups(1);
     let (user, id) = block_on(async {
@@ -140,7 +137,7 @@ pub(super) fn gateway_retry_vs_completer((app, gateway): (Arc<GatewayTally>, Mem
 /// gateway charged and the order is paid (even if the TTL passed while the
 /// charge was in flight), or the gateway was never called and the order
 /// expired. Money at the gateway always means a paid order.
-pub(super) fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_confirm_vs_sweeper<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let (user, product, order, pay) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         let product = new_product(&app, 300, 1).await;
@@ -174,7 +171,7 @@ pub(super) fn gateway_confirm_vs_sweeper((app, gateway): (Arc<GatewayTally>, Mem
 /// with it at once → exactly one claims it and is charged; the other is
 /// refused `payment_key_in_use` and nothing is sent for it. One card charge
 /// never pays two payments, and nobody cancels it.
-pub(super) fn gateway_one_key_two_payments((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_one_key_two_payments<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let payments = block_on(async {
         let mut payments = Vec::new();
         for _ in 0..2 {
@@ -187,7 +184,7 @@ pub(super) fn gateway_one_key_two_payments((app, gateway): (Arc<GatewayTally>, M
         &app,
         payments
             .iter()
-            .map(|&(user, id)| move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None)))
+            .map(|&(user, id)| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None)))
             .collect(),
     );
     assert_eq!(results.iter().filter(|r| is_done(r)).count(), 1, "{results:?}");
@@ -211,7 +208,7 @@ pub(super) fn gateway_one_key_two_payments((app, gateway): (Arc<GatewayTally>, M
 /// (the cancel refused `insufficient_balance` with nothing sent, the charge
 /// kept). Never a refund with the cancel refused afterwards, never a payment
 /// stuck `cancelling`.
-pub(super) fn gateway_cancel_racing_cashback_spend((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_cancel_racing_cashback_spend<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let (user, card, spend) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
         let card = new_gateway_payment(&app, user, 1_000, 100).await;
@@ -222,10 +219,9 @@ pub(super) fn gateway_cancel_racing_cashback_spend((app, gateway): (Arc<GatewayT
     let results = race(
         &app,
         vec![
-            Box::new(move |app: Arc<GatewayTally>| {
-                block_on(app.execute(user, Command::CancelPayment { payment: card }, None))
-            }) as Box<dyn FnOnce(Arc<GatewayTally>) -> Result<Executed, Error> + Send>,
-            Box::new(move |app: Arc<GatewayTally>| block_on(app.execute(user, confirm(spend), None))),
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, Command::CancelPayment { payment: card }, None)))
+                as Box<dyn FnOnce(Gw<L>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, confirm(spend), None))),
         ],
     );
     let broke = Err(Error::Wallet(WalletError::InsufficientBalance));
@@ -255,7 +251,7 @@ pub(super) fn gateway_cancel_racing_cashback_spend((app, gateway): (Arc<GatewayT
 /// the confirm goes first (charged, the payback credited, the top-up refused)
 /// or the top-up does (the confirm refused `max_balance_exceeded` with
 /// nothing sent). Never a charge whose payback is refused afterwards.
-pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum((app, gateway): (Arc<GatewayTally>, MemGateway)) {
+pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let limits = Limits { max_balance: Some(Money::new(1_000)), ..Limits::default() };
     let (user, id) = block_on(async {
         let user = user_with(&app, limits, 900).await;
@@ -264,11 +260,9 @@ pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum((app, gateway): (
     let results = race(
         &app,
         vec![
-            Box::new(move |app: Arc<GatewayTally>| block_on(app.execute(user, gateway_confirm(id), None)))
-                as Box<dyn FnOnce(Arc<GatewayTally>) -> Result<Executed, Error> + Send>,
-            Box::new(move |app: Arc<GatewayTally>| {
-                block_on(app.execute(user, Command::TopUp { amount: amount(100) }, None))
-            }),
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None)))
+                as Box<dyn FnOnce(Gw<L>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, Command::TopUp { amount: amount(100) }, None))),
         ],
     );
     let full = Err(Error::Wallet(WalletError::MaxBalanceExceeded));
@@ -284,5 +278,92 @@ pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum((app, gateway): (
         }
         assert_eq!(balance(&app, user).await, Money::new(1_000));
         assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// A gateway confirm racing a cancel of the waiting payment: the cancel
+/// wins outright (cancelled from `wait`, nothing sent, the confirm refused
+/// from `cancelled`), or comes while the charge is in flight (refused from
+/// `confirming`: the payment ends done, charged once), or after it (the
+/// payback reversed and the card refunded, once). Never a charge on a
+/// cancelled payment that is not refunded, never a refund of nothing.
+pub(super) fn gateway_confirm_racing_a_cancel<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        (user, new_gateway_payment(&app, user, 500, 50).await)
+    });
+    let results = race(
+        &app,
+        vec![
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None)))
+                as Box<dyn FnOnce(Gw<L>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Gw<L>| block_on(app.execute(user, Command::CancelPayment { payment: id }, None))),
+        ],
+    );
+    let refused_from =
+        |result: &Result<Executed, Error>, status| matches!(result, Err(Error::Transition(t)) if t.from == status);
+    let cancelled =
+        matches!(&results[1], Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Cancelled);
+    block_on(async {
+        let status = payment(&app, user, id).await.status;
+        if cancelled && is_done(&results[0]) {
+            assert_eq!(status, PaymentStatus::Cancelled);
+            assert_eq!(gateway.charge("pk-1"), Some((500, true)), "charged, then refunded once");
+            assert_eq!(gateway.confirms_received("pk-1"), 1);
+        } else if cancelled {
+            assert!(refused_from(&results[0], PaymentStatus::Cancelled), "{results:?}");
+            assert_eq!(status, PaymentStatus::Cancelled);
+            assert_eq!((gateway.confirms_received("pk-1"), gateway.charge("pk-1")), (0, None), "nothing sent");
+        } else {
+            assert!(refused_from(&results[1], PaymentStatus::Confirming), "{results:?}");
+            assert!(is_done(&results[0]), "{results:?}");
+            assert_eq!(status, PaymentStatus::Done);
+            assert_eq!(gateway.charge("pk-1"), Some((500, false)));
+        }
+        let payback = if status == PaymentStatus::Done { 50 } else { 0 };
+        assert_eq!(balance(&app, user).await, Money::new(payback));
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// A gateway cancel whose answer was lost leaves the payment `cancelling`
+/// (its payback already reversed); a client's retry races the completer:
+/// both may re-send the cancel (the gateway's is idempotent), the refund is
+/// booked once, the payment ends cancelled, the wallet at zero.
+pub(super) fn gateway_cancel_retry_racing_the_completer<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
+    let (user, id) = block_on(async {
+        let user = user_with(&app, Limits::default(), 0).await;
+        let id = new_gateway_payment(&app, user, 400, 40).await;
+        app.execute(user, gateway_confirm(id), None).await.expect("charged");
+        gateway.fail_cancels(1);
+        let cancel = app.execute(user, Command::CancelPayment { payment: id }, None).await;
+        assert_eq!(cancel, Err(Error::OutcomePending), "the cancel's answer was lost");
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Cancelling);
+        (user, id)
+    });
+    app.clock().advance(std::time::Duration::from_secs(600));
+    let retry = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.execute(user, Command::CancelPayment { payment: id }, None)))
+    };
+    let completer = {
+        let app = app.clone();
+        thread::spawn(move || block_on(app.resolve_stuck(std::time::Duration::from_secs(60), 16)))
+    };
+    let retried = retry.join().unwrap();
+    let resolved = completer.join().unwrap();
+    let cancelled =
+        matches!(&retried, Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Cancelled);
+    let already = matches!(&retried, Err(Error::Transition(t)) if t.from == PaymentStatus::Cancelled);
+    assert!(cancelled || already, "{retried:?}");
+    assert!(matches!(resolved, Ok(0 | 1)), "{resolved:?}");
+    block_on(async {
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Cancelled);
+        assert_eq!(gateway.charge("pk-1"), Some((400, true)));
+        let snapshot = app.snapshot().await.unwrap();
+        let refunds = snapshot.transfers.iter().filter(|t| t.payment == Some(id) && t.kind == TransferKind::Refund);
+        assert_eq!(refunds.count(), 1, "refunded once: {:?}", snapshot.transfers);
+        assert_eq!(balance(&app, user).await, Money::ZERO);
+        assert_holds(&snapshot);
     });
 }

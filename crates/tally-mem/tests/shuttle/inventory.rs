@@ -30,7 +30,7 @@ fn stock_k_of_n<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>, stock
             })
             .collect(),
     );
-    let won = stock_units.min(buyers as u64) as usize;
+    let won = usize::try_from(stock_units).unwrap_or(usize::MAX).min(buyers);
     assert_eq!(results.iter().filter(|r| created(r).is_some()).count(), won, "{results:?}");
     assert_eq!(results.iter().filter(|r| is_out_of_stock(r)).count(), buyers - won, "{results:?}");
     block_on(async {
@@ -175,7 +175,7 @@ pub(super) fn cancel_vs_confirm<L: LockManager>(app: Arc<Tally<MemStore, L, Manu
 /// one holds it; the others are told it is unavailable.
 pub(super) fn seat_booked_by_n<L: LockManager>(app: Arc<Tally<MemStore, L, ManualClock>>) {
     let (seat, bookings) = block_on(async {
-        let (event, seats) = new_event(&app, THREADS as u32, 2).await;
+        let (event, seats) = new_event(&app, u32::try_from(THREADS).expect("a few threads"), 2).await;
         let mut bookings = Vec::new();
         for _ in 0..THREADS {
             let user = user_with(&app, Limits::default(), 0).await;

@@ -11,12 +11,16 @@
 //! exact outcomes inside every schedule, and runs the invariant checker on the
 //! final state. A failing schedule is printed by shuttle with the string to
 //! pass to `shuttle::replay` (and, for the random scheduler, the seed for
-//! `SHUTTLE_RANDOM_SEED`).
+//! `SHUTTLE_RANDOM_SEED`). The smallest scenarios also run under the
+//! depth-first scheduler (`explore_dfs`); each line printed carries the
+//! running total of schedules.
 //!
-//! This file holds the harness (`explore`, `race`) and the list of tests;
-//! the scenarios live by domain in [`payments`], [`batch`] (group commit), [`gateway`] (the external
-//! card gateway) and [`inventory`] (stock, seats, queues and expiry). Every
-//! test is declared here, at the crate root, so its name is the one CI and
+//! This file holds the harness (`explore`, `explore_dfs`, `race`) and the
+//! list of tests; the scenarios live by domain in [`payments`], [`batch`]
+//! (group commit), [`gateway`] (the external card gateway), [`inventory`]
+//! (stock, seats, queues and expiry), [`faults`] (failing commits) and
+//! [`timeouts`] (lock waits that time out on [`timer`]'s clock). Every test
+//! is declared here, at the crate root, so its name is the one CI and
 //! `.ci/mutants.sh` know.
 
 #![cfg(shuttle)]
@@ -24,13 +28,17 @@
 mod batch;
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod gateway;
 mod inventory;
 mod payments;
+mod timeouts;
+mod timer;
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use batch::{batched_locked, batched_locked_pairs, batched_optimistic};
 use common::*;
@@ -50,7 +58,8 @@ use tally_core::store::LockManager;
 use tally_core::time::{ManualClock, Timestamp};
 use tally_core::wallet::{LimitKind, Limits, WalletError};
 use tally_core::{Error, Tally};
-use tally_mem::{MemGateway, MemStore};
+use tally_mem::{Concurrency, MemGateway, MemStore};
+use timer::Branches;
 
 /// How many concurrent requests each scenario races (plus the main thread).
 const THREADS: usize = 3;
@@ -58,6 +67,10 @@ const THREADS: usize = 3;
 fn iterations() -> usize {
     std::env::var("SHUTTLE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
 }
+
+/// Schedules run so far by this process, over every test: the last line a
+/// run prints carries the total.
+static SCHEDULES: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `body` under the random and the PCT schedulers, printing the counts.
 fn explore(name: &str, body: impl Fn() + Send + Sync + 'static) {
@@ -77,7 +90,37 @@ fn explore(name: &str, body: impl Fn() + Send + Sync + 'static) {
             resume_unwind(panic);
         }
     }
-    println!("shuttle {name}: {n} random + {n} pct(3) schedules passed in {:.2}s", started.elapsed().as_secs_f64());
+    let total = SCHEDULES.fetch_add(2 * n, Ordering::Relaxed) + 2 * n;
+    println!(
+        "shuttle {name}: {n} random + {n} pct(3) schedules passed in {:.2}s ({total} schedules in this run so far)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Runs `body` under shuttle's depth-first scheduler, which enumerates
+/// schedules systematically, at most `bound` of them. Returns whether it
+/// ran out of schedules first (the exploration was exhaustive).
+fn explore_dfs(name: &str, bound: usize, body: impl Fn() + Send + Sync + 'static) -> bool {
+    let started = Instant::now();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let counted = move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        body()
+    };
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| shuttle::check_dfs(counted, Some(bound)))) {
+        eprintln!("shuttle {name}: FAILED under the dfs scheduler; replay the `failing schedule` printed above.");
+        resume_unwind(panic);
+    }
+    let ran = runs.load(Ordering::Relaxed);
+    let exhaustive = ran < bound;
+    let total = SCHEDULES.fetch_add(ran, Ordering::Relaxed) + ran;
+    let how = if exhaustive { "every schedule" } else { "bounded" };
+    println!(
+        "shuttle {name}: {ran} dfs schedules ({how}) passed in {:.2}s ({total} schedules in this run so far)",
+        started.elapsed().as_secs_f64()
+    );
+    exhaustive
 }
 
 /// Spawns one shuttle thread per request and returns their results in spawn order.
@@ -189,3 +232,145 @@ scenario!(batch_two_batches_on_one_wallet_are_exact, batch::two_batches_one_wall
 scenario!(batch_racing_the_sweeper_ends_one_way, batch::batch_vs_sweeper, batched_locked);
 scenario!(batch_optimistic_racing_the_sweeper_ends_one_way, batch::batch_vs_sweeper, batched_optimistic);
 scenario!(batch_acknowledged_means_committed, batch::acknowledged_means_committed, batched_locked);
+
+// Issue 14, item 4: the combinations that had no scenario.
+scenario!(optimistic_daily_limit_is_exact, payments::daily_limit, optimistic);
+scenario!(optimistic_last_unit_sells_once, inventory::last_unit, optimistic);
+scenario!(optimistic_opposite_multi_product_orders_never_deadlock, inventory::opposite_orders, optimistic);
+scenario!(optimistic_cancel_racing_confirm_gives_everything_back, inventory::cancel_vs_confirm, optimistic);
+scenario!(gateway_confirm_racing_a_cancel_ends_one_way, gateway::gateway_confirm_racing_a_cancel, with_gateway);
+scenario!(
+    gateway_cancel_retry_racing_the_completer_refunds_once,
+    gateway::gateway_cancel_retry_racing_the_completer,
+    with_gateway
+);
+scenario!(
+    optimistic_gateway_concurrent_confirms_send_one_confirm,
+    gateway::gateway_concurrent_confirms,
+    optimistic_with_gateway
+);
+scenario!(optimistic_gateway_one_key_pays_one_payment, gateway::gateway_one_key_two_payments, optimistic_with_gateway);
+scenario!(
+    optimistic_gateway_confirm_racing_a_cancel_ends_one_way,
+    gateway::gateway_confirm_racing_a_cancel,
+    optimistic_with_gateway
+);
+scenario!(
+    optimistic_gateway_cancel_racing_a_cashback_spend_ends_one_way,
+    gateway::gateway_cancel_racing_cashback_spend,
+    optimistic_with_gateway
+);
+scenario!(locked_failed_commits_take_effect_once, faults::top_ups_through_failed_commits, locked);
+scenario!(optimistic_failed_commits_take_effect_once, faults::top_ups_through_failed_commits, optimistic);
+scenario!(locked_failed_commits_never_charge_twice, faults::confirms_through_failed_commits, locked);
+scenario!(optimistic_failed_commits_never_charge_twice, faults::confirms_through_failed_commits, optimistic);
+
+/// The optimistic strategy with the in-memory card gateway.
+fn optimistic_with_gateway() -> (Arc<Tally<MemStore, tally_core::store::NoLocks, ManualClock, MemGateway>>, MemGateway)
+{
+    let gateway = MemGateway::new();
+    let config = tally_core::app::Config { attempts_max: 16, ..config() };
+    let store = MemStore::new(Concurrency::Optimistic);
+    let ids = Arc::new(tally_core::ids::SeqIds::new(1));
+    let app = Tally::new(store, tally_core::store::NoLocks, ManualClock::new(START), ids, config)
+        .with_gateway(gateway.clone());
+    (Arc::new(app), gateway)
+}
+
+/// A scenario whose lock waits time out on shuttle's timers; both of its
+/// branches (`first`, `second`) must be reached over its schedules.
+macro_rules! timed_scenario {
+    ($test:ident, $scenario:path, $backend:ident, $branches:expr) => {
+        #[test]
+        fn $test() {
+            static SEEN: Branches<{ $branches.len() }> = Branches::new($branches);
+            explore(stringify!($test), || $scenario($backend(), &SEEN));
+            SEEN.assert_all(stringify!($test));
+        }
+    };
+}
+
+timed_scenario!(
+    timeout_top_ups_land_or_time_out_exactly,
+    timeouts::top_ups_land_or_time_out,
+    timed,
+    ["none timed out", "one or more timed out"]
+);
+timed_scenario!(
+    timeout_a_stuck_holder_times_requests_out,
+    timeouts::a_stuck_holder_times_requests_out,
+    timed,
+    ["the second request landed", "both timed out"]
+);
+timed_scenario!(
+    timeout_gateway_confirm_times_out_recoverably,
+    timeouts::gateway_confirm_times_out_recoverably,
+    timed_with_gateway,
+    [
+        "none timed out",
+        "the confirm timed out before the charge",
+        "the confirm timed out after it",
+        "the top-up timed out"
+    ]
+);
+timed_scenario!(
+    timeout_zombie_top_ups_land_once,
+    timeouts::zombie_top_ups_land_once,
+    timed_with_lease,
+    ["no lease ran out", "the clock reached a lease's end"]
+);
+use timeouts::{timed, timed_with_gateway, timed_with_lease};
+
+/// The timer itself, exhaustively: a waiter behind a holder that lets go
+/// at any point, while the waiter's timer fires at any point (or never).
+/// The waiter is granted the lock or times out, never both, and nothing
+/// is left held or queued (no grant stranded by a timeout racing the
+/// hand-off).
+#[test]
+fn dfs_lock_wait_timer_every_schedule() {
+    use tally_core::store::{LockKey, LockSet};
+    use tally_core::time::Clock as _;
+    static SEEN: Branches<2> = Branches::new(["granted", "timed out"]);
+    let exhaustive = explore_dfs("dfs_lock_wait_timer_every_schedule", 100_000, || {
+        let clock = timer::TimerClock::new(START);
+        let locks = tally_mem::MemLocks::new(clock.clone(), tally_lock::Config::default());
+        let key = LockSet::new([LockKey::Wallet(UserId(7))]);
+        let held = block_on(locks.acquire(&key, Duration::ZERO)).expect("free");
+        let waiter = {
+            let (locks, key) = (locks.clone(), key.clone());
+            thread::spawn(move || block_on(locks.acquire(&key, Duration::from_secs(5))).map(drop))
+        };
+        drop(held);
+        let waited = waiter.join().unwrap();
+        assert!(matches!(waited, Ok(()) | Err(tally_core::store::LockError::Timeout)), "{waited:?}");
+        SEEN.saw(usize::from(waited.is_err()));
+        assert!(locks.table().is_idle(), "nothing held or queued after: {waited:?}");
+        // Time moved only if the timer fired, and then to its deadline.
+        let moved = clock.now().0 - START.0;
+        assert!(moved == 0 || moved == 5_000, "{moved}");
+    });
+    assert!(exhaustive, "the timer's schedules fit the bound");
+    SEEN.assert_all("dfs_lock_wait_timer_every_schedule");
+}
+
+/// The smallest use-case scenarios under the depth-first scheduler, bounded
+/// (their schedules are far too many to enumerate): it varies the last
+/// decisions of a schedule systematically where the random schedulers
+/// sample.
+#[test]
+fn dfs_last_unit_sells_once_bounded() {
+    explore_dfs("dfs_last_unit_sells_once_bounded", dfs_bound(), || inventory::last_unit(locked()));
+}
+
+#[test]
+fn dfs_gateway_same_key_confirms_run_once_bounded() {
+    explore_dfs("dfs_gateway_same_key_confirms_run_once_bounded", dfs_bound(), || {
+        gateway::gateway_same_key_confirms(with_gateway())
+    });
+}
+
+/// Four times a random scheduler's count: a depth-first schedule costs
+/// about a third of a random one here (it replays the shared prefix).
+fn dfs_bound() -> usize {
+    4 * iterations()
+}
