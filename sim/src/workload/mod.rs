@@ -229,3 +229,26 @@ pub struct OpKind {
     pub build: fn(&ClientState, &mut SimRng, i64) -> Option<Planned>,
     pub learn: fn(&mut ClientState, &Planned, &Reply),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last-moment payer keeps its confirms at the TTL's edge: it
+    /// starts a round trip ahead, sends later after a race it won and
+    /// earlier after one it lost, and never aims after the TTL.
+    #[test]
+    fn the_last_moment_payer_probes_for_the_latest_moment() {
+        let mut state = ClientState { fastest_exchange: Some(Duration::from_millis(31)), ..ClientState::default() };
+        assert_eq!((state.one_way_ms(), state.race_margin_ms()), (15, 30));
+        state.learn_race(true);
+        assert_eq!(state.race_margin_ms(), 25);
+        state.learn_race(false);
+        assert_eq!(state.race_margin_ms(), 35);
+        for _ in 0..10 {
+            state.learn_race(true);
+        }
+        assert_eq!(state.race_margin_ms(), 0);
+        assert_eq!(ClientState::default().race_margin_ms(), 20, "one step each way before any round trip");
+    }
+}
