@@ -312,6 +312,9 @@ impl ClientSpec {
         };
         self.journal.count(Count::OperationsCompleted, 1);
         count_answer(&self.journal, planned, reply);
+        if planned.races && ((200..300).contains(&reply.status) || is_code(reply, "order_expired")) {
+            state.learn_race((200..300).contains(&reply.status));
+        }
         if (200..300).contains(&reply.status) {
             (kind.learn)(state, planned, reply);
         } else if let Some(index) = planned.order.filter(|_| is_code(reply, "order_expired")) {
@@ -346,7 +349,14 @@ pub async fn client(spec: ClientSpec) -> turmoil::Result {
         let key = planned.keyed.then(|| format!("c{}-o{op}", spec.index + 1));
         spec.journal.count(Count::Operations, 1);
         let attempt = Attempt { spec: &spec, planned: &planned, op, key: key.as_deref() };
+        let began = spec.clock.elapsed();
         let reply = perform(attempt, &mut rng, &mut duplicates).await;
+        if reply.is_some() {
+            // Retries and backoffs only lengthen an operation: the fastest
+            // one is a single round trip.
+            let took = spec.clock.elapsed().saturating_sub(began);
+            state.fastest_exchange = Some(state.fastest_exchange.map_or(took, |fastest| fastest.min(took)));
+        }
         spec.conclude(&mut state, kind, &planned, reply.as_ref());
     }
     for duplicate in duplicates {

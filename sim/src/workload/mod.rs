@@ -122,6 +122,14 @@ pub struct ClientState {
     pub follow: Option<&'static str>,
     /// Pays at the last moment, racing the order TTL (see [`Inventory::races_expiry`](crate::plan::Inventory)).
     pub racer: bool,
+    /// The fastest answered operation so far (simulated time, one
+    /// attempt): how a last-moment payer estimates its way to the server,
+    /// as a real one would from its own round trips.
+    pub fastest_exchange: Option<Duration>,
+    /// How early (ms) the last-moment payer now sends a confirm before its
+    /// order's TTL: learnt from its races, later after a payment that made
+    /// it, earlier after one refused `order_expired` (see [`ClientState::race_margin_ms`]).
+    pub race_margin: Option<u64>,
     /// The service's clock, as a client with a synchronised clock reads it.
     pub clock: SimClock,
     pub habits: Habits,
@@ -151,6 +159,33 @@ pub enum Scheme {
 
 /// How often a client takes the natural next step instead of a random one.
 pub const FOLLOW_PER_MILLE: u64 = 500;
+
+impl ClientState {
+    /// How long a request takes to reach a server and be served, as the
+    /// client estimates it: half its fastest round trip (one step of the
+    /// simulated network each way, until it has measured one).
+    pub fn one_way_ms(&self) -> u64 {
+        self.fastest_exchange.map_or(10, |rtt| u64::try_from(rtt.as_millis() / 2).unwrap_or(u64::MAX))
+    }
+
+    /// How early the last-moment payer sends its confirm: its fastest round
+    /// trip at first (a confirm does more before it reads the time than the
+    /// fastest request did), then what its races taught it.
+    pub fn race_margin_ms(&self) -> u64 {
+        self.race_margin.unwrap_or_else(|| self.one_way_ms() * 2)
+    }
+
+    /// Learns from a race's answer: paid in time → try later next time;
+    /// too late → earlier. A payer probing for the latest moment it can
+    /// pay, which keeps its confirms at the TTL's edge.
+    pub fn learn_race(&mut self, in_time: bool) {
+        let margin = self.race_margin_ms();
+        self.race_margin = Some(if in_time { margin.saturating_sub(RACE_STEP_MS) } else { margin + 2 * RACE_STEP_MS });
+    }
+}
+
+/// How much the last-moment payer moves its margin after a race.
+pub const RACE_STEP_MS: u64 = 5;
 
 /// A request an operation wants sent.
 #[derive(Clone, Debug)]
@@ -193,4 +228,27 @@ pub struct OpKind {
     pub weight: u64,
     pub build: fn(&ClientState, &mut SimRng, i64) -> Option<Planned>,
     pub learn: fn(&mut ClientState, &Planned, &Reply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last-moment payer keeps its confirms at the TTL's edge: it
+    /// starts a round trip ahead, sends later after a race it won and
+    /// earlier after one it lost, and never aims after the TTL.
+    #[test]
+    fn the_last_moment_payer_probes_for_the_latest_moment() {
+        let mut state = ClientState { fastest_exchange: Some(Duration::from_millis(31)), ..ClientState::default() };
+        assert_eq!((state.one_way_ms(), state.race_margin_ms()), (15, 30));
+        state.learn_race(true);
+        assert_eq!(state.race_margin_ms(), 25);
+        state.learn_race(false);
+        assert_eq!(state.race_margin_ms(), 35);
+        for _ in 0..10 {
+            state.learn_race(true);
+        }
+        assert_eq!(state.race_margin_ms(), 0);
+        assert_eq!(ClientState::default().race_margin_ms(), 20, "one step each way before any round trip");
+    }
 }

@@ -226,16 +226,24 @@ pub(super) fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Op
     }
     let order = known.order.map(|i| &state.orders[i]).filter(|o| o.status == "pending_payment");
     if let (true, Some(expires_at)) = (state.racer, order.and_then(|o| o.expires_at)) {
-        // The last-moment payer: land just before the TTL.
+        // The last-moment payer: land within the TTL's last few
+        // milliseconds (sent as early as its past races taught it, and a
+        // little more), so the confirm's transaction is still open when the
+        // TTL ends and a sweep begins. Too late is refused `order_expired`,
+        // the race's other outcome, and it aims earlier next time.
         let left = expires_at.0 - state.clock.now().0;
         if (0..=RACE_WAIT_MAX_MS).contains(&left) {
-            let early = i64::try_from(rng.range(38, 60)).expect("small");
+            let early = i64::try_from(state.race_margin_ms() + rng.range(0, 20)).expect("small");
             planned.delay = Duration::from_millis(u64::try_from((left - early).max(0)).expect("not negative"));
             planned.races = true;
         }
     }
     Some(planned)
 }
+
+/// How often the last-moment payer, with no order left to pay, places the
+/// next order to race with instead of drawing another operation.
+pub(super) const NEXT_RACE_PER_MILLE: u64 = 800;
 
 /// The longest a last-moment payer waits for an order's TTL.
 pub(super) const RACE_WAIT_MAX_MS: i64 = 1_500;
@@ -274,10 +282,12 @@ pub(super) fn build_order_products(state: &ClientState, rng: &mut SimRng, _: i64
         .collect();
     let mut planned = post("order-products", "/v1/orders".into(), serde_json::json!({ "items": items }));
     if state.racer {
-        // Arrive just before a whole second of the servers' uptime: the
-        // order's TTL then ends just before a sweep.
+        // Arrive just before a whole second of the servers' uptime (sent a
+        // one-way trip and a little more ahead of it): the order's TTL then
+        // ends just before a sweep, and the sweep lists it while a confirm
+        // sent at the last moment may still be in its transaction.
         let phase = u64::try_from(state.clock.elapsed().as_millis() % 1000).expect("below 1000");
-        let target = 1000 - rng.range(45, 75);
+        let target = 1000 - (state.one_way_ms() + rng.range(0, 20)).min(500);
         planned.delay = Duration::from_millis((target + 1000 - phase) % 1000);
     }
     Some(planned)
@@ -592,8 +602,10 @@ pub fn next_op(state: &mut ClientState, rng: &mut SimRng, op: usize, tag: i64) -
             return (kind, planned);
         }
     }
-    // The last-moment payer starts its next race when it has no order to pay.
-    if state.racer && !state.orders.iter().any(|o| o.status == "pending_payment") && rng.chance(FOLLOW_PER_MILLE) {
+    // The last-moment payer starts its next race when it has no order to
+    // pay: mostly, as racing is what it is there for (each race is one
+    // more chance of a confirm still open when a sweep lists its order).
+    if state.racer && !state.orders.iter().any(|o| o.status == "pending_payment") && rng.chance(NEXT_RACE_PER_MILLE) {
         let kind = OPS.iter().find(|k| k.name == "order-products").expect("a row of the table");
         if let Some(planned) = (kind.build)(state, rng, tag) {
             return (kind, planned);
