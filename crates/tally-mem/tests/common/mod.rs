@@ -147,6 +147,22 @@ pub async fn new_payment<L: LockManager, C: Clock, G: Gateway>(
     }
 }
 
+/// A user with `balance` and `n` waiting wallet payments of `minor_units`
+/// (each paying back `payback`): the opening of the races on one wallet.
+pub async fn user_with_payments<L: LockManager, C: Clock, G: Gateway>(
+    app: &Tally<MemStore, L, C, G>,
+    (limits, balance): (Limits, i64),
+    n: usize,
+    (minor_units, payback): (i64, i64),
+) -> (UserId, Vec<PaymentId>) {
+    let user = user_with(app, limits, balance).await;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(new_payment(app, user, minor_units, payback).await);
+    }
+    (user, ids)
+}
+
 /// The call sites name the payback they expect; the merchant's policy decides it.
 fn assert_policy(config: &Config, minor_units: i64, payback: i64) {
     let policy = tally_core::payment::payback_of(amount(minor_units), config.payback_bps);
@@ -165,6 +181,15 @@ pub async fn new_gateway_payment<L: LockManager, C: Clock>(
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
         other => panic!("create gateway payment: {other:?}"),
     }
+}
+
+/// A user with an empty wallet and one waiting gateway payment of 500
+/// (payback 50): the opening of the races on one card charge.
+pub async fn user_with_gateway_payment<L: LockManager, C: Clock>(
+    app: &Tally<MemStore, L, C, MemGateway>,
+) -> (UserId, PaymentId) {
+    let user = user_with(app, Limits::default(), 0).await;
+    (user, new_gateway_payment(app, user, 500, 50).await)
 }
 
 pub async fn balance<L: LockManager, C: Clock, G: Gateway>(app: &Tally<MemStore, L, C, G>, user: UserId) -> Money {

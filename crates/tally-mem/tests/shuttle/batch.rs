@@ -99,14 +99,7 @@ pub(super) fn same_key_confirms_batched<L: LockManager>(app: Batched<L>) {
 /// previous request in it left, so exactly one pays (the `batch_stale_balance`
 /// mutant pays several).
 pub(super) fn overdraft_batched<L: LockManager>(app: Batched<L>) {
-    let (user, ids) = block_on(async {
-        let user = user_with(&app, Limits::default(), 100).await;
-        let mut ids = Vec::new();
-        for _ in 0..THREADS {
-            ids.push(new_payment(&app, user, 60, 6).await);
-        }
-        (user, ids)
-    });
+    let (user, ids) = block_on(user_with_payments(&app, (Limits::default(), 100), THREADS, (60, 6)));
     let results = race(
         &app,
         ids.into_iter()

@@ -105,14 +105,7 @@ pub(super) fn top_ups_through_failed_commits<L: LockManager>(app: App<L>) {
 /// key's last answer is its payment's (201 done, or 409 refused), and a
 /// retry after an ambiguous commit replays it.
 pub(super) fn confirms_through_failed_commits<L: LockManager>(app: App<L>) {
-    let (user, ids) = block_on(async {
-        let user = user_with(&app, Limits::default(), 250).await;
-        let mut ids = Vec::new();
-        for _ in 0..THREADS {
-            ids.push(new_payment(&app, user, 100, 10).await);
-        }
-        (user, ids)
-    });
+    let (user, ids) = block_on(user_with_payments(&app, (Limits::default(), 250), THREADS, (100, 10)));
     let faults = vec![CommitFault::Ambiguous, CommitFault::Lost];
     let injected = faults.len();
     fail_next_commits(app.store(), faults);

@@ -24,10 +24,7 @@ fn acceptable_gateway_answer(result: &Result<Executed, Error>) -> bool {
 /// Seed 003: N concurrent confirms of one gateway payment → the gateway
 /// receives exactly one confirm, the payment is charged once.
 pub(super) fn gateway_concurrent_confirms<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
-    let (user, id) = block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_gateway_payment(&app, user, 500, 50).await)
-    });
+    let (user, id) = block_on(user_with_gateway_payment(&app));
     let results = race(
         &app,
         (0..THREADS).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect(),
@@ -49,10 +46,7 @@ pub(super) fn gateway_concurrent_confirms<L: LockManager>((app, gateway): (Gw<L>
 /// use (it arrived during the call) or replays the answer (after it). The
 /// `idem_ignores_inflight` mutant lets the second run as well.
 pub(super) fn gateway_same_key_confirms<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
-    let (user, id) = block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_gateway_payment(&app, user, 500, 50).await)
-    });
+    let (user, id) = block_on(user_with_gateway_payment(&app));
     let command = gateway_confirm(id);
     let results = race(
         &app,
@@ -288,10 +282,7 @@ pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum<L: LockManager>((
 /// payback reversed and the card refunded, once). Never a charge on a
 /// cancelled payment that is not refunded, never a refund of nothing.
 pub(super) fn gateway_confirm_racing_a_cancel<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
-    let (user, id) = block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_gateway_payment(&app, user, 500, 50).await)
-    });
+    let (user, id) = block_on(user_with_gateway_payment(&app));
     let results = race(
         &app,
         vec![

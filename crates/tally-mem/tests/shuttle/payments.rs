@@ -31,14 +31,7 @@ fn confirm_racing<L: LockManager>(
     limits: Limits,
     balance: i64,
 ) -> (tally_core::ids::UserId, Vec<Result<Executed, Error>>) {
-    let (user, ids) = block_on(async {
-        let user = user_with(app, limits, balance).await;
-        let mut ids = Vec::new();
-        for _ in 0..THREADS {
-            ids.push(new_payment(app, user, 100, 10).await);
-        }
-        (user, ids)
-    });
+    let (user, ids) = block_on(user_with_payments(app, (limits, balance), THREADS, (100, 10)));
     let requests = ids
         .into_iter()
         .map(|id| move |app: Arc<Tally<MemStore, L, ManualClock>>| block_on(app.execute(user, confirm(id), None)))

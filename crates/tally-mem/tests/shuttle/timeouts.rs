@@ -194,10 +194,7 @@ pub(super) fn gateway_confirm_times_out_recoverably(
     (app, gateway): (Arc<Timed<MemGateway>>, MemGateway),
     seen: &Branches<4>,
 ) {
-    let (user, id) = block_on(async {
-        let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_gateway_payment(&app, user, 500, 50).await)
-    });
+    let (user, id) = block_on(user_with_gateway_payment(&app));
     let (pay, top) = (gateway_confirm(id), top_up(100));
     let results = race(
         &app,
