@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_core::app::{Config, Tally};
+use tally_core::app::{BATCH_MAX_LIMIT, BATCH_SHARDS_LIMIT, Config, Tally};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::IdemConfig;
 use tally_core::store::{LockManager, Store};
@@ -106,22 +106,12 @@ pub struct ServeArgs {
     pub completer_after_seconds: u64,
     /// Group commit: keyed requests that are ready together share one
     /// transaction, up to this many (1: off, every request commits alone).
-    #[arg(
-        long,
-        env = "TALLY_BATCH_MAX",
-        default_value_t = 64,
-        value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_MAX_LIMIT as u64)
-    )]
+    #[arg(long, env = "TALLY_BATCH_MAX", default_value_t = 64, value_parser = one_to(BATCH_MAX_LIMIT))]
     pub batch_max: u64,
     /// Group commit: how many queues users are spread over (a user's
     /// requests always share one), so how many batches may run at once.
     /// Fewer make larger batches; more keep more transactions in flight.
-    #[arg(
-        long,
-        env = "TALLY_BATCH_SHARDS",
-        default_value_t = 8,
-        value_parser = clap::value_parser!(u64).range(1..=tally_core::app::BATCH_SHARDS_LIMIT as u64)
-    )]
+    #[arg(long, env = "TALLY_BATCH_SHARDS", default_value_t = 4, value_parser = one_to(BATCH_SHARDS_LIMIT))]
     pub batch_shards: u64,
     /// Requests a second per API key, in bursts of as many; beyond it, 429
     /// `rate_limited` with Retry-After (never stored under an
@@ -267,6 +257,11 @@ fn admin_key(data_dir: &Path, persist: bool) -> Result<String, String> {
         println!("admin key for this run: {key}");
     }
     Ok(key)
+}
+
+/// A count from 1 to `limit`, as clap parses it.
+fn one_to(limit: usize) -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=limit as u64)
 }
 
 fn core_config(args: &ServeArgs) -> Config {
