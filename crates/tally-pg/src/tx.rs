@@ -260,7 +260,6 @@ impl Tx for PgTx {
 
         idempotency(scope: &IdemScope) -> Option<IdemRecord> => idempotency::record;
         idempotency_no_wait(scope: &IdemScope) -> Option<IdemRecord> => idempotency::record_no_wait;
-        idempotency_records_no_wait(scopes: &[IdemScope]) -> Vec<IdemRecord> => idempotency::records_no_wait;
         put_idempotency(before: Option<&IdemRecord>, after: &IdemRecord) -> () => idempotency::put;
         put_idempotency_records(puts: &[Put<IdemRecord>]) -> () => idempotency::put_many;
         delete_idempotency(before: &IdemRecord) -> () => idempotency::delete;

@@ -11,7 +11,7 @@ use tally_core::mutant;
 use tally_core::store::{Put, StoreError};
 use tally_core::time::Timestamp;
 
-use super::{PgTx, Statement, column, limit_i64};
+use super::{PgTx, Statement, limit_i64};
 use crate::errors;
 use crate::rows::{self, uuid, version};
 
@@ -61,29 +61,6 @@ pub(super) async fn record_no_wait(tx: &mut PgTx, scope: &IdemScope) -> Result<O
         .await
         .map_err(no_wait_error)?;
     row.as_ref().map(rows::idem).transpose()
-}
-
-/// Admission's load of many keys (a group commit's preload): one statement,
-/// `Busy` if any of them is held. The keys drive an index lookup each
-/// (`UNNEST` joined to the primary key), and rows are locked in key order.
-/// One key goes through [`record_no_wait`]: the same answer, a simpler plan.
-pub(super) async fn records_no_wait(tx: &mut PgTx, scopes: &[IdemScope]) -> Result<Vec<IdemRecord>, StoreError> {
-    if let [scope] = scopes {
-        return Ok(record_no_wait(tx, scope).await?.into_iter().collect());
-    }
-    let lock = no_wait_lock(tx).replace("FOR UPDATE", "FOR UPDATE OF i");
-    let sql = format!(
-        "SELECT {} FROM UNNEST($1::uuid[], $2::text[]) AS wanted(wanted_user, wanted_key) \
-         JOIN idempotency_keys i ON user_id = wanted_user AND key = wanted_key ORDER BY user_id, key{lock}",
-        rows::IDEM_COLUMNS
-    );
-    let found = sqlx::query(AssertSqlSafe(sql))
-        .bind(column(scopes, |scope| uuid(scope.user.0)))
-        .bind(column(scopes, |scope| scope.key.as_str().to_owned()))
-        .fetch_all(&mut *tx.tx)
-        .await
-        .map_err(no_wait_error)?;
-    found.iter().map(rows::idem).collect()
 }
 
 /// The columns a record's write binds, one array each (see `column`).
