@@ -12,7 +12,7 @@ use tally_core::check::{Invariant, assert_holds, check};
 use tally_core::ids::{PaymentId, UserId};
 use tally_core::ledger::TransferKind;
 use tally_core::money::Money;
-use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
+use tally_core::payment::{InvalidTransition, Method, PaymentEvent, PaymentStatus};
 use tally_core::store::{Store, StoreError, Tx};
 use tally_core::time::Clock;
 use tally_core::wallet::{LimitKind, Limits, WalletError};
@@ -77,7 +77,7 @@ async fn retry_replays_and_charged_once(app: &LockedTally, user: UserId, key: &s
 fn gateway_payment() -> (std::sync::Arc<GatewayTally>, MemGateway, UserId, PaymentId) {
     let (app, gateway) = with_gateway();
     let user = block_on(user_with(&app, Limits::default(), 0));
-    let id = block_on(new_gateway_payment(&app, user, 500, 50));
+    let id = block_on(create_payment(&app, user, (500, 50), Method::Gateway));
     (app, gateway, user, id)
 }
 
@@ -454,8 +454,8 @@ fn a_charge_for_another_order_id_is_neither_adopted_nor_refunded() {
 fn one_failing_stuck_payment_does_not_starve_the_completers_batch() {
     let (app, gateway) = with_gateway();
     let user = block_on(user_with(&app, Limits::default(), 0));
-    let first = block_on(new_gateway_payment(&app, user, 500, 50));
-    let second = block_on(new_gateway_payment(&app, user, 700, 70));
+    let first = block_on(create_payment(&app, user, (500, 50), Method::Gateway));
+    let second = block_on(create_payment(&app, user, (700, 70), Method::Gateway));
     gateway.lose_confirm_replies(2);
     gateway.fail_lookups(2);
     for (id, key) in [(first, "pk-a"), (second, "pk-b")] {

@@ -139,11 +139,22 @@ pub async fn new_payment<L: LockManager, C: Clock, G: Gateway>(
     minor_units: i64,
     payback: i64,
 ) -> PaymentId {
+    create_payment(app, user, (minor_units, payback), Method::Wallet).await
+}
+
+/// A waiting payment of `minor_units` by `method`, whose payback the call
+/// site names (the merchant's policy decides it; see `assert_policy`).
+pub async fn create_payment<L: LockManager, C: Clock, G: Gateway>(
+    app: &Tally<MemStore, L, C, G>,
+    user: UserId,
+    (minor_units, payback): (i64, i64),
+    method: Method,
+) -> PaymentId {
     assert_policy(app.config(), minor_units, payback);
-    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Wallet, confirm: false };
+    let command = Command::CreatePayment { amount: amount(minor_units), method, confirm: false };
     match app.execute(user, command, None).await {
         Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
-        other => panic!("create payment: {other:?}"),
+        other => panic!("create {method:?} payment: {other:?}"),
     }
 }
 
@@ -169,27 +180,13 @@ fn assert_policy(config: &Config, minor_units: i64, payback: i64) {
     assert_eq!(policy, Money::new(payback), "the test expects another payback than the policy gives");
 }
 
-pub async fn new_gateway_payment<L: LockManager, C: Clock>(
-    app: &Tally<MemStore, L, C, MemGateway>,
-    user: UserId,
-    minor_units: i64,
-    payback: i64,
-) -> PaymentId {
-    assert_policy(app.config(), minor_units, payback);
-    let command = Command::CreatePayment { amount: amount(minor_units), method: Method::Gateway, confirm: false };
-    match app.execute(user, command, None).await {
-        Ok(Executed::Fresh(Outcome::Payment(payment))) => payment.id,
-        other => panic!("create gateway payment: {other:?}"),
-    }
-}
-
 /// A user with an empty wallet and one waiting gateway payment of 500
 /// (payback 50): the opening of the races on one card charge.
 pub async fn user_with_gateway_payment<L: LockManager, C: Clock>(
     app: &Tally<MemStore, L, C, MemGateway>,
 ) -> (UserId, PaymentId) {
     let user = user_with(app, Limits::default(), 0).await;
-    (user, new_gateway_payment(app, user, 500, 50).await)
+    (user, create_payment(app, user, (500, 50), Method::Gateway).await)
 }
 
 pub async fn balance<L: LockManager, C: Clock, G: Gateway>(app: &Tally<MemStore, L, C, G>, user: UserId) -> Money {

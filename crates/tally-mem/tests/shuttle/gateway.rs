@@ -78,7 +78,7 @@ pub(super) fn gateway_lost_reply<L: LockManager>((app, gateway): (Gw<L>, MemGate
     gateway.lose_confirm_replies(1);
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        (user, new_gateway_payment(&app, user, 300, 30).await)
+        (user, create_payment(&app, user, (300, 30), Method::Gateway).await)
     });
     let results =
         race(&app, (0..2).map(|_| move |app: Gw<L>| block_on(app.execute(user, gateway_confirm(id), None))).collect());
@@ -100,7 +100,7 @@ pub(super) fn gateway_retry_vs_completer<L: LockManager>((app, gateway): (Gw<L>,
     gateway.fail_lookups(1);
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        let id = new_gateway_payment(&app, user, 700, 70).await;
+        let id = create_payment(&app, user, (700, 70), Method::Gateway).await;
         assert_eq!(app.execute(user, gateway_confirm(id), None).await, Err(Error::OutcomePending));
         assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Confirming);
         (user, id)
@@ -170,7 +170,7 @@ pub(super) fn gateway_one_key_two_payments<L: LockManager>((app, gateway): (Gw<L
         let mut payments = Vec::new();
         for _ in 0..2 {
             let user = user_with(&app, Limits::default(), 0).await;
-            payments.push((user, new_gateway_payment(&app, user, 500, 50).await));
+            payments.push((user, create_payment(&app, user, (500, 50), Method::Gateway).await));
         }
         payments
     });
@@ -205,7 +205,7 @@ pub(super) fn gateway_one_key_two_payments<L: LockManager>((app, gateway): (Gw<L
 pub(super) fn gateway_cancel_racing_cashback_spend<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let (user, card, spend) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        let card = new_gateway_payment(&app, user, 1_000, 100).await;
+        let card = create_payment(&app, user, (1_000, 100), Method::Gateway).await;
         app.execute(user, gateway_confirm(card), None).await.expect("charged");
         assert_eq!(balance(&app, user).await, Money::new(100), "the cashback");
         (user, card, new_payment(&app, user, 100, 10).await)
@@ -249,7 +249,7 @@ pub(super) fn gateway_confirm_racing_a_top_up_near_the_maximum<L: LockManager>((
     let limits = Limits { max_balance: Some(Money::new(1_000)), ..Limits::default() };
     let (user, id) = block_on(async {
         let user = user_with(&app, limits, 900).await;
-        (user, new_gateway_payment(&app, user, 1_000, 100).await)
+        (user, create_payment(&app, user, (1_000, 100), Method::Gateway).await)
     });
     let results = race(
         &app,
@@ -324,7 +324,7 @@ pub(super) fn gateway_confirm_racing_a_cancel<L: LockManager>((app, gateway): (G
 pub(super) fn gateway_cancel_retry_racing_the_completer<L: LockManager>((app, gateway): (Gw<L>, MemGateway)) {
     let (user, id) = block_on(async {
         let user = user_with(&app, Limits::default(), 0).await;
-        let id = new_gateway_payment(&app, user, 400, 40).await;
+        let id = create_payment(&app, user, (400, 40), Method::Gateway).await;
         app.execute(user, gateway_confirm(id), None).await.expect("charged");
         gateway.fail_cancels(1);
         let cancel = app.execute(user, Command::CancelPayment { payment: id }, None).await;
