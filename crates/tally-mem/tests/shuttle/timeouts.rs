@@ -89,15 +89,12 @@ pub(super) fn top_ups_land_or_time_out((app, _locks): (Arc<Timed>, MemLocks<Time
 /// Its commit is fenced (retried under new locks), so no top-up is lost or
 /// applied twice (the mutant `fence_unchecked` loses one). An answer is
 /// a top-up landed, or busy (a wait timed out, or the locks kept being
-/// lost), or `Fenced`: a holder paused after its grant but before its
-/// transaction began meets its successor's claim at `begin_locked`, which
-/// the pipeline answers as it is (503, nothing written) instead of retrying
-/// under new locks as it does a commit's `Fenced`. Retries make it exactly
-/// 600.
+/// lost), never a bare `Fenced`: a holder paused after its grant but before
+/// its transaction began meets its successor's claim at `begin_locked`, and
+/// runs again under new locks, as after a commit's `Fenced` (this scenario
+/// found it answered 503 instead). Retries make it exactly 600.
 pub(super) fn zombie_top_ups_land_once((app, _locks): (Arc<Timed>, MemLocks<TimerClock>), seen: &Branches<2>) {
-    let unlanded = |r: &Result<Executed, Error>| {
-        matches!(r, Err(Error::Busy(_) | Error::Store(tally_core::store::StoreError::Fenced)))
-    };
+    let unlanded = |r: &Result<Executed, Error>| matches!(r, Err(Error::Busy(_)));
     let (_, moved) = top_ups_land_exactly(&app, unlanded);
     seen.saw(usize::from(moved > Duration::ZERO && moved < LOCK_WAIT_LONG));
 }
