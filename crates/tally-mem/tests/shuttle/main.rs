@@ -171,99 +171,77 @@ fn confirm_racing_sweep<L: LockManager, G: Gateway>(
     (confirming.join().unwrap(), sweeping.join().unwrap().expect("sweep"))
 }
 
-macro_rules! scenario {
-    ($test:ident, $scenario:path, $backend:ident) => {
-        #[test]
-        fn $test() {
-            explore(stringify!($test), || $scenario($backend()));
-        }
+/// The scenario table: each row is a `#[test]` named `test` that explores
+/// `scenario` on the backend `backend()` builds.
+macro_rules! scenarios {
+    ($($test:ident: $scenario:path, $backend:ident;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                explore(stringify!($test), || $scenario($backend()));
+            }
+        )*
     };
 }
 
-scenario!(locked_duplicate_confirms_charge_once, payments::duplicate_confirms, locked);
-scenario!(locked_concurrent_top_ups_lose_nothing, payments::concurrent_top_ups, locked);
-scenario!(locked_balance_for_k_pays_exactly_k, payments::k_of_n_payments, locked);
-scenario!(locked_daily_limit_is_exact, payments::daily_limit, locked);
-scenario!(locked_payment_vs_cancel_refunds_once, payments::payment_vs_cancel, locked);
-scenario!(locked_idempotency_key_has_one_effect, payments::idempotent_top_ups, locked);
-scenario!(optimistic_duplicate_confirms_charge_once, payments::duplicate_confirms, optimistic);
-scenario!(optimistic_concurrent_top_ups_lose_nothing, payments::concurrent_top_ups, optimistic);
-scenario!(optimistic_balance_for_k_pays_exactly_k, payments::k_of_n_payments, optimistic);
-scenario!(optimistic_payment_vs_cancel_refunds_once, payments::payment_vs_cancel, optimistic);
-scenario!(optimistic_idempotency_key_has_one_effect, payments::idempotent_top_ups, optimistic);
-scenario!(locked_last_unit_sells_once, inventory::last_unit, locked);
-scenario!(locked_k_units_sell_to_exactly_k_of_n, inventory::k_units_n_buyers, locked);
-scenario!(locked_opposite_multi_product_orders_never_deadlock, inventory::opposite_orders, locked);
-scenario!(locked_confirm_racing_expiry_ends_one_way, inventory::confirm_vs_sweeper, locked);
-scenario!(locked_cancel_racing_confirm_gives_everything_back, inventory::cancel_vs_confirm, locked);
-scenario!(locked_seat_booked_by_n_sells_once, inventory::seat_booked_by_n, locked);
-scenario!(locked_queue_never_admits_above_its_limit, inventory::queue_admission, locked);
-scenario!(optimistic_k_units_sell_to_exactly_k_of_n, inventory::k_units_n_buyers, optimistic);
-scenario!(optimistic_confirm_racing_expiry_ends_one_way, inventory::confirm_vs_sweeper, optimistic);
-scenario!(optimistic_seat_booked_by_n_sells_once, inventory::seat_booked_by_n, optimistic);
-scenario!(optimistic_queue_never_admits_above_its_limit, inventory::queue_admission, optimistic);
-scenario!(gateway_order_charge_racing_expiry_ends_one_way, gateway::gateway_confirm_vs_sweeper, with_gateway);
-scenario!(gateway_concurrent_confirms_send_one_confirm, gateway::gateway_concurrent_confirms, with_gateway);
-scenario!(gateway_same_key_confirms_run_once, gateway::gateway_same_key_confirms, with_gateway);
-scenario!(gateway_lost_reply_is_looked_up_not_resent, gateway::gateway_lost_reply, with_gateway);
-scenario!(gateway_retry_racing_the_completer_charges_once, gateway::gateway_retry_vs_completer, with_gateway);
-scenario!(gateway_one_key_pays_one_payment, gateway::gateway_one_key_two_payments, with_gateway);
-scenario!(
-    gateway_cancel_racing_a_cashback_spend_ends_one_way,
-    gateway::gateway_cancel_racing_cashback_spend,
-    with_gateway
-);
-scenario!(
-    gateway_payback_room_is_held_before_the_charge,
-    gateway::gateway_confirm_racing_a_top_up_near_the_maximum,
-    with_gateway
-);
-scenario!(locked_token_holds_at_most_its_seat_limit, inventory::token_orders_hold_at_most_the_seat_limit, locked);
-scenario!(
-    optimistic_token_holds_at_most_its_seat_limit,
-    inventory::token_orders_hold_at_most_the_seat_limit,
-    optimistic
-);
-scenario!(batch_duplicate_confirms_charge_once, batch::duplicate_confirms_batched, batched_locked);
-scenario!(batch_same_key_confirms_have_one_effect, batch::same_key_confirms_batched, batched_locked);
-scenario!(batch_overdraft_pays_exactly_one, batch::overdraft_batched, batched_locked);
-scenario!(batch_optimistic_overdraft_pays_exactly_one, batch::overdraft_batched, batched_optimistic);
-scenario!(batch_two_batches_on_one_wallet_are_exact, batch::two_batches_one_wallet, batched_locked_pairs);
-scenario!(batch_racing_the_sweeper_ends_one_way, batch::batch_vs_sweeper, batched_locked);
-scenario!(batch_optimistic_racing_the_sweeper_ends_one_way, batch::batch_vs_sweeper, batched_optimistic);
-scenario!(batch_acknowledged_means_committed, batch::acknowledged_means_committed, batched_locked);
+scenarios! {
+    locked_duplicate_confirms_charge_once: payments::duplicate_confirms, locked;
+    locked_concurrent_top_ups_lose_nothing: payments::concurrent_top_ups, locked;
+    locked_balance_for_k_pays_exactly_k: payments::k_of_n_payments, locked;
+    locked_daily_limit_is_exact: payments::daily_limit, locked;
+    locked_payment_vs_cancel_refunds_once: payments::payment_vs_cancel, locked;
+    locked_idempotency_key_has_one_effect: payments::idempotent_top_ups, locked;
+    optimistic_duplicate_confirms_charge_once: payments::duplicate_confirms, optimistic;
+    optimistic_concurrent_top_ups_lose_nothing: payments::concurrent_top_ups, optimistic;
+    optimistic_balance_for_k_pays_exactly_k: payments::k_of_n_payments, optimistic;
+    optimistic_payment_vs_cancel_refunds_once: payments::payment_vs_cancel, optimistic;
+    optimistic_idempotency_key_has_one_effect: payments::idempotent_top_ups, optimistic;
+    locked_last_unit_sells_once: inventory::last_unit, locked;
+    locked_k_units_sell_to_exactly_k_of_n: inventory::k_units_n_buyers, locked;
+    locked_opposite_multi_product_orders_never_deadlock: inventory::opposite_orders, locked;
+    locked_confirm_racing_expiry_ends_one_way: inventory::confirm_vs_sweeper, locked;
+    locked_cancel_racing_confirm_gives_everything_back: inventory::cancel_vs_confirm, locked;
+    locked_seat_booked_by_n_sells_once: inventory::seat_booked_by_n, locked;
+    locked_queue_never_admits_above_its_limit: inventory::queue_admission, locked;
+    optimistic_k_units_sell_to_exactly_k_of_n: inventory::k_units_n_buyers, optimistic;
+    optimistic_confirm_racing_expiry_ends_one_way: inventory::confirm_vs_sweeper, optimistic;
+    optimistic_seat_booked_by_n_sells_once: inventory::seat_booked_by_n, optimistic;
+    optimistic_queue_never_admits_above_its_limit: inventory::queue_admission, optimistic;
+    gateway_order_charge_racing_expiry_ends_one_way: gateway::gateway_confirm_vs_sweeper, with_gateway;
+    gateway_concurrent_confirms_send_one_confirm: gateway::gateway_concurrent_confirms, with_gateway;
+    gateway_same_key_confirms_run_once: gateway::gateway_same_key_confirms, with_gateway;
+    gateway_lost_reply_is_looked_up_not_resent: gateway::gateway_lost_reply, with_gateway;
+    gateway_retry_racing_the_completer_charges_once: gateway::gateway_retry_vs_completer, with_gateway;
+    gateway_one_key_pays_one_payment: gateway::gateway_one_key_two_payments, with_gateway;
+    gateway_cancel_racing_a_cashback_spend_ends_one_way: gateway::gateway_cancel_racing_cashback_spend, with_gateway;
+    gateway_payback_room_is_held_before_the_charge: gateway::gateway_confirm_racing_a_top_up_near_the_maximum, with_gateway;
+    locked_token_holds_at_most_its_seat_limit: inventory::token_orders_hold_at_most_the_seat_limit, locked;
+    optimistic_token_holds_at_most_its_seat_limit: inventory::token_orders_hold_at_most_the_seat_limit, optimistic;
+    batch_duplicate_confirms_charge_once: batch::duplicate_confirms_batched, batched_locked;
+    batch_same_key_confirms_have_one_effect: batch::same_key_confirms_batched, batched_locked;
+    batch_overdraft_pays_exactly_one: batch::overdraft_batched, batched_locked;
+    batch_optimistic_overdraft_pays_exactly_one: batch::overdraft_batched, batched_optimistic;
+    batch_two_batches_on_one_wallet_are_exact: batch::two_batches_one_wallet, batched_locked_pairs;
+    batch_racing_the_sweeper_ends_one_way: batch::batch_vs_sweeper, batched_locked;
+    batch_optimistic_racing_the_sweeper_ends_one_way: batch::batch_vs_sweeper, batched_optimistic;
+    batch_acknowledged_means_committed: batch::acknowledged_means_committed, batched_locked;
 
-// Issue 14, item 4: the combinations that had no scenario.
-scenario!(optimistic_daily_limit_is_exact, payments::daily_limit, optimistic);
-scenario!(optimistic_last_unit_sells_once, inventory::last_unit, optimistic);
-scenario!(optimistic_opposite_multi_product_orders_never_deadlock, inventory::opposite_orders, optimistic);
-scenario!(optimistic_cancel_racing_confirm_gives_everything_back, inventory::cancel_vs_confirm, optimistic);
-scenario!(gateway_confirm_racing_a_cancel_ends_one_way, gateway::gateway_confirm_racing_a_cancel, with_gateway);
-scenario!(
-    gateway_cancel_retry_racing_the_completer_refunds_once,
-    gateway::gateway_cancel_retry_racing_the_completer,
-    with_gateway
-);
-scenario!(
-    optimistic_gateway_concurrent_confirms_send_one_confirm,
-    gateway::gateway_concurrent_confirms,
-    optimistic_with_gateway
-);
-scenario!(optimistic_gateway_one_key_pays_one_payment, gateway::gateway_one_key_two_payments, optimistic_with_gateway);
-scenario!(
-    optimistic_gateway_confirm_racing_a_cancel_ends_one_way,
-    gateway::gateway_confirm_racing_a_cancel,
-    optimistic_with_gateway
-);
-scenario!(
-    optimistic_gateway_cancel_racing_a_cashback_spend_ends_one_way,
-    gateway::gateway_cancel_racing_cashback_spend,
-    optimistic_with_gateway
-);
-scenario!(locked_failed_commits_take_effect_once, faults::top_ups_through_failed_commits, locked);
-scenario!(optimistic_failed_commits_take_effect_once, faults::top_ups_through_failed_commits, optimistic);
-scenario!(locked_failed_commits_never_charge_twice, faults::confirms_through_failed_commits, locked);
-scenario!(optimistic_failed_commits_never_charge_twice, faults::confirms_through_failed_commits, optimistic);
+    // Issue 14, item 4: the combinations that had no scenario.
+    optimistic_daily_limit_is_exact: payments::daily_limit, optimistic;
+    optimistic_last_unit_sells_once: inventory::last_unit, optimistic;
+    optimistic_opposite_multi_product_orders_never_deadlock: inventory::opposite_orders, optimistic;
+    optimistic_cancel_racing_confirm_gives_everything_back: inventory::cancel_vs_confirm, optimistic;
+    gateway_confirm_racing_a_cancel_ends_one_way: gateway::gateway_confirm_racing_a_cancel, with_gateway;
+    gateway_cancel_retry_racing_the_completer_refunds_once: gateway::gateway_cancel_retry_racing_the_completer, with_gateway;
+    optimistic_gateway_concurrent_confirms_send_one_confirm: gateway::gateway_concurrent_confirms, optimistic_with_gateway;
+    optimistic_gateway_one_key_pays_one_payment: gateway::gateway_one_key_two_payments, optimistic_with_gateway;
+    optimistic_gateway_confirm_racing_a_cancel_ends_one_way: gateway::gateway_confirm_racing_a_cancel, optimistic_with_gateway;
+    optimistic_gateway_cancel_racing_a_cashback_spend_ends_one_way: gateway::gateway_cancel_racing_cashback_spend, optimistic_with_gateway;
+    locked_failed_commits_take_effect_once: faults::top_ups_through_failed_commits, locked;
+    optimistic_failed_commits_take_effect_once: faults::top_ups_through_failed_commits, optimistic;
+    locked_failed_commits_never_charge_twice: faults::confirms_through_failed_commits, locked;
+    optimistic_failed_commits_never_charge_twice: faults::confirms_through_failed_commits, optimistic;
+}
 
 /// The optimistic strategy with the in-memory card gateway.
 fn optimistic_with_gateway() -> (Arc<Tally<MemStore, tally_core::store::NoLocks, ManualClock, MemGateway>>, MemGateway)
