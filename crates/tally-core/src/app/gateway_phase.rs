@@ -86,7 +86,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
             let mut tx = match self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await {
                 Ok(tx) => tx,
-                // Fenced at the claim: nothing written, run again (as `run`).
+                // `Fenced`: our grants ran out before the claim (a pause past
+                // the lease); nothing was written, so `retry_or_fail` runs it
+                // again under new grants. Any other error fails as it did.
                 Err(error) => {
                     drop(guard);
                     self.retry_or_fail(attempt, Error::Store(error))?;

@@ -169,8 +169,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             let fences = if crate::mutant::active("check_then_act") { Default::default() } else { guard.fences() };
             let mut tx = match self.store.begin_locked(&keys, &fences, self.config.lock_wait).await {
                 Ok(tx) => tx,
-                // Our grants ran out before the claim (a pause past the
-                // lease): nothing was written; run again under new grants.
+                // `Fenced`: our grants ran out before the claim (a pause past
+                // the lease); nothing was written, so `retry_or_fail` runs it
+                // again under new grants. Any other error fails as it did.
                 Err(error) => {
                     drop(guard);
                     self.retry_or_fail(attempt, Error::Store(error))?;
