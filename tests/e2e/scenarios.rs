@@ -188,7 +188,14 @@ pub(crate) fn assert_one_effect(replies: &[Reply]) -> Vec<&Reply> {
     assert_eq!(fresh, 1, "exactly one fresh execution");
     assert!(created.iter().all(|r| r.bytes == created[0].bytes), "every replay is byte for byte");
     let in_use = count(replies, StatusCode::CONFLICT, Some("idempotency_key_in_use"));
-    assert_eq!(created.len() + in_use, replies.len(), "nothing else is answered");
+    let others: Vec<String> = replies
+        .iter()
+        .filter(|r| r.status != StatusCode::CREATED)
+        .filter(|r| r.status != StatusCode::CONFLICT || code(r) != "idempotency_key_in_use")
+        .map(|r| format!("{} {}", r.status, String::from_utf8_lossy(&r.bytes)))
+        .take(3)
+        .collect();
+    assert_eq!(created.len() + in_use, replies.len(), "nothing else is answered; for example {others:?}");
     created
 }
 

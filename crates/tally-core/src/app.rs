@@ -44,7 +44,7 @@ use crate::ledger::{Booking, Transfer};
 use crate::money::{Amount, Money};
 use crate::order::Order;
 use crate::payment::{self, Method, Payment, PaymentEvent, PaymentStatus};
-use crate::store::{Fenced as _, LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
+use crate::store::{Fenced as _, Fences, LockKey, LockManager, LockSet, Store, StoreError, Tx, User};
 use crate::time::{Clock, Timestamp};
 use crate::wallet::{LimitKind, Limits, Wallet, WalletError};
 

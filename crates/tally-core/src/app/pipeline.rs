@@ -26,13 +26,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         // A duplicate of a request this instance is running is told at once
         // (409), not queued behind it. A probe, released at once: correctness
         // comes from the store, which lets one of two racing admissions commit.
-        match self.locks.acquire(&LockSet::new([LockKey::Idempotency(scope.clone())]), Duration::ZERO).await {
-            Ok(probe) => drop(probe),
-            Err(crate::store::LockError::Timeout) => return Err(Error::IdempotencyKeyInUse),
-            Err(error) => return Err(error.into()),
-        }
         let lease = LeaseToken(self.ids.next_id());
         let held = Held { scope, lease, fingerprint: keyed.fingerprint, render: keyed.render };
+        drop(self.hold_key(&held).await?);
         // Group commit (`batch`) when it is on and the command batches;
         // otherwise, or when the batch sends it back, alone.
         let result = match self.execute_batched(user, &command, &held).await {
@@ -57,6 +53,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Takes `held`'s key in the lock manager without waiting: held by
+    /// another request (a duplicate in flight), it is 409 at once.
+    async fn hold_key(&self, held: &Held<'_>) -> Result<L::Guard, Error> {
+        let key = LockSet::new([LockKey::Idempotency(held.scope.clone())]);
+        match self.locks.acquire(&key, Duration::ZERO).await {
+            Ok(guard) => Ok(guard),
+            Err(crate::store::LockError::Timeout) => Err(Error::IdempotencyKeyInUse),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -159,14 +166,29 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             attempt += 1;
             // Recomputed on every attempt: a retry after the records moved
             // (an order got a payment) locks what they name now.
-            let mut keys = self.lock_keys(user, command).await?;
-            keys.extend(held.map(|h| LockKey::Idempotency(h.scope.clone())));
-            let keys = LockSet::new(keys);
-            let guard = self.locks.acquire(&keys, self.config.lock_wait).await?;
+            let keys = self.lock_keys(user, command).await?;
+            // A keyed request takes its key first, alone and without waiting:
+            // a duplicate running on any instance holds it, and is answered
+            // 409 at once (SPEC) instead of queueing behind it — a thousand
+            // duplicates would each wait their turn for a replay, and past
+            // the lock wait fail. The key sorts first in the global lock
+            // order, so taking it before the rest keeps that order.
+            let key_guard = match held {
+                None => None,
+                Some(held) => Some(self.hold_key(held).await?),
+            };
+            let rest = LockSet::new(keys.iter().cloned());
+            let keys = LockSet::new(keys.into_iter().chain(held.map(|h| LockKey::Idempotency(h.scope.clone()))));
+            let guard = self.locks.acquire(&rest, self.config.lock_wait).await?;
             // Mutant `check_then_act` (below) also begins without the grant's
             // fencing tokens: a store that checks them would refuse the write
             // made under the second acquisition, and the bug would be gone.
-            let fences = if crate::mutant::active("check_then_act") { Default::default() } else { guard.fences() };
+            let fences = if crate::mutant::active("check_then_act") {
+                Fences::default()
+            } else {
+                let key_fences = key_guard.iter().flat_map(|g| g.fences().tokens().to_vec());
+                Fences::new(key_fences.chain(guard.fences().tokens().iter().cloned()))
+            };
             let mut tx = match self.store.begin_locked(&keys, &fences, self.config.lock_wait).await {
                 Ok(tx) => tx,
                 // `Fenced`: our grants ran out before the claim (a pause past
@@ -195,12 +217,13 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // and is written under another — check-then-act.
             let guard = if crate::mutant::active("check_then_act") {
                 drop(guard);
-                self.locks.acquire(&keys, self.config.lock_wait).await?
+                self.locks.acquire(&rest, self.config.lock_wait).await?
             } else {
                 guard
             };
             let committed = tx.commit().await;
             drop(guard);
+            drop(key_guard);
             match committed {
                 Ok(()) => break step,
                 // Mutant: an ambiguous commit retried like a conflict, and
