@@ -354,6 +354,12 @@ fn batchable(command: &Command) -> bool {
 }
 
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
+    /// Whether a keyed `command` goes to a group commit: batching is on and
+    /// the command batches.
+    pub(super) fn batches(&self, command: &Command) -> bool {
+        self.config.batch_max > 1 && batchable(command)
+    }
+
     /// Runs a keyed request in a group commit, if batching is on and the
     /// command batches; `None`: run it alone.
     pub(super) async fn execute_batched(
@@ -362,7 +368,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         command: &Command,
         held: &Held<'static>,
     ) -> Option<Batched> {
-        if self.config.batch_max <= 1 || !batchable(command) {
+        if !self.batches(command) {
             return None;
         }
         let slot = Arc::new(Slot::default());

@@ -20,21 +20,30 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         keyed: Option<Keyed<'static>>,
     ) -> Result<Executed, Error> {
         let Some(keyed) = keyed else {
-            return self.run(user, &command, None).await;
+            return self.run(user, &command, None, None).await;
         };
         let scope = IdemScope { user, key: keyed.key };
-        // A duplicate of a request this instance is running is told at once
-        // (409), not queued behind it. A probe, released at once: correctness
-        // comes from the store, which lets one of two racing admissions commit.
         let lease = LeaseToken(self.ids.next_id());
         let held = Held { scope, lease, fingerprint: keyed.fingerprint, render: keyed.render };
-        drop(self.hold_key(&held).await?);
+        // A duplicate of a request this instance is running is told at once
+        // (409), not queued behind it: the key's lock is taken without
+        // waiting, and a request running alone holds it to its commit.
+        // Correctness comes from the store, which lets one of two racing
+        // admissions commit; this lock only spares duplicates the queue.
+        let key_guard = self.hold_key(&held).await?;
         // Group commit (`batch`) when it is on and the command batches;
-        // otherwise, or when the batch sends it back, alone.
-        let result = match self.execute_batched(user, &command, &held).await {
-            Some(batch::Batched::Closed(result)) => return result,
-            Some(batch::Batched::Ran(result)) => result,
-            None => self.run(user, &command, Some(&held)).await,
+        // otherwise, or when the batch sends it back, alone. A batch's
+        // leader takes every key of its batch, so a batched request lets
+        // its key go first (and a request sent back takes it again).
+        let result = if self.batches(&command) {
+            drop(key_guard);
+            match self.execute_batched(user, &command, &held).await {
+                Some(batch::Batched::Closed(result)) => return result,
+                Some(batch::Batched::Ran(result)) => result,
+                None => self.run(user, &command, Some(&held), None).await,
+            }
+        } else {
+            self.run(user, &command, Some(&held), Some(key_guard)).await
         };
         match result {
             Ok(executed) => Ok(executed),
@@ -155,11 +164,19 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// retrying a bounded number of times on conflicts. A gateway payment's
     /// phase ends in a committed intent instead; the gateway is then called
     /// with no transaction open, and its verdict recorded in phase 3.
+    ///
+    /// A keyed request holds its key's lock (`key_guard`, taken without
+    /// waiting, see `execute`) before it waits for the rest: a duplicate is
+    /// then answered 409 at once (SPEC) instead of queueing behind it — a
+    /// thousand duplicates would each wait their turn for a replay, and past
+    /// the lock wait fail. The key sorts first in the global lock order, so
+    /// taking it before the rest keeps that order.
     pub(super) async fn run(
         &self,
         user: UserId,
         command: &Command,
         mut held: Option<&Held<'_>>,
+        mut key_guard: Option<L::Guard>,
     ) -> Result<Executed, Error> {
         let mut attempt = 0;
         let step = loop {
@@ -167,16 +184,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // Recomputed on every attempt: a retry after the records moved
             // (an order got a payment) locks what they name now.
             let keys = self.lock_keys(user, command).await?;
-            // A keyed request takes its key first, alone and without waiting:
-            // a duplicate running on any instance holds it, and is answered
-            // 409 at once (SPEC) instead of queueing behind it — a thousand
-            // duplicates would each wait their turn for a replay, and past
-            // the lock wait fail. The key sorts first in the global lock
-            // order, so taking it before the rest keeps that order.
-            let key_guard = match held {
-                None => None,
-                Some(held) => Some(self.hold_key(held).await?),
-            };
+            if let (Some(held), None) = (held, &key_guard) {
+                key_guard = Some(self.hold_key(held).await?);
+            }
             let rest = LockSet::new(keys.iter().cloned());
             let keys = LockSet::new(keys.into_iter().chain(held.map(|h| LockKey::Idempotency(h.scope.clone()))));
             let guard = self.locks.acquire(&rest, self.config.lock_wait).await?;
@@ -196,6 +206,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 // again under new grants. Any other error fails as it did.
                 Err(error) => {
                     drop(guard);
+                    // The key's grant may be what ran out: take it again.
+                    key_guard = None;
                     self.retry_or_fail(attempt, Error::Store(error))?;
                     continue;
                 }
@@ -223,7 +235,6 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             };
             let committed = tx.commit().await;
             drop(guard);
-            drop(key_guard);
             match committed {
                 Ok(()) => break step,
                 // Mutant: an ambiguous commit retried like a conflict, and
@@ -234,9 +245,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                     held = None;
                     continue;
                 }
-                Err(error) => self.retry_or_fail(attempt, Error::Store(error))?,
+                Err(error) => {
+                    if error == StoreError::Fenced {
+                        key_guard = None;
+                    }
+                    self.retry_or_fail(attempt, Error::Store(error))?;
+                }
             }
         };
+        // The gateway call and its verdict run with no lock held; the
+        // verdict recorder takes the key again.
+        drop(key_guard);
         self.finish(step, held).await
     }
 
