@@ -5,9 +5,14 @@
 //! fail. Everywhere else [`active`] is a constant `false` and the branches
 //! compile away.
 
+/// Read once per process: CI runs its proofs (shuttle's million schedules,
+/// the simulation's seeds) on the mutant build with none selected, and a
+/// read of the environment on every call would slow them several-fold. The
+/// selection never changes within a process.
 #[cfg(tally_mutants)]
 pub fn active(name: &str) -> bool {
-    std::env::var("TALLY_MUTANT").is_ok_and(|selected| selected == name)
+    static SELECTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SELECTED.get_or_init(|| std::env::var("TALLY_MUTANT").ok()).as_deref() == Some(name)
 }
 
 #[cfg(not(tally_mutants))]

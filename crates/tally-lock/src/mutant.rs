@@ -52,12 +52,13 @@ pub const ENV_VAR: &str = "TALLY_MUTANT";
 
 /// Is the mutant called `name` switched on for this run?
 ///
-/// Reads [`ENV_VAR`] on every call. That is slow but only ever compiled into
-/// mutant builds, and it keeps the answer correct under loom, which re-runs the
-/// whole model many times in one process.
+/// Reads [`ENV_VAR`] once per process (the selection never changes within
+/// one): CI runs shuttle's million schedules on the mutant build with none
+/// selected, and a read of the environment per lock operation would slow it.
 #[cfg(tally_mutants)]
 pub fn active(name: &str) -> bool {
-    std::env::var(ENV_VAR).is_ok_and(|value| value == name)
+    static SELECTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SELECTED.get_or_init(|| std::env::var(ENV_VAR).ok()).as_deref() == Some(name)
 }
 
 /// Is the mutant called `name` switched on for this run? Never, in this build:
