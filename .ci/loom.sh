@@ -2,7 +2,7 @@
 # The lock manager's loom proofs and their mutant check.
 #
 # 1. Builds crates/tally-lock/tests/loom.rs twice: plain (`--cfg loom`) and
-#    with the deliberate bugs compiled in (`--cfg loom --cfg tally_mutants`).
+#    with the deliberate bugs compiled in (`--cfg loom`, the `mutants` feature).
 # 2. Selects each lock mutant with TALLY_MUTANT and requires the loom model
 #    aimed at it to FAIL for the right reason. A mutant that survives means a
 #    proof that cannot fail; the script then exits non-zero.
@@ -18,9 +18,9 @@ export CARGO_TERM_COLOR=never
 # shows a bound or a cap would cast doubt on the word "exhaustive".
 unset LOOM_MAX_PREEMPTIONS LOOM_MAX_PERMUTATIONS LOOM_MAX_DURATION LOOM_CHECKPOINT_FILE TALLY_MUTANT
 
-PLAIN_FLAGS="--cfg loom"
+PLAIN_FEATURES=""
 PLAIN_DIR=target/loom
-MUTANT_FLAGS="--cfg loom --cfg tally_mutants"
+MUTANT_FEATURES="mutants"
 MUTANT_DIR=target/loom-mutants
 
 logs=$(mktemp -d)
@@ -32,17 +32,17 @@ step() {
   echo "== $* (at +$(awk -v s="$started" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')s)"
 }
 
-# loom_test FLAGS TARGET_DIR [cargo test arguments...]
+# loom_test FEATURES TARGET_DIR [cargo test arguments...]
 loom_test() {
-  local flags=$1 dir=$2
+  local features=$1 dir=$2
   shift 2
-  RUSTFLAGS="$flags" CARGO_TARGET_DIR="$dir" cargo test -p tally-lock --release --test loom "$@"
+  RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$dir" cargo test -p tally-lock --release --features "$features" --test loom "$@"
 }
 
 step "build: loom suite"
-loom_test "$PLAIN_FLAGS" "$PLAIN_DIR" --no-run
+loom_test "$PLAIN_FEATURES" "$PLAIN_DIR" --no-run
 step "build: loom suite with the mutants compiled in"
-loom_test "$MUTANT_FLAGS" "$MUTANT_DIR" --no-run
+loom_test "$MUTANT_FEATURES" "$MUTANT_DIR" --no-run
 
 step "mutants: each must make its model fail"
 # name|model aimed at it|what the failure must say|what the bug is
@@ -62,7 +62,7 @@ survivors=0
 for entry in "${mutants[@]}"; do
   IFS='|' read -r name model expected what <<<"$entry"
   log="$logs/mutant-$name.log"
-  if TALLY_MUTANT=$name loom_test "$MUTANT_FLAGS" "$MUTANT_DIR" -- --exact "$model" --nocapture --test-threads=1 \
+  if TALLY_MUTANT=$name loom_test "$MUTANT_FEATURES" "$MUTANT_DIR" -- --exact "$model" --nocapture --test-threads=1 \
     >"$log" 2>&1; then
     echo "mutant $name: NOT caught ($model passed; the bug: $what)"
     survivors=$((survivors + 1))
@@ -80,17 +80,17 @@ if [ "$survivors" -ne 0 ]; then
 fi
 
 step "loom suite, exhaustive; alongside: the mutant build with no mutant selected"
-loom_test "$MUTANT_FLAGS" "$MUTANT_DIR" -- --nocapture --test-threads=1 >"$logs/unselected.log" 2>&1 &
+loom_test "$MUTANT_FEATURES" "$MUTANT_DIR" -- --nocapture --test-threads=1 >"$logs/unselected.log" 2>&1 &
 unselected_pid=$!
 suite_ok=1
-loom_test "$PLAIN_FLAGS" "$PLAIN_DIR" -- --nocapture --test-threads=1 || suite_ok=0
+loom_test "$PLAIN_FEATURES" "$PLAIN_DIR" -- --nocapture --test-threads=1 || suite_ok=0
 unselected_ok=1
 wait "$unselected_pid" || unselected_ok=0
 
 step "mutant build, no mutant selected: its models"
 grep -E '^(test .*\.\.\. )?loom model |^test result' "$logs/unselected.log" || true
 if [ "$unselected_ok" -ne 1 ]; then
-  echo "the loom suite FAILED when built with --cfg tally_mutants and no TALLY_MUTANT:"
+  echo "the loom suite FAILED when built with the mutants feature and no TALLY_MUTANT:"
   tail -n 40 "$logs/unselected.log"
   exit 1
 fi

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # The mutant check for the use cases: builds the shuttle suite with the
-# deliberate bugs compiled in (`--cfg tally_mutants`), selects each bug in turn
+# deliberate bugs compiled in (the `mutants` feature), selects each bug in turn
 # with TALLY_MUTANT, and requires the suite to FAIL. A mutant that survives
 # means a proof that cannot fail; this script then exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/mutant-judge.sh
 
-export RUSTFLAGS="--cfg shuttle --cfg tally_mutants"
-export CARGO_TARGET_DIR=target/shuttle-mutants
+export RUSTFLAGS="--cfg shuttle"
+export CARGO_TARGET_DIR=target/shuttle
 # Each bug is found within a few schedules; 600 (x 2 schedulers) leaves a
 # wide margin (the rarest, fence_unchecked, needs a lease to run out: about
 # 3 % of the zombie scenario's schedules).
 export SHUTTLE_ITERATIONS=${MUTANT_SHUTTLE_ITERATIONS:-600}
 
-cargo test -p tally-mem --release --test shuttle --no-run
+cargo test -p tally-mem --release --features mutants --test shuttle --no-run
 control_run "the shuttle suite with the mutants compiled in" \
   env SHUTTLE_ITERATIONS="${MUTANT_CONTROL_ITERATIONS:-200}" \
-  cargo test -p tally-mem --release --test shuttle -- --test-threads=2
+  cargo test -p tally-mem --release --features mutants --test shuttle -- --test-threads=2
 
 # name: what the bug is
 mutants=(
@@ -47,7 +47,7 @@ failing_tests() {
 }
 
 for entry in "${mutants[@]}"; do
-  judge_mutant "$entry" failing_tests cargo test -p tally-mem --release --test shuttle -- --test-threads=2
+  judge_mutant "$entry" failing_tests cargo test -p tally-mem --release --features mutants --test shuttle -- --test-threads=2
 done
 
 # The holes that are not races are pinned by the sequential use-case tests.
@@ -60,12 +60,12 @@ usecase_mutants=(
   "balance_uncapped:a wallet without a maximum passes the 10^15 cap (hole 8)"
   "fence_unchecked:the in-memory store skips its fencing-token check, so a paused lock holder writes after its lease went to another (issue 14)"
 )
-RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants cargo test -p tally-mem --test usecases --no-run
-control_run "the use-case tests with the mutants compiled in" \
-  env RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants cargo test -p tally-mem --test usecases
+# The workspace's own target directory: only the tally crates build again.
+usecases=(env -u RUSTFLAGS -u CARGO_TARGET_DIR cargo test -p tally-mem --features mutants --test usecases)
+"${usecases[@]}" --no-run
+control_run "the use-case tests with the mutants compiled in" "${usecases[@]}"
 for entry in "${usecase_mutants[@]}"; do
-  judge_mutant "$entry" failing_tests env RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/mutants \
-    cargo test -p tally-mem --test usecases
+  judge_mutant "$entry" failing_tests "${usecases[@]}"
 done
 
 mutant_verdict $(( ${#mutants[@]} + ${#usecase_mutants[@]} )) "use-case mutants"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SQL mutant check: builds the end-to-end suite and the chaos harness
-# with the deliberate SQL bugs of tally-pg compiled in (`--cfg
-# tally_mutants`, their own target directory), runs a control (no mutant
+# with the deliberate SQL bugs of tally-pg compiled in (the `mutants`
+# feature), runs a control (no mutant
 # selected: both must pass), then selects each bug in turn with
 # TALLY_MUTANT and requires it to be caught: first by the end-to-end suite
 # on the mutant's strategy, else (with PG_MUTANT_CHAOS=1, as the nightly
@@ -12,21 +12,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/mutant-judge.sh
 
-export RUSTFLAGS="--cfg tally_mutants" CARGO_TARGET_DIR=target/pg-mutants
 chaos_ops=${PG_MUTANT_CHAOS_OPS:-600}
 with_chaos=${PG_MUTANT_CHAOS:-0}
 
-cargo test -p tally-tests --test e2e --no-run
-chaos=$CARGO_TARGET_DIR/release/tally-chaos
+cargo test -p tally-tests --features mutants --test e2e --no-run
+chaos=${CARGO_TARGET_DIR:-target}/release/tally-chaos
 if [ "$with_chaos" = 1 ]; then
-  cargo build --release -p tally-chaos
+  cargo build --release -p tally-chaos --features mutants
 fi
 
 # run_mutant STRATEGY: the end-to-end suite on STRATEGY, then (if it
 # passed, and with PG_MUTANT_CHAOS=1) the chaos harness on it; fails if
 # either caught something.
 run_mutant() {
-  cargo test -p tally-tests --test e2e -- "$1::" --test-threads=2 || return 1
+  cargo test -p tally-tests --features mutants --test e2e -- "$1::" --test-threads=2 || return 1
   if [ "$with_chaos" = 1 ]; then
     echo "== chaos"
     "$chaos" --strategy "$1" --ops "$chaos_ops" --instances 2 --seed "${PG_MUTANT_SEED:-7}" --time-budget 300
@@ -48,10 +47,10 @@ caught_by() {
 
 if [ "$with_chaos" = 1 ]; then
   control_run "e2e and chaos on every strategy, no mutant" \
-    bash -c "cargo test -p tally-tests --test e2e -- --test-threads=2 && \
+    bash -c "cargo test -p tally-tests --features mutants --test e2e -- --test-threads=2 && \
       $chaos --strategy all --ops $chaos_ops --instances 2 --seed ${PG_MUTANT_SEED:-7} --time-budget 600"
 else
-  control_run "e2e on every strategy, no mutant" cargo test -p tally-tests --test e2e -- --test-threads=2
+  control_run "e2e on every strategy, no mutant" cargo test -p tally-tests --features mutants --test e2e -- --test-threads=2
 fi
 
 # strategy|name: what the bug is

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The simulation's mutant check: builds tally-sim with the deliberate bugs
-# compiled in (`--cfg tally_mutants`, its own target directory), selects
+# compiled in (the `mutants` feature; only the tally crates build again), selects
 # each bug in turn with TALLY_MUTANT, and requires the simulation to FIND a
 # violation within SIM_MUTANT_SEEDS seeds (default 1,000; it stops at the
 # first). A mutant that survives means an oracle that cannot fail; this
@@ -10,12 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/mutant-judge.sh
 
-export RUSTFLAGS="--cfg tally_mutants"
-export CARGO_TARGET_DIR=target/sim-mutants
 seeds=${SIM_MUTANT_SEEDS:-1000}
 
-cargo build --release -p tally-sim
-sim=$CARGO_TARGET_DIR/release/tally-sim
+cargo build --release -p tally-sim --features mutants
+sim=${CARGO_TARGET_DIR:-target}/release/tally-sim
 control_run "the simulation with the mutants compiled in, ${SIM_CONTROL_SEEDS:-100} seeds" \
   "$sim" --seeds "${SIM_CONTROL_SEEDS:-100}"
 

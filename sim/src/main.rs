@@ -129,11 +129,13 @@ fn seed_options(args: &Args) -> Vec<String> {
 fn replay_command(args: &Args, seed: u64) -> String {
     let mut command = String::new();
     if let Ok(mutant) = std::env::var("TALLY_MUTANT") {
-        command.push_str(&format!(
-            "TALLY_MUTANT={mutant} RUSTFLAGS=\"--cfg tally_mutants\" CARGO_TARGET_DIR=target/sim-mutants "
-        ));
+        command.push_str(&format!("TALLY_MUTANT={mutant} "));
     }
-    command.push_str(&format!("cargo run --release -p tally-sim -- --seed {seed} {}", seed_options(args).join(" ")));
+    let features = if cfg!(feature = "mutants") { " --features mutants" } else { "" };
+    command.push_str(&format!(
+        "cargo run --release -p tally-sim{features} -- --seed {seed} {}",
+        seed_options(args).join(" ")
+    ));
     command
 }
 

@@ -189,9 +189,9 @@ fn a_confirm_the_gateway_never_got_is_failed_in_the_end() {
 }
 
 /// The mutant check's unit (run by `.ci/sim-mutants.sh` with
-/// `--cfg tally_mutants` and `TALLY_MUTANT` set): the selected deliberate
+/// the `mutants` feature and `TALLY_MUTANT` set): the selected deliberate
 /// bug is found within 1,000 seeds.
-#[cfg(tally_mutants)]
+#[cfg(feature = "mutants")]
 #[test]
 fn the_selected_mutant_is_caught() {
     let Ok(mutant) = std::env::var("TALLY_MUTANT") else { return };

@@ -393,7 +393,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Deletes `key`'s idempotency record, whatever its state: the lever of
     /// the `release_key_on_disconnect` mutant in `tally-http`. Only mutant
     /// builds have it; nothing correct may forget a key before it expires.
-    #[cfg(tally_mutants)]
+    #[cfg(feature = "mutants")]
     pub async fn forget_key(&self, user: UserId, key: crate::idempotency::IdemKey) -> Result<(), Error> {
         let scope = IdemScope { user, key };
         let keys = LockSet::new([LockKey::Idempotency(scope.clone())]);

@@ -236,7 +236,7 @@ impl Seat {
             (S::Available, E::Hold(order)) => S::Held(order),
             (S::Held(holder), E::Sell(order)) if holder == order => S::Sold(order),
             (S::Held(holder) | S::Sold(holder), E::Release(order)) if holder == order => S::Available,
-            #[cfg(tally_mutants)]
+            #[cfg(feature = "mutants")]
             (S::Held(_) | S::Sold(_), E::Hold(order)) if crate::mutant::active("seat_double_hold") => S::Held(order),
             _ => return Err(SeatUnavailable { seat: self.id, status: self.status, event }),
         };

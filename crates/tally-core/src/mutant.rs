@@ -1,6 +1,6 @@
 //! Deliberate bugs for the mutant check.
 //!
-//! Only builds with `--cfg tally_mutants` contain them; the test command
+//! Only builds with the `mutants` feature contain them; the test command
 //! selects one at run time with `TALLY_MUTANT=<name>` and asserts the proofs
 //! fail. Everywhere else [`active`] is a constant `false` and the branches
 //! compile away.
@@ -9,13 +9,13 @@
 /// the simulation's seeds) on the mutant build with none selected, and a
 /// read of the environment on every call would slow them several-fold. The
 /// selection never changes within a process.
-#[cfg(tally_mutants)]
+#[cfg(feature = "mutants")]
 pub fn active(name: &str) -> bool {
     static SELECTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     SELECTED.get_or_init(|| std::env::var("TALLY_MUTANT").ok()).as_deref() == Some(name)
 }
 
-#[cfg(not(tally_mutants))]
+#[cfg(not(feature = "mutants"))]
 pub const fn active(_name: &str) -> bool {
     false
 }

@@ -177,7 +177,7 @@ impl Order {
             // caller books the refund in the same transaction).
             (S::PendingPayment, None, E::Cancel) | (S::Paid, Some(_), E::Cancel) => next.status = S::Cancelled,
             (S::PendingPayment, None, E::Expire) if !in_time => next.status = S::Expired,
-            #[cfg(tally_mutants)]
+            #[cfg(feature = "mutants")]
             (S::Paid, _, E::Expire) if !in_time && crate::mutant::active("expire_paid_order") => {
                 next.status = S::Expired;
             }

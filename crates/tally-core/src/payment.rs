@@ -244,7 +244,7 @@ impl Payment {
                 next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
                 self.status
             }
-            #[cfg(tally_mutants)]
+            #[cfg(feature = "mutants")]
             (S::Cancelled, E::Cancel) if crate::mutant::active("double_refund") => S::Cancelled,
             _ => return refuse(event),
         };

@@ -90,7 +90,7 @@ pub async fn execute<B: Backend, T>(
     success: StatusCode,
 ) -> Response {
     let keyed = Keyed { key: request.key.clone(), fingerprint: request.fingerprint, render: render_for(success) };
-    #[cfg(tally_mutants)]
+    #[cfg(feature = "mutants")]
     let mut forget = mutant::ForgetOnDrop::<B>::arm(&state.app, user, &request.key);
     // The request runs in a task of its own: if this handler is dropped (the
     // request timeout answers 503, the client goes away), the request still
@@ -105,7 +105,7 @@ pub async fn execute<B: Backend, T>(
         // The runtime is shutting down.
         Err(_) => Err(Error::Busy("shutting down")),
     };
-    #[cfg(tally_mutants)]
+    #[cfg(feature = "mutants")]
     forget.disarm();
     match executed {
         Ok(Executed::Fresh(outcome)) => send(render_success(success, &outcome), false),
@@ -130,9 +130,9 @@ fn send(stored: StoredResponse, replayed: bool) -> Response {
     response
 }
 
-/// Deliberate bugs of this layer, compiled only under `--cfg tally_mutants`
+/// Deliberate bugs of this layer, compiled only under the `mutants` feature
 /// and selected with `TALLY_MUTANT` (see `tally_core::mutant`).
-#[cfg(tally_mutants)]
+#[cfg(feature = "mutants")]
 mod mutant {
     use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! A test suite that never fails proves nothing about its own strength. Each
 //! mutant is a small, named bug wired into production code behind
 //! `if mutant::active(NAME)`. The branches exist only when the crate is built
-//! with `--cfg tally_mutants`; the run picks one with the `TALLY_MUTANT`
+//! with the `mutants` feature; the run picks one with the `TALLY_MUTANT`
 //! environment variable. In every other build [`active`] is a `const fn`
 //! returning `false`, so the optimiser deletes the branches and shipped code
 //! carries no trace of them.
@@ -55,15 +55,15 @@ pub const ENV_VAR: &str = "TALLY_MUTANT";
 /// Reads [`ENV_VAR`] once per process (the selection never changes within
 /// one): CI runs shuttle's million schedules on the mutant build with none
 /// selected, and a read of the environment per lock operation would slow it.
-#[cfg(tally_mutants)]
+#[cfg(feature = "mutants")]
 pub fn active(name: &str) -> bool {
     static SELECTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     SELECTED.get_or_init(|| std::env::var(ENV_VAR).ok()).as_deref() == Some(name)
 }
 
 /// Is the mutant called `name` switched on for this run? Never, in this build:
-/// it was compiled without `--cfg tally_mutants`.
-#[cfg(not(tally_mutants))]
+/// it was compiled without the `mutants` feature.
+#[cfg(not(feature = "mutants"))]
 #[inline(always)]
 pub const fn active(name: &str) -> bool {
     let _ = name;

@@ -44,7 +44,7 @@ pub(crate) fn map(error: sqlx::Error) -> StoreError {
 
 /// A serialization failure or a deadlock: nothing was written. Only the
 /// `pg_conflict_is_success` mutant asks (to pretend it was).
-#[cfg_attr(not(tally_mutants), allow(dead_code))]
+#[cfg_attr(not(feature = "mutants"), allow(dead_code))]
 pub(crate) fn is_conflict(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
