@@ -79,14 +79,17 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         used: Option<TokenId>,
         now: Timestamp,
     ) -> Result<(Event, Vec<QueueToken>), Error> {
-        // The caller loaded (and so, on a locking store, locked) the event
-        // row after it read `now`: the transaction that freed a slot may
-        // have committed in between, stamped later than `now`. Promoting at
-        // the earlier time would overlap the two tokens' activity, so read
-        // the clock again, under the lock.
-        let now = self.clock.now().max(now);
         let active = tx.tokens(event.id, TokenStatus::Active, ACTIVE_LOAD_MAX).await?;
         let mut waiting = tx.tokens(event.id, TokenStatus::Waiting, event.active_limit as usize).await?;
+        // The queue was read after `now`: the transaction that freed a slot
+        // may have committed in between, stamped later than `now`. Promoting
+        // at the earlier time would overlap the two tokens' activity, so
+        // read the clock again once everything the decision rests on is
+        // read. After the token loads, not just the event's: without row
+        // locks (atomic, optimistic) each statement reads the newest commits,
+        // and chaos saw a slot freed at +20 ms (a token used) between the
+        // event's read and the tokens', promoted at the earlier time.
+        let now = self.clock.now().max(now);
         let mut joined_event = event.clone();
         let mut joined = None;
         if let Some((id, user)) = joining {
