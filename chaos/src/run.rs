@@ -211,9 +211,12 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
         cut_short: Arc::new(AtomicBool::new(false)),
     };
 
+    // The most any instance's clock lags: both judgements allow for it.
+    let skew_max_ms = instances.iter().map(|i| i64::try_from(i.behind.as_millis()).unwrap_or(0)).max().unwrap_or(0);
     let done = Arc::new(AtomicBool::new(false));
     let bank = Arc::new(Bank::default());
-    let bank_task = tokio::spawn(checks::bank(Arc::clone(&database), name.clone(), Arc::clone(&bank), done.clone()));
+    let bank_task =
+        tokio::spawn(checks::bank(Arc::clone(&database), name.clone(), Arc::clone(&bank), skew_max_ms, done.clone()));
     let targets = Arc::new(Targets {
         instances: Arc::clone(&instances),
         database: Arc::clone(&database),
@@ -255,7 +258,6 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
     ticking.store(false, Ordering::Relaxed);
     let _ = ticker.await;
     let exchanges = journal.exchanges();
-    let skew_max_ms = instances.iter().map(|i| i64::try_from(i.behind.as_millis()).unwrap_or(0)).max().unwrap_or(0);
     let mut violations = checks::judge(&checks::Final {
         snapshot: &snapshot,
         exchanges: &exchanges,

@@ -9,8 +9,7 @@ use super::*;
 /// token only if its activity outlasts the instant by more than the largest
 /// lag (two tokens that never overlapped can look as if they did by that
 /// much, when one was stamped by a lagging server).
-pub(super) fn queues_over_time(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
-    let snapshot = evidence.snapshot;
+pub(super) fn queues_over_time(snapshot: &Snapshot, skew_max_ms: i64, found: &mut Vec<Violation>) {
     for event in &snapshot.events {
         let intervals: Vec<(Timestamp, Timestamp)> = snapshot
             .tokens
@@ -20,10 +19,8 @@ pub(super) fn queues_over_time(evidence: &Evidence<'_>, found: &mut Vec<Violatio
             .collect();
         let limit = event.active_limit as usize;
         for (start, _) in &intervals {
-            let covering = intervals
-                .iter()
-                .filter(|(from, until)| from <= start && start.0 + evidence.skew_max_ms < until.0)
-                .count();
+            let covering =
+                intervals.iter().filter(|(from, until)| from <= start && start.0 + skew_max_ms < until.0).count();
             if covering > limit {
                 found.push(Violation::new(
                     "8. at most K active queue tokens per event",

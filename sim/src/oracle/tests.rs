@@ -344,21 +344,20 @@ fn queue_activity_overlapping_by_less_than_the_lag_is_not_an_overlap() {
         created_at: Timestamp(0),
         version: 1,
     };
-    let gateway = FakeGateway::new("sk");
-    let catalogue = Catalogue::default();
-    let judge_queue = |second_from: i64| {
+    // What the final judgement and the chaos harness's live-snapshot check
+    // both read: `judge_snapshot`.
+    let judge_queue = |second_from: i64, skew_max_ms: i64| {
         let snapshot = Snapshot {
             events: vec![event.clone()],
             tokens: vec![token(1, 0, 1_000), token(2, second_from, 2_000)],
             ..Snapshot::default()
         };
-        let mut found = Vec::new();
-        let evidence = Evidence { skew_max_ms: 300, ..evidence(&snapshot, &[], &gateway, &catalogue, Timestamp(0)) };
-        queues_over_time(&evidence, &mut found);
-        found.len()
+        judge_snapshot(&snapshot, skew_max_ms).len()
     };
-    // Stamped 200 ms early by a lagging server: not an overlap.
-    assert_eq!(judge_queue(800), 0);
+    // Stamped 200 ms early by a server lagging up to 300 ms: not an overlap.
+    assert_eq!(judge_queue(800, 300), 0);
     // 400 ms: more than any lag explains.
-    assert_eq!(judge_queue(600), 1);
+    assert_eq!(judge_queue(600, 300), 1);
+    // With no lag, 200 ms early is an overlap.
+    assert_eq!(judge_queue(800, 0), 1);
 }

@@ -85,10 +85,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         // may have committed in between, stamped later than `now`. Promoting
         // at the earlier time would overlap the two tokens' activity, so
         // read the clock again once everything the decision rests on is
-        // read. After the token loads, not just the event's: without row
-        // locks (atomic, optimistic) each statement reads the newest commits,
-        // and chaos saw a slot freed at +20 ms (a token used) between the
-        // event's read and the tokens', promoted at the earlier time.
+        // read. (What matters is the event's read: a slot freed between it
+        // and the tokens' reads also moved the event's version, so this
+        // transaction's event write is refused and the request runs again.)
         let now = self.clock.now().max(now);
         let mut joined_event = event.clone();
         let mut joined = None;
