@@ -42,7 +42,7 @@ postmaster=$(head -1 "$(find "$work/cluster" -name postmaster.pid | head -1)")
 ticks() { awk '{ t += $14 + $15 } END { print t }' "/proc/$1/stat"; }
 cpu_ticks() {
   local pg
-  pg=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$postmaster/stat")
+  pg=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$postmaster/stat" 2>/dev/null || echo 0)
   for child in $(ps -o pid= --ppid "$postmaster"); do
     pg=$((pg + $(ticks "$child" 2>/dev/null || echo 0)))
   done
@@ -56,8 +56,15 @@ run() {
   local name=$1
   shift
   local before after
+  # The invariant checker reads the database; the in-memory runs have none
+  # (the load tool's own checks still run).
+  local checker=(--database-url "$database")
+  if [ "${1:-}" = --no-database ]; then
+    checker=()
+    shift
+  fi
   before=$(cpu_ticks)
-  "$bin" load "$@" --clients "$clients" --duration "$duration" --database-url "$database" \
+  "$bin" load "$@" --clients "$clients" --duration "$duration" "${checker[@]}" \
     >"$work/$name.out" 2>&1 || true
   after=$(cpu_ticks)
   echo "$before $after" | awk '{ print $3 - $1, $4 - $2 }' >"$work/$name.cpu"
@@ -82,6 +89,18 @@ kill -TERM "$server"
 wait "$server" || true
 server=
 
+# The ceiling: the same server and workloads on the in-memory store, so no
+# database at all — what HTTP, JSON, idempotency and the use cases cost on
+# this machine by themselves. No Tally run on PostgreSQL can beat it, so a
+# raw pattern above it is a ratio no database design reaches here.
+start_serve "$work/serve-memory.log" serve --listen "127.0.0.1:$((port + 1))" --store memory
+memory_server=$server
+run mem-spread-1 --no-database --url "http://127.0.0.1:$((port + 1))" --workload spread --one-step
+run mem-hot-1 --no-database --url "http://127.0.0.1:$((port + 1))" --workload hot --one-step
+kill -TERM "$memory_server"
+wait "$memory_server" || true
+server=
+
 c=$(movements raw-c) b2=$(movements raw-b2) a=$(movements raw-a)
 echo "$clients clients, $duration each, one private PostgreSQL cluster, default \`tally serve\`${TALLY_BATCH_MAX:+ --batch-max $TALLY_BATCH_MAX}."
 echo
@@ -93,10 +112,13 @@ for flow in 1 2; do
   echo "| spread over many wallets, $label (raw: c) | $c | $s | **$(ratio "$s" "$c")** | $(p99 raw-c) / $(p99 spread-$flow) |"
   echo "| one hot wallet, $label (raw: b2 / a) | $b2 / $a | $h | **$(ratio "$h" "$b2") / $(ratio "$h" "$a")** | $(p99 raw-b2) / $(p99 raw-a) / $(p99 hot-$flow) |"
 done
+ms=$(movements mem-spread-1) mh=$(movements mem-hot-1)
+echo "| ceiling: spread, one-step, **no database** (\`--store memory\`) (raw: c) | $c | $ms | **$(ratio "$ms" "$c")** | $(p99 raw-c) / $(p99 mem-spread-1) |"
+echo "| ceiling: one hot wallet, one-step, **no database** (raw: b2 / a) | $b2 / $a | $mh | **$(ratio "$mh" "$b2") / $(ratio "$mh" "$a")** | $(p99 raw-b2) / $(p99 raw-a) / $(p99 mem-hot-1) |"
 echo
 echo "| run | movements/s | p50 ms | p99 ms | max ms | verdict | CPU ms per movement: PostgreSQL / server |"
 echo "|---|---|---|---|---|---|---|"
-for name in raw-c raw-b2 raw-a spread-1 hot-1 spread-2 hot-2; do
+for name in raw-c raw-b2 raw-a spread-1 hot-1 spread-2 hot-2 mem-spread-1 mem-hot-1; do
   read -r p50 p99 max < <(sed -n 's/^latency *p50 \([0-9.]*\) ms *p99 \([0-9.]*\) ms *max \([0-9.]*\) ms/\1 \2 \3/p' "$work/$name.out") || true
   moved=$(sed -n 's/^movements  *\([0-9]*\) .*/\1/p' "$work/$name.out")
   # Ticks are 10 ms; the run's setup and checks are counted too (small

@@ -69,8 +69,10 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
         gateway_give_up_after: timing::GATEWAY_GIVE_UP,
         order_ttl,
         payback_bps,
-        // As `tally serve` runs by default: group commit on.
+        // As `tally serve` runs by default: group commit on, a batch's
+        // statements overlapping the previous batch's commit.
         batch_max: 64,
+        batch_overlap: 1,
         ..Config::default()
     }
 }

@@ -176,6 +176,12 @@ pub fn batch_max() -> usize {
     std::env::var("TALLY_TEST_BATCH_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
+/// With group commit on, batches overlap their commits as `tally serve`'s
+/// do by default (one may commit while the next runs its statements).
+pub fn batch_overlap() -> usize {
+    usize::from(batch_max() > 1)
+}
+
 /// 2026-11-23T00:00:00Z: the core-level scenarios start their manual clocks
 /// on a known day.
 pub const START: tally_core::time::Timestamp = tally_core::time::Timestamp(20_780 * 86_400_000);
@@ -206,7 +212,13 @@ pub async fn spawn_app(strategy: Strategy, pool: Pool) -> TestApp {
 pub async fn spawn_app_paying_back(strategy: Strategy, pool: Pool, payback_bps: u32) -> TestApp {
     let store = fresh_store(strategy, &pool).await;
     // Many requests race on one row in these tests: give optimistic retries room.
-    let core = Config { attempts_max: 64, payback_bps, batch_max: batch_max(), ..Config::default() };
+    let core = Config {
+        attempts_max: 64,
+        payback_bps,
+        batch_max: batch_max(),
+        batch_overlap: batch_overlap(),
+        ..Config::default()
+    };
     // A fake gateway of its own, and a client with a short timeout so the
     // fault tests see "unknown" quickly.
     let gateway = tally_gateway::FakeGateway::new("test_sk");

@@ -42,6 +42,7 @@ async fn bank(strategy: Strategy) -> (Arc<Bank>, MemGateway) {
         attempts_max: 128,
         payback_bps: PAYBACK_BPS,
         batch_max: super::harness::batch_max(),
+        batch_overlap: super::harness::batch_overlap(),
         ..Config::default()
     };
     let ids = Arc::new(SeqIds::new(u64::from(std::process::id())));

@@ -42,7 +42,12 @@ async fn shop_with_gateway(strategy: Strategy) -> (Arc<Shop>, FakeGateway) {
     let store = fresh_store(strategy, &Pool::default()).await;
     // Up to 100 use cases race on one row here: give optimistic retries room
     // (every failed attempt is someone else's success, so 100 always do).
-    let core = Config { attempts_max: 128, batch_max: super::harness::batch_max(), ..Config::default() };
+    let core = Config {
+        attempts_max: 128,
+        batch_max: super::harness::batch_max(),
+        batch_overlap: super::harness::batch_overlap(),
+        ..Config::default()
+    };
     let ids = Arc::new(SeqIds::new(u64::from(std::process::id())));
     let gateway = FakeGateway::new("test_sk");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");

@@ -293,6 +293,7 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
     let config = Config {
         payback_bps: tally_conformance::PAYBACK_BPS,
         batch_max: super::harness::batch_max(),
+        batch_overlap: super::harness::batch_overlap(),
         ..Config::default()
     };
     let app = Tally::new(

@@ -26,7 +26,7 @@ mod pipeline;
 mod queue;
 mod sweeper;
 
-pub use batch::{BATCH_MAX_LIMIT, BATCH_SHARDS_LIMIT};
+pub use batch::{BATCH_MAX_LIMIT, BATCH_OVERLAP_LIMIT, BATCH_SHARDS_LIMIT};
 pub use catalog::{EventView, NewSeat, NewShowtime, QueueSettings, ShowtimeView};
 pub use gateway_phase::Completion;
 pub use queue::TokenView;
@@ -77,6 +77,13 @@ pub struct Config {
     /// requests always meet in one), so at most this many batches run at
     /// once. 1 to [`BATCH_SHARDS_LIMIT`].
     pub batch_shards: usize,
+    /// Group commit: how many of a queue's batches may be waiting for their
+    /// commit while the next one runs its statements. 0: a batch starts only
+    /// once the previous one's commit returned. At most
+    /// [`BATCH_OVERLAP_LIMIT`]. Correct under every store (a later batch
+    /// waits for an earlier one's locks, or conflicts and runs again); fast
+    /// where the store's reads wait for row locks (pessimistic, advisory).
+    pub batch_overlap: usize,
 }
 
 impl Default for Config {
@@ -91,6 +98,7 @@ impl Default for Config {
             payback_bps: 0,
             batch_max: 1,
             batch_shards: 8,
+            batch_overlap: 0,
         }
     }
 }
@@ -287,7 +295,7 @@ impl<S: Store, L: LockManager, C: Clock> Tally<S, L, C, NoGateway> {
         assert!(config.idempotency.lease < config.idempotency.ttl, "a lease ends before its key expires");
         assert!(config.payback_bps <= crate::payment::PAYBACK_BPS_MAX, "a payback rate is at most 100 %");
         assert!(config.batch_max <= BATCH_MAX_LIMIT, "a batch holds at most {BATCH_MAX_LIMIT} requests");
-        let batchers = batch::Batchers::new(config.batch_shards);
+        let batchers = batch::Batchers::new(config.batch_shards, config.batch_overlap);
         Tally { store, locks, clock, gateway: NoGateway, ids, config, batchers }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_core::app::{BATCH_MAX_LIMIT, BATCH_SHARDS_LIMIT, Config, Tally};
+use tally_core::app::{BATCH_MAX_LIMIT, BATCH_OVERLAP_LIMIT, BATCH_SHARDS_LIMIT, Config, Tally};
 use tally_core::gateway::Gateway;
 use tally_core::idempotency::IdemConfig;
 use tally_core::store::{LockManager, Store};
@@ -111,8 +111,13 @@ pub struct ServeArgs {
     /// Group commit: how many queues users are spread over (a user's
     /// requests always share one), so how many batches may run at once.
     /// Fewer make larger batches; more keep more transactions in flight.
-    #[arg(long, env = "TALLY_BATCH_SHARDS", default_value_t = 4, value_parser = one_to(BATCH_SHARDS_LIMIT))]
+    #[arg(long, env = "TALLY_BATCH_SHARDS", default_value_t = 2, value_parser = one_to(BATCH_SHARDS_LIMIT))]
     pub batch_shards: u64,
+    /// Group commit: how many of a queue's batches may wait for their commit
+    /// while the next one runs its statements (0: none; the next batch
+    /// starts once the previous commit returned).
+    #[arg(long, env = "TALLY_BATCH_OVERLAP", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=BATCH_OVERLAP_LIMIT as u64))]
+    pub batch_overlap: u64,
     /// Requests a second per API key, in bursts of as many; beyond it, 429
     /// `rate_limited` with Retry-After (never stored under an
     /// Idempotency-Key). Unset: no limit.
@@ -275,6 +280,7 @@ fn core_config(args: &ServeArgs) -> Config {
         payback_bps: args.payback_bps,
         batch_max: usize::try_from(args.batch_max).expect("at most BATCH_MAX_LIMIT"),
         batch_shards: usize::try_from(args.batch_shards).expect("at most BATCH_SHARDS_LIMIT"),
+        batch_overlap: usize::try_from(args.batch_overlap).expect("at most BATCH_OVERLAP_LIMIT"),
         gateway_give_up_after: Duration::from_secs(args.gateway_give_up_seconds),
         ..defaults
     }

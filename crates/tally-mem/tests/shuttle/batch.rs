@@ -35,6 +35,27 @@ pub(super) fn batched_locked_pairs() -> Batched<MemLocks<ManualClock>> {
     Arc::new(Tally::new(store, locks, clock, Arc::new(SeqIds::new(1)), batched_config(2)))
 }
 
+/// Overlapping commits: batches of at most two in one queue, and a batch
+/// runs its statements while the previous one's commit is in flight.
+fn overlapping_config() -> Config {
+    Config { batch_shards: 1, batch_overlap: 1, ..batched_config(2) }
+}
+
+/// The locked in-memory backend with overlapping batches.
+pub(super) fn batched_locked_overlapping() -> Batched<MemLocks<ManualClock>> {
+    let clock = ManualClock::new(START);
+    let locks = MemLocks::new(clock.clone(), tally_lock::Config::default());
+    let store = MemStore::new(Concurrency::Locked);
+    Arc::new(Tally::new(store, locks, clock, Arc::new(SeqIds::new(1)), overlapping_config()))
+}
+
+/// The optimistic in-memory backend with overlapping batches.
+pub(super) fn batched_optimistic_overlapping() -> Batched<NoLocks> {
+    let clock = ManualClock::new(START);
+    let store = MemStore::new(Concurrency::Optimistic);
+    Arc::new(Tally::new(store, NoLocks, clock, Arc::new(SeqIds::new(1)), overlapping_config()))
+}
+
 /// The optimistic in-memory backend (version checks) with group commit on.
 pub(super) fn batched_optimistic() -> Batched<NoLocks> {
     let clock = ManualClock::new(START);
@@ -198,6 +219,37 @@ pub(super) fn acknowledged_means_committed<L: LockManager>(app: Batched<L>) {
     assert!(results.iter().any(Result::is_err), "the lost commit answered somebody an error: {results:?}");
     block_on(async {
         assert_eq!(balance(&app, user).await, Money::new(acknowledged), "{results:?}");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+/// Two users, each a top-up of 200 and a payment of 150, in batches of at
+/// most two whose commits may overlap: each payment is decided after its own
+/// wallet's top-up (paid, 15 paid back) or before it (refused, nothing
+/// moved), never on a balance another batch has not committed, and both
+/// wallets end exact.
+pub(super) fn overlapping_batches_two_wallets<L: LockManager>(app: Batched<L>) {
+    let ((a, pay_a), (b, pay_b)) =
+        block_on(async { (user_with_payment(&app, 0, 150, 15).await, user_with_payment(&app, 0, 150, 15).await) });
+    type Request<L> = Box<dyn FnOnce(Batched<L>) -> Result<Executed, Error> + Send>;
+    let top_up = |user: UserId, key: &'static str| -> Request<L> {
+        Box::new(move |app: Batched<L>| keyed_run(&app, user, key, Command::TopUp { amount: amount(200) }))
+    };
+    let pay = |user: UserId, key: &'static str, id: PaymentId| -> Request<L> {
+        Box::new(move |app: Batched<L>| keyed_run(&app, user, key, confirm(id)))
+    };
+    let results = race(&app, vec![top_up(a, "ta"), pay(a, "pa", pay_a), top_up(b, "tb"), pay(b, "pb", pay_b)]);
+    block_on(async {
+        for (user, id, top_up, paid) in [(a, pay_a, &results[0], &results[1]), (b, pay_b, &results[2], &results[3])] {
+            assert!(matches!(top_up, Ok(Executed::Fresh(_))), "top-up: {results:?}");
+            if is_done(paid) {
+                assert_eq!(balance(&app, user).await, Money::new(200 - 150 + 15), "{results:?}");
+            } else {
+                assert_eq!(*paid, Err(Error::Wallet(WalletError::InsufficientBalance)), "{results:?}");
+                assert_eq!(balance(&app, user).await, Money::new(200), "{results:?}");
+                assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Wait);
+            }
+        }
         assert_holds(&app.snapshot().await.unwrap());
     });
 }

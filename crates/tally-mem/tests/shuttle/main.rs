@@ -40,7 +40,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use batch::{batched_locked, batched_locked_pairs, batched_optimistic};
+use batch::{
+    batched_locked, batched_locked_overlapping, batched_locked_pairs, batched_optimistic,
+    batched_optimistic_overlapping,
+};
 use common::*;
 use shuttle::future::block_on;
 use shuttle::thread;
@@ -225,6 +228,11 @@ scenarios! {
     batch_racing_the_sweeper_ends_one_way: batch::batch_vs_sweeper, batched_locked;
     batch_optimistic_racing_the_sweeper_ends_one_way: batch::batch_vs_sweeper, batched_optimistic;
     batch_acknowledged_means_committed: batch::acknowledged_means_committed, batched_locked;
+    batch_overlapping_two_wallets_are_exact: batch::overlapping_batches_two_wallets, batched_locked_overlapping;
+    batch_optimistic_overlapping_two_wallets_are_exact: batch::overlapping_batches_two_wallets, batched_optimistic_overlapping;
+    batch_overlapping_on_one_wallet_are_exact: batch::two_batches_one_wallet, batched_locked_overlapping;
+    batch_overlapping_overdraft_pays_exactly_one: batch::overdraft_batched, batched_optimistic_overlapping;
+    batch_overlapping_acknowledged_means_committed: batch::acknowledged_means_committed, batched_locked_overlapping;
 
     // Issue 14, item 4: the combinations that had no scenario.
     optimistic_daily_limit_is_exact: payments::daily_limit, optimistic;

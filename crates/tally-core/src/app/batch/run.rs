@@ -22,10 +22,12 @@ use crate::store::BATCH_LOCK_SET_SIZE_MAX;
 
 impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// Runs `batch` and answers every request of it (through its slot).
-    pub(super) async fn run_batch(&self, batch: &[Entry]) {
+    /// `commit_started` is called as a commit is sent: the queue's next batch
+    /// may then run its statements (`Config::batch_overlap`).
+    pub(super) async fn run_batch(&self, batch: &[Entry], commit_started: &mut (dyn FnMut() + Send)) {
         let mut keyed = true;
         for _ in 0..self.config.attempts_max {
-            match self.try_batch(batch, keyed).await {
+            match self.try_batch(batch, keyed, commit_started).await {
                 Attempt::Answered => return,
                 Attempt::Conflict => {}
                 Attempt::AmbiguousRetriedWithoutKeys => keyed = false,
@@ -40,7 +42,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// One attempt. `keyed` is false only under the `retry_ambiguous_commit`
     /// mutant, after an ambiguous commit: the requests then run again
     /// without their keys, as that mutant does in `run`.
-    async fn try_batch(&self, batch: &[Entry], keyed: bool) -> Attempt {
+    async fn try_batch(&self, batch: &[Entry], keyed: bool, commit_started: &mut (dyn FnMut() + Send)) -> Attempt {
         let mut replies: Vec<Option<Reply>> = batch.iter().map(|_| None).collect();
         // Recomputed on every attempt, as `run` does: records move.
         let mut keys = Vec::new();
@@ -121,6 +123,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             deliver(batch, fill(std::mem::take(&mut replies), || Reply::Alone));
         }
         let committed = if tx.changed() > 0 || tx.has_transfers() {
+            commit_started();
             tx.commit().await
         } else {
             // Replays and refusals of bad input only: nothing to commit.
