@@ -123,6 +123,9 @@ for name in raw-c raw-b2 raw-a spread-1 hot-1 spread-2 hot-2 mem-spread-1 mem-ho
   moved=$(sed -n 's/^movements  *\([0-9]*\) .*/\1/p' "$work/$name.out")
   # Ticks are 10 ms; the run's setup and checks are counted too (small
   # against 15 s of load, and the same for every run).
-  cpu=$(awk -v n="${moved:-0}" '{ if (n > 0) printf "%.3f / %.3f", $1 * 10 / n, $2 * 10 / n }' "$work/$name.cpu")
+  cpu=$(awk -v n="${moved:-0}" -v db="${name%%-*}" '{
+    if (n > 0 && db == "mem") printf "— / %.3f", $2 * 10 / n
+    else if (n > 0) printf "%.3f / %.3f", $1 * 10 / n, $2 * 10 / n
+  }' "$work/$name.cpu")
   echo "| $name | $(movements $name) | $p50 | $p99 | $max | $(verdict $name) | $cpu |"
 done
