@@ -43,6 +43,8 @@
 //! and hands the lead on, so the queue never stalls.
 
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
