@@ -35,8 +35,9 @@ mutants=(
   "seat_hoarding:a token's live orders may hold more seats than max_seats_per_token (hole 7)"
   "batch_stale_balance:a group commit serves a request the record as first loaded, not as the batch left it (issue 12)"
   "batch_answers_before_commit:a group commit answers its requests before its commit's outcome is known (issue 12)"
+  "batch_unlocks_before_commit,fence_unchecked:a group commit lets its locks go before its commit, with the store's fencing check off (fencing alone masks the early release): a request running alone books a second line at the wallet's position (issue 12)"
   "lock_wait_unbounded:the in-memory lock manager waits without a deadline, so a request behind a stuck holder waits forever (issue 14)"
-  "fence_unchecked:the in-memory store skips its fencing-token check: a zombie's top-up under shuttle's lease timers is lost (issue 14)"
+  "fence_unchecked:the in-memory store skips its fencing-token check: a zombie's commit under shuttle's lease timers lands on a wallet its successor wrote (issue 14)"
 )
 
 # failing_tests LOG: "by" the tests that failed, if any did.

@@ -308,7 +308,7 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
         Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory | Strategy::Redis => StaleWrite::Conflicts,
     };
     let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
-    assert_eq!(ran.len(), 24);
+    assert_eq!(ran.len(), 25);
     // Every strategy claims fencing tokens when a lock manager hands some in.
     let ran = tally_conformance::fences::run_all(&app, tally_conformance::fences::Overtaking::Waits).await;
     assert_eq!(ran.len(), 4);

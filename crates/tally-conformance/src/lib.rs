@@ -150,6 +150,7 @@ pub async fn run_all<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, p
     case!(refused_commits_write_nothing);
     case!(stale_versions_conflict_where_checked);
     case!(a_second_charge_of_a_payment_cannot_be_written);
+    case!(a_wallet_position_is_booked_once);
     case!(expired_keys_are_reaped_live_ones_kept);
     // Inventory: products, events, seats, the queue, orders.
     case!(inventory_records_round_trip);
@@ -405,6 +406,30 @@ async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager
     };
     assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
     assert_eq!(balance(app, id).await, Money::new(410), "paid 100, 10 back");
+}
+
+/// One ledger line per (wallet, position), like the schema's unique index
+/// `transfers_wallet_position`: two transactions that both read a wallet
+/// before either committed would book the same position, and the second is
+/// refused rather than silently losing the first's write.
+async fn a_wallet_position_is_booked_once<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
+    let id = user(app, Limits::default(), 0).await;
+    app.execute(id, Command::TopUp { amount: amount(100) }, None).await.expect("top up");
+    let snapshot = app.snapshot().await.expect("snapshot");
+    let mut again = snapshot.transfers.iter().find(|t| t.wallet.is_some_and(|w| w.user == id)).expect("line").clone();
+    assert_eq!(again.wallet.map(|w| w.seq), Some(1), "the wallet's first line");
+    again.id = TransferId(again.id.0 ^ 1 << 100);
+    again.op = OpId(again.op.0 ^ 1 << 100);
+    let mut tx = app.store().begin().await.expect("begin");
+    let result = match tx.append_transfers(&[again]).await {
+        Ok(()) => tx.commit().await,
+        Err(error) => {
+            tx.rollback().await;
+            Err(error)
+        }
+    };
+    assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
+    assert_eq!(balance(app, id).await, Money::new(100));
 }
 
 async fn expired_keys_are_reaped_live_ones_kept<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {

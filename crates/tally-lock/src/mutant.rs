@@ -58,7 +58,13 @@ pub const ENV_VAR: &str = "TALLY_MUTANT";
 #[cfg(feature = "mutants")]
 pub fn active(name: &str) -> bool {
     static SELECTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    SELECTED.get_or_init(|| std::env::var(ENV_VAR).ok()).as_deref() == Some(name)
+    // A comma-separated selection switches several on at once: how a
+    // mutant that another defence masks is shown caught once that defence
+    // is off too (`.ci/mutants.sh`).
+    SELECTED
+        .get_or_init(|| std::env::var(ENV_VAR).ok())
+        .as_deref()
+        .is_some_and(|selected| selected.split(',').any(|m| m == name))
 }
 
 /// Is the mutant called `name` switched on for this run? Never, in this build:

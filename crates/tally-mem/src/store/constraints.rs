@@ -67,6 +67,29 @@ pub(super) fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Re
                         return Err(StoreError::Integrity(format!("second {} transfer for payment {payment}", key.1)));
                     }
                 }
+                // Like the schema's unique index `transfers_wallet_position`:
+                // one line per (wallet, position). A wallet written by two
+                // transactions that both read it before either committed (a
+                // lock let go early) books two lines at one position, and
+                // PostgreSQL refuses the second commit; so does this store,
+                // rather than lose the first write unseen.
+                for t in transfers {
+                    let Some(side) = t.wallet else { continue };
+                    let position = |i: &usize| state.transfers[*i].wallet.map(|w| w.seq);
+                    let booked = state
+                        .wallet_ledgers
+                        .get(&side.user)
+                        .is_some_and(|line| line.binary_search_by_key(&Some(side.seq), position).is_ok());
+                    let again = |other: &Transfer| {
+                        other.id != t.id && other.wallet.is_some_and(|w| w.user == side.user && w.seq == side.seq)
+                    };
+                    if booked || transfers.iter().any(again) {
+                        return Err(StoreError::Integrity(format!(
+                            "second transfer at position {} of wallet {}",
+                            side.seq, side.user
+                        )));
+                    }
+                }
             }
             Write::Idempotency { before, after } => {
                 let current = state.idempotency.get(&after.scope).map(|r| r.version);

@@ -162,6 +162,27 @@ pub(super) fn two_batches_one_wallet<L: LockManager>(app: Batched<L>) {
     });
 }
 
+/// A batched top-up and a top-up that runs alone (no key, so no queue) on
+/// one wallet, with overlapping commits: the batch holds its locks to its
+/// commit, so the request alone reads the wallet only before or after it,
+/// and neither top-up is lost.
+pub(super) fn batch_and_alone_one_wallet<L: LockManager>(app: Batched<L>) {
+    let user = block_on(user_with(&app, Limits::default(), 0));
+    let results = race(
+        &app,
+        vec![
+            Box::new(move |app: Batched<L>| keyed_run(&app, user, "batched", Command::TopUp { amount: amount(100) }))
+                as Box<dyn FnOnce(Batched<L>) -> Result<Executed, Error> + Send>,
+            Box::new(move |app: Batched<L>| block_on(app.execute(user, Command::TopUp { amount: amount(100) }, None))),
+        ],
+    );
+    assert!(results.iter().all(|r| matches!(r, Ok(Executed::Fresh(_)))), "both top-ups land: {results:?}");
+    block_on(async {
+        assert_eq!(balance(&app, user).await, Money::new(200), "no top-up lost: {results:?}");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
 /// A batch (an order's payment confirm, and another user's top-up) racing
 /// the expiry sweeper across the order's TTL: the order ends paid or
 /// expired, never both, with stock and money to match; the top-up always

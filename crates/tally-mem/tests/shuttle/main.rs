@@ -233,6 +233,7 @@ scenarios! {
     batch_overlapping_on_one_wallet_are_exact: batch::two_batches_one_wallet, batched_locked_overlapping;
     batch_overlapping_overdraft_pays_exactly_one: batch::overdraft_batched, batched_optimistic_overlapping;
     batch_overlapping_acknowledged_means_committed: batch::acknowledged_means_committed, batched_locked_overlapping;
+    batch_overlapping_and_alone_on_one_wallet_are_exact: batch::batch_and_alone_one_wallet, batched_locked_overlapping;
 
     // Issue 14, item 4: the combinations that had no scenario.
     optimistic_daily_limit_is_exact: payments::daily_limit, optimistic;

@@ -87,7 +87,10 @@ pub(super) fn top_ups_land_or_time_out((app, _locks): (Arc<Timed>, MemLocks<Time
 /// clock reaches the holder's lease end, and the waiter takes the wallet
 /// while the holder, paused by the scheduler mid-transaction, is a zombie.
 /// Its commit is fenced (retried under new locks), so no top-up is lost or
-/// applied twice (the mutant `fence_unchecked` loses one). An answer is
+/// applied twice (under the mutant `fence_unchecked` the zombie's commit
+/// books a second line at a wallet position the successor took, which the
+/// store refuses as PostgreSQL's unique index does; before the store had
+/// that index, the zombie's write lost the successor's top-up). An answer is
 /// a top-up landed, or busy (a wait timed out, or the locks kept being
 /// lost), never a bare `Fenced`: a holder paused after its grant but before
 /// its transaction began meets its successor's claim at `begin_locked`, and

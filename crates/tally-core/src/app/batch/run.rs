@@ -122,6 +122,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         if early {
             deliver(batch, fill(std::mem::take(&mut replies), || Reply::Alone));
         }
+        // Mutant: the batch's locks go before its commit, so a request
+        // running alone may read what the batch has not committed yet.
+        let guard = if crate::mutant::active("batch_unlocks_before_commit") {
+            drop(guard);
+            None
+        } else {
+            Some(guard)
+        };
         let committed = if tx.changed() > 0 || tx.has_transfers() {
             commit_started();
             tx.commit().await
