@@ -118,6 +118,29 @@ impl Queue {
     fn ready(&self, entry: &Entry) -> bool {
         !self.committing_users.contains_key(&entry.user)
     }
+
+    /// A batch of `users`' requests sent its commit: the lead is free, and
+    /// those users' next requests wait for the commit.
+    fn commit_started(&mut self, users: &[UserId]) {
+        self.leading = false;
+        self.committing += 1;
+        for user in users {
+            *self.committing_users.entry(*user).or_default() += 1;
+        }
+    }
+
+    /// That batch's commit returned (or its leader was dropped).
+    fn commit_ended(&mut self, users: &[UserId]) {
+        assert!(self.committing > 0, "a commit ends only once it started");
+        self.committing -= 1;
+        for user in users {
+            let count = self.committing_users.get_mut(user).expect("counted at the commit's start");
+            *count -= 1;
+            if *count == 0 {
+                self.committing_users.remove(user);
+            }
+        }
+    }
 }
 
 /// The hard upper bound of `Config::batch_shards`.
@@ -324,13 +347,7 @@ impl Leading<'_> {
         if !self.committing {
             self.committing = true;
             let users = &self.users;
-            self.batcher.step(|queue| {
-                queue.leading = false;
-                queue.committing += 1;
-                for user in users {
-                    *queue.committing_users.entry(*user).or_default() += 1;
-                }
-            });
+            self.batcher.step(|queue| queue.commit_started(users));
         }
     }
 }
@@ -345,16 +362,7 @@ impl Drop for Leading<'_> {
         }
         if self.committing {
             let users = &self.users;
-            self.batcher.step(|queue| {
-                queue.committing -= 1;
-                for user in users {
-                    let Some(count) = queue.committing_users.get_mut(user) else { continue };
-                    *count -= 1;
-                    if *count == 0 {
-                        queue.committing_users.remove(user);
-                    }
-                }
-            });
+            self.batcher.step(|queue| queue.commit_ended(users));
         } else {
             self.batcher.step(|queue| queue.leading = false);
         }
