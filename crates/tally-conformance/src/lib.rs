@@ -395,15 +395,7 @@ async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager
     if let Some(side) = charge.wallet.as_mut() {
         side.seq += 10;
     }
-    let mut tx = app.store().begin().await.expect("begin");
-    let result = match tx.append_transfers(&[charge]).await {
-        Ok(()) => tx.commit().await,
-        Err(error) => {
-            // Release the connection before asking the pool for another.
-            tx.rollback().await;
-            Err(error)
-        }
-    };
+    let result = append_alone(app, charge).await;
     assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
     assert_eq!(balance(app, id).await, Money::new(410), "paid 100, 10 back");
 }
@@ -420,16 +412,26 @@ async fn a_wallet_position_is_booked_once<S: Store, L: LockManager>(app: &Tally<
     assert_eq!(again.wallet.map(|w| w.seq), Some(1), "the wallet's first line");
     again.id = TransferId(again.id.0 ^ 1 << 100);
     again.op = OpId(again.op.0 ^ 1 << 100);
+    let result = append_alone(app, again).await;
+    assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
+    assert_eq!(balance(app, id).await, Money::new(100));
+}
+
+/// Appends `line` in a transaction of its own: what its commit (or, on
+/// PostgreSQL, its insert) answered.
+async fn append_alone<S: Store, L: LockManager>(
+    app: &Tally<S, L, ManualClock>,
+    line: tally_core::ledger::Transfer,
+) -> Result<(), StoreError> {
     let mut tx = app.store().begin().await.expect("begin");
-    let result = match tx.append_transfers(&[again]).await {
+    match tx.append_transfers(&[line]).await {
         Ok(()) => tx.commit().await,
         Err(error) => {
+            // Release the connection before asking the pool for another.
             tx.rollback().await;
             Err(error)
         }
-    };
-    assert!(matches!(result, Err(StoreError::Integrity(_))), "{result:?}");
-    assert_eq!(balance(app, id).await, Money::new(100));
+    }
 }
 
 async fn expired_keys_are_reaped_live_ones_kept<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, _: Profile) {
