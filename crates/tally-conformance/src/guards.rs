@@ -351,6 +351,24 @@ pub(crate) async fn a_payment_key_is_claimed_once<S: Store, L: LockManager>(app:
     let cancel = second.transition(PaymentEvent::Cancel, app.now()).expect("cancel the unclaimed one");
     let loaded = second.clone();
     write(app, |tx| Box::pin(async move { tx.put_payment(Some(&loaded), &cancel).await })).await.expect("cancel");
+
+    // Two payments claiming one new key in the same transaction: refused,
+    // and neither is written.
+    let twice = format!("pk-twice-{}", fresh_id());
+    let claim = |p: &Payment| {
+        p.transition(PaymentEvent::BeginConfirm { payment_key: twice.clone() }, app.now()).expect("begin")
+    };
+    let (x, y) = (claim(&new(300)), claim(&new(300)));
+    let (a, b) = (x.clone(), y.clone());
+    let result = write(app, |tx| {
+        Box::pin(async move {
+            tx.put_payment(None, &a).await?;
+            tx.put_payment(None, &b).await
+        })
+    })
+    .await;
+    assert_eq!(result, Err(StoreError::Conflict), "one key claimed twice in one transaction");
+    assert_eq!((stored_payment(app, x.id).await, stored_payment(app, y.id).await), (None, None), "nothing written");
     assert_eq!(balance(app, id).await, Money::ZERO, "no money moved");
     crate::inventory::holds(app).await;
 }

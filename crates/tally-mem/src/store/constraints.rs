@@ -166,10 +166,13 @@ pub(super) fn validate(state: &State, writes: &[Write], mode: Concurrency) -> Re
         if let Write::Payment { after, .. } = write
             && let Some(attempt) = &after.gateway
         {
-            let claimed = state
-                .payments
-                .values()
-                .any(|p| p.id != after.id && p.gateway.as_ref().is_some_and(|a| a.payment_key == attempt.payment_key));
+            let claims = |p: &Payment| {
+                p.id != after.id && p.gateway.as_ref().is_some_and(|a| a.payment_key == attempt.payment_key)
+            };
+            // Committed, or claimed by another payment of this same commit
+            // (PostgreSQL's index refuses the second insert either way).
+            let claimed = state.payments.values().any(claims)
+                || writes.iter().any(|w| matches!(w, Write::Payment { after: other, .. } if claims(other)));
             if claimed {
                 return Err(StoreError::Conflict);
             }
