@@ -55,6 +55,7 @@ fn main() {
         gateway_concurrent_confirms_send_one,
         gateway_lost_reply_is_looked_up,
         gateway_timeout_resolved_by_completer,
+        gateway_cancel_settled_by_completer_answers_its_retry,
         gateway_cancel_happens_once,
         stock_one_two_buyers_one_order,
         hundred_buyers_ten_units,

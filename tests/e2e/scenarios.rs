@@ -484,7 +484,9 @@ pub async fn gateway_lost_reply_is_looked_up(strategy: Strategy) {
 
 /// The gateway is slower than our timeout: the confirm answers 503 (outcome
 /// unknown, not stored), the payment stays `confirming`, and the completer
-/// resolves it by lookup once the charge has landed. One confirm in all.
+/// resolves it by lookup once the charge has landed. One confirm in all, and
+/// the retry under the confirm's key answers the charge (invariant 2: a
+/// key's one effect, and its answer).
 pub async fn gateway_timeout_resolved_by_completer(strategy: Strategy) {
     use tally_gateway::fake::{LatencyFault, Trigger};
     let app = spawn_app_paying_back(strategy, Pool::default(), 1_000).await;
@@ -503,11 +505,51 @@ pub async fn gateway_timeout_resolved_by_completer(strategy: Strategy) {
     let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
     assert_eq!(got.json["status"], "done");
     assert_eq!(app.gateway.payment_stats("pk-slow").confirm_requests, 1);
-    // The client's retry with its key now gets the outcome, without a second confirm.
+    // The client's retry with its key now gets the outcome, the charge its
+    // request made, without a second confirm (a 409 would tell it that its
+    // card was not charged); then that answer is replayed.
     let retried = app.confirm_gateway(&key, "confirm", &payment, "pk-slow").await;
-    assert_eq!((retried.status, code(&retried)), (StatusCode::CONFLICT, "invalid_state"), "{}", retried.json);
+    assert_eq!((retried.status, retried.json["status"].clone()), (StatusCode::OK, json!("done")), "{}", retried.json);
+    let replayed = app.confirm_gateway(&key, "confirm", &payment, "pk-slow").await;
+    assert_eq!((replayed.status, replayed.json["status"].clone()), (StatusCode::OK, json!("done")));
+    assert_eq!(replayed.headers.get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    // Another request's confirm is a second confirm, refused.
+    let other = app.confirm_gateway(&key, "confirm-again", &payment, "pk-slow").await;
+    assert_eq!((other.status, code(&other)), (StatusCode::CONFLICT, "invalid_state"), "{}", other.json);
     assert_eq!(app.gateway.payment_stats("pk-slow").confirm_requests, 1);
     assert_eq!(app.balance(&key).await, 90);
+    app.assert_invariants().await;
+}
+
+/// The same for a cancel: the gateway fails the refund (a 5xx), the cancel
+/// answers 503 and stays `cancelling`, the completer re-sends the refund, and
+/// the retry under the cancel's key answers the cancelled payment, not 409:
+/// the card was refunded, once.
+pub async fn gateway_cancel_settled_by_completer_answers_its_retry(strategy: Strategy) {
+    use tally_gateway::fake::{Endpoint, ErrorFault, Trigger};
+    let app = spawn_app_paying_back(strategy, Pool::default(), 1_000).await;
+    let key = app.user(json!({}), 0).await;
+    let payment = app.create_gateway_payment(&key, "create", 2_000).await;
+    assert_eq!(app.confirm_gateway(&key, "confirm", &payment, "pk-refund").await.status, StatusCode::OK);
+    app.gateway.faults().set_fail_5xx(Some(ErrorFault::new(Trigger::Next(1)).on(&[Endpoint::Cancel])));
+    let path = format!("/v1/payments/{payment}/cancel");
+    let cancel = app.request(Method::POST, &path, &key, Some("cancel"), None).await;
+    assert_eq!((cancel.status, code(&cancel)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{}", cancel.json);
+    let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
+    assert_eq!(got.json["status"], "cancelling");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(app.app.resolve_stuck(Duration::ZERO, 16).await.expect("completer"), 1);
+    let retried = app.request(Method::POST, &path, &key, Some("cancel"), None).await;
+    assert_eq!(
+        (retried.status, retried.json["status"].clone()),
+        (StatusCode::OK, json!("cancelled")),
+        "{}",
+        retried.json
+    );
+    let other = app.request(Method::POST, &path, &key, Some("cancel-again"), None).await;
+    assert_eq!((other.status, code(&other)), (StatusCode::CONFLICT, "invalid_state"), "{}", other.json);
+    assert_eq!(app.gateway.payment_stats("pk-refund").cancel_effects, 1, "refunded once");
+    assert_eq!(app.balance(&key).await, 0, "payback credited, then reversed once");
     app.assert_invariants().await;
 }
 

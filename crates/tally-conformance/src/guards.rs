@@ -13,6 +13,7 @@ use std::time::Duration;
 use tally_core::Error;
 use tally_core::app::{Command, Executed, Outcome};
 use tally_core::decide;
+use tally_core::idempotency::IdemKey;
 use tally_core::ids::{OpId, PaymentId, TransferId, UserId};
 use tally_core::ledger::Booking;
 use tally_core::money::{Amount, Money};
@@ -207,7 +208,11 @@ pub(crate) async fn the_ceiling_counts_held_paybacks_and_caps_every_balance<S: S
     let loaded = stored(app, id).await;
     let stale = loaded.clone();
     let key = format!("pk-ceiling-{}", fresh_id());
-    let (confirming, held) = decide::begin_confirm(&payment, &loaded, &key, app.now()).expect("it fits");
+    // Begun under an idempotency key, which the attempt keeps (a retry under
+    // it after the completer settled the charge is answered with the charge).
+    let requested_by = IdemKey::new("k-ceiling").expect("a valid key");
+    let (confirming, held) =
+        decide::begin_confirm(&payment, &loaded, &key, Some(requested_by.clone()), app.now()).expect("it fits");
     assert_eq!(held.payback_held, Money::new(30));
     let (begun, before, after) = (confirming.clone(), loaded.clone(), held.clone());
     write(app, |tx| {
@@ -219,6 +224,7 @@ pub(crate) async fn the_ceiling_counts_held_paybacks_and_caps_every_balance<S: S
     .await
     .expect("hold the payback");
     assert_eq!(stored(app, id).await, held, "a held payback round-trips");
+    assert_eq!(stored_payment(app, confirming.id).await.as_ref(), Some(&confirming), "an attempt round-trips");
     assert_eq!(top_up(app, id, 11).await, over, "60 + 30 held + 11 is above 100");
     top_up(app, id, 10).await.expect("60 + 30 held + 10 is 100");
     // A second hold decided before the top-up (60 + 30 + 5 fitted then) is
@@ -238,6 +244,8 @@ pub(crate) async fn the_ceiling_counts_held_paybacks_and_caps_every_balance<S: S
     commit_confirm(app, &confirming, &wallet, app.now()).await.expect("credit the held payback");
     let credited = stored(app, id).await;
     assert_eq!((credited.balance, credited.payback_held), (Money::new(100), Money::ZERO));
+    let done = stored_payment(app, confirming.id).await.expect("stored");
+    assert_eq!(done.gateway.and_then(|a| a.requested_by), Some(requested_by), "kept by the confirm's update");
     assert_eq!(stored_payment(app, payment.id).await.map(|p| p.status), Some(PaymentStatus::Done));
 
     // No maximum: the cap. 10^15 is a thousand of the largest top-ups; all
@@ -301,7 +309,9 @@ pub(crate) async fn a_payment_key_is_claimed_once<S: Store, L: LockManager>(app:
     let new =
         |n: i64| Payment::new(PaymentId(fresh_id()), id, amount(n), None, Method::Gateway, app.now()).expect("payment");
     let (first, second) = (new(500), new(500));
-    let begin = |p: &Payment| p.transition(PaymentEvent::BeginConfirm { payment_key: key.clone() }, app.now());
+    let begin = |p: &Payment| {
+        p.transition(PaymentEvent::BeginConfirm { payment_key: key.clone(), requested_by: None }, app.now())
+    };
     let claimed = begin(&first).expect("begin");
     let (a, b) = (claimed.clone(), second.clone());
     write(app, |tx| {
@@ -356,7 +366,8 @@ pub(crate) async fn a_payment_key_is_claimed_once<S: Store, L: LockManager>(app:
     // and neither is written.
     let twice = format!("pk-twice-{}", fresh_id());
     let claim = |p: &Payment| {
-        p.transition(PaymentEvent::BeginConfirm { payment_key: twice.clone() }, app.now()).expect("begin")
+        p.transition(PaymentEvent::BeginConfirm { payment_key: twice.clone(), requested_by: None }, app.now())
+            .expect("begin")
     };
     let (x, y) = (claim(&new(300)), claim(&new(300)));
     let (a, b) = (x.clone(), y.clone());

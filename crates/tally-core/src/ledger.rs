@@ -7,7 +7,7 @@
 //! records the wallet's balance after the transfer, which is what the wallet
 //! ledger API shows and what invariant 3 checks against.
 
-use crate::idempotency::IdemOrigin;
+use crate::idempotency::{IdemKey, IdemOrigin};
 use crate::ids::{OpId, PaymentId, TransferId, UserId};
 use crate::money::{Amount, Money};
 use crate::time::Timestamp;
@@ -98,6 +98,12 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// The `Idempotency-Key` this execution runs under, if any (its scope is
+    /// the caller's, and a request acts on its caller's records only).
+    pub fn requested_by(&self) -> Option<IdemKey> {
+        self.origin.as_ref().map(|origin| origin.scope.key.clone())
+    }
+
     /// A transfer between two system accounts (no wallet): a gateway
     /// payment's charge (world → revenue) or its refund (revenue → world).
     pub fn system_transfer(

@@ -25,6 +25,7 @@
 //! while the outcome is unknown; it is resolved by looking the payment up at
 //! the gateway, never by sending the confirm again.
 
+use crate::idempotency::IdemKey;
 use crate::ids::{OrderId, PaymentId, UserId};
 use crate::money::{Amount, Money};
 use crate::time::Timestamp;
@@ -84,14 +85,19 @@ impl Method {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentEvent {
-    /// Gateway: the intent to confirm with this payment key, before the call.
+    /// Gateway: the intent to confirm with this payment key, before the call,
+    /// by the request with this `Idempotency-Key` (if it had one).
     BeginConfirm {
         payment_key: String,
+        requested_by: Option<IdemKey>,
     },
     Confirm,
     Fail,
-    /// Gateway: the intent to cancel, before the call.
-    BeginCancel,
+    /// Gateway: the intent to cancel, before the call, by the request with
+    /// this `Idempotency-Key` (if it had one).
+    BeginCancel {
+        requested_by: Option<IdemKey>,
+    },
     Cancel,
     /// Gateway: the charge was ours but for another amount: the payment
     /// fails and its refund is owed.
@@ -109,7 +115,7 @@ impl PaymentEvent {
             PaymentEvent::BeginConfirm { .. } => "begin_confirm",
             PaymentEvent::Confirm => "confirm",
             PaymentEvent::Fail => "fail",
-            PaymentEvent::BeginCancel => "begin_cancel",
+            PaymentEvent::BeginCancel { .. } => "begin_cancel",
             PaymentEvent::Cancel => "cancel",
             PaymentEvent::BeginRefund => "begin_refund",
             PaymentEvent::Refunded => "refunded",
@@ -131,6 +137,21 @@ pub struct GatewayAttempt {
     /// the give-up deadline counts from here, so a confirm the gateway never
     /// received is failed in the end instead of being looked up forever.
     pub sent_at: Timestamp,
+    /// The `Idempotency-Key` (of the payment's owner) of the request that
+    /// began the current phase, a confirm or a cancel; a refund owed after a
+    /// confirm keeps the confirm's. That request may have been answered 503
+    /// while the gateway's answer was unclear, and the phase settled by the
+    /// completer since: its retry under the same key is then answered with
+    /// the settled payment, as the request's own effect, not refused as a
+    /// second confirm or cancel.
+    pub requested_by: Option<IdemKey>,
+}
+
+impl GatewayAttempt {
+    /// Whether `key` began the current phase.
+    pub fn requested_by(&self, key: &IdemKey) -> bool {
+        self.requested_by.as_ref() == Some(key)
+    }
 }
 
 /// Most basis points of payback: 100 %, never more than the amount.
@@ -215,19 +236,29 @@ impl Payment {
         let refuse = |event: PaymentEvent| Err(InvalidTransition { from: self.status, event });
         let mut next = Payment { updated_at: now, version: self.version + 1, ..self.clone() };
         next.status = match (self.status, &event) {
-            (S::Wait, E::BeginConfirm { payment_key }) if gateway => {
+            (S::Wait, E::BeginConfirm { payment_key, requested_by }) if gateway => {
                 if payment_key.is_empty() || payment_key.len() > PAYMENT_KEY_LENGTH_MAX {
                     return refuse(event);
                 }
-                next.gateway = Some(GatewayAttempt { payment_key: payment_key.clone(), started_at: now, sent_at: now });
+                next.gateway = Some(GatewayAttempt {
+                    payment_key: payment_key.clone(),
+                    started_at: now,
+                    sent_at: now,
+                    requested_by: requested_by.clone(),
+                });
                 S::Confirming
             }
             (S::Wait, E::Confirm) if !gateway => S::Done,
             (S::Confirming, E::Confirm) if gateway => S::Done,
             (S::Wait | S::Confirming, E::Fail) => S::Failed,
-            (S::Done, E::BeginCancel) if gateway => {
+            (S::Done, E::BeginCancel { requested_by }) if gateway => {
                 let attempt = self.gateway.clone().expect("a done gateway payment has its attempt");
-                next.gateway = Some(GatewayAttempt { started_at: now, sent_at: now, ..attempt });
+                next.gateway = Some(GatewayAttempt {
+                    started_at: now,
+                    sent_at: now,
+                    requested_by: requested_by.clone(),
+                    ..attempt
+                });
                 S::Cancelling
             }
             (S::Confirming, E::BeginRefund) if gateway => {
@@ -281,14 +312,14 @@ mod tests {
         let done = payment().transition(E::Confirm, Timestamp(1)).unwrap();
         let failed = payment().transition(E::Fail, Timestamp(1)).unwrap();
         let cancelled = done.transition(E::Cancel, Timestamp(2)).unwrap();
-        let key = || E::BeginConfirm { payment_key: "pk".into() };
+        let key = || E::BeginConfirm { payment_key: "pk".into(), requested_by: None };
         for (p, e) in [
             (&payment(), key()),
-            (&payment(), E::BeginCancel),
+            (&payment(), E::BeginCancel { requested_by: None }),
             (&payment(), E::Touch),
             (&done, E::Confirm),
             (&done, E::Fail),
-            (&done, E::BeginCancel),
+            (&done, E::BeginCancel { requested_by: None }),
             (&failed, E::Confirm),
             (&failed, E::Fail),
             (&failed, E::Cancel),
@@ -309,12 +340,19 @@ mod tests {
         use PaymentEvent as E;
         let p = gateway_payment();
         assert!(p.transition(E::Confirm, Timestamp(1)).is_err(), "a gateway payment is confirmed in phases");
-        assert!(p.transition(E::BeginConfirm { payment_key: String::new() }, Timestamp(1)).is_err());
-        let confirming = p.transition(E::BeginConfirm { payment_key: "pk_1".into() }, Timestamp(1)).unwrap();
+        assert!(
+            p.transition(E::BeginConfirm { payment_key: String::new(), requested_by: None }, Timestamp(1)).is_err()
+        );
+        let confirming =
+            p.transition(E::BeginConfirm { payment_key: "pk_1".into(), requested_by: None }, Timestamp(1)).unwrap();
         assert_eq!(confirming.status, PaymentStatus::Confirming);
         assert_eq!(confirming.gateway.as_ref().unwrap().payment_key, "pk_1");
         // A second begin is refused: the confirm is never sent twice.
-        assert!(confirming.transition(E::BeginConfirm { payment_key: "pk_1".into() }, Timestamp(2)).is_err());
+        assert!(
+            confirming
+                .transition(E::BeginConfirm { payment_key: "pk_1".into(), requested_by: None }, Timestamp(2))
+                .is_err()
+        );
         let touched = confirming.transition(E::Touch, Timestamp(5)).unwrap();
         assert_eq!(
             (touched.status, touched.gateway.as_ref().unwrap().started_at),
@@ -322,7 +360,7 @@ mod tests {
         );
         let done = touched.transition(E::Confirm, Timestamp(6)).unwrap();
         assert!(done.transition(E::Cancel, Timestamp(7)).is_err(), "a gateway payment is cancelled in phases");
-        let cancelling = done.transition(E::BeginCancel, Timestamp(7)).unwrap();
+        let cancelling = done.transition(E::BeginCancel { requested_by: None }, Timestamp(7)).unwrap();
         assert_eq!(cancelling.transition(E::Cancel, Timestamp(8)).unwrap().status, PaymentStatus::Cancelled);
         assert_eq!(confirming.transition(E::Fail, Timestamp(9)).unwrap().status, PaymentStatus::Failed);
     }
@@ -330,13 +368,14 @@ mod tests {
     #[test]
     fn a_wrong_charge_is_failed_only_once_its_refund_went_back() {
         use PaymentEvent as E;
-        let confirming =
-            gateway_payment().transition(E::BeginConfirm { payment_key: "pk_1".into() }, Timestamp(1)).unwrap();
+        let confirming = gateway_payment()
+            .transition(E::BeginConfirm { payment_key: "pk_1".into(), requested_by: None }, Timestamp(1))
+            .unwrap();
         let refunding = confirming.transition(E::BeginRefund, Timestamp(4)).unwrap();
         assert_eq!(refunding.status, PaymentStatus::Refunding);
         let attempt = refunding.gateway.as_ref().unwrap();
         assert_eq!((attempt.started_at, attempt.sent_at), (Timestamp(4), Timestamp(4)), "the refund's own clock");
-        for refused in [E::Confirm, E::Fail, E::Cancel, E::BeginCancel, E::BeginRefund] {
+        for refused in [E::Confirm, E::Fail, E::Cancel, E::BeginCancel { requested_by: None }, E::BeginRefund] {
             assert!(refunding.transition(refused, Timestamp(5)).is_err());
         }
         assert_eq!(refunding.transition(E::Touch, Timestamp(5)).unwrap().status, PaymentStatus::Refunding);

@@ -434,6 +434,90 @@ fn a_wrong_charge_is_refunded_even_when_the_refunds_answer_is_lost() {
     assert_holds(&snapshot);
 }
 
+/// Executes the gateway `command` for `user` under the idempotency key `key`.
+fn gateway_keyed(app: &GatewayTally, user: UserId, key: &str, command: &Command) -> Result<Executed, Error> {
+    block_on(app.execute(user, command.clone(), Some(keyed(key, command))))
+}
+
+/// Invariant 2 (a key's one effect has one answer): a confirm answered 503
+/// (its reply lost, the lookup failing) and settled by the completer since is
+/// answered, when retried under its key, with the payment it charged — not
+/// refused as a second confirm, which would tell the client its card was not
+/// charged. A confirm under another key is still refused, and the card is
+/// charged once.
+#[test]
+fn a_confirm_settled_by_the_completer_answers_its_retry_with_the_charge() {
+    let (app, gateway, user, id) = gateway_payment();
+    let confirm = confirm_with(id, "pk-settled");
+    gateway.lose_confirm_replies(1);
+    gateway.fail_lookups(1);
+    assert_eq!(gateway_keyed(&app, user, "k-confirm", &confirm), Err(Error::OutcomePending));
+    assert_eq!(complete_a_minute_later(&app), Ok(1));
+    let retry = gateway_keyed(&app, user, "k-confirm", &confirm);
+    assert!(
+        matches!(retry, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Done),
+        "{retry:?}"
+    );
+    let replay = gateway_keyed(&app, user, "k-confirm", &confirm);
+    assert!(matches!(replay, Ok(Executed::Replayed(ref r)) if (200..300).contains(&r.status)), "{replay:?}");
+    let other = gateway_keyed(&app, user, "k-other", &confirm);
+    assert!(matches!(other, Err(Error::Transition(InvalidTransition { from: PaymentStatus::Done, .. }))), "{other:?}");
+    assert_eq!(gateway.confirms_received("pk-settled"), 1, "one confirm sent");
+    assert_eq!(block_on(balance(&app, user)), Money::new(50), "one payback");
+    block_on(holds(&app));
+}
+
+/// The same for a cancel: its refund's answer lost, the completer refunds,
+/// and the retry under the cancel's key answers the cancelled payment.
+#[test]
+fn a_cancel_settled_by_the_completer_answers_its_retry_with_the_refund() {
+    let (app, gateway, user, id) = gateway_payment();
+    let confirmed = gateway_keyed(&app, user, "k-confirm", &confirm_with(id, "pk-refunded"));
+    assert!(matches!(confirmed, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Done));
+    let cancel = Command::CancelPayment { payment: id };
+    gateway.fail_cancels(1);
+    assert_eq!(gateway_keyed(&app, user, "k-cancel", &cancel), Err(Error::OutcomePending));
+    assert_eq!(complete_a_minute_later(&app), Ok(1));
+    assert_eq!(gateway.charge("pk-refunded"), Some((500, true)), "refunded to the card");
+    let retry = gateway_keyed(&app, user, "k-cancel", &cancel);
+    assert!(
+        matches!(retry, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Cancelled),
+        "{retry:?}"
+    );
+    let other = gateway_keyed(&app, user, "k-other", &cancel);
+    assert!(
+        matches!(other, Err(Error::Transition(InvalidTransition { from: PaymentStatus::Cancelled, .. }))),
+        "{other:?}"
+    );
+    assert_eq!(block_on(balance(&app, user)), Money::ZERO, "the payback reversed once");
+    block_on(holds(&app));
+}
+
+/// A confirm with another payment key while the first key's charge is in
+/// flight is refused, as it is once that charge settled: it must not be
+/// answered `done` for a key the gateway never saw.
+#[test]
+fn a_confirm_with_another_key_while_one_is_in_flight_is_refused() {
+    let (app, gateway, user, id) = gateway_payment();
+    gateway.lose_confirm_replies(1);
+    gateway.fail_lookups(1);
+    assert_eq!(gateway_keyed(&app, user, "k-1", &confirm_with(id, "pk-first")), Err(Error::OutcomePending));
+    let other = gateway_keyed(&app, user, "k-2", &confirm_with(id, "pk-second"));
+    assert!(
+        matches!(other, Err(Error::Transition(InvalidTransition { from: PaymentStatus::Confirming, .. }))),
+        "{other:?}"
+    );
+    // The first key's retry (under a new idempotency key) looks it up.
+    let lookup = gateway_keyed(&app, user, "k-3", &confirm_with(id, "pk-first"));
+    assert!(
+        matches!(lookup, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Done),
+        "{lookup:?}"
+    );
+    assert_eq!(gateway.confirms_received("pk-second"), 0);
+    assert_eq!(gateway.confirms_received("pk-first"), 1);
+    block_on(holds(&app));
+}
+
 /// Hole 1: a gateway key charged for somebody else's order (another
 /// merchant's checkout, or a payment of ours paid elsewhere) is not adopted
 /// — our payment fails — and not cancelled: it is not our money.

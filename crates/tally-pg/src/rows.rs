@@ -103,7 +103,8 @@ pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
 }
 
 pub(crate) const PAYMENT_COLUMNS: &str = "id, user_id, amount, payback, method, status, gateway_payment_key, \
-     gateway_started_at_ms, COALESCE(gateway_sent_at_ms, gateway_started_at_ms) AS gateway_sent_at_ms, order_id, created_at_ms, updated_at_ms, version";
+     gateway_started_at_ms, COALESCE(gateway_sent_at_ms, gateway_started_at_ms) AS gateway_sent_at_ms, gateway_requested_by, \
+     order_id, created_at_ms, updated_at_ms, version";
 
 pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
     status.as_str()
@@ -119,6 +120,12 @@ pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
             payment_key,
             started_at: Timestamp(get(row, "gateway_started_at_ms")?),
             sent_at: Timestamp(get(row, "gateway_sent_at_ms")?),
+            requested_by: get::<Option<String>>(row, "gateway_requested_by")?
+                .map(|key| {
+                    IdemKey::new(&key)
+                        .map_err(|_| StoreError::Integrity(format!("payments.gateway_requested_by {key:?}")))
+                })
+                .transpose()?,
         }),
         None => None,
     };

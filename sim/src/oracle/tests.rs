@@ -193,6 +193,7 @@ fn gateway_payment(id: u128, key: &str, status: PaymentStatus) -> Payment {
         payment_key: key.to_owned(),
         started_at: Timestamp(0),
         sent_at: Timestamp(0),
+        requested_by: None,
     };
     Payment {
         status,

@@ -3,6 +3,7 @@
 //! [`decide::order`] decides; they persist what it decided.
 
 use super::locking::{ensure_locked, order_keys};
+use super::payments::began_phase;
 use super::*;
 use crate::catalog::{Product, Seat};
 use crate::decide::{self, order::Policy};
@@ -169,7 +170,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 .await?
                 .filter(|p| p.user == user && p.order == Some(order))
                 .ok_or(Error::NotFound)?;
-            if matches!(loaded.status, PaymentStatus::Done | PaymentStatus::Cancelling) {
+            // So is the retry of this request's own cancel, settled by the
+            // completer after the request was answered 503.
+            let settled = loaded.status == PaymentStatus::Cancelled && began_phase(&loaded, booking);
+            if matches!(loaded.status, PaymentStatus::Done | PaymentStatus::Cancelling) || settled {
                 // A paid order is cancelled by refunding its payment, which
                 // cancels the order in the refund's transaction.
                 return self.cancel_payment(tx, user, loaded, booking, locked, Answer::Order).await;

@@ -88,14 +88,25 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // key's one effect is the refund, booked with its completion.
             (Method::Gateway, PaymentStatus::Done) => {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
-                let phase = Booking { origin: None, ..booking.clone() };
-                let decision = decide::begin_cancel(&loaded, &wallet, &phase, &mut next_id)?;
+                let decision = decide::begin_cancel(&loaded, &wallet, booking, &mut next_id)?;
                 self.persist(tx, Some(&loaded), &wallet, &decision).await?;
                 Ok(Step::Call(decision.payment, Call::Cancel, answer))
             }
             // A cancel whose outcome is unknown: the gateway's cancel
             // is idempotent, so asking again is safe.
             (Method::Gateway, PaymentStatus::Cancelling) => Ok(Step::Call(loaded, Call::Cancel, answer)),
+            // The retry of the request that began this cancel, after the
+            // completer settled it: that request's effect, answered as such.
+            (Method::Gateway, PaymentStatus::Cancelled) if began_phase(&loaded, booking) => {
+                let order = match (answer, loaded.order) {
+                    (Answer::Order, Some(order)) => tx.order(order).await?,
+                    _ => None,
+                };
+                Ok(Step::Done(match order {
+                    Some(order) => Outcome::Order(self.order_view(order)),
+                    None => Outcome::Payment(loaded),
+                }))
+            }
             _ => {
                 let wallet = tx.wallet(user).await?.ok_or(Error::NotFound)?;
                 let decision = decide::cancel(&loaded, &wallet, booking, &mut next_id)?;
@@ -121,9 +132,25 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         booking: &Booking,
         locked: &LockSet,
     ) -> Result<Step, Error> {
+        // The retry of the request that began this confirm, after the
+        // completer settled it: that request's effect, answered as such.
+        if matches!(loaded.status, PaymentStatus::Done | PaymentStatus::Failed) && began_phase(&loaded, booking) {
+            return Ok(Step::Done(Outcome::Payment(loaded)));
+        }
         if let (PaymentStatus::Confirming | PaymentStatus::Refunding, Some(call)) =
             (loaded.status, Call::to_resolve(loaded.status))
         {
+            // Another payment key than the one being charged is a second
+            // confirm, refused as it is once the first one settled: its
+            // request must not be answered with a charge it did not make.
+            let attempt = loaded.gateway.as_ref().expect("an in-flight gateway payment has its attempt");
+            if payment_key.is_some_and(|key| key != attempt.payment_key) {
+                let event = PaymentEvent::BeginConfirm {
+                    payment_key: payment_key.unwrap_or_default().to_owned(),
+                    requested_by: booking.requested_by(),
+                };
+                return Err(crate::payment::InvalidTransition { from: loaded.status, event }.into());
+            }
             return Ok(Step::Call(loaded, call, Answer::Payment));
         }
         let Some(payment_key) = payment_key else {
@@ -139,7 +166,8 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
         }
         let wallet = tx.wallet(loaded.user).await?.ok_or(Error::NotFound)?;
-        let (confirming, held) = decide::begin_confirm(&loaded, &wallet, payment_key, booking.at)?;
+        let (confirming, held) =
+            decide::begin_confirm(&loaded, &wallet, payment_key, booking.requested_by(), booking.at)?;
         tx.put_payment(Some(&loaded), &confirming).await?;
         if held != wallet {
             tx.put_wallet(Some(&wallet), &held).await?;
@@ -169,6 +197,13 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         }
         Ok(())
     }
+}
+
+/// Whether the request running under `booking` began `payment`'s current
+/// (or last) gateway phase: its `Idempotency-Key`, of the payment's owner.
+pub(super) fn began_phase(payment: &Payment, booking: &Booking) -> bool {
+    let Some(origin) = &booking.origin else { return false };
+    origin.scope.user == payment.user && payment.gateway.as_ref().is_some_and(|a| a.requested_by(&origin.scope.key))
 }
 
 /// A payment key is claimed under its lock (the peek that chose the locks

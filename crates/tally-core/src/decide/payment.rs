@@ -2,6 +2,7 @@
 //! what a gateway verdict means for a payment.
 
 use crate::error::Error;
+use crate::idempotency::IdemKey;
 use crate::ids::{PaymentId, TransferId};
 use crate::ledger::{Account, Booking, Transfer, TransferKind};
 use crate::money::Amount;
@@ -55,10 +56,12 @@ pub fn begin_confirm(
     payment: &Payment,
     wallet: &Wallet,
     payment_key: &str,
+    requested_by: Option<IdemKey>,
     at: Timestamp,
 ) -> Result<(Payment, Wallet), Error> {
     assert_eq!(payment.user, wallet.user, "a payment's payback goes to its owner's wallet");
-    let next = payment.transition(PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned() }, at)?;
+    let next =
+        payment.transition(PaymentEvent::BeginConfirm { payment_key: payment_key.to_owned(), requested_by }, at)?;
     let wallet = match payment.payback_amount() {
         Some(payback) if !crate::mutant::active("payback_unheld") => wallet.hold_payback(payback)?,
         _ => wallet.clone(),
@@ -131,12 +134,15 @@ pub fn begin_cancel(
 ) -> Result<Decision, Error> {
     assert_eq!(payment.user, wallet.user, "a payment's payback is reversed on its owner's wallet");
     assert_eq!(payment.method, Method::Gateway, "only gateway payments are cancelled in phases");
-    let next = payment.transition(PaymentEvent::BeginCancel, booking.at)?;
+    let next = payment.transition(PaymentEvent::BeginCancel { requested_by: booking.requested_by() }, booking.at)?;
     if crate::mutant::active("reversal_after_refund") {
         return Ok(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() });
     }
     let movements: Vec<Movement> = payment.payback_amount().map(Movement::PaybackReversal).into_iter().collect();
-    let (wallet, transfers) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
+    // The reversal is the payment's, not the key's: booked with no origin
+    // (see `Tally::cancel_payment`).
+    let phase = Booking { origin: None, ..booking.clone() };
+    let (wallet, transfers) = book(wallet, &movements, Some(payment.id), &phase, next_id)?;
     Ok(Decision { payment: next, wallet, transfers })
 }
 
@@ -331,7 +337,7 @@ mod tests {
         )
         .unwrap();
         let wallet = Wallet::open(UserId(1), Limits::default(), Timestamp(0));
-        begin_confirm(&payment, &wallet, "pk", Timestamp(1)).unwrap()
+        begin_confirm(&payment, &wallet, "pk", None, Timestamp(1)).unwrap()
     }
 
     fn booking(at: i64) -> Booking {
@@ -446,7 +452,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            begin_confirm(&payment, &wallet, "pk", Timestamp(1)),
+            begin_confirm(&payment, &wallet, "pk", None, Timestamp(1)),
             Err(Error::Wallet(crate::wallet::WalletError::MaxBalanceExceeded))
         );
     }

@@ -74,12 +74,16 @@ fn gateway_sent(payment: &Payment) -> Option<i64> {
     payment.gateway.as_ref().map(|a| a.sent_at.0)
 }
 
+fn gateway_requested_by(payment: &Payment) -> Option<String> {
+    payment.gateway.as_ref().and_then(|a| a.requested_by.as_ref()).map(|key| key.as_str().to_owned())
+}
+
 async fn insert_many(tx: &mut PgTx, payments: &[&Payment]) -> Result<(), StoreError> {
     let statement = sqlx::query(
         "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, version, \
-         gateway_payment_key, gateway_started_at_ms, order_id, gateway_sent_at_ms) \
+         gateway_payment_key, gateway_started_at_ms, order_id, gateway_sent_at_ms, gateway_requested_by) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
-         $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::uuid[], $13::bigint[])",
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::uuid[], $13::bigint[], $14::text[])",
     )
     .bind(column(payments, |p| uuid(p.id.0)))
     .bind(column(payments, |p| uuid(p.user.0)))
@@ -93,7 +97,8 @@ async fn insert_many(tx: &mut PgTx, payments: &[&Payment]) -> Result<(), StoreEr
     .bind(column(payments, |p| gateway_key(p)))
     .bind(column(payments, |p| gateway_started(p)))
     .bind(column(payments, |p| p.order.map(|o| uuid(o.0))))
-    .bind(column(payments, |p| gateway_sent(p)));
+    .bind(column(payments, |p| gateway_sent(p)))
+    .bind(column(payments, |p| gateway_requested_by(p)));
     tx.insert(statement).await
 }
 
@@ -108,10 +113,11 @@ async fn update_many(tx: &mut PgTx, writes: &[(&Payment, &Payment)]) -> Result<(
     let sql = format!(
         "UPDATE payments AS p SET status = v.status, updated_at_ms = v.updated_at_ms, version = {next_version}, \
          gateway_payment_key = v.payment_key, gateway_started_at_ms = v.started_at_ms, \
-         gateway_sent_at_ms = v.sent_at_ms \
+         gateway_sent_at_ms = v.sent_at_ms, gateway_requested_by = v.requested_by \
          FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], \
-         $8::bigint[], $9::bigint[]) \
-         AS v(id, status, updated_at_ms, version, payment_key, started_at_ms, before_status, before_version, sent_at_ms) \
+         $8::bigint[], $9::bigint[], $10::text[]) \
+         AS v(id, status, updated_at_ms, version, payment_key, started_at_ms, before_status, before_version, sent_at_ms, \
+         requested_by) \
          WHERE p.id = v.id AND {guard}"
     );
     let statement = sqlx::query(AssertSqlSafe(sql))
@@ -123,7 +129,8 @@ async fn update_many(tx: &mut PgTx, writes: &[(&Payment, &Payment)]) -> Result<(
         .bind(column(writes, |(_, a)| gateway_started(a)))
         .bind(column(writes, |(b, _)| rows::status_str(b.status)))
         .bind(column(writes, |(b, _)| version(b.version)))
-        .bind(column(writes, |(_, a)| gateway_sent(a)));
+        .bind(column(writes, |(_, a)| gateway_sent(a)))
+        .bind(column(writes, |(_, a)| gateway_requested_by(a)));
     tx.guarded_updates(statement, writes.len()).await
 }
 
