@@ -140,3 +140,35 @@ pub(super) fn keys_not_forgotten_while_live(evidence: &Evidence<'_>, found: &mut
         }
     }
 }
+
+/// The request that began a gateway payment's phase (a confirm or a cancel,
+/// whose `Idempotency-Key` the attempt keeps) made that phase's effect, so
+/// no answer to its key refuses it: a 503 while the gateway's answer was
+/// unclear is transient, but a later 409 would tell the client that its card
+/// was not charged, or not refunded, when it was.
+pub(super) fn a_phase_is_never_refused_to_its_request(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
+    let mut began: BTreeMap<(UserId, &str), &Payment> = BTreeMap::new();
+    for payment in &evidence.snapshot.payments {
+        if let Some(key) = payment.gateway.as_ref().and_then(|a| a.requested_by.as_ref()) {
+            began.insert((payment.user, key.as_str()), payment);
+        }
+    }
+    for (exchange, status, body, _) in replies(evidence) {
+        let Some(key) = exchange.key.as_deref() else { continue };
+        let Some(payment) = began.get(&(exchange.user, key)) else { continue };
+        if !is_transient(status, body) && !(200..300).contains(&status) {
+            found.push(Violation::new(
+                INV_IDEMPOTENCY,
+                "the request that began a gateway phase is never refused",
+                format!(
+                    "{} {key:?} (client {}) began payment {}'s {} phase but was answered {status} {}",
+                    exchange.kind,
+                    exchange.client + 1,
+                    payment.id,
+                    payment.status.as_str(),
+                    String::from_utf8_lossy(body)
+                ),
+            ));
+        }
+    }
+}

@@ -16,8 +16,8 @@
 //!   [`judge`] (which runs every check), the core checker over the final
 //!   store, the history checks on server errors, durability and what is
 //!   left in flight, and the helpers that read the history;
-//! - `idempotency`: one effect per idempotency key, and a replay answers
-//!   like the first;
+//! - `idempotency`: one effect per idempotency key, a replay answers like
+//!   the first, and the request that began a gateway phase is never refused;
 //! - `gateway_books`: the gateway's books against ours — confirms sent
 //!   once, charges and refunds per payment key and per order id,
 //!   payment-key refusals, paybacks by the merchant's policy;
@@ -85,6 +85,7 @@ pub fn judge(evidence: &Evidence<'_>) -> Vec<Violation> {
     responses_for_a_key_agree(evidence, &mut found);
     one_effect_per_key(evidence, &mut found);
     keys_not_forgotten_while_live(evidence, &mut found);
+    a_phase_is_never_refused_to_its_request(evidence, &mut found);
     one_gateway_confirm_per_payment(evidence, &mut found);
     gateway_agrees_with_store(evidence, &mut found);
     nothing_left_in_flight(evidence, &mut found);

@@ -213,6 +213,32 @@ fn confirm(payment: u128, key: &str, status: u16, body: &str) -> Exchange {
 }
 
 #[test]
+fn the_request_that_began_a_phase_is_never_refused() {
+    let mut payment = gateway_payment(1, "pk-1", PaymentStatus::Done);
+    if let Some(attempt) = payment.gateway.as_mut() {
+        attempt.requested_by = Some(tally_core::idempotency::IdemKey::new("k").expect("a valid key"));
+    }
+    let snapshot = Snapshot { payments: vec![payment], ..Snapshot::default() };
+    let judge_phase = |exchanges: &[Exchange]| {
+        let gateway = FakeGateway::new("sk");
+        let catalogue = Catalogue::default();
+        let mut found = Vec::new();
+        a_phase_is_never_refused_to_its_request(
+            &evidence(&snapshot, exchanges, &gateway, &catalogue, Timestamp(0)),
+            &mut found,
+        );
+        found.into_iter().map(|v| v.check).collect::<Vec<_>>()
+    };
+    let unclear = confirm(1, "pk-1", 503, r#"{"code":"unavailable"}"#);
+    let done = confirm(1, "pk-1", 200, r#"{"status":"done"}"#);
+    assert!(judge_phase(&[unclear.clone(), done]).is_empty(), "503, then the charge on retry");
+    let refused = confirm(1, "pk-1", 409, r#"{"code":"invalid_state"}"#);
+    assert_eq!(judge_phase(&[unclear, refused.clone()]), ["the request that began a gateway phase is never refused"]);
+    // Another key's refusal is a second confirm's, and fine.
+    assert!(judge_phase(&[Exchange { key: Some("other".into()), ..refused }]).is_empty());
+}
+
+#[test]
 fn payment_key_in_use_needs_another_owner_and_a_claimed_key_never_confirms() {
     let snapshot = Snapshot { payments: vec![gateway_payment(1, "pk-1", PaymentStatus::Done)], ..Snapshot::default() };
     let in_use = r#"{"code":"payment_key_in_use"}"#;

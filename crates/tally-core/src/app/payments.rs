@@ -202,6 +202,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 /// Whether the request running under `booking` began `payment`'s current
 /// (or last) gateway phase: its `Idempotency-Key`, of the payment's owner.
 pub(super) fn began_phase(payment: &Payment, booking: &Booking) -> bool {
+    // Mutant: the retry of a settled phase's request is refused as a second
+    // confirm or cancel (409), as before the attempt kept its key.
+    if crate::mutant::active("settled_phase_refused") {
+        return false;
+    }
     let Some(origin) = &booking.origin else { return false };
     origin.scope.user == payment.user && payment.gateway.as_ref().is_some_and(|a| a.requested_by(&origin.scope.key))
 }
