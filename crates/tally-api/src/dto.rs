@@ -17,7 +17,7 @@ use tally_core::app::{LedgerPage, Outcome, WalletView};
 use tally_core::ids::UserId;
 use tally_core::ledger::{Account, Transfer};
 use tally_core::money::{Amount, AmountError, Money};
-use tally_core::payment::Payment;
+use tally_core::payment::{PAYMENT_KEY_LENGTH_MAX, Payment, is_valid_payment_key};
 use tally_core::store::User;
 use tally_core::time::{Timestamp, civil_from_days};
 use tally_core::wallet::Limits;
@@ -381,9 +381,21 @@ pub struct EmptyRequest {}
 #[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
-    #[serde(default)]
-    #[schema(example = "tgen_20261123abcdef")]
+    #[serde(default, deserialize_with = "payment_key")]
+    #[schema(example = "tgen_20261123abcdef", min_length = 1, max_length = 200)]
     pub payment_key: Option<String>,
+}
+
+/// A gateway payment key: 1 to `PAYMENT_KEY_LENGTH_MAX` characters, or
+/// absent. Any other is malformed (400), before it reaches the payment.
+fn payment_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let key = Option::<String>::deserialize(deserializer)?;
+    match key {
+        Some(key) if !is_valid_payment_key(&key) => {
+            Err(de::Error::custom(format!("payment_key must be 1 to {PAYMENT_KEY_LENGTH_MAX} characters")))
+        }
+        key => Ok(key),
+    }
 }
 
 /// `GET /v1/wallet/ledger` query.

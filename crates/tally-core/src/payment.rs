@@ -165,8 +165,16 @@ pub fn payback_of(amount: Amount, bps: u32) -> Money {
     Money::new(i64::try_from(units).expect("at most the amount"))
 }
 
-/// Longest gateway payment key accepted (Toss keys are far shorter).
+/// Longest gateway payment key accepted, in characters (Toss keys are far
+/// shorter).
 pub const PAYMENT_KEY_LENGTH_MAX: usize = 200;
+
+/// Whether `payment_key` is one a confirm may begin with: 1 to
+/// [`PAYMENT_KEY_LENGTH_MAX`] characters. The API refuses any other as
+/// malformed before it names a payment; the transition refuses it too.
+pub fn is_valid_payment_key(payment_key: &str) -> bool {
+    !payment_key.is_empty() && payment_key.chars().count() <= PAYMENT_KEY_LENGTH_MAX
+}
 
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 #[error("cannot {} a payment that is {}", event.as_str(), from.as_str())]
@@ -237,7 +245,7 @@ impl Payment {
         let mut next = Payment { updated_at: now, version: self.version + 1, ..self.clone() };
         next.status = match (self.status, &event) {
             (S::Wait, E::BeginConfirm { payment_key, requested_by }) if gateway => {
-                if payment_key.is_empty() || payment_key.len() > PAYMENT_KEY_LENGTH_MAX {
+                if !is_valid_payment_key(payment_key) {
                     return refuse(event);
                 }
                 next.gateway = Some(GatewayAttempt {

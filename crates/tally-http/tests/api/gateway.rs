@@ -164,3 +164,24 @@ async fn a_cancel_that_cannot_reverse_the_payback_is_refused_before_the_refund()
     assert_eq!(stats(&app, "pk_card").cancel_requests, 1);
     app.assert_invariants().await;
 }
+
+/// A payment key that no gateway hands out (empty, or longer than 200
+/// characters) is malformed input: 400, before the payment is looked at,
+/// and nothing is sent to the gateway or claimed. 200 characters of any
+/// script are a key.
+#[tokio::test]
+async fn a_payment_key_out_of_shape_is_malformed() {
+    let app = TestApp::spawn_with_gateway(Options::default()).await;
+    let [user] = app.create_users(["u"]).await;
+    let payment = app.gateway_payment_of(&user, 1_000).await;
+    let too_long = "k".repeat(201);
+    for (i, key) in ["", too_long.as_str()].into_iter().enumerate() {
+        let reply = app.confirm_with_key(&user, &payment, key, &format!("bad-{i}")).await;
+        reply.assert_problem(400, "malformed_request");
+    }
+    assert_eq!(charges(&app), 0, "nothing reached the gateway");
+    let longest = "키".repeat(200);
+    let done = app.confirm_with_key(&user, &payment, &longest, "confirm").await.assert_status(200);
+    assert_eq!(done["status"], "done");
+    assert_eq!(charge(&app, &longest).total_amount, 1_000);
+}
