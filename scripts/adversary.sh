@@ -8,6 +8,8 @@
 #   bash scripts/adversary.sh                # release build, PostgreSQL
 #   STORE=memory STRATEGY=atomic bash scripts/adversary.sh
 #
+# Hole 9 (session 10): a charge whose answer was unclear, settled by the
+# completer, must be answered as a charge when retried under its key.
 # Holes 5 (a charge of the wrong amount) and 6 (a request stamped before the
 # wallet's window) need a tampering gateway or a skewed clock; the use-case,
 # shuttle, end-to-end and simulation suites cover them.
@@ -28,7 +30,8 @@ bin=target/release/tally
 in_workdir
 start_gateway "$gateway_port"
 TALLY_ADMIN_KEY=$admin start_serve "$work/server.log" serve --listen "127.0.0.1:$port" --store "$store" \
-  --strategy "$strategy" --data-dir "$work/data" --gateway-url "$gateway" --payback-bps 5000
+  --strategy "$strategy" --data-dir "$work/data" --gateway-url "$gateway" --payback-bps 5000 \
+  --completer-after-seconds 1
 
 # json FIELD: reads a JSON body on stdin, prints one field (dotted path).
 json() { python3 -c 'import json,sys
@@ -62,6 +65,7 @@ pay() { # pay USER-KEY METHOD AMOUNT -> payment id
   call POST /v1/payments "$1" "{\"amount\":$3,\"method\":\"$2\"}" "p-$RANDOM-$n" | cut -d' ' -f2- | json id
 }
 confirm() { call POST "/v1/payments/$2/confirm" "$1" "${3:-{\}}" "c-$RANDOM-$n"; }
+confirm_keyed() { call POST "/v1/payments/$2/confirm" "$1" "$3" "$4"; } # USER PAYMENT BODY IDEMPOTENCY-KEY
 balance() { call GET /v1/wallet "$1" | cut -d' ' -f2- | json balance; }
 top_up() { expect "top up $2" 201 "" "$(call POST /v1/wallet/top-ups "$1" "{\"amount\":$2}" "t-$RANDOM-$n")"; }
 
@@ -130,5 +134,24 @@ for i in $(seq 1 1000); do
   [ "$status" = 201 ] || { echo "FAIL top-up $i answered $status"; exit 1; }
 done
 expect "one minor unit past 10^15" 409 max_balance_exceeded "$(call POST /v1/wallet/top-ups "$e" '{"amount":1}' cap-over)"
+
+echo "== 9. a charge is never answered as a refusal on retry"
+# The gateway charges but answers 500, and its lookups fail: the confirm's
+# outcome is unknown (503). The completer then finds the charge; the retry
+# under the confirm's key must answer it, not refuse it as a second confirm.
+g=$(user grace)
+p=$(pay "$g" gateway 1000)
+curl -sf -u test_sk: -X POST "$gateway/__faults" -H 'Content-Type: application/json' \
+  -d '{"fail_5xx_after_commit":{"when":"always","on":["confirm"],"status":500},"fail_5xx":{"when":"always","on":["lookup"],"status":500}}' >/dev/null
+expect "a confirm whose charge is unclear" 503 unavailable "$(confirm_keyed "$g" "$p" '{"payment_key":"K-9"}' retry-9)"
+curl -sf -u test_sk: -X DELETE "$gateway/__faults" >/dev/null
+settled() { call GET "/v1/payments/$p" "$g" | cut -d' ' -f2- | json status; }
+for _ in $(seq 1 30); do [ "$(settled)" = done ] && break; sleep 1; done
+[ "$(settled)" = done ] || { echo "FAIL the completer did not settle the charge: $(settled)"; exit 1; }
+expect "the retry under its key answers the charge" 200 "" "$(confirm_keyed "$g" "$p" '{"payment_key":"K-9"}' retry-9)"
+expect "another key's confirm is a second confirm" 409 invalid_state \
+  "$(confirm_keyed "$g" "$p" '{"payment_key":"K-9"}' other-9)"
+[ "$(curl -s -u test_sk: "$gateway/v1/payments/K-9" | json status)" = DONE ] || { echo "FAIL the gateway lost K-9"; exit 1; }
+echo "ok   charged once, and told so"
 
 echo "all reproductions behave as SPEC.md says ($store, $strategy)"
