@@ -170,12 +170,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 .await?
                 .filter(|p| p.user == user && p.order == Some(order))
                 .ok_or(Error::NotFound)?;
-            // So is the retry of this request's own cancel, settled by the
-            // completer after the request was answered 503.
+            // A paid order is cancelled by refunding its payment, which
+            // cancels the order in the refund's transaction; the retry of
+            // this request's own cancel, settled by the completer after it
+            // was answered 503, is answered there too.
             let settled = loaded.status == PaymentStatus::Cancelled && began_phase(&loaded, booking);
             if matches!(loaded.status, PaymentStatus::Done | PaymentStatus::Cancelling) || settled {
-                // A paid order is cancelled by refunding its payment, which
-                // cancels the order in the refund's transaction.
                 return self.cancel_payment(tx, user, loaded, booking, locked, Answer::Order).await;
             }
         }

@@ -144,11 +144,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // confirm, refused as it is once the first one settled: its
             // request must not be answered with a charge it did not make.
             let attempt = loaded.gateway.as_ref().expect("an in-flight gateway payment has its attempt");
-            if payment_key.is_some_and(|key| key != attempt.payment_key) {
-                let event = PaymentEvent::BeginConfirm {
-                    payment_key: payment_key.unwrap_or_default().to_owned(),
-                    requested_by: booking.requested_by(),
-                };
+            if let Some(other) = payment_key.filter(|key| *key != attempt.payment_key) {
+                let event =
+                    PaymentEvent::BeginConfirm { payment_key: other.to_owned(), requested_by: booking.requested_by() };
                 return Err(crate::payment::InvalidTransition { from: loaded.status, event }.into());
             }
             return Ok(Step::Call(loaded, call, Answer::Payment));
