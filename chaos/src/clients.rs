@@ -89,6 +89,18 @@ async fn perform(attempt: &Attempt<'_>, rng: &mut SimRng) -> Option<Reply> {
         }
         let duplicate = (number == 1 && planned.keyed && rng.chance(spec.behaviour.duplicate_per_mille))
             .then(|| (rng.millis(0, 20), rng.index(servers)));
+        // The second tab's confirm, sent once beside the first attempt.
+        let tab = (number == 1).then(|| planned.second_tab().zip(attempt.key.map(Planned::tab_key))).flatten();
+        let tab = tab.map(|(planned, key)| (planned, key, rng.millis(0, 20), rng.index(servers)));
+        let second_tab = async {
+            let Some((planned, key, delay, target)) = &tab else { return };
+            spec.journal.count(Count::SecondTabConfirms, 1);
+            tokio::time::sleep(*delay).await;
+            let tab = Attempt { planned, key: Some(key), ..*attempt };
+            if let Ok(reply) = tab.send(*target, 1, false).await {
+                workload::count_tab_refusal(&spec.journal, planned, &reply);
+            }
+        };
         let first = attempt.send(server, number, false);
         let reply = match duplicate {
             Some((delay, target)) => {
@@ -97,9 +109,9 @@ async fn perform(attempt: &Attempt<'_>, rng: &mut SimRng) -> Option<Reply> {
                     tokio::time::sleep(delay).await;
                     let _ = attempt.send(target, 1, true).await;
                 };
-                tokio::join!(first, second).0
+                tokio::join!(first, second, second_tab).0
             }
-            None => first.await,
+            None => tokio::join!(first, second_tab).0,
         };
         if let Ok(reply) = reply
             && workload::is_final(&reply)

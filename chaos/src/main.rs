@@ -203,6 +203,8 @@ fn report(seed: u64, outcomes: &[run::Outcome]) -> usize {
             Count::OrdersPaid,
             Count::OutOfStock,
             Count::OrderExpired,
+            Count::SecondTabConfirms,
+            Count::OtherTabRefused,
         ] {
             println!("  {:>7}  {}", counts.get(count), count.name());
         }

@@ -92,6 +92,8 @@ counts! {
     Forbidden403,
     // coverage: the adversarial customer (issue 10)
     KeyReuseRefused,
+    SecondTabConfirms,
+    OtherTabRefused,
     ForeignKeyFailed,
     CashbackCancelRefused,
     RefundsOwedResolved,
@@ -197,6 +199,8 @@ impl Count {
             Count::QueuePromotions => "queue promotions observed (waiting, then active)",
             Count::Forbidden403 => "seat orders refused 403 (token not active)",
             Count::KeyReuseRefused => "confirms with another payment's key refused (409 payment_key_in_use)",
+            Count::SecondTabConfirms => "second-tab confirms: one gateway payment, the tab's own payment key",
+            Count::OtherTabRefused => "tab confirms refused: the other tab's key was charged (409 invalid_state)",
             Count::ForeignKeyFailed => "gateway payments failed: their key was charged for another order",
             Count::CashbackCancelRefused => "cancels refused: cashback spent (409 insufficient_balance)",
             Count::RefundsOwedResolved => "refunds owed (a charge of another amount) sent back and resolved",

@@ -158,14 +158,17 @@ fn inventory_seeds_keep_every_promise() {
 /// merchant, who charges some of them first), spend their cashback and then
 /// cancel, run at their `max_balance` and tight limits, pay across a UTC
 /// midnight on servers whose clocks lag, hoard seats with one token, name
-/// their own `payback_amount`, and meet a gateway that charges the wrong
-/// amount. The oracle finds nothing, and every one of those paths was taken.
+/// their own `payback_amount`, confirm one payment from two tabs with two
+/// payment keys, and meet a gateway that charges the wrong amount. The
+/// oracle finds nothing, and every one of those paths was taken.
 #[test]
 fn adversarial_seeds_keep_every_promise() {
     assert_clean_and_reached(
-        [0, 2, 12, 43, 50, 102].map(|seed| (seed, options(Profile::Swarm))),
+        [4, 9, 54, 60, 64, 69].map(|seed| (seed, options(Profile::Swarm))),
         &[
             Count::KeyReuseRefused,
+            Count::SecondTabConfirms,
+            Count::OtherTabRefused,
             Count::ForeignKeyFailed,
             Count::CashbackCancelRefused,
             Count::RefundsOwedResolved,

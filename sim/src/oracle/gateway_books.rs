@@ -144,14 +144,22 @@ pub(super) fn gateway_agrees_with_store(evidence: &Evidence<'_>, found: &mut Vec
 /// claim is forever, so the final store says who owns it):
 ///
 /// - `409 payment_key_in_use` only when another payment claimed the key;
-/// - a confirm answered 2xx never names a key another payment owns (the
-///   workload confirms a payment always with the key it was created with).
+/// - a confirm answered 2xx never names a key another payment owns;
+/// - a confirm answered 2xx names the key its payment's charge is under: of
+///   two tabs confirming one payment with two keys, the one not charged is
+///   refused, never answered with the other's charge.
 pub(super) fn key_refusals_are_right(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
     let owner: BTreeMap<&str, String> = evidence
         .snapshot
         .payments
         .iter()
         .filter_map(|p| Some((p.gateway.as_ref()?.payment_key.as_str(), p.id.to_string())))
+        .collect();
+    let charged_under: BTreeMap<String, &str> = evidence
+        .snapshot
+        .payments
+        .iter()
+        .filter_map(|p| Some((p.id.to_string(), p.gateway.as_ref()?.payment_key.as_str())))
         .collect();
     for (exchange, status, body, _) in replies(evidence) {
         if exchange.kind != "confirm" {
@@ -179,6 +187,17 @@ pub(super) fn key_refusals_are_right(evidence: &Evidence<'_>, found: &mut Vec<Vi
                     "confirm of payment {payment} with {key} was answered {status} {}, but the key belongs to payment {}",
                     String::from_utf8_lossy(body),
                     claimed_by.map_or("", String::as_str)
+                ),
+            ));
+        }
+        let under = charged_under.get(payment).copied();
+        if (200..300).contains(&status) && !by_another && under != Some(key.as_str()) {
+            found.push(Violation::new(
+                INV_KEY_BOUND,
+                "a confirm is answered 2xx only for the key its payment is charged under",
+                format!(
+                    "confirm of payment {payment} with {key} was answered {status} {}, but the payment's charge is under {under:?}",
+                    String::from_utf8_lossy(body)
                 ),
             ));
         }

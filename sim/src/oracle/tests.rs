@@ -264,6 +264,27 @@ fn payment_key_in_use_needs_another_owner_and_a_claimed_key_never_confirms() {
 }
 
 #[test]
+fn a_confirm_is_answered_with_a_charge_only_under_its_own_key() {
+    let snapshot = Snapshot { payments: vec![gateway_payment(1, "pk-1", PaymentStatus::Done)], ..Snapshot::default() };
+    let judge_keys = |exchanges: &[Exchange]| {
+        let gateway = FakeGateway::new("sk");
+        let catalogue = Catalogue::default();
+        let mut found = Vec::new();
+        key_refusals_are_right(&evidence(&snapshot, exchanges, &gateway, &catalogue, Timestamp(0)), &mut found);
+        found.into_iter().map(|v| v.check).collect::<Vec<_>>()
+    };
+    let done = r#"{"status":"done"}"#;
+    let refused = r#"{"code":"invalid_state"}"#;
+    // Two tabs, two keys: the one charged is answered, the other refused.
+    assert!(judge_keys(&[confirm(1, "pk-1", 200, done), confirm(1, "pk-1-tab", 409, refused)]).is_empty());
+    // The other tab answered with the charge its key did not make.
+    assert_eq!(
+        judge_keys(&[confirm(1, "pk-1", 200, done), confirm(1, "pk-1-tab", 200, done)]),
+        ["a confirm is answered 2xx only for the key its payment is charged under"]
+    );
+}
+
+#[test]
 fn a_payback_is_the_policy_never_the_request() {
     let amount = Amount::new(1_001).expect("a valid amount");
     let payment = |id: u128, payback: i64| {

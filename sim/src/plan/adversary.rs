@@ -80,6 +80,11 @@ pub struct Habits {
     /// its own server, while the other client of its user does on another
     /// (whose clock may lag).
     pub pay_at_midnight: bool,
+    /// Confirms a gateway payment from a second checkout tab at the same
+    /// time, with a payment key of the tab's own: one of the two confirms
+    /// charges, and the other is refused 409, never answered with a charge
+    /// its key did not make.
+    pub second_tab: bool,
 }
 
 /// The money rules one seed tests and how its customers attack them: the
@@ -153,6 +158,7 @@ impl Adversary {
                 hoard_seats: rng.chance(600),
                 choose_payback: rng.chance(300),
                 pay_at_midnight: boundary && rng.chance(800),
+                second_tab: rng.chance(400),
             })
             .collect();
         let foreign_charges =

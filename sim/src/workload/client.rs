@@ -62,7 +62,12 @@ pub fn attempt_call(
     (op, attempt, duplicate): (usize, u32, bool),
     key: Option<&str>,
 ) -> Call {
-    let request_id = format!("c{}-o{op}-a{attempt}{}", index + 1, if duplicate { "d" } else { "" });
+    let request_id = format!(
+        "c{}-o{op}-a{attempt}{}{}",
+        index + 1,
+        if planned.tab { "t" } else { "" },
+        if duplicate { "d" } else { "" }
+    );
     let method = Method::from_bytes(planned.method.as_bytes()).expect("the table's methods are valid");
     let mut call = Call::new(method, &planned.path)
         .header("authorization", &format!("Bearer {bearer}"))
@@ -174,6 +179,9 @@ pub(super) async fn perform(
                 let _ = send(&spec, &planned, op, key.as_deref(), target, 1, true).await;
             }));
         }
+        if let (1, Some(tab), Some(key)) = (number, planned.second_tab(), key) {
+            duplicates.push(second_tab(spec, tab, op, Planned::tab_key(key), rng));
+        }
         if let Ok(reply) = send(spec, planned, op, key, server, number, false).await
             && is_final(&reply)
         {
@@ -185,6 +193,34 @@ pub(super) async fn perform(
         tokio::time::sleep(base + jitter).await;
     }
     None
+}
+
+/// Sends a second tab's confirm once, a moment after the first tab's, to
+/// any server (the tab's own task: the client does not wait for it).
+fn second_tab(
+    spec: &ClientSpec,
+    tab: Planned,
+    op: usize,
+    key: String,
+    rng: &mut SimRng,
+) -> tokio::task::JoinHandle<()> {
+    spec.journal.count(Count::SecondTabConfirms, 1);
+    let spec = spec.clone();
+    let (delay, target) = (rng.millis(0, 20), rng.index(spec.servers));
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(delay).await;
+        if let Ok(reply) = send(&spec, &tab, op, Some(&key), target, 1, false).await {
+            count_tab_refusal(&spec.journal, &tab, &reply);
+        }
+    })
+}
+
+/// Coverage: a confirm of one of two tabs refused because the other tab's
+/// payment key is being, or was, charged.
+pub fn count_tab_refusal(journal: &Journal, planned: &Planned, reply: &Reply) {
+    if (planned.tab || planned.second_tab.is_some()) && reply.status == 409 && is_code(reply, "invalid_state") {
+        journal.count(Count::OtherTabRefused, 1);
+    }
 }
 
 /// Coverage: what an operation's final answer shows about orders.
@@ -312,6 +348,7 @@ impl ClientSpec {
         };
         self.journal.count(Count::OperationsCompleted, 1);
         count_answer(&self.journal, planned, reply);
+        count_tab_refusal(&self.journal, planned, reply);
         if planned.races && ((200..300).contains(&reply.status) || is_code(reply, "order_expired")) {
             state.learn_race((200..300).contains(&reply.status));
         }

@@ -51,7 +51,8 @@ mod client;
 mod ops;
 
 pub use self::client::{
-    ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, attempt_call, client, elsewhere, is_code, is_final, names_payback,
+    ClientSpec, ElsewhereSpec, FOREIGN_ORDER_PREFIX, attempt_call, client, count_tab_refusal, elsewhere, is_code,
+    is_final, names_payback,
 };
 pub use self::ops::{OPENING_PER_MILLE, OPS, next_op, shared_key};
 
@@ -219,6 +220,32 @@ pub struct Planned {
     pub scripted: bool,
     /// For seats: the ones asked for.
     pub seats: Vec<String>,
+    /// For a gateway payment's confirm: a second checkout tab confirms the
+    /// same payment at the same time with this payment key, under a key of
+    /// its own (see [`Planned::second_tab`]).
+    pub second_tab: Option<String>,
+    /// This is that second tab's confirm.
+    pub tab: bool,
+}
+
+impl Planned {
+    /// The second tab's confirm, if this confirm has one: the same
+    /// payment, the tab's payment key; sent once (a tab whose answer is
+    /// lost does not retry).
+    pub fn second_tab(&self) -> Option<Planned> {
+        let payment_key = self.second_tab.as_ref()?;
+        Some(Planned {
+            body: Some(ops::json(&serde_json::json!({ "payment_key": payment_key }))),
+            second_tab: None,
+            tab: true,
+            ..self.clone()
+        })
+    }
+
+    /// The second tab's `Idempotency-Key`, from the confirm's own.
+    pub fn tab_key(key: &str) -> String {
+        format!("{key}-tab")
+    }
 }
 
 /// One row of the operation table.

@@ -28,6 +28,8 @@ fn request(kind: &'static str, method: &'static str, path: String, body: Option<
         scheme: None,
         scripted: false,
         seats: Vec::new(),
+        second_tab: None,
+        tab: false,
     }
 }
 
@@ -204,7 +206,11 @@ pub(super) fn choose(state: &ClientState, rng: &mut SimRng) -> Option<usize> {
     any(rng, state.payments.len())
 }
 
-pub(super) fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
+/// How often a client with the second-tab habit confirms a waiting gateway
+/// payment from two tabs at once.
+pub(super) const SECOND_TAB_PER_MILLE: u64 = 500;
+
+pub(super) fn build_confirm(state: &ClientState, rng: &mut SimRng, tag: i64) -> Option<Planned> {
     let index = match state.aim {
         Some(aim) => aim,
         None => choose(state, rng)?,
@@ -214,6 +220,10 @@ pub(super) fn build_confirm(state: &ClientState, rng: &mut SimRng, _: i64) -> Op
         if known.gateway { serde_json::json!({ "payment_key": known.payment_key }) } else { serde_json::json!({}) };
     let mut planned = post("confirm", format!("/v1/payments/{}/confirm", known.id), body);
     planned.payment = Some(index);
+    if state.habits.second_tab && known.gateway && known.status == "wait" && rng.chance(SECOND_TAB_PER_MILLE) {
+        // A key of this operation's own: no other payment claims it.
+        planned.second_tab = Some(format!("pk-{tag}-tab"));
+    }
     if let (true, Some(boundary)) = (state.habits.pay_at_midnight && !known.gateway, state.boundary) {
         // Land within the first few hundred milliseconds of the new day:
         // the other client of this user does too, on another server, whose
