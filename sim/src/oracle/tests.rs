@@ -238,17 +238,20 @@ fn the_request_that_began_a_phase_is_never_refused() {
     assert!(judge_phase(&[Exchange { key: Some("other".into()), ..refused }]).is_empty());
 }
 
+/// The checks `key_refusals_are_right` fails over `exchanges` against `snapshot`.
+fn judge_key_refusals(snapshot: &Snapshot, exchanges: &[Exchange]) -> Vec<&'static str> {
+    let gateway = FakeGateway::new("sk");
+    let catalogue = Catalogue::default();
+    let mut found = Vec::new();
+    key_refusals_are_right(&evidence(snapshot, exchanges, &gateway, &catalogue, Timestamp(0)), &mut found);
+    found.into_iter().map(|v| v.check).collect()
+}
+
 #[test]
 fn payment_key_in_use_needs_another_owner_and_a_claimed_key_never_confirms() {
     let snapshot = Snapshot { payments: vec![gateway_payment(1, "pk-1", PaymentStatus::Done)], ..Snapshot::default() };
     let in_use = r#"{"code":"payment_key_in_use"}"#;
-    let judge_keys = |exchanges: &[Exchange]| {
-        let gateway = FakeGateway::new("sk");
-        let catalogue = Catalogue::default();
-        let mut found = Vec::new();
-        key_refusals_are_right(&evidence(&snapshot, exchanges, &gateway, &catalogue, Timestamp(0)), &mut found);
-        found.into_iter().map(|v| v.check).collect::<Vec<_>>()
-    };
+    let judge_keys = |exchanges: &[Exchange]| judge_key_refusals(&snapshot, exchanges);
     // Payment 2 reusing payment 1's key: refused, as it must be.
     assert!(judge_keys(&[confirm(2, "pk-1", 409, in_use)]).is_empty());
     // The owner itself refused, or a fresh key refused: wrong.
@@ -266,13 +269,7 @@ fn payment_key_in_use_needs_another_owner_and_a_claimed_key_never_confirms() {
 #[test]
 fn a_confirm_is_answered_with_a_charge_only_under_its_own_key() {
     let snapshot = Snapshot { payments: vec![gateway_payment(1, "pk-1", PaymentStatus::Done)], ..Snapshot::default() };
-    let judge_keys = |exchanges: &[Exchange]| {
-        let gateway = FakeGateway::new("sk");
-        let catalogue = Catalogue::default();
-        let mut found = Vec::new();
-        key_refusals_are_right(&evidence(&snapshot, exchanges, &gateway, &catalogue, Timestamp(0)), &mut found);
-        found.into_iter().map(|v| v.check).collect::<Vec<_>>()
-    };
+    let judge_keys = |exchanges: &[Exchange]| judge_key_refusals(&snapshot, exchanges);
     let done = r#"{"status":"done"}"#;
     let refused = r#"{"code":"invalid_state"}"#;
     // Two tabs, two keys: the one charged is answered, the other refused.
