@@ -61,7 +61,7 @@ usecase_mutants=(
   "balance_uncapped:a wallet without a maximum passes the 10^15 cap (hole 8)"
   "fence_unchecked:the in-memory store skips its fencing-token check, so a paused lock holder writes after its lease went to another (issue 14)"
   "settled_phase_refused:the retry of a confirm or cancel answered 503 and settled by the completer is refused 409 instead of answered with its charge or refund"
-  "other_key_answered:a confirm with another payment key while one is in flight is answered with that charge instead of refused 409"
+  "other_key_answered:a second confirm or cancel (another request, or another payment key) while a gateway phase is in flight is answered with its outcome instead of refused 409"
 )
 # The workspace's own target directory: only the tally crates build again.
 usecases=(env -u RUSTFLAGS -u CARGO_TARGET_DIR cargo test -p tally-mem --features mutants --test usecases)

@@ -38,7 +38,7 @@ mutants=(
   "seat_hoarding:a token's live orders may hold more seats than max_seats_per_token (hole 7)"
   "fence_unchecked:the store skips its fencing-token check: a zombie's commit lands after its lock lease went to another (issue 14)"
   "settled_phase_refused:the retry of a confirm or cancel answered 503 and settled by the completer is refused 409 instead of answered with its charge or refund"
-  "other_key_answered:a confirm with another payment key while one is in flight is answered with that charge instead of refused 409"
+  "other_key_answered:a second confirm or cancel (another request, or another payment key) while a gateway phase is in flight is answered with its outcome instead of refused 409"
 )
 # Not here: completer_gives_up and balance_uncapped. The simulation's
 # completer batches never hold a payment whose settlement fails once the

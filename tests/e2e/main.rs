@@ -49,6 +49,7 @@ fn main() {
         balance_for_k_pays_exactly_k,
         daily_limit_exact_under_concurrency,
         one_key_one_effect,
+        duplicates_answer_as_their_key,
         small_pool_sheds_load_safely,
         single_connection_pool,
         bad_input_changes_nothing,

@@ -217,6 +217,48 @@ pub async fn one_key_one_effect(strategy: Strategy) {
     app.assert_invariants().await;
 }
 
+/// 50 duplicates of one key at once, whose request is refused, or which run
+/// after the first one took the effect and are refused for it: every answer
+/// is the key's one answer (given fresh once, then replayed byte for byte)
+/// or 409 in use — never a 503 because a duplicate's refusal could not be
+/// stored under a key another request had just answered.
+pub async fn duplicates_answer_as_their_key(strategy: Strategy) {
+    let app = Arc::new(spawn_app(strategy, Pool::default()).await);
+    let key = app.user(json!({}), 100).await;
+    let affordable = app.create_payment(&key, "create-affordable", 50).await;
+    let too_dear = app.create_payment(&key, "create-too-dear", 1_000).await;
+    let mut paid = None;
+    for (payment, status) in [(affordable, StatusCode::OK), (too_dear, StatusCode::CONFLICT)] {
+        let idem = format!("confirm-{payment}");
+        let replies = concurrently(&app, 50, |app, _| {
+            let (key, idem, payment) = (key.clone(), idem.clone(), payment.clone());
+            async move { app.confirm(&key, &idem, &payment).await }
+        })
+        .await;
+        let answers: Vec<&Reply> = replies
+            .iter()
+            .filter(|r| r.status != StatusCode::CONFLICT || code(r) != "idempotency_key_in_use")
+            .collect();
+        let shown: Vec<String> = answers
+            .iter()
+            .filter(|r| r.status != status || r.bytes != answers[0].bytes)
+            .take(3)
+            .map(|r| format!("{} {}", r.status, String::from_utf8_lossy(&r.bytes)))
+            .collect();
+        assert!(shown.is_empty(), "one answer, {} {}: also {shown:?}", answers[0].status, answers[0].json);
+        let fresh = answers.iter().filter(|r| !r.headers.contains_key("idempotent-replayed")).count();
+        assert_eq!(fresh, 1, "answered fresh exactly once");
+        if status == StatusCode::OK {
+            paid = answers[0].json["payback_amount"].as_i64();
+        } else {
+            assert_eq!(code(answers[0]), "insufficient_balance");
+        }
+    }
+    let payback = paid.expect("the affordable confirm's answer names its payback");
+    assert_eq!(app.balance(&key).await, 100 - 50 + payback, "one payment paid, once");
+    app.assert_invariants().await;
+}
+
 /// A pool of 5 under 200 concurrent requests: no double charge, nobody waits
 /// past the acquire timeout, and a saturated pool answers 503 + Retry-After.
 pub async fn small_pool_sheds_load_safely(strategy: Strategy) {
@@ -568,9 +610,23 @@ pub async fn gateway_cancel_happens_once(strategy: Strategy) {
         }
     })
     .await;
-    assert!(count(&replies, StatusCode::OK, None) >= 1);
+    // One request cancels; the others are second cancels, refused as they
+    // would be a moment later, and send the gateway nothing. Under the
+    // strategies that decide without locks, a refusal may be decided on a
+    // payment read before the winner's commit and a wallet read after it
+    // (409 insufficient_balance: the payback already reversed); a known
+    // defect of those strategies (ARCHITECTURE.md), not of the refusal.
+    assert_eq!(count(&replies, StatusCode::OK, None), 1);
+    let unlocked = matches!(strategy, Strategy::Optimistic | Strategy::Atomic);
+    let others: Vec<String> = replies
+        .iter()
+        .filter(|r| r.status != StatusCode::OK)
+        .filter(|r| r.status != StatusCode::CONFLICT || !(code(r) == "invalid_state" || unlocked))
+        .map(|r| format!("{} {}", r.status, r.json))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
     let stats = app.gateway.payment_stats("pk-cancel");
-    assert_eq!(stats.cancel_effects, 1);
+    assert_eq!((stats.cancel_requests, stats.cancel_effects), (1, 1));
     let got = app.request(Method::GET, &format!("/v1/payments/{payment}"), &key, None, None).await;
     assert_eq!(got.json["status"], "cancelled");
     let refunds = app.snapshot().await.transfers.iter().filter(|t| t.kind == TransferKind::Refund).count();

@@ -493,28 +493,58 @@ fn a_cancel_settled_by_the_completer_answers_its_retry_with_the_refund() {
     block_on(holds(&app));
 }
 
-/// A confirm with another payment key while the first key's charge is in
-/// flight is refused, as it is once that charge settled: it must not be
-/// answered `done` for a key the gateway never saw.
+/// A confirm by another request while the first one's charge is in flight
+/// — with another payment key, or with the same one under another
+/// `Idempotency-Key` — is refused, as it is once that charge settled: only
+/// the request that made the charge is answered with it.
 #[test]
 fn a_confirm_with_another_key_while_one_is_in_flight_is_refused() {
     let (app, gateway, user, id) = gateway_payment();
     gateway.lose_confirm_replies(1);
     gateway.fail_lookups(1);
     assert_eq!(gateway_keyed(&app, user, "k-1", &confirm_with(id, "pk-first")), Err(Error::OutcomePending));
-    let other = gateway_keyed(&app, user, "k-2", &confirm_with(id, "pk-second"));
-    assert!(
-        matches!(other, Err(Error::Transition(InvalidTransition { from: PaymentStatus::Confirming, .. }))),
-        "{other:?}"
-    );
-    // The first key's retry (under a new idempotency key) looks it up.
-    let lookup = gateway_keyed(&app, user, "k-3", &confirm_with(id, "pk-first"));
+    for (key, payment_key) in [("k-2", "pk-second"), ("k-3", "pk-first")] {
+        let other = gateway_keyed(&app, user, key, &confirm_with(id, payment_key));
+        assert!(
+            matches!(other, Err(Error::Transition(InvalidTransition { from: PaymentStatus::Confirming, .. }))),
+            "{key}: {other:?}"
+        );
+    }
+    // The first request's retry (its key, freed by the 503) looks it up.
+    let lookup = gateway_keyed(&app, user, "k-1", &confirm_with(id, "pk-first"));
     assert!(
         matches!(lookup, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Done),
         "{lookup:?}"
     );
     assert_eq!(gateway.confirms_received("pk-second"), 0);
     assert_eq!(gateway.confirms_received("pk-first"), 1);
+    block_on(holds(&app));
+}
+
+/// The same for cancels: while one request's refund is in flight, another
+/// request's cancel of the payment (or of its order) is refused, as it is
+/// once the refund settled, and the first request's retry finishes it.
+#[test]
+fn a_cancel_by_another_request_while_one_is_in_flight_is_refused() {
+    let (app, gateway, user, id) = gateway_payment();
+    let confirmed = gateway_keyed(&app, user, "k-confirm", &confirm_with(id, "pk-cancelled"));
+    assert!(matches!(confirmed, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Done));
+    let cancel = Command::CancelPayment { payment: id };
+    gateway.fail_cancels(1);
+    assert_eq!(gateway_keyed(&app, user, "k-cancel", &cancel), Err(Error::OutcomePending));
+    let other = gateway_keyed(&app, user, "k-other", &cancel);
+    assert!(
+        matches!(other, Err(Error::Transition(InvalidTransition { from: PaymentStatus::Cancelling, .. }))),
+        "{other:?}"
+    );
+    assert_eq!(gateway.charge("pk-cancelled"), Some((500, false)), "the refused cancel sent nothing");
+    let retry = gateway_keyed(&app, user, "k-cancel", &cancel);
+    assert!(
+        matches!(retry, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Cancelled),
+        "{retry:?}"
+    );
+    assert_eq!(gateway.charge("pk-cancelled"), Some((500, true)), "refunded to the card once");
+    assert_eq!(block_on(balance(&app, user)), Money::ZERO, "the payback reversed once");
     block_on(holds(&app));
 }
 

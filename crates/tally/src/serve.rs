@@ -67,8 +67,15 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// How long a completed Idempotency-Key is remembered.
-    #[arg(long, env = "TALLY_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
+    /// How long a completed Idempotency-Key is remembered. At least 120 s,
+    /// twice the 60 s in-flight lease: a key must not be forgotten while its
+    /// request may still be running or retried, or the retry runs it again.
+    #[arg(
+        long,
+        env = "TALLY_IDEMPOTENCY_TTL_SECONDS",
+        default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(IDEMPOTENCY_TTL_MIN_SECONDS..)
+    )]
     pub idempotency_ttl_seconds: u64,
     /// How long an unpaid order holds its stock and seats; past it, the
     /// sweeper expires the order and gives them back.
@@ -269,9 +276,13 @@ fn one_to(limit: usize) -> clap::builder::RangedU64ValueParser {
     clap::value_parser!(u64).range(1..=limit as u64)
 }
 
+/// The shortest `--idempotency-ttl-seconds`: twice the in-flight lease.
+const IDEMPOTENCY_TTL_MIN_SECONDS: u64 = 120;
+
 fn core_config(args: &ServeArgs) -> Config {
     let defaults = Config::default();
-    let ttl = Duration::from_secs(args.idempotency_ttl_seconds.max(120));
+    let ttl = Duration::from_secs(args.idempotency_ttl_seconds);
+    assert!(ttl >= 2 * defaults.idempotency.lease, "a key outlives its lease (the flag's range says so)");
     let pause = std::env::var(PAUSE_AFTER_GATEWAY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     Config {
         idempotency: IdemConfig { ttl, lease: defaults.idempotency.lease },

@@ -92,8 +92,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 self.persist(tx, Some(&loaded), &wallet, &decision).await?;
                 Ok(Step::Call(decision.payment, Call::Cancel, answer))
             }
-            // A cancel whose outcome is unknown: the gateway's cancel
-            // is idempotent, so asking again is safe.
+            // Another request's cancel in flight: this one is a second
+            // cancel, refused as it is once the first one settled.
+            (Method::Gateway, PaymentStatus::Cancelling) if another_request(&loaded, booking) => {
+                let event = PaymentEvent::BeginCancel { requested_by: booking.requested_by() };
+                Err(crate::payment::InvalidTransition { from: loaded.status, event }.into())
+            }
+            // The retry of the cancel whose outcome is unknown: the
+            // gateway's cancel is idempotent, so asking again is safe.
             (Method::Gateway, PaymentStatus::Cancelling) => Ok(Step::Call(loaded, Call::Cancel, answer)),
             // The retry of the request that began this cancel, after the
             // completer settled it: that request's effect, answered as such.
@@ -140,16 +146,20 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         if let (PaymentStatus::Confirming | PaymentStatus::Refunding, Some(call)) =
             (loaded.status, Call::to_resolve(loaded.status))
         {
-            // Another payment key than the one being charged is a second
-            // confirm, refused as it is once the first one settled: its
-            // request must not be answered with a charge it did not make.
+            // Another request than the one that began this confirm, or
+            // another payment key than the one being charged, is a second
+            // confirm, refused as it is once the first one settled: it must
+            // not be answered with a charge it did not make.
             let attempt = loaded.gateway.as_ref().expect("an in-flight gateway payment has its attempt");
-            let other = payment_key.filter(|key| *key != attempt.payment_key);
-            if let Some(other) = other.filter(|_| !crate::mutant::active("other_key_answered")) {
-                let event =
-                    PaymentEvent::BeginConfirm { payment_key: other.to_owned(), requested_by: booking.requested_by() };
+            let other_key = payment_key.filter(|key| *key != attempt.payment_key);
+            if another_request(&loaded, booking) || other_key.is_some() && !crate::mutant::active("other_key_answered")
+            {
+                let payment_key = payment_key.unwrap_or(&attempt.payment_key).to_owned();
+                let event = PaymentEvent::BeginConfirm { payment_key, requested_by: booking.requested_by() };
                 return Err(crate::payment::InvalidTransition { from: loaded.status, event }.into());
             }
+            // The retry of the request that began it (its outcome unknown):
+            // look the charge up (or send the owed refund).
             return Ok(Step::Call(loaded, call, Answer::Payment));
         }
         let Some(payment_key) = payment_key else {
@@ -208,6 +218,22 @@ pub(super) fn began_phase(payment: &Payment, booking: &Booking) -> bool {
     }
     let Some(origin) = &booking.origin else { return false };
     origin.scope.user == payment.user && payment.gateway.as_ref().is_some_and(|a| a.requested_by(&origin.scope.key))
+}
+
+/// Whether the request running under `booking` is another than the one
+/// that began `payment`'s gateway phase, still in flight: a second confirm
+/// or cancel. Only the request that began a phase drives it (its retry looks
+/// the outcome up); the completer settles it otherwise. A phase whose
+/// requester is not recorded (begun before the attempt kept it) is driven
+/// by whichever request comes.
+fn another_request(payment: &Payment, booking: &Booking) -> bool {
+    // Mutant: a second request joins the phase in flight and is answered
+    // with its outcome, as before.
+    if crate::mutant::active("other_key_answered") {
+        return false;
+    }
+    let Some(requester) = payment.gateway.as_ref().and_then(|a| a.requested_by.as_ref()) else { return false };
+    !booking.origin.as_ref().is_some_and(|o| o.scope.user == payment.user && o.scope.key == *requester)
 }
 
 /// A payment key is claimed under its lock (the peek that chose the locks

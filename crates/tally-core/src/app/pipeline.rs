@@ -49,19 +49,24 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Ok(executed) => Ok(executed),
             // The key answers for another request: nothing ran, nothing to close.
             Err(error @ (Error::IdempotencyKeyInUse | Error::IdempotencyKeyReused)) => Err(error),
-            Err(error) => {
-                let stored = self.close_key(&held, &error).await;
-                if error.is_refusal() && !stored {
-                    // The refusal could not be stored under the key (its
-                    // commit failed, or another instance answered the key
-                    // meanwhile): answering it now would let a retry run the
-                    // request again and answer differently. Say "retry"
-                    // instead; the retry meets the key in flight, free or
-                    // answered.
-                    return Err(Error::Busy("the answer could not be recorded; retry"));
+            Err(error) => match self.close_key(&held, &error).await {
+                KeyClosed::Closed => Err(error),
+                // A duplicate sent at the same time as the request that
+                // answers the key: it ran, was refused (its first request
+                // had already taken the effect) and changed nothing. The
+                // key's answer is the other request's, so that is this
+                // one's too, as if it had arrived a moment later.
+                KeyClosed::AnsweredElsewhere(Admission::Replay(response)) => Ok(Executed::Replayed(response)),
+                KeyClosed::AnsweredElsewhere(Admission::InUse) => Err(Error::IdempotencyKeyInUse),
+                KeyClosed::AnsweredElsewhere(Admission::Reused) => Err(Error::IdempotencyKeyReused),
+                // The refusal could not be stored under the key (its commit
+                // failed): answering it now would let a retry run the
+                // request again and answer differently. Say "retry" instead;
+                // the retry meets the key in flight, free or answered.
+                KeyClosed::AnsweredElsewhere(Admission::Start(_)) | KeyClosed::NotStored => {
+                    Err(Error::Busy("the answer could not be recorded; retry"))
                 }
-                Err(error)
-            }
+            },
         }
     }
 
@@ -95,19 +100,23 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     /// Stores a refusal in `tx` as the answer of a key this request never
-    /// wrote: admitted afresh and completed at once. `Ok(false)`: the key was
-    /// answered or taken meanwhile (by another instance), not ours to answer.
+    /// wrote: admitted afresh and completed at once. `Ok(Some(admission))`:
+    /// the key was answered or taken meanwhile (by a duplicate, or another
+    /// instance), not ours to answer; the admission says what it answers.
     pub(super) async fn store_refusal(
         &self,
         tx: &mut impl Tx,
         held: &Held<'_>,
         existing: Option<&IdemRecord>,
         response: StoredResponse,
-    ) -> Result<bool, StoreError> {
-        let Admission::Start(fresh) = self.admission(held, existing) else { return Ok(false) };
+    ) -> Result<Option<Admission>, StoreError> {
+        let fresh = match self.admission(held, existing) {
+            Admission::Start(fresh) => fresh,
+            answered => return Ok(Some(answered)),
+        };
         let completed = fresh.complete(held.lease, response, None).expect("a fresh admission is held");
         tx.put_idempotency(existing, &completed).await?;
-        Ok(true)
+        Ok(None)
     }
 
     /// What the key, holding `existing`, says about this request now.
@@ -123,23 +132,34 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// and then it must stay so. A key the request never wrote is admitted
     /// again here, and a refusal stored under it. If this fails, a refusal
     /// is not answered (see `execute`) and the lease expiry frees the key.
-    /// Returns whether a refusal was stored (always true for other errors).
-    pub(super) async fn close_key(&self, held: &Held<'_>, error: &Error) -> bool {
+    pub(super) async fn close_key(&self, held: &Held<'_>, error: &Error) -> KeyClosed {
         if *error == Error::LeaseLost {
-            return true;
+            return KeyClosed::Closed;
         }
         let response = if error.is_refusal() { (held.render)(&Err(error.clone())) } else { None };
+        // Only a refusal's answer matters to the client; a key merely freed
+        // that could not be is freed by its lease's expiry.
+        let Some(response) = response else {
+            return self.close_key_once(held, None).await.unwrap_or(KeyClosed::Closed);
+        };
+        // Duplicates refused at the same moment race to store the refusal
+        // under a key none of them wrote: the losers' writes fail on the
+        // key's uniqueness, and a second look finds the winner's answer.
+        for _ in 0..CLOSE_ATTEMPTS {
+            if let Some(closed) = self.close_key_once(held, Some(response.clone())).await {
+                return closed;
+            }
+        }
+        KeyClosed::NotStored
+    }
+
+    /// One attempt of [`Tally::close_key`]; `None` when it could not look or
+    /// write.
+    async fn close_key_once(&self, held: &Held<'_>, response: Option<StoredResponse>) -> Option<KeyClosed> {
         let keys = LockSet::new([LockKey::Idempotency(held.scope.clone())]);
-        let refusal = response.is_some();
-        let Ok(guard) = self.locks.acquire(&keys, self.config.lock_wait).await else {
-            return !refusal;
-        };
-        let Ok(mut tx) = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await else {
-            return !refusal;
-        };
-        let Ok(existing) = tx.idempotency(&held.scope).await else {
-            return !refusal;
-        };
+        let guard = self.locks.acquire(&keys, self.config.lock_wait).await.ok()?;
+        let mut tx = self.store.begin_locked(&keys, &guard.fences(), self.config.lock_wait).await.ok()?;
+        let existing = tx.idempotency(&held.scope).await.ok()?;
         let written = match (existing.as_ref().filter(|r| r.held_by(held.lease)), response) {
             (Some(record), Some(response)) => {
                 let completed = record.complete(held.lease, response, None).expect("held by this lease");
@@ -147,16 +167,16 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
             (Some(record), None) => tx.delete_idempotency(record).await,
             // Never written, nothing to free.
-            (None, None) => return true,
+            (None, None) => return Some(KeyClosed::Closed),
             (None, Some(response)) => match self.store_refusal(&mut tx, held, existing.as_ref(), response).await {
-                Ok(true) => Ok(()),
-                Ok(false) => return false,
+                Ok(None) => Ok(()),
+                Ok(Some(answered)) => return Some(KeyClosed::AnsweredElsewhere(answered)),
                 Err(error) => Err(error),
             },
         };
         match written {
-            Ok(()) => tx.commit().await.is_ok() || !refusal,
-            Err(_) => !refusal,
+            Ok(()) if tx.commit().await.is_ok() => Some(KeyClosed::Closed),
+            _ => None,
         }
     }
 
@@ -412,4 +432,19 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             Command::CancelOrder { order } => self.cancel_order(tx, user, *order, booking, locked).await,
         }
     }
+}
+
+/// How many times a refusal is offered to its key (see [`Tally::close_key`]).
+const CLOSE_ATTEMPTS: u32 = 3;
+
+/// What became of a failed request's key (see [`Tally::close_key`]).
+pub(super) enum KeyClosed {
+    /// The refusal is stored as the key's answer, or the key freed (or
+    /// never written).
+    Closed,
+    /// Another request answers the key: it completed it, or holds it,
+    /// meanwhile. What the key says now.
+    AnsweredElsewhere(Admission),
+    /// The refusal could not be stored (a failed commit, no lock).
+    NotStored,
 }

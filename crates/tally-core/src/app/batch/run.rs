@@ -173,9 +173,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let mark = tx.mark();
         let Ok(existing) = tx.idempotency(&held.scope).await else { return Reply::Alone };
         match self.store_refusal(tx, held, existing.as_ref(), response).await {
-            Ok(true) => Reply::Refused(error),
+            Ok(None) => Reply::Refused(error),
             // Answered or taken meanwhile: the alone path tells which.
-            Ok(false) => Reply::Alone,
+            Ok(Some(_)) => Reply::Alone,
             Err(_) => {
                 tx.rollback_to(mark);
                 Reply::Alone
