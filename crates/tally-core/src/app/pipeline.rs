@@ -56,16 +56,14 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 // had already taken the effect) and changed nothing. The
                 // key's answer is the other request's, so that is this
                 // one's too, as if it had arrived a moment later.
-                KeyClosed::AnsweredElsewhere(Admission::Replay(response)) => Ok(Executed::Replayed(response)),
-                KeyClosed::AnsweredElsewhere(Admission::InUse) => Err(Error::IdempotencyKeyInUse),
-                KeyClosed::AnsweredElsewhere(Admission::Reused) => Err(Error::IdempotencyKeyReused),
+                KeyClosed::AnsweredElsewhere(KeyAnswer::Replay(response)) => Ok(Executed::Replayed(response)),
+                KeyClosed::AnsweredElsewhere(KeyAnswer::InUse) => Err(Error::IdempotencyKeyInUse),
+                KeyClosed::AnsweredElsewhere(KeyAnswer::Reused) => Err(Error::IdempotencyKeyReused),
                 // The refusal could not be stored under the key (its commit
                 // failed): answering it now would let a retry run the
                 // request again and answer differently. Say "retry" instead;
                 // the retry meets the key in flight, free or answered.
-                KeyClosed::AnsweredElsewhere(Admission::Start(_)) | KeyClosed::NotStored => {
-                    Err(Error::Busy("the answer could not be recorded; retry"))
-                }
+                KeyClosed::NotStored => Err(Error::Busy("the answer could not be recorded; retry")),
             },
         }
     }
@@ -100,19 +98,21 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     }
 
     /// Stores a refusal in `tx` as the answer of a key this request never
-    /// wrote: admitted afresh and completed at once. `Ok(Some(admission))`:
+    /// wrote: admitted afresh and completed at once. `Ok(Some(answer))`:
     /// the key was answered or taken meanwhile (by a duplicate, or another
-    /// instance), not ours to answer; the admission says what it answers.
+    /// instance), not ours to answer; what it answers instead.
     pub(super) async fn store_refusal(
         &self,
         tx: &mut impl Tx,
         held: &Held<'_>,
         existing: Option<&IdemRecord>,
         response: StoredResponse,
-    ) -> Result<Option<Admission>, StoreError> {
+    ) -> Result<Option<KeyAnswer>, StoreError> {
         let fresh = match self.admission(held, existing) {
             Admission::Start(fresh) => fresh,
-            answered => return Ok(Some(answered)),
+            Admission::Replay(response) => return Ok(Some(KeyAnswer::Replay(response))),
+            Admission::InUse => return Ok(Some(KeyAnswer::InUse)),
+            Admission::Reused => return Ok(Some(KeyAnswer::Reused)),
         };
         let completed = fresh.complete(held.lease, response, None).expect("a fresh admission is held");
         tx.put_idempotency(existing, &completed).await?;
@@ -444,7 +444,17 @@ pub(super) enum KeyClosed {
     Closed,
     /// Another request answers the key: it completed it, or holds it,
     /// meanwhile. What the key says now.
-    AnsweredElsewhere(Admission),
+    AnsweredElsewhere(KeyAnswer),
     /// The refusal could not be stored (a failed commit, no lock).
     NotStored,
+}
+
+/// What a key another request answers says to a request that found it so.
+pub(super) enum KeyAnswer {
+    /// That request completed it: its stored answer.
+    Replay(StoredResponse),
+    /// That request still holds it.
+    InUse,
+    /// It answers another body.
+    Reused,
 }
