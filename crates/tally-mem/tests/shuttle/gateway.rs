@@ -358,3 +358,54 @@ pub(super) fn gateway_cancel_retry_racing_the_completer<L: LockManager>((app, ga
         assert_holds(&snapshot);
     });
 }
+
+/// Cancels of one done gateway payment under THREADS keys race: one request
+/// cancels (the payback reversed and the card refunded once); every other is
+/// a second cancel, refused whether the first is still in flight
+/// (`cancelling`) or settled — never answered with a refund it did not make.
+/// The `other_key_answered` mutant lets a second one join the refund in
+/// flight and answer `cancelled`.
+pub(super) fn gateway_racing_cancels_refund_once<L: LockManager>(backend: (Gw<L>, MemGateway)) {
+    racing_cancels(backend, false);
+}
+
+/// The same on the optimistic backend, where a second cancel may also be
+/// refused `insufficient_balance`: decided without locks, it can read the
+/// payment before the first cancel's commit and the wallet after it (the
+/// payback already reversed). A known defect of deciding refusals without
+/// locks (ARCHITECTURE.md, "Known and open"); the books stay exact.
+pub(super) fn optimistic_gateway_racing_cancels_refund_once<L: LockManager>(backend: (Gw<L>, MemGateway)) {
+    racing_cancels(backend, true);
+}
+
+fn racing_cancels<L: LockManager>((app, gateway): (Gw<L>, MemGateway), torn_reads: bool) {
+    let (user, id) = block_on(async {
+        let (user, id) = user_with_gateway_payment(&app).await;
+        let command = gateway_confirm(id);
+        assert!(is_done(&app.execute(user, command.clone(), Some(keyed("confirm", &command))).await));
+        (user, id)
+    });
+    let cancel = Command::CancelPayment { payment: id };
+    let results = race(
+        &app,
+        (0..THREADS)
+            .map(|i| {
+                let cancel = cancel.clone();
+                move |app: Gw<L>| block_on(app.execute(user, cancel.clone(), Some(keyed(&format!("c{i}"), &cancel))))
+            })
+            .collect(),
+    );
+    let cancelled = |r: &&Result<Executed, Error>| matches!(r, Ok(Executed::Fresh(Outcome::Payment(p))) if p.status == PaymentStatus::Cancelled);
+    assert_eq!(results.iter().filter(cancelled).count(), 1, "one request cancels: {results:?}");
+    let second = |r: &Result<Executed, Error>| {
+        matches!(r, Err(Error::Transition(t)) if matches!(t.from, PaymentStatus::Cancelling | PaymentStatus::Cancelled))
+            || torn_reads && *r == Err(Error::Wallet(WalletError::InsufficientBalance))
+    };
+    assert_eq!(results.iter().filter(|r| second(r)).count(), THREADS - 1, "the others are refused: {results:?}");
+    block_on(async {
+        assert_eq!(payment(&app, user, id).await.status, PaymentStatus::Cancelled);
+        assert_eq!(gateway.charge("pk-1"), Some((500, true)), "refunded to the card");
+        assert_eq!(balance(&app, user).await, Money::ZERO, "the payback, credited then reversed once");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}

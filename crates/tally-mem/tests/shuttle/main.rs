@@ -249,6 +249,8 @@ scenarios! {
     optimistic_gateway_lost_reply_is_looked_up_not_resent: gateway::gateway_lost_reply, optimistic_with_gateway;
     optimistic_gateway_payback_room_is_held_before_the_charge: gateway::gateway_confirm_racing_a_top_up_near_the_maximum, optimistic_with_gateway;
     optimistic_gateway_order_charge_racing_expiry_ends_one_way: gateway::gateway_confirm_vs_sweeper, optimistic_with_gateway;
+    gateway_racing_cancels_refund_once_and_refuse_the_rest: gateway::gateway_racing_cancels_refund_once, with_gateway;
+    optimistic_gateway_racing_cancels_refund_once_and_refuse_the_rest: gateway::optimistic_gateway_racing_cancels_refund_once, optimistic_with_gateway;
     locked_failed_commits_take_effect_once: faults::top_ups_through_failed_commits, locked;
     optimistic_failed_commits_take_effect_once: faults::top_ups_through_failed_commits, optimistic;
     locked_failed_commits_never_charge_twice: faults::confirms_through_failed_commits, locked;
