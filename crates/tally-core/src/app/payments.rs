@@ -151,9 +151,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             // confirm, refused as it is once the first one settled: it must
             // not be answered with a charge it did not make.
             let attempt = loaded.gateway.as_ref().expect("an in-flight gateway payment has its attempt");
-            let other_key = payment_key.filter(|key| *key != attempt.payment_key);
-            if another_request(&loaded, booking) || other_key.is_some() && !crate::mutant::active("other_key_answered")
-            {
+            let other_key = payment_key.is_some_and(|key| key != attempt.payment_key);
+            let second =
+                another_request(&loaded, booking) || (other_key && !crate::mutant::active("other_key_answered"));
+            if second {
                 let payment_key = payment_key.unwrap_or(&attempt.payment_key).to_owned();
                 let event = PaymentEvent::BeginConfirm { payment_key, requested_by: booking.requested_by() };
                 return Err(crate::payment::InvalidTransition { from: loaded.status, event }.into());
