@@ -323,6 +323,41 @@ pub async fn a_wrong_amount_charge_is_refunded_until_it_lands(strategy: Strategy
     holds(&app).await;
 }
 
+/// Hole 11: the gateway held a confirm past the give-up and carried it out
+/// later. The completer failed the payment (the gateway did not know it)
+/// and keeps watching its key; the late charge is refunded to the card, the
+/// payment stays `failed` with nothing booked, and once the watch ended the
+/// completer no longer looks it up.
+pub async fn a_charge_landing_after_the_give_up_is_refunded(strategy: Strategy) {
+    let (app, gateway) = bank(strategy).await;
+    let user = customer(&app, Limits::default(), 0).await;
+    let payment = new_payment(&app, user, 1_000, Method::Gateway).await;
+    gateway.hold_confirms(1);
+    assert_eq!(confirm(&app, user, payment.id, Some("pk-late")).await, Err(Error::OutcomePending));
+    // The gateway does not know it yet: looked up, then given up on.
+    app.clock().advance(Duration::from_secs(1));
+    assert_eq!(app.resolve_stuck(Duration::ZERO, 16).await, Ok(0), "before the give-up");
+    assert_eq!(status(&app, user, payment.id).await, PaymentStatus::Confirming);
+    app.clock().advance(Config::default().gateway_give_up_after);
+    assert_eq!(app.resolve_stuck(Duration::ZERO, 16).await, Ok(1));
+    let failed = app.payment(user, payment.id).await.expect("payment");
+    assert_eq!((failed.status, failed.watched()), (PaymentStatus::Failed, true), "given up, watched");
+    assert_eq!(wallet(&app, user).await.payback_held, Money::ZERO, "its hold released");
+    // The charge lands late; the next pass refunds it.
+    assert_eq!(gateway.land_held(), 1);
+    app.clock().advance(Duration::from_secs(1));
+    assert_eq!(app.resolve_stuck(Duration::ZERO, 16).await, Ok(1));
+    let settled = app.payment(user, payment.id).await.expect("payment");
+    assert_eq!((settled.status, settled.watched()), (PaymentStatus::Failed, false));
+    assert_eq!(gateway.charge("pk-late"), Some((1_000, true)), "refunded to the card");
+    assert_eq!(gateway.confirms_received("pk-late"), 1, "the one confirm, never sent again");
+    assert_eq!(booked(&app, payment.id).await, [], "our books never took the late charge");
+    app.clock().advance(Duration::from_secs(1));
+    assert_eq!(app.resolve_stuck(Duration::ZERO, 16).await, Ok(0), "nothing left to watch");
+    assert_eq!(wallet(&app, user).await.balance, Money::ZERO, "no payback for a failed payment");
+    holds(&app).await;
+}
+
 /// An event whose tokens hold at most `per_token` seats, with `seats` seats.
 async fn event(app: &Bank, per_token: u32, seats: usize) -> (EventId, Vec<SeatId>) {
     let command = Command::CreateEvent {

@@ -73,6 +73,7 @@ fn main() {
         a_spent_payback_refuses_the_cancel_before_the_refund,
         a_payback_that_does_not_fit_refuses_the_confirm_before_the_charge,
         a_wrong_amount_charge_is_refunded_until_it_lands,
+        a_charge_landing_after_the_give_up_is_refunded,
         a_token_holds_at_most_its_events_seats,
         no_balance_passes_the_cap,
         the_schema_refuses_a_balance_past_the_cap,

@@ -21,7 +21,7 @@ use crate::harness::{Pool, Reply, TestApp, fresh_database, spawn_app, spawn_app_
 // The inventory and money-hole scenarios drive the core directly; they run
 // per strategy like everything here.
 pub use crate::holes::{
-    a_charge_for_another_order_is_neither_adopted_nor_cancelled,
+    a_charge_for_another_order_is_neither_adopted_nor_cancelled, a_charge_landing_after_the_give_up_is_refunded,
     a_payback_that_does_not_fit_refuses_the_confirm_before_the_charge, a_payment_key_pays_one_payment,
     a_spent_payback_refuses_the_cancel_before_the_refund, a_token_holds_at_most_its_events_seats,
     a_wrong_amount_charge_is_refunded_until_it_lands, an_orders_payback_is_the_merchants_policy,
@@ -350,7 +350,7 @@ pub async fn store_conforms(strategy: Strategy, connections: u32) {
         Strategy::Pessimistic | Strategy::Optimistic | Strategy::Advisory | Strategy::Redis => StaleWrite::Conflicts,
     };
     let ran = tally_conformance::run_all(&app, tally_conformance::Profile { stale_write }).await;
-    assert_eq!(ran.len(), 25);
+    assert_eq!(ran.len(), 26);
     // Every strategy claims fencing tokens when a lock manager hands some in.
     let ran = tally_conformance::fences::run_all(&app, tally_conformance::fences::Overtaking::Waits).await;
     assert_eq!(ran.len(), 4);

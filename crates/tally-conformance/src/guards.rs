@@ -384,6 +384,61 @@ pub(crate) async fn a_payment_key_is_claimed_once<S: Store, L: LockManager>(app:
     crate::inventory::holds(app).await;
 }
 
+/// Hole 11: a confirm given up on fails its payment *watched* until a
+/// horizon. The watch round-trips, the completer lists the watched payment
+/// (and a late charge's refund) until the watch ends, and then never again.
+pub(crate) async fn a_given_up_payment_is_watched_until_its_watch_ends<S: Store, L: LockManager>(
+    app: &App<S, L>,
+    _: Profile,
+) {
+    let id = user(app, Limits::default(), 0).await;
+    let stuck = || async {
+        let mut tx = app.store().begin().await.expect("begin");
+        let stuck = tx.stuck_payments(app.now(), 64).await;
+        tx.rollback().await;
+        stuck.expect("list stuck payments")
+    };
+    let store = |before: Option<Payment>, after: Payment| {
+        write(app, move |tx| Box::pin(async move { tx.put_payment(before.as_ref(), &after).await }))
+    };
+    for late_charge in [false, true] {
+        let payment =
+            Payment::new(PaymentId(fresh_id()), id, amount(500), None, Method::Gateway, app.now()).expect("payment");
+        let key = format!("pk-watched-{}", fresh_id());
+        let confirming = payment
+            .transition(PaymentEvent::BeginConfirm { payment_key: key, requested_by: None }, app.now())
+            .expect("begin");
+        store(None, confirming.clone()).await.expect("the confirm's intent");
+        app.clock().advance(Duration::from_millis(1));
+        let watch_until = app.now().plus(Duration::from_secs(3_600));
+        let given_up = confirming.transition(PaymentEvent::GiveUp { watch_until }, app.now()).expect("give up");
+        store(Some(confirming), given_up.clone()).await.expect("give up");
+        assert_eq!(stored_payment(app, payment.id).await, Some(given_up.clone()), "a watched payment round-trips");
+        app.clock().advance(Duration::from_millis(1));
+        assert!(stuck().await.contains(&given_up), "the completer finds a watched payment");
+        let touched = given_up.transition(PaymentEvent::Touch, app.now()).expect("claim");
+        store(Some(given_up), touched.clone()).await.expect("claim");
+        app.clock().advance(Duration::from_millis(1));
+        let over = if late_charge {
+            let refunding = touched.transition(PaymentEvent::BeginRefund, app.now()).expect("late charge");
+            store(Some(touched), refunding.clone()).await.expect("owe the refund");
+            app.clock().advance(Duration::from_millis(1));
+            assert!(stuck().await.contains(&refunding), "the completer finds the late charge's refund");
+            refunding.transition(PaymentEvent::Refunded, app.now()).map(|failed| (refunding, failed))
+        } else {
+            touched.transition(PaymentEvent::StopWatching, app.now()).map(|failed| (touched, failed))
+        };
+        let (before, failed) = over.expect("the watch ends");
+        store(Some(before), failed.clone()).await.expect("the watch ends");
+        assert_eq!(stored_payment(app, payment.id).await, Some(failed.clone()));
+        assert!(!failed.watched() && failed.status == PaymentStatus::Failed);
+        app.clock().advance(Duration::from_millis(1));
+        assert!(stuck().await.iter().all(|p| p.id != payment.id), "no longer listed once the watch ended");
+    }
+    assert_eq!(balance(app, id).await, Money::ZERO, "no money moved");
+    crate::inventory::holds(app).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

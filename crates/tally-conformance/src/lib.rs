@@ -33,8 +33,8 @@ mod inventory;
 use std::time::Duration;
 
 use guards::{
-    a_payment_key_is_claimed_once, spending_windows_never_move_backwards,
-    the_ceiling_counts_held_paybacks_and_caps_every_balance,
+    a_given_up_payment_is_watched_until_its_watch_ends, a_payment_key_is_claimed_once,
+    spending_windows_never_move_backwards, the_ceiling_counts_held_paybacks_and_caps_every_balance,
 };
 use inventory::{
     a_paid_order_cannot_be_paid_again, a_payment_after_the_ttl_is_refused, a_seat_is_held_then_sold_on_pay,
@@ -167,6 +167,7 @@ pub async fn run_all<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, p
     // Issue 10's rules where a store restates them (the atomic strategy's
     // guards): last, as the window case moves the clock weeks ahead.
     case!(a_payment_key_is_claimed_once);
+    case!(a_given_up_payment_is_watched_until_its_watch_ends);
     case!(the_ceiling_counts_held_paybacks_and_caps_every_balance);
     case!(spending_windows_never_move_backwards);
     assert_holds(&app.snapshot().await.expect("snapshot"));

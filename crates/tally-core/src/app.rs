@@ -61,6 +61,10 @@ pub struct Config {
     /// was sent never took effect: the payment fails. Far longer than the
     /// gateway client's timeout, so no confirm can still be on its way.
     pub gateway_give_up_after: Duration,
+    /// How long after a give-up the payment's key is still looked up, and a
+    /// charge of ours that lands refunded: longer than any gateway holds a
+    /// confirm before carrying it out.
+    pub gateway_watch_after_give_up: Duration,
     /// Test hook: pause this long between the gateway's answer and recording
     /// it (zero: off). The crash tests kill the process inside the pause.
     pub pause_after_gateway: Duration,
@@ -93,6 +97,7 @@ impl Default for Config {
             lock_wait: Duration::from_secs(5),
             attempts_max: 8,
             gateway_give_up_after: Duration::from_secs(120),
+            gateway_watch_after_give_up: Duration::from_secs(60 * 60),
             pause_after_gateway: Duration::ZERO,
             order_ttl: Duration::from_secs(300),
             payback_bps: 0,

@@ -5,6 +5,8 @@
 //!  gateway:  wait ──begin_confirm──► confirming ──confirm──► done ──begin_cancel──► cancelling ──cancel──► cancelled
 //!  both:     wait ──cancel (nothing moved)──► cancelled;  wait | confirming ──fail──► failed
 //!  gateway:  confirming ──begin_refund──► refunding ──refunded──► failed
+//!  gateway:  confirming ──give_up──► failed (watched) ──begin_refund──► refunding
+//!            failed (watched) ──stop_watching──► failed
 //! ```
 //!
 //! `refunding` is a refund we owe: the gateway charged our payment another
@@ -12,6 +14,15 @@
 //! charge must go back to the card. It is durable, like `cancelling`: the
 //! completer re-sends the (idempotent) gateway cancel until the gateway says
 //! the money went back, and only then is the payment `failed`.
+//!
+//! A confirm the gateway still does not know after the give-up deadline is
+//! failed (`give_up`), but the gateway may yet carry it out: a confirm held in
+//! its queue, a clock that stepped. So the failed payment stays *watched* for
+//! a horizon ([`GatewayAttempt::watch_until`]): the completer keeps looking
+//! its key up, and a charge of ours that lands is owed back like a wrong one
+//! (`failed → refunding → failed`). Once the gateway can no longer charge it
+//! (past the horizon, or the key is charged for another order, or cancelled),
+//! `stop_watching` ends the watch.
 //!
 //! [`Payment::transition`] is the only way a payment's status changes. Every
 //! arrow not drawn above is refused with [`InvalidTransition`], which is what
@@ -107,6 +118,14 @@ pub enum PaymentEvent {
     /// Gateway: a completer claims a stuck payment for another lookup; only
     /// the attempt's timestamp moves.
     Touch,
+    /// Gateway: the confirm is still unknown to the gateway past the give-up
+    /// deadline. The payment fails, watched until `watch_until` for a charge
+    /// that lands late.
+    GiveUp {
+        watch_until: Timestamp,
+    },
+    /// Gateway: a watched payment's key can no longer be charged for it.
+    StopWatching,
 }
 
 impl PaymentEvent {
@@ -120,6 +139,8 @@ impl PaymentEvent {
             PaymentEvent::BeginRefund => "begin_refund",
             PaymentEvent::Refunded => "refunded",
             PaymentEvent::Touch => "touch",
+            PaymentEvent::GiveUp { .. } => "give_up",
+            PaymentEvent::StopWatching => "stop_watching",
         }
     }
 }
@@ -145,6 +166,10 @@ pub struct GatewayAttempt {
     /// the settled payment, as the request's own effect, not refused as a
     /// second confirm or cancel.
     pub requested_by: Option<IdemKey>,
+    /// A confirm given up on: until this instant the completer keeps looking
+    /// the key up, and refunds a charge of ours that lands. Set only on a
+    /// `failed` payment, by `give_up`; cleared when the watch ends.
+    pub watch_until: Option<Timestamp>,
 }
 
 impl GatewayAttempt {
@@ -253,6 +278,7 @@ impl Payment {
                     started_at: now,
                     sent_at: now,
                     requested_by: requested_by.clone(),
+                    watch_until: None,
                 });
                 S::Confirming
             }
@@ -269,16 +295,27 @@ impl Payment {
                 });
                 S::Cancelling
             }
-            (S::Confirming, E::BeginRefund) if gateway => {
+            (S::Confirming, E::GiveUp { watch_until }) if gateway && *watch_until > now => {
                 let attempt = self.gateway.clone().expect("a confirming gateway payment has its attempt");
-                next.gateway = Some(GatewayAttempt { started_at: now, sent_at: now, ..attempt });
+                next.gateway = Some(GatewayAttempt { started_at: now, watch_until: Some(*watch_until), ..attempt });
+                S::Failed
+            }
+            // A late charge of a watched payment is owed back like a wrong one.
+            (S::Confirming, E::BeginRefund) | (S::Failed, E::BeginRefund) if gateway && self.awaits_gateway() => {
+                let attempt = self.gateway.clone().expect("a confirming gateway payment has its attempt");
+                next.gateway = Some(GatewayAttempt { started_at: now, sent_at: now, watch_until: None, ..attempt });
                 S::Refunding
+            }
+            (S::Failed, E::StopWatching) if self.watched() => {
+                let attempt = self.gateway.clone().expect("a watched payment has its attempt");
+                next.gateway = Some(GatewayAttempt { watch_until: None, ..attempt });
+                S::Failed
             }
             (S::Refunding, E::Refunded) if gateway => S::Failed,
             (S::Wait, E::Cancel) => S::Cancelled,
             (S::Done, E::Cancel) if !gateway => S::Cancelled,
             (S::Cancelling, E::Cancel) if gateway => S::Cancelled,
-            (S::Confirming | S::Cancelling | S::Refunding, E::Touch) => {
+            (S::Confirming | S::Cancelling | S::Refunding | S::Failed, E::Touch) if self.awaits_gateway() => {
                 let attempt = self.gateway.clone().expect("an in-flight gateway payment has its attempt");
                 next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
                 self.status
@@ -288,6 +325,18 @@ impl Payment {
             _ => return refuse(event),
         };
         Ok(next)
+    }
+
+    /// A failed gateway payment whose late charge the completer still looks
+    /// for (see the module docs).
+    pub fn watched(&self) -> bool {
+        self.status == PaymentStatus::Failed && self.gateway.as_ref().is_some_and(|a| a.watch_until.is_some())
+    }
+
+    /// Waiting on the gateway, in flight or watched: what the completer
+    /// claims and looks up.
+    pub fn awaits_gateway(&self) -> bool {
+        self.status.in_flight() || self.watched()
     }
 
     pub fn payback_amount(&self) -> Option<Amount> {
@@ -390,6 +439,50 @@ mod tests {
         assert_eq!(refunding.transition(E::Refunded, Timestamp(6)).unwrap().status, PaymentStatus::Failed);
         assert!(payment().transition(E::BeginRefund, Timestamp(1)).is_err(), "a wallet payment owes no refund");
         assert!(confirming.transition(E::Refunded, Timestamp(1)).is_err());
+    }
+
+    /// Hole 11: a confirm given up on may still be charged; the failed
+    /// payment is watched, and only a watched one may owe a late refund.
+    #[test]
+    fn a_given_up_confirm_is_failed_and_watched_until_its_horizon() {
+        use PaymentEvent as E;
+        let confirming = gateway_payment()
+            .transition(E::BeginConfirm { payment_key: "pk_1".into(), requested_by: None }, Timestamp(1))
+            .unwrap();
+        let watch_until = Timestamp(100);
+        assert!(
+            confirming.transition(E::GiveUp { watch_until: Timestamp(9) }, Timestamp(9)).is_err(),
+            "a horizon ahead"
+        );
+        let given_up = confirming.transition(E::GiveUp { watch_until }, Timestamp(9)).unwrap();
+        assert_eq!(given_up.status, PaymentStatus::Failed);
+        assert!(given_up.watched() && given_up.awaits_gateway());
+        assert_eq!(given_up.gateway.as_ref().unwrap().watch_until, Some(watch_until));
+        // The completer's claims move the turn, nothing else.
+        let touched = given_up.transition(E::Touch, Timestamp(10)).unwrap();
+        assert_eq!(
+            (touched.status, touched.gateway.as_ref().unwrap().started_at),
+            (PaymentStatus::Failed, Timestamp(10))
+        );
+        for refused in [E::Confirm, E::Fail, E::Cancel, E::BeginCancel { requested_by: None }, E::Refunded] {
+            assert!(given_up.transition(refused, Timestamp(11)).is_err());
+        }
+        // A late charge: owed back, the watch over.
+        let refunding = given_up.transition(E::BeginRefund, Timestamp(11)).unwrap();
+        assert_eq!((refunding.status, refunding.watched()), (PaymentStatus::Refunding, false));
+        assert_eq!(refunding.gateway.as_ref().unwrap().watch_until, None);
+        assert_eq!(refunding.transition(E::Refunded, Timestamp(12)).unwrap().status, PaymentStatus::Failed);
+        // Or none lands: the watch ends, and the payment is failed for good.
+        let settled = given_up.transition(E::StopWatching, Timestamp(101)).unwrap();
+        assert!(!settled.watched() && !settled.awaits_gateway());
+        for refused in [E::BeginRefund, E::Touch, E::StopWatching, E::GiveUp { watch_until: Timestamp(200) }] {
+            assert!(
+                settled.transition(refused, Timestamp(102)).is_err(),
+                "a failed payment no longer watched is final"
+            );
+        }
+        let declined = confirming.transition(E::Fail, Timestamp(9)).unwrap();
+        assert!(declined.transition(E::BeginRefund, Timestamp(10)).is_err(), "a declined confirm owes nothing");
     }
 
     #[test]

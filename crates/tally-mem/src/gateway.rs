@@ -8,7 +8,7 @@
 //! can assert that a payment was sent to the gateway at most once. Faults are
 //! queued per call kind: a reply lost after the charge took effect, a call
 //! that fails before taking effect (before the book is asked, as the HTTP
-//! fake's faults are).
+//! fake's faults are), a confirm held and carried out later.
 //!
 //! The book is plain data; the lock around it is `tally_lock::sync`'s, so
 //! shuttle sees every access.
@@ -37,6 +37,11 @@ struct State {
     fail_lookups: u32,
     /// The next this-many cancels fail before taking effect.
     fail_cancels: u32,
+    /// The next this-many confirms are held: received, unanswered (a
+    /// timeout), and carried out only by [`MemGateway::land_held`].
+    hold_confirms: u32,
+    /// Confirms held so far: payment key, order id, amount.
+    held: Vec<(String, String, i64)>,
 }
 
 /// A fake gateway shared by clones.
@@ -64,6 +69,23 @@ impl MemGateway {
 
     pub fn short_charges(&self, n: u32) {
         self.state().short_charges = n;
+    }
+
+    /// The next `n` confirms are held in the gateway's queue: their caller
+    /// times out, and the charge happens when [`MemGateway::land_held`]
+    /// says, however late.
+    pub fn hold_confirms(&self, n: u32) {
+        self.state().hold_confirms = n;
+    }
+
+    /// Carries out the held confirms, as a gateway that queued them does
+    /// later; returns how many charged.
+    pub fn land_held(&self) -> usize {
+        let mut state = self.state();
+        let held = std::mem::take(&mut state.held);
+        held.into_iter()
+            .filter(|(key, order_id, amount)| state.book.confirm(key, order_id, *amount, || ()).is_ok())
+            .count()
     }
 
     /// Charges `payment_key` for `order_id` as if some other merchant's
@@ -111,6 +133,11 @@ impl Gateway for MemGateway {
         if state.fail_confirms > 0 {
             state.fail_confirms -= 1;
             return std::future::ready(Confirmed::Unknown { reason: "injected: 503 before taking effect".into() });
+        }
+        if state.hold_confirms > 0 {
+            state.hold_confirms -= 1;
+            state.held.push((payment_key.to_owned(), order_id.to_owned(), amount.minor_units()));
+            return std::future::ready(Confirmed::Unknown { reason: "injected: held, no reply yet".into() });
         }
         let short = state.short_charges > 0 && amount.minor_units() > 1;
         let verdict = match state.book.confirm(payment_key, order_id, amount.minor_units() - i64::from(short), || ()) {

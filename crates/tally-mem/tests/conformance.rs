@@ -11,7 +11,7 @@ use tally_conformance::{Profile, StaleWrite, run_all};
 fn locked_memory_store_conforms() {
     let app = locked();
     let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Unchecked }));
-    assert_eq!(ran.len(), 25);
+    assert_eq!(ran.len(), 26);
 }
 
 /// The fencing cases, in both modes: a token older than one claimed is
@@ -26,5 +26,5 @@ fn memory_store_checks_fences() {
 fn optimistic_memory_store_conforms() {
     let app = optimistic();
     let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Conflicts }));
-    assert_eq!(ran.len(), 25);
+    assert_eq!(ran.len(), 26);
 }

@@ -410,6 +410,83 @@ fn completer_claims_do_not_postpone_giving_up_on_a_lost_confirm() {
     block_on(holds(&app));
 }
 
+/// Hole 11 (invariant 1 and the gateway's books): the gateway held a confirm
+/// past the give-up and carried it out later. The completer failed the
+/// payment (the gateway did not know it), but keeps watching its key: the
+/// late charge is refunded to the card, the payment stays `failed`, and our
+/// books never took the charge. The confirm was sent once; its key's retry
+/// is answered `failed` throughout.
+#[test]
+fn a_charge_landing_after_the_give_up_is_refunded_to_the_card() {
+    let (app, gateway, user, id) = gateway_payment();
+    let confirm = confirm_with(id, "pk-late");
+    gateway.hold_confirms(1);
+    assert_eq!(gateway_keyed(&app, user, "k-late", &confirm), Err(Error::OutcomePending));
+    // Give-up is 120 s from the send: the third pass (183 s) fails it.
+    for _ in 0..3 {
+        let _ = complete_a_minute_later(&app);
+    }
+    let failed = block_on(payment(&app, user, id));
+    assert_eq!((failed.status, failed.watched()), (PaymentStatus::Failed, true), "given up, watched");
+    // The retry of the confirm's key is answered with the failed payment,
+    // and every later retry with that same answer.
+    let Ok(Executed::Fresh(first)) = gateway_keyed(&app, user, "k-late", &confirm) else { panic!("answered") };
+    assert!(matches!(&first, Outcome::Payment(p) if p.status == PaymentStatus::Failed), "{first:?}");
+    let same_answer = Ok(Executed::Replayed(render(&Ok(first)).unwrap()));
+    // Nothing landed yet: the completer looks again and finds nothing new.
+    assert_eq!(complete_a_minute_later(&app), Ok(0));
+    assert!(block_on(payment(&app, user, id)).watched());
+    // The gateway carries the held confirm out, long after the give-up.
+    assert_eq!(gateway.land_held(), 1);
+    assert_eq!(gateway.charge("pk-late"), Some((500, false)));
+    assert_eq!(complete_a_minute_later(&app), Ok(1));
+    let settled = block_on(payment(&app, user, id));
+    assert_eq!((settled.status, settled.watched()), (PaymentStatus::Failed, false));
+    assert_eq!(gateway.charge("pk-late"), Some((500, true)), "refunded to the card");
+    assert_eq!(gateway.confirms_received("pk-late"), 1, "the one confirm, never sent again");
+    assert_eq!(gateway_keyed(&app, user, "k-late", &confirm), same_answer, "the key's one answer: failed");
+    let snapshot = block_on(app.snapshot()).unwrap();
+    assert!(snapshot.transfers.iter().all(|t| t.payment != Some(id)), "our books never took the late charge");
+    assert_eq!(block_on(balance(&app, user)), Money::ZERO, "no payback for a failed payment");
+    assert_eq!(snapshot.wallets.iter().find(|w| w.user == user).unwrap().payback_held, Money::ZERO);
+    assert_holds(&snapshot);
+    // Nothing is left for the completer.
+    assert_eq!(complete_a_minute_later(&app), Ok(0));
+}
+
+/// Hole 11's bound: a given-up payment is watched until its horizon (an
+/// hour by default), then the completer stops looking it up. A charge under
+/// its key for another order ends the watch at once: ours can no longer land.
+#[test]
+fn the_watch_of_a_given_up_confirm_ends_at_its_horizon_or_when_the_key_is_taken() {
+    for taken in [false, true] {
+        let (app, gateway, user, id) = gateway_payment();
+        gateway.hold_confirms(1);
+        assert_eq!(gateway_keyed(&app, user, "k", &confirm_with(id, "pk-held")), Err(Error::OutcomePending));
+        for _ in 0..3 {
+            let _ = complete_a_minute_later(&app);
+        }
+        assert!(block_on(payment(&app, user, id)).watched());
+        if taken {
+            gateway.charge_elsewhere("pk-held", "other-merchant-order", 500);
+        } else {
+            app.clock().advance(Duration::from_secs(60 * 60));
+        }
+        assert_eq!(complete_a_minute_later(&app), Ok(1), "taken: {taken}");
+        let settled = block_on(payment(&app, user, id));
+        assert_eq!((settled.status, settled.watched()), (PaymentStatus::Failed, false), "taken: {taken}");
+        assert_eq!(complete_a_minute_later(&app), Ok(0), "no longer looked up");
+        if taken {
+            assert_eq!(
+                gateway.charge("pk-held"),
+                Some((500, false)),
+                "another merchant's charge is not ours to refund"
+            );
+        }
+        block_on(holds(&app));
+    }
+}
+
 /// Hole 5 (invariant 1 and the gateway's books): the gateway charged our
 /// payment another amount. The payment fails with its refund owed, durably
 /// (`refunding`); a refund whose answer is lost stays owed until the

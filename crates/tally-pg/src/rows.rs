@@ -104,7 +104,7 @@ pub(crate) fn wallet(row: &PgRow) -> Result<Wallet, StoreError> {
 
 pub(crate) const PAYMENT_COLUMNS: &str = "id, user_id, amount, payback, method, status, gateway_payment_key, \
      gateway_started_at_ms, COALESCE(gateway_sent_at_ms, gateway_started_at_ms) AS gateway_sent_at_ms, gateway_requested_by, \
-     order_id, created_at_ms, updated_at_ms, version";
+     gateway_watch_until_ms, order_id, created_at_ms, updated_at_ms, version";
 
 pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
     status.as_str()
@@ -126,6 +126,7 @@ pub(crate) fn payment(row: &PgRow) -> Result<Payment, StoreError> {
                         .map_err(|_| StoreError::Integrity(format!("payments.gateway_requested_by {key:?}")))
                 })
                 .transpose()?,
+            watch_until: get::<Option<i64>>(row, "gateway_watch_until_ms")?.map(Timestamp),
         }),
         None => None,
     };

@@ -259,6 +259,7 @@ mod tests {
         let alerts = Alerts::start(url, ALERT_INTERVAL).unwrap();
         let completion = Completion {
             resolved: 4,
+            watching: 0,
             unsettled: vec![
                 payment(1, PaymentStatus::Confirming),
                 payment(2, PaymentStatus::Refunding),
@@ -273,8 +274,9 @@ mod tests {
         let owed = next(&mut received).await;
         assert_eq!(owed["kind"], "refund_owed");
         assert_eq!(owed["details"]["count"], 2);
-        // A pass with nothing unsettled says nothing.
-        alerts.completion(&Completion { resolved: 1, ..Completion::default() }, Instant::now());
+        // A pass with nothing unsettled says nothing, nor do payments it
+        // watches for a late charge that has not landed.
+        alerts.completion(&Completion { resolved: 1, watching: 3, ..Completion::default() }, Instant::now());
         assert_quiet(&mut received).await;
     }
 }

@@ -142,6 +142,12 @@ pub struct ServeArgs {
     /// never heard of is given up as failed.
     #[arg(long, env = "TALLY_GATEWAY_GIVE_UP_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub gateway_give_up_seconds: u64,
+    /// How long after a give-up the completer keeps looking the payment's
+    /// key up, and refunds a charge that lands late (a gateway holding the
+    /// confirm, a clock that stepped): one lookup per watched payment each
+    /// completer pass. Longer than any gateway holds a confirm.
+    #[arg(long, env = "TALLY_GATEWAY_WATCH_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub gateway_watch_seconds: u64,
     /// Test only: skews this instance's clock by this many milliseconds
     /// (negative: behind). Refused unless `TALLY_ALLOW_TEST_HOOKS=1`, so a
     /// production deployment cannot run with a wrong clock by mistake.
@@ -293,6 +299,7 @@ fn core_config(args: &ServeArgs) -> Config {
         batch_shards: usize::try_from(args.batch_shards).expect("at most BATCH_SHARDS_LIMIT"),
         batch_overlap: usize::try_from(args.batch_overlap).expect("at most BATCH_OVERLAP_LIMIT"),
         gateway_give_up_after: Duration::from_secs(args.gateway_give_up_seconds),
+        gateway_watch_after_give_up: Duration::from_secs(args.gateway_watch_seconds),
         ..defaults
     }
 }
@@ -585,5 +592,8 @@ mod tests {
         let args = parse(&["--gateway-give-up-seconds", "15"]).unwrap();
         assert_eq!(core_config(&args).gateway_give_up_after, Duration::from_secs(15));
         assert!(parse(&["--gateway-give-up-seconds", "0"]).is_err());
+        let args = parse(&["--gateway-watch-seconds", "600"]).unwrap();
+        assert_eq!(core_config(&args).gateway_watch_after_give_up, Duration::from_secs(600));
+        assert!(parse(&["--gateway-watch-seconds", "0"]).is_err());
     }
 }

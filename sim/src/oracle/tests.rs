@@ -194,6 +194,7 @@ fn gateway_payment(id: u128, key: &str, status: PaymentStatus) -> Payment {
         started_at: Timestamp(0),
         sent_at: Timestamp(0),
         requested_by: None,
+        watch_until: None,
     };
     Payment {
         status,

@@ -75,7 +75,10 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     ) -> Result<Recorded, Error> {
         let user = payment.user;
         let started = payment.gateway.as_ref().map_or(payment.updated_at, |a| a.sent_at);
-        let give_up_at = started.plus(self.config.gateway_give_up_after);
+        let give_up = decide::GiveUp {
+            at: started.plus(self.config.gateway_give_up_after),
+            watch_for: self.config.gateway_watch_after_give_up,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -95,8 +98,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                     continue;
                 }
             };
-            let result =
-                self.record_verdict_in(&mut tx, payment.id, user, verdict, give_up_at, held, answer, &keys).await;
+            let result = self.record_verdict_in(&mut tx, payment.id, user, verdict, give_up, held, answer, &keys).await;
             let recorded = match result {
                 Ok(recorded) => recorded,
                 Err(error) => {
@@ -121,7 +123,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         payment: PaymentId,
         user: UserId,
         verdict: &Verdict,
-        give_up_at: Timestamp,
+        give_up: decide::GiveUp,
         held: Option<&Held<'_>>,
         answer: Answer,
         locked: &LockSet,
@@ -133,19 +135,19 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let origin = record.as_ref().map(|r| IdemOrigin { scope: r.scope.clone(), expires_at: r.expires_at });
         let booking = Booking { op, origin, at: self.clock.now() };
         let mut next_id = self.transfer_ids();
-        let (payment, order) =
-            match decide::adopt_verdict(&loaded, &wallet, verdict, give_up_at, &booking, &mut next_id)? {
-                VerdictDecision::Pending => return Err(Error::OutcomePending),
-                VerdictDecision::AlreadyRecorded(current) => {
-                    let order = self.follow_order(tx, &current, &current, booking.at, locked).await?;
-                    (current, order)
-                }
-                VerdictDecision::Booked(decision) => {
-                    self.persist(tx, Some(&loaded), &wallet, &decision).await?;
-                    let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
-                    (decision.payment, order)
-                }
-            };
+        let (payment, order) = match decide::adopt_verdict(&loaded, &wallet, verdict, give_up, &booking, &mut next_id)?
+        {
+            VerdictDecision::Pending => return Err(Error::OutcomePending),
+            VerdictDecision::AlreadyRecorded(current) => {
+                let order = self.follow_order(tx, &current, &current, booking.at, locked).await?;
+                (current, order)
+            }
+            VerdictDecision::Booked(decision) => {
+                self.persist(tx, Some(&loaded), &wallet, &decision).await?;
+                let order = self.follow_order(tx, &loaded, &decision.payment, booking.at, locked).await?;
+                (decision.payment, order)
+            }
+        };
         if payment.status == PaymentStatus::Refunding && loaded.status != PaymentStatus::Refunding {
             // The refund is owed, durably; the key waits for its outcome.
             return Ok(Recorded::Refund(payment));
@@ -163,9 +165,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
     /// The completer: gateway payments stuck in `confirming`, `cancelling`
     /// or `refunding` for longer than `older_than` (a crash, a timeout) are
     /// claimed (their attempt's clock restarts, so another instance skips
-    /// them) and resolved by a lookup or a re-sent cancel. Every claimed
-    /// payment is tried, whatever happens to the others; returns how many
-    /// were resolved, or the first error once all were tried.
+    /// them) and resolved by a lookup or a re-sent cancel. Failed payments
+    /// still watched for a late charge (their confirm given up on) are
+    /// claimed the same way and looked up: a charge that landed is refunded.
+    /// Every claimed payment is tried, whatever happens to the others;
+    /// returns how many were resolved, or the first error once all were
+    /// tried.
     pub async fn resolve_stuck(&self, older_than: Duration, limit: usize) -> Result<usize, Error> {
         self.complete_stuck(older_than, limit).await?.into_result()
     }
@@ -191,7 +196,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         for candidate in &candidates {
             let Some(current) = tx.payment(candidate.id).await? else { continue };
             let still_stuck =
-                current.status.in_flight() && current.gateway.as_ref().is_some_and(|a| a.started_at < before);
+                current.awaits_gateway() && current.gateway.as_ref().is_some_and(|a| a.started_at < before);
             if still_stuck {
                 let touched = current.transition(PaymentEvent::Touch, now)?;
                 tx.put_payment(Some(&current), &touched).await?;
@@ -202,9 +207,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         drop(guard);
         let mut completion = Completion::default();
         for payment in claimed {
-            let call = Call::to_resolve(payment.status).expect("claimed payments are in flight");
+            let call = Call::to_resolve(&payment).expect("claimed payments await the gateway");
             match self.call_and_record(&payment, call, None, Answer::Payment).await {
                 Ok(_) => completion.resolved += 1,
+                // Nothing landed yet: looked up again next time, no alarm.
+                Err(Error::OutcomePending) if payment.watched() => completion.watching += 1,
                 Err(Error::OutcomePending) => completion.unsettled.push(payment),
                 // The mutant abandons the rest of the batch it claimed.
                 Err(error) if crate::mutant::active("completer_gives_up") => return Err(error),
@@ -223,8 +230,11 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
 /// What one pass of the completer did.
 #[derive(Debug, Default)]
 pub struct Completion {
-    /// Payments it settled.
+    /// Payments it settled: in flight ones resolved, watched ones whose
+    /// late charge was refunded or whose watch ended.
     pub resolved: usize,
+    /// Watched payments it looked up and found nothing new for.
+    pub watching: usize,
     /// Payments it tried and left in flight (the gateway's answer still
     /// unclear, or recording it failed), as they were when claimed.
     pub unsettled: Vec<Payment>,

@@ -144,7 +144,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             return Ok(Step::Done(Outcome::Payment(loaded)));
         }
         if let (PaymentStatus::Confirming | PaymentStatus::Refunding, Some(call)) =
-            (loaded.status, Call::to_resolve(loaded.status))
+            (loaded.status, Call::to_resolve(&loaded))
         {
             // Another request than the one that began this confirm, or
             // another payment key than the one being charged, is a second

@@ -15,5 +15,6 @@ pub mod order;
 pub mod payment;
 
 pub use payment::{
-    Call, Decision, Verdict, VerdictDecision, adopt_verdict, begin_cancel, begin_confirm, cancel, confirm, top_up,
+    Call, Decision, GiveUp, Verdict, VerdictDecision, adopt_verdict, begin_cancel, begin_confirm, cancel, confirm,
+    top_up,
 };

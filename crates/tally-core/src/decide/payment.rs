@@ -211,9 +211,10 @@ pub enum Call {
 impl Call {
     /// The call that moves a payment waiting on the gateway forward: the
     /// completer's, and a retried request's.
-    pub fn to_resolve(status: PaymentStatus) -> Option<Call> {
-        match status {
+    pub fn to_resolve(payment: &Payment) -> Option<Call> {
+        match payment.status {
             PaymentStatus::Confirming => Some(Call::Lookup),
+            PaymentStatus::Failed if payment.watched() => Some(Call::Lookup),
             PaymentStatus::Cancelling | PaymentStatus::Refunding => Some(Call::Cancel),
             _ => None,
         }
@@ -241,9 +242,20 @@ pub enum VerdictDecision {
     Pending,
 }
 
+/// When a confirm the gateway does not know is given up on, and how long
+/// its failed payment is then watched for a charge that lands late.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GiveUp {
+    /// A confirm the gateway still does not know after this instant is
+    /// failed.
+    pub at: Timestamp,
+    /// How long after it is failed the completer keeps looking its key up.
+    pub watch_for: std::time::Duration,
+}
+
 /// The decision on a gateway verdict, over the payment as loaded now.
-/// `give_up_at`: a confirm the gateway still does not know after this
-/// instant never took effect, and the payment fails.
+/// `give_up`: when a confirm the gateway still does not know is failed, and
+/// for how long its key is watched after.
 ///
 /// A charge is ours only if the gateway names our payment as its order id
 /// (SPEC.md's payment-key binding): a charge under the same key for another
@@ -252,7 +264,7 @@ pub fn adopt_verdict(
     payment: &Payment,
     wallet: &Wallet,
     verdict: &Verdict,
-    give_up_at: crate::time::Timestamp,
+    give_up: GiveUp,
     booking: &Booking,
     next_id: &mut dyn FnMut() -> TransferId,
 ) -> Result<VerdictDecision, Error> {
@@ -262,6 +274,9 @@ pub fn adopt_verdict(
         Verdict::Confirm(_) | Verdict::Lookup(_) => &[PaymentStatus::Confirming],
         Verdict::Cancel(_) => &[PaymentStatus::Cancelling, PaymentStatus::Refunding],
     };
+    if payment.watched() && matches!(verdict, Verdict::Confirm(_) | Verdict::Lookup(_)) {
+        return watched_verdict(payment, wallet, verdict, booking);
+    }
     if !expecting.contains(&payment.status) {
         return Ok(VerdictDecision::AlreadyRecorded(payment.clone()));
     }
@@ -295,7 +310,16 @@ pub fn adopt_verdict(
         Verdict::Confirm(Confirmed::Declined { .. }) | Verdict::Lookup(LookedUp::Cancelled { .. }) => {
             moved(PaymentEvent::Fail)
         }
-        Verdict::Lookup(LookedUp::NotFound) if booking.at >= give_up_at => moved(PaymentEvent::Fail),
+        Verdict::Lookup(LookedUp::NotFound) if booking.at >= give_up.at => {
+            // The gateway may still carry the confirm out (held in its queue,
+            // or our clock stepped): the failed payment is watched for it.
+            // The mutant fails it unwatched, as before the watch.
+            if crate::mutant::active("late_charge_kept") {
+                return moved(PaymentEvent::Fail);
+            }
+            let watch_until = booking.at.plus(give_up.watch_for);
+            moved(PaymentEvent::GiveUp { watch_until })
+        }
         Verdict::Cancel(CancelResult::Cancelled) if payment.status == PaymentStatus::Refunding => {
             let next = payment.transition(PaymentEvent::Refunded, booking.at)?;
             Ok(VerdictDecision::Booked(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() }))
@@ -309,6 +333,40 @@ pub fn adopt_verdict(
     }
 }
 
+/// A verdict on a watched payment (failed, its confirm given up on): a
+/// charge of ours that landed is owed back; the watch ends once the key can
+/// no longer be charged for it. Nothing is booked either way: the charge
+/// never was, and the payback's hold was released when it failed.
+fn watched_verdict(
+    payment: &Payment,
+    wallet: &Wallet,
+    verdict: &Verdict,
+    booking: &Booking,
+) -> Result<VerdictDecision, Error> {
+    use crate::gateway::{Confirmed, LookedUp};
+    let watch_until = payment.gateway.as_ref().and_then(|a| a.watch_until).expect("a watched payment has its horizon");
+    let ours = crate::gateway::order_id(payment.id);
+    let event = match verdict {
+        Verdict::Confirm(Confirmed::Approved { order_id, .. }) | Verdict::Lookup(LookedUp::Done { order_id, .. })
+            if *order_id == ours =>
+        {
+            PaymentEvent::BeginRefund
+        }
+        // The key was charged for another order, the charge was cancelled,
+        // or the confirm declined: ours can no longer land.
+        Verdict::Confirm(Confirmed::Approved { .. } | Confirmed::Declined { .. })
+        | Verdict::Lookup(LookedUp::Done { .. } | LookedUp::Cancelled { .. }) => PaymentEvent::StopWatching,
+        Verdict::Lookup(LookedUp::NotFound) if booking.at >= watch_until => PaymentEvent::StopWatching,
+        Verdict::Confirm(Confirmed::Unknown { .. })
+        | Verdict::Lookup(LookedUp::NotFound | LookedUp::Unknown { .. }) => {
+            return Ok(VerdictDecision::Pending);
+        }
+        Verdict::Cancel(_) => unreachable!("a watched payment is only looked up"),
+    };
+    let next = payment.transition(event, booking.at)?;
+    Ok(VerdictDecision::Booked(Decision { payment: next, wallet: wallet.clone(), transfers: Vec::new() }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,7 +375,7 @@ mod tests {
     use crate::money::Money;
     use crate::wallet::Limits;
 
-    const GIVE_UP: Timestamp = Timestamp(10_000);
+    const GIVE_UP: GiveUp = GiveUp { at: Timestamp(10_000), watch_for: std::time::Duration::from_secs(60) };
     const OURS: PaymentId = PaymentId(7);
 
     fn ours() -> String {
@@ -415,11 +473,54 @@ mod tests {
             VerdictDecision::Pending
         );
         assert_eq!(verdict_at(Verdict::Lookup(LookedUp::Unknown { reason: "t".into() }), 2), VerdictDecision::Pending);
-        assert_eq!(verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0 - 1), VerdictDecision::Pending);
+        assert_eq!(verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.at.0 - 1), VerdictDecision::Pending);
         assert_eq!(
-            booked(&verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.0)),
+            booked(&verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.at.0)),
             (PaymentStatus::Failed, 0, Money::ZERO)
         );
+    }
+
+    /// Hole 11: a confirm given up on is failed but watched; a charge of ours
+    /// that lands later, of any amount, is owed back, and nothing else ends
+    /// the watch before its horizon.
+    #[test]
+    fn a_charge_landing_after_the_give_up_is_owed_back() {
+        let given_up = verdict_at(Verdict::Lookup(LookedUp::NotFound), GIVE_UP.at.0);
+        let VerdictDecision::Booked(failed) = given_up else { panic!("booked") };
+        let horizon = GIVE_UP.at.0 + 60_000;
+        assert_eq!(failed.payment.gateway.as_ref().unwrap().watch_until, Some(Timestamp(horizon)));
+        assert!(failed.payment.watched());
+        let after = |verdict: Verdict, at: i64| {
+            adopt_verdict(&failed.payment, &failed.wallet, &verdict, GIVE_UP, &booking(at), &mut || TransferId(9))
+                .unwrap()
+        };
+        let late = GIVE_UP.at.0 + 1;
+        for landed in [
+            Verdict::Lookup(LookedUp::Done { amount: 500, order_id: ours() }),
+            Verdict::Lookup(LookedUp::Done { amount: 499, order_id: ours() }),
+            Verdict::Confirm(Confirmed::Approved { amount: 500, order_id: ours() }),
+        ] {
+            assert_eq!(booked(&after(landed, late)), (PaymentStatus::Refunding, 0, Money::ZERO), "nothing booked");
+        }
+        // Still nothing at the gateway: looked up again, until the horizon.
+        assert_eq!(after(Verdict::Lookup(LookedUp::NotFound), horizon - 1), VerdictDecision::Pending);
+        assert_eq!(
+            after(Verdict::Lookup(LookedUp::Unknown { reason: "t".into() }), horizon + 1),
+            VerdictDecision::Pending
+        );
+        for over in [
+            (Verdict::Lookup(LookedUp::NotFound), horizon),
+            (Verdict::Lookup(LookedUp::Done { amount: 500, order_id: "999".into() }), late),
+            (Verdict::Lookup(LookedUp::Cancelled { order_id: ours() }), late),
+            (Verdict::Confirm(Confirmed::Declined { code: "X".into() }), late),
+        ] {
+            let VerdictDecision::Booked(stopped) = after(over.0.clone(), over.1) else { panic!("{over:?}") };
+            assert_eq!((stopped.payment.status, stopped.payment.watched()), (PaymentStatus::Failed, false), "{over:?}");
+            assert_eq!(stopped.wallet, failed.wallet, "the hold was released once, at the give-up");
+        }
+        // A cancel's verdict is not the watch's business.
+        let cancel = Verdict::Cancel(CancelResult::Cancelled);
+        assert!(matches!(after(cancel, late), VerdictDecision::AlreadyRecorded(_)));
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl MemTx {
         let mut stuck: Vec<Payment> = state
             .payments
             .values()
-            .filter(|p| p.status.in_flight())
+            .filter(|p| p.awaits_gateway())
             .filter(|p| p.gateway.as_ref().is_some_and(|a| a.started_at < before))
             .cloned()
             .collect();

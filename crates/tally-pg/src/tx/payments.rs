@@ -74,6 +74,10 @@ fn gateway_sent(payment: &Payment) -> Option<i64> {
     payment.gateway.as_ref().map(|a| a.sent_at.0)
 }
 
+fn gateway_watch_until(payment: &Payment) -> Option<i64> {
+    payment.gateway.as_ref().and_then(|a| a.watch_until).map(|at| at.0)
+}
+
 fn gateway_requested_by(payment: &Payment) -> Option<String> {
     payment.gateway.as_ref().and_then(|a| a.requested_by.as_ref()).map(|key| key.as_str().to_owned())
 }
@@ -81,9 +85,11 @@ fn gateway_requested_by(payment: &Payment) -> Option<String> {
 async fn insert_many(tx: &mut PgTx, payments: &[&Payment]) -> Result<(), StoreError> {
     let statement = sqlx::query(
         "INSERT INTO payments (id, user_id, amount, payback, method, status, created_at_ms, updated_at_ms, version, \
-         gateway_payment_key, gateway_started_at_ms, order_id, gateway_sent_at_ms, gateway_requested_by) \
+         gateway_payment_key, gateway_started_at_ms, order_id, gateway_sent_at_ms, gateway_requested_by, \
+         gateway_watch_until_ms) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
-         $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::uuid[], $13::bigint[], $14::text[])",
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::uuid[], $13::bigint[], $14::text[], \
+         $15::bigint[])",
     )
     .bind(column(payments, |p| uuid(p.id.0)))
     .bind(column(payments, |p| uuid(p.user.0)))
@@ -98,7 +104,8 @@ async fn insert_many(tx: &mut PgTx, payments: &[&Payment]) -> Result<(), StoreEr
     .bind(column(payments, |p| gateway_started(p)))
     .bind(column(payments, |p| p.order.map(|o| uuid(o.0))))
     .bind(column(payments, |p| gateway_sent(p)))
-    .bind(column(payments, |p| gateway_requested_by(p)));
+    .bind(column(payments, |p| gateway_requested_by(p)))
+    .bind(column(payments, |p| gateway_watch_until(p)));
     tx.insert(statement).await
 }
 
@@ -113,11 +120,12 @@ async fn update_many(tx: &mut PgTx, writes: &[(&Payment, &Payment)]) -> Result<(
     let sql = format!(
         "UPDATE payments AS p SET status = v.status, updated_at_ms = v.updated_at_ms, version = {next_version}, \
          gateway_payment_key = v.payment_key, gateway_started_at_ms = v.started_at_ms, \
-         gateway_sent_at_ms = v.sent_at_ms, gateway_requested_by = v.requested_by \
+         gateway_sent_at_ms = v.sent_at_ms, gateway_requested_by = v.requested_by, \
+         gateway_watch_until_ms = v.watch_until_ms \
          FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], \
-         $8::bigint[], $9::bigint[], $10::text[]) \
+         $8::bigint[], $9::bigint[], $10::text[], $11::bigint[]) \
          AS v(id, status, updated_at_ms, version, payment_key, started_at_ms, before_status, before_version, sent_at_ms, \
-         requested_by) \
+         requested_by, watch_until_ms) \
          WHERE p.id = v.id AND {guard}"
     );
     let statement = sqlx::query(AssertSqlSafe(sql))
@@ -130,13 +138,15 @@ async fn update_many(tx: &mut PgTx, writes: &[(&Payment, &Payment)]) -> Result<(
         .bind(column(writes, |(b, _)| rows::status_str(b.status)))
         .bind(column(writes, |(b, _)| version(b.version)))
         .bind(column(writes, |(_, a)| gateway_sent(a)))
-        .bind(column(writes, |(_, a)| gateway_requested_by(a)));
+        .bind(column(writes, |(_, a)| gateway_requested_by(a)))
+        .bind(column(writes, |(_, a)| gateway_watch_until(a)));
     tx.guarded_updates(statement, writes.len()).await
 }
 
 pub(super) async fn stuck(tx: &mut PgTx, before: Timestamp, limit: usize) -> Result<Vec<Payment>, StoreError> {
     let sql = format!(
-        "SELECT {} FROM payments WHERE status IN ('confirming', 'cancelling', 'refunding') \
+        "SELECT {} FROM payments \
+         WHERE (status IN ('confirming', 'cancelling', 'refunding') OR gateway_watch_until_ms IS NOT NULL) \
          AND gateway_started_at_ms < $1 ORDER BY gateway_started_at_ms LIMIT $2",
         rows::PAYMENT_COLUMNS
     );
