@@ -39,6 +39,7 @@ mutants=(
   "fence_unchecked:the store skips its fencing-token check: a zombie's commit lands after its lock lease went to another (issue 14)"
   "settled_phase_refused:the retry of a confirm or cancel answered 503 and settled by the completer is refused 409 instead of answered with its charge or refund"
   "other_key_answered:a second confirm or cancel (another request, or another payment key) while a gateway phase is in flight is answered with its outcome instead of refused 409"
+  "late_charge_kept:a confirm given up on fails its payment unwatched, so a charge the gateway carries out later is never refunded (hole 11)"
 )
 # Not here: completer_gives_up and balance_uncapped. The simulation's
 # completer batches never hold a payment whose settlement fails once the

@@ -45,6 +45,7 @@ counts! {
     HostRestarts,
     MessageLossWindows,
     ClockAdvances,
+    LateSteps,
     AmbiguousCommits,
     LostCommits,
     UnappliedAmbiguousCommits,
@@ -97,6 +98,7 @@ counts! {
     ForeignKeyFailed,
     CashbackCancelRefused,
     RefundsOwedResolved,
+    LateChargesRefunded,
     SeatLimitRefused,
     MaxBalanceRefused,
     LimitRefused,
@@ -124,6 +126,7 @@ impl Count {
             | Count::HostRestarts
             | Count::MessageLossWindows
             | Count::ClockAdvances
+            | Count::LateSteps
             | Count::AmbiguousCommits
             | Count::LostCommits
             | Count::UnappliedAmbiguousCommits
@@ -155,6 +158,7 @@ impl Count {
             Count::HostRestarts => "server restarts",
             Count::MessageLossWindows => "message-loss windows",
             Count::ClockAdvances => "clock advances",
+            Count::LateSteps => "clock steps past the give-up while the gateway delayed a confirm",
             Count::AmbiguousCommits => "ambiguous commits (applied, reported failed)",
             Count::LostCommits => "lost commits (connection gone before COMMIT)",
             Count::UnappliedAmbiguousCommits => "ambiguous commits that did not apply (COMMIT lost on its way)",
@@ -204,6 +208,7 @@ impl Count {
             Count::ForeignKeyFailed => "gateway payments failed: their key was charged for another order",
             Count::CashbackCancelRefused => "cancels refused: cashback spent (409 insufficient_balance)",
             Count::RefundsOwedResolved => "refunds owed (a charge of another amount) sent back and resolved",
+            Count::LateChargesRefunded => "charges landed after the give-up, refunded by the watch (hole 11)",
             Count::SeatLimitRefused => "seat orders refused seat_limit_reached (one token hoarding)",
             Count::MaxBalanceRefused => "refused max_balance_exceeded (top-ups, payback holds)",
             Count::LimitRefused => "payments refused limit_exceeded (per payment, daily, monthly)",

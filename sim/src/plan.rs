@@ -120,6 +120,13 @@ pub mod timing {
     pub const ZOMBIE_OVERRUN_MS: (u64, u64) = (150, 900);
     pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(1);
     pub const GATEWAY_GIVE_UP: Duration = Duration::from_secs(20);
+    /// How long a given-up payment is watched for a late charge: longer
+    /// than a confirm's longest flight after the largest clock step.
+    pub const GATEWAY_WATCH: Duration = Duration::from_secs(30);
+    /// The clock step past the give-up that some seeds take while the
+    /// gateway delays confirms (hole 11): a confirm still on its way is
+    /// given up on, then lands.
+    pub const LATE_STEP: Duration = Duration::from_secs(25);
     pub const COMPLETER_AFTER: Duration = Duration::from_secs(3);
     pub const COMPLETER_EVERY: Duration = Duration::from_millis(500);
     pub const REAPER_EVERY: Duration = Duration::from_secs(5);
@@ -128,14 +135,21 @@ pub mod timing {
     pub const SWEEP_BATCH: usize = 100;
     /// A client stops retrying a key this old (by the service's clock): a
     /// retry must reach the server before the key can expire, even across
-    /// one clock advance, or "one effect per key" would not be promised.
-    pub const KEY_AGE_MAX: Duration = Duration::from_secs(120 - 16 - 4);
+    /// the clock advances (16 s at most, and the late step), or "one effect
+    /// per key" would not be promised.
+    pub const KEY_AGE_MAX: Duration = Duration::from_secs(120 - 16 - LATE_STEP.as_secs() - 4);
 }
 
 /// A probability for the fake gateway's triggers, as per mille (what the
 /// simulation reasons in) and as the float the fake takes. A table of
 /// literals, because the workspace allows no float arithmetic.
 pub const GATEWAY_PROBABILITIES: [(u64, f64); 4] = [(50, 0.05), (100, 0.1), (200, 0.2), (350, 0.35)];
+/// Of the seeds whose gateway delays requests, how many (per mille) step
+/// the clock past the give-up ([`timing::LATE_STEP`]).
+pub const LATE_STEP_PER_MILLE: u64 = 1000;
+/// The gateway's delays (ms) on a seed with a late step: past the servers'
+/// gateway timeout, so a confirm is still on its way when it is looked up.
+pub const LATE_DELAY_MS: (u64, u64) = (600, 2000);
 /// turmoil's per-message link failure rates for message-loss windows.
 pub const LOSS_RATES: [f64; 3] = [0.005, 0.02, 0.05];
 
@@ -148,6 +162,9 @@ pub enum Action {
     /// Start a crashed server again (or restart a running one).
     Restart(String),
     AdvanceClock(Duration),
+    /// Step the clock past the gateway give-up ([`timing::LATE_STEP`]) the
+    /// next moment the gateway is delaying a confirm (hole 11).
+    LateStep,
     /// Turn random link failures on (index into [`LOSS_RATES`]) or off.
     Loss(Option<usize>),
 }
@@ -265,8 +282,7 @@ impl MoneyFaults {
         };
         let (skewed, tampering) = (on(skew_chance, 200), on(500, 200));
         // At most half a second: a lag adds to the clock advances (16 s at
-        // most) that must stay within the gateway give-up (20 s) less a
-        // confirm's longest flight.
+        // most, and the late step) that keys must outlive (KEY_AGE_MAX).
         let least = if calendar.boundary.is_some() { 100 } else { 0 };
         let skew = (0..hosts)
             .map(|index| match index {
@@ -435,7 +451,7 @@ impl Plan {
             (if high { rng.range(20, 80) } else { rng.range(3, 20) }, rng.range(0, 20))
         });
         let probability = |rng: &mut SimRng| rng.index(GATEWAY_PROBABILITIES.len());
-        let gateway = if gateway_on {
+        let mut gateway = if gateway_on {
             let sub = |rng: &mut SimRng| (heavy || rng.chance(600)).then(|| probability(rng));
             GatewayFaults {
                 latency: (heavy || rng.chance(600)).then(|| {
@@ -505,14 +521,25 @@ impl Plan {
             actions.push((start + rng.millis(50, 800), Action::Loss(None)));
         }
         if clock {
-            // At most 16 s in all: past the lease (3 s), never past the
-            // gateway give-up (20 s) less a confirm's longest flight (the
-            // client timeout plus the gateway's delay). A larger step fails
-            // payments whose confirm still lands (README: known issues).
+            // At most 16 s in all: past the lease (3 s), under the gateway
+            // give-up (20 s); the late step below goes past it.
             for _ in 0..rng.range(1, 2) {
                 let step = *rng.pick(&[1, 4, 8]);
                 actions.push((when(&mut rng), Action::AdvanceClock(Duration::from_secs(step))));
             }
+        }
+        // Its own stream, so the draws above stay what they were: while the
+        // gateway delays confirms, some seeds step the clock past the
+        // give-up. A confirm still on its way is given up on, then lands:
+        // the late charge the completer's watch must refund (hole 11).
+        // Its delays then run past the servers' gateway timeout (1 s), so
+        // the confirm is still on its way when it is looked up.
+        let mut late = root.fork(11);
+        if let Some((low, high, chance)) = gateway.latency
+            && late.chance(LATE_STEP_PER_MILLE)
+        {
+            actions.push((late.millis(10, horizon_ms), Action::LateStep));
+            gateway.latency = Some((low.max(LATE_DELAY_MS.0), high.max(LATE_DELAY_MS.1), chance));
         }
         // Stable: actions drawn for the same instant keep their order.
         actions.sort_by_key(|(at, _)| *at);

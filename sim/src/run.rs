@@ -30,7 +30,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tally_core::Tally;
 use tally_core::ids::SeqIds;
 use tally_core::order::OrderStatus;
-use tally_core::payment::PaymentStatus;
+use tally_core::payment::{Payment, PaymentStatus};
 use tally_core::store::Store;
 use tally_core::time::Clock as _;
 use tally_core::wallet::Limits;
@@ -215,6 +215,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         partitions: Vec::new(),
         crashed: Vec::new(),
         steps: 0,
+        late_step_armed: false,
     };
     let mut violations = Vec::new();
     // Phase 1: the workload under faults.
@@ -222,6 +223,15 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     let finished = loop {
         while let Some((_, action)) = actions.next_if(|(at, _)| *at <= driver.sim.elapsed()) {
             driver.apply(action);
+        }
+        // The late step waits for a confirm the gateway is delaying: taken
+        // then, it makes that confirm land after its payment was given up.
+        if driver.late_step_armed && gateway.faults().confirms_delayed_now() > 0 {
+            driver.late_step_armed = false;
+            driver.clock.advance(timing::LATE_STEP);
+            journal.count(Count::ClockAdvances, 1);
+            journal.count(Count::LateSteps, 1);
+            journal.event("sim", format!("clock advanced {}s past the give-up", timing::LATE_STEP.as_secs()));
         }
         match driver.step() {
             Ok(true) => break true,
@@ -270,14 +280,16 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
     db_faults_on.store(false, Ordering::Relaxed);
     // Requests the clients gave up on may still be running on a server.
     driver.run_for(Duration::from_millis(100), &mut violations);
-    // A payment still confirming or cancelling is the completer's: let
-    // whatever is in flight land (a confirm the gateway is still delaying),
-    // jump past the completer's threshold and the gateway give-up, and give
-    // every server's completer two passes — twice, if need be.
+    // A payment still confirming or cancelling, or failed and watched for a
+    // late charge, is the completer's: let whatever is in flight land (a
+    // confirm the gateway is still delaying), jump past the completer's
+    // threshold, the gateway give-up and the watch, and give every server's
+    // completer two passes — twice, if need be. A late charge is refunded,
+    // a watch with nothing landed ends.
     if driver.has_stuck_payments() {
         let delay = plan.gateway.latency.map_or(0, |(_, high, _)| high);
         driver.run_for(timing::GATEWAY_TIMEOUT + Duration::from_millis(delay + 200), &mut violations);
-        let jump = timing::COMPLETER_AFTER + timing::GATEWAY_GIVE_UP + Duration::from_secs(1);
+        let jump = timing::COMPLETER_AFTER + timing::GATEWAY_GIVE_UP + timing::GATEWAY_WATCH + Duration::from_secs(1);
         clock.advance(jump);
         journal.event("sim", format!("clock advanced {}s for the completer", jump.as_secs()));
         // Until nothing is stuck, or every completer had three passes (the
@@ -355,6 +367,9 @@ struct Driver<'a> {
     partitions: Vec<(String, String)>,
     crashed: Vec<String>,
     steps: u64,
+    /// A late step is due: taken the next moment the gateway delays a
+    /// confirm.
+    late_step_armed: bool,
 }
 
 impl Driver<'_> {
@@ -403,6 +418,7 @@ impl Driver<'_> {
                 self.journal.count(Count::ClockAdvances, 1);
                 self.journal.event("sim", format!("clock advanced {}s", by.as_secs()));
             }
+            Action::LateStep => self.late_step_armed = true,
             Action::Loss(rate) => {
                 let rate = rate.map_or(0.0, |index| LOSS_RATES[index]);
                 self.sim.set_fail_rate(rate);
@@ -436,9 +452,11 @@ impl Driver<'_> {
             .any(|o| o.status == OrderStatus::PendingPayment && o.payment.is_none() && o.past_ttl(now))
     }
 
+    /// Payments waiting on the gateway: in flight, or failed and watched
+    /// for a late charge.
     fn has_stuck_payments(&self) -> bool {
         let snapshot = now_or_never(self.memory.snapshot()).expect("the in-memory snapshot never fails");
-        snapshot.payments.iter().any(|p| p.status.in_flight())
+        snapshot.payments.iter().any(Payment::awaits_gateway)
     }
 
     /// Coverage: did this crash land between a gateway confirm the host sent
@@ -536,6 +554,13 @@ fn count_money_paths(journal: &Journal, snapshot: &tally_core::check::Snapshot, 
             if ours.status == PaymentStatus::Failed && charge.status == tally_gateway::protocol::STATUS_CANCELED {
                 journal.count(Count::RefundsOwedResolved, 1);
             }
+        } else if let Some(ours) = payments.get(&charge.order_id)
+            && ours.status == PaymentStatus::Failed
+            && charge.status == tally_gateway::protocol::STATUS_CANCELED
+        {
+            // Our charge of our amount, refunded, its payment failed: it
+            // landed after the give-up, and the watch refunded it.
+            journal.count(Count::LateChargesRefunded, 1);
         }
     }
     // A payment's charge is booked when it is confirmed.

@@ -67,6 +67,7 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
         idempotency: IdemConfig { ttl: timing::KEY_TTL, lease: timing::LEASE },
         lock_wait: timing::LOCK_WAIT,
         gateway_give_up_after: timing::GATEWAY_GIVE_UP,
+        gateway_watch_after_give_up: timing::GATEWAY_WATCH,
         order_ttl,
         payback_bps,
         // As `tally serve` runs by default: group commit on, a batch's

@@ -191,6 +191,19 @@ fn a_confirm_the_gateway_never_got_is_failed_in_the_end() {
     assert_clean(&run_seed(1, &options(Profile::Swarm)));
 }
 
+/// Hole 11: seeds whose clock steps past the give-up while the gateway
+/// delays a confirm. The confirm is given up on (by its request's own
+/// lookup, or the completer's), then lands; the watch refunds it, and the
+/// oracle finds every charge agreeing with its payment. Both paths were
+/// really taken on these seeds (found by scanning seeds 0 to 200).
+#[test]
+fn a_charge_landing_after_the_give_up_is_refunded() {
+    assert_clean_and_reached(
+        [5, 12, 17].map(|seed| (seed, options(Profile::Swarm))),
+        &[Count::LateSteps, Count::LateChargesRefunded],
+    );
+}
+
 /// The mutant check's unit (run by `.ci/sim-mutants.sh` with
 /// the `mutants` feature and `TALLY_MUTANT` set): the selected deliberate
 /// bug is found within 1,000 seeds.

@@ -12,7 +12,7 @@
 //! whole [`FaultConfig`], through the fake's `POST /__faults` (another process).
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -313,6 +313,9 @@ struct PlanState {
     rng: StdRng,
     config: FaultConfig,
     counters: FaultCounters,
+    /// Confirms received and waiting out an injected latency: not charged
+    /// yet, and charged once the wait ends, whatever the caller did since.
+    confirms_delayed: u64,
 }
 
 impl fmt::Debug for FaultPlan {
@@ -342,6 +345,7 @@ impl FaultPlan {
                 rng: StdRng::seed_from_u64(seed),
                 config: FaultConfig::default(),
                 counters: FaultCounters::default(),
+                confirms_delayed: 0,
             }),
             refusal: watch::Sender::new(Refusal::Off),
         }
@@ -352,6 +356,22 @@ impl FaultPlan {
         let mut state = self.lock();
         state.seed = seed;
         state.rng = StdRng::seed_from_u64(seed);
+    }
+
+    /// How many confirms are waiting out an injected latency right now:
+    /// received, not charged yet. A test (the simulation's late clock step)
+    /// acts while one is, to make the charge land after its caller gave up.
+    pub fn confirms_delayed_now(&self) -> u64 {
+        self.lock().confirms_delayed
+    }
+
+    /// Counts a confirm waiting out its latency until the guard drops.
+    pub(crate) fn delaying(self: &Arc<Self>, endpoint: Endpoint) -> Delaying {
+        let confirm = endpoint == Endpoint::Confirm;
+        if confirm {
+            self.lock().confirms_delayed += 1;
+        }
+        Delaying { plan: Arc::clone(self), confirm }
     }
 
     pub fn set_latency(&self, latency: Option<LatencyFault>) {
@@ -531,6 +551,21 @@ fn server_error(configured: Option<u16>, default: u16) -> u16 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A request waiting out its injected latency (see [`FaultPlan::delaying`]).
+pub(crate) struct Delaying {
+    plan: Arc<FaultPlan>,
+    confirm: bool,
+}
+
+impl Drop for Delaying {
+    fn drop(&mut self) {
+        if self.confirm {
+            let mut state = self.plan.lock();
+            state.confirms_delayed = state.confirms_delayed.checked_sub(1).expect("one count per delayed confirm");
+        }
+    }
 }
 
 #[cfg(test)]

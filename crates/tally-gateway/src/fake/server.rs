@@ -283,6 +283,7 @@ async fn process(
         let gateway = gateway.clone();
         tokio::spawn(async move {
             if let Some(delay) = before.delay {
+                let _delaying = gateway.faults().delaying(endpoint);
                 tokio::time::sleep(delay).await;
             }
             if let Some(status) = before.fail_status {
