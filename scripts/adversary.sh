@@ -10,6 +10,8 @@
 #
 # Hole 9 (session 10): a charge whose answer was unclear, settled by the
 # completer, must be answered as a charge when retried under its key.
+# Hole 11 (session 12): a charge the gateway carries out after the service
+# gave its confirm up must be refunded (the give-up is 3 s here).
 # Holes 5 (a charge of the wrong amount) and 6 (a request stamped before the
 # wallet's window) need a tampering gateway or a skewed clock; the use-case,
 # shuttle, end-to-end and simulation suites cover them.
@@ -31,7 +33,7 @@ in_workdir
 start_gateway "$gateway_port"
 TALLY_ADMIN_KEY=$admin start_serve "$work/server.log" serve --listen "127.0.0.1:$port" --store "$store" \
   --strategy "$strategy" --data-dir "$work/data" --gateway-url "$gateway" --payback-bps 5000 \
-  --completer-after-seconds 1
+  --completer-after-seconds 1 --gateway-give-up-seconds 3
 
 # json FIELD: reads a JSON body on stdin, prints one field (dotted path).
 json() { python3 -c 'import json,sys
@@ -153,5 +155,24 @@ expect "another key's confirm is a second confirm" 409 invalid_state \
   "$(confirm_keyed "$g" "$p" '{"payment_key":"K-9"}' other-9)"
 [ "$(curl -s -u test_sk: "$gateway/v1/payments/K-9" | json status)" = DONE ] || { echo "FAIL the gateway lost K-9"; exit 1; }
 echo "ok   charged once, and told so"
+
+echo "== 11. a charge the gateway carries out after the give-up is refunded"
+# The gateway holds the confirm 15 s. Meanwhile the completer (every 5 s)
+# looks it up, the gateway does not know it, and past the 3 s give-up the
+# payment is failed, watched. When the charge lands, it is refunded, and
+# the confirm is answered failed.
+h=$(user heidi)
+p=$(pay "$h" gateway 1000)
+curl -sf -u test_sk: -X POST "$gateway/__faults" -H 'Content-Type: application/json' \
+  -d '{"latency":{"min_ms":15000,"max_ms":15000,"when":"always","on":["confirm"]}}' >/dev/null
+answer=$(confirm_keyed "$h" "$p" '{"payment_key":"K-11"}' late-11)
+curl -sf -u test_sk: -X DELETE "$gateway/__faults" >/dev/null
+expect "the late charge's confirm" 200 "" "$answer"
+[ "$(echo "${answer#* }" | json status)" = failed ] || { echo "FAIL the confirm answered $answer"; exit 1; }
+[ "$(curl -s -u test_sk: "$gateway/v1/payments/K-11" | json status)" = CANCELED ] ||
+  { echo "FAIL the late charge K-11 was not refunded"; exit 1; }
+expect "the retry under its key" 200 "" "$(confirm_keyed "$h" "$p" '{"payment_key":"K-11"}' late-11)"
+[ "$(balance "$h")" = 0 ] || { echo "FAIL heidi's wallet is $(balance "$h")"; exit 1; }
+echo "ok   given up, charged late, refunded to the card, answered failed"
 
 echo "all reproductions behave as SPEC.md says ($store, $strategy)"
