@@ -38,6 +38,7 @@ mutants=(
   "batch_unlocks_before_commit,fence_unchecked:a group commit lets its locks go before its commit, with the store's fencing check off (fencing alone masks the early release): a request running alone books a second line at the wallet's position (issue 12)"
   "lock_wait_unbounded:the in-memory lock manager waits without a deadline, so a request behind a stuck holder waits forever (issue 14)"
   "fence_unchecked:the in-memory store skips its fencing-token check: a zombie's commit under shuttle's lease timers lands on a wallet its successor wrote (issue 14)"
+  "refusal_unvalidated:a refusal decided without locks is answered on whatever it read, without checking the reads are still current (hole 12: a racing cancel refused insufficient_balance)"
 )
 
 # failing_tests LOG: "by" the tests that failed, if any did.

@@ -75,6 +75,11 @@ pub enum StaleWrite {
 #[derive(Clone, Copy, Debug)]
 pub struct Profile {
     pub stale_write: StaleWrite,
+    /// Whether the backend loads without locks, so `Tx::reads_unchanged`
+    /// has reads to check — and the suite may commit a change from a
+    /// second transaction while one is open (false on a single pooled
+    /// connection, where it cannot).
+    pub checks_reads: bool,
 }
 
 fn amount(n: i64) -> Amount {
@@ -149,6 +154,7 @@ pub async fn run_all<S: Store, L: LockManager>(app: &Tally<S, L, ManualClock>, p
     case!(idempotency_records_round_trip);
     case!(refused_commits_write_nothing);
     case!(stale_versions_conflict_where_checked);
+    case!(a_refusals_reads_are_checked_where_loads_take_no_locks);
     case!(a_second_charge_of_a_payment_cannot_be_written);
     case!(a_wallet_position_is_booked_once);
     case!(expired_keys_are_reaped_live_ones_kept);
@@ -380,6 +386,38 @@ async fn stale_versions_conflict_where_checked<S: Store, L: LockManager>(
         }
         StaleWrite::Unchecked => unreachable!("returned above"),
     }
+}
+
+/// Hole 12: a refusal writes nothing, so only `Tx::reads_unchanged` tells
+/// whether it was decided on reads still current. Nothing changed, or only
+/// the transaction's own writes: unchanged. Where loads take no locks, a
+/// change another transaction commits after the read is a conflict, and the
+/// use case decides again.
+async fn a_refusals_reads_are_checked_where_loads_take_no_locks<S: Store, L: LockManager>(
+    app: &Tally<S, L, ManualClock>,
+    profile: Profile,
+) {
+    let id = user(app, Limits::default(), 100).await;
+    let create = Command::CreatePayment { amount: amount(500), method: Method::Wallet, confirm: false };
+    let Ok(Executed::Fresh(Outcome::Payment(payment))) = app.execute(id, create, None).await else {
+        panic!("create the payment")
+    };
+    let mut tx = app.store().begin().await.expect("begin");
+    let wallet = tx.wallet(id).await.expect("load").expect("wallet");
+    let loaded = tx.payment(payment.id).await.expect("load").expect("payment");
+    assert_eq!(wallet.balance, Money::new(100), "too little to pay 500: a refusal's reads");
+    assert_eq!(tx.reads_unchanged().await, Ok(()), "nothing moved");
+    let cancelled = loaded.transition(tally_core::payment::PaymentEvent::Cancel, app.now()).expect("cancel");
+    tx.put_payment(Some(&loaded), &cancelled).await.expect("write");
+    assert_eq!(tx.reads_unchanged().await, Ok(()), "its own write is no change");
+    if profile.checks_reads {
+        // Another transaction commits a change to the wallet after our read.
+        app.execute(id, Command::TopUp { amount: amount(400) }, None).await.expect("top up");
+        assert_eq!(tx.reads_unchanged().await, Err(StoreError::Conflict), "the wallet moved since");
+    }
+    tx.rollback().await;
+    let status = app.payment(id, payment.id).await.expect("payment").status;
+    assert_eq!(status, PaymentStatus::Wait, "nothing of the checked transaction was kept");
 }
 
 async fn a_second_charge_of_a_payment_cannot_be_written<S: Store, L: LockManager>(

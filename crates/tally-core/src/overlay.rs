@@ -467,6 +467,17 @@ impl<T: Tx> Tx for Overlay<T> {
         write!(self, idempotency, before.scope.clone(), Some(before), None)
     }
 
+    async fn reads_unchanged(&mut self) -> Result<(), StoreError> {
+        // Every record the overlay holds was loaded once, by the inner
+        // transaction, which knows what it read. A changed read leaves the
+        // transaction sound (the batch runs again); any other failure
+        // poisons it.
+        match self.inner.reads_unchanged().await {
+            Err(StoreError::Conflict) => Err(StoreError::Conflict),
+            result => self.track(result),
+        }
+    }
+
     async fn reap_idempotency(&mut self, _now: Timestamp, _limit: usize) -> Result<usize, StoreError> {
         alone()
     }

@@ -328,6 +328,19 @@ pub trait Tx: Send {
         user: UserId,
     ) -> impl Future<Output = Result<Option<QueueToken>, StoreError>> + Send;
 
+    /// Whether every record this transaction loaded (wallets, payments,
+    /// orders, the catalogue, queue tokens) is still as it loaded it, apart
+    /// from its own writes: `Err(Conflict)` if another transaction changed
+    /// one since. A refusal writes nothing, so no write guard checks what it
+    /// was decided on, and reads taken at different moments may disagree
+    /// (a payment read before a racing cancel committed, its wallet after):
+    /// the use cases ask this before answering a refusal, and decide again
+    /// on a conflict. A backend whose loads lock their rows, or run under
+    /// the use case's locks, read one consistent state and check nothing.
+    fn reads_unchanged(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn rollback(self) -> impl Future<Output = ()> + Send;
 }

@@ -10,8 +10,8 @@ use tally_conformance::{Profile, StaleWrite, run_all};
 #[test]
 fn locked_memory_store_conforms() {
     let app = locked();
-    let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Unchecked }));
-    assert_eq!(ran.len(), 26);
+    let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Unchecked, checks_reads: false }));
+    assert_eq!(ran.len(), 27);
 }
 
 /// The fencing cases, in both modes: a token older than one claimed is
@@ -25,6 +25,6 @@ fn memory_store_checks_fences() {
 #[test]
 fn optimistic_memory_store_conforms() {
     let app = optimistic();
-    let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Conflicts }));
-    assert_eq!(ran.len(), 26);
+    let ran = block_on(run_all(&app, Profile { stale_write: StaleWrite::Conflicts, checks_reads: true }));
+    assert_eq!(ran.len(), 27);
 }

@@ -18,6 +18,8 @@
 //!   begins.
 //! - [`fences`]: the claim of a lock grant's fencing tokens, as a
 //!   transaction begins (every strategy, when the lock manager hands any).
+//! - [`reads`]: what the strategies that load without locks loaded, checked
+//!   before a refusal is answered.
 //!
 //! What they share lives here: the strategy's locking clauses, and the
 //! statement helpers the modules run their statements through. A write of an
@@ -35,6 +37,7 @@ mod ledger;
 mod orders;
 mod payments;
 mod queue;
+mod reads;
 mod users;
 mod wallets;
 
@@ -63,6 +66,7 @@ pub struct PgTx {
     tx: Transaction<'static, Postgres>,
     config: PgConfig,
     deferred: wallets::atomic::Deferred,
+    reads: reads::Reads,
 }
 
 impl std::fmt::Debug for PgTx {
@@ -100,7 +104,7 @@ fn column<R, T>(records: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
 
 impl PgTx {
     pub(crate) fn new(tx: Transaction<'static, Postgres>, config: PgConfig) -> PgTx {
-        PgTx { tx, config, deferred: wallets::atomic::Deferred::default() }
+        PgTx { tx, config, deferred: wallets::atomic::Deferred::default(), reads: reads::Reads::default() }
     }
 
     fn atomic(&self) -> bool {
@@ -285,6 +289,10 @@ impl Tx for PgTx {
         put_token(before: Option<&QueueToken>, after: &QueueToken) -> () => queue::put;
         tokens(event: EventId, status: TokenStatus, limit: usize) -> Vec<QueueToken> => queue::tokens;
         user_token(event: EventId, user: UserId) -> Option<QueueToken> => queue::user_token;
+    }
+
+    async fn reads_unchanged(&mut self) -> Result<(), StoreError> {
+        reads::unchanged(self).await
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {

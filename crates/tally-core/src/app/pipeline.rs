@@ -240,6 +240,7 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
                 Ok(step) => step,
                 Err(error) => {
+                    let error = self.refusal_on_current_reads(&mut tx, error).await;
                     tx.rollback().await;
                     self.retry_or_fail(attempt, error)?;
                     continue;
@@ -277,6 +278,24 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         // verdict recorder takes the key again.
         drop(key_guard);
         self.finish(step, held).await
+    }
+
+    /// A refusal is answered only if what it was decided on is still what
+    /// the store holds (`Tx::reads_unchanged`): otherwise it becomes a
+    /// conflict, and the request is decided again on what changed. A
+    /// refusal writes nothing, so no write guard would catch a decision on
+    /// reads that disagree (hole 12: a racing cancel's loser refused
+    /// `insufficient_balance` instead of `invalid_state`). Other errors
+    /// pass through as they are.
+    pub(super) async fn refusal_on_current_reads(&self, tx: &mut impl Tx, error: Error) -> Error {
+        // Mutant: the refusal is answered on whatever was read.
+        if !error.is_refusal() || crate::mutant::active("refusal_unvalidated") {
+            return error;
+        }
+        match tx.reads_unchanged().await {
+            Ok(()) => error,
+            Err(stale) => Error::Store(stale),
+        }
     }
 
     /// After the locked phase committed (alone or in a batch): the answer,

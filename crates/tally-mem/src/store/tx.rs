@@ -20,7 +20,7 @@ use tally_core::wallet::Wallet;
 
 use super::constraints::validate;
 use super::hook::{Statement, TxHook};
-use super::{CommitFault, MemStore, State, Write, apply};
+use super::{CommitFault, Concurrency, MemStore, State, Write, apply};
 
 /// A transaction: reads go to the committed state overlaid with the
 /// transaction's own writes; writes wait in `writes` until commit.
@@ -32,7 +32,13 @@ pub struct MemTx {
     writes: Vec<Write>,
     /// The statement hook's for this transaction, if the handle has one.
     hook: Option<Box<dyn TxHook>>,
+    /// Optimistic mode: each committed record this transaction loaded, as
+    /// a check that it still holds the version loaded (`reads_unchanged`).
+    reads: Vec<ReadCheck>,
 }
+
+/// Whether one record a transaction loaded still holds the version loaded.
+type ReadCheck = Box<dyn Fn(&State) -> bool + Send>;
 
 impl fmt::Debug for MemTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,7 +108,7 @@ impl MemTx {
     /// `Fenced` if a later grant of one of the keys claimed first).
     pub(super) async fn begin(store: MemStore, fences: Fences) -> Result<MemTx, StoreError> {
         let hook = store.hook.as_ref().map(|make| make());
-        let mut tx = MemTx { store, fences, writes: Vec::new(), hook };
+        let mut tx = MemTx { store, fences, writes: Vec::new(), hook, reads: Vec::new() };
         tx.statement(Statement::Begin).await?;
         tx.store.state().claims.claim(&tx.fences)?;
         Ok(tx)
@@ -122,10 +128,27 @@ impl MemTx {
     }
 
     /// The record as this transaction sees it: its own newest write, else
-    /// the committed one.
-    fn get<R: Record>(&self, key: R::Key) -> Option<R> {
+    /// the committed one — noted, in optimistic mode, so that
+    /// `reads_unchanged` can tell whether it moved since.
+    fn get<R: Record + 'static>(&mut self, key: R::Key) -> Option<R>
+    where
+        R::Key: Send,
+    {
         let own = self.writes.iter().rev().filter_map(R::written).find(|r| r.key() == key).cloned();
-        own.or_else(|| R::committed(&self.store.state()).get(&key).cloned())
+        if own.is_some() {
+            return own;
+        }
+        let committed = R::committed(&self.store.state()).get(&key).cloned();
+        if self.store.mode() == Concurrency::Optimistic {
+            let version = committed.as_ref().map(R::version);
+            self.reads.push(Box::new(move |state: &State| R::committed(state).get(&key).map(R::version) == version));
+        }
+        committed
+    }
+
+    fn reads_unchanged_now(&mut self) -> Result<(), StoreError> {
+        let state = self.store.state();
+        if self.reads.iter().all(|unchanged| unchanged(&state)) { Ok(()) } else { Err(StoreError::Conflict) }
     }
 
     fn put<R: Record>(&mut self, before: Option<&R>, after: &R) {
@@ -372,6 +395,15 @@ impl Tx for MemTx {
         write put_token(before: Option<&QueueToken>, after: &QueueToken) -> () => put;
         read tokens(event: EventId, status: TokenStatus, limit: usize) -> Vec<QueueToken> => tokens_now;
         read user_token(event: EventId, user: UserId) -> Option<QueueToken> => user_token_now;
+    }
+
+    async fn reads_unchanged(&mut self) -> Result<(), StoreError> {
+        // Nothing loaded, nothing to check (locked mode notes nothing).
+        if self.reads.is_empty() {
+            return Ok(());
+        }
+        self.statement(Statement::Read("reads_unchanged")).await?;
+        self.reads_unchanged_now()
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {

@@ -15,7 +15,8 @@ use super::{PgTx, unchanged};
 use crate::rows::{self, uuid, version};
 
 pub(super) async fn product(tx: &mut PgTx, id: ProductId) -> Result<Option<Product>, StoreError> {
-    tx.fetch_by_id("products", rows::PRODUCT_COLUMNS, tx.for_no_key_update(), id.0, rows::product).await
+    let found = tx.fetch_by_id("products", rows::PRODUCT_COLUMNS, tx.for_no_key_update(), id.0, rows::product).await?;
+    Ok(tx.noted(found))
 }
 
 pub(super) async fn put_product(tx: &mut PgTx, before: Option<&Product>, after: &Product) -> Result<(), StoreError> {
@@ -79,7 +80,8 @@ pub(super) async fn put_product(tx: &mut PgTx, before: Option<&Product>, after: 
 pub(super) async fn event(tx: &mut PgTx, id: EventId) -> Result<Option<Event>, StoreError> {
     // The event row guards its queue: under the pessimistic strategy this
     // lock is what serialises every change to its tokens.
-    tx.fetch_by_id("events", rows::EVENT_COLUMNS, tx.for_no_key_update(), id.0, rows::event).await
+    let found = tx.fetch_by_id("events", rows::EVENT_COLUMNS, tx.for_no_key_update(), id.0, rows::event).await?;
+    Ok(tx.noted(found))
 }
 
 pub(super) async fn put_event(tx: &mut PgTx, before: Option<&Event>, after: &Event) -> Result<(), StoreError> {
@@ -151,7 +153,8 @@ pub(super) async fn seats(tx: &mut PgTx, showtime: ShowtimeId) -> Result<Vec<Sea
 }
 
 pub(super) async fn seat(tx: &mut PgTx, id: SeatId) -> Result<Option<Seat>, StoreError> {
-    tx.fetch_by_id("seats", rows::SEAT_COLUMNS, tx.for_no_key_update(), id.0, rows::seat).await
+    let found = tx.fetch_by_id("seats", rows::SEAT_COLUMNS, tx.for_no_key_update(), id.0, rows::seat).await?;
+    Ok(tx.noted(found))
 }
 
 pub(super) async fn put_seat(tx: &mut PgTx, before: Option<&Seat>, after: &Seat) -> Result<(), StoreError> {

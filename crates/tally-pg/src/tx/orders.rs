@@ -17,7 +17,8 @@ use crate::rows::{self, uuid, version};
 
 pub(super) async fn order(tx: &mut PgTx, id: OrderId) -> Result<Option<Order>, StoreError> {
     let sql = format!("{} WHERE o.id = $1{}", rows::ORDER_SELECT, tx.for_no_key_update());
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::order).await
+    let found = tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(id.0)), rows::order).await?;
+    Ok(tx.noted(found))
 }
 
 /// The sweeper's load: under the pessimistic strategy an order another

@@ -12,7 +12,8 @@ use crate::errors;
 use crate::rows::{self, uuid, version};
 
 pub(super) async fn payment(tx: &mut PgTx, id: PaymentId) -> Result<Option<Payment>, StoreError> {
-    tx.fetch_by_id("payments", rows::PAYMENT_COLUMNS, tx.for_update(), id.0, rows::payment).await
+    let found = tx.fetch_by_id("payments", rows::PAYMENT_COLUMNS, tx.for_update(), id.0, rows::payment).await?;
+    Ok(tx.noted(found))
 }
 
 pub(super) async fn by_key(tx: &mut PgTx, key: &str) -> Result<Option<PaymentId>, StoreError> {
@@ -30,7 +31,10 @@ pub(super) async fn by_key(tx: &mut PgTx, key: &str) -> Result<Option<PaymentId>
 /// key order (see [`PgTx::fetch_by_ids`]).
 pub(super) async fn payments(tx: &mut PgTx, ids: &[PaymentId]) -> Result<Vec<Payment>, StoreError> {
     let lock = tx.for_update();
-    tx.fetch_by_ids("payments", rows::PAYMENT_COLUMNS, "id", lock, ids.iter().map(|id| id.0), rows::payment).await
+    let found = tx
+        .fetch_by_ids("payments", rows::PAYMENT_COLUMNS, "id", lock, ids.iter().map(|id| id.0), rows::payment)
+        .await?;
+    Ok(tx.noted_all(found))
 }
 
 pub(super) async fn put(tx: &mut PgTx, before: Option<&Payment>, after: &Payment) -> Result<(), StoreError> {

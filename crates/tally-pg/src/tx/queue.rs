@@ -14,7 +14,8 @@ use crate::rows::{self, uuid, version};
 
 pub(super) async fn token(tx: &mut PgTx, id: TokenId) -> Result<Option<QueueToken>, StoreError> {
     // A plain read under every strategy: the event row guards its tokens.
-    tx.fetch_by_id("queue_tokens", rows::TOKEN_COLUMNS, "", id.0, rows::token).await
+    let found = tx.fetch_by_id("queue_tokens", rows::TOKEN_COLUMNS, "", id.0, rows::token).await?;
+    Ok(tx.noted(found))
 }
 
 pub(super) async fn put(tx: &mut PgTx, before: Option<&QueueToken>, after: &QueueToken) -> Result<(), StoreError> {
@@ -81,5 +82,7 @@ pub(super) async fn user_token(tx: &mut PgTx, event: EventId, user: UserId) -> R
         "SELECT {} FROM queue_tokens WHERE event_id = $1 AND user_id = $2 ORDER BY seq DESC LIMIT 1",
         rows::TOKEN_COLUMNS
     );
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(event.0)).bind(uuid(user.0)), rows::token).await
+    let found =
+        tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(event.0)).bind(uuid(user.0)), rows::token).await?;
+    Ok(tx.noted(found))
 }

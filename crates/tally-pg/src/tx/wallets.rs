@@ -28,7 +28,8 @@ pub(super) async fn wallet(tx: &mut PgTx, user: UserId) -> Result<Option<Wallet>
         return Ok(Some(after.clone()));
     }
     let sql = format!("SELECT {} FROM wallets WHERE user_id = $1{}", rows::WALLET_COLUMNS, tx.for_update());
-    tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(user.0)), rows::wallet).await
+    let found = tx.fetch_optional(sqlx::query(AssertSqlSafe(sql)).bind(uuid(user.0)), rows::wallet).await?;
+    Ok(tx.noted(found))
 }
 
 /// A group commit's preload of many wallets: one statement, rows locked in
@@ -43,7 +44,7 @@ pub(super) async fn wallets(tx: &mut PgTx, users: &[UserId]) -> Result<Vec<Walle
         let loaded = tx
             .fetch_by_ids("wallets", rows::WALLET_COLUMNS, "user_id", lock, unread.iter().map(|u| u.0), rows::wallet)
             .await?;
-        found.extend(loaded);
+        found.extend(tx.noted_all(loaded));
     }
     Ok(found)
 }

@@ -80,6 +80,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let _ = tx.preload(keys.keys()).await;
         // The requests whose answer depends on the commit.
         let mut ran = Vec::new();
+        // Whether a business refusal is among them: its reads are checked
+        // before the commit answers it (see `refusal_on_current_reads`).
+        let mut refused = false;
         for (i, entry) in batch.iter().enumerate() {
             if tx.poisoned().is_some() {
                 break;
@@ -97,13 +100,26 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
                 }
                 Err(error) => {
                     tx.rollback_to(mark);
-                    self.refuse_in(&mut tx, &held, error).await
+                    let reply = self.refuse_in(&mut tx, &held, error).await;
+                    refused |= matches!(reply, Reply::Refused(_));
+                    reply
                 }
             };
             if !matches!(reply, Reply::Alone) {
                 ran.push(i);
             }
             replies[i] = Some(reply);
+        }
+        // A refusal decided on reads another transaction has changed since
+        // is not answered: the batch runs again, as on a conflict at commit.
+        // (Any other failure of the check poisons the overlay: below.)
+        if refused
+            && tx.poisoned().is_none()
+            && !crate::mutant::active("refusal_unvalidated")
+            && tx.reads_unchanged().await == Err(StoreError::Conflict)
+        {
+            tx.rollback().await;
+            return Attempt::Conflict;
         }
         if tx.poisoned().is_some() {
             // The inner transaction failed a statement (a key locked by
