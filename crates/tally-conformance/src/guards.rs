@@ -416,6 +416,21 @@ pub(crate) async fn a_given_up_payment_is_watched_until_its_watch_ends<S: Store,
         assert_eq!(stored_payment(app, payment.id).await, Some(given_up.clone()), "a watched payment round-trips");
         app.clock().advance(Duration::from_millis(1));
         assert!(stuck().await.contains(&given_up), "the completer finds a watched payment");
+        // A payment still in flight comes before it, however recent its claim.
+        let other = Payment::new(PaymentId(fresh_id()), id, amount(300), None, Method::Gateway, app.now())
+            .expect("payment")
+            .transition(
+                PaymentEvent::BeginConfirm { payment_key: format!("pk-in-flight-{}", fresh_id()), requested_by: None },
+                app.now(),
+            )
+            .expect("begin");
+        store(None, other.clone()).await.expect("in flight");
+        app.clock().advance(Duration::from_millis(1));
+        let listed = stuck().await;
+        let at = |p: &Payment| listed.iter().position(|q| q.id == p.id).expect("listed");
+        assert!(at(&other) < at(&given_up), "in flight first, then watched");
+        let failed = other.transition(PaymentEvent::Fail, app.now()).expect("fail");
+        store(Some(other), failed).await.expect("fail");
         let touched = given_up.transition(PaymentEvent::Touch, app.now()).expect("claim");
         store(Some(given_up), touched.clone()).await.expect("claim");
         app.clock().advance(Duration::from_millis(1));

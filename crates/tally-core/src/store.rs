@@ -198,8 +198,11 @@ pub trait Tx: Send {
         after: &Payment,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Gateway payments in `confirming`, `cancelling` or `refunding` whose attempt began
-    /// before `before`, oldest first, at most `limit`: the completer's work.
+    /// Gateway payments in `confirming`, `cancelling` or `refunding`, or
+    /// failed and watched for a late charge, whose attempt was last claimed
+    /// before `before`, at most `limit`: the completer's work. Payments in
+    /// flight come first (a burst of watched ones must not hold up a charge
+    /// still unresolved), then watched ones; each oldest claim first.
     fn stuck_payments(
         &mut self,
         before: Timestamp,

@@ -191,7 +191,7 @@ impl MemTx {
             .filter(|p| p.gateway.as_ref().is_some_and(|a| a.started_at < before))
             .cloned()
             .collect();
-        stuck.sort_by_key(|p| p.gateway.as_ref().map(|a| a.started_at));
+        stuck.sort_by_key(|p| (p.watched(), p.gateway.as_ref().map(|a| a.started_at)));
         stuck.truncate(limit);
         stuck
     }

@@ -151,7 +151,8 @@ pub(super) async fn stuck(tx: &mut PgTx, before: Timestamp, limit: usize) -> Res
     let sql = format!(
         "SELECT {} FROM payments \
          WHERE (status IN ('confirming', 'cancelling', 'refunding') OR gateway_watch_until_ms IS NOT NULL) \
-         AND gateway_started_at_ms < $1 ORDER BY gateway_started_at_ms LIMIT $2",
+         AND gateway_started_at_ms < $1 \
+         ORDER BY gateway_watch_until_ms IS NOT NULL, gateway_started_at_ms LIMIT $2",
         rows::PAYMENT_COLUMNS
     );
     tx.fetch_all(sqlx::query(AssertSqlSafe(sql)).bind(before.0).bind(limit_i64(limit)), rows::payment).await
