@@ -64,6 +64,8 @@ usecase_mutants=(
   "settled_phase_refused:the retry of a confirm or cancel answered 503 and settled by the completer is refused 409 instead of answered with its charge or refund"
   "other_key_answered:a second confirm or cancel (another request, or another payment key) while a gateway phase is in flight is answered with its outcome instead of refused 409"
   "late_charge_kept:a confirm given up on fails its payment unwatched, so a charge the gateway carries out later is never refunded (hole 11)"
+  "watch_unthrottled:a watched payment is claimed and looked up on every completer pass, an hour of lookups per given-up confirm (hole 11's cost)"
+  "watch_backoff_unbounded:a watched payment's lookups back off without a bound, so a late charge may wait half the watch to be found (hole 11)"
 )
 # The workspace's own target directory: only the tally crates build again.
 usecases=(env -u RUSTFLAGS -u CARGO_TARGET_DIR cargo test -p tally-mem --features mutants --test usecases)

@@ -386,7 +386,8 @@ pub(crate) async fn a_payment_key_is_claimed_once<S: Store, L: LockManager>(app:
 
 /// Hole 11: a confirm given up on fails its payment *watched* until a
 /// horizon. The watch round-trips, the completer lists the watched payment
-/// (and a late charge's refund) until the watch ends, and then never again.
+/// (and a late charge's refund) until the watch ends, and then never again;
+/// a claim's backed-off turn keeps it off the list until the turn comes.
 pub(crate) async fn a_given_up_payment_is_watched_until_its_watch_ends<S: Store, L: LockManager>(
     app: &App<S, L>,
     _: Profile,
@@ -434,6 +435,10 @@ pub(crate) async fn a_given_up_payment_is_watched_until_its_watch_ends<S: Store,
         let touched = given_up.transition(PaymentEvent::Touch, app.now()).expect("claim");
         store(Some(given_up), touched.clone()).await.expect("claim");
         app.clock().advance(Duration::from_millis(1));
+        // A watched payment's claim puts its next one off (the backoff moves
+        // its turn past now): not listed until then.
+        assert!(touched.gateway.as_ref().unwrap().started_at > app.now(), "a backed-off turn");
+        assert!(stuck().await.iter().all(|p| p.id != payment.id), "not listed before its backed-off turn");
         let over = if late_charge {
             let refunding = touched.transition(PaymentEvent::BeginRefund, app.now()).expect("late charge");
             store(Some(touched), refunding.clone()).await.expect("owe the refund");

@@ -22,7 +22,9 @@
 //! its key up, and a charge of ours that lands is owed back like a wrong one
 //! (`failed → refunding → failed`). Once the gateway can no longer charge it
 //! (past the horizon, or the key is charged for another order, or cancelled),
-//! `stop_watching` ends the watch.
+//! `stop_watching` ends the watch. Its lookups thin out the longer it is
+//! watched ([`watch_backoff`]), so a watch costs the gateway a handful of
+//! lookups, not one per completer pass.
 //!
 //! [`Payment::transition`] is the only way a payment's status changes. Every
 //! arrow not drawn above is refused with [`InvalidTransition`], which is what
@@ -40,6 +42,7 @@ use crate::idempotency::IdemKey;
 use crate::ids::{OrderId, PaymentId, UserId};
 use crate::money::{Amount, Money};
 use crate::time::Timestamp;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {
@@ -116,7 +119,7 @@ pub enum PaymentEvent {
     /// Gateway: the owed refund went back to the card.
     Refunded,
     /// Gateway: a completer claims a stuck payment for another lookup; only
-    /// the attempt's timestamp moves.
+    /// the attempt's timestamp moves (a watched payment's, backed off).
     Touch,
     /// Gateway: the confirm is still unknown to the gateway past the give-up
     /// deadline. The payment fails, watched until `watch_until` for a charge
@@ -145,6 +148,29 @@ impl PaymentEvent {
     }
 }
 
+/// The longest a watched payment's lookups are put off (see
+/// [`watch_backoff`]): a charge landing late waits at most this long, plus the
+/// completer's own threshold, before it is found and refunded.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// How much later than an in-flight payment's a watched payment's next claim
+/// comes: as long as it has waited since its confirm was sent, at most
+/// [`WATCH_BACKOFF_MAX`]. A late charge is most likely soon after the
+/// give-up (a confirm still in the gateway's queue), and every watched
+/// payment costs the gateway a lookup per claim: with the defaults (a
+/// 120 s give-up, a 60 s completer threshold, an hour's watch) six lookups
+/// over the watch instead of sixty, so that after a gateway outage the
+/// completer's bounded passes are not spent on watched payments.
+pub fn watch_backoff(sent_at: Timestamp, now: Timestamp) -> Duration {
+    let waited = Duration::from_millis(u64::try_from(now.0.saturating_sub(sent_at.0)).unwrap_or(0));
+    // The mutant lets the gap grow without bound: a late charge may wait
+    // half the watch to be found.
+    if crate::mutant::active("watch_backoff_unbounded") {
+        return waited;
+    }
+    waited.min(WATCH_BACKOFF_MAX)
+}
+
 /// The gateway side of a payment: the key the client got from the gateway's
 /// checkout, and when the current phase began (the completer looks up
 /// payments whose phase is older than its threshold).
@@ -152,7 +178,9 @@ impl PaymentEvent {
 pub struct GatewayAttempt {
     pub payment_key: String,
     /// When the current phase was last claimed: the completer's clock, moved
-    /// by every claim (`Touch`) so that instances take turns.
+    /// by every claim (`Touch`) so that instances take turns. A watched
+    /// payment's claim moves it into the future ([`watch_backoff`]): its
+    /// lookups thin out the longer it is watched.
     pub started_at: Timestamp,
     /// When the current phase's call was first sent. Never moved by a claim:
     /// the give-up deadline counts from here, so a confirm the gateway never
@@ -317,7 +345,11 @@ impl Payment {
             (S::Cancelling, E::Cancel) if gateway => S::Cancelled,
             (S::Confirming | S::Cancelling | S::Refunding | S::Failed, E::Touch) if self.awaits_gateway() => {
                 let attempt = self.gateway.clone().expect("an in-flight gateway payment has its attempt");
-                next.gateway = Some(GatewayAttempt { started_at: now, ..attempt });
+                // A watched payment's next claim is put off: see `watch_backoff`.
+                // The mutant claims it every pass, as before the backoff.
+                let backs_off = self.watched() && !crate::mutant::active("watch_unthrottled");
+                let started_at = if backs_off { now.plus(watch_backoff(attempt.sent_at, now)) } else { now };
+                next.gateway = Some(GatewayAttempt { started_at, ..attempt });
                 self.status
             }
             #[cfg(feature = "mutants")]
@@ -444,6 +476,15 @@ mod tests {
     /// Hole 11: a confirm given up on may still be charged; the failed
     /// payment is watched, and only a watched one may owe a late refund.
     #[test]
+    fn a_watched_payments_lookups_back_off_to_a_bound() {
+        let minute = 60_000;
+        assert_eq!(watch_backoff(Timestamp(0), Timestamp(3 * minute)), Duration::from_secs(180));
+        assert_eq!(watch_backoff(Timestamp(0), Timestamp(60 * minute)), WATCH_BACKOFF_MAX);
+        assert_eq!(watch_backoff(Timestamp(5), Timestamp(4)), Duration::ZERO, "a clock stepped back");
+        assert_eq!(watch_backoff(Timestamp(i64::MIN), Timestamp(i64::MAX)), WATCH_BACKOFF_MAX);
+    }
+
+    #[test]
     fn a_given_up_confirm_is_failed_and_watched_until_its_horizon() {
         use PaymentEvent as E;
         let confirming = gateway_payment()
@@ -458,12 +499,17 @@ mod tests {
         assert_eq!(given_up.status, PaymentStatus::Failed);
         assert!(given_up.watched() && given_up.awaits_gateway());
         assert_eq!(given_up.gateway.as_ref().unwrap().watch_until, Some(watch_until));
-        // The completer's claims move the turn, nothing else.
+        // The completer's claims move the turn, nothing else: sent at 1, a
+        // claim at 10 puts the next one off by the 9 it has waited.
         let touched = given_up.transition(E::Touch, Timestamp(10)).unwrap();
         assert_eq!(
             (touched.status, touched.gateway.as_ref().unwrap().started_at),
-            (PaymentStatus::Failed, Timestamp(10))
+            (PaymentStatus::Failed, Timestamp(19))
         );
+        assert_eq!(touched.gateway.as_ref().unwrap().sent_at, Timestamp(1), "the send is never moved");
+        // An in-flight payment's claim is not put off.
+        let claimed = confirming.transition(E::Touch, Timestamp(10)).unwrap();
+        assert_eq!(claimed.gateway.as_ref().unwrap().started_at, Timestamp(10));
         for refused in [E::Confirm, E::Fail, E::Cancel, E::BeginCancel { requested_by: None }, E::Refunded] {
             assert!(given_up.transition(refused, Timestamp(11)).is_err());
         }

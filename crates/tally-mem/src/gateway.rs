@@ -35,6 +35,8 @@ struct State {
     fail_confirms: u32,
     /// The next this-many lookups fail.
     fail_lookups: u32,
+    /// Lookups received per key, whatever they answered.
+    lookups_received: BTreeMap<String, u32>,
     /// The next this-many cancels fail before taking effect.
     fail_cancels: u32,
     /// The next this-many confirms are held: received, unanswered (a
@@ -108,6 +110,11 @@ impl MemGateway {
         self.state().confirms_received.get(payment_key).copied().unwrap_or(0)
     }
 
+    /// Lookups received for `payment_key`.
+    pub fn lookups_received(&self, payment_key: &str) -> u32 {
+        self.state().lookups_received.get(payment_key).copied().unwrap_or(0)
+    }
+
     /// Was `payment_key` charged, for how much, and is it cancelled?
     pub fn charge(&self, payment_key: &str) -> Option<(i64, bool)> {
         self.state().book.charge(payment_key).map(|c| (c.amount, c.is_cancelled()))
@@ -160,6 +167,7 @@ impl Gateway for MemGateway {
 
     fn lookup(&self, payment_key: &str) -> impl Future<Output = LookedUp> + Send {
         let mut state = self.state();
+        *state.lookups_received.entry(payment_key.to_owned()).or_default() += 1;
         let verdict = if state.fail_lookups > 0 {
             state.fail_lookups -= 1;
             LookedUp::Unknown { reason: "injected: lookup failed".into() }

@@ -435,11 +435,22 @@ fn a_charge_landing_after_the_give_up_is_refunded_to_the_card() {
     let same_answer = Ok(Executed::Replayed(render(&Ok(first)).unwrap()));
     // Nothing landed yet: the completer looks again and finds nothing new.
     assert_eq!(complete_a_minute_later(&app), Ok(0));
-    assert!(block_on(payment(&app, user, id)).watched());
+    let watched = block_on(payment(&app, user, id));
+    assert!(watched.watched());
     // The gateway carries the held confirm out, long after the give-up.
     assert_eq!(gateway.land_held(), 1);
     assert_eq!(gateway.charge("pk-late"), Some((500, false)));
-    assert_eq!(complete_a_minute_later(&app), Ok(1));
+    // The watch's next lookup is backed off: the completer claims the
+    // payment once its threshold has passed since the backed-off turn, not
+    // a moment before.
+    let turn = watched.gateway.as_ref().unwrap().started_at;
+    let threshold = Duration::from_secs(60);
+    let due = turn.plus(threshold).millis() - app.clock().now().millis();
+    assert!(due > 61_000, "backed off past the next pass: {due} ms");
+    app.clock().advance(Duration::from_millis(u64::try_from(due).unwrap()));
+    assert_eq!(block_on(app.resolve_stuck(threshold, 16)), Ok(0), "not yet due");
+    app.clock().advance(Duration::from_millis(1));
+    assert_eq!(block_on(app.resolve_stuck(threshold, 16)), Ok(1), "due: the late charge is found");
     let settled = block_on(payment(&app, user, id));
     assert_eq!((settled.status, settled.watched()), (PaymentStatus::Failed, false));
     assert_eq!(gateway.charge("pk-late"), Some((500, true)), "refunded to the card");
@@ -454,9 +465,58 @@ fn a_charge_landing_after_the_give_up_is_refunded_to_the_card() {
     assert_eq!(complete_a_minute_later(&app), Ok(0));
 }
 
+/// Hole 11's cost: a watched payment costs the gateway a handful of lookups
+/// over its hour, not one per completer pass. Each lookup is put off as long
+/// as the payment has waited since its confirm was sent, up to
+/// `WATCH_BACKOFF_MAX`, so a late charge still waits at most that (and a
+/// pass) to be found, and the watch still ends soon after its horizon.
+#[test]
+fn a_watched_payment_is_looked_up_less_often_the_longer_it_is_watched() {
+    let (app, gateway, user, id) = gateway_payment();
+    gateway.hold_confirms(1);
+    assert_eq!(gateway_keyed(&app, user, "k", &confirm_with(id, "pk-held")), Err(Error::OutcomePending));
+    let sent = app.clock().now();
+    let mut given_up = None;
+    let mut lookups_at = Vec::new();
+    // A completer pass a minute apart, for well past the hour's watch.
+    for _ in 0..100 {
+        let before = gateway.lookups_received("pk-held");
+        let _ = complete_a_minute_later(&app);
+        let now = app.clock().now();
+        if gateway.lookups_received("pk-held") > before && given_up.is_some() {
+            lookups_at.push(now);
+        }
+        let current = block_on(payment(&app, user, id));
+        if given_up.is_none() && current.watched() {
+            given_up = Some(now);
+        }
+        if given_up.is_some() && !current.watched() {
+            break;
+        }
+    }
+    let given_up = given_up.expect("the confirm was given up on");
+    let ended = *lookups_at.last().expect("looked up while watched");
+    assert!(!block_on(payment(&app, user, id)).watched(), "the watch ended");
+    // Without the backoff: one lookup per pass, sixty over the hour.
+    assert!(lookups_at.len() <= 8, "{} lookups while watched: {lookups_at:?}", lookups_at.len());
+    let pass = Duration::from_secs(61);
+    let slack = tally_core::payment::WATCH_BACKOFF_MAX + Duration::from_secs(60) + pass;
+    let mut previous = given_up;
+    for at in &lookups_at {
+        assert!(at.millis() - previous.millis() <= i64::try_from(slack.as_millis()).unwrap(), "{lookups_at:?}");
+        previous = *at;
+    }
+    let horizon = given_up.plus(Duration::from_secs(60 * 60));
+    assert!(ended >= horizon && ended <= horizon.plus(slack), "ended at {ended:?}, horizon {horizon:?}");
+    assert!(given_up.millis() - sent.millis() >= 120_000, "the give-up waited its deadline");
+    assert_eq!(gateway.confirms_received("pk-held"), 1);
+    block_on(holds(&app));
+}
+
 /// Hole 11's bound: a given-up payment is watched until its horizon (an
 /// hour by default), then the completer stops looking it up. A charge under
-/// its key for another order ends the watch at once: ours can no longer land.
+/// its key for another order ends the watch at its next lookup: ours can no
+/// longer land.
 #[test]
 fn the_watch_of_a_given_up_confirm_ends_at_its_horizon_or_when_the_key_is_taken() {
     for taken in [false, true] {
@@ -469,10 +529,17 @@ fn the_watch_of_a_given_up_confirm_ends_at_its_horizon_or_when_the_key_is_taken(
         assert!(block_on(payment(&app, user, id)).watched());
         if taken {
             gateway.charge_elsewhere("pk-held", "other-merchant-order", 500);
+            // Found at the watch's next (backed-off) lookup.
+            let turn = block_on(payment(&app, user, id)).gateway.unwrap().started_at;
+            let due = turn.plus(Duration::from_secs(60)).millis() - app.clock().now().millis();
+            app.clock().advance(Duration::from_millis(u64::try_from(due).unwrap()));
+            assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(0), "not yet due");
+            app.clock().advance(Duration::from_millis(1));
+            assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(1), "taken");
         } else {
             app.clock().advance(Duration::from_secs(60 * 60));
+            assert_eq!(complete_a_minute_later(&app), Ok(1), "past the horizon");
         }
-        assert_eq!(complete_a_minute_later(&app), Ok(1), "taken: {taken}");
         let settled = block_on(payment(&app, user, id));
         assert_eq!((settled.status, settled.watched()), (PaymentStatus::Failed, false), "taken: {taken}");
         assert_eq!(complete_a_minute_later(&app), Ok(0), "no longer looked up");
