@@ -52,7 +52,8 @@ for entry in "${mutants[@]}"; do
   judge_mutant "$entry" failing_tests cargo test -p tally-mem --release --features mutants --test shuttle -- --test-threads=2
 done
 
-# The holes that are not races are pinned by the sequential use-case tests.
+# The holes that are not races are pinned by the sequential use-case tests
+# (and the group commit's exact outcomes by the deterministic batch tests).
 # They use std's primitives, so they build without `--cfg shuttle`.
 usecase_mutants=(
   "foreign_charge_adopted:a gateway answer about another order id is adopted (hole 1)"
@@ -66,9 +67,10 @@ usecase_mutants=(
   "late_charge_kept:a confirm given up on fails its payment unwatched, so a charge the gateway carries out later is never refunded (hole 11)"
   "watch_unthrottled:a watched payment is claimed and looked up on every completer pass, an hour of lookups per given-up confirm (hole 11's cost)"
   "watch_backoff_unbounded:a watched payment's lookups back off without a bound, so a late charge may wait half the watch to be found (hole 11)"
+  "batch_shared_lock_set:a group commit hands each request the whole batch's lock set, so an order's cancel takes another request's payment for its order's and is answered 404 (session 13)"
 )
 # The workspace's own target directory: only the tally crates build again.
-usecases=(env -u RUSTFLAGS -u CARGO_TARGET_DIR cargo test -p tally-mem --features mutants --test usecases)
+usecases=(env -u RUSTFLAGS -u CARGO_TARGET_DIR cargo test -p tally-mem --features mutants --test usecases --test batch)
 "${usecases[@]}" --no-run
 control_run "the use-case tests with the mutants compiled in" "${usecases[@]}"
 for entry in "${usecase_mutants[@]}"; do

@@ -15,6 +15,7 @@ use tally_core::app::{Command, Config, Executed, Outcome};
 use tally_core::check::assert_holds;
 use tally_core::ids::{PaymentId, SeqIds, UserId};
 use tally_core::money::Money;
+use tally_core::order::OrderStatus;
 use tally_core::payment::{InvalidTransition, PaymentEvent, PaymentStatus};
 use tally_core::store::{LockManager, NoLocks, StoreError};
 use tally_core::time::ManualClock;
@@ -220,4 +221,62 @@ fn lost_batch_commit_acknowledges_nothing_and_retries_run_once() {
         0,
         |r| matches!(r, Ok(Executed::Fresh(_))),
     );
+}
+
+fn cancelled_order(result: &Result) -> bool {
+    matches!(result, Ok(Executed::Fresh(Outcome::Order(o))) if o.status == OrderStatus::Cancelled)
+}
+
+/// An order's cancel in one batch with a confirm of another payment is
+/// answered as it would be alone: cancelled (and refunded, when paid), never
+/// 404. Each request runs with its own lock set; a cancel reads its order's
+/// payment from what its peek locked, and the batch's union holds the other
+/// request's payment too (session 13's adversarial pass: the cancel took the
+/// other payment for its order's, and stored 404 under its key).
+fn an_order_cancel_beside_another_confirm_is_answered_as_alone<L: LockManager>(
+    app: Arc<Tally<MemStore, L, ManualClock>>,
+) {
+    let (user, product, unpaid, other) = block_on(async {
+        let user = user_with(&app, Limits::default(), 1_000).await;
+        let product = new_product(&app, 100, 5).await;
+        let other = new_payment(&app, user, 50, 5).await;
+        let unpaid = new_order(&app, user, order_of(&[(product, 1)], &[], None)).await;
+        (user, product, unpaid, other)
+    });
+    let cancel = |order| Command::CancelOrder { order };
+    let results = run_keyed(&app, user, &[("c1", cancel(unpaid.id)), ("p1", confirm(other))]);
+    assert!(cancelled_order(&results[0]), "the unpaid order's cancel: {results:?}");
+    assert!(done(&results[1]), "{results:?}");
+
+    // A paid order, its payment created after the other one (so the other
+    // sorts first in the batch's lock set).
+    let (paid, second) = block_on(async {
+        let second = new_payment(&app, user, 50, 5).await;
+        let paid = new_order(&app, user, order_of(&[(product, 2)], &[], None)).await;
+        let pays = order_payment(&app, user, paid.id).await;
+        assert!(second < pays, "ids grow");
+        assert!(done(&app.execute(user, confirm(pays), None).await), "the order is paid");
+        (paid, second)
+    });
+    let results = run_keyed(&app, user, &[("c2", cancel(paid.id)), ("p2", confirm(second))]);
+    assert!(cancelled_order(&results[0]), "the paid order's cancel: {results:?}");
+    assert!(done(&results[1]), "{results:?}");
+    block_on(async {
+        // Two payments of 50 (payback 5 each) stand; the order's 200 came back.
+        assert_eq!(balance(&app, user).await, Money::new(1_000 - 2 * (50 - 5)));
+        assert_eq!(stock(&app, product).await, 5, "both orders gave their units back");
+        let replay = app.execute(user, cancel(paid.id), Some(keyed("c2", &cancel(paid.id)))).await;
+        assert!(matches!(&replay, Ok(Executed::Replayed(r)) if (200..300).contains(&r.status)), "{replay:?}");
+        assert_holds(&app.snapshot().await.unwrap());
+    });
+}
+
+#[test]
+fn locked_order_cancel_beside_another_confirm_is_answered_as_alone() {
+    an_order_cancel_beside_another_confirm_is_answered_as_alone(batched_locked());
+}
+
+#[test]
+fn optimistic_order_cancel_beside_another_confirm_is_answered_as_alone() {
+    an_order_cancel_beside_another_confirm_is_answered_as_alone(batched_optimistic());
 }

@@ -46,14 +46,20 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         let mut replies: Vec<Option<Reply>> = batch.iter().map(|_| None).collect();
         // Recomputed on every attempt, as `run` does: records move.
         let mut keys = Vec::new();
-        for (entry, reply) in batch.iter().zip(replies.iter_mut()) {
+        // Each request's own lock set: what its use case is told it holds,
+        // exactly as when it runs alone. A use case reads what its peek found
+        // from its lock set (an order's payment), so it must not see the
+        // other requests' keys.
+        let mut owns: Vec<Option<LockSet>> = batch.iter().map(|_| None).collect();
+        for ((entry, reply), owned) in batch.iter().zip(replies.iter_mut()).zip(owns.iter_mut()) {
             match self.lock_keys(entry.user, &entry.command).await {
                 Ok(mut own) => {
                     own.push(LockKey::Idempotency(entry.scope.clone()));
                     if keys.len() + own.len() > BATCH_LOCK_SET_SIZE_MAX {
                         *reply = Some(Reply::Alone);
                     } else {
-                        keys.extend(own);
+                        keys.extend(own.iter().cloned());
+                        *owned = Some(LockSet::new(own));
                     }
                 }
                 Err(error) => *reply = Some(Reply::Ran(Err(error))),
@@ -92,7 +98,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
             }
             let held = entry.held();
             let mark = tx.mark();
-            let reply = match self.run_in(&mut tx, entry.user, &entry.command, keyed.then_some(&held), &keys).await {
+            // The mutant hands every request the whole batch's lock set.
+            let locked = match &owns[i] {
+                Some(own) if !crate::mutant::active("batch_shared_lock_set") => own,
+                _ => &keys,
+            };
+            let reply = match self.run_in(&mut tx, entry.user, &entry.command, keyed.then_some(&held), locked).await {
                 Ok(step) => Reply::Ran(Ok(step)),
                 Err(Error::Store(StoreError::Conflict)) => {
                     tx.rollback_to(mark);
