@@ -94,6 +94,7 @@ counts! {
     // coverage: the adversarial customer (issue 10)
     KeyReuseRefused,
     SecondTabConfirms,
+    BesideRequests,
     OtherTabRefused,
     ForeignKeyFailed,
     CashbackCancelRefused,
@@ -204,6 +205,7 @@ impl Count {
             Count::Forbidden403 => "seat orders refused 403 (token not active)",
             Count::KeyReuseRefused => "confirms with another payment's key refused (409 payment_key_in_use)",
             Count::SecondTabConfirms => "second-tab confirms: one gateway payment, the tab's own payment key",
+            Count::BesideRequests => "order cancels sent with another payment's confirm or cancel beside (busy tabs)",
             Count::OtherTabRefused => "tab confirms refused: the other tab's key was charged (409 invalid_state)",
             Count::ForeignKeyFailed => "gateway payments failed: their key was charged for another order",
             Count::CashbackCancelRefused => "cancels refused: cashback spent (409 insufficient_balance)",

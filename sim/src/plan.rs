@@ -144,6 +144,9 @@ pub mod timing {
 /// simulation reasons in) and as the float the fake takes. A table of
 /// literals, because the workspace allows no float arithmetic.
 pub const GATEWAY_PROBABILITIES: [(u64, f64); 4] = [(50, 0.05), (100, 0.1), (200, 0.2), (350, 0.35)];
+/// Of the clients, how many (per mille) have the busy-tabs habit
+/// ([`adversary::Habits::busy_tabs`]).
+pub const BUSY_TABS_PER_MILLE: u64 = 400;
 /// Of the seeds whose gateway delays requests, how many (per mille) step
 /// the clock past the give-up ([`timing::LATE_STEP`]).
 pub const LATE_STEP_PER_MILLE: u64 = 1000;
@@ -548,7 +551,12 @@ impl Plan {
         // A payment can race the sweeper only while its transaction takes
         // time: a racing seed's database is never instant.
         let db_latency_max_ms = if inventory.races_expiry { db_latency_max_ms.max(3) } else { db_latency_max_ms };
-        let adversary = Adversary::draw(&mut root.fork(6), clients, users, inventory.products.len());
+        let mut adversary = Adversary::draw(&mut root.fork(6), clients, users, inventory.products.len());
+        // Its own stream, so the habits above stay what they were.
+        let mut busy = root.fork(12);
+        for habits in &mut adversary.habits {
+            habits.busy_tabs = busy.chance(BUSY_TABS_PER_MILLE);
+        }
         let money_faults = MoneyFaults::draw(&mut root.fork(7), profile, options.hosts, &adversary.calendar);
         let mut db_faults = DbFaults::draw(&mut root.fork(9), profile, horizon_ms);
         db_faults.zombies = Zombie::draw(&mut root.fork(10), profile, options.hosts.max(1), horizon_ms);

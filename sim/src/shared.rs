@@ -22,6 +22,7 @@ pub const INV_KEY_BOUND: &str =
     "a gateway payment key belongs to one payment, forever (a charge is adopted only for its order id)";
 pub const INV_PAYBACK: &str = "the payback is the merchant's policy, never the customer's choice";
 pub const INV_SEAT_LIMIT: &str = "one queue token holds at most its event's max_seats_per_token seats";
+pub const INV_FOUND: &str = "404 means no such object or not yours: a client's own order or payment is always found";
 
 /// One broken promise.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -51,8 +51,8 @@ use crate::catalogue::Catalogue;
 use crate::journal::{Answer, Exchange};
 use crate::shared::TAG_SPACE;
 pub use crate::shared::{
-    INV_CHARGED_ONCE, INV_DETERMINISM, INV_DURABLE, INV_IDEMPOTENCY, INV_KEY_BOUND, INV_LIVENESS, INV_NO_500,
-    INV_ORDERS, INV_PAYBACK, INV_RECOVERED, INV_SEAT_LIMIT, INV_SEATS, Violation,
+    INV_CHARGED_ONCE, INV_DETERMINISM, INV_DURABLE, INV_FOUND, INV_IDEMPOTENCY, INV_KEY_BOUND, INV_LIVENESS,
+    INV_NO_500, INV_ORDERS, INV_PAYBACK, INV_RECOVERED, INV_SEAT_LIMIT, INV_SEATS, Violation,
 };
 use crate::workload::{FOREIGN_ORDER_PREFIX, RESTOCK_QUANTITY, names_payback};
 
@@ -96,7 +96,59 @@ pub fn judge(evidence: &Evidence<'_>) -> Vec<Violation> {
     order_payments_once_per_key(evidence, &mut found);
     tokens_never_hoard(evidence, &mut found);
     seat_limit_refusals_are_right(evidence, &mut found);
+    own_records_are_found(evidence, &mut found);
     found
+}
+
+/// SPEC.md: 404 is "no such object, or not yours". A request naming the
+/// client's own order or payment, sent after an answer showed the record
+/// existed, is never answered 404, fresh or replayed (session 13: a
+/// batched order cancel took another request's payment for its order's and
+/// stored 404 under its key).
+fn own_records_are_found(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
+    let snapshot = evidence.snapshot;
+    let owner: BTreeMap<String, UserId> = snapshot
+        .orders
+        .iter()
+        .map(|o| (o.id.to_string(), o.user))
+        .chain(snapshot.payments.iter().map(|p| (p.id.to_string(), p.user)))
+        .collect();
+    // When each record was first shown to exist: the earliest 2xx answer
+    // naming it as its `id`.
+    let mut shown: BTreeMap<String, Timestamp> = BTreeMap::new();
+    for (exchange, status, body, _) in replies(evidence) {
+        if (200..300).contains(&status)
+            && let Some(id) = field(body, "id")
+            && owner.contains_key(&id)
+        {
+            let at = shown.entry(id).or_insert(exchange.ended_at);
+            *at = (*at).min(exchange.ended_at);
+        }
+    }
+    for (exchange, status, body, replayed) in replies(evidence) {
+        if status != 404 {
+            continue;
+        }
+        let named = path_id(&exchange.path, "/v1/orders/").or_else(|| path_id(&exchange.path, "/v1/payments/"));
+        let Some(id) = named else { continue };
+        let own = owner.get(id) == Some(&exchange.user);
+        if own && shown.get(id).is_some_and(|at| *at < exchange.sent_at) {
+            found.push(Violation::new(
+                INV_FOUND,
+                "a client's own record is never answered 404",
+                format!(
+                    "{} {:?} (client {}, {}) on {} answered 404{}: {}",
+                    exchange.kind,
+                    exchange.key,
+                    exchange.client + 1,
+                    exchange.path,
+                    exchange.host,
+                    if replayed { " (replayed)" } else { "" },
+                    String::from_utf8_lossy(body)
+                ),
+            ));
+        }
+    }
 }
 
 fn core_invariants(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {

@@ -85,6 +85,12 @@ pub struct Habits {
     /// charges, and the other is refused 409, never answered with a charge
     /// its key did not make.
     pub second_tab: bool,
+    /// Cancels an order while, in another tab, confirming or cancelling
+    /// another of its payments, both sent at once to one server: the two
+    /// share a group commit, and each must be answered as it would be alone
+    /// (session 13: the order's cancel was answered 404). Drawn on a stream
+    /// of its own (see `Plan::draw`).
+    pub busy_tabs: bool,
 }
 
 /// The money rules one seed tests and how its customers attack them: the
@@ -159,6 +165,7 @@ impl Adversary {
                 choose_payback: rng.chance(300),
                 pay_at_midnight: boundary && rng.chance(800),
                 second_tab: rng.chance(400),
+                busy_tabs: false,
             })
             .collect();
         let foreign_charges =

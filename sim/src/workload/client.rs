@@ -182,6 +182,13 @@ pub(super) async fn perform(
         if let (1, Some(tab), Some(key)) = (number, planned.second_tab(), key) {
             duplicates.push(second_tab(spec, tab, op, Planned::tab_key(key), rng));
         }
+        if let (1, Some(beside), Some(key)) = (number, planned.beside.as_deref(), key) {
+            spec.journal.count(Count::BesideRequests, 1);
+            let (spec, beside, key) = (spec.clone(), beside.clone(), Planned::beside_key(key));
+            duplicates.push(tokio::task::spawn_local(async move {
+                let _ = send(&spec, &beside, op, Some(&key), server, 1, false).await;
+            }));
+        }
         if let Ok(reply) = send(spec, planned, op, key, server, number, false).await
             && is_final(&reply)
         {

@@ -226,6 +226,9 @@ pub struct Planned {
     pub second_tab: Option<String>,
     /// This is that second tab's confirm.
     pub tab: bool,
+    /// Sent at the same moment to the same server, under a key of its own
+    /// ([`Planned::beside_key`]), and not waited for: the busy-tabs habit.
+    pub beside: Option<Box<Planned>>,
 }
 
 impl Planned {
@@ -238,6 +241,7 @@ impl Planned {
             body: Some(ops::json(&serde_json::json!({ "payment_key": payment_key }))),
             second_tab: None,
             tab: true,
+            beside: None,
             ..self.clone()
         })
     }
@@ -245,6 +249,11 @@ impl Planned {
     /// The second tab's `Idempotency-Key`, from the confirm's own.
     pub fn tab_key(key: &str) -> String {
         format!("{key}-tab")
+    }
+
+    /// The `Idempotency-Key` of the request sent beside this one.
+    pub fn beside_key(key: &str) -> String {
+        format!("{key}-beside")
     }
 }
 

@@ -29,6 +29,7 @@ fn request(kind: &'static str, method: &'static str, path: String, body: Option<
         scripted: false,
         seats: Vec::new(),
         second_tab: None,
+        beside: None,
         tab: false,
     }
 }
@@ -402,7 +403,26 @@ pub(super) fn build_pay_order(state: &ClientState, rng: &mut SimRng, tag: i64) -
 pub(super) fn build_cancel_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
     let index = choose_order(state, rng, &["pending_payment", "paid"])?;
     let path = format!("/v1/orders/{}/cancel", state.orders[index].id);
-    Some(post("cancel-order", path, serde_json::json!({})).on_order(index))
+    let mut planned = post("cancel-order", path, serde_json::json!({})).on_order(index);
+    if state.habits.busy_tabs {
+        planned.beside = beside(state, rng, index).map(Box::new);
+    }
+    Some(planned)
+}
+
+/// The busy-tabs habit: another of the client's payments (not the order's),
+/// confirmed while waiting from the wallet, cancelled otherwise. Its answer
+/// is not learned, as a forgotten tab's is not.
+fn beside(state: &ClientState, rng: &mut SimRng, order: usize) -> Option<Planned> {
+    let others: Vec<usize> = (0..state.payments.len()).filter(|&i| state.payments[i].order != Some(order)).collect();
+    let index = *others.get(rng.index(others.len().max(1)))?;
+    let known = &state.payments[index];
+    let planned = if known.status == "wait" && !known.gateway {
+        post("confirm", format!("/v1/payments/{}/confirm", known.id), serde_json::json!({}))
+    } else {
+        post("cancel", format!("/v1/payments/{}/cancel", known.id), serde_json::json!({}))
+    };
+    Some(planned.on_payment(index))
 }
 
 pub(super) fn build_read_order(state: &ClientState, rng: &mut SimRng, _: i64) -> Option<Planned> {
@@ -524,7 +544,9 @@ pub const OPENING_PER_MILLE: u64 = 600;
 /// reads the wallet and scripts the rest); fill the wallet to just under its
 /// maximum and pay with a payback (`near-max`); pay twice through the
 /// gateway, the second time with the first payment's key; join the queue and
-/// book seat after seat (the token's answer scripts the bookings).
+/// book seat after seat (the token's answer scripts the bookings); create a
+/// wallet payment and an order, and cancel the order with the payment's
+/// confirm beside it (`busy_tabs`).
 pub(super) fn opening(state: &ClientState, rng: &mut SimRng) -> VecDeque<(&'static str, Option<usize>)> {
     let habits = state.habits;
     if habits.pay_at_midnight {
@@ -543,6 +565,11 @@ pub(super) fn opening(state: &ClientState, rng: &mut SimRng) -> VecDeque<(&'stat
     }
     if habits.hoard_seats && state.catalogue.event.is_some() {
         schemes.push(&["join-queue"]);
+    }
+    if habits.busy_tabs {
+        // A waiting wallet payment, then an order cancelled with that
+        // payment's confirm beside it.
+        schemes.push(&["pay-wallet", "order-products", "cancel-order"]);
     }
     if schemes.is_empty() {
         return VecDeque::new();
