@@ -1,13 +1,22 @@
 //! The fault schedule: drawn from the run's seed, one fault at a time, for
 //! as long as the clients run. Besides the random ones, every run with
-//! faults kills an instance once a quarter of the operations are done and
-//! PostgreSQL once half are, so each strategy's report shows both kills;
-//! and COMMIT acknowledgements are lost at a base rate throughout.
+//! faults holds the gateway's confirms past the give-up once a fifth of the
+//! operations are done, kills an instance once a quarter are done and
+//! PostgreSQL once half are, so each strategy's report shows all three; and
+//! COMMIT acknowledgements are lost at a base rate throughout.
+//!
+//! A gateway hold is session 11's late charge on the shipped path: confirms
+//! received during the window are carried out only after the give-up, so
+//! their payments are failed and watched, and a charge that lands must be
+//! refunded by the confirm's own late answer or, when the instance that sent
+//! it died meanwhile (the kill follows the hold), by another instance's
+//! watch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tally_gateway::fake::{Endpoint, FaultPlan, LatencyFault};
 use tally_sim::rng::SimRng;
 
 use crate::deploy::{Database, Instance};
@@ -52,6 +61,7 @@ kinds! {
     Stall => "database link stalls (every connection hangs)",
     Reset => "partitions with reset (connections closed, new ones refused)",
     LostAckWindow => "lost-acknowledgement windows (20% of COMMITs)",
+    GatewayHold => "gateway confirm windows held past the give-up (charges landing late)",
     InstanceKill => "tally instances killed (kill -9) and restarted",
     PostgresKill => "PostgreSQL killed (kill -9) and restarted (crash recovery)",
 }
@@ -77,6 +87,9 @@ pub struct Targets {
     pub database: Arc<Database>,
     pub http: reqwest::Client,
     pub counts: Counts,
+    /// The fake gateway's faults, and the give-up the instances run with.
+    pub gateway: Arc<FaultPlan>,
+    pub gateway_give_up: Duration,
     /// Errors restarting something: a restart that fails is a finding.
     pub errors: std::sync::Mutex<Vec<String>>,
 }
@@ -113,12 +126,14 @@ impl Targets {
         }
     }
 
-    /// Every link healthy, no lost acknowledgements.
+    /// Every link healthy, no lost acknowledgements, no new confirm held
+    /// (those already held still land when their wait ends).
     pub fn heal(&self) {
         for instance in self.instances.iter() {
             instance.proxy.heal();
             instance.proxy.set_lost_acks(0);
         }
+        self.gateway.set_latency(None);
     }
 }
 
@@ -133,14 +148,16 @@ pub async fn run(targets: Arc<Targets>, level: Level, seed: u64, progress: impl 
         instance.proxy.set_lost_acks(base_lost);
     }
     let count = targets.instances.len();
-    let (mut killed_instance, mut killed_postgres) = (false, false);
+    let (mut held_gateway, mut killed_instance, mut killed_postgres) = (false, false, false);
     while !done.load(Ordering::Relaxed) {
         tokio::time::sleep(rng.millis(gap_low, gap_high)).await;
         if done.load(Ordering::Relaxed) {
             break;
         }
         let share = progress();
-        let kind = if !killed_instance && share >= 250 {
+        let kind = if !held_gateway && share >= 200 {
+            Kind::GatewayHold
+        } else if !killed_instance && share >= 250 {
             Kind::InstanceKill
         } else if !killed_postgres && share >= 500 {
             Kind::PostgresKill
@@ -149,7 +166,8 @@ pub async fn run(targets: Arc<Targets>, level: Level, seed: u64, progress: impl 
             let weights = [(Kind::Latency, 4), (Kind::Stall, 3), (Kind::Reset, 3), (Kind::LostAckWindow, 3)];
             let weights: Vec<_> = weights
                 .into_iter()
-                .chain([(Kind::InstanceKill, 2), (Kind::PostgresKill, u64::from(level == Level::Heavy))])
+                .chain([(Kind::GatewayHold, 1), (Kind::InstanceKill, 2)])
+                .chain([(Kind::PostgresKill, u64::from(level == Level::Heavy))])
                 .collect();
             let total: u64 = weights.iter().map(|(_, w)| w).sum();
             let mut draw = rng.below(total);
@@ -185,6 +203,17 @@ pub async fn run(targets: Arc<Targets>, level: Level, seed: u64, progress: impl 
                 proxy.set_lost_acks(200);
                 tokio::time::sleep(rng.millis(1_000, 2_000)).await;
                 proxy.set_lost_acks(base_lost);
+            }
+            Kind::GatewayHold => {
+                held_gateway = true;
+                // Each confirm received in the window waits 2 to 4 s past the
+                // give-up before the gateway carries it out; the confirm's
+                // sender (30 s timeout) usually hears it late.
+                let (low, high) = (targets.gateway_give_up + Duration::from_secs(2), Duration::from_secs(2));
+                let hold = LatencyFault::range(low, low + high).on(&[Endpoint::Confirm]);
+                targets.gateway.set_latency(Some(hold));
+                tokio::time::sleep(rng.millis(1_500, 3_000)).await;
+                targets.gateway.set_latency(None);
             }
             Kind::InstanceKill => {
                 killed_instance = true;

@@ -222,6 +222,8 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
         database: Arc::clone(&database),
         http: http.clone(),
         counts: faults::Counts::default(),
+        gateway: gateway.faults(),
+        gateway_give_up: GATEWAY_GIVE_UP,
         errors: std::sync::Mutex::new(Vec::new()),
     });
     let schedule = tokio::spawn({
@@ -253,7 +255,8 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
         }
     }
 
-    let snapshot = settle(&database, &name, plan.inventory.order_ttl).await?;
+    let snapshot = settle(&database, &name, plan.inventory.order_ttl, &gateway).await?;
+    tally_sim::run::count_money_paths(&journal, &snapshot, &gateway);
     let now = tally::runtime::SystemClock.now();
     ticking.store(false, Ordering::Relaxed);
     let _ = ticker.await;
@@ -298,23 +301,52 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
     })
 }
 
-/// Waits until the completer has resolved every gateway payment in flight
-/// and unpaid orders have had their TTL and a sweep, then returns the final
+/// Waits until the completer has resolved every gateway payment in flight,
+/// no confirm is still held at the gateway, every charge that landed on a
+/// watched payment was found (the payment is refunding or refunded), and
+/// unpaid orders have had their TTL and a sweep (also those whose payment
+/// failed a moment ago); then returns the final
 /// snapshot (or the last one read, when `SETTLE_MAX` runs out: the oracle
 /// then reports what is left).
-async fn settle(database: &Database, name: &str, order_ttl: Duration) -> Result<Snapshot, DeployError> {
+async fn settle(
+    database: &Database,
+    name: &str,
+    order_ttl: Duration,
+    gateway: &tally_gateway::FakeGateway,
+) -> Result<Snapshot, DeployError> {
     let started = Instant::now();
     // An order placed just before the clients stopped lapses one TTL later;
     // the sweeper runs every second.
     let swept = order_ttl + Duration::from_secs(2);
     loop {
         let snapshot = checks::snapshot(database, name).await;
-        let settled = snapshot.as_ref().is_ok_and(|s| !s.payments.iter().any(|p| p.status.in_flight()));
+        let now = tally::runtime::SystemClock.now();
+        let settled = gateway.faults().confirms_delayed_now() == 0
+            && snapshot.as_ref().is_ok_and(|s| {
+                !s.payments.iter().any(|p| p.status.in_flight() || (p.watched() && landed(gateway, p)))
+                    // A payment that just failed (a give-up) hands its
+                    // order back to the sweeper: wait for its next sweep.
+                    && !s.orders.iter().any(|o| {
+                        o.status == tally_core::order::OrderStatus::PendingPayment
+                            && o.payment.is_none()
+                            && o.past_ttl(now)
+                    })
+            });
         if (settled && started.elapsed() >= swept) || started.elapsed() > SETTLE_MAX {
             return snapshot.map_err(DeployError::Other);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Whether the gateway holds a live charge of `payment`'s (its key, its
+/// order id): on a watched payment, a late charge its watch has yet to find.
+fn landed(gateway: &tally_gateway::FakeGateway, payment: &tally_core::payment::Payment) -> bool {
+    let Some(attempt) = &payment.gateway else { return false };
+    gateway.payment(&attempt.payment_key).is_some_and(|charge| {
+        charge.order_id == tally_core::gateway::order_id(payment.id)
+            && charge.status != tally_gateway::protocol::STATUS_CANCELED
+    })
 }
 
 /// The history, one exchange per line, for a human (or a script) to read.

@@ -533,7 +533,7 @@ fn foreign_charges(plan: &Plan, root: &SimRng) -> Vec<(Duration, String, i64)> {
 /// Coverage of the money paths, from the final books: charges of another
 /// amount (and the refunds they owed, resolved), other merchants' charges
 /// (and our payments they failed), payments across a day or month end.
-fn count_money_paths(journal: &Journal, snapshot: &tally_core::check::Snapshot, gateway: &FakeGateway) {
+pub fn count_money_paths(journal: &Journal, snapshot: &tally_core::check::Snapshot, gateway: &FakeGateway) {
     use tally_core::time::Timestamp;
     let payments: std::collections::BTreeMap<String, &tally_core::payment::Payment> =
         snapshot.payments.iter().map(|p| (tally_core::gateway::order_id(p.id), p)).collect();
