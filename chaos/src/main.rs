@@ -205,6 +205,8 @@ fn report(seed: u64, outcomes: &[run::Outcome]) -> usize {
             Count::OrderExpired,
             Count::SecondTabConfirms,
             Count::OtherTabRefused,
+            Count::BesideRequests,
+            Count::LateChargesRefunded,
         ] {
             println!("  {:>7}  {}", counts.get(count), count.name());
         }
