@@ -12,6 +12,8 @@
 # completer, must be answered as a charge when retried under its key.
 # Hole 11 (session 12): a charge the gateway carries out after the service
 # gave its confirm up must be refunded (the give-up is 3 s here).
+# Hole 13 (session 13): an order's cancel sharing a group commit with
+# another payment's confirm must be answered as alone, never 404.
 # Holes 5 (a charge of the wrong amount) and 6 (a request stamped before the
 # wallet's window) need a tampering gateway or a skewed clock; the use-case,
 # shuttle, end-to-end and simulation suites cover them.
@@ -174,5 +176,35 @@ expect "the late charge's confirm" 200 "" "$answer"
 expect "the retry under its key" 200 "" "$(confirm_keyed "$h" "$p" '{"payment_key":"K-11"}' late-11)"
 [ "$(balance "$h")" = 0 ] || { echo "FAIL heidi's wallet is $(balance "$h")"; exit 1; }
 echo "ok   given up, charged late, refunded to the card, answered failed"
+
+echo "== 13. an order's cancel batched with another payment's confirm is answered as alone"
+# Group commit is on (the default). The customer cancels an order while
+# another tab confirms one of its other payments; the two often share a
+# batch. The cancel must be 200 cancelled, never 404 for its own order
+# (session 13: the batch's other payment was taken for the order's).
+h=$(user henry)
+top_up "$h" 100000
+product=$(call POST /v1/products "$admin" '{"name":"widget","price":100,"stock":1000}' | cut -d' ' -f2- | json id)
+# post_at PATH IDEMPOTENCY-KEY OUT: a POST of its own body file, so that two
+# can run at once.
+post_at() {
+  curl -s -o "$3.body" -w '%{http_code}' -X POST "$url$1" -H "Authorization: Bearer $h" \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: $2" -d '{}' > "$3"
+}
+for round in $(seq 1 20); do
+  o=$(call POST /v1/orders "$h" "{\"items\":[{\"product_id\":\"$product\",\"quantity\":1}]}" "o13-$round" |
+    cut -d' ' -f2- | json id)
+  p=$(pay "$h" wallet 10)
+  post_at "/v1/orders/$o/cancel" "x13-$round" "$work/cancel" &
+  cancel=$!
+  post_at "/v1/payments/$p/confirm" "y13-$round" "$work/confirm" &
+  # Not a bare `wait`: the gateway and the server are children too.
+  wait "$cancel" $!
+  for what in cancel confirm; do
+    [ "$(cat "$work/$what")" = 200 ] ||
+      { echo "FAIL round $round: the $what answered $(cat "$work/$what") $(cat "$work/$what.body")"; exit 1; }
+  done
+done
+echo "ok   20 rounds: every cancel 200, every confirm 200"
 
 echo "all reproductions behave as SPEC.md says ($store, $strategy)"
