@@ -160,11 +160,13 @@ fn inventory_seeds_keep_every_promise() {
 /// midnight on servers whose clocks lag, hoard seats with one token, name
 /// their own `payback_amount`, confirm one payment from two tabs with two
 /// payment keys, and meet a gateway that charges the wrong amount. The
-/// oracle finds nothing, and every one of those paths was taken.
+/// oracle finds nothing, and every one of those paths was taken. (Seed 43
+/// joined when session 13's busy tabs redrew its clients' workload: its
+/// gateway's wrong-amount charge is refunded.)
 #[test]
 fn adversarial_seeds_keep_every_promise() {
     assert_clean_and_reached(
-        [4, 9, 54, 60, 64, 69].map(|seed| (seed, options(Profile::Swarm))),
+        [4, 9, 43, 54, 60, 64, 69].map(|seed| (seed, options(Profile::Swarm))),
         &[
             Count::KeyReuseRefused,
             Count::SecondTabConfirms,
