@@ -144,8 +144,9 @@ pub struct ServeArgs {
     pub gateway_give_up_seconds: u64,
     /// How long after a give-up the completer keeps looking the payment's
     /// key up, and refunds a charge that lands late (a gateway holding the
-    /// confirm, a clock that stepped): one lookup per watched payment each
-    /// completer pass. Longer than any gateway holds a confirm.
+    /// confirm, a clock that stepped). The lookups thin out: each waits as
+    /// long as the payment has waited, at most 15 minutes more than
+    /// `--completer-after-seconds`. Longer than any gateway holds a confirm.
     #[arg(long, env = "TALLY_GATEWAY_WATCH_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub gateway_watch_seconds: u64,
     /// Test only: skews this instance's clock by this many milliseconds
