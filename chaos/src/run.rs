@@ -326,11 +326,7 @@ async fn settle(
                 !s.payments.iter().any(|p| p.status.in_flight() || (p.watched() && landed(gateway, p)))
                     // A payment that just failed (a give-up) hands its
                     // order back to the sweeper: wait for its next sweep.
-                    && !s.orders.iter().any(|o| {
-                        o.status == tally_core::order::OrderStatus::PendingPayment
-                            && o.payment.is_none()
-                            && o.past_ttl(now)
-                    })
+                    && !s.orders.iter().any(|o| tally_sim::oracle::awaits_sweep(o, now))
             });
         if (settled && started.elapsed() >= swept) || started.elapsed() > SETTLE_MAX {
             return snapshot.map_err(DeployError::Other);

@@ -29,7 +29,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tally_core::Tally;
 use tally_core::ids::SeqIds;
-use tally_core::order::OrderStatus;
 use tally_core::payment::{Payment, PaymentStatus};
 use tally_core::store::Store;
 use tally_core::time::Clock as _;
@@ -446,10 +445,7 @@ impl Driver<'_> {
     fn has_lapsed_orders(&self) -> bool {
         let snapshot = now_or_never(self.memory.snapshot()).expect("the in-memory snapshot never fails");
         let now = self.clock.now();
-        snapshot
-            .orders
-            .iter()
-            .any(|o| o.status == OrderStatus::PendingPayment && o.payment.is_none() && o.past_ttl(now))
+        snapshot.orders.iter().any(|o| crate::oracle::awaits_sweep(o, now))
     }
 
     /// Payments waiting on the gateway: in flight, or failed and watched

@@ -473,8 +473,8 @@ mod tests {
         assert!(confirming.transition(E::Refunded, Timestamp(1)).is_err());
     }
 
-    /// Hole 11: a confirm given up on may still be charged; the failed
-    /// payment is watched, and only a watched one may owe a late refund.
+    /// Hole 11's cost: a watched payment's next claim is put off by the
+    /// time since its confirm was sent, never more than the bound.
     #[test]
     fn a_watched_payments_lookups_back_off_to_a_bound() {
         let minute = 60_000;
@@ -484,6 +484,8 @@ mod tests {
         assert_eq!(watch_backoff(Timestamp(i64::MIN), Timestamp(i64::MAX)), WATCH_BACKOFF_MAX);
     }
 
+    /// Hole 11: a confirm given up on may still be charged; the failed
+    /// payment is watched, and only a watched one may owe a late refund.
     #[test]
     fn a_given_up_confirm_is_failed_and_watched_until_its_horizon() {
         use PaymentEvent as E;

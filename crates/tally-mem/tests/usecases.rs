@@ -97,6 +97,19 @@ fn complete_a_minute_later(app: &GatewayTally) -> Result<usize, Error> {
     block_on(app.resolve_stuck(Duration::from_secs(60), 16))
 }
 
+/// The completer at a watched payment's backed-off turn: a pass the moment
+/// before claims nothing, the pass at it claims the payment. Returns how
+/// long after now the turn came, and that pass's result.
+fn complete_at_its_turn(app: &GatewayTally, user: UserId, id: PaymentId) -> (i64, Result<usize, Error>) {
+    let threshold = Duration::from_secs(60);
+    let turn = block_on(payment(app, user, id)).gateway.expect("a gateway payment").started_at;
+    let due = turn.plus(threshold).millis() - app.clock().now().millis();
+    app.clock().advance(Duration::from_millis(u64::try_from(due).expect("a turn ahead")));
+    assert_eq!(block_on(app.resolve_stuck(threshold, 16)), Ok(0), "not yet due");
+    app.clock().advance(Duration::from_millis(1));
+    (due, block_on(app.resolve_stuck(threshold, 16)))
+}
+
 #[test]
 fn top_up_books_one_transfer_with_the_balance_after() {
     with_user(0, |app, user| async move {
@@ -435,22 +448,16 @@ fn a_charge_landing_after_the_give_up_is_refunded_to_the_card() {
     let same_answer = Ok(Executed::Replayed(render(&Ok(first)).unwrap()));
     // Nothing landed yet: the completer looks again and finds nothing new.
     assert_eq!(complete_a_minute_later(&app), Ok(0));
-    let watched = block_on(payment(&app, user, id));
-    assert!(watched.watched());
+    assert!(block_on(payment(&app, user, id)).watched());
     // The gateway carries the held confirm out, long after the give-up.
     assert_eq!(gateway.land_held(), 1);
     assert_eq!(gateway.charge("pk-late"), Some((500, false)));
     // The watch's next lookup is backed off: the completer claims the
     // payment once its threshold has passed since the backed-off turn, not
     // a moment before.
-    let turn = watched.gateway.as_ref().unwrap().started_at;
-    let threshold = Duration::from_secs(60);
-    let due = turn.plus(threshold).millis() - app.clock().now().millis();
+    let (due, found) = complete_at_its_turn(&app, user, id);
     assert!(due > 61_000, "backed off past the next pass: {due} ms");
-    app.clock().advance(Duration::from_millis(u64::try_from(due).unwrap()));
-    assert_eq!(block_on(app.resolve_stuck(threshold, 16)), Ok(0), "not yet due");
-    app.clock().advance(Duration::from_millis(1));
-    assert_eq!(block_on(app.resolve_stuck(threshold, 16)), Ok(1), "due: the late charge is found");
+    assert_eq!(found, Ok(1), "due: the late charge is found");
     let settled = block_on(payment(&app, user, id));
     assert_eq!((settled.status, settled.watched()), (PaymentStatus::Failed, false));
     assert_eq!(gateway.charge("pk-late"), Some((500, true)), "refunded to the card");
@@ -530,12 +537,7 @@ fn the_watch_of_a_given_up_confirm_ends_at_its_horizon_or_when_the_key_is_taken(
         if taken {
             gateway.charge_elsewhere("pk-held", "other-merchant-order", 500);
             // Found at the watch's next (backed-off) lookup.
-            let turn = block_on(payment(&app, user, id)).gateway.unwrap().started_at;
-            let due = turn.plus(Duration::from_secs(60)).millis() - app.clock().now().millis();
-            app.clock().advance(Duration::from_millis(u64::try_from(due).unwrap()));
-            assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(0), "not yet due");
-            app.clock().advance(Duration::from_millis(1));
-            assert_eq!(block_on(app.resolve_stuck(Duration::from_secs(60), 16)), Ok(1), "taken");
+            assert_eq!(complete_at_its_turn(&app, user, id).1, Ok(1), "taken");
         } else {
             app.clock().advance(Duration::from_secs(60 * 60));
             assert_eq!(complete_a_minute_later(&app), Ok(1), "past the horizon");

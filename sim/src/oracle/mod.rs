@@ -100,6 +100,13 @@ pub fn judge(evidence: &Evidence<'_>) -> Vec<Violation> {
     found
 }
 
+/// An unpaid order, no payment under way, past its TTL: what the sweepers
+/// expire. The quiet phase (and the chaos harness's settle) waits until none
+/// is left; the oracle reports any that is.
+pub fn awaits_sweep(order: &Order, now: Timestamp) -> bool {
+    order.status == OrderStatus::PendingPayment && order.payment.is_none() && order.past_ttl(now)
+}
+
 /// SPEC.md: 404 is "no such object, or not yours". A request naming the
 /// client's own order or payment, sent after an answer showed the record
 /// existed, is never answered 404, fresh or replayed (session 13: a

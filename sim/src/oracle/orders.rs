@@ -124,7 +124,7 @@ pub(super) fn orders(evidence: &Evidence<'_>, found: &mut Vec<Violation>) {
     }
     restocks(evidence, found);
     for order in &snapshot.orders {
-        if order.status == OrderStatus::PendingPayment && order.payment.is_none() && order.past_ttl(evidence.now) {
+        if awaits_sweep(order, evidence.now) {
             found.push(Violation::new(
                 INV_RECOVERED,
                 "no unpaid order is left past its TTL once the sweepers ran",
