@@ -214,6 +214,7 @@ fn report(seed: u64, outcomes: &[run::Outcome]) -> usize {
         for (label, n) in &outcome.faults {
             println!("  {n:>7}  {label}");
         }
+        println!("  {:>7}  confirms the gateway hold caught past the give-up", outcome.held_confirms);
         println!("  {:>7}  COMMITs seen by the proxies", outcome.commits);
         println!(
             "  {:>7}  COMMIT acknowledgements lost (committed or not, the service never heard)",

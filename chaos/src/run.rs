@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tally_client::ReqwestTransport;
 
@@ -61,6 +61,8 @@ pub struct Outcome {
     pub lost_acks: u64,
     pub resets: u64,
     pub bank_snapshots: u64,
+    /// Confirms the gateway hold caught past the give-up.
+    pub held_confirms: u64,
     pub violations: Vec<Violation>,
     pub history: PathBuf,
     pub cut_short: bool,
@@ -224,6 +226,7 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
         counts: faults::Counts::default(),
         gateway: gateway.faults(),
         gateway_give_up: GATEWAY_GIVE_UP,
+        held_confirms: AtomicU64::new(0),
         errors: std::sync::Mutex::new(Vec::new()),
     });
     let schedule = tokio::spawn({
@@ -273,6 +276,15 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
     for error in targets.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
         violations.push(Violation::new("recovery: every killed process comes back", "restarts", error));
     }
+    // The harness's own promise: a run with faults proves late charges on
+    // the shipped path, so its hold must have caught a confirm.
+    if targets.counts.get(faults::Kind::GatewayHold) > 0 && targets.held_confirms.load(Ordering::Relaxed) == 0 {
+        violations.push(Violation::new(
+            "harness: the gateway hold catches a confirm",
+            "faults",
+            format!("no confirm reached the gateway within {:?} of the hold", faults::HOLD_AIM_MAX),
+        ));
+    }
     let history = config.dir.join("history.jsonl");
     write_history(&history, &exchanges).map_err(|e| DeployError::Other(format!("writing the history: {e}")))?;
     for instance in instances.iter() {
@@ -295,6 +307,7 @@ pub async fn run(database: Arc<Database>, strategy: Strategy, settings: &Setting
         lost_acks: sum(|c| &c.lost_acks),
         resets: sum(|c| &c.resets),
         bank_snapshots: bank.snapshots.load(Ordering::Relaxed),
+        held_confirms: targets.held_confirms.load(Ordering::Relaxed),
         violations,
         history,
         cut_short: shared.cut_short.load(Ordering::Relaxed),
