@@ -40,6 +40,8 @@ mutants=(
   "settled_phase_refused:the retry of a confirm or cancel answered 503 and settled by the completer is refused 409 instead of answered with its charge or refund"
   "other_key_answered:a second confirm or cancel (another request, or another payment key) while a gateway phase is in flight is answered with its outcome instead of refused 409"
   "late_charge_kept:a confirm given up on fails its payment unwatched, so a charge the gateway carries out later is never refunded (hole 11)"
+  "batch_stale_balance:a group commit serves a request the record as first loaded, not as the batch left it (issue 12)"
+  "batch_answers_before_commit:a group commit answers its requests before its commit's outcome is known (issue 12)"
   "batch_shared_lock_set:a group commit hands each request the whole batch's lock set, so an order's cancel takes another request's payment for its order's and is answered 404 (session 13)"
 )
 # Not here: completer_gives_up and balance_uncapped (nor watch_unthrottled

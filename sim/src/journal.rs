@@ -81,6 +81,7 @@ counts! {
     GatewayOutcomeUnknown,
     CompleterResolved,
     KeysReaped,
+    BatchedTogether,
     // coverage: orders, stock, seats and the queue
     OrdersCreated,
     OrdersPaid,
@@ -205,6 +206,7 @@ impl Count {
             Count::Forbidden403 => "seat orders refused 403 (token not active)",
             Count::KeyReuseRefused => "confirms with another payment's key refused (409 payment_key_in_use)",
             Count::SecondTabConfirms => "second-tab confirms: one gateway payment, the tab's own payment key",
+            Count::BatchedTogether => "requests run in a group commit with others (the batcher's coverage)",
             Count::BesideRequests => "order cancels sent with another payment's confirm or cancel beside (busy tabs)",
             Count::OtherTabRefused => "tab confirms refused: the other tab's key was charged (409 invalid_state)",
             Count::ForeignKeyFailed => "gateway payments failed: their key was charged for another order",

@@ -391,6 +391,23 @@ impl DbFaults {
     }
 }
 
+/// The servers' group commit (`Config::batch_shards`, `batch_overlap`).
+/// `tally serve` runs 2 queues with overlap 1; a seed draws around that,
+/// and often a single queue, where any two requests arriving while a batch
+/// runs share the next one: the combinations a batch must decide exactly as
+/// if each ran alone (hole 13) are met far more often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    pub shards: usize,
+    pub overlap: usize,
+}
+
+impl Batching {
+    fn draw(rng: &mut SimRng) -> Batching {
+        Batching { shards: *rng.pick(&[1, 1, 2, 8]), overlap: *rng.pick(&[0, 1, 1]) }
+    }
+}
+
 /// Everything one seed runs.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -409,6 +426,7 @@ pub struct Plan {
     pub adversary: Adversary,
     pub money_faults: MoneyFaults,
     pub db_faults: DbFaults,
+    pub batching: Batching,
     /// Sorted by time.
     pub actions: Vec<(Duration, Action)>,
 }
@@ -560,6 +578,7 @@ impl Plan {
         let money_faults = MoneyFaults::draw(&mut root.fork(7), profile, options.hosts, &adversary.calendar);
         let mut db_faults = DbFaults::draw(&mut root.fork(9), profile, horizon_ms);
         db_faults.zombies = Zombie::draw(&mut root.fork(10), profile, options.hosts.max(1), horizon_ms);
+        let batching = Batching::draw(&mut root.fork(13));
         Plan {
             seed,
             options: options.clone(),
@@ -574,6 +593,7 @@ impl Plan {
             adversary,
             money_faults,
             db_faults,
+            batching,
             actions,
         }
     }
@@ -581,12 +601,13 @@ impl Plan {
     /// One line for the report and the replay header.
     pub fn summary(&self) -> String {
         format!(
-            "net {}..{}ms, db ≤{}ms, commits {:?}, {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
+            "net {}..{}ms, db ≤{}ms, commits {:?}, {:?}, {:?}, gateway {:?}, clients {:?}, {:?}, {:?}, {:?}, {} actions",
             self.net_latency.0.as_millis(),
             self.net_latency.1.as_millis(),
             self.db_latency_max_ms,
             self.commit_faults,
             self.db_faults,
+            self.batching,
             self.gateway,
             self.client,
             self.inventory,

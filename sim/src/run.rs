@@ -145,6 +145,7 @@ pub fn run_seed_with(seed: u64, options: &Options, keep_events: bool) -> SeedOut
         order_ttl: plan.inventory.order_ttl,
         payback_bps: plan.adversary.payback_bps,
         tamper: Tamper { seed, per_mille: plan.money_faults.tamper_per_mille },
+        batching: plan.batching,
         http: server::http_config(),
     };
     let mut builder = turmoil::Builder::new();

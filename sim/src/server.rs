@@ -39,6 +39,8 @@ pub struct Deployment {
     pub payback_bps: u32,
     /// Which confirms the gateway charges for another amount.
     pub tamper: Tamper,
+    /// The seed's group commit.
+    pub batching: crate::plan::Batching,
     /// The router's configuration, built once per seed ([`http_config`]):
     /// its metrics recorder is shared by every incarnation of every server.
     pub http: HttpConfig,
@@ -70,9 +72,11 @@ pub fn core_config(order_ttl: std::time::Duration, payback_bps: u32) -> Config {
         gateway_watch_after_give_up: timing::GATEWAY_WATCH,
         order_ttl,
         payback_bps,
-        // As `tally serve` runs by default: group commit on, a batch's
-        // statements overlapping the previous batch's commit.
+        // As `tally serve` runs by default: group commit on, two queues, a
+        // batch's statements overlapping the previous batch's commit. The
+        // servers then run the seed's own queues ([`Deployment::batching`]).
         batch_max: 64,
+        batch_shards: 2,
         batch_overlap: 1,
         ..Config::default()
     }
@@ -91,7 +95,11 @@ pub async fn serve(deployment: Deployment, name: String, clock: SimClock) -> tur
             deployment.locks,
             clock,
             deployment.ids,
-            core_config(deployment.order_ttl, deployment.payback_bps),
+            Config {
+                batch_shards: deployment.batching.shards,
+                batch_overlap: deployment.batching.overlap,
+                ..core_config(deployment.order_ttl, deployment.payback_bps)
+            },
         )
         .with_gateway(gateway),
     );
@@ -105,9 +113,22 @@ pub async fn serve(deployment: Deployment, name: String, clock: SimClock) -> tur
     journal.event(&name, "started");
     tokio::spawn(complete(Arc::clone(&app), journal.clone(), name.clone()));
     tokio::spawn(reap(Arc::clone(&app), journal.clone(), name.clone()));
+    tokio::spawn(count_batched(Arc::clone(&app), journal.clone()));
     tokio::spawn(sweep(app, journal, name));
     tally_http::serve(SimListener(listener), router, std::future::pending()).await?;
     Ok(())
+}
+
+/// Coverage: how many requests shared a group commit, carried into the
+/// journal as they happen (a crash loses at most one interval's).
+async fn count_batched(app: Arc<App>, journal: Journal) {
+    let mut counted = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = app.requests_batched_together();
+        journal.count(Count::BatchedTogether, now - counted);
+        counted = now;
+    }
 }
 
 /// `tally serve`'s completer, on the simulation's cadence.

@@ -329,6 +329,12 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         || TransferId(self.ids.next_id())
     }
 
+    /// How many requests have run in a group commit of two or more since
+    /// this instance started (coverage for the simulation's report).
+    pub fn requests_batched_together(&self) -> u64 {
+        self.batchers.shared()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -158,13 +158,19 @@ pub const BATCH_OVERLAP_LIMIT: usize = 8;
 /// one connection: sqlx does not pipeline).
 pub(super) struct Batchers {
     shards: Box<[Batcher]>,
+    /// Requests that ran in a batch with at least one other: what a proof
+    /// of the batcher (the simulation) reports as its coverage.
+    shared: std::sync::atomic::AtomicU64,
 }
 
 impl Batchers {
     pub(super) fn new(shards: usize, overlap: usize) -> Self {
         assert!((1..=BATCH_SHARDS_LIMIT).contains(&shards), "1 to {BATCH_SHARDS_LIMIT} batch queues");
         assert!(overlap <= BATCH_OVERLAP_LIMIT, "at most {BATCH_OVERLAP_LIMIT} overlapping commits");
-        Batchers { shards: (0..shards).map(|_| Batcher { queue: Mutex::default(), overlap }).collect() }
+        Batchers {
+            shards: (0..shards).map(|_| Batcher { queue: Mutex::default(), overlap }).collect(),
+            shared: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
@@ -175,6 +181,11 @@ impl std::fmt::Debug for Batchers {
 }
 
 impl Batchers {
+    /// Requests run so far in a batch of two or more.
+    pub(super) fn shared(&self) -> u64 {
+        self.shared.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `user`'s queue: the same one for all of a user's requests, so a
     /// wallet's requests are batched together.
     fn of(&self, user: UserId) -> &Batcher {
@@ -527,6 +538,9 @@ impl<S: Store, L: LockManager, C: Clock, G: Gateway> Tally<S, L, C, G> {
         };
         YieldOnce(false).await;
         let batch = batcher.take(self.config.batch_max, me);
+        if batch.len() > 1 {
+            self.batchers.shared.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         leading.batch = batch.iter().filter(|e| !Arc::ptr_eq(&e.slot, me)).map(|e| Arc::clone(&e.slot)).collect();
         leading.users = batch.iter().map(|e| e.user).collect();
         self.run_batch(&batch, &mut || leading.commit_started()).await;
