@@ -68,6 +68,9 @@ usecase_mutants=(
   "watch_unthrottled:a watched payment is claimed and looked up on every completer pass, an hour of lookups per given-up confirm (hole 11's cost)"
   "watch_backoff_unbounded:a watched payment's lookups back off without a bound, so a late charge may wait half the watch to be found (hole 11)"
   "batch_shared_lock_set:a group commit hands each request the whole batch's lock set, so an order's cancel takes another request's payment for its order's and is answered 404 (session 13)"
+  "seats_before_token:a seat order judges its seats before the caller's token, so a caller without an active token is answered 409 seat_unavailable, stored, instead of 403 (session 14)"
+  "invalid_state_unstored:a confirm refused 409 invalid_state (its body does not fit its payment's method) is not stored, so its retry runs again and a corrected body under the key runs (session 14)"
+  "refund_before_reversal:a wallet payment's refund is always booked before its payback reversal, so a wallet at its ceiling is refused its refund max_balance_exceeded (session 14)"
 )
 # The workspace's own target directory: only the tally crates build again.
 usecases=(env -u RUSTFLAGS -u CARGO_TARGET_DIR cargo test -p tally-mem --features mutants --test usecases --test batch)

@@ -14,6 +14,7 @@
 # gave its confirm up must be refunded (the give-up is 3 s here).
 # Hole 13 (session 13): an order's cancel sharing a group commit with
 # another payment's confirm must be answered as alone, never 404.
+# Session 14: a wallet at its ceiling must get its refund.
 # Holes 5 (a charge of the wrong amount) and 6 (a request stamped before the
 # wallet's window) need a tampering gateway or a skewed clock; the use-case,
 # shuttle, end-to-end and simulation suites cover them.
@@ -206,5 +207,16 @@ for round in $(seq 1 20); do
   done
 done
 echo "ok   20 rounds: every cancel 200, every confirm 200"
+
+echo "== 14. a wallet at its ceiling gets its refund"
+# Payback is 50 % here: 1000 in, 200 paid, 100 back = 900; the cancel's
+# reversal comes first (800), then the refund (1000, the ceiling itself).
+i=$(user ivy '{"max_balance":1000}')
+top_up "$i" 1000
+p=$(pay "$i" wallet 200)
+expect "pay 200 at the ceiling" 200 "" "$(confirm "$i" "$p")"
+expect "cancel back to the ceiling" 200 "" "$(call POST "/v1/payments/$p/cancel" "$i" "" "c14-$RANDOM")"
+[ "$(balance "$i")" = 1000 ] || { echo "FAIL balance $(balance "$i") != 1000"; exit 1; }
+echo "ok   refunded to the ceiling, never past it"
 
 echo "all reproductions behave as SPEC.md says ($store, $strategy)"

@@ -253,6 +253,31 @@ pub async fn a_spent_payback_refuses_the_cancel_before_the_refund(strategy: Stra
     holds(&app).await;
 }
 
+/// Session 14: a wallet at its ceiling gets its refund. A paid-back wallet
+/// payment cancelled at `max_balance` books the reversal first (never a
+/// line past the ceiling) and ends at the ceiling; refund-first refused it
+/// 409 `max_balance_exceeded`, the payment staying done.
+pub async fn a_refund_at_the_ceiling_reverses_the_payback_first(strategy: Strategy) {
+    let (app, _gateway) = bank(strategy).await;
+    let user = customer(&app, Limits { max_balance: Some(Money::new(1_000)), ..Limits::default() }, 1_000).await;
+    let payment = new_payment(&app, user, 100, Method::Wallet).await;
+    confirm(&app, user, payment.id, None).await.expect("pay");
+    assert_eq!(wallet(&app, user).await.balance, Money::new(910));
+    let cancelled = cancel(&app, user, payment.id).await.expect("the refund fits the ceiling");
+    assert_eq!(cancelled.status, PaymentStatus::Cancelled);
+    assert_eq!(wallet(&app, user).await.balance, Money::new(1_000));
+    assert_eq!(
+        booked(&app, payment.id).await,
+        [
+            (TransferKind::Payment, 100),
+            (TransferKind::Payback, 10),
+            (TransferKind::PaybackReversal, 10),
+            (TransferKind::Refund, 100)
+        ]
+    );
+    holds(&app).await;
+}
+
 /// Hole 2's twin: a payback credit that `max_balance` would refuse is
 /// refused before the card is charged (409 `max_balance_exceeded`, nothing
 /// sent to the gateway, the key not claimed). Once it fits, the payback's

@@ -71,6 +71,7 @@ fn main() {
         two_payments_racing_for_one_key_charge_once,
         a_charge_for_another_order_is_neither_adopted_nor_cancelled,
         a_spent_payback_refuses_the_cancel_before_the_refund,
+        a_refund_at_the_ceiling_reverses_the_payback_first,
         a_payback_that_does_not_fit_refuses_the_confirm_before_the_charge,
         a_wrong_amount_charge_is_refunded_until_it_lands,
         a_charge_landing_after_the_give_up_is_refunded,

@@ -23,9 +23,10 @@ use crate::harness::{Pool, Reply, TestApp, fresh_database, spawn_app, spawn_app_
 pub use crate::holes::{
     a_charge_for_another_order_is_neither_adopted_nor_cancelled, a_charge_landing_after_the_give_up_is_refunded,
     a_payback_that_does_not_fit_refuses_the_confirm_before_the_charge, a_payment_key_pays_one_payment,
-    a_spent_payback_refuses_the_cancel_before_the_refund, a_token_holds_at_most_its_events_seats,
-    a_wrong_amount_charge_is_refunded_until_it_lands, an_orders_payback_is_the_merchants_policy,
-    no_balance_passes_the_cap, the_schema_refuses_a_balance_past_the_cap, two_payments_racing_for_one_key_charge_once,
+    a_refund_at_the_ceiling_reverses_the_payback_first, a_spent_payback_refuses_the_cancel_before_the_refund,
+    a_token_holds_at_most_its_events_seats, a_wrong_amount_charge_is_refunded_until_it_lands,
+    an_orders_payback_is_the_merchants_policy, no_balance_passes_the_cap, the_schema_refuses_a_balance_past_the_cap,
+    two_payments_racing_for_one_key_charge_once,
 };
 pub use crate::inventory::{
     cancel_racing_expiry_gives_back_once, confirm_racing_expiry_ends_one_way,

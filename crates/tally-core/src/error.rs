@@ -69,6 +69,10 @@ pub enum Error {
 impl Error {
     /// A business rule refused the request (SPEC.md's 409/422 refusals):
     /// such answers are stored under the idempotency key and replayed.
+    /// [`Error::InvalidState`] is one: answered 409 `invalid_state` like a
+    /// refused transition, it is stored like one (until session 14 it was
+    /// not, so its retry ran again and a corrected body under the same key
+    /// ran instead of being refused 422).
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
@@ -81,7 +85,7 @@ impl Error {
                 | Error::PaymentKeyInUse
                 | Error::SeatLimitReached
                 | Error::NotFound
-        )
+        ) || (matches!(self, Error::InvalidState(_)) && !crate::mutant::active("invalid_state_unstored"))
     }
 }
 

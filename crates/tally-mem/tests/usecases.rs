@@ -142,10 +142,133 @@ fn payment_lifecycle_with_payback_moves_exact_money() {
         let page = app.ledger(user, 0, 100).await.unwrap();
         let kinds: Vec<_> = page.entries.iter().map(|t| t.kind).collect();
         use TransferKind::*;
-        assert_eq!(kinds, [TopUp, Payment, Payback, Refund, PaybackReversal]);
+        assert_eq!(kinds, [TopUp, Payment, Payback, PaybackReversal, Refund]);
         let after: Vec<_> = page.entries.iter().map(|t| t.wallet.unwrap().balance_after.minor_units()).collect();
-        assert_eq!(after, [1_000, 700, 730, 1_030, 1_000]);
+        assert_eq!(after, [1_000, 700, 730, 700, 1_000]);
         assert_eq!(page.next, None);
+        holds(&app).await;
+    });
+}
+
+/// Invariant 3 (never above `max_balance`) without refusing a refund the
+/// ceiling has room for (session 14's adversarial pass): a wallet at its
+/// ceiling cancels a paid-back payment. Its final balance is the ceiling
+/// itself, and the reversal is booked before the refund, so no ledger line
+/// passes the ceiling. A wallet that spent its payback gets the refund first,
+/// so no line goes below zero; when even that would pass the ceiling, the
+/// cancel is refused and nothing moves.
+#[test]
+fn a_refund_at_the_ceiling_reverses_the_payback_first() {
+    let app = locked();
+    block_on(async {
+        let ceiling = Limits { max_balance: Some(Money::new(1_000)), ..Limits::default() };
+        let user = user_with(&app, ceiling, 1_000).await;
+        let id = new_payment(&app, user, 100, 10).await;
+        app.execute(user, confirm(id), None).await.unwrap();
+        assert_eq!(balance(&app, user).await, Money::new(910));
+        let cancelled = app.execute(user, Command::CancelPayment { payment: id }, None).await;
+        assert!(
+            matches!(cancelled, Ok(Executed::Fresh(Outcome::Payment(ref p))) if p.status == PaymentStatus::Cancelled)
+        );
+        assert_eq!(balance(&app, user).await, Money::new(1_000), "back at the ceiling, not past it");
+        let page = app.ledger(user, 0, 100).await.unwrap();
+        let lines: Vec<_> =
+            page.entries.iter().map(|t| (t.kind, t.wallet.unwrap().balance_after.minor_units())).collect();
+        use TransferKind::*;
+        assert_eq!(lines, [(TopUp, 1_000), (Payment, 900), (Payback, 910), (PaybackReversal, 900), (Refund, 1_000)]);
+        holds(&app).await;
+
+        // The payback spent: 1000 - 1000 + 100 - 95 + 9 = 14 holds less than
+        // the payback of 100, so the refund would come first, and 14 + 1000
+        // passes the ceiling: refused, nothing moves (its net, 914, would fit;
+        // a ledger line past the ceiling is what the order avoids).
+        let spender = user_with(&app, ceiling, 1_000).await;
+        let paid = new_payment(&app, spender, 1_000, 100).await;
+        app.execute(spender, confirm(paid), None).await.unwrap();
+        let spent = new_payment(&app, spender, 95, 9).await;
+        app.execute(spender, confirm(spent), None).await.unwrap();
+        assert_eq!(balance(&app, spender).await, Money::new(14));
+        let before = app.snapshot().await.unwrap();
+        let refused = app.execute(spender, Command::CancelPayment { payment: paid }, None).await;
+        assert_eq!(refused, Err(Error::Wallet(WalletError::MaxBalanceExceeded)));
+        assert_eq!(app.snapshot().await.unwrap(), before, "a refusal changes nothing");
+        // Below the ceiling by enough: refund first, then the reversal.
+        let small = new_payment(&app, spender, 10, 1).await;
+        app.execute(spender, confirm(small), None).await.unwrap();
+        assert_eq!(balance(&app, spender).await, Money::new(5));
+        app.execute(spender, Command::CancelPayment { payment: spent }, None).await.unwrap();
+        let page = app.ledger(spender, 0, 100).await.unwrap();
+        let last: Vec<_> = page
+            .entries
+            .iter()
+            .rev()
+            .take(2)
+            .map(|t| (t.kind, t.wallet.unwrap().balance_after.minor_units()))
+            .collect();
+        assert_eq!(last, [(PaybackReversal, 91), (Refund, 100)], "newest first: +95 = 100, then -9 = 91");
+        holds(&app).await;
+    });
+}
+
+/// README: seats without the caller's active token are 403 `forbidden`,
+/// not stored. A caller whose token is still waiting orders a seat another
+/// order holds: 403, whatever the seat's state, and the retry under the same
+/// key is judged again, not replayed (session 14: the held seat was answered
+/// 409 `seat_unavailable` and stored under the key).
+#[test]
+fn a_seat_order_without_an_active_token_is_forbidden_and_not_stored() {
+    let app = locked();
+    block_on(async {
+        let (event, seats) = new_event(&app, 1, 2).await;
+        let holder = user_with(&app, Limits::default(), 0).await;
+        let token = active_token(&app, holder, event).await;
+        new_order(&app, holder, order_of(&[], &[seats[0]], Some(token))).await;
+        let waiting = user_with(&app, Limits::default(), 0).await;
+        let theirs = join(&app, waiting, event).await;
+        assert_eq!(theirs.status, tally_core::queue::TokenStatus::Waiting);
+        let before = app.snapshot().await.unwrap();
+        for (seat, token) in [(seats[0], theirs.token.id), (seats[0], token), (seats[1], theirs.token.id)] {
+            let order = order_of(&[], &[seat], Some(token));
+            for attempt in ["first", "retry"] {
+                let answer = execute_keyed(&app, waiting, &format!("seat-{seat:?}-{token:?}"), &order).await;
+                assert!(matches!(answer, Err(Error::Forbidden(_))), "{attempt}: {answer:?}");
+            }
+        }
+        assert_eq!(app.snapshot().await.unwrap(), before, "nothing moved, nothing stored");
+    });
+}
+
+/// Invariant 2 (a replay returns the first response, errors included): a
+/// confirm whose body does not fit its payment's method (no `payment_key`
+/// for a gateway payment, one for a wallet payment) is refused 409
+/// `invalid_state` and stored like any refusal. Its retry is a replay, and
+/// the same key with a corrected body is 422, not run (session 14: it was
+/// not stored, so the corrected body under the key ran and charged).
+#[test]
+fn a_confirm_that_does_not_fit_its_payments_method_is_a_stored_refusal() {
+    let (app, gateway) = with_gateway();
+    block_on(async {
+        let (user, card) = user_with_gateway_payment(&app).await;
+        let wallet_payment = new_payment(&app, user, 100, 10).await;
+        let keyed_at = |key: &'static str, command: Command| {
+            let app = app.clone();
+            async move { app.execute(user, command.clone(), Some(keyed(key, &command))).await }
+        };
+        let cases = [
+            ("card-without-key", confirm(card), confirm_with(card, "pk-fits")),
+            ("wallet-with-key", confirm_with(wallet_payment, "pk-never"), confirm(wallet_payment)),
+        ];
+        for (key, misfit, fitting) in cases {
+            let first = keyed_at(key, misfit.clone()).await;
+            assert!(matches!(first, Err(Error::InvalidState(_))), "{key}: {first:?}");
+            let retry = keyed_at(key, misfit).await;
+            assert!(matches!(retry, Ok(Executed::Replayed(ref r)) if r.status == 409), "{key}: {retry:?}");
+            let corrected = keyed_at(key, fitting).await;
+            assert_eq!(corrected, Err(Error::IdempotencyKeyReused), "{key}");
+        }
+        assert_eq!(gateway.confirms_received("pk-fits"), 0, "nothing charged under the misfit's key");
+        assert_eq!(payment(&app, user, card).await.status, PaymentStatus::Wait);
+        assert_eq!(payment(&app, user, wallet_payment).await.status, PaymentStatus::Wait);
         holds(&app).await;
     });
 }

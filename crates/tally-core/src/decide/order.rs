@@ -69,9 +69,10 @@ pub fn request(items: &[(ProductId, u64)], seats: &[SeatId], token: Option<Token
 
 /// The event an order's seats belong to (none without seats). The seats of
 /// one order belong to one event: its queue token is for that event.
-pub fn seats_event(seats: &[Seat]) -> Result<Option<EventId>, Error> {
-    let Some(first) = seats.first() else { return Ok(None) };
-    if seats.iter().any(|seat| seat.event != first.event) {
+pub fn seats_event<'a>(seats: impl IntoIterator<Item = &'a Seat>) -> Result<Option<EventId>, Error> {
+    let mut seats = seats.into_iter();
+    let Some(first) = seats.next() else { return Ok(None) };
+    if seats.any(|seat| seat.event != first.event) {
         return Err(Error::InvalidInput("the seats of one order belong to one event"));
     }
     Ok(Some(first.event))
@@ -119,6 +120,38 @@ pub fn create(
         payback = payback.checked_add(payback_of(cost, bps)).ok_or(AmountError::TooLarge)?;
         Ok(())
     };
+    // Who may book comes before what is free: a caller without an active
+    // token for the seats' event is refused 403 (not stored, so the same key
+    // may be retried once its token is active), whatever the state of the
+    // seats and stock it names. Deciding the seats first answered a held
+    // seat 409 `seat_unavailable`, stored under the key (session 14).
+    let mut wanted: Vec<&Seat> = Vec::with_capacity(request.seats.len());
+    for (seat, loaded) in request.seats.iter().zip(loaded.seats) {
+        let loaded = loaded.as_ref().ok_or(Error::NotFound)?;
+        debug_assert_eq!(*seat, loaded.id);
+        wanted.push(loaded);
+    }
+    let event = seats_event(wanted.iter().copied())?;
+    if crate::mutant::active("seats_before_token") {
+        // The mutant: the seats are judged first, as before session 14.
+        for seat in &wanted {
+            seat.apply(SeatEvent::Hold(id))?;
+        }
+    }
+    let valid = match (event, loaded.event) {
+        (None, _) => None,
+        (Some(event), Some(loaded_event)) => {
+            assert_eq!(event, loaded_event.id, "the seats' event loaded");
+            let valid = loaded
+                .token
+                .filter(|t| Some(t.id) == request.token && t.user == user && t.event == event && t.usable(now));
+            let Some(valid) = valid else {
+                return Err(Error::Forbidden("seats need an active queue token for their event"));
+            };
+            Some((valid, loaded_event))
+        }
+        (Some(_), None) => panic!("an order with seats is decided with their event loaded"),
+    };
     let mut lines = Vec::with_capacity(request.items.len());
     let mut products = Vec::with_capacity(request.items.len());
     for ((product, quantity), loaded) in request.items.iter().zip(loaded.products) {
@@ -131,32 +164,20 @@ pub fn create(
     }
     let mut order_seats = Vec::with_capacity(request.seats.len());
     let mut seats: Vec<(Seat, Seat)> = Vec::with_capacity(request.seats.len());
-    for (seat, loaded) in request.seats.iter().zip(loaded.seats) {
-        let loaded = loaded.as_ref().ok_or(Error::NotFound)?;
-        debug_assert_eq!(*seat, loaded.id);
+    for loaded in wanted {
         let taken = loaded.apply(SeatEvent::Hold(id))?;
         charge(loaded.price, 1, policy.payback_bps)?;
-        order_seats.push(OrderSeat { seat: *seat, price: loaded.price });
+        order_seats.push(OrderSeat { seat: loaded.id, price: loaded.price });
         seats.push((loaded.clone(), taken));
     }
-    let held: Vec<Seat> = seats.iter().map(|(before, _)| before.clone()).collect();
-    let event = seats_event(&held)?;
-    let token = match (event, loaded.event) {
-        (None, _) => None,
-        (Some(event), Some(loaded_event)) => {
-            assert_eq!(event, loaded_event.id, "the seats' event loaded");
-            let valid = loaded
-                .token
-                .filter(|t| Some(t.id) == request.token && t.user == user && t.event == event && t.usable(now));
-            let Some(valid) = valid else {
-                return Err(Error::Forbidden("seats need an active queue token for their event"));
-            };
-            // One active token may not hoard the showtime.
+    // One active token may not hoard the showtime.
+    let token = match valid {
+        None => None,
+        Some((valid, loaded_event)) => {
             let count = u32::try_from(seats.len()).expect("at most ORDER_SEATS_MAX seats");
             let booked = valid.book_seats(count, loaded_event.max_seats_per_token).ok_or(Error::SeatLimitReached)?;
             Some((valid.clone(), booked))
         }
-        (Some(_), None) => panic!("an order with seats is decided with their event loaded"),
     };
     let order = Order {
         id,
@@ -389,6 +410,24 @@ mod tests {
         let over = QueueToken { expires_at: Some(NOW), ..token(0) };
         assert!(matches!(with_seats(&seats, &event(4), Some(&over)), Err(Error::Forbidden(_))));
         assert!(matches!(seats_event(&[seat(1, 9), seat(2, 8)]), Err(Error::InvalidInput(_))));
+    }
+
+    /// The token is judged before the seats and the stock (session 14): a
+    /// caller without an active token is refused 403, which is not stored,
+    /// even for a seat another order holds or a product sold out; with its
+    /// token, the same request is refused for the seat.
+    #[test]
+    fn a_caller_without_an_active_token_is_forbidden_before_seats_or_stock_are_judged() {
+        let held = Seat { status: SeatStatus::Held(OrderId(2)), ..seat(1, 9) };
+        assert!(matches!(with_seats(std::slice::from_ref(&held), &event(4), None), Err(Error::Forbidden(_))));
+        let theirs = QueueToken { user: UserId(8), ..token(0) };
+        assert!(matches!(with_seats(std::slice::from_ref(&held), &event(4), Some(&theirs)), Err(Error::Forbidden(_))));
+        assert!(matches!(with_seats(std::slice::from_ref(&held), &event(4), Some(&token(0))), Err(Error::Seat(_))));
+        let sold_out = [Some(product(1, 10, 0, 0))];
+        let request = request(&[(ProductId(1), 1)], &[SeatId(1)], Some(TokenId(5))).unwrap();
+        let seats = [Some(seat(1, 9))];
+        let loaded = Loaded { products: &sold_out, seats: &seats, event: Some(&event(4)), token: None };
+        assert!(matches!(create(OrderId(1), USER, &request, loaded, POLICY, NOW), Err(Error::Forbidden(_))));
     }
 
     #[test]

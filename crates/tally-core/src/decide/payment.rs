@@ -147,9 +147,9 @@ pub fn begin_cancel(
 }
 
 /// Cancels a payment. A waiting payment moved no money and is simply
-/// cancelled; a done wallet payment is refunded and its payback reversed
-/// (the refund first, so the reversal never drives the balance below zero:
-/// the payback never exceeds the amount). A cancelling gateway payment's
+/// cancelled; a done wallet payment is refunded and its payback reversed,
+/// in the order that keeps every ledger line's balance between zero and the
+/// ceiling ([`refund_order`]). A cancelling gateway payment's
 /// refund goes back to the outside world (the gateway returned it to the
 /// card); its payback was reversed when the cancel began.
 pub fn cancel(
@@ -171,10 +171,7 @@ pub fn cancel(
     let mut transfers = Vec::new();
     let mut movements = Vec::new();
     match payment.method {
-        Method::Wallet => {
-            movements.push(Movement::Refund(payment.amount));
-            movements.extend(payment.payback_amount().map(Movement::PaybackReversal));
-        }
+        Method::Wallet => movements.extend(refund_order(payment, wallet)),
         Method::Gateway => {
             transfers.push(booking.system_transfer(
                 next_id(),
@@ -194,6 +191,27 @@ pub fn cancel(
     let (wallet, booked) = book(wallet, &movements, Some(payment.id), booking, next_id)?;
     transfers.extend(booked);
     Ok(Decision { payment: next, wallet, transfers })
+}
+
+/// A done wallet payment's refund and payback reversal, in booking order.
+///
+/// Each ledger line carries the balance after it, and every one of those
+/// balances must lie between zero and the wallet's ceiling. The reversal
+/// comes first whenever the wallet still holds the payback: then no line
+/// passes the ceiling, and a wallet at its `max_balance` gets its refund
+/// (session 14: refund-first refused it `max_balance_exceeded`, the paid
+/// order staying paid). A wallet that spent its payback gets the refund
+/// first, so the reversal never drives the balance below zero (the payback
+/// never exceeds the amount).
+fn refund_order(payment: &Payment, wallet: &Wallet) -> Vec<Movement> {
+    let refund = Movement::Refund(payment.amount);
+    match payment.payback_amount() {
+        None => vec![refund],
+        Some(payback) if wallet.balance >= payback.money() && !crate::mutant::active("refund_before_reversal") => {
+            vec![Movement::PaybackReversal(payback), refund]
+        }
+        Some(payback) => vec![refund, Movement::PaybackReversal(payback)],
+    }
 }
 
 /// The gateway call a phase ends in.
