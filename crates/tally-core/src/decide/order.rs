@@ -61,9 +61,10 @@ pub fn request(items: &[(ProductId, u64)], seats: &[SeatId], token: Option<Token
     if items.windows(2).any(|w| w[0].0 == w[1].0) || seats.windows(2).any(|w| w[0] == w[1]) {
         return Err(Error::InvalidInput("a product or seat appears twice in the order"));
     }
-    if !seats.is_empty() && token.is_none() {
-        return Err(Error::Forbidden("seats need an active queue token (Queue-Token header)"));
-    }
+    // Seats without a token are refused by `create`, after the key is
+    // looked up, not here: the `Queue-Token` header is not part of the
+    // fingerprint, so a retry of a stored order without it must replay the
+    // order, not be refused 403 (session 14).
     Ok(Request { items, seats, token })
 }
 
@@ -362,7 +363,7 @@ mod tests {
         assert!(matches!(request(&[], &[], None), Err(Error::InvalidInput(_))));
         assert!(matches!(request(&[(ProductId(1), 0)], &[], None), Err(Error::InvalidInput(_))));
         assert!(matches!(request(&[(ProductId(1), 1), (ProductId(1), 2)], &[], None), Err(Error::InvalidInput(_))));
-        assert!(matches!(request(&[], &[SeatId(1)], None), Err(Error::Forbidden(_))));
+        assert!(request(&[], &[SeatId(1)], None).is_ok(), "refused by `create`, after the key's lookup");
     }
 
     #[test]
@@ -419,6 +420,10 @@ mod tests {
     #[test]
     fn a_caller_without_an_active_token_is_forbidden_before_seats_or_stock_are_judged() {
         let held = Seat { status: SeatStatus::Held(OrderId(2)), ..seat(1, 9) };
+        let no_token = request(&[], &[SeatId(1)], None).unwrap();
+        let loaded = [Some(held.clone())];
+        let loaded = Loaded { products: &[], seats: &loaded, event: Some(&event(4)), token: Some(&token(0)) };
+        assert!(matches!(create(OrderId(1), USER, &no_token, loaded, POLICY, NOW), Err(Error::Forbidden(_))));
         assert!(matches!(with_seats(std::slice::from_ref(&held), &event(4), None), Err(Error::Forbidden(_))));
         let theirs = QueueToken { user: UserId(8), ..token(0) };
         assert!(matches!(with_seats(std::slice::from_ref(&held), &event(4), Some(&theirs)), Err(Error::Forbidden(_))));

@@ -505,6 +505,31 @@ async fn one_queue_token_holds_at_most_its_events_seats_across_its_orders() {
     app.assert_invariants().await;
 }
 
+/// Invariant 2 (a replay returns the first response): the `Queue-Token`
+/// header is not part of a key's fingerprint, so a stored seat order is
+/// replayed to its retry whatever token the retry sends, none included
+/// (session 14: without the header it was refused 403 before the key was
+/// looked up). A fresh key without a token is still 403, not stored.
+#[tokio::test]
+async fn a_stored_seat_order_replays_without_its_queue_token() {
+    let app = TestApp::spawn();
+    let (event, seats) = event_with_seat_limit(&app, 2, 3).await;
+    let user = app.funded_user("fan", 10_000).await;
+    let token = app.active_token(&user, &event).await;
+    let body = json!({"seats": [seats[0]]});
+    let first = app.order(&user, "seat-k", body.clone(), Some(&token)).await;
+    first.assert_status(201);
+    app.order(&user, "seat-k", body.clone(), None).await.assert_replay_of(&first);
+    let stranger = "0b7c9e6a-1d2f-4e3a-9b8c-7d6e5f4a3b2c";
+    app.order(&user, "seat-k", body.clone(), Some(stranger)).await.assert_replay_of(&first);
+    let fresh = app.order(&user, "seat-fresh", json!({"seats": [seats[1]]}), None).await;
+    fresh.assert_problem(403, "forbidden");
+    let again = app.order(&user, "seat-fresh", json!({"seats": [seats[1]]}), Some(&token)).await;
+    again.assert_status(201);
+    assert_eq!(app.snapshot().await.orders.len(), 2);
+    app.assert_invariants().await;
+}
+
 #[tokio::test]
 async fn an_events_seat_limit_defaults_to_4_and_is_1_to_1000() {
     let app = TestApp::spawn();
