@@ -173,10 +173,20 @@ impl Model {
                     }
                     (PaymentStatus::Wait, false) => PaymentStatus::Cancelled,
                     (PaymentStatus::Done, false) => {
-                        if w.balance + p.amount > limit(w.limits.max_balance) {
-                            return refused(WalletError::MaxBalanceExceeded);
+                        // Two ledger lines, each balance between zero and the
+                        // ceiling: the reversal first while the wallet holds
+                        // the payback, else the refund first (hole 14).
+                        let lines =
+                            if w.balance >= p.payback { [-p.payback, p.amount] } else { [p.amount, -p.payback] };
+                        let mut running = w.balance;
+                        for delta in lines {
+                            running += delta;
+                            if running > limit(w.limits.max_balance) {
+                                return refused(WalletError::MaxBalanceExceeded);
+                            }
+                            assert!(running >= 0, "a payback never exceeds its amount");
                         }
-                        w.balance += p.amount - p.payback;
+                        w.balance = running;
                         PaymentStatus::Cancelled
                     }
                     _ => return invalid,
